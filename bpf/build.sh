@@ -1,0 +1,21 @@
+#!/bin/sh
+# Compile the TC programs for the BPF target and stage them, with their sources
+# (for the bcc loader), where the Python package finds them.
+#   bpf/build.sh [OUT_DIR]   (default: python/sennet/agent/datapath/assets)
+# Deterministic: no timestamps or absolute paths end up in the objects
+# (-fdebug-prefix-map), so two builds give the same bytes.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:-"$here/../python/sennet/agent/datapath/assets"}
+mkdir -p "$out"
+: "${CLANG:=clang}"
+multiarch=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+for src in sennet_tc bench_empty; do
+    "$CLANG" -O2 -g -target bpf -Wall -Werror \
+        -I"/usr/include/$multiarch" -I"$here" \
+        -fdebug-prefix-map="$here"=bpf \
+        -c "$here/$src.bpf.c" -o "$out/$src.bpf.o.tmp"
+    mv "$out/$src.bpf.o.tmp" "$out/$src.bpf.o"
+done
+cp "$here/sennet_tc.bpf.c" "$here/sennet_tc.h" "$here/compat.h" "$out/"
+echo "bpf: built $(ls "$out"/*.bpf.o | wc -l) objects in $out"

@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause */
+/*
+ * Layouts shared between the TC programs and user space.
+ *
+ * Fixed-width fields only, explicit padding, no bitfields: the Python side
+ * mirrors these with a numpy dtype / struct format, and a unit test compiles
+ * a probe against this header to check that offsets and sizes agree.
+ */
+#ifndef SENNET_TC_H
+#define SENNET_TC_H
+
+/* Interfaces the counters can tell apart. Slot 0 collects packets seen on an
+ * ifindex the agent never registered (a misattached filter): it should stay 0. */
+#define SENNET_MAX_IFACES 64
+#define SENNET_COUNTER_SLOTS (SENNET_MAX_IFACES * 2)
+
+#define SENNET_DIR_RX 0 /* TC ingress */
+#define SENNET_DIR_TX 1 /* TC egress */
+
+/* Event kinds. Keep in sync with sennet/agent/datapath/layout.py (tested). */
+#define SENNET_EV_LARGE_PACKET   1  /* skb->len above the load-time threshold */
+#define SENNET_EV_TCP_NULL       2  /* TCP with no flags at all */
+#define SENNET_EV_TCP_SYN_FIN    3
+#define SENNET_EV_TCP_SYN_RST    4
+#define SENNET_EV_TCP_XMAS       5  /* FIN+PSH+URG */
+#define SENNET_EV_LAND           6  /* source address == destination address */
+#define SENNET_EV_IPV4_BAD_IHL   7  /* IHL < 5 */
+#define SENNET_EV_IPV4_BAD_LEN   8  /* total length beyond the frame, or below the header */
+#define SENNET_EV_TRUNCATED_L3   9  /* EtherType says IP, the frame is too short for it */
+#define SENNET_EV_TRUNCATED_L4  10  /* IP says TCP/UDP/ICMP, the frame is too short for it */
+#define SENNET_EV_KINDS         11  /* one past the last kind: size of the drop counters */
+
+struct sennet_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+union sennet_addr {
+	__u32 v4;       /* network byte order, as on the wire */
+	__u8 v6[16];
+};
+
+struct sennet_event {
+	__u64 ts_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u32 ifindex;
+	__u32 pkt_len;      /* skb->len: the whole frame from the Ethernet header on */
+	__u8 direction;     /* SENNET_DIR_* */
+	__u8 kind;          /* SENNET_EV_* */
+	__u8 ip_version;    /* 0 (not IP), 4 or 6 */
+	__u8 l4_proto;      /* IPPROTO_* or 0 */
+	__u16 sport;        /* host byte order; 0 where not parsed */
+	__u16 dport;
+	__u16 eth_proto;    /* host byte order, innermost EtherType after VLAN tags */
+	__u8 tcp_flags;
+	__u8 vlan_tags;     /* 802.1Q/802.1ad tags found in the frame data */
+	__u32 _pad;
+	union sennet_addr saddr;
+	union sennet_addr daddr;
+};
+
+#endif /* SENNET_TC_H */

@@ -1,0 +1,70 @@
+"""Second loader: bcc compiles the same C source at run time.
+
+For hosts without the build step: edit a .bpf.c, restart the agent. bcc needs
+kernel headers (/lib/modules/$(uname -r)/build) and learns the pin directory,
+ring size and tunables from -D flags (see bpf/compat.h). The ring buffer is
+not pinned in this mode (bcc cannot pin BPF_RINGBUF_OUTPUT); counters are.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+from sennet.agent.datapath import layout
+from sennet.agent.datapath.model import DatapathOptions, LoadedDatapath
+from sennet.agent.datapath.pins import check_pinned_maps
+from sennet.common.errors import UserError
+from sennet.common.log import event
+
+log = logging.getLogger("sennet.agent.datapath")
+
+SOURCE_NAME = "sennet_tc.bpf.c"
+
+
+def load(opts: DatapathOptions) -> LoadedDatapath:
+    try:
+        from bcc import BPF
+    except ImportError as exc:
+        raise UserError(
+            "the bcc loader needs the bcc Python module",
+            hint="apt-get install python3-bpfcc, and run from a venv with --system-site-packages",
+        ) from exc
+    source = opts.assets_dir.resolve() / SOURCE_NAME
+    if not source.is_file():
+        raise UserError(f"BPF source {source} not found", hint="set bpf_dir to the bpf/ folder")
+    headers = Path("/lib/modules") / os.uname().release / "build"
+    if not headers.exists():
+        raise UserError(
+            f"bcc needs kernel headers at {headers}",
+            hint="install linux-headers for this kernel, or use the default libbpf loader",
+        )
+    check_pinned_maps(opts.pin_dir)
+    cflags = [
+        "-DSENNET_BCC",
+        f"-I{opts.assets_dir.resolve()}",
+        f'-DSENNET_PIN_DIR="{opts.pin_dir}"',
+        f"-DSENNET_RINGBUF_PAGES={opts.ringbuf_bytes // mmap.PAGESIZE}",
+        f"-D{layout.TUNABLE_LARGE_PACKET}={opts.large_packet_bytes}",
+    ]
+    try:
+        bpf: Any = BPF(src_file=str(source).encode(), cflags=cflags)
+        ingress = bpf.load_func(layout.PROGRAM_INGRESS.encode(), BPF.SCHED_CLS)
+        egress = bpf.load_func(layout.PROGRAM_EGRESS.encode(), BPF.SCHED_CLS)
+    except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
+        raise UserError(f"bcc could not build {source}: {exc}") from exc
+    map_fds = {
+        name: int(bpf[name.encode()].map_fd) for name in (*layout.PINNED_MAPS, layout.MAP_EVENTS)
+    }
+    event(log, "bpf_loaded", loader="bcc", source=str(source), pin_dir=str(opts.pin_dir))
+    return LoadedDatapath(
+        loader="bcc",
+        ingress_fd=int(ingress.fd),
+        egress_fd=int(egress.fd),
+        map_fds=map_fds,
+        ringbuf_bytes=opts.ringbuf_bytes,
+        close=bpf.cleanup,
+    )

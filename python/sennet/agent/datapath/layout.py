@@ -1,0 +1,99 @@
+"""User-space mirror of bpf/sennet_tc.h: map names, event kinds, record layout.
+
+A unit test compiles a probe against the C header and checks every offset and
+constant here, so the two cannot drift silently.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+MAX_IFACES = 64
+COUNTER_SLOTS = MAX_IFACES * 2
+UNMAPPED_SLOT = 0  # packets on an ifindex the agent never registered
+
+PROGRAM_INGRESS = "sennet_ingress"
+PROGRAM_EGRESS = "sennet_egress"
+
+MAP_COUNTERS = "COUNTERS"
+MAP_IFSLOTS = "IFSLOTS"
+MAP_EV_COUNTS = "EV_COUNTS"  # events detected, by kind (cumulative, pinned)
+MAP_RB_DROPS = "RB_DROPS"  # events lost because the ring was full, by kind
+MAP_EVENTS = "EVENTS"
+PINNED_MAPS = (MAP_COUNTERS, MAP_IFSLOTS, MAP_EV_COUNTS, MAP_RB_DROPS)
+
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_RINGBUF = 27
+
+# name -> (type, key size, value size, max entries); checked on every pinned map we reuse.
+MAP_SPECS: dict[str, tuple[int, int, int, int]] = {
+    MAP_COUNTERS: (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 16, COUNTER_SLOTS),
+    MAP_IFSLOTS: (BPF_MAP_TYPE_HASH, 4, 4, MAX_IFACES),
+}
+
+TUNABLE_LARGE_PACKET = "cfg_large_packet_bytes"
+
+
+class Direction(enum.IntEnum):
+    """Counter direction: RX is the TC ingress hook, TX the egress hook."""
+
+    RX = 0
+    TX = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class EventKind(enum.IntEnum):
+    """Ring-buffer event kinds; values are SENNET_EV_* in sennet_tc.h."""
+
+    LARGE_PACKET = 1
+    TCP_NULL = 2
+    TCP_SYN_FIN = 3
+    TCP_SYN_RST = 4
+    TCP_XMAS = 5
+    LAND = 6
+    IPV4_BAD_IHL = 7
+    IPV4_BAD_LEN = 8
+    TRUNCATED_L3 = 9
+    TRUNCATED_L4 = 10
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+EVENT_KINDS = len(EventKind) + 1  # SENNET_EV_KINDS: index 0 unused
+MAP_SPECS[MAP_EV_COUNTS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, EVENT_KINDS)
+MAP_SPECS[MAP_RB_DROPS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, EVENT_KINDS)
+
+EVENT_DTYPE = np.dtype(
+    [
+        ("ts_ns", "<u8"),
+        ("ifindex", "<u4"),
+        ("pkt_len", "<u4"),
+        ("direction", "u1"),
+        ("kind", "u1"),
+        ("ip_version", "u1"),
+        ("l4_proto", "u1"),
+        ("sport", "<u2"),
+        ("dport", "<u2"),
+        ("eth_proto", "<u2"),
+        ("tcp_flags", "u1"),
+        ("vlan_tags", "u1"),
+        ("_pad", "<u4"),
+        ("saddr", "u1", (16,)),
+        ("daddr", "u1", (16,)),
+    ]
+)
+EVENT_SIZE = EVENT_DTYPE.itemsize  # 64
+
+# A ring-buffer record: the kernel's 8-byte header, then the event, 8-byte aligned.
+RINGBUF_HDR_SIZE = 8
+RECORD_DTYPE = np.dtype([("len", "<u4"), ("pg_off", "<u4"), ("ev", EVENT_DTYPE)])
+RECORD_SIZE = (RINGBUF_HDR_SIZE + EVENT_SIZE + 7) & ~7
+assert RECORD_DTYPE.itemsize == RECORD_SIZE

@@ -1,0 +1,29 @@
+"""What a loader produces, whichever loader it was."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DatapathOptions:
+    """Load-time settings: where things live and the tunables baked into this load."""
+
+    assets_dir: Path  # compiled objects (*.bpf.o) and the C sources for bcc
+    pin_dir: Path  # on a bpf filesystem
+    ringbuf_bytes: int  # power of two, multiple of the page size
+    large_packet_bytes: int
+
+
+@dataclass
+class LoadedDatapath:
+    """File descriptors of the loaded programs and maps; `close()` releases the loader's hold."""
+
+    loader: str
+    ingress_fd: int
+    egress_fd: int
+    map_fds: dict[str, int]
+    ringbuf_bytes: int
+    close: Callable[[], None] = field(repr=False)

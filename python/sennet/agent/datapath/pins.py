@@ -1,0 +1,65 @@
+"""Pinned maps: check what is pinned before trusting it, and open it for read-out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sennet.agent.datapath import layout
+from sennet.agent.datapath.libbpf import libbpf
+from sennet.common.errors import UserError
+
+
+def check_pinned_maps(pin_dir: Path) -> None:
+    """Fail naming the map and the field if a pinned map's shape differs from this build's.
+
+    Loaders would otherwise refuse with a bare EINVAL, or worse, a bcc build
+    would read a map of another layout.
+    """
+    lb = libbpf()
+    for name, (mtype, key_size, value_size, max_entries) in layout.MAP_SPECS.items():
+        path = pin_dir / name
+        if not path.exists():
+            continue
+        fd = lb.obj_get(str(path))
+        try:
+            info = lb.map_info(fd)
+        finally:
+            os.close(fd)
+        want = {"type": mtype, "key_size": key_size, "value_size": value_size}
+        want["max_entries"] = max_entries
+        for field, expected in want.items():
+            actual = getattr(info, field)
+            if actual != expected:
+                raise UserError(
+                    f"pinned map {path} has {field} {actual}, this build expects {expected}",
+                    hint=f"remove the old pins (sennet-agent reset --pin-dir {pin_dir})",
+                )
+
+
+def open_pinned(pin_dir: Path) -> dict[str, int]:
+    """Open the pinned maps (without loading anything); the caller closes the fds."""
+    lb = libbpf()
+    fds: dict[str, int] = {}
+    try:
+        for name in layout.PINNED_MAPS:
+            fds[name] = lb.obj_get(str(pin_dir / name))
+    except FileNotFoundError as exc:
+        for fd in fds.values():
+            os.close(fd)
+        raise UserError(
+            f"no Sennet maps pinned in {pin_dir}",
+            hint="is the agent running (or has it run) with this pin_dir?",
+        ) from exc
+    return fds
+
+
+def remove_pins(pin_dir: Path) -> list[str]:
+    """Unpin every Sennet map in `pin_dir`; counters restart from zero on the next load."""
+    removed = []
+    for name in (*layout.PINNED_MAPS, layout.MAP_EVENTS):
+        path = pin_dir / name
+        if path.exists():
+            path.unlink()
+            removed.append(name)
+    return removed
