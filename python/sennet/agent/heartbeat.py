@@ -12,7 +12,6 @@ import logging
 from typing import Protocol
 
 from sennet.agent.snapshot import Snapshot
-from sennet.common.log import event
 
 log = logging.getLogger("sennet.agent.heartbeat")
 
@@ -35,7 +34,7 @@ class LogSink:
             fields[f"{c.ifname}.tx_bytes"] = c.tx_bytes
         fields["events"] = sum(snapshot.events_by_kind.values())
         fields["ringbuf_drops"] = sum(snapshot.ringbuf_drops_by_kind.values())
-        event(log, "snapshot", **fields)
+        log.info("snapshot", extra={"fields": fields})
 
     def close(self) -> None:
         return None

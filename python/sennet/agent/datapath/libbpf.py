@@ -101,7 +101,8 @@ class LibBpf:
             self.lib = ctypes.CDLL(path, use_errno=True)
         except OSError as exc:
             raise UserError(
-                f"cannot load libbpf ({path}): {exc}", hint="install libbpf1 (apt-get install libbpf1)"
+                f"cannot load libbpf ({path}): {exc}",
+                hint="install libbpf1 (apt-get install libbpf1)",
             ) from exc
         self.libc = ctypes.CDLL(None, use_errno=True)
         self._log_lock = threading.Lock()
@@ -111,7 +112,13 @@ class LibBpf:
         self.lib.libbpf_set_print(self._printer)
 
     def _declare(self) -> None:
-        lib, p, i, u32, sz = self.lib, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_size_t
+        lib, p, i, u32, sz = (
+            self.lib,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_uint32,
+            ctypes.c_size_t,
+        )
         sigs: dict[str, tuple[Any, list[Any]]] = {
             "libbpf_set_print": (p, [_PRINT_FN]),
             "bpf_object__open_file": (p, [ctypes.c_char_p, p]),

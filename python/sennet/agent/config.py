@@ -1,0 +1,302 @@
+"""Agent configuration: one TOML file, then SENNET_* environment variables, then flags.
+
+Every setting is declared once in `SETTINGS` (name, type, default, help). That
+table drives the file parser, the environment overrides, the command-line flags
+and `sennet-agent config --help`, so they cannot disagree. Validation happens
+at start, and every error names the source (file and key, variable, or flag)
+and what was expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sennet.common.errors import UserError
+
+ENV_PREFIX = "SENNET_"
+DEFAULT_ASSETS = Path(__file__).resolve().parent / "datapath" / "assets"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: str  # "str", "int", "float", "bool", "list", "path"
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None  # returns a complaint, or None
+    secret: bool = False
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "a positive number"
+
+
+def _ringbuf(v: Any) -> str | None:
+    ok = v >= mmap.PAGESIZE and v & (v - 1) == 0 and v <= 1 << 30
+    return None if ok else f"a power of two between {mmap.PAGESIZE} and 1073741824"
+
+
+def _listen(v: Any) -> str | None:
+    if v == "":
+        return None
+    _host, sep, port = str(v).rpartition(":")
+    return None if sep and port.isdigit() and 0 < int(port) < 65536 else '"host:port" or ""'
+
+
+def _loader(v: Any) -> str | None:
+    return None if v in ("libbpf", "bcc") else '"libbpf" or "bcc"'
+
+
+def _level(v: Any) -> str | None:
+    return None if v in ("debug", "info", "warning", "error") else "debug, info, warning or error"
+
+
+def _ifaces(v: Any) -> str | None:
+    if not v:
+        return "at least one interface name"
+    bad = [n for n in v if not n or len(n) > 15 or "/" in n or " " in n]
+    return f"interface names (1-15 chars), not {bad[0]!r}" if bad else None
+
+
+def _priority(v: Any) -> str | None:
+    return None if 1 <= v <= 0xFFFF else "1..65535"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("interfaces", "list", [], "monitored interfaces (required)", _ifaces),
+    Setting("loader", "str", "libbpf", 'BPF loader: "libbpf" (precompiled) or "bcc"', _loader),
+    Setting("bpf_dir", "path", DEFAULT_ASSETS, "directory with *.bpf.o and the C sources"),
+    Setting("pin_dir", "path", Path("/sys/fs/bpf/sennet"), "where maps are pinned (bpffs)"),
+    Setting("state_dir", "path", Path("/var/lib/sennet"), "identity and tokens live here"),
+    Setting("interval_s", "float", 10.0, "seconds between counter reads/heartbeats", _positive),
+    Setting(
+        "large_packet_bytes",
+        "int",
+        1514,
+        "frames longer than this (skb->len) raise a large_packet event",
+        _positive,
+    ),
+    Setting("ringbuf_bytes", "int", 256 * 1024, "event ring buffer size", _ringbuf),
+    Setting("tc_priority", "int", 1, "TC filter priority used on both hooks", _priority),
+    Setting("detach_on_exit", "bool", True, "remove the TC filters when the agent stops"),
+    Setting(
+        "metrics_listen", "str", "", 'local Prometheus endpoint "host:port" ("" = off)', _listen
+    ),
+    Setting("log_level", "str", "info", "debug, info, warning or error", _level),
+    Setting("recent_events_max", "int", 256, "events kept for the next heartbeat", _positive),
+    Setting("control_plane", "str", "", 'control plane gRPC "host:port" ("" = log only)', _listen),
+    Setting("bootstrap_token", "str", "", "enrolment token for the control plane", secret=True),
+    Setting("tls_ca", "str", "", "CA bundle (PEM) to verify the control plane; empty = plaintext"),
+    Setting("tls_server_name", "str", "", "expected TLS server name, if not the host"),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    interfaces: tuple[str, ...]
+    loader: str
+    bpf_dir: Path
+    pin_dir: Path
+    state_dir: Path
+    interval_s: float
+    large_packet_bytes: int
+    ringbuf_bytes: int
+    tc_priority: int
+    detach_on_exit: bool
+    metrics_listen: str
+    log_level: str
+    recent_events_max: int
+    control_plane: str
+    bootstrap_token: str
+    tls_ca: str
+    tls_server_name: str
+
+    def public_view(self) -> dict[str, Any]:
+        """Settings for logs and `config show`: secrets replaced."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if BY_NAME[f.name].secret and value:
+                value = "<redacted>"
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+            if isinstance(value, Path):
+                out[f.name] = str(value)
+        return out
+
+
+_TYPE_NAMES = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "list": "a list of strings",
+    "path": "a path string",
+}
+
+
+def _coerce(setting: Setting, value: Any, where: str) -> Any:
+    """Check a value parsed from TOML (already typed) against its setting."""
+    kind = setting.kind
+    expected = _TYPE_NAMES[kind]
+    ok = {
+        "str": isinstance(value, str),
+        "path": isinstance(value, str) and value != "",
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "list": isinstance(value, list) and all(isinstance(x, str) for x in value),
+    }[kind]
+    if not ok:
+        raise UserError(f"{where}: expected {expected}, got {value!r}")
+    if kind == "path":
+        return Path(value)
+    if kind == "float":
+        return float(value)
+    return value
+
+
+def _parse_text(setting: Setting, text: str, where: str) -> Any:
+    """Parse an environment variable or flag (always text) into the setting's type."""
+    kind = setting.kind
+    try:
+        if kind == "int":
+            return int(text, 0)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise UserError(f"{where}: expected {_TYPE_NAMES[kind]}, got {text!r}") from None
+    if kind == "bool":
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"{where}: expected true or false, got {text!r}")
+    if kind == "list":
+        return [x.strip() for x in text.split(",") if x.strip()]
+    if kind == "path":
+        if not text:
+            raise UserError(f"{where}: expected a path, got an empty string")
+        return Path(text)
+    return text
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """Parse the TOML file; unknown keys and wrong types are errors naming file and key."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        setting = BY_NAME.get(key)
+        if setting is None:
+            near = [n for n in BY_NAME if n.split("_")[0] == key.split("_")[0]]
+            hint = f"did you mean {near[0]!r}?" if near else "see `sennet-agent config --help`"
+            raise UserError(f"{path}: unknown key {key!r}", hint=hint)
+        values[key] = _coerce(setting, value, f"{path}: key {key!r}")
+    return values
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        var = ENV_PREFIX + setting.name.upper()
+        if var in environ:
+            values[setting.name] = _parse_text(setting, environ[var], f"environment {var}")
+    return values
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One --flag per setting; None means "not given" so lower layers show through."""
+    group = parser.add_argument_group("settings (override the file and SENNET_* variables)")
+    for s in SETTINGS:
+        flag = "--" + s.name.replace("_", "-")
+        shown = ",".join(s.default) if s.kind == "list" else s.default
+        helptext = f"{s.help} [default: {shown!r}]" if not s.secret else s.help
+        if s.kind == "list":
+            helptext += " (comma-separated)"
+        group.add_argument(
+            flag, dest=f"set_{s.name}", default=None, metavar=s.kind.upper(), help=helptext
+        )
+
+
+def read_flags(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        text = getattr(args, f"set_{s.name}", None)
+        if text is not None:
+            values[s.name] = _parse_text(s, text, f"flag --{s.name.replace('_', '-')}")
+    return values
+
+
+def build(
+    file: Path | None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    require_interfaces: bool = True,
+) -> AgentConfig:
+    """Merge defaults < file < environment < flags, then validate every value.
+
+    Read-only commands (status, reset) pass require_interfaces=False: they need
+    pin_dir, not a list of interfaces to attach to.
+    """
+    merged: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    origin: dict[str, str] = {s.name: "default" for s in SETTINGS}
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if file is not None:
+        layers.append((str(file), read_file(file)))
+    layers.append(("environment", read_env(os.environ if environ is None else environ)))
+    layers.append(("flags", dict(flags or {})))
+    for name, layer in layers:
+        for key, value in layer.items():
+            merged[key] = value
+            origin[key] = name
+    for s in SETTINGS:
+        if s.name == "interfaces" and not require_interfaces and not merged[s.name]:
+            continue
+        complaint = s.check(merged[s.name]) if s.check else None
+        if complaint:
+            src = origin[s.name]
+            where = (
+                f"{src}: key {s.name!r}"
+                if src not in ("environment", "flags", "default")
+                else (f"{s.name} (from {src})")
+            )
+            raise UserError(f"{where}: expected {complaint}, got {merged[s.name]!r}")
+    if merged["bootstrap_token"] and not merged["control_plane"]:
+        raise UserError(
+            "bootstrap_token is set but control_plane is empty", hint="set both or neither"
+        )
+    merged["interfaces"] = tuple(merged["interfaces"])
+    if len(set(merged["interfaces"])) != len(merged["interfaces"]):
+        raise UserError(f"interfaces lists a name twice: {list(merged['interfaces'])}")
+    return AgentConfig(**merged)
+
+
+def describe() -> str:
+    """The settings table as text, for `sennet-agent config --help` and the docs."""
+    lines = ["key                  type   default               description"]
+    for s in SETTINGS:
+        default = "" if s.secret else repr(s.default if s.kind != "path" else str(s.default))
+        if len(default) > 20:
+            default = default[:17] + "..."
+        env = ENV_PREFIX + s.name.upper()
+        lines.append(f"{s.name:<20} {s.kind:<6} {default:<21} {s.help} (env {env})")
+    return "\n".join(lines)

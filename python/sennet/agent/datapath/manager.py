@@ -1,0 +1,122 @@
+"""eBPF manager: load with the chosen loader, assign counter slots, attach, detach.
+
+The order matters for exact counts and for restarts: slots are assigned before
+any filter is attached (so no packet lands in the "unmapped" slot), pinned maps
+are reused (so counters continue), and filters are replaced in place (so a
+restart never leaves a hook empty or doubled).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sennet.agent.datapath import bcc_loader, libbpf_loader, slots, tc
+from sennet.agent.datapath.bpffs import ensure_pin_dir
+from sennet.agent.datapath.model import DatapathOptions, LoadedDatapath
+from sennet.agent.identity import write_atomic
+from sennet.common.log import event
+
+log = logging.getLogger("sennet.agent.datapath")
+
+OWNED_FILE = "tc-owned.json"  # clsact qdiscs this agent created, so detach removes only those
+
+
+@dataclass(frozen=True)
+class Attached:
+    ifname: str
+    ifindex: int
+    slot: int
+
+
+@dataclass
+class DatapathManager:
+    options: DatapathOptions
+    loader: str
+    tc_priority: int
+    state_dir: Path
+    loaded: LoadedDatapath | None = None
+    attached: list[Attached] = field(default_factory=list)
+    _tc: tc.TcAttacher | None = None
+
+    def load(self) -> LoadedDatapath:
+        ensure_pin_dir(self.options.pin_dir)
+        if self.loader == "bcc":
+            self.loaded = bcc_loader.load(self.options)
+        else:
+            self.loaded = libbpf_loader.load(self.options)
+        return self.loaded
+
+    @property
+    def tc(self) -> tc.TcAttacher:
+        if self._tc is None:
+            self._tc = tc.TcAttacher(self.tc_priority)
+        return self._tc
+
+    def _owned(self) -> set[int]:
+        try:
+            return set(json.loads((self.state_dir / OWNED_FILE).read_text())["clsact_ifindexes"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return set()
+
+    def _save_owned(self, owned: set[int]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        blob = json.dumps({"clsact_ifindexes": sorted(owned)}).encode()
+        write_atomic(self.state_dir / OWNED_FILE, blob, 0o644)
+
+    def attach(self, ifnames: tuple[str, ...]) -> list[Attached]:
+        """Resolve every name first (fail before touching anything), then slot and attach."""
+        assert self.loaded is not None, "load() first"
+        indexes = {name: self.tc.ifindex(name) for name in ifnames}
+        live = [int(link["index"]) for link in self.tc.ipr.get_links()]
+        slot_of = slots.assign(
+            self.loaded.map_fds["IFSLOTS"],
+            self.loaded.map_fds["COUNTERS"],
+            indexes.values(),
+            live,
+        )
+        owned = self._owned() & set(live)
+        for name, ifindex in indexes.items():
+            if self.tc.ensure_clsact(ifindex):
+                owned.add(ifindex)
+            self._save_owned(owned)
+            self.tc.attach(ifindex, tc.PARENT_INGRESS, self.loaded.ingress_fd, "sennet_ingress")
+            self.tc.attach(ifindex, tc.PARENT_EGRESS, self.loaded.egress_fd, "sennet_egress")
+            self.attached.append(Attached(name, ifindex, slot_of[ifindex]))
+            event(
+                log,
+                "attached",
+                ifname=name,
+                ifindex=ifindex,
+                slot=slot_of[ifindex],
+                loader=self.loaded.loader,
+                prio=self.tc_priority,
+            )
+        return self.attached
+
+    def detach(self) -> None:
+        """Remove our filters; remove a clsact qdisc only if we created it and it is now empty."""
+        owned = self._owned()
+        for a in self.attached:
+            removed = self.tc.detach(a.ifindex, tc.PARENT_INGRESS)
+            removed = self.tc.detach(a.ifindex, tc.PARENT_EGRESS) or removed
+            if a.ifindex in owned and self.tc.remove_clsact_if_empty(a.ifindex):
+                owned.discard(a.ifindex)
+            event(log, "detached", ifname=a.ifname, ifindex=a.ifindex, removed=removed)
+        self._save_owned(owned)
+        self.attached.clear()
+
+    def close(self) -> None:
+        if self.loaded is not None:
+            self.loaded.close()
+            self.loaded = None
+        if self._tc is not None:
+            self._tc.close()
+            self._tc = None
+
+
+def kernel_release() -> str:
+    return os.uname().release

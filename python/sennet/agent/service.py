@@ -1,0 +1,211 @@
+"""The agent's run loop: start the data plane, read it every interval, hand snapshots on.
+
+Start-up order fails fast on anything the operator got wrong (config, missing
+interface, no BPF support) before any hook is touched. Shutdown runs on every
+exit path: the consumer's last drain, a final snapshot, then detach (if
+configured) and release. SIGTERM and SIGINT only set a flag; the loop does the
+work, so a signal never interrupts a half-done netlink exchange.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from sennet import __version__
+from sennet.agent import identity as identity_mod
+from sennet.agent import readout
+from sennet.agent.config import AgentConfig
+from sennet.agent.counters import CounterReader
+from sennet.agent.datapath import layout
+from sennet.agent.datapath.manager import Attached, DatapathManager, kernel_release
+from sennet.agent.datapath.model import DatapathOptions
+from sennet.agent.events import RingBufferConsumer
+from sennet.agent.heartbeat import HeartbeatSink, LogSink
+from sennet.agent.snapshot import InterfaceCounters, Snapshot
+from sennet.common.log import event
+
+log = logging.getLogger("sennet.agent")
+
+SinkFactory = Callable[[AgentConfig, str], HeartbeatSink]
+
+
+def default_sink(cfg: AgentConfig, agent_id: str) -> HeartbeatSink:
+    """gRPC to the control plane when one is configured, else a log line per interval."""
+    if not cfg.control_plane:
+        return LogSink()
+    from sennet.agent.grpc_sink import make_sink
+
+    return make_sink(
+        control_plane=cfg.control_plane,
+        bootstrap_token=cfg.bootstrap_token,
+        state_dir=cfg.state_dir,
+        agent_id=agent_id,
+        tls_ca=cfg.tls_ca or None,
+        tls_server_name=cfg.tls_server_name or None,
+    )
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, sink_factory: SinkFactory = default_sink) -> None:
+        self.cfg = cfg
+        self.sink_factory = sink_factory
+        self.started = time.monotonic()
+        self.stop = threading.Event()
+        self.manager = DatapathManager(
+            options=DatapathOptions(
+                assets_dir=cfg.bpf_dir,
+                pin_dir=cfg.pin_dir,
+                ringbuf_bytes=cfg.ringbuf_bytes,
+                large_packet_bytes=cfg.large_packet_bytes,
+            ),
+            loader=cfg.loader,
+            tc_priority=cfg.tc_priority,
+            state_dir=cfg.state_dir,
+        )
+        self.agent_id = ""
+        self.attached: list[Attached] = []
+        self.reader: CounterReader | None = None
+        self.consumer: RingBufferConsumer | None = None
+        self.sink: HeartbeatSink | None = None
+        self._threads: list[threading.Thread] = []
+        self._http: Any = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        ident = identity_mod.load_or_create(self.cfg.state_dir)
+        self.agent_id = ident.agent_id
+        loaded = self.manager.load()
+        self.reader = CounterReader(loaded.map_fds)
+        self.consumer = RingBufferConsumer(
+            loaded.map_fds[layout.MAP_EVENTS], loaded.ringbuf_bytes, self.cfg.recent_events_max
+        )
+        drain = threading.Thread(
+            target=self.consumer.run, args=(self.stop,), name="ringbuf", daemon=True
+        )
+        drain.start()
+        self._threads.append(drain)
+        self.attached = self.manager.attach(self.cfg.interfaces)
+        self.sink = self.sink_factory(self.cfg, self.agent_id)
+        if self.cfg.metrics_listen:
+            self._http = readout.serve(
+                self.cfg.metrics_listen, self.snapshot_for_scrape, self.agent_id
+            )
+        event(
+            log,
+            "agent_ready",
+            agent_id=self.agent_id,
+            loader=loaded.loader,
+            interfaces=",".join(a.ifname for a in self.attached),
+            interval_s=self.cfg.interval_s,
+            metrics=self.cfg.metrics_listen or "off",
+            control_plane=self.cfg.control_plane or "none",
+        )
+
+    def run(self) -> None:
+        """Send a snapshot every interval until stopped; the first one right away."""
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            if time.monotonic() >= next_at:
+                self.beat()
+                next_at += self.cfg.interval_s
+                if next_at < time.monotonic():  # we fell behind (suspend, slow sink): skip ahead
+                    next_at = time.monotonic() + self.cfg.interval_s
+            self.stop.wait(max(0.0, min(0.5, next_at - time.monotonic())))
+
+    def beat(self) -> None:
+        assert self.sink is not None
+        self.sink.send(self.snapshot(take_recent=True))
+
+    def shutdown(self) -> None:
+        """Idempotent, runs every step even if an earlier one fails, logs each failure."""
+        self.stop.set()
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("join_consumer", self._join_threads),
+            ("final_snapshot", self._final_beat),
+            ("close_sink", lambda: self.sink.close() if self.sink else None),
+            ("stop_metrics", self._stop_http),
+            ("detach", self.manager.detach if self.cfg.detach_on_exit else lambda: None),
+            ("close_consumer", lambda: self.consumer.close() if self.consumer else None),
+            ("close_datapath", self.manager.close),
+        ]
+        for name, step in steps:
+            try:
+                step()
+            except Exception as exc:
+                event(log, "shutdown_step_failed", logging.ERROR, step=name, error=repr(exc))
+        self.sink = None
+        self.consumer = None
+        event(log, "agent_stopped", detached=self.cfg.detach_on_exit)
+
+    def _join_threads(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+
+    def _final_beat(self) -> None:
+        if self.sink is not None and self.reader is not None:
+            self.beat()
+
+    def _stop_http(self) -> None:
+        if self._http is not None:
+            server, _thread = self._http
+            server.shutdown()
+            server.server_close()
+            self._http = None
+
+    # -- read-out -------------------------------------------------------------
+
+    def snapshot(self, take_recent: bool) -> Snapshot:
+        assert self.reader is not None and self.consumer is not None
+        interfaces = []
+        for a in self.attached:
+            totals = self.reader.slot_totals(a.slot)
+            rx, tx = totals[layout.Direction.RX], totals[layout.Direction.TX]
+            interfaces.append(
+                InterfaceCounters(a.ifname, a.ifindex, rx.packets, rx.bytes, tx.packets, tx.bytes)
+            )
+        detected = self.reader.by_kind(layout.MAP_EV_COUNTS)
+        drops = self.reader.by_kind(layout.MAP_RB_DROPS)
+        stats = self.consumer.stats()
+        recent, recent_dropped = self.consumer.take_recent() if take_recent else ([], 0)
+        return Snapshot(
+            agent_version=__version__,
+            kernel_version=kernel_release(),
+            uptime_s=time.monotonic() - self.started,
+            loader=self.cfg.loader,
+            interfaces=tuple(interfaces),
+            events_by_kind={k.label: v for k, v in detected.items()},
+            ringbuf_drops_by_kind={k.label: v for k, v in drops.items()},
+            events_consumed=stats.consumed,
+            recent_events=tuple(recent),
+            recent_events_dropped=recent_dropped,
+        )
+
+    def snapshot_for_scrape(self) -> Snapshot:
+        return self.snapshot(take_recent=False)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        event(log, "signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run_agent(cfg: AgentConfig, sink_factory: SinkFactory = default_sink) -> None:
+    agent = Agent(cfg, sink_factory)
+    install_signal_handlers(agent.stop)
+    try:
+        agent.start()
+        agent.run()
+    finally:
+        agent.shutdown()

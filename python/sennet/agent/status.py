@@ -1,0 +1,75 @@
+"""`sennet-agent status`: read the pinned maps directly, with or without a running agent."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from sennet.agent.counters import CounterReader
+from sennet.agent.datapath import layout, slots
+from sennet.agent.datapath.pins import check_pinned_maps, open_pinned
+
+
+def _ifname(ifindex: int) -> str:
+    """Name in this network namespace; run status where the agent runs for real names."""
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return f"ifindex-{ifindex}"
+
+
+def read_status(pin_dir: Path) -> dict[str, Any]:
+    check_pinned_maps(pin_dir)
+    fds = open_pinned(pin_dir)
+    try:
+        reader = CounterReader(fds)
+        interfaces = []
+        for ifindex, slot in sorted(slots.read_slots(fds[layout.MAP_IFSLOTS]).items()):
+            totals = reader.slot_totals(slot)
+            interfaces.append(
+                {
+                    "ifname": _ifname(ifindex),
+                    "ifindex": ifindex,
+                    "slot": slot,
+                    **{
+                        f"{d.label}_{field}": getattr(totals[d], field)
+                        for d in layout.Direction
+                        for field in ("packets", "bytes")
+                    },
+                }
+            )
+        unmapped = reader.slot_totals(layout.UNMAPPED_SLOT)
+        return {
+            "pin_dir": str(pin_dir),
+            "interfaces": interfaces,
+            "unmapped_packets": sum(t.packets for t in unmapped.values()),
+            "events_by_kind": {k.label: v for k, v in reader.by_kind(layout.MAP_EV_COUNTS).items()},
+            "ringbuf_drops_by_kind": {
+                k.label: v for k, v in reader.by_kind(layout.MAP_RB_DROPS).items()
+            },
+        }
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def render(status: dict[str, Any]) -> str:
+    lines = [f"pinned maps: {status['pin_dir']}", ""]
+    lines.append(
+        f"{'interface':<16}{'rx packets':>14}{'rx bytes':>16}{'tx packets':>14}{'tx bytes':>16}"
+    )
+    for i in status["interfaces"]:
+        lines.append(
+            f"{i['ifname']:<16}{i['rx_packets']:>14}{i['rx_bytes']:>16}{i['tx_packets']:>14}{i['tx_bytes']:>16}"
+        )
+    if not status["interfaces"]:
+        lines.append("(no interfaces registered)")
+    lines.append("")
+    lines.append(f"{'event kind':<16}{'detected':>12}{'ring drops':>12}")
+    for kind, n in status["events_by_kind"].items():
+        lines.append(f"{kind:<16}{n:>12}{status['ringbuf_drops_by_kind'][kind]:>12}")
+    if status["unmapped_packets"]:
+        lines.append(f"\nwarning: {status['unmapped_packets']} packets on unregistered interfaces")
+    return "\n".join(lines)
