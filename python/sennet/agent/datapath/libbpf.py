@@ -241,8 +241,11 @@ class LibBpf:
     def possible_cpus(self) -> int:
         return self.check(self.lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
 
-    def test_run(self, prog_fd: int, data: bytes, repeat: int) -> tuple[int, int]:
-        """BPF_PROG_TEST_RUN: run a program `repeat` times on `data`; returns (retval, ns/run)."""
+    def test_run(self, prog_fd: int, data: bytes, repeat: int) -> tuple[int, int, bytes]:
+        """BPF_PROG_TEST_RUN: run a program `repeat` times on `data`.
+
+        Returns (retval, mean ns per run, the packet as the program left it).
+        """
         buf = ctypes.create_string_buffer(data, len(data))
         out = ctypes.create_string_buffer(len(data) + 256)
         opts = BpfTestRunOpts(
@@ -256,7 +259,7 @@ class LibBpf:
         rc = self.lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
         if rc < 0:
             raise BpfError(ctypes.get_errno(), f"BPF_PROG_TEST_RUN (prog fd {prog_fd})")
-        return int(opts.retval), int(opts.duration)
+        return int(opts.retval), int(opts.duration), out.raw[: opts.data_size_out]
 
     # --- BTF: where a tunable lives inside .rodata ---------------------------
 

@@ -1,0 +1,86 @@
+"""Load, attach and read the real data plane from inside a test (no agent process)."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sennet.agent.config import DEFAULT_ASSETS
+from sennet.agent.counters import CounterReader
+from sennet.agent.datapath import layout
+from sennet.agent.datapath.manager import DatapathManager
+from sennet.agent.datapath.model import DatapathOptions
+from sennet.agent.events import RingBufferConsumer, decode
+from sennet.agent.snapshot import Event
+from tests.netlab import VethPair, in_netns
+
+LOADERS = ("libbpf", "bcc")
+
+
+@dataclass
+class Running:
+    manager: DatapathManager
+    reader: CounterReader
+    consumer: RingBufferConsumer
+    slot: int
+    batches: list[np.ndarray]
+
+    def totals(self) -> dict[str, tuple[int, int]]:
+        t = self.reader.slot_totals(self.slot)
+        return {d.label: (t[d].packets, t[d].bytes) for d in layout.Direction}
+
+    def events(self) -> list[Event]:
+        self.consumer.drain()
+        if not self.batches:
+            return []
+        return decode(np.concatenate(self.batches))
+
+    def kinds(self) -> Counter[str]:
+        return Counter(e.kind.label for e in self.events())
+
+    def detected(self) -> dict[str, int]:
+        return {k.label: v for k, v in self.reader.by_kind(layout.MAP_EV_COUNTS).items() if v}
+
+    def drops(self) -> dict[str, int]:
+        return {k.label: v for k, v in self.reader.by_kind(layout.MAP_RB_DROPS).items() if v}
+
+
+@contextlib.contextmanager
+def running(
+    net: VethPair,
+    pin_dir: Path,
+    loader: str = "libbpf",
+    ringbuf_bytes: int = 1 << 20,
+    large: int = 1000,
+    detach: bool = True,
+) -> Iterator[Running]:
+    state = Path(tempfile.mkdtemp(prefix="sennet-state-"))
+    manager = DatapathManager(
+        options=DatapathOptions(DEFAULT_ASSETS, pin_dir, ringbuf_bytes, large),
+        loader=loader,
+        tc_priority=1,
+        state_dir=state,
+    )
+    consumer = None
+    try:
+        loaded = manager.load()
+        with in_netns(net.ns_a):
+            _ = manager.tc  # the netlink socket binds to the monitored namespace
+        attached = manager.attach((net.if_a,))
+        batches: list[np.ndarray] = []
+        consumer = RingBufferConsumer(
+            loaded.map_fds[layout.MAP_EVENTS], ringbuf_bytes, 0, on_batch=batches.append
+        )
+        yield Running(manager, CounterReader(loaded.map_fds), consumer, attached[0].slot, batches)
+    finally:
+        if detach and manager.loaded is not None:
+            manager.detach()
+        if consumer is not None:
+            consumer.close()
+        manager.close()
