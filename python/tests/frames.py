@@ -11,6 +11,7 @@ into skb metadata before TC ingress (skb_vlan_untag), so there skb->len is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -39,52 +40,91 @@ class Case:
         return len(self.frame) - (4 if self.vlan_outer else 0)
 
 
+def ip4(**fields: Any) -> Packet:
+    return IP(src="10.1.0.1", dst="10.1.0.2", **fields)
+
+
 def _b(p: Packet) -> bytes:
     return bytes(p)
 
 
 def cases() -> list[Case]:
-    v4 = {"src": "10.1.0.1", "dst": "10.1.0.2"}
-    v6 = {"src": "fd00::1", "dst": "fd00::2"}
     return [
-        Case("udp_small", _b(eth() / IP(**v4) / UDP(sport=1111, dport=2222) / Raw(b"x" * 18)), ()),
-        Case("icmp_echo", _b(eth() / IP(**v4) / ICMP() / Raw(b"p" * 56)), ()),
+        Case("udp_small", _b(eth() / ip4() / UDP(sport=1111, dport=2222) / Raw(b"x" * 18)), ()),
+        Case("icmp_echo", _b(eth() / ip4() / ICMP() / Raw(b"p" * 56)), ()),
         Case("arp", _b(eth() / ARP(psrc="10.1.0.1", pdst="10.1.0.2")), ()),
         Case(
             "large_udp",
-            _b(eth() / IP(**v4) / UDP(sport=1111, dport=2222) / Raw(b"L" * 1200)),
+            _b(eth() / ip4() / UDP(sport=1111, dport=2222) / Raw(b"L" * 1200)),
             ("large_packet",),
         ),
-        Case("tcp_null", _b(eth() / IP(**v4) / TCP(sport=40000, dport=80, flags=0)), ("tcp_null",)),
-        Case("tcp_syn_fin", _b(eth() / IP(**v4) / TCP(sport=40001, dport=80, flags="SF")), ("tcp_syn_fin",)),
-        Case("tcp_syn_rst", _b(eth() / IP(**v4) / TCP(sport=40002, dport=80, flags="SR")), ("tcp_syn_rst",)),
-        Case("tcp_xmas", _b(eth() / IP(**v4) / TCP(sport=40003, dport=80, flags="FPU")), ("tcp_xmas",)),
+        Case("tcp_null", _b(eth() / ip4() / TCP(sport=40000, dport=80, flags=0)), ("tcp_null",)),
+        Case(
+            "tcp_syn_fin",
+            _b(eth() / ip4() / TCP(sport=40001, dport=80, flags="SF")),
+            ("tcp_syn_fin",),
+        ),
+        Case(
+            "tcp_syn_rst",
+            _b(eth() / ip4() / TCP(sport=40002, dport=80, flags="SR")),
+            ("tcp_syn_rst",),
+        ),
+        Case(
+            "tcp_xmas",
+            _b(eth() / ip4() / TCP(sport=40003, dport=80, flags="FPU")),
+            ("tcp_xmas",),
+        ),
         Case(
             "land_v4",
             _b(eth() / IP(src="10.1.0.9", dst="10.1.0.9") / TCP(sport=139, dport=139, flags="S")),
             ("land",),
         ),
-        Case("ipv4_bad_ihl", _b(eth() / IP(ihl=3, **v4) / UDP(sport=1, dport=2)), ("ipv4_bad_ihl",)),
+        Case("ipv4_bad_ihl", _b(eth() / ip4(ihl=3) / UDP(sport=1, dport=2)), ("ipv4_bad_ihl",)),
         Case(
             "ipv4_len_beyond_frame",
-            _b(eth() / IP(len=900, **v4) / UDP(sport=5, dport=6) / Raw(b"s" * 10)),
+            _b(eth() / ip4(len=900) / UDP(sport=5, dport=6) / Raw(b"s" * 10)),
             ("ipv4_bad_len",),
         ),
         Case(
             "ipv4_len_below_header",
-            _b(eth() / IP(len=12, **v4) / UDP(sport=5, dport=6)),
+            _b(eth() / ip4(len=12) / UDP(sport=5, dport=6)),
             ("ipv4_bad_len",),
         ),
-        Case("truncated_ipv4", _b(Ether(src=MAC_B, dst=MAC_A, type=0x0800) / Raw(b"\x45\x00\x00")), ("truncated_l3",)),
-        Case("truncated_ipv6", _b(Ether(src=MAC_B, dst=MAC_A, type=0x86DD) / Raw(b"\x60" + b"\x00" * 20)), ("truncated_l3",)),
-        Case("truncated_tcp", _b(eth() / IP(proto=6, **v4) / Raw(b"\x9c\x40\x00\x50")), ("truncated_l4",)),
-        Case("truncated_udp", _b(eth() / IP(proto=17, **v4) / Raw(b"\x00\x01")), ("truncated_l4",)),
-        Case("truncated_icmp", _b(eth() / IP(proto=1, **v4) / Raw(b"\x08")), ("truncated_l4",)),
-        Case("tcp_xmas_v6", _b(eth() / IPv6(**v6) / TCP(sport=5, dport=6, flags="FPU")), ("tcp_xmas",)),
-        Case("land_v6", _b(eth() / IPv6(src="fd00::7", dst="fd00::7") / UDP(sport=7, dport=7)), ("land",)),
+        Case(
+            "truncated_ipv4",
+            _b(Ether(src=MAC_B, dst=MAC_A, type=0x0800) / Raw(b"\x45\x00\x00")),
+            ("truncated_l3",),
+        ),
+        Case(
+            "truncated_ipv6",
+            _b(Ether(src=MAC_B, dst=MAC_A, type=0x86DD) / Raw(b"\x60" + b"\x00" * 20)),
+            ("truncated_l3",),
+        ),
+        Case(
+            "truncated_tcp",
+            _b(eth() / ip4(proto=6) / Raw(b"\x9c\x40\x00\x50")),
+            ("truncated_l4",),
+        ),
+        Case("truncated_udp", _b(eth() / ip4(proto=17) / Raw(b"\x00\x01")), ("truncated_l4",)),
+        Case("truncated_icmp", _b(eth() / ip4(proto=1) / Raw(b"\x08")), ("truncated_l4",)),
+        Case(
+            "tcp_xmas_v6",
+            _b(eth() / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=5, dport=6, flags="FPU")),
+            ("tcp_xmas",),
+        ),
+        Case(
+            "land_v6",
+            _b(eth() / IPv6(src="fd00::7", dst="fd00::7") / UDP(sport=7, dport=7)),
+            ("land",),
+        ),
         Case(
             "large_xmas_land",  # one frame, three kinds: one event each
-            _b(eth() / IP(src="10.2.2.2", dst="10.2.2.2") / TCP(sport=9, dport=9, flags="FPU") / Raw(b"z" * 1100)),
+            _b(
+                eth()
+                / IP(src="10.2.2.2", dst="10.2.2.2")
+                / TCP(sport=9, dport=9, flags="FPU")
+                / Raw(b"z" * 1100)
+            ),
             ("large_packet", "tcp_xmas", "land"),
         ),
         Case(
@@ -95,7 +135,7 @@ def cases() -> list[Case]:
         ),
         Case(
             "qinq_syn_fin",
-            _b(eth() / Dot1AD(vlan=8) / Dot1Q(vlan=9) / IP(**v4) / TCP(sport=1, dport=2, flags="SF")),
+            _b(eth() / Dot1AD(vlan=8) / Dot1Q(vlan=9) / ip4() / TCP(sport=1, dport=2, flags="SF")),
             ("tcp_syn_fin",),
             vlan_outer=True,
         ),

@@ -120,6 +120,7 @@ def veth_pair(mtu: int = 9000) -> Iterator[VethPair]:
             created.append(ns)
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh(
             "ip", "link", "add", f"sa{tag}", "mtu", str(mtu), "netns", pair.ns_a, "type", "veth",
             "peer", "name", f"sb{tag}", "mtu", str(mtu), "netns", pair.ns_b,

@@ -101,7 +101,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if cfg.pin_dir.exists():
         check_pinned_maps(cfg.pin_dir)
     ensure_pin_dir(cfg.pin_dir)
-    scratch = Path(tempfile.mkdtemp(prefix=".check-", dir=cfg.pin_dir))
+    scratch = Path(tempfile.mkdtemp(prefix="check_", dir=cfg.pin_dir))  # bpffs refuses "." in names
     manager = DatapathManager(
         options=DatapathOptions(cfg.bpf_dir, scratch, cfg.ringbuf_bytes, cfg.large_packet_bytes),
         loader=cfg.loader,

@@ -31,7 +31,9 @@ def test_full_ring_buffer_losses_are_counted_exactly(net: VethPair, pin_root: Pa
     assert drops == {"large_packet": 100 - consumed}
 
 
-def test_programs_return_no_verdict_and_leave_bytes_unchanged(net: VethPair, pin_root: Path) -> None:
+def test_programs_return_no_verdict_and_leave_bytes_unchanged(
+    net: VethPair, pin_root: Path
+) -> None:
     """BPF_PROG_TEST_RUN on each case: verdict "no opinion" (TC_ACT_UNSPEC), bytes as sent.
 
     The kernel's test harness refuses frames shorter than their IP header
@@ -104,8 +106,34 @@ def _address(net: VethPair) -> None:
     for ns, ifname in ((net.ns_a, net.if_a), (net.ns_b, net.if_b)):
         mac[ns] = sh("ip", "-n", ns, "-br", "link", "show", ifname).split()[2]
     # Static neighbours: no ARP exchange, so counts stay exact.
-    sh("ip", "-n", net.ns_a, "neigh", "add", "10.9.0.2", "lladdr", mac[net.ns_b], "dev", net.if_a, "nud", "permanent")
-    sh("ip", "-n", net.ns_b, "neigh", "add", "10.9.0.1", "lladdr", mac[net.ns_a], "dev", net.if_b, "nud", "permanent")
+    sh(
+        "ip",
+        "-n",
+        net.ns_a,
+        "neigh",
+        "add",
+        "10.9.0.2",
+        "lladdr",
+        mac[net.ns_b],
+        "dev",
+        net.if_a,
+        "nud",
+        "permanent",
+    )
+    sh(
+        "ip",
+        "-n",
+        net.ns_b,
+        "neigh",
+        "add",
+        "10.9.0.1",
+        "lladdr",
+        mac[net.ns_a],
+        "dev",
+        net.if_b,
+        "nud",
+        "permanent",
+    )
 
 
 def test_udp_through_the_stack_arrives_intact_and_is_counted(net: VethPair, pin_root: Path) -> None:
@@ -122,7 +150,10 @@ def test_udp_through_the_stack_arrives_intact_and_is_counted(net: VethPair, pin_
             for p in payloads:
                 tx.sendto(p, ("10.9.0.1", 5000))
             assert [rx.recv(2000) for _ in payloads] == payloads
-            assert dp.totals() == {"rx": (3, sum(14 + 20 + 8 + len(p) for p in payloads)), "tx": (0, 0)}
+            assert dp.totals() == {
+                "rx": (3, sum(14 + 20 + 8 + len(p) for p in payloads)),
+                "tx": (0, 0),
+            }
     finally:
         rx.close()
         tx.close()
@@ -132,7 +163,20 @@ def test_echo_replies_count_as_tx(net: VethPair, pin_root: Path) -> None:
     _address(net)
     with running(net, pin_root / "p") as dp:
         subprocess.run(
-            ["ip", "netns", "exec", net.ns_b, "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.9.0.1"],
+            [
+                "ip",
+                "netns",
+                "exec",
+                net.ns_b,
+                "ping",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                "10.9.0.1",
+            ],
             check=True,
             capture_output=True,
         )

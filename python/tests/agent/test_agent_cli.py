@@ -1,0 +1,166 @@
+"""The `sennet-agent` command end to end: a real process, a real kernel, real traffic."""
+
+from __future__ import annotations
+
+import re
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.agent_proc import agent, run_cli, status
+from tests.frames import cases
+from tests.netlab import VethPair, in_netns, sh
+
+pytestmark = pytest.mark.kernel
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(netns: str, port: int) -> dict[str, float]:
+    with in_netns(netns):
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def base_args(net: VethPair, pin_root: Path, tmp_path: Path) -> list[str]:
+    return [
+        "--interfaces", net.if_a, "--pin-dir", str(pin_root / "sennet"),
+        "--state-dir", str(tmp_path / "state"), "--interval-s", "0.5",
+        "--large-packet-bytes", "1000",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("loader", ["libbpf", "bcc"])
+def test_agent_reports_exact_counts_in_status_and_metrics(
+    net: VethPair, pin_root: Path, tmp_path: Path, loader: str
+) -> None:
+    port = free_port()
+    args = [
+        *base_args(net, pin_root, tmp_path),
+        "--loader",
+        loader,
+        "--metrics-listen",
+        f"127.0.0.1:{port}",
+    ]
+    all_cases = cases()
+    with agent(net.ns_a, args, tmp_path / "agent.log") as a:
+        a.wait_for("event=agent_ready")
+        net.send_to_a([c.frame for c in all_cases])
+        rx_bytes = sum(c.rx_len for c in all_cases)
+        s = status(net.ns_a, pin_root / "sennet")
+        (iface,) = s["interfaces"]
+        assert (iface["ifname"], iface["rx_packets"], iface["rx_bytes"]) == (
+            net.if_a,
+            len(all_cases),
+            rx_bytes,
+        )
+        assert (iface["tx_packets"], iface["tx_bytes"]) == (0, 0)
+        assert s["events_by_kind"]["land"] == 4
+        assert s["events_by_kind"]["large_packet"] == 2
+        assert sum(s["ringbuf_drops_by_kind"].values()) == 0
+        m = scrape(net.ns_a, port)
+        assert m[f'sennet_agent_packets_total{{direction="rx",interface="{net.if_a}"}}'] == len(
+            all_cases
+        )
+        assert m[f'sennet_agent_bytes_total{{direction="rx",interface="{net.if_a}"}}'] == rx_bytes
+        assert m['sennet_agent_events_total{kind="tcp_xmas"}'] == 3
+        assert m['sennet_agent_events_total{kind="truncated_l4"}'] == 3
+        a.wait_for("event=snapshot")
+        assert a.stop() == 0
+    log = a.log()
+    assert re.search(rf"event=attached ifname={net.if_a} ifindex=\d+ slot=1 loader={loader}", log)
+    assert "event=agent_stopped detached=True" in log
+    assert sh("tc", "-n", net.ns_a, "filter", "show", "dev", net.if_a, "ingress").strip() == ""
+
+
+def test_restarted_agent_continues_counters_without_duplicate_filters(
+    net: VethPair, pin_root: Path, tmp_path: Path
+) -> None:
+    args = [*base_args(net, pin_root, tmp_path), "--detach-on-exit", "false"]
+    frame = next(c.frame for c in cases() if c.name == "udp_small")
+    with agent(net.ns_a, args, tmp_path / "first.log") as a:
+        a.wait_for("event=agent_ready")
+        net.send_to_a([frame] * 3)
+        assert a.stop() == 0
+    net.send_to_a([frame] * 2)  # filters stayed: counted while no agent ran
+    first_id = re.search(r"agent_id=(\S+)", a.log())
+    with agent(net.ns_a, args, tmp_path / "second.log") as b:
+        b.wait_for("event=agent_ready")
+        net.send_to_a([frame])
+        (iface,) = status(net.ns_a, pin_root / "sennet")["interfaces"]
+        assert (iface["rx_packets"], iface["rx_bytes"]) == (6, 360)
+        assert b.stop() == 0
+    assert first_id and f"agent_id={first_id.group(1)}" in b.log()
+    for hook in ("ingress", "egress"):
+        out = sh("tc", "-n", net.ns_a, "filter", "show", "dev", net.if_a, hook)
+        assert out.count("handle 0x1") == 1, out
+
+
+def test_missing_interface_fails_fast_and_touches_nothing(
+    net: VethPair, pin_root: Path, tmp_path: Path
+) -> None:
+    args = [
+        "run",
+        "--interfaces",
+        f"{net.if_a},nope0",
+        "--pin-dir",
+        str(pin_root / "s"),
+        "--state-dir",
+        str(tmp_path),
+    ]
+    result = run_cli(net.ns_a, args)
+    assert result.returncode == 2
+    assert (
+        "sennet-agent: error: interface 'nope0' does not exist in this network namespace"
+        in result.stderr
+    )
+    assert "clsact" not in sh("tc", "-n", net.ns_a, "qdisc", "show", "dev", net.if_a)
+
+
+def test_bad_config_file_exits_2_naming_file_and_key(net: VethPair, tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('interfaces = ["mon0"]\nringbuf_bytes = "lots"\n')
+    result = run_cli(net.ns_a, ["run", "--config", str(cfg)])
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"sennet-agent: error: {cfg}: key 'ringbuf_bytes': expected an integer, got 'lots'"
+    )
+
+
+def test_check_loads_the_programs_without_attaching(
+    net: VethPair, pin_root: Path, tmp_path: Path
+) -> None:
+    args = [
+        "check",
+        "--interfaces",
+        net.if_a,
+        "--pin-dir",
+        str(pin_root / "s"),
+        "--state-dir",
+        str(tmp_path),
+    ]
+    result = run_cli(net.ns_a, args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: libbpf loaded sennet_ingress and sennet_egress")
+    assert "clsact" not in sh("tc", "-n", net.ns_a, "qdisc", "show", "dev", net.if_a)
+    assert sorted(p.name for p in (pin_root / "s").iterdir()) == []
+
+
+def test_help_explains_every_command(net: VethPair) -> None:
+    result = run_cli(net.ns_a, ["--help"])
+    assert result.returncode == 0
+    for command in ("run", "status", "check", "reset", "config"):
+        assert command in result.stdout
+    config_help = run_cli(net.ns_a, ["config", "--help"]).stdout
+    assert "SENNET_LARGE_PACKET_BYTES" in config_help
