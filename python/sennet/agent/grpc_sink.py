@@ -1,0 +1,439 @@
+"""The agent's sender to the control plane: a `HeartbeatSink` over gRPC.
+
+`send()` never waits on the network: it records the newest snapshot and queues
+its events, then wakes a background thread that does the RPCs. Counters are
+cumulative, so only the newest snapshot matters; an outage loses no counts.
+Events are held in a bounded queue (oldest dropped first, and counted in
+`events_dropped_by_agent`), and leave the queue only when a heartbeat that
+carried them was acknowledged, i.e. committed by the control plane.
+
+While the control plane is unreachable the thread backs off exponentially
+with jitter, so a fleet that lost its control plane does not return in one
+synchronised wave. The agent enrols itself with the bootstrap token, keeps its
+own token in `state_dir/agent-token` (mode 0600), and enrols again if the
+control plane rejects that token (revoked, or the control plane's database
+was replaced).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from sennet.agent.heartbeat import HeartbeatSink
+from sennet.agent.snapshot import Event, Snapshot
+from sennet.common.errors import UserError
+from sennet.common.log import event
+from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+
+log = logging.getLogger("sennet.agent.grpc_sink")
+
+TOKEN_FILE = "agent-token"
+REGISTER = "/sentinel.v1.SentinelService/Register"
+HEARTBEAT = "/sentinel.v1.SentinelService/Heartbeat"
+_RE_ENROL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    """Tunables; the defaults suit a 10 s heartbeat interval."""
+
+    rpc_deadline_s: float = 5.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    max_queued_events: int = 4096
+    max_events_per_heartbeat: int = 256
+    close_flush_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class SinkStats:
+    heartbeats_acked: int
+    failures: int
+    consecutive_failures: int
+    enrolments: int
+    events_queued: int
+    events_dropped: int
+    last_error: str | None
+
+
+def backoff_delay(failures: int, opts: SinkOptions, rng: random.Random) -> float:
+    """Equal-jitter exponential backoff: half the capped delay fixed, half random."""
+    capped = min(opts.backoff_max_s, opts.backoff_initial_s * 2.0 ** max(0, failures - 1))
+    return capped / 2 + rng.uniform(0, capped / 2)
+
+
+def event_to_proto(ev: Event, mono_to_unix_ns: int) -> pb.Event:
+    """Convert a decoded ring-buffer event; kernel monotonic time becomes wall-clock time."""
+    return pb.Event(
+        ts_unix_ns=ev.ts_ns + mono_to_unix_ns,
+        ifindex=ev.ifindex,
+        direction=pb.DIRECTION_RX if ev.direction.label == "rx" else pb.DIRECTION_TX,
+        kind=ev.kind.label,
+        pkt_len=ev.pkt_len,
+        ip_version=ev.ip_version,
+        l4_proto=ev.l4_proto,
+        src_port=ev.sport,
+        dst_port=ev.dport,
+        src_addr=ev.saddr or "",
+        dst_addr=ev.daddr or "",
+        tcp_flags=ev.tcp_flags,
+        vlan_tags=ev.vlan_tags,
+        eth_proto=ev.eth_proto,
+    )
+
+
+def snapshot_to_request(
+    agent_id: str, snap: Snapshot, events: list[pb.Event], dropped: int
+) -> pb.HeartbeatRequest:
+    """The HeartbeatRequest for a snapshot plus a batch of queued events."""
+    return pb.HeartbeatRequest(
+        agent_id=agent_id,
+        agent_version=snap.agent_version,
+        kernel_version=snap.kernel_version,
+        uptime_seconds=snap.uptime_s,
+        interfaces=[
+            pb.InterfaceCounters(
+                name=c.ifname,
+                ifindex=c.ifindex,
+                rx_packets=c.rx_packets,
+                rx_bytes=c.rx_bytes,
+                tx_packets=c.tx_packets,
+                tx_bytes=c.tx_bytes,
+            )
+            for c in snap.interfaces
+        ],
+        events_by_kind=snap.events_by_kind,
+        ringbuf_drops_by_kind=snap.ringbuf_drops_by_kind,
+        recent_events=events,
+        events_dropped_by_agent=dropped,
+    )
+
+
+class TokenFile:
+    """The agent token, persisted beside the identity (mode 0600, atomic replace)."""
+
+    def __init__(self, state_dir: Path, agent_id: str, target: str) -> None:
+        self.path = state_dir / TOKEN_FILE
+        self._agent_id = agent_id
+        self._target = target
+
+    def load(self) -> str | None:
+        """The stored token if it was issued to this agent by this control plane."""
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            event(
+                log,
+                "ignoring unreadable agent token file",
+                logging.WARNING,
+                path=self.path,
+                error=str(exc),
+            )
+            return None
+        if data.get("agent_id") != self._agent_id or data.get("control_plane") != self._target:
+            return None
+        token = data.get("token")
+        return token if isinstance(token, str) and token else None
+
+    def store(self, token: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        blob = json.dumps(
+            {"agent_id": self._agent_id, "control_plane": self._target, "token": token}
+        ).encode()
+        tmp = self.path.with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
+            os.write(fd, blob)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class GrpcSink:
+    """HeartbeatSink sending to the control plane from a background thread."""
+
+    def __init__(
+        self,
+        target: str,
+        bootstrap_token: str,
+        state_dir: Path,
+        agent_id: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        tls_server_name: str | None = None,
+        options: SinkOptions | None = None,
+        rng: random.Random | None = None,
+        hostname: Callable[[], str] = socket.gethostname,
+    ) -> None:
+        self._target = target
+        self._bootstrap = bootstrap_token
+        self._agent_id = agent_id
+        self._opts = options or SinkOptions()
+        self._rng = rng or random.Random()
+        self._hostname = hostname
+        self._tokens = TokenFile(state_dir, agent_id, target)
+        self._token = self._tokens.load()
+        channel_options: list[tuple[str, str | int]] = [
+            # grpc's own reconnect backoff defaults to a 120 s cap; ours governs retries.
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.min_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+            ("grpc.enable_retries", 0),
+        ]
+        if tls_server_name:
+            channel_options.append(("grpc.ssl_target_name_override", tls_server_name))
+        if credentials is not None:
+            self._channel = grpc.secure_channel(target, credentials, options=channel_options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=channel_options)
+        self._register = self._channel.unary_unary(
+            REGISTER,
+            request_serializer=pb.RegisterRequest.SerializeToString,
+            response_deserializer=pb.RegisterResponse.FromString,
+        )
+        self._heartbeat = self._channel.unary_unary(
+            HEARTBEAT,
+            request_serializer=pb.HeartbeatRequest.SerializeToString,
+            response_deserializer=pb.HeartbeatResponse.FromString,
+        )
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._latest: Snapshot | None = None
+        self._pending = False  # the latest snapshot has not been acknowledged yet
+        self._events: deque[pb.Event] = deque()
+        self._inflight: set[int] = set()  # ids of queued events in the heartbeat being sent
+        self._dropped = 0
+        self._acked = 0
+        self._failures = 0
+        self._consecutive = 0
+        self._enrolments = 0
+        self._last_error: str | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="sennet-grpc-sink", daemon=True)
+        self._thread.start()
+
+    # -- HeartbeatSink ----------------------------------------------------------------
+
+    def send(self, snapshot: Snapshot) -> None:
+        """Record the snapshot and queue its events; returns at once."""
+        offset = time.time_ns() - time.monotonic_ns()
+        converted = [event_to_proto(ev, offset) for ev in snapshot.recent_events]
+        with self._lock:
+            self._latest = snapshot
+            self._pending = True
+            self._dropped += snapshot.recent_events_dropped
+            for ev in converted:
+                if len(self._events) >= self._opts.max_queued_events:
+                    oldest = self._events.popleft()
+                    # one being sent right now may still arrive; the rest are lost
+                    self._dropped += id(oldest) not in self._inflight
+                self._events.append(ev)
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Try briefly to deliver what is pending, then stop the thread and the channel."""
+        self.flush(self._opts.close_flush_s)
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(self._opts.rpc_deadline_s + 1)
+        self._channel.close()
+
+    # -- for callers and tests --------------------------------------------------------
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the latest snapshot is acknowledged; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending and not self._closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.wait(min(left, 0.05))
+            return not self._pending
+
+    def stats(self) -> SinkStats:
+        with self._lock:
+            return SinkStats(
+                heartbeats_acked=self._acked,
+                failures=self._failures,
+                consecutive_failures=self._consecutive,
+                enrolments=self._enrolments,
+                events_queued=len(self._events),
+                events_dropped=self._dropped,
+                last_error=self._last_error,
+            )
+
+    # -- the sender thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_attempt = 0.0
+        while True:
+            with self._lock:
+                while not self._closing and (not self._pending or time.monotonic() < next_attempt):
+                    wait = None if not self._pending else next_attempt - time.monotonic()
+                    self._wake.wait(wait)
+                if self._closing:
+                    return
+                snap = self._latest
+                batch = list(self._events)[: self._opts.max_events_per_heartbeat]
+                self._inflight.update(id(ev) for ev in batch)
+                dropped = self._dropped
+            assert snap is not None
+            error, refused = self._attempt(snap, batch, dropped)
+            with self._lock:
+                self._inflight.clear()
+                if error is None or refused:
+                    # Acknowledged events leave the queue; so do refused ones, or one bad
+                    # event would block every later heartbeat (they are counted as dropped).
+                    sent = {id(ev) for ev in batch}
+                    while self._events and id(self._events[0]) in sent:
+                        self._events.popleft()
+                        self._dropped += refused
+                if error is None:
+                    self._acked += 1
+                    self._consecutive = 0
+                    self._last_error = None
+                    self._pending = self._latest is not snap or bool(self._events)
+                    next_attempt = 0.0
+                else:
+                    self._failures += 1
+                    self._consecutive += 1
+                    self._last_error = error
+                    next_attempt = time.monotonic() + backoff_delay(
+                        self._consecutive, self._opts, self._rng
+                    )
+                self._wake.notify_all()
+
+    def _attempt(
+        self, snap: Snapshot, batch: list[pb.Event], dropped: int
+    ) -> tuple[str | None, bool]:
+        """One heartbeat (enrolling first if needed): (error or None, refused as invalid)."""
+        try:
+            if self._token is None:
+                self._enrol(snap)
+            assert self._token is not None
+            req = snapshot_to_request(self._agent_id, snap, batch, dropped)
+            try:
+                self._call_heartbeat(req)
+            except grpc.RpcError as exc:
+                if exc.code() not in _RE_ENROL:
+                    raise
+                event(
+                    log,
+                    "agent token rejected; enrolling again",
+                    logging.WARNING,
+                    code=exc.code().name,
+                    detail=exc.details(),
+                )
+                self._tokens.discard()
+                self._token = None
+                self._enrol(snap)
+                self._call_heartbeat(req)
+            return None, False
+        except grpc.RpcError as exc:
+            reason = f"{exc.code().name}: {exc.details()}"
+            level = logging.WARNING if self._consecutive == 0 else logging.DEBUG
+            event(
+                log,
+                "heartbeat failed",
+                level,
+                control_plane=self._target,
+                error=reason,
+                consecutive_failures=self._consecutive + 1,
+            )
+            refused = exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+            if refused:
+                event(
+                    log,
+                    "control plane refused our heartbeat",
+                    logging.ERROR,
+                    error=reason,
+                    events_discarded=len(batch),
+                )
+            return reason, refused
+        except (UserError, OSError) as exc:
+            event(log, "heartbeat failed", logging.WARNING, error=str(exc))
+            return str(exc), False
+
+    def _call_heartbeat(self, req: pb.HeartbeatRequest) -> None:
+        self._heartbeat(
+            req,
+            timeout=self._opts.rpc_deadline_s,
+            metadata=(("authorization", f"Bearer {self._token}"),),
+        )
+
+    def _enrol(self, snap: Snapshot) -> None:
+        if not self._bootstrap:
+            raise UserError("no agent token and no bootstrap_token configured; cannot enrol")
+        resp = self._register(
+            pb.RegisterRequest(
+                agent_id=self._agent_id,
+                hostname=self._hostname()[:253],
+                agent_version=snap.agent_version,
+                kernel_version=snap.kernel_version,
+            ),
+            timeout=self._opts.rpc_deadline_s,
+            metadata=(("authorization", f"Bearer {self._bootstrap}"),),
+        )
+        self._tokens.store(resp.agent_token)
+        self._token = resp.agent_token
+        with self._lock:
+            self._enrolments += 1
+        event(
+            log,
+            "enrolled with the control plane",
+            control_plane=self._target,
+            agent=self._agent_id,
+            token_file=self._tokens.path,
+        )
+
+
+def make_sink(
+    control_plane: str,
+    bootstrap_token: str,
+    state_dir: Path,
+    agent_id: str,
+    tls_ca: str | None,
+    tls_server_name: str | None,
+) -> HeartbeatSink:
+    """The sink the agent's run loop uses when `control_plane` is configured.
+
+    `tls_ca` is a PEM file path; when given the channel uses TLS and verifies
+    the control plane's certificate against it (`tls_server_name` overrides the
+    name checked, for addresses that are not in the certificate).
+    """
+    credentials = None
+    if tls_ca:
+        try:
+            ca = Path(tls_ca).read_bytes()
+        except OSError as exc:
+            raise UserError(f"cannot read tls_ca {tls_ca}: {exc.strerror}") from exc
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+    return GrpcSink(
+        control_plane,
+        bootstrap_token,
+        state_dir,
+        agent_id,
+        credentials=credentials,
+        tls_server_name=tls_server_name,
+    )

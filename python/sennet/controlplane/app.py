@@ -1,0 +1,133 @@
+"""Assembles the control plane: store, fleet, writer, auth, gRPC and HTTP servers.
+
+`ControlPlane.run()` is what `sennet-controlplane serve` calls. Start order
+matters: migrate and load state before any port opens, so the first request
+already sees every agent's totals; stop order is the reverse, and the writer
+drains its queue before the process exits, so every acknowledged heartbeat is
+on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sennet.common.log import event
+from sennet.controlplane.auth import Authenticator
+from sennet.controlplane.codec import DEFAULT_MAX_REQUEST_BYTES
+from sennet.controlplane.fleet import Fleet
+from sennet.controlplane.grpc_server import GrpcServer, TlsFiles
+from sennet.controlplane.http_server import HttpApp, HttpServer
+from sennet.controlplane.metrics import Exposition, ServerMetrics
+from sennet.controlplane.service import SentinelService
+from sennet.controlplane.store import Store
+from sennet.controlplane.writer import HeartbeatWriter
+
+log = logging.getLogger("sennet.controlplane")
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: Path
+    grpc_listen: str = "127.0.0.1:50051"
+    http_listen: str = "127.0.0.1:9469"
+    tls: TlsFiles | None = None
+    retention_s: float = 30 * 86400.0
+    stale_after_s: float = 35.0  # 3 missed 10 s heartbeats plus slack
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    reuse_port: bool = False
+    ready_file: Path | None = None
+
+
+class ControlPlane:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.db)
+        self.store.migrate()
+        self.fleet = Fleet(self.store.load_fleet())
+        self.metrics = ServerMetrics(agents=lambda: len(self.fleet))
+        self.writer = HeartbeatWriter(self.store, self.fleet, retention_s=settings.retention_s)
+        self.auth = Authenticator(self.store)
+        self.service = SentinelService(self.store, self.writer)
+        self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after_s)
+        self.http = HttpServer(
+            settings.http_listen,
+            HttpApp(
+                self.service,
+                self.auth,
+                self.metrics,
+                self.exposition,
+                self.health,
+                settings.max_request_bytes,
+            ),
+        )
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy when the database file opens and reads and the writer is alive and committing."""
+        report: dict[str, Any] = {"agents": len(self.fleet)}
+        db: dict[str, Any] = {"path": str(self.settings.db)}
+        try:
+            db["schema_version"] = self.store.probe()
+            db["ok"] = True
+        except Exception as exc:  # any failure to read the file means "unusable"
+            db["ok"] = False
+            db["error"] = f"{type(exc).__name__}: {exc}"
+        writer = {
+            "alive": self.writer.alive(),
+            "commits": self.writer.commits,
+            "last_error": self.writer.last_error,
+        }
+        ok = bool(db["ok"]) and writer["alive"] is True and writer["last_error"] is None
+        report.update(status="ok" if ok else "fail", database=db, writer=writer)
+        return ok, report
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (or `stop` is set), then shut down in order."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self.writer.start()
+        # grpc.aio binds to the running event loop, so the server is made here, not in __init__.
+        server = GrpcServer(
+            self.settings.grpc_listen,
+            self.service,
+            self.auth,
+            self.metrics,
+            max_request_bytes=self.settings.max_request_bytes,
+            tls=self.settings.tls,
+            reuse_port=self.settings.reuse_port,
+        )
+        grpc_port = await server.start()
+        http_port = self.http.start()
+        event(
+            log,
+            "serving",
+            grpc_port=grpc_port,
+            http_port=http_port,
+            db=self.settings.db,
+            tls=self.settings.tls is not None,
+            agents=len(self.fleet),
+            pid=os.getpid(),
+        )
+        if self.settings.ready_file is not None:
+            tmp = self.settings.ready_file.with_suffix(".tmp")
+            tmp.write_text(
+                json.dumps({"grpc_port": grpc_port, "http_port": http_port, "pid": os.getpid()})
+            )
+            tmp.replace(self.settings.ready_file)
+        await stop.wait()
+        started = time.monotonic()
+        event(log, "stopping")
+        await server.stop(grace_s=5.0)
+        self.http.stop()
+        self.writer.stop()
+        self.store.close()
+        event(log, "stopped", seconds=round(time.monotonic() - started, 3))

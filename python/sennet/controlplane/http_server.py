@@ -1,0 +1,195 @@
+"""The HTTP port: GET /health, GET /metrics, and Connect unary calls to SentinelService.
+
+Connect's unary form is a plain POST of the message (proto3 JSON with
+`application/json`, or binary with `application/proto`) to
+`/sentinel.v1.SentinelService/<Method>`; errors are JSON `{"code", "message"}`
+with an HTTP status per code. That makes `curl` a working client. It uses the
+same authenticator, codec and service as gRPC, so the two cannot disagree.
+
+A stdlib `ThreadingHTTPServer` is enough: scrapes and Connect calls are few
+next to gRPC heartbeats, and it keeps the dependency list short.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from google.protobuf.message import Message
+
+from sennet.common.errors import UserError
+from sennet.common.log import event
+from sennet.controlplane import codec
+from sennet.controlplane.auth import SERVICE, Authenticator
+from sennet.controlplane.metrics import CONTENT_TYPE, Exposition, ServerMetrics
+from sennet.controlplane.service import SentinelService
+from sennet.controlplane.status import Code, RequestError, invalid
+from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+
+log = logging.getLogger("sennet.controlplane.http")
+HEARTBEAT_WAIT_S = 30.0
+
+
+class HttpApp:
+    """Request handling, separate from the socket plumbing so it stays testable and typed."""
+
+    def __init__(
+        self,
+        service: SentinelService,
+        authenticator: Authenticator,
+        metrics: ServerMetrics,
+        exposition: Exposition,
+        health: Callable[[], tuple[bool, dict[str, Any]]],
+        max_request_bytes: int,
+    ) -> None:
+        self.service = service
+        self.auth = authenticator
+        self.metrics = metrics
+        self.exposition = exposition
+        self.health = health
+        self.max_request_bytes = max_request_bytes
+
+    def connect_call(
+        self, method: str, content_type: str, authorization: str | None, body: bytes
+    ) -> tuple[int, str, bytes]:
+        """(status, content type, body) for one Connect unary call."""
+        started = time.perf_counter()
+        try:
+            principal = self.auth.authenticate(method, authorization)
+            as_json = content_type == "application/json"
+            cls: type[Message] = pb.RegisterRequest if method == "Register" else pb.HeartbeatRequest
+            decode = codec.from_json if as_json else codec.from_proto
+            req = decode(cls, body, self.max_request_bytes)
+            resp: Message
+            if isinstance(req, pb.RegisterRequest):
+                resp = self.service.register(principal, req)
+                self.metrics.registrations.labels("connect").inc()
+            else:
+                assert isinstance(req, pb.HeartbeatRequest)
+                try:
+                    resp = self.service.heartbeat(principal, req).result(HEARTBEAT_WAIT_S)
+                except TimeoutError:
+                    raise RequestError(
+                        Code.UNAVAILABLE, "store: commit timed out", "store_unavailable"
+                    ) from None
+                self.metrics.accepted.labels("connect").inc()
+        except RequestError as err:
+            self.metrics.reject(method, err)
+            body = json.dumps({"code": err.code.connect, "message": err.message}).encode()
+            return err.code.http, "application/json", body
+        finally:
+            self.metrics.latency.labels(method, "connect").observe(time.perf_counter() - started)
+        if as_json:
+            return 200, "application/json", codec.to_json(resp)
+        return 200, "application/proto", resp.SerializeToString()
+
+
+def _handler_class(app: HttpApp) -> type[BaseHTTPRequestHandler]:
+    prefix = f"/{SERVICE}/"
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "sennet-controlplane"
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None  # requests are counted in metrics; no per-request log lines
+
+        def _reply(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, obj: object) -> None:
+            self._reply(
+                status, "application/json", json.dumps(obj, sort_keys=True).encode() + b"\n"
+            )
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/health":
+                ok, report = app.health()
+                self._json(200 if ok else 503, report)
+            elif path == "/metrics":
+                self._reply(200, CONTENT_TYPE, app.exposition.render())
+            else:
+                self._json(404, {"error": f"no such path {path}; try /health or /metrics"})
+
+        def do_POST(self) -> None:
+            path = self.path.split("?", 1)[0]
+            method = path[len(prefix) :] if path.startswith(prefix) else ""
+            if method not in ("Register", "Heartbeat"):
+                self._json(404, {"code": "unimplemented", "message": f"no such method {path}"})
+                return
+            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if content_type not in ("application/json", "application/proto"):
+                self.close_connection = True
+                self._json(
+                    415,
+                    {
+                        "code": "invalid_argument",
+                        "message": f"content-type: {content_type or 'missing'}; "
+                        "use application/json or application/proto",
+                    },
+                )
+                return
+            length_text = self.headers.get("Content-Length")
+            try:
+                length = int(length_text or "")
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                err = invalid("content-length", f"{length_text!r} is not a byte count")
+                self.close_connection = True
+                self._json(err.code.http, {"code": err.code.connect, "message": err.message})
+                return
+            if length > app.max_request_bytes:
+                err = invalid(
+                    "request",
+                    f"message of {length} bytes exceeds the limit of {app.max_request_bytes} bytes",
+                )
+                app.metrics.reject(method, err)
+                self.close_connection = True  # the unread body must not be parsed as a request
+                self._json(err.code.http, {"code": err.code.connect, "message": err.message})
+                return
+            body = self.rfile.read(length)
+            status, ctype, out = app.connect_call(
+                method, content_type, self.headers.get("Authorization"), body
+            )
+            self._reply(status, ctype, out)
+
+    return Handler
+
+
+class HttpServer:
+    """Serves `HttpApp` on a background thread."""
+
+    def __init__(self, listen: str, app: HttpApp) -> None:
+        host, _, port = listen.rpartition(":")
+        try:
+            self._httpd = ThreadingHTTPServer(
+                (host.strip("[]") or "0.0.0.0", int(port)), _handler_class(app)
+            )
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot listen for HTTP on {listen}: {exc}") from exc
+        self._httpd.daemon_threads = True
+        self.port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="sennet-http", daemon=True
+        )
+
+    def start(self) -> int:
+        self._thread.start()
+        event(log, "http listening", port=self.port)
+        return self.port
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)

@@ -1,0 +1,54 @@
+"""What Register and Heartbeat do, independent of transport (gRPC or Connect).
+
+Transports decode the body (`codec.py`), authenticate (`auth.py`), and call
+these functions; they map `RequestError` to their own status. Keeping the
+logic here means both transports validate, authorize and store identically.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+
+from sennet.common.log import event
+from sennet.controlplane import validate
+from sennet.controlplane.auth import Principal
+from sennet.controlplane.status import Code, RequestError
+from sennet.controlplane.store import Store
+from sennet.controlplane.writer import HeartbeatWriter
+from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+
+log = logging.getLogger("sennet.controlplane.service")
+
+
+class SentinelService:
+    def __init__(self, store: Store, writer: HeartbeatWriter) -> None:
+        self._store = store
+        self._writer = writer
+
+    def register(self, principal: Principal, req: pb.RegisterRequest) -> pb.RegisterResponse:
+        """Enrol (or re-enrol) an agent; blocking (one committed transaction)."""
+        validate.register(req)
+        token = self._store.enrol(req, principal.token_id)
+        event(
+            log,
+            "agent enrolled",
+            agent=req.agent_id,
+            hostname=req.hostname,
+            bootstrap_token_id=principal.token_id,
+            agent_token_id=token.token_id,
+        )
+        return pb.RegisterResponse(agent_id=req.agent_id, agent_token=token.text)
+
+    def heartbeat(
+        self, principal: Principal, req: pb.HeartbeatRequest
+    ) -> Future[pb.HeartbeatResponse]:
+        """Validate and queue a heartbeat; the future resolves once it is committed."""
+        validate.heartbeat(req)
+        if principal.agent_id != req.agent_id:
+            raise RequestError(
+                Code.PERMISSION_DENIED,
+                f"agent_id: the token belongs to another agent, not {req.agent_id}",
+                "agent_mismatch",
+            )
+        return self._writer.submit(req)

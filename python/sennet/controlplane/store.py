@@ -1,0 +1,332 @@
+"""SQLite persistence: connections, migrations, tokens, enrolment, heartbeats, retention.
+
+WAL mode lets /health, token checks and the CLI read while the writer thread
+commits. `synchronous=FULL` makes each commit durable (the WAL is fsynced)
+before a heartbeat is acknowledged; the writer amortises that fsync over a
+batch of concurrent heartbeats (group commit), see `writer.py`.
+
+Connections are per thread (sqlite3 objects must not cross threads), held in a
+`threading.local` owned by the `Store` instance.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sennet.common.errors import UserError
+from sennet.controlplane import tokens
+from sennet.controlplane.fleet import AgentView, Series
+from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
+from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+
+_DIRECTION = {pb.DIRECTION_RX: "rx", pb.DIRECTION_TX: "tx"}
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    token_id: str
+    kind: tokens.TokenKind
+    digest: str
+    agent_id: str | None
+    name: str
+    created_at: float
+    revoked_at: float | None
+    last_used_at: float | None
+
+
+class Store:
+    """One SQLite database file; safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    # -- connections ------------------------------------------------------------------
+
+    def connect(self, *, create: bool = False) -> sqlite3.Connection:
+        """A new autocommit connection with the pragmas every connection needs."""
+        mode = "rwc" if create else "rw"
+        try:
+            conn = sqlite3.connect(
+                f"file:{self.path}?mode={mode}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=True,
+                timeout=10.0,
+            )
+        except sqlite3.OperationalError as exc:
+            raise UserError(f"cannot open database {self.path}: {exc}") from exc
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.connect()
+            self._local.conn = conn
+        return conn
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema; return the version now in place."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self.connect(create=True)
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise UserError(f"{self.path}: cannot enable WAL (journal_mode is {mode})")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise UserError(
+                    f"{self.path} has schema version {version}, newer than this control plane's "
+                    f"{SCHEMA_VERSION}",
+                    hint="run the newer control plane, or point --db at another file",
+                )
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in MIGRATIONS[number - 1].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            return SCHEMA_VERSION
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"cannot use database {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+
+    def probe(self) -> int:
+        """Open the file afresh and read the schema version; raises sqlite3.Error if unusable."""
+        conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=2.0)
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            conn.execute("SELECT count(*) FROM agents").fetchone()
+            if version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"schema version {version}, want {SCHEMA_VERSION}")
+            return version
+        finally:
+            conn.close()
+
+    # -- tokens -----------------------------------------------------------------------
+
+    def create_bootstrap_token(self, name: str) -> tokens.ParsedToken:
+        token = tokens.new_token(tokens.TokenKind.BOOTSTRAP)
+        self._conn().execute(
+            "INSERT INTO tokens (token_id, kind, digest, name, created_at) VALUES (?, ?, ?, ?, ?)",
+            (token.token_id, token.kind.value, tokens.digest(token.text), name, time.time()),
+        )
+        return token
+
+    def list_tokens(self, kind: tokens.TokenKind | None = None) -> list[TokenRow]:
+        sql = "SELECT * FROM tokens"
+        args: tuple[str, ...] = ()
+        if kind is not None:
+            sql += " WHERE kind = ?"
+            args = (kind.value,)
+        rows = self._conn().execute(sql + " ORDER BY created_at, token_id", args).fetchall()
+        return [_token_row(r) for r in rows]
+
+    def lookup_token(self, token_id: str) -> TokenRow | None:
+        row = (
+            self._conn().execute("SELECT * FROM tokens WHERE token_id = ?", (token_id,)).fetchone()
+        )
+        return _token_row(row) if row else None
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Revoke by id; False when no unrevoked token has that id."""
+        cur = self._conn().execute(
+            "UPDATE tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
+            (time.time(), token_id),
+        )
+        return cur.rowcount == 1
+
+    def enrol(self, req: pb.RegisterRequest, bootstrap_id: str) -> tokens.ParsedToken:
+        """Record the agent and issue its token, revoking any token it had before."""
+        token = tokens.new_token(tokens.TokenKind.AGENT)
+        now = time.time()
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO agents"
+                " (agent_id, hostname, agent_version, kernel_version, registered_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent_id) DO UPDATE SET"
+                " hostname = excluded.hostname, agent_version = excluded.agent_version,"
+                " kernel_version = excluded.kernel_version",
+                (req.agent_id, req.hostname, req.agent_version, req.kernel_version, now),
+            )
+            conn.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL",
+                (now, req.agent_id),
+            )
+            conn.execute(
+                "INSERT INTO tokens (token_id, kind, digest, agent_id, name, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    token.token_id,
+                    token.kind.value,
+                    tokens.digest(token.text),
+                    req.agent_id,
+                    f"enrolled with {bootstrap_id}",
+                    now,
+                ),
+            )
+            conn.execute(
+                "UPDATE tokens SET last_used_at = ? WHERE token_id = ?", (now, bootstrap_id)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return token
+
+    # -- heartbeats -------------------------------------------------------------------
+
+    def insert_heartbeat(
+        self,
+        conn: sqlite3.Connection,
+        req: pb.HeartbeatRequest,
+        received_at: float,
+        view: AgentView,
+        changed: dict[str, Series],
+    ) -> None:
+        """Write one heartbeat inside the caller's transaction (see writer.py)."""
+        cur = conn.execute(
+            "INSERT INTO heartbeats (agent_id, received_at, uptime_seconds, agent_version,"
+            " kernel_version, events_dropped_by_agent) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                req.agent_id,
+                received_at,
+                req.uptime_seconds,
+                req.agent_version,
+                req.kernel_version,
+                req.events_dropped_by_agent,
+            ),
+        )
+        hb_id = cur.lastrowid
+        conn.executemany(
+            "INSERT INTO interface_samples VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (hb_id, i.name, i.ifindex, i.rx_packets, i.rx_bytes, i.tx_packets, i.tx_bytes)
+                for i in req.interfaces
+            ],
+        )
+        kinds = sorted(set(req.events_by_kind) | set(req.ringbuf_drops_by_kind))
+        conn.executemany(
+            "INSERT INTO kind_samples VALUES (?, ?, ?, ?)",
+            [
+                (hb_id, k, req.events_by_kind.get(k, 0), req.ringbuf_drops_by_kind.get(k, 0))
+                for k in kinds
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO events (heartbeat_id, agent_id, ts_unix_ns, ifindex, direction, kind,"
+            " pkt_len, ip_version, l4_proto, src_port, dst_port, src_addr, dst_addr, tcp_flags,"
+            " vlan_tags, eth_proto) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    hb_id,
+                    req.agent_id,
+                    e.ts_unix_ns,
+                    e.ifindex,
+                    _DIRECTION[e.direction],
+                    e.kind,
+                    e.pkt_len,
+                    e.ip_version,
+                    e.l4_proto,
+                    e.src_port,
+                    e.dst_port,
+                    e.src_addr,
+                    e.dst_addr,
+                    e.tcp_flags,
+                    e.vlan_tags,
+                    e.eth_proto,
+                )
+                for e in req.recent_events
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO series VALUES (?, ?, ?, ?) ON CONFLICT (agent_id, key) DO UPDATE SET"
+            " last_raw = excluded.last_raw, total = excluded.total",
+            [(req.agent_id, k, s.last_raw, s.total) for k, s in changed.items()],
+        )
+        cur = conn.execute(
+            "UPDATE agents SET agent_version = ?, kernel_version = ?, last_heartbeat_at = ?,"
+            " uptime_seconds = ?, heartbeats = ?, resets = ? WHERE agent_id = ?",
+            (
+                req.agent_version,
+                req.kernel_version,
+                received_at,
+                req.uptime_seconds,
+                view.heartbeats,
+                view.resets,
+                req.agent_id,
+            ),
+        )
+        if cur.rowcount != 1:
+            raise sqlite3.IntegrityError(f"agent {req.agent_id} is not enrolled")
+
+    def prune(self, conn: sqlite3.Connection, older_than: float) -> int:
+        """Delete heartbeats (and their samples and events) received before `older_than`."""
+        cur = conn.execute("DELETE FROM heartbeats WHERE received_at < ?", (older_than,))
+        return cur.rowcount
+
+    def load_fleet(self) -> list[AgentView]:
+        """Every enrolled agent with its stored totals, to rebuild state after a restart."""
+        conn = self._conn()
+        series: dict[str, dict[str, Series]] = {}
+        for agent_id, key, last_raw, total in conn.execute("SELECT * FROM series"):
+            series.setdefault(agent_id, {})[key] = Series(last_raw, total)
+        views = []
+        for row in conn.execute(
+            "SELECT agent_id, hostname, agent_version, kernel_version, registered_at,"
+            " last_heartbeat_at, uptime_seconds, heartbeats, resets FROM agents"
+        ):
+            views.append(
+                AgentView(
+                    agent_id=row[0],
+                    hostname=row[1],
+                    agent_version=row[2],
+                    kernel_version=row[3],
+                    registered_at=row[4],
+                    last_heartbeat=row[5],
+                    uptime_seconds=row[6],
+                    heartbeats=row[7],
+                    resets=row[8],
+                    series=series.get(row[0], {}),
+                )
+            )
+        return views
+
+    def count(self, table: str) -> int:
+        """Row count of one of our tables (tests and /health)."""
+        if table not in {"agents", "heartbeats", "events", "tokens", "interface_samples"}:
+            raise ValueError(f"unknown table {table}")
+        return int(self._conn().execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    def close(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _token_row(row: tuple[object, ...]) -> TokenRow:
+    return TokenRow(
+        token_id=str(row[0]),
+        kind=tokens.TokenKind(str(row[1])),
+        digest=str(row[2]),
+        agent_id=None if row[3] is None else str(row[3]),
+        name=str(row[4]),
+        created_at=float(row[5]),  # type: ignore[arg-type]
+        revoked_at=None if row[6] is None else float(row[6]),  # type: ignore[arg-type]
+        last_used_at=None if row[7] is None else float(row[7]),  # type: ignore[arg-type]
+    )
