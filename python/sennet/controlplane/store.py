@@ -158,7 +158,8 @@ class Store:
         try:
             conn.execute(
                 "INSERT INTO agents"
-                " (agent_id, hostname, agent_version, kernel_version, registered_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent_id) DO UPDATE SET"
+                " (agent_id, hostname, agent_version, kernel_version, registered_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent_id) DO UPDATE SET"
                 " hostname = excluded.hostname, agent_version = excluded.agent_version,"
                 " kernel_version = excluded.kernel_version",
                 (req.agent_id, req.hostname, req.agent_version, req.kernel_version, now),
