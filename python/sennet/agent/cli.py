@@ -85,7 +85,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from sennet.agent.status import read_status, render
 
     cfg = _load_config(args, require_interfaces=False)
-    status = read_status(cfg.pin_dir)
+    status = read_status(cfg.pin_dir, cfg.netns)
     print(json.dumps(status, indent=1, sort_keys=True) if args.json else render(status))
     return 0
 
@@ -107,14 +107,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
         loader=cfg.loader,
         tc_priority=cfg.tc_priority,
         state_dir=cfg.state_dir,
+        netns=cfg.netns,
     )
     try:
         loaded = manager.load()
         missing = [n for n in cfg.interfaces if not manager.tc.ipr.link_lookup(ifname=n)]
     finally:
         manager.close()
-        remove_pins(scratch)
-        scratch.rmdir()
+        remove_pins(scratch)  # also removes the emptied scratch directory
     if missing:
         raise UserError(f"interface(s) not found: {', '.join(missing)}")
     print(

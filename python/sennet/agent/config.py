@@ -71,6 +71,7 @@ def _priority(v: Any) -> str | None:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("interfaces", "list", [], "monitored interfaces (required)", _ifaces),
+    Setting("netns", "str", "", 'network namespace holding the interfaces ("" = the agent\'s own)'),
     Setting("loader", "str", "libbpf", 'BPF loader: "libbpf" (precompiled) or "bcc"', _loader),
     Setting("bpf_dir", "path", DEFAULT_ASSETS, "directory with *.bpf.o and the C sources"),
     Setting("pin_dir", "path", Path("/sys/fs/bpf/sennet"), "where maps are pinned (bpffs)"),
@@ -102,6 +103,7 @@ BY_NAME = {s.name: s for s in SETTINGS}
 @dataclass(frozen=True)
 class AgentConfig:
     interfaces: tuple[str, ...]
+    netns: str
     loader: str
     bpf_dir: Path
     pin_dir: Path

@@ -67,6 +67,7 @@ class Agent:
             loader=cfg.loader,
             tc_priority=cfg.tc_priority,
             state_dir=cfg.state_dir,
+            netns=cfg.netns,
         )
         self.agent_id = ""
         self.attached: list[Attached] = []

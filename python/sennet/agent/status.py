@@ -10,17 +10,19 @@ from typing import Any
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout, slots
 from sennet.agent.datapath.pins import check_pinned_maps, open_pinned
+from sennet.common.netns import entered
 
 
-def _ifname(ifindex: int) -> str:
-    """Name in this network namespace; run status where the agent runs for real names."""
+def _ifname(ifindex: int, netns: str) -> str:
+    """Name in the agent's network namespace (ifindexes are per namespace)."""
     try:
-        return socket.if_indextoname(ifindex)
+        with entered(netns):
+            return socket.if_indextoname(ifindex)
     except OSError:
         return f"ifindex-{ifindex}"
 
 
-def read_status(pin_dir: Path) -> dict[str, Any]:
+def read_status(pin_dir: Path, netns: str = "") -> dict[str, Any]:
     check_pinned_maps(pin_dir)
     fds = open_pinned(pin_dir)
     try:
@@ -30,7 +32,7 @@ def read_status(pin_dir: Path) -> dict[str, Any]:
             totals = reader.slot_totals(slot)
             interfaces.append(
                 {
-                    "ifname": _ifname(ifindex),
+                    "ifname": _ifname(ifindex, netns),
                     "ifindex": ifindex,
                     "slot": slot,
                     **{

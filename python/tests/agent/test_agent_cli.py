@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.agent_proc import agent, run_cli, status
+from tests.agent_proc import AGENT, agent, run_cli, status
 from tests.frames import cases
 from tests.netlab import VethPair, in_netns, sh
 
@@ -105,6 +108,45 @@ def test_restarted_agent_continues_counters_without_duplicate_filters(
     for hook in ("ingress", "egress"):
         out = sh("tc", "-n", net.ns_a, "filter", "show", "dev", net.if_a, hook)
         assert out.count("handle 0x1") == 1, out
+
+
+def test_agent_in_the_host_namespace_attaches_inside_a_named_netns(
+    net: VethPair, pin_root: Path, tmp_path: Path
+) -> None:
+    """--netns: pins stay in the host's bpffs view; only the netlink socket enters the netns."""
+    args = [*base_args(net, pin_root, tmp_path), "--netns", net.ns_a]
+    frame = next(c.frame for c in cases() if c.name == "icmp_echo")
+    proc = subprocess.Popen(
+        [*AGENT, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        lines = []
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.append(raw.decode())
+            if "event=agent_ready" in lines[-1]:
+                break
+        net.send_to_a([frame] * 4)
+        result = subprocess.run(
+            [
+                *AGENT,
+                "status",
+                "--json",
+                "--pin-dir",
+                str(pin_root / "sennet"),
+                "--netns",
+                net.ns_a,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        (iface,) = json.loads(result.stdout)["interfaces"]
+        assert (iface["ifname"], iface["rx_packets"], iface["rx_bytes"]) == (net.if_a, 4, 4 * 98)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, "".join(lines)
+    assert sh("tc", "-n", net.ns_a, "filter", "show", "dev", net.if_a, "ingress").strip() == ""
 
 
 def test_missing_interface_fails_fast_and_touches_nothing(

@@ -38,6 +38,7 @@ class DatapathManager:
     loader: str
     tc_priority: int
     state_dir: Path
+    netns: str = ""
     loaded: LoadedDatapath | None = None
     attached: list[Attached] = field(default_factory=list)
     _tc: tc.TcAttacher | None = None
@@ -53,7 +54,7 @@ class DatapathManager:
     @property
     def tc(self) -> tc.TcAttacher:
         if self._tc is None:
-            self._tc = tc.TcAttacher(self.tc_priority)
+            self._tc = tc.TcAttacher(self.tc_priority, self.netns)
         return self._tc
 
     def _owned(self) -> set[int]:

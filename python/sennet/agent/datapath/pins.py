@@ -62,4 +62,6 @@ def remove_pins(pin_dir: Path) -> list[str]:
         if path.exists():
             path.unlink()
             removed.append(name)
+    if pin_dir.is_dir() and not any(pin_dir.iterdir()):
+        pin_dir.rmdir()
     return removed

@@ -19,6 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from sennet.common.errors import UserError
 from sennet.common.log import event
+from sennet.common.netns import entered
 
 log = logging.getLogger("sennet.agent.tc")
 
@@ -44,11 +45,12 @@ def _attr(msg: Any, name: str) -> Any:
 class TcAttacher:
     """Attaches Sennet's programs to interfaces through one netlink socket."""
 
-    def __init__(self, priority: int) -> None:
+    def __init__(self, priority: int, netns: str = "") -> None:
         if not 1 <= priority <= 0xFFFF:
             raise UserError(f"tc priority {priority} out of range 1..65535")
         self.priority = priority
-        self.ipr = IPRoute()
+        with entered(netns):  # the socket stays bound to the namespace it was opened in
+            self.ipr = IPRoute()
 
     def close(self) -> None:
         self.ipr.close()
