@@ -1,8 +1,8 @@
 #!/bin/sh
 # Install everything Sennet's build, main job and tests need on Debian 12, idempotently:
 # Debian packages (scripts/apt-packages.txt), kernel headers for the bcc loader, a
-# Python venv with the package and its pinned dependencies, the BPF objects and the
-# protobuf bindings. Package sources come from this machine's apt and pip settings
+# Python venv with the package and its pinned dependencies, and the BPF objects.
+# (The protobuf bindings are committed; the tests check they match proto/.) Package sources come from this machine's apt and pip settings
 # (point those at a mirror for an air-gapped site); nothing here names a registry.
 set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,7 +51,3 @@ say "python: installing sennet and pinned dependencies"
 
 say "bpf: compiling TC programs"
 bpf/build.sh
-if [ -f python/sennet/proto/generate.py ]; then
-    say "proto: generating Python bindings"
-    (cd python && ../.venv/bin/python -m sennet.proto.generate)
-fi
