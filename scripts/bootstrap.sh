@@ -2,8 +2,9 @@
 # Install everything Sennet's build, main job and tests need on Debian 12, idempotently:
 # Debian packages (scripts/apt-packages.txt), kernel headers for the bcc loader, a
 # Python venv with the package and its pinned dependencies, and the BPF objects.
-# (The protobuf bindings are committed; the tests check they match proto/.) Package sources come from this machine's apt and pip settings
-# (point those at a mirror for an air-gapped site); nothing here names a registry.
+# The protobuf bindings are committed; the tests check they match proto/.
+# Package sources come from this machine's apt and pip settings (point those at a
+# mirror for an air-gapped site); nothing here names a registry.
 set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
