@@ -28,6 +28,7 @@ from sennet.controlplane.status import Code, RequestError
 from sennet.controlplane.store import Store
 
 SERVICE = "sentinel.v1.SentinelService"
+_ARTICLE = {tokens.TokenKind.BOOTSTRAP: "a", tokens.TokenKind.AGENT: "an"}
 REQUIRED_KIND = {"Register": tokens.TokenKind.BOOTSTRAP, "Heartbeat": tokens.TokenKind.AGENT}
 
 
@@ -79,7 +80,8 @@ class Authenticator:
         if row.kind != want:
             raise RequestError(
                 Code.PERMISSION_DENIED,
-                f"authorization: {method} needs a {want} token, not a {row.kind} token",
+                f"authorization: {method} needs {_ARTICLE[want]} {want} token, "
+                f"not {_ARTICLE[row.kind]} {row.kind} token",
                 "wrong_token_kind",
             )
         return Principal(row.kind, row.token_id, row.agent_id)

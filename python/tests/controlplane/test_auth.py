@@ -1,0 +1,147 @@
+"""Authentication and authorization over both transports, and the rejection counters."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import uuid
+
+import pytest
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+from tests.controlplane.conftest import Served
+from tests.controlplane.cp import ControlPlane, cli, heartbeat_request, sample
+
+TRANSPORTS = ["grpc", "connect"]
+
+
+def call(cp: ControlPlane, transport: str, method: str, req: Message,
+         token: str | None) -> tuple[str, str]:
+    """(lower-case status code, message) for one call over the given transport."""
+    if transport == "grpc":
+        code, details, _ = cp.call_raw(method, req.SerializeToString(), token)
+        return code.name.lower(), details
+    status, body = cp.connect(method, json_format.MessageToJson(req).encode(), token)
+    if status == 200:
+        return "ok", ""
+    return body["code"], body["message"]
+
+
+def rejected(cp: ControlPlane, method: str, code: str, reason: str) -> float | None:
+    return sample(cp.samples(), "sennet_controlplane_requests_rejected_total",
+                  method=method, code=code, reason=reason)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_agent_enrols_with_a_bootstrap_token_and_heartbeats_with_its_own(
+    shared: Served, transport: str
+) -> None:
+    agent_id = str(uuid.uuid4())
+    req = pb.RegisterRequest(agent_id=agent_id, hostname="h")
+    if transport == "grpc":
+        _, token = shared.cp.register(shared.bootstrap, agent_id)
+    else:
+        status, body = shared.cp.connect(
+            "Register", json_format.MessageToJson(req).encode(), shared.bootstrap)
+        assert status == 200 and body["agentId"] == agent_id
+        token = body["agentToken"]
+    assert token.startswith("sa.")
+    assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id), token) == ("ok", "")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_heartbeat_without_a_token_is_unauthenticated_and_counted(
+    shared: Served, transport: str
+) -> None:
+    agent_id, _ = shared.cp.register(shared.bootstrap)
+    before = rejected(shared.cp, "Heartbeat", "unauthenticated", "missing_token")
+    assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id), None) == (
+        "unauthenticated", "authorization: missing; send 'authorization: Bearer <token>'")
+    assert rejected(shared.cp, "Heartbeat", "unauthenticated", "missing_token") == before + 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_wrong_token_is_unauthenticated(shared: Served, transport: str) -> None:
+    agent_id, token = shared.cp.register(shared.bootstrap)
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    before = rejected(shared.cp, "Heartbeat", "unauthenticated", "unknown_token")
+    assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id), forged) == (
+        "unauthenticated", "authorization: token is not valid")
+    assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id), "hunter2") == (
+        "unauthenticated", "authorization: not a Sennet token")
+    assert rejected(shared.cp, "Heartbeat", "unauthenticated", "unknown_token") == before + 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_another_agents_token_is_permission_denied(shared: Served, transport: str) -> None:
+    victim, _ = shared.cp.register(shared.bootstrap)
+    _, thief_token = shared.cp.register(shared.bootstrap)
+    before = rejected(shared.cp, "Heartbeat", "permission_denied", "agent_mismatch")
+    assert call(shared.cp, transport, "Heartbeat", heartbeat_request(victim), thief_token) == (
+        "permission_denied", f"agent_id: the token belongs to another agent, not {victim}")
+    assert rejected(shared.cp, "Heartbeat", "permission_denied", "agent_mismatch") == before + 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_tokens_of_the_wrong_kind_are_permission_denied(shared: Served, transport: str) -> None:
+    agent_id, token = shared.cp.register(shared.bootstrap)
+    assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id),
+                shared.bootstrap) == (
+        "permission_denied",
+        "authorization: Heartbeat needs an agent token, not a bootstrap token")
+    assert call(shared.cp, transport, "Register", pb.RegisterRequest(agent_id=agent_id), token) == (
+        "permission_denied",
+        "authorization: Register needs a bootstrap token, not an agent token")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_revoked_bootstrap_token_can_no_longer_enrol(fresh: Served, transport: str) -> None:
+    token_id = fresh.bootstrap.split(".")[1]
+    assert cli(fresh.cp.db, "token", "revoke", token_id).stdout == f"revoked {token_id}\n"
+    req = pb.RegisterRequest(agent_id=str(uuid.uuid4()))
+    assert call(fresh.cp, transport, "Register", req, fresh.bootstrap) == (
+        "unauthenticated", f"authorization: token {token_id} was revoked")
+    assert rejected(fresh.cp, "Register", "unauthenticated", "revoked_token") == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_enrolling_again_revokes_the_agents_previous_token(shared: Served, transport: str) -> None:
+    agent_id, old = shared.cp.register(shared.bootstrap)
+    _, new = shared.cp.register(shared.bootstrap, agent_id)
+    old_id = old.split(".")[1]
+    assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id), old) == (
+        "unauthenticated", f"authorization: token {old_id} was revoked")
+    assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id), new) == ("ok", "")
+
+
+def test_tokens_are_stored_only_as_sha256_digests(shared: Served) -> None:
+    agent_id, token = shared.cp.register(shared.bootstrap)
+    raw = b"".join(p.read_bytes() for p in shared.cp.db.parent.glob("cp.db*"))
+    assert token.encode() not in raw and shared.bootstrap.encode() not in raw
+    secret = token.split(".")[2]
+    assert secret.encode() not in raw
+    with sqlite3.connect(shared.cp.db) as conn:
+        (digest,) = conn.execute(
+            "SELECT digest FROM tokens WHERE agent_id = ? AND revoked_at IS NULL", (agent_id,)
+        ).fetchone()
+    assert digest == hashlib.sha256(token.encode()).hexdigest()
+
+
+def test_secrets_never_appear_in_the_control_plane_log(shared: Served) -> None:
+    _, token = shared.cp.register(shared.bootstrap)
+    log = shared.cp.log()
+    assert "agent enrolled" in log
+    assert token not in log and shared.bootstrap not in log
+    assert token.split(".")[2] not in log
+
+
+def test_grpc_status_codes_map_to_connect_http_statuses(shared: Served) -> None:
+    agent_id, _ = shared.cp.register(shared.bootstrap)
+    body = json_format.MessageToJson(heartbeat_request(agent_id)).encode()
+    assert shared.cp.connect("Heartbeat", body, None)[0] == 401
+    assert shared.cp.connect("Heartbeat", body, shared.bootstrap)[0] == 403
+    bad = json_format.MessageToJson(heartbeat_request("nope")).encode()
+    _, token = shared.cp.register(shared.bootstrap, agent_id)
+    assert shared.cp.connect("Heartbeat", bad, token)[0] == 400
