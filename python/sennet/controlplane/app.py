@@ -55,7 +55,7 @@ class ControlPlane:
         self.metrics = ServerMetrics(agents=lambda: len(self.fleet))
         self.writer = HeartbeatWriter(self.store, self.fleet, retention_s=settings.retention_s)
         self.auth = Authenticator(self.store)
-        self.service = SentinelService(self.store, self.writer)
+        self.service = SentinelService(self.store, self.writer, self.fleet)
         self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after_s)
         self.http = HttpServer(
             settings.http_listen,

@@ -122,8 +122,28 @@ class Fleet:
             return self._views.get(agent_id)
 
     def publish(self, views: Mapping[str, AgentView]) -> None:
+        """Install committed views; enrolment metadata (hostname) stays as `enrolled` set it."""
         with self._lock:
-            self._views.update(views)
+            for agent_id, view in views.items():
+                current = self._views.get(agent_id)
+                if current is not None:
+                    view = replace(
+                        view, hostname=current.hostname, registered_at=current.registered_at
+                    )
+                self._views[agent_id] = view
+
+    def enrolled(
+        self, agent_id: str, hostname: str, agent_version: str, kernel_version: str, at: float
+    ) -> None:
+        """Record (re-)enrolment metadata, keeping any counters the agent already has."""
+        with self._lock:
+            current = self._views.get(agent_id) or AgentView(agent_id, registered_at=at)
+            self._views[agent_id] = replace(
+                current,
+                hostname=hostname,
+                agent_version=agent_version,
+                kernel_version=kernel_version,
+            )
 
     def snapshot(self) -> list[AgentView]:
         """All views, sorted by agent id (stable exposition order)."""

@@ -8,11 +8,13 @@ logic here means both transports validate, authorize and store identically.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future
 
 from sennet.common.log import event
 from sennet.controlplane import validate
 from sennet.controlplane.auth import Principal
+from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.status import Code, RequestError
 from sennet.controlplane.store import Store
 from sennet.controlplane.writer import HeartbeatWriter
@@ -22,14 +24,18 @@ log = logging.getLogger("sennet.controlplane.service")
 
 
 class SentinelService:
-    def __init__(self, store: Store, writer: HeartbeatWriter) -> None:
+    def __init__(self, store: Store, writer: HeartbeatWriter, fleet: Fleet) -> None:
         self._store = store
         self._writer = writer
+        self._fleet = fleet
 
     def register(self, principal: Principal, req: pb.RegisterRequest) -> pb.RegisterResponse:
         """Enrol (or re-enrol) an agent; blocking (one committed transaction)."""
         validate.register(req)
         token = self._store.enrol(req, principal.token_id)
+        self._fleet.enrolled(
+            req.agent_id, req.hostname, req.agent_version, req.kernel_version, time.time()
+        )
         event(
             log,
             "agent enrolled",

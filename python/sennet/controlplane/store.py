@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from sennet.common.errors import UserError
 from sennet.controlplane import tokens
@@ -52,7 +53,7 @@ class Store:
         mode = "rwc" if create else "rw"
         try:
             conn = sqlite3.connect(
-                f"file:{self.path}?mode={mode}",
+                f"file:{quote(str(self.path))}?mode={mode}",
                 uri=True,
                 isolation_level=None,
                 check_same_thread=True,
@@ -60,9 +61,13 @@ class Store:
             )
         except sqlite3.OperationalError as exc:
             raise UserError(f"cannot open database {self.path}: {exc}") from exc
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA synchronous = FULL")
+        try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise UserError(f"cannot use database {self.path}: {exc}") from exc
         return conn
 
     def _conn(self) -> sqlite3.Connection:
@@ -106,7 +111,7 @@ class Store:
 
     def probe(self) -> int:
         """Open the file afresh and read the schema version; raises sqlite3.Error if unusable."""
-        conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=2.0)
+        conn = sqlite3.connect(f"file:{quote(str(self.path))}?mode=rw", uri=True, timeout=2.0)
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             conn.execute("SELECT count(*) FROM agents").fetchone()

@@ -32,8 +32,9 @@ SERVICE = "/sentinel.v1.SentinelService/"
 
 
 def cli(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CP, "--db", str(db), *args], capture_output=True, text=True,
-                          check=False, timeout=30)
+    return subprocess.run(
+        [*CP, "--db", str(db), *args], capture_output=True, text=True, check=False, timeout=30
+    )
 
 
 def create_bootstrap_token(db: Path, name: str = "test") -> str:
@@ -71,9 +72,19 @@ class ControlPlane:
         """Start (or restart on the same ports, when given) and wait until serving."""
         ready = self.workdir / "ready.json"
         ready.unlink(missing_ok=True)
-        argv = [*CP, "--db", str(self.db), "serve",
-                "--grpc-listen", f"127.0.0.1:{grpc_port}", "--http-listen", f"127.0.0.1:{http_port}",
-                "--ready-file", str(ready), *self.extra]
+        argv = [
+            *CP,
+            "--db",
+            str(self.db),
+            "serve",
+            "--grpc-listen",
+            f"127.0.0.1:{grpc_port}",
+            "--http-listen",
+            f"127.0.0.1:{http_port}",
+            "--ready-file",
+            str(ready),
+            *self.extra,
+        ]
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         self.starts += 1
@@ -128,14 +139,18 @@ class ControlPlane:
         return parse_samples(self.metrics_text())
 
     def connect(
-        self, method: str, body: bytes, token: str | None,
+        self,
+        method: str,
+        body: bytes,
+        token: str | None,
         content_type: str = "application/json",
     ) -> tuple[int, dict[str, Any]]:
         headers = {"Content-Type": content_type}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        req = urllib.request.Request(self.http + SERVICE + method, data=body, headers=headers,
-                                     method="POST")
+        req = urllib.request.Request(
+            self.http + SERVICE + method, data=body, headers=headers, method="POST"
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read() or b"{}")
@@ -144,7 +159,9 @@ class ControlPlane:
 
     # -- gRPC ----------------------------------------------------------------------------
 
-    def call_raw(self, method: str, body: bytes, token: str | None) -> tuple[grpc.StatusCode, str, bytes]:
+    def call_raw(
+        self, method: str, body: bytes, token: str | None
+    ) -> tuple[grpc.StatusCode, str, bytes]:
         """One unary call with a raw body: (status code, details, response bytes)."""
         with grpc.insecure_channel(self.target) as channel:
             stub = channel.unary_unary(SERVICE + method)
@@ -155,11 +172,13 @@ class ControlPlane:
                 return err.code(), err.details() or "", b""
             return grpc.StatusCode.OK, "", out
 
-    def register(self, bootstrap: str, agent_id: str | None = None,
-                 hostname: str = "host-a") -> tuple[str, str]:
+    def register(
+        self, bootstrap: str, agent_id: str | None = None, hostname: str = "host-a"
+    ) -> tuple[str, str]:
         agent_id = agent_id or str(uuid.uuid4())
-        req = pb.RegisterRequest(agent_id=agent_id, hostname=hostname, agent_version="0.1.0",
-                                 kernel_version="6.18.0")
+        req = pb.RegisterRequest(
+            agent_id=agent_id, hostname=hostname, agent_version="0.1.0", kernel_version="6.18.0"
+        )
         code, details, out = self.call_raw("Register", req.SerializeToString(), bootstrap)
         assert code == grpc.StatusCode.OK, details
         resp = pb.RegisterResponse.FromString(out)
@@ -180,8 +199,9 @@ def parse_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return out
 
 
-def sample(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-           **labels: str) -> float | None:
+def sample(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
@@ -198,11 +218,24 @@ def heartbeat_request(
     agent_dropped: int = 0,
 ) -> pb.HeartbeatRequest:
     return pb.HeartbeatRequest(
-        agent_id=agent_id, agent_version="0.1.0", kernel_version="6.18.0", uptime_seconds=uptime,
-        interfaces=[pb.InterfaceCounters(name=ifname, ifindex=7, rx_packets=rx[0], rx_bytes=rx[1],
-                                         tx_packets=tx[0], tx_bytes=tx[1])],
-        events_by_kind=events or {}, ringbuf_drops_by_kind=drops or {},
-        recent_events=recent or [], events_dropped_by_agent=agent_dropped,
+        agent_id=agent_id,
+        agent_version="0.1.0",
+        kernel_version="6.18.0",
+        uptime_seconds=uptime,
+        interfaces=[
+            pb.InterfaceCounters(
+                name=ifname,
+                ifindex=7,
+                rx_packets=rx[0],
+                rx_bytes=rx[1],
+                tx_packets=tx[0],
+                tx_bytes=tx[1],
+            )
+        ],
+        events_by_kind=events or {},
+        ringbuf_drops_by_kind=drops or {},
+        recent_events=recent or [],
+        events_dropped_by_agent=agent_dropped,
     )
 
 

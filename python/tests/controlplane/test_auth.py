@@ -17,8 +17,9 @@ from tests.controlplane.cp import ControlPlane, cli, heartbeat_request, sample
 TRANSPORTS = ["grpc", "connect"]
 
 
-def call(cp: ControlPlane, transport: str, method: str, req: Message,
-         token: str | None) -> tuple[str, str]:
+def call(
+    cp: ControlPlane, transport: str, method: str, req: Message, token: str | None
+) -> tuple[str, str]:
     """(lower-case status code, message) for one call over the given transport."""
     if transport == "grpc":
         code, details, _ = cp.call_raw(method, req.SerializeToString(), token)
@@ -30,8 +31,13 @@ def call(cp: ControlPlane, transport: str, method: str, req: Message,
 
 
 def rejected(cp: ControlPlane, method: str, code: str, reason: str) -> float | None:
-    return sample(cp.samples(), "sennet_controlplane_requests_rejected_total",
-                  method=method, code=code, reason=reason)
+    return sample(
+        cp.samples(),
+        "sennet_controlplane_requests_rejected_total",
+        method=method,
+        code=code,
+        reason=reason,
+    )
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -44,7 +50,8 @@ def test_an_agent_enrols_with_a_bootstrap_token_and_heartbeats_with_its_own(
         _, token = shared.cp.register(shared.bootstrap, agent_id)
     else:
         status, body = shared.cp.connect(
-            "Register", json_format.MessageToJson(req).encode(), shared.bootstrap)
+            "Register", json_format.MessageToJson(req).encode(), shared.bootstrap
+        )
         assert status == 200 and body["agentId"] == agent_id
         token = body["agentToken"]
     assert token.startswith("sa.")
@@ -58,7 +65,9 @@ def test_a_heartbeat_without_a_token_is_unauthenticated_and_counted(
     agent_id, _ = shared.cp.register(shared.bootstrap)
     before = rejected(shared.cp, "Heartbeat", "unauthenticated", "missing_token")
     assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id), None) == (
-        "unauthenticated", "authorization: missing; send 'authorization: Bearer <token>'")
+        "unauthenticated",
+        "authorization: missing; send 'authorization: Bearer <token>'",
+    )
     assert rejected(shared.cp, "Heartbeat", "unauthenticated", "missing_token") == before + 1
 
 
@@ -68,9 +77,13 @@ def test_a_wrong_token_is_unauthenticated(shared: Served, transport: str) -> Non
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     before = rejected(shared.cp, "Heartbeat", "unauthenticated", "unknown_token")
     assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id), forged) == (
-        "unauthenticated", "authorization: token is not valid")
+        "unauthenticated",
+        "authorization: token is not valid",
+    )
     assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id), "hunter2") == (
-        "unauthenticated", "authorization: not a Sennet token")
+        "unauthenticated",
+        "authorization: not a Sennet token",
+    )
     assert rejected(shared.cp, "Heartbeat", "unauthenticated", "unknown_token") == before + 1
 
 
@@ -80,20 +93,25 @@ def test_another_agents_token_is_permission_denied(shared: Served, transport: st
     _, thief_token = shared.cp.register(shared.bootstrap)
     before = rejected(shared.cp, "Heartbeat", "permission_denied", "agent_mismatch")
     assert call(shared.cp, transport, "Heartbeat", heartbeat_request(victim), thief_token) == (
-        "permission_denied", f"agent_id: the token belongs to another agent, not {victim}")
+        "permission_denied",
+        f"agent_id: the token belongs to another agent, not {victim}",
+    )
     assert rejected(shared.cp, "Heartbeat", "permission_denied", "agent_mismatch") == before + 1
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_tokens_of_the_wrong_kind_are_permission_denied(shared: Served, transport: str) -> None:
     agent_id, token = shared.cp.register(shared.bootstrap)
-    assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id),
-                shared.bootstrap) == (
+    assert call(
+        shared.cp, transport, "Heartbeat", heartbeat_request(agent_id), shared.bootstrap
+    ) == (
         "permission_denied",
-        "authorization: Heartbeat needs an agent token, not a bootstrap token")
+        "authorization: Heartbeat needs an agent token, not a bootstrap token",
+    )
     assert call(shared.cp, transport, "Register", pb.RegisterRequest(agent_id=agent_id), token) == (
         "permission_denied",
-        "authorization: Register needs a bootstrap token, not an agent token")
+        "authorization: Register needs a bootstrap token, not an agent token",
+    )
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -102,7 +120,9 @@ def test_a_revoked_bootstrap_token_can_no_longer_enrol(fresh: Served, transport:
     assert cli(fresh.cp.db, "token", "revoke", token_id).stdout == f"revoked {token_id}\n"
     req = pb.RegisterRequest(agent_id=str(uuid.uuid4()))
     assert call(fresh.cp, transport, "Register", req, fresh.bootstrap) == (
-        "unauthenticated", f"authorization: token {token_id} was revoked")
+        "unauthenticated",
+        f"authorization: token {token_id} was revoked",
+    )
     assert rejected(fresh.cp, "Register", "unauthenticated", "revoked_token") == 1
 
 
@@ -112,7 +132,9 @@ def test_enrolling_again_revokes_the_agents_previous_token(shared: Served, trans
     _, new = shared.cp.register(shared.bootstrap, agent_id)
     old_id = old.split(".")[1]
     assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id), old) == (
-        "unauthenticated", f"authorization: token {old_id} was revoked")
+        "unauthenticated",
+        f"authorization: token {old_id} was revoked",
+    )
     assert call(shared.cp, transport, "Heartbeat", heartbeat_request(agent_id), new) == ("ok", "")
 
 

@@ -1,0 +1,207 @@
+"""SQLite store: WAL, migrations, durability before acknowledgement, retention, restarts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+from sennet.common.errors import UserError
+from sennet.common.retry import retry
+from sennet.controlplane.fleet import Fleet
+from sennet.controlplane.schema import SCHEMA_VERSION
+from sennet.controlplane.store import Store
+from sennet.controlplane.writer import HeartbeatWriter
+from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+from tests.controlplane.conftest import Served
+from tests.controlplane.cp import heartbeat_request, sample
+
+OK = (grpc.StatusCode.OK, "")
+
+
+def test_a_new_database_is_in_wal_mode_at_the_current_schema_version(tmp_path: Path) -> None:
+    store = Store(tmp_path / "new.db")
+    assert store.migrate() == SCHEMA_VERSION == 1
+    assert store.migrate() == 1  # idempotent
+    with sqlite3.connect(tmp_path / "new.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {
+        "tokens",
+        "agents",
+        "heartbeats",
+        "interface_samples",
+        "kind_samples",
+        "events",
+        "series",
+    }
+
+
+def test_a_database_from_a_newer_control_plane_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "future.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 7")
+    with pytest.raises(UserError) as err:
+        Store(db).migrate()
+    assert err.value.message == (f"{db} has schema version 7, newer than this control plane's 1")
+
+
+def test_a_file_that_is_not_a_database_is_refused_naming_it(tmp_path: Path) -> None:
+    db = tmp_path / "junk.db"
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(UserError) as err:
+        Store(db).migrate()
+    assert err.value.message == f"cannot use database {db}: file is not a database"
+
+
+def test_an_acknowledged_heartbeat_is_in_the_database_with_its_events(shared: Served) -> None:
+    agent_id, token = shared.cp.register(shared.bootstrap)
+    ev = pb.Event(
+        ts_unix_ns=1_700_000_000_000_000_000,
+        ifindex=7,
+        direction=pb.DIRECTION_TX,
+        kind="tcp_xmas",
+        pkt_len=54,
+        ip_version=6,
+        l4_proto=6,
+        src_port=1234,
+        dst_port=80,
+        src_addr="fd00::1",
+        dst_addr="fd00::2",
+        tcp_flags=0x29,
+        vlan_tags=1,
+        eth_proto=0x86DD,
+    )
+    req = heartbeat_request(agent_id, rx=(9, 900), events={"tcp_xmas": 1}, recent=[ev])
+    code, _, out = shared.cp.call_raw("Heartbeat", req.SerializeToString(), token)
+    assert code == grpc.StatusCode.OK and pb.HeartbeatResponse.FromString(out).events_stored == 1
+    with sqlite3.connect(shared.cp.db) as conn:
+        rows = conn.execute(
+            "SELECT s.ifname, s.ifindex, s.rx_packets, s.rx_bytes, k.kind, k.events"
+            " FROM heartbeats h"
+            " JOIN interface_samples s USING (heartbeat_id) JOIN kind_samples k USING"
+            " (heartbeat_id) WHERE h.agent_id = ?",
+            (agent_id,),
+        ).fetchall()
+        events = conn.execute(
+            "SELECT ts_unix_ns, ifindex, direction, kind, pkt_len, ip_version, l4_proto, src_port,"
+            " dst_port, src_addr, dst_addr, tcp_flags, vlan_tags, eth_proto FROM events"
+            " WHERE agent_id = ?",
+            (agent_id,),
+        ).fetchall()
+    assert rows == [("eth1", 7, 9, 900, "tcp_xmas", 1)]
+    assert events == [
+        (
+            1_700_000_000_000_000_000,
+            7,
+            "tx",
+            "tcp_xmas",
+            54,
+            6,
+            6,
+            1234,
+            80,
+            "fd00::1",
+            "fd00::2",
+            0x29,
+            1,
+            0x86DD,
+        )
+    ]
+
+
+def test_totals_survive_a_control_plane_restart_and_resets_after_it_still_count(
+    fresh: Served,
+) -> None:
+    cp = fresh.cp
+    agent_id, token = cp.register(fresh.bootstrap)
+    assert cp.heartbeat(token, heartbeat_request(agent_id, rx=(100, 6400))) == OK
+    assert cp.heartbeat(token, heartbeat_request(agent_id, rx=(10, 640))) == OK  # reset
+    cp.restart()
+    labels = {"agent": agent_id, "interface": "eth1", "direction": "rx"}
+    assert sample(cp.samples(), "sennet_interface_packets_total", **labels) == 110
+    assert cp.heartbeat(token, heartbeat_request(agent_id, rx=(4, 256))) == OK  # another reset
+    s = cp.samples()
+    assert sample(s, "sennet_interface_packets_total", **labels) == 114
+    assert sample(s, "sennet_interface_bytes_total", **labels) == 6400 + 640 + 256
+    assert sample(s, "sennet_agent_series_resets_total", agent=agent_id) == 4
+
+
+def test_retention_deletes_old_heartbeats_and_their_events_but_keeps_totals(tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.db")
+    store.migrate()
+    agent_id = str(uuid.uuid4())
+    store.enrol(pb.RegisterRequest(agent_id=agent_id), "bootstrap")
+    fleet = Fleet(store.load_fleet())
+    writer = HeartbeatWriter(store, fleet, retention_s=0.3, prune_every_s=0.1)
+    writer.start()
+    ev = pb.Event(ts_unix_ns=1, ifindex=7, direction=pb.DIRECTION_RX, kind="land")
+    try:
+        for n in (1, 2, 3):
+            req = heartbeat_request(agent_id, rx=(n, n * 60), recent=[ev])
+            writer.submit(req).result(5)
+        assert (store.count("heartbeats"), store.count("events")) == (3, 3)
+
+        def pruned(last: bool) -> bool | None:
+            return True if store.count("heartbeats") == 0 else None
+
+        retry(pruned, 5.0, interval=0.1, what="old heartbeats pruned")
+        assert (store.count("events"), store.count("interface_samples")) == (0, 0)
+    finally:
+        writer.stop()
+    view = Store(tmp_path / "r.db").load_fleet()[0]
+    assert view.series["rx_packets:eth1"].total == 3
+    assert view.heartbeats == 3
+
+
+def test_health_reports_ok_with_the_schema_version(fresh: Served) -> None:
+    status, body = fresh.cp.get("/health")
+    assert status == 200
+    assert json.loads(body) == {
+        "agents": 0,
+        "status": "ok",
+        "database": {"ok": True, "path": str(fresh.cp.db), "schema_version": 1},
+        "writer": {"alive": True, "commits": 0, "last_error": None},
+    }
+
+
+def test_health_fails_when_the_database_file_is_gone(fresh: Served) -> None:
+    for path in fresh.cp.db.parent.glob("cp.db*"):
+        path.unlink()
+    status, body = fresh.cp.get("/health")
+    report = json.loads(body)
+    assert status == 503 and report["status"] == "fail"
+    assert report["database"] == {
+        "ok": False,
+        "path": str(fresh.cp.db),
+        "error": "OperationalError: unable to open database file",
+    }
+
+
+def test_a_heartbeat_that_cannot_be_committed_is_not_acknowledged(fresh: Served) -> None:
+    cp = fresh.cp
+    agent_id, token = cp.register(fresh.bootstrap)
+    assert cp.heartbeat(token, heartbeat_request(agent_id, rx=(1, 60))) == OK
+    with sqlite3.connect(cp.db) as conn:  # a trigger makes every heartbeat insert fail
+        conn.execute(
+            "CREATE TRIGGER jam BEFORE INSERT ON heartbeats BEGIN "
+            "SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
+    code, details = cp.heartbeat(token, heartbeat_request(agent_id, rx=(2, 120)))
+    assert (code, details) == (grpc.StatusCode.UNAVAILABLE, "store: disk on fire")
+    labels = {"agent": agent_id, "interface": "eth1", "direction": "rx"}
+    assert sample(cp.samples(), "sennet_interface_packets_total", **labels) == 1  # not published
+    status, body = cp.get("/health")
+    assert status == 503 and json.loads(body)["writer"]["last_error"] == (
+        "IntegrityError: disk on fire"
+    )
+    with sqlite3.connect(cp.db) as conn:
+        conn.execute("DROP TRIGGER jam")
+    assert cp.heartbeat(token, heartbeat_request(agent_id, rx=(2, 120))) == OK
+    assert sample(cp.samples(), "sennet_interface_packets_total", **labels) == 2
+    assert cp.get("/health")[0] == 200
