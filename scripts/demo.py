@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 NS_MON, NS_PEER = "sennet-demo-mon", "sennet-demo-peer"
+CP_HTTP = 9469
 
 
 def sh(*argv: str, check: bool = True) -> str:
@@ -42,12 +43,35 @@ def monitored_link() -> Iterator[None]:
     try:
         for ns in (NS_MON, NS_PEER):
             sh("ip", "netns", "add", ns)
-            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+            sh(
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+            )
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh(
-            "ip", "link", "add", "sdmon", "netns", NS_MON, "mtu", "9000", "type", "veth",
-            "peer", "name", "sdpeer", "netns", NS_PEER, "mtu", "9000",
-        )  # fmt: skip
+            "ip",
+            "link",
+            "add",
+            "sdmon",
+            "netns",
+            NS_MON,
+            "mtu",
+            "9000",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "sdpeer",
+            "netns",
+            NS_PEER,
+            "mtu",
+            "9000",
+        )
         sh("ip", "-n", NS_MON, "link", "set", "sdmon", "name", "mon0", "up")
         sh("ip", "-n", NS_PEER, "link", "set", "sdpeer", "name", "peer0", "up")
         print(f"demo: monitored link mon0 (netns {NS_MON}) <-> peer0 (netns {NS_PEER})")
@@ -83,7 +107,9 @@ def send_traffic() -> int:
 
 def scrape(port: int, prefix: str) -> list[str]:
     try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read()
+        body = urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/metrics", timeout=3
+        ).read()
     except OSError as exc:
         return [f"(scrape failed: {exc})"]
     return [
@@ -110,23 +136,54 @@ def process(argv: list[str], log: Path, name: str) -> Iterator[subprocess.Popen[
         print(f"demo: {name} stopped (exit {proc.returncode})")
 
 
-def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def wait_for_file(
+    path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(
+                f"demo: control plane did not start; see {log}:\n{log.read_text()[-2000:]}"
+            )
+        time.sleep(0.1)
+
+
+def wait_for(
+    log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 30
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if text in log.read_text(errors="replace"):
             return
         if proc.poll() is not None:
-            raise SystemExit(f"demo: process exited early; see {log}:\n{log.read_text()[-2000:]}")
+            raise SystemExit(
+                f"demo: process exited early; see {log}:\n{log.read_text()[-2000:]}"
+            )
         time.sleep(0.1)
     raise SystemExit(f"demo: {text!r} did not appear in {log} within {timeout} s")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0 = until Ctrl-C)")
-    parser.add_argument("--interval", type=float, default=5.0, help="agent heartbeat interval, seconds")
-    parser.add_argument("--workdir", type=Path, default=None, help="keep logs and state here")
-    parser.add_argument("--no-control-plane", action="store_true", help="agent only: log and local /metrics")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=0,
+        help="stop after this many seconds (0 = until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--interval", type=float, default=5.0, help="agent heartbeat interval, seconds"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep logs and state here"
+    )
+    parser.add_argument(
+        "--no-control-plane",
+        action="store_true",
+        help="agent only: log and local /metrics",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("demo: run as root (BPF, TC, network namespaces)")
@@ -134,46 +191,106 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    have_cp = not args.no_control_plane and shutil.which("sennet-controlplane", path=str(Path(PY).parent)) is not None
+    have_cp = (
+        not args.no_control_plane
+        and shutil.which("sennet-controlplane", path=str(Path(PY).parent)) is not None
+    )
     agent_port = 9101
     with contextlib.ExitStack() as stack:
         stack.enter_context(monitored_link())
         agent_env_args: list[str] = []
         if have_cp:
             cp_log = work / "controlplane.log"
-            cp = Path(PY).parent / "sennet-controlplane"
-            token = sh(str(cp), "token", "create", "--db", str(work / "sennet.db"), "--quiet").strip()
+            cp = str(Path(PY).parent / "sennet-controlplane")
+            db = str(work / "sennet.db")
+            token = sh(cp, "--db", db, "token", "create", "--name", "demo").strip()
+            ready = work / "controlplane.ready"
             cp_proc = stack.enter_context(
                 process(
-                    [str(cp), "serve", "--db", str(work / "sennet.db"), "--grpc-listen", "127.0.0.1:50051",
-                     "--http-listen", "127.0.0.1:8080"],
+                    [
+                        cp,
+                        "--db",
+                        db,
+                        "serve",
+                        "--grpc-listen",
+                        "127.0.0.1:50051",
+                        "--http-listen",
+                        f"127.0.0.1:{CP_HTTP}",
+                        "--ready-file",
+                        str(ready),
+                    ],
                     cp_log,
                     "control plane (SQLite)",
-                )  # fmt: skip
+                )
             )
-            wait_for(cp_log, "serving", cp_proc)
-            agent_env_args = ["--control-plane", "127.0.0.1:50051", "--bootstrap-token", token]
+            wait_for_file(ready, cp_proc, cp_log)
+            agent_env_args = [
+                "--control-plane",
+                "127.0.0.1:50051",
+                "--bootstrap-token",
+                token,
+            ]
         agent_log = work / "agent.log"
         agent_argv = [
-            PY, "-m", "sennet.agent.cli", "run", "--netns", NS_MON, "--interfaces", "mon0", "--pin-dir", "/sys/fs/bpf/sennet-demo",
-            "--state-dir", str(work / "agent-state"), "--interval-s", str(args.interval),
-            "--large-packet-bytes", "1514", "--metrics-listen", f"127.0.0.1:{agent_port}",
+            PY,
+            "-m",
+            "sennet.agent.cli",
+            "run",
+            "--netns",
+            NS_MON,
+            "--interfaces",
+            "mon0",
+            "--pin-dir",
+            "/sys/fs/bpf/sennet-demo",
+            "--state-dir",
+            str(work / "agent-state"),
+            "--interval-s",
+            str(args.interval),
+            "--large-packet-bytes",
+            "1514",
+            "--metrics-listen",
+            f"127.0.0.1:{agent_port}",
             *agent_env_args,
-        ]  # fmt: skip
+        ]
         agent = stack.enter_context(process(agent_argv, agent_log, "agent"))
         wait_for(agent_log, "event=agent_ready", agent)
-        stack.callback(sh, PY, "-m", "sennet.agent.cli", "reset", "--pin-dir", "/sys/fs/bpf/sennet-demo")
-        print("demo: agent attached to mon0; replaying traffic every", args.interval, "s. Ctrl-C to stop.")
+        stack.callback(
+            sh,
+            PY,
+            "-m",
+            "sennet.agent.cli",
+            "reset",
+            "--pin-dir",
+            "/sys/fs/bpf/sennet-demo",
+        )
+        print(
+            "demo: agent attached to mon0; replaying traffic every",
+            args.interval,
+            "s. Ctrl-C to stop.",
+        )
         if have_cp:
-            print("demo: control plane: http://127.0.0.1:8080/health and /metrics (SQLite:", work / "sennet.db", ")")
+            print(
+                f"demo: control plane: http://127.0.0.1:{CP_HTTP}/health and /metrics; SQLite {work / 'sennet.db'}"
+            )
         started = time.monotonic()
         try:
-            while not stop["now"] and (not args.duration or time.monotonic() - started < args.duration):
+            while not stop["now"] and (
+                not args.duration or time.monotonic() - started < args.duration
+            ):
                 sent = send_traffic()
                 time.sleep(min(args.interval, 2.0))
                 status = json.loads(
-                    sh(PY, "-m", "sennet.agent.cli", "status", "--json", "--netns", NS_MON,
-                       "--pin-dir", "/sys/fs/bpf/sennet-demo")  # fmt: skip
+                    sh(
+                        PY,
+                        "-m",
+                        "sennet.agent.cli",
+                        "status",
+                        "--json",
+                        "--netns",
+                        NS_MON,
+                        "--pin-dir",
+                        "/sys/fs/bpf/sennet-demo",
+                    )
                 )
                 (iface,) = status["interfaces"]
                 events = {k: v for k, v in status["events_by_kind"].items() if v}
@@ -182,7 +299,7 @@ def main() -> int:
                     f"events {events}"
                 )
                 if have_cp:
-                    for line in scrape(8080, "sennet_agent_packets_total")[:2]:
+                    for line in scrape(CP_HTTP, "sennet_interface_packets_total")[:2]:
                         print("demo:   control plane", line)
                 time.sleep(max(0.0, args.interval - 2.0))
         except KeyboardInterrupt:
