@@ -1,0 +1,376 @@
+"""The agent's gRPC sink against the real control plane: enrolment, outages, restarts, TLS."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import sqlite3
+import stat
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+from sennet.agent.datapath.layout import Direction, EventKind
+from sennet.agent.grpc_sink import GrpcSink, SinkOptions, backoff_delay, make_sink
+from sennet.agent.snapshot import Event, InterfaceCounters, Snapshot
+from sennet.common.proc import run
+from tests.controlplane.conftest import Served
+from tests.controlplane.cp import cli, create_bootstrap_token, running, sample
+
+FAST = SinkOptions(rpc_deadline_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.3)
+
+
+def snap(rx: int, *, events: int = 0, dropped: int = 0, uptime: float = 1.0) -> Snapshot:
+    evs = tuple(
+        Event(
+            ts_ns=time.monotonic_ns(),
+            ifindex=7,
+            direction=Direction.RX,
+            kind=EventKind.LARGE_PACKET,
+            pkt_len=1500 + n,
+            ip_version=4,
+            l4_proto=17,
+            sport=1000 + n,
+            dport=53,
+            eth_proto=0x0800,
+            tcp_flags=0,
+            vlan_tags=0,
+            saddr="10.1.0.1",
+            daddr="10.1.0.2",
+        )
+        for n in range(events)
+    )
+    return Snapshot(
+        agent_version="0.1.0",
+        kernel_version="6.18.0",
+        uptime_s=uptime,
+        loader="libbpf",
+        interfaces=(InterfaceCounters("veth-m", 7, rx, rx * 100, 0, 0),),
+        events_by_kind={"large_packet": rx},
+        ringbuf_drops_by_kind={"large_packet": 0},
+        events_consumed=0,
+        recent_events=evs,
+        recent_events_dropped=dropped,
+    )
+
+
+def rx_packets(samples: dict, agent_id: str) -> float | None:  # type: ignore[type-arg]
+    return sample(
+        samples,
+        "sennet_interface_packets_total",
+        agent=agent_id,
+        interface="veth-m",
+        direction="rx",
+    )
+
+
+def stored(db: Path, table: str, agent_id: str) -> int:
+    with sqlite3.connect(db) as conn:
+        (n,) = conn.execute(
+            f"SELECT count(*) FROM {table} WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+    return int(n)
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
+    opts = SinkOptions(backoff_initial_s=1.0, backoff_max_s=60.0)
+    rng = random.Random(7)
+    caps = [1, 2, 4, 8, 16, 32, 60, 60]
+    delays = [backoff_delay(n, opts, rng) for n in range(1, 9)]
+    for cap, delay in zip(caps, delays, strict=True):
+        assert cap / 2 <= delay <= cap
+    assert len({round(d / c, 6) for d, c in zip(delays, caps, strict=True)}) == len(caps)
+
+
+def test_the_sink_enrols_keeps_its_token_0600_and_delivers_exact_counters(
+    shared: Served, tmp_path: Path
+) -> None:
+    agent_id = str(uuid.uuid4())
+    sink = make_sink(shared.cp.target, shared.bootstrap, tmp_path, agent_id, None, None)
+    try:
+        sink.send(snap(42, events=2))
+        assert isinstance(sink, GrpcSink) and sink.flush(10)
+        token_file = tmp_path / "agent-token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        saved = json.loads(token_file.read_text())
+        assert saved["agent_id"] == agent_id and saved["token"].startswith("sa.")
+        assert saved["control_plane"] == shared.cp.target
+        s = shared.cp.samples()
+        assert rx_packets(s, agent_id) == 42
+        assert sample(s, "sennet_events_total", agent=agent_id, kind="large_packet") == 42
+        assert stored(shared.cp.db, "events", agent_id) == 2
+        assert sink.stats().enrolments == 1 and sink.stats().events_queued == 0
+    finally:
+        sink.close()
+    again = make_sink(shared.cp.target, shared.bootstrap, tmp_path, agent_id, None, None)
+    try:  # a restarted agent reuses its token instead of enrolling again
+        again.send(snap(43))
+        assert isinstance(again, GrpcSink) and again.flush(10)
+        assert again.stats().enrolments == 0
+        assert rx_packets(shared.cp.samples(), agent_id) == 43
+    finally:
+        again.close()
+
+
+def test_the_sink_enrols_again_when_its_token_is_revoked(shared: Served, tmp_path: Path) -> None:
+    agent_id = str(uuid.uuid4())
+    sink = GrpcSink(shared.cp.target, shared.bootstrap, tmp_path, agent_id, options=FAST)
+    try:
+        sink.send(snap(1))
+        assert sink.flush(10)
+        old = json.loads((tmp_path / "agent-token").read_text())["token"]
+        assert cli(shared.cp.db, "token", "revoke", old.split(".")[1]).returncode == 0
+        sink.send(snap(2))
+        assert sink.flush(10)
+        assert sink.stats().enrolments == 2
+        assert json.loads((tmp_path / "agent-token").read_text())["token"] != old
+        assert rx_packets(shared.cp.samples(), agent_id) == 2
+    finally:
+        sink.close()
+
+
+def test_send_never_blocks_while_the_control_plane_is_unreachable(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = GrpcSink(
+        f"127.0.0.1:{port}",
+        "sb.0000000000000000." + "x" * 43,
+        tmp_path,
+        str(uuid.uuid4()),
+        options=FAST,
+    )
+    try:
+        worst = 0.0
+        for n in range(20):
+            started = time.perf_counter()
+            sink.send(snap(n, events=3))
+            worst = max(worst, time.perf_counter() - started)
+            time.sleep(0.02)
+        assert worst < 0.05
+        assert not sink.flush(0.3)
+        stats = sink.stats()
+        assert stats.failures >= 2 and stats.heartbeats_acked == 0
+        assert stats.events_queued == 60
+        assert stats.last_error is not None and stats.last_error.startswith("UNAVAILABLE")
+    finally:
+        started = time.perf_counter()
+        sink.close()
+        assert time.perf_counter() - started < FAST.close_flush_s + FAST.rpc_deadline_s + 1
+
+
+def test_after_an_outage_the_sink_delivers_the_latest_totals_and_bounded_events(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "cp.db"
+    bootstrap = create_bootstrap_token(db)
+    agent_id = str(uuid.uuid4())
+    opts = SinkOptions(
+        rpc_deadline_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.3, max_queued_events=5
+    )
+    with running(db, tmp_path) as cp:
+        sink = GrpcSink(cp.target, bootstrap, tmp_path / "state", agent_id, options=opts)
+        try:
+            sink.send(snap(10))
+            assert sink.flush(10)
+            assert cp.stop() == 0
+            sink.send(snap(20, events=4))
+            sink.send(snap(30, events=4, dropped=2))  # 8 queued into room for 5: 3 dropped
+            assert not sink.flush(0.5)
+            assert sink.stats().events_dropped == 5
+            cp.start(cp.grpc_port, cp.http_port)
+            assert sink.flush(15), sink.stats()
+            s = cp.samples()
+            assert rx_packets(s, agent_id) == 30
+            assert sample(s, "sennet_agent_events_dropped_total", agent=agent_id) == 5
+            assert stored(db, "events", agent_id) == 5
+            acked = sink.stats().heartbeats_acked
+            assert stored(db, "heartbeats", agent_id) == acked == 2
+        finally:
+            sink.close()
+        cp.stop()
+
+
+def test_every_acknowledged_heartbeat_survives_a_control_plane_crash(fresh: Served) -> None:
+    cp = fresh.cp
+    agent_id = str(uuid.uuid4())
+    sink = GrpcSink(cp.target, fresh.bootstrap, cp.workdir / "state", agent_id, options=FAST)
+    try:
+        for n in range(1, 6):
+            sink.send(snap(n * 10))
+            assert sink.flush(10)
+        assert cp.stop(signal.SIGKILL) == -signal.SIGKILL
+        cp.start(cp.grpc_port, cp.http_port)
+        assert stored(cp.db, "heartbeats", agent_id) == 5
+        assert rx_packets(cp.samples(), agent_id) == 50
+        sink.send(snap(60))
+        assert sink.flush(15), sink.stats()
+        assert rx_packets(cp.samples(), agent_id) == 60
+        assert sink.stats().enrolments == 1  # the token survived the crash too
+    finally:
+        sink.close()
+
+
+# -- TLS --------------------------------------------------------------------------------
+
+
+def _pki(d: Path) -> dict[str, Path]:
+    """A CA, a server certificate for controlplane.test and a client certificate (openssl)."""
+
+    def ossl(*args: str) -> None:
+        run(["openssl", *args])
+
+    p = {n: d / f"{n}.pem" for n in ("ca", "ca-key", "srv", "srv-key", "cli", "cli-key")}
+    ossl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(p["ca-key"]),
+        "-out",
+        str(p["ca"]),
+        "-subj",
+        "/CN=sennet test CA",
+        "-days",
+        "2",
+    )
+    for name, cn, ext in (
+        ("srv", "controlplane.test", "subjectAltName=DNS:controlplane.test"),
+        ("cli", "agent", "extendedKeyUsage=clientAuth"),
+    ):
+        csr = d / f"{name}.csr"
+        ossl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(p[f"{name}-key"]),
+            "-out",
+            str(csr),
+            "-subj",
+            f"/CN={cn}",
+        )
+        extfile = d / f"{name}.ext"
+        extfile.write_text(ext + "\n")
+        ossl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(p["ca"]),
+            "-CAkey",
+            str(p["ca-key"]),
+            "-CAcreateserial",
+            "-out",
+            str(p[name]),
+            "-days",
+            "2",
+            "-extfile",
+            str(extfile),
+        )
+    return p
+
+
+def test_the_sink_talks_tls_and_verifies_the_server_name(tmp_path: Path) -> None:
+    pki = _pki(tmp_path)
+    db = tmp_path / "cp.db"
+    bootstrap = create_bootstrap_token(db)
+    agent_id = str(uuid.uuid4())
+    tls = ["--tls-cert", str(pki["srv"]), "--tls-key", str(pki["srv-key"])]
+    with running(db, tmp_path, tls) as cp:
+        good = make_sink(
+            cp.target, bootstrap, tmp_path / "a", agent_id, str(pki["ca"]), "controlplane.test"
+        )
+        wrong_name = make_sink(
+            cp.target,
+            bootstrap,
+            tmp_path / "b",
+            str(uuid.uuid4()),
+            str(pki["ca"]),
+            "elsewhere.test",
+        )
+        plain = GrpcSink(cp.target, bootstrap, tmp_path / "c", str(uuid.uuid4()), options=FAST)
+        try:
+            for s in (good, wrong_name, plain):
+                s.send(snap(7))
+            assert isinstance(good, GrpcSink) and good.flush(10)
+            assert isinstance(wrong_name, GrpcSink) and not wrong_name.flush(1.0)
+            assert not plain.flush(0.5)
+            assert rx_packets(cp.samples(), agent_id) == 7
+        finally:
+            for s in (good, wrong_name, plain):
+                s.close()
+        cp.stop()
+
+
+def test_client_certificates_are_required_when_a_client_ca_is_configured(tmp_path: Path) -> None:
+    pki = _pki(tmp_path)
+    db = tmp_path / "cp.db"
+    bootstrap = create_bootstrap_token(db)
+    tls = [
+        "--tls-cert",
+        str(pki["srv"]),
+        "--tls-key",
+        str(pki["srv-key"]),
+        "--tls-client-ca",
+        str(pki["ca"]),
+    ]
+    ca = pki["ca"].read_bytes()
+    with running(db, tmp_path, tls) as cp:
+        with_cert = GrpcSink(
+            cp.target,
+            bootstrap,
+            tmp_path / "a",
+            str(uuid.uuid4()),
+            options=FAST,
+            tls_server_name="controlplane.test",
+            credentials=grpc.ssl_channel_credentials(
+                ca, pki["cli-key"].read_bytes(), pki["cli"].read_bytes()
+            ),
+        )
+        without = GrpcSink(
+            cp.target,
+            bootstrap,
+            tmp_path / "b",
+            str(uuid.uuid4()),
+            options=FAST,
+            tls_server_name="controlplane.test",
+            credentials=grpc.ssl_channel_credentials(ca),
+        )
+        try:
+            with_cert.send(snap(3))
+            without.send(snap(3))
+            assert with_cert.flush(10)
+            assert not without.flush(1.0)
+            assert without.stats().heartbeats_acked == 0
+        finally:
+            with_cert.close()
+            without.close()
+        cp.stop()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tls-cert", "x.pem"], "error: --tls-cert and --tls-key go together\n"),
+        (["--tls-client-ca", "ca.pem"], "error: --tls-client-ca needs --tls-cert and --tls-key\n"),
+    ],
+)
+def test_incomplete_tls_flags_are_one_clear_error(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    result = cli(tmp_path / "cp.db", "serve", *flags)
+    assert (result.returncode, result.stderr) == (2, message)
