@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class Settings:
     stale_after_s: float = 35.0  # 3 missed 10 s heartbeats plus slack
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     reuse_port: bool = False
+    fleet_refresh_s: float = 0.0  # >0: reload the fleet from the database (multi-process)
     ready_file: Path | None = None
 
 
@@ -88,6 +90,17 @@ class ControlPlane:
         report.update(status="ok" if ok else "fail", database=db, writer=writer)
         return ok, report
 
+    async def _refresh_fleet(self, every_s: float) -> None:
+        """Other processes on the same database store heartbeats too; show theirs as well."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                views = await asyncio.to_thread(self.store.load_fleet)
+            except sqlite3.Error as exc:
+                event(log, "fleet refresh failed", logging.WARNING, error=str(exc))
+                continue
+            self.fleet.merge_newer(views)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or `stop` is set), then shut down in order."""
         stop = stop or asyncio.Event()
@@ -123,7 +136,12 @@ class ControlPlane:
                 json.dumps({"grpc_port": grpc_port, "http_port": http_port, "pid": os.getpid()})
             )
             tmp.replace(self.settings.ready_file)
+        refresher = None
+        if self.settings.fleet_refresh_s > 0:
+            refresher = asyncio.create_task(self._refresh_fleet(self.settings.fleet_refresh_s))
         await stop.wait()
+        if refresher is not None:
+            refresher.cancel()
         started = time.monotonic()
         event(log, "stopping")
         await server.stop(grace_s=5.0)

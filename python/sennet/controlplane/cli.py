@@ -94,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
         "(run one per core against the same --db)",
     )
     s.add_argument(
+        "--fleet-refresh",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="reload every agent's state from the database this often, so /metrics includes "
+        "heartbeats stored by other processes sharing the port (use with --reuse-port)",
+    )
+    s.add_argument(
         "--ready-file",
         type=Path,
         help="write {grpc_port, http_port, pid} as JSON here once serving",
@@ -184,6 +192,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes,
         reuse_port=args.reuse_port,
         ready_file=args.ready_file,
+        fleet_refresh_s=args.fleet_refresh,
     )
     asyncio.run(ControlPlane(settings).run())
     return 0

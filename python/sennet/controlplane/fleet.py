@@ -145,6 +145,18 @@ class Fleet:
                 kernel_version=kernel_version,
             )
 
+    def merge_newer(self, views: Iterable[AgentView]) -> None:
+        """Take views reloaded from the shared database where they are at least as new.
+
+        `heartbeats` only grows per agent, so a reload that raced with our own
+        writer can never move an exported counter backwards.
+        """
+        with self._lock:
+            for view in views:
+                current = self._views.get(view.agent_id)
+                if current is None or view.heartbeats >= current.heartbeats:
+                    self._views[view.agent_id] = view
+
     def snapshot(self) -> list[AgentView]:
         """All views, sorted by agent id (stable exposition order)."""
         with self._lock:

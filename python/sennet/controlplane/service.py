@@ -41,8 +41,8 @@ class SentinelService:
             "agent enrolled",
             agent=req.agent_id,
             hostname=req.hostname,
-            bootstrap_token_id=principal.token_id,
-            agent_token_id=token.token_id,
+            bootstrap_id=principal.token_id,
+            issued_id=token.token_id,
         )
         return pb.RegisterResponse(agent_id=req.agent_id, agent_token=token.text)
 

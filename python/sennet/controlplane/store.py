@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from sennet.common.errors import UserError
@@ -285,32 +286,53 @@ class Store:
         cur = conn.execute("DELETE FROM heartbeats WHERE received_at < ?", (older_than,))
         return cur.rowcount
 
+    _AGENT_COLUMNS = (
+        "SELECT agent_id, hostname, agent_version, kernel_version, registered_at,"
+        " last_heartbeat_at, uptime_seconds, heartbeats, resets FROM agents"
+    )
+
+    @staticmethod
+    def _view(row: tuple[Any, ...], series: dict[str, Series]) -> AgentView:
+        return AgentView(
+            agent_id=row[0],
+            hostname=row[1],
+            agent_version=row[2],
+            kernel_version=row[3],
+            registered_at=row[4],
+            last_heartbeat=row[5],
+            uptime_seconds=row[6],
+            heartbeats=row[7],
+            resets=row[8],
+            series=series,
+        )
+
     def load_fleet(self) -> list[AgentView]:
         """Every enrolled agent with its stored totals, to rebuild state after a restart."""
         conn = self._conn()
         series: dict[str, dict[str, Series]] = {}
         for agent_id, key, last_raw, total in conn.execute("SELECT * FROM series"):
             series.setdefault(agent_id, {})[key] = Series(last_raw, total)
-        views = []
-        for row in conn.execute(
-            "SELECT agent_id, hostname, agent_version, kernel_version, registered_at,"
-            " last_heartbeat_at, uptime_seconds, heartbeats, resets FROM agents"
-        ):
-            views.append(
-                AgentView(
-                    agent_id=row[0],
-                    hostname=row[1],
-                    agent_version=row[2],
-                    kernel_version=row[3],
-                    registered_at=row[4],
-                    last_heartbeat=row[5],
-                    uptime_seconds=row[6],
-                    heartbeats=row[7],
-                    resets=row[8],
-                    series=series.get(row[0], {}),
-                )
+        return [
+            self._view(row, series.get(row[0], {})) for row in conn.execute(self._AGENT_COLUMNS)
+        ]
+
+    def load_agent(self, conn: sqlite3.Connection, agent_id: str) -> AgentView | None:
+        """One agent's committed state, read inside the caller's write transaction.
+
+        The writer starts from this rather than from memory, so several
+        control-plane processes sharing one database (SO_REUSEPORT) never
+        compute totals from a stale copy: BEGIN IMMEDIATE serialises them.
+        """
+        row = conn.execute(self._AGENT_COLUMNS + " WHERE agent_id = ?", (agent_id,)).fetchone()
+        if row is None:
+            return None
+        series = {
+            key: Series(last_raw, total)
+            for key, last_raw, total in conn.execute(
+                "SELECT key, last_raw, total FROM series WHERE agent_id = ?", (agent_id,)
             )
-        return views
+        }
+        return self._view(row, series)
 
     def count(self, table: str) -> int:
         """Row count of one of our tables (tests and /health)."""

@@ -128,7 +128,7 @@ class HeartbeatWriter:
             try:
                 for item in batch:
                     aid = item.req.agent_id
-                    view = overlay.get(aid) or self._fleet.get(aid) or AgentView(aid)
+                    view = overlay.get(aid) or self._store.load_agent(conn, aid) or AgentView(aid)
                     new_view, changed = view.apply(item.req, item.received_at)
                     self._store.insert_heartbeat(
                         conn, item.req, item.received_at, new_view, changed

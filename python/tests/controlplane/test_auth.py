@@ -157,6 +157,7 @@ def test_secrets_never_appear_in_the_control_plane_log(shared: Served) -> None:
     assert "agent enrolled" in log
     assert token not in log and shared.bootstrap not in log
     assert token.split(".")[2] not in log
+    assert f"issued_id={token.split('.')[1]}" in log  # ids are not secrets, and help audits
 
 
 def test_grpc_status_codes_map_to_connect_http_statuses(shared: Served) -> None:

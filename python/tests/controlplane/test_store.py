@@ -18,7 +18,7 @@ from sennet.controlplane.store import Store
 from sennet.controlplane.writer import HeartbeatWriter
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from tests.controlplane.conftest import Served
-from tests.controlplane.cp import heartbeat_request, sample
+from tests.controlplane.cp import create_bootstrap_token, heartbeat_request, running, sample
 
 OK = (grpc.StatusCode.OK, "")
 
@@ -205,3 +205,38 @@ def test_a_heartbeat_that_cannot_be_committed_is_not_acknowledged(fresh: Served)
     assert cp.heartbeat(token, heartbeat_request(agent_id, rx=(2, 120))) == OK
     assert sample(cp.samples(), "sennet_interface_packets_total", **labels) == 2
     assert cp.get("/health")[0] == 200
+
+
+def test_processes_sharing_the_port_and_database_keep_exact_totals(tmp_path: Path) -> None:
+    db = tmp_path / "cp.db"
+    bootstrap = create_bootstrap_token(db)
+    flags = ["--reuse-port", "--fleet-refresh", "0.2"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with running(db, tmp_path / "a", flags) as one, running(db, tmp_path / "b", flags) as _:
+        two = _
+        two.stop()
+        two.start(grpc_port=one.grpc_port)
+        agent_id, token = one.register(bootstrap)
+        for n in range(1, 41):  # a new connection per call: SO_REUSEPORT spreads them
+            rx = (n * 10 if n != 20 else 5, n * 1000)  # one reset (agent restart) at n=20
+            assert one.heartbeat(token, heartbeat_request(agent_id, rx=rx)) == OK
+        # 10..190, then 5 after the reset, then 210 (+205), then +10 for each of n=22..40
+        expected = 190 + 5 + 205 + 19 * 10
+        labels = {"agent": agent_id, "interface": "eth1", "direction": "rx"}
+
+        def converged(last: bool) -> bool | None:
+            got = [
+                sample(cp.samples(), "sennet_interface_packets_total", **labels)
+                for cp in (one, two)
+            ]
+            return True if got == [expected, expected] else None
+
+        retry(converged, 5.0, interval=0.1, what="both processes export the same totals")
+        accepted = [
+            sample(cp.samples(), "sennet_controlplane_heartbeats_accepted_total", transport="grpc")
+            for cp in (one, two)
+        ]
+        assert sum(a or 0 for a in accepted) == 40 and all(accepted), accepted
+        one.stop()
+        two.stop()
