@@ -80,7 +80,12 @@ class Store:
 
     def migrate(self) -> int:
         """Create or upgrade the schema; return the version now in place."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"cannot create the database directory {self.path.parent}: {exc.strerror}"
+            ) from exc
         conn = self.connect(create=True)
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
