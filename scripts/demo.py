@@ -89,7 +89,7 @@ v4 = dict(src="192.0.2.10", dst="192.0.2.20")
 frames = (
     [e / IP(**v4) / UDP(sport=5353, dport=53) / Raw(b"q" * n) for n in (18, 200, 900)] * 10
     + [e / IP(**v4) / ICMP() / Raw(b"p" * 56)] * 5
-    + [e / IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(sport=443, dport=50000) / Raw(b"t" * 100)] * 5
+    + [e / IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(dport=50000) / Raw(b"t" * 100)] * 5
     + [e / Dot1Q(vlan=42) / IP(**v4) / UDP(sport=1, dport=2)] * 2
     + [e / IP(**v4) / UDP(sport=9, dport=9) / Raw(b"L" * 4000)] * 2
     + [e / IP(**v4) / TCP(dport=22, flags=f) for f in (0, "SF", "SR", "FPU")]
@@ -107,9 +107,7 @@ def send_traffic() -> int:
 
 def scrape(port: int, prefix: str) -> list[str]:
     try:
-        body = urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/metrics", timeout=3
-        ).read()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read()
     except OSError as exc:
         return [f"(scrape failed: {exc})"]
     return [
@@ -148,17 +146,13 @@ def wait_for_file(
         time.sleep(0.1)
 
 
-def wait_for(
-    log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 30
-) -> None:
+def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if text in log.read_text(errors="replace"):
             return
         if proc.poll() is not None:
-            raise SystemExit(
-                f"demo: process exited early; see {log}:\n{log.read_text()[-2000:]}"
-            )
+            raise SystemExit(f"demo: process exited early; see {log}:\n{log.read_text()[-2000:]}")
         time.sleep(0.1)
     raise SystemExit(f"demo: {text!r} did not appear in {log} within {timeout} s")
 
@@ -176,9 +170,7 @@ def main() -> int:
     parser.add_argument(
         "--interval", type=float, default=5.0, help="agent heartbeat interval, seconds"
     )
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="keep logs and state here"
-    )
+    parser.add_argument("--workdir", type=Path, default=None, help="keep logs and state here")
     parser.add_argument(
         "--no-control-plane",
         action="store_true",
@@ -270,7 +262,8 @@ def main() -> int:
         )
         if have_cp:
             print(
-                f"demo: control plane: http://127.0.0.1:{CP_HTTP}/health and /metrics; SQLite {work / 'sennet.db'}"
+                f"demo: control plane: http://127.0.0.1:{CP_HTTP}/health and /metrics; "
+                f"SQLite {work / 'sennet.db'}"
             )
         started = time.monotonic()
         try:
@@ -295,7 +288,8 @@ def main() -> int:
                 (iface,) = status["interfaces"]
                 events = {k: v for k, v in status["events_by_kind"].items() if v}
                 print(
-                    f"demo: sent {sent} frames; mon0 rx {iface['rx_packets']} pkts / {iface['rx_bytes']} B; "
+                    f"demo: sent {sent} frames; "
+                    f"mon0 rx {iface['rx_packets']} pkts / {iface['rx_bytes']} B; "
                     f"events {events}"
                 )
                 if have_cp:
