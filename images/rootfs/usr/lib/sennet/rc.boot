@@ -1,0 +1,91 @@
+#!/bin/sh
+# Stage 2 set-up (busybox init's sysinit): filesystems, state partition,
+# provisioning, network. Logs key=value lines to the console.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+log() { echo "sennet-init: $*"; }
+
+mount -t tmpfs -o mode=0755,nosuid,nodev run /run
+mkdir -p /run/sennet /run/root /run/dropbear /dev/pts
+chmod 0700 /run/root
+mount -t tmpfs -o mode=1777,nosuid,nodev tmp /tmp
+mount -t devpts -o mode=0620,ptmxmode=0666 devpts /dev/pts
+mount -t bpf -o mode=0700 bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+hostname sennet
+
+# sennet.KEY=VALUE on the kernel command line
+cmdline() { for w in $(cat /proc/cmdline); do case "$w" in "sennet.$1="*) echo "${w#*=}";; esac; done; }
+
+partdev() {  # block device whose GPT partition name is $1
+    for u in /sys/class/block/*/uevent; do
+        if grep -qx "PARTNAME=$1" "$u"; then echo "/dev/$(sed -n 's/^DEVNAME=//p' "$u")"; return 0; fi
+    done
+    return 1
+}
+
+# EFI system partition: read-only source of provisioning files.
+mkdir -p /run/esp
+if esp=$(partdev esp) && mount -t vfat -o ro,fmask=0177,dmask=0077 "$esp" /run/esp; then
+    log "event=esp_mounted dev=$esp"
+fi
+
+# Writable state partition, formatted on first boot.
+if state=$(partdev sennet-state); then
+    magic=$(dd if="$state" bs=1 skip=1080 count=2 2>/dev/null | hexdump -e '1/2 "%04x"')
+    if [ "$magic" != "ef53" ]; then
+        log "event=state_format dev=$state first_boot=1"
+        mke2fs -q -L sennet-state "$state" >/dev/null || log "event=state_format_failed dev=$state"
+    fi
+    mount -t ext4 -o noatime,nodev,nosuid "$state" /var/lib/sennet && log "event=state_mounted dev=$state"
+else
+    log "event=state_missing why=no_partition_named_sennet-state using=tmpfs"
+    mount -t tmpfs -o mode=0700 state /var/lib/sennet
+fi
+mkdir -p /var/lib/sennet/etc
+
+# First-boot provisioning: a config on the ESP is copied once to the state partition.
+if [ -f /run/esp/sennet/agent.toml ] && [ ! -f /var/lib/sennet/etc/agent.toml ]; then
+    cp /run/esp/sennet/agent.toml /var/lib/sennet/etc/agent.toml.tmp &&
+        mv /var/lib/sennet/etc/agent.toml.tmp /var/lib/sennet/etc/agent.toml &&
+        log "event=provisioned source=esp:sennet/agent.toml"
+fi
+# Kernel command line overrides (SENNET_* environment for the agent); the token is never logged.
+: > /run/sennet/agent.env
+for key in control_plane bootstrap_token interfaces tls_server_name metrics_listen log_level interval_s; do
+    v=$(cmdline "$key")
+    if [ -n "$v" ]; then
+        upper=$(echo "$key" | tr a-z A-Z)
+        echo "SENNET_$upper=$v" >> /run/sennet/agent.env
+        [ "$key" = bootstrap_token ] && v="(set)"
+        log "event=provisioned source=cmdline key=$key value=$v"
+    fi
+done
+chmod 0600 /run/sennet/agent.env
+
+# Network: management NIC by DHCP (default) or static; every other NIC up, unaddressed, no IPv6.
+[ -f /run/esp/sennet/network.env ] && . /run/esp/sennet/network.env
+MGMT_IF=$(cmdline mgmt_if); MGMT_IF=${MGMT_IF:-${SENNET_MGMT_IF:-eth0}}
+IP=$(cmdline ip); IP=${IP:-${SENNET_IP:-dhcp}}
+GW=$(cmdline gw); GW=${GW:-${SENNET_GW:-}}
+DNS=$(cmdline dns); DNS=${DNS:-${SENNET_DNS:-}}
+ip link set lo up
+for dev in /sys/class/net/*; do
+    name=${dev##*/}
+    case "$name" in lo|"$MGMT_IF") continue;; esac
+    echo 1 > "/proc/sys/net/ipv6/conf/$name/disable_ipv6" 2>/dev/null
+    ip link set "$name" up && log "event=link_up ifname=$name role=monitored"
+done
+ip link set "$MGMT_IF" up
+if [ "$IP" = dhcp ]; then
+    udhcpc -i "$MGMT_IF" -s /usr/lib/sennet/udhcpc.script -b -q -t 4 -T 1 -A 5 >/dev/null 2>&1 &
+    log "event=dhcp_started ifname=$MGMT_IF"
+else
+    ip addr add "$IP" dev "$MGMT_IF"
+    [ -n "$GW" ] && ip route add default via "$GW"
+    [ -n "$DNS" ] && echo "nameserver $DNS" > /run/resolv.conf
+    log "event=static_ip ifname=$MGMT_IF addr=$IP gw=$GW"
+fi
+
+# Test variant only: its overlay partition brings an SSH server.
+[ -x /opt/sennet-test/rc.test ] && /opt/sennet-test/rc.test
+log "event=boot_done uptime=$(cut -d' ' -f1 /proc/uptime)"

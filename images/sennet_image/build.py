@@ -1,0 +1,130 @@
+"""The build steps, each a function of declared input files to output files.
+
+Bazel runs them one genrule each (see images/BUILD.bazel), so a change to the
+agent re-runs only `agent_layer` and `disks`; `build_all` runs them in order
+for a build without Bazel.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sennet_image import disk, initramfs, lock, rootfs
+from sennet_image.fetch import fetch
+from sennet_image.fsutil import sha256_file
+from sennet_image.manifest import write as write_manifest
+from sennet_image.proc import log, run, step
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+@dataclass(frozen=True)
+class Disks:
+    """The disk artefacts of one variant."""
+
+    raw: Path
+    qcow2: Path
+
+
+def base_layer(debs: list[Path], wheels: list[Path], out: Path, files_out: Path) -> None:
+    """Root debs + wheels + overlay -> root.squashfs and its file list."""
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tree = Path(tmp) / "root"
+        files = rootfs.build_base(tree, sorted(debs, key=lambda p: p.name), sorted(wheels))
+        rootfs.mksquashfs(tree, out)
+    files_out.write_text("\n".join(files) + "\n")
+
+
+def agent_layer(python_src: Path, bpf_objects: list[Path], out: Path) -> None:
+    """python/sennet + BPF objects -> agent.squashfs (mounted at /opt/sennet)."""
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tree = Path(tmp) / "agent"
+        rootfs.build_agent(tree, python_src, sorted(bpf_objects))
+        rootfs.mksquashfs(tree, out, comp="xz")
+
+
+def test_layer(debs: list[Path], out: Path) -> None:
+    """Test-only extras (dropbear) -> test.squashfs (mounted at /opt/sennet-test)."""
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tree = Path(tmp) / "test"
+        rootfs.build_testfs(tree, sorted(debs, key=lambda p: p.name))
+        rootfs.mksquashfs(tree, out)
+
+
+def boot_files(kernel_deb: Path, busybox_deb: Path, outdir: Path, cmdline: str) -> None:
+    """Kernel, initramfs, command line and the UKI (BOOTX64.EFI) from them."""
+    with step("initramfs"):
+        release = initramfs.build(kernel_deb, busybox_deb, outdir / "initrd.img",
+                                  outdir / "vmlinuz")
+    (outdir / "cmdline").write_text(cmdline + "\n")
+    (outdir / "kernel-release").write_text(release + "\n")
+    with step("uki"):
+        disk.build_uki(outdir / "vmlinuz", outdir / "initrd.img", cmdline, rootfs.os_release(),
+                       outdir / "BOOTX64.EFI")
+
+
+def disks(uki: Path, root: Path, agent: Path, test: Path | None, raw: Path, qcow2: Path) -> None:
+    """GPT disk: ESP, root, agent layer, [test layer], state (zeroed; formatted on first boot)."""
+    with tempfile.TemporaryDirectory(dir=raw.parent) as tmp:
+        esp = Path(tmp) / "esp.img"
+        with step("esp"):
+            disk.build_esp(uki, esp)
+        parts = [
+            disk.Partition("esp", disk.ESP_TYPE, esp, disk.ESP_MIB),
+            disk.Partition("sennet-root", disk.ROOT_TYPE, root, disk.size_mib(root, 4)),
+            # slack so an agent change keeps the root partition at the same offset
+            disk.Partition("sennet-agent", disk.DATA_TYPE, agent, disk.size_mib(agent, 2)),
+        ]
+        if test is not None:
+            parts.append(disk.Partition("sennet-test", disk.DATA_TYPE, test, disk.size_mib(test, 1)))
+        parts.append(disk.Partition("sennet-state", disk.DATA_TYPE, None, disk.STATE_MIB))
+        disk.build_disk(parts, raw)
+    with step("qcow2", out=qcow2.name):
+        disk.to_qcow2(raw, qcow2)
+
+
+def bpf_objects(outdir: Path) -> list[Path]:
+    """Compile the BPF programs exactly as bpf/build.sh does (the plain build's path)."""
+    run([REPO / "bpf" / "build.sh", outdir])
+    return sorted(outdir.glob("*.bpf.o"))
+
+
+def build_all(out: Path) -> dict[str, Path]:
+    """Everything, without Bazel: fetch pinned inputs, run each step, write the manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    debs, wheels = lock.load_debs(), lock.load_wheels()
+    with step("fetch", inputs=len(debs) + len(wheels)):
+        paths = {p.name: fetch(p) for p in debs}
+        wheel_paths = [fetch(w) for w in wheels]
+    root_debs = [paths[d.name] for d in debs if d.set == "root"]
+    test_debs = [paths[d.name] for d in debs if d.set == "test"]
+    kernel = next(paths[d.name] for d in debs if d.set == "kernel")
+    busybox = next(paths[d.name] for d in debs if d.name.startswith("busybox"))
+    with tempfile.TemporaryDirectory() as tmp:
+        with step("bpf"):
+            objs = bpf_objects(Path(tmp) / "bpf")
+        with step("base_layer"):
+            base_layer(root_debs, wheel_paths, out / "root.squashfs", out / "root.files")
+        with step("agent_layer"):
+            agent_layer(REPO / "python", objs, out / "agent.squashfs")
+        manifest_bpf = {o.name: sha256_file(o) for o in objs}
+    with step("test_layer"):
+        test_layer(test_debs, out / "test.squashfs")
+    boot_files(kernel, busybox, out, disk.DEFAULT_CMDLINE)
+    with step("disks"):
+        disks(out / "BOOTX64.EFI", out / "root.squashfs", out / "agent.squashfs", None,
+              out / "appliance.raw", out / "appliance.qcow2")
+        disks(out / "BOOTX64.EFI", out / "root.squashfs", out / "agent.squashfs",
+              out / "test.squashfs", out / "appliance-test.raw", out / "appliance-test.qcow2")
+    artefacts = {n: out / n for n in (
+        "appliance.raw", "appliance.qcow2", "appliance-test.raw", "appliance-test.qcow2",
+        "vmlinuz", "initrd.img", "cmdline", "BOOTX64.EFI", "root.squashfs", "agent.squashfs",
+        "test.squashfs", "root.files")}
+    write_manifest(out / "manifest.json", debs, wheels, {"bpf_objects": json.dumps(manifest_bpf)},
+                   artefacts, {"builder": "sennet_image build (no Bazel)"})
+    log("build_done", out=out, raw_mib=f"{(out / 'appliance.raw').stat().st_size / 2**20:.1f}")
+    return artefacts

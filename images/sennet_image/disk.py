@@ -1,0 +1,127 @@
+"""Boot artefacts: the unified kernel image, the EFI system partition and the GPT disk.
+
+No loop devices and no root: `objcopy` builds the UKI on systemd-boot's stub
+(Debian 12 has no ukify), `mkfs.fat` + mtools fill the ESP inside a file,
+`sfdisk` partitions a file. Every identifier that tools would randomise (FAT
+volume id, disk and partition GUIDs) is derived from the content's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sennet_image.fsutil import sha256_file
+from sennet_image.proc import die, run, source_date_epoch, step
+
+EFI_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+MIB = 1 << 20
+ESP_MIB = 32
+STATE_MIB = 64
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"  # Linux root (x86-64)
+DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"  # Linux filesystem data
+DEFAULT_CMDLINE = "console=ttyS0,115200 quiet panic=10"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One GPT partition: its name (the init finds partitions by name), type, content file."""
+
+    name: str
+    type_guid: str
+    content: Path | None  # None: left zeroed (formatted on first boot)
+    size_mib: int
+
+
+def derived_uuid(*parts: str) -> str:
+    """A stable UUID from strings (content hashes, names): same inputs, same GUID."""
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4)).upper()
+
+
+def build_uki(vmlinuz: Path, initrd: Path, cmdline: str, osrel: str, out: Path) -> None:
+    """A PE image the firmware runs directly: stub + .osrel, .cmdline, .linux, .initrd."""
+    if vmlinuz.stat().st_size >= 16 * MIB:
+        die(f"{vmlinuz.name} is {vmlinuz.stat().st_size} bytes; the .linux section holds < 16 MiB")
+    if not EFI_STUB.is_file():
+        die(f"EFI stub missing: {EFI_STUB}", hint="apt-get install systemd-boot-efi")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "cmdline").write_text(cmdline + "\0")
+        (Path(tmp) / "osrel").write_text(osrel)
+        run(["objcopy",
+             "--add-section", f".osrel={Path(tmp) / 'osrel'}", "--change-section-vma", ".osrel=0x20000",
+             "--add-section", f".cmdline={Path(tmp) / 'cmdline'}",
+             "--change-section-vma", ".cmdline=0x30000",
+             "--add-section", f".linux={vmlinuz}", "--change-section-vma", ".linux=0x2000000",
+             "--add-section", f".initrd={initrd}", "--change-section-vma", ".initrd=0x3000000",
+             EFI_STUB, out])
+
+
+def build_esp(uki: Path, out: Path, extra: dict[str, bytes] | None = None) -> None:
+    """FAT16 ESP with the UKI at \\EFI\\BOOT\\BOOTX64.EFI and an empty \\sennet for provisioning."""
+    out.unlink(missing_ok=True)
+    vol_id = derived_uuid("esp", sha256_file(uki))[:8]
+    run(["mkfs.fat", "-F", "16", "-n", "SENNET-ESP", "-i", vol_id, "--invariant",
+         "-C", out, str(ESP_MIB * 1024)])
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    run(["mmd", "-i", out, "::/EFI", "::/EFI/BOOT", "::/sennet"], env=env)
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "BOOTX64.EFI"
+        shutil.copyfile(uki, staged)
+        files = [(staged, "::/EFI/BOOT/BOOTX64.EFI")]
+        for name, data in sorted((extra or {}).items()):
+            (Path(tmp) / name).write_bytes(data)
+            files.append((Path(tmp) / name, f"::/sennet/{name}"))
+        epoch = source_date_epoch()
+        for src, dst in files:
+            os.utime(src, (epoch, epoch))
+            run(["mcopy", "-m", "-i", out, src, dst], env=env)
+
+
+def build_disk(parts: list[Partition], out: Path) -> dict[str, int]:
+    """Write a GPT disk image holding `parts`; returns each partition's byte offset."""
+    offset_mib = 1
+    layout = []
+    for p in parts:
+        if p.content is not None and p.content.stat().st_size > p.size_mib * MIB:
+            die(f"{p.content.name} does not fit its {p.size_mib} MiB partition {p.name}")
+        layout.append((p, offset_mib))
+        offset_mib += p.size_mib
+    total = (offset_mib + 1) * MIB
+    hashes = [sha256_file(p.content) if p.content else p.name for p in parts]
+    out.unlink(missing_ok=True)
+    with out.open("wb") as f:
+        f.truncate(total)
+    script = ["label: gpt", f"label-id: {derived_uuid('disk', *hashes)}", "unit: sectors",
+              "first-lba: 2048", ""]
+    for (p, off), h in zip(layout, hashes, strict=True):
+        script.append(f"start={off * 2048}, size={p.size_mib * 2048}, type={p.type_guid}, "
+                      f"uuid={derived_uuid(p.name, h)}, name=\"{p.name}\"")
+    with step("partition", disk=out.name, mib=total // MIB):
+        run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", out],
+            input_bytes=("\n".join(script) + "\n").encode())
+        with out.open("r+b") as f:
+            for p, off in layout:
+                if p.content is None:
+                    continue
+                f.seek(off * MIB)
+                with p.content.open("rb") as src:
+                    shutil.copyfileobj(src, f, 4 * MIB)
+    return {p.name: off * MIB for p, off in layout}
+
+
+def size_mib(path: Path, slack: int = 0) -> int:
+    """Smallest whole MiB holding `path` plus `slack` MiB."""
+    return -(-path.stat().st_size // MIB) + slack
+
+
+def to_qcow2(raw: Path, out: Path) -> None:
+    """The same disk as qcow2 for VMs (qemu-img writes no timestamps)."""
+    out.unlink(missing_ok=True)
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out])

@@ -1,0 +1,65 @@
+"""The build manifest: every input with version and sha256, host tools with versions, outputs.
+
+For audit: a reader can check each pinned input against the lock and each
+artefact against the file on disk, and see which host tools took part.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from sennet_image.fsutil import sha256_file
+from sennet_image.lock import DebPin, WheelPin
+from sennet_image.proc import run, source_date_epoch
+
+# Host tools that still run in the build (Bazel's sandbox gives them only declared inputs).
+HOST_TOOLS = {
+    "python3.11": ["python3.11", "--version"],
+    "clang": ["clang", "--version"],
+    "dpkg-deb": ["dpkg-deb", "--version"],
+    "mksquashfs": ["mksquashfs", "-version"],
+    "objcopy": ["objcopy", "--version"],
+    "mkfs.fat": ["mkfs.fat", "--help"],
+    "mtools": ["mtools", "--version"],
+    "sfdisk": ["sfdisk", "--version"],
+    "qemu-img": ["qemu-img", "--version"],
+}
+EFI_STUB_PACKAGE = "systemd-boot-efi"
+
+
+def tool_version(argv: list[str]) -> str:
+    """First version-looking token of the tool's own version output."""
+    res = run(argv, check=False)
+    text = (res.stdout + res.stderr).decode(errors="replace")
+    m = re.search(r"\d+\.\d+(?:\.\d+)?(?:[-+~][\w.+~-]+)?", text)
+    return m.group(0) if m else "unknown"
+
+
+def host_tools() -> dict[str, str]:
+    """Versions of the host tools, and the EFI stub's Debian package version."""
+    tools = {name: tool_version(argv) for name, argv in HOST_TOOLS.items()}
+    stub = run(["dpkg-query", "-W", "-f", "${Version}", EFI_STUB_PACKAGE], check=False)
+    tools[f"{EFI_STUB_PACKAGE} (linuxx64.efi.stub)"] = stub.stdout.decode() or "unknown"
+    return tools
+
+
+def write(out: Path, debs: list[DebPin], wheels: list[WheelPin], sources: dict[str, str],
+          artefacts: dict[str, Path], extra: dict[str, object]) -> None:
+    """Write the manifest JSON (sorted keys, so two builds compare byte for byte)."""
+    body = {
+        "source_date_epoch": source_date_epoch(),
+        "debian_packages": [
+            {"name": d.name, "version": d.version, "path": d.path, "sha256": d.sha256, "set": d.set}
+            for d in debs],
+        "python_wheels": [
+            {"name": w.name, "version": w.version, "file": w.filename, "sha256": w.sha256}
+            for w in wheels],
+        "sources": sources,
+        "host_tools": host_tools(),
+        "artefacts": {name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                      for name, p in sorted(artefacts.items())},
+        **extra,
+    }
+    out.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,106 @@
+"""The image package's one subprocess wrapper, fatal-error path and progress log.
+
+Modelled on mkosi's `run()`/`die()`: argv lists only, stdin closed, a
+minimal environment (so the host's locale or TZ cannot leak into an
+artefact), and a failure that names the command and why it failed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+SOURCE_DATE_EPOCH_DEFAULT = 1700000000
+
+
+class BuildError(Exception):
+    """Something the operator can fix: a missing tool, a bad pin, a tampered input."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message + (f"\n  hint: {self.hint}" if self.hint else "")
+
+
+def die(message: str, hint: str | None = None) -> NoReturn:
+    """Stop with one clear line (raised, so callers and tests can catch it)."""
+    raise BuildError(message, hint)
+
+
+def source_date_epoch() -> int:
+    """The one timestamp every artefact carries (SOURCE_DATE_EPOCH, else a fixed default)."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(raw) if raw.isdigit() else SOURCE_DATE_EPOCH_DEFAULT
+
+
+def build_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A small, fixed environment for build tools: no locale, UTC, the fixed epoch."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "SOURCE_DATE_EPOCH": str(source_date_epoch()),
+    }
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input_bytes: bytes | None = None,
+    capture: bool = True,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command; on failure raise BuildError with the command line, the cause and stderr."""
+    args = [str(a) for a in argv]
+    if os.environ.get("SENNET_IMAGE_DEBUG"):
+        log("run", cmd=shlex.join(args))
+    try:
+        result = subprocess.run(
+            args,
+            input=input_bytes,
+            stdin=None if input_bytes is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            env=build_env(env),
+            cwd=cwd,
+            check=False,
+        )
+    except FileNotFoundError:
+        die(f"command not found: {args[0]}", hint="install the host tools listed in images/README")
+    if check and result.returncode != 0:
+        code = result.returncode
+        why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        err = (result.stderr or b"").decode(errors="replace").strip()
+        die(f"`{shlex.join(args)}` failed ({why})" + (f": {err[-2000:]}" if err else ""))
+    return result
+
+
+def log(event: str, **fields: object) -> None:
+    """One structured progress line on stderr (key=value, as the agent logs)."""
+    parts = [f"event={event}"] + [f"{k}={v}" for k, v in fields.items()]
+    print(" ".join(parts), file=sys.stderr, flush=True)
+
+
+@contextmanager
+def step(name: str, **fields: object) -> Iterator[None]:
+    """Log a long step's start and its duration, so a slow build shows where time goes."""
+    start = time.monotonic()
+    log("step_start", step=name, **fields)
+    yield
+    log("step_done", step=name, seconds=f"{time.monotonic() - start:.2f}")

@@ -1,0 +1,172 @@
+"""The read-only layers: base root, agent layer, test overlay — each its own squashfs.
+
+Why three layers: the base (Python, libraries, wheels; ~90% of the bytes)
+changes only when a pin moves, the agent layer (the sennet package and the
+BPF objects) changes on every agent commit, and the test overlay (dropbear)
+must never reach the production disk. Rebuilding after an agent change then
+recompresses a few hundred kilobytes, not the whole root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+from sennet_image import debs
+from sennet_image.fsutil import file_list, normalize_times, prune_empty_dirs
+from sennet_image.proc import die, run, source_date_epoch, step
+
+IMAGES_DIR = Path(__file__).resolve().parent.parent
+OVERLAY = IMAGES_DIR / "rootfs"
+TESTFS = IMAGES_DIR / "testfs"
+SITE = "usr/lib/python3/dist-packages"
+PY = "python3.11"
+
+# busybox applets linked in the production root: what init, the network set-up and an
+# operator on the console need. No servers (telnetd, httpd, nc), no package tools (dpkg, rpm).
+APPLETS = (
+    "sh ash cat cp cut date dd df dmesg echo env false grep halt hexdump hostname id ip kill "
+    "killall ln ls lsmod mkdir mke2fs mknod mount mv pidof poweroff ps readlink reboot rm "
+    "rmdir sed seq sleep sort stat sync sysctl tail tc tee test touch tr true udhcpc umount "
+    "uname uptime usleep wc head init insmod rmmod modinfo"
+).split()
+SBIN_APPLETS = {"init", "halt", "poweroff", "reboot", "insmod", "rmmod", "lsmod", "mke2fs",
+                "sysctl", "udhcpc", "modinfo"}
+
+
+def _usrmerge(root: Path) -> None:
+    """Debian 12's merged /usr: /bin, /sbin, /lib, /lib64 are links into /usr."""
+    for d in ("bin", "sbin", "lib", "lib64"):
+        (root / "usr" / d).mkdir(parents=True, exist_ok=True)
+        (root / d).symlink_to(f"usr/{d}")
+
+
+def install_wheel(wheel: Path, site: Path) -> None:
+    """Unpack a wheel into site-packages (purelib/platlib only; no scripts, no pip)."""
+    with zipfile.ZipFile(wheel) as zf:
+        for info in sorted(zf.infolist(), key=lambda i: i.filename):
+            name = info.filename
+            if name.endswith("/"):
+                continue
+            parts = name.split("/")
+            if parts[0].endswith(".data"):
+                if len(parts) > 2 and parts[1] in ("purelib", "platlib"):
+                    name = "/".join(parts[2:])
+                else:
+                    continue  # scripts, headers, data: not needed on the appliance
+            if ".." in parts or name.startswith("/"):
+                die(f"{wheel.name}: refusing member {info.filename}")
+            target = site / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(zf.read(info))
+            mode = (info.external_attr >> 16) & 0o777
+            target.chmod(0o755 if mode & 0o111 else 0o644)
+
+
+def compile_pyc(root: Path, dirs: list[str], prefix: str) -> None:
+    """Byte-compile with hash-based .pyc (no mtimes) so the read-only root starts fast.
+
+    The host's Python 3.11 writes them (same magic number as the image's 3.11);
+    paths inside are the image's, not the build directory's.
+    """
+    targets = [str(root / d) for d in dirs if (root / d).exists()]
+    run(["python3.11", "-m", "compileall", "-q", "-j", "1", "--invalidation-mode",
+         "unchecked-hash", "-s", str(root), "-p", prefix, *targets])
+
+
+def build_base(root: Path, debs_list: list[Path], wheels: list[Path]) -> list[str]:
+    """Assemble the base root tree in `root` from the root debs, wheels and the overlay."""
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    _usrmerge(root)
+    with step("unpack_debs", count=len(debs_list)):
+        for deb in debs_list:
+            if deb.name.startswith("busybox-static"):
+                debs.unpack(deb, root, only=("bin/busybox", "usr/bin/busybox"))
+            else:
+                debs.unpack(deb, root)
+    with step("install_wheels", count=len(wheels)):
+        site = root / SITE
+        site.mkdir(parents=True, exist_ok=True)
+        for w in wheels:
+            install_wheel(w, site)
+        shutil.copy(OVERLAY / "sennet-agent.pth", site / "sennet-agent.pth")
+    bb = "usr/bin/busybox" if (root / "usr/bin/busybox").exists() else "bin/busybox"
+    for applet in APPLETS:
+        where = root / ("usr/sbin" if applet in SBIN_APPLETS else "usr/bin") / applet
+        if not where.exists():
+            where.symlink_to(f"/{bb}")
+    for sub in ("etc", "usr"):
+        shutil.copytree(OVERLAY / sub, root / sub, dirs_exist_ok=True, symlinks=True)
+    (root / "usr/bin/python3").symlink_to(PY)
+    for d in ("proc", "sys", "dev", "run", "tmp", "var/lib/sennet", "opt/sennet",
+              "opt/sennet-test", "boot/efi"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "root").symlink_to("/run/root")
+    (root / "etc/resolv.conf").symlink_to("/run/resolv.conf")
+    (root / "etc/hostname").write_text("sennet\n")
+    (root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    (root / "usr/lib/os-release").write_text(os_release())
+    prune_empty_dirs(root)
+    for d in ("proc", "sys", "dev", "run", "tmp", "var/lib/sennet", "opt/sennet",
+              "opt/sennet-test", "boot/efi"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    with step("compile_pyc"):
+        compile_pyc(root, [f"usr/lib/{PY}", SITE], "/")
+    return file_list(root)
+
+
+def os_release() -> str:
+    """/usr/lib/os-release, also the UKI's .osrel section."""
+    return (
+        'NAME="Sennet appliance"\nID=sennet\nID_LIKE=debian\nVERSION_ID=0.1\n'
+        'PRETTY_NAME="Sennet appliance 0.1 (Debian 12 based)"\n'
+    )
+
+
+def build_agent(tree: Path, python_src: Path, bpf_objects: list[Path]) -> list[str]:
+    """The agent layer, mounted at /opt/sennet: lib/sennet (agent + common) and bpf/*.o."""
+    if tree.exists():
+        shutil.rmtree(tree)
+    lib = tree / "lib"
+    lib.mkdir(parents=True)
+    src = python_src / "sennet"
+    if not (src / "agent" / "cli.py").is_file():
+        die(f"agent sources not found under {src}")
+    shutil.copytree(src, lib / "sennet", ignore=shutil.ignore_patterns(
+        "__pycache__", "*.pyc", "controlplane", "assets", "*.bpf.o"))
+    (tree / "bpf").mkdir()
+    for obj in bpf_objects:
+        shutil.copy(obj, tree / "bpf" / obj.name)
+    compile_pyc(tree, ["lib"], "/opt/sennet")
+    return file_list(tree)
+
+
+def build_testfs(tree: Path, test_debs: list[Path]) -> list[str]:
+    """The test overlay, mounted at /opt/sennet-test: dropbear, its libraries, rc.test."""
+    if tree.exists():
+        shutil.rmtree(tree)
+    tree.mkdir(parents=True)
+    for deb in test_debs:
+        debs.unpack(deb, tree)
+    for name in ("usr/bin/dbclient", "usr/bin/dropbearconvert"):
+        (tree / name).unlink(missing_ok=True)
+    shutil.copy(TESTFS / "rc.test", tree / "rc.test")
+    (tree / "rc.test").chmod(0o755)
+    prune_empty_dirs(tree)
+    return file_list(tree)
+
+
+def mksquashfs(tree: Path, out: Path, *, comp: str = "xz") -> None:
+    """Deterministic squashfs: fixed times and owners, no xattrs, sorted by mksquashfs."""
+    epoch = source_date_epoch()
+    normalize_times(tree, epoch)
+    out.unlink(missing_ok=True)
+    extra = ["-Xbcj", "x86"] if comp == "xz" else []
+    with step("mksquashfs", out=out.name):
+        run(["mksquashfs", tree, out, "-noappend", "-comp", comp, *extra, "-b", "1M",
+             "-all-root", "-no-xattrs",
+             "-reproducible", "-quiet", "-no-progress", "-processors", str(os.cpu_count() or 1)])
