@@ -1,0 +1,107 @@
+"""Fixtures: the control plane on the host, an SSH key, and one shared booted appliance.
+
+Booting under TCG costs seconds, so one VM serves every test that does not
+disturb it (module order puts the disruptive ones last). Every fixture tears
+down what it made, also on failure or Ctrl-C; the console log of each VM is
+kept in the session's work directory and its tail printed for a failed test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness.appliance import Appliance, booted
+from harness.controlplane import ControlPlane
+from harness.guest import agent_id
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+INTERVAL_S = 2
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.fail("the VM tests need root (tap devices, network namespaces)")
+    path = Path(os.environ.get("SENNET_VM_WORKDIR") or tempfile.mkdtemp(prefix="sennet-vm-"))
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"\nvm-tests: logs in {path}")
+    yield path
+
+
+@pytest.fixture(scope="session")
+def ssh_key(workdir: Path) -> Path:
+    key = workdir / "id_ed25519"
+    if not key.exists():
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "vm-tests",
+                "-f",
+                str(key),
+            ],
+            check=True,
+        )
+    return key
+
+
+@pytest.fixture(scope="session")
+def control_plane(workdir: Path) -> Iterator[ControlPlane]:
+    cp = ControlPlane(workdir, "cp")
+    cp.create_token()
+    cp.start()
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+def provisioning(cp: ControlPlane) -> dict[str, str]:
+    return {
+        "control_plane": f"10.0.2.2:{cp.grpc_port}",
+        "bootstrap_token": cp.token,
+        "interval_s": str(INTERVAL_S),
+    }
+
+
+@pytest.fixture(scope="session")
+def appliance(workdir: Path, ssh_key: Path, control_plane: ControlPlane) -> Iterator[Appliance]:
+    with booted("vm1", workdir, ssh_key, provisioning(control_plane)) as vm:
+        vm.machine.wait_for_ssh()
+        # Large frames (events) need more than eth1's default 1500-byte MTU.
+        vm.machine.succeed("ip link set eth1 mtu 9000")
+        (workdir / "vm1.env").write_text(
+            json.dumps(
+                {
+                    "workdir": str(workdir),
+                    "grpc_port": control_plane.grpc_port,
+                    "http_port": control_plane.http_port,
+                    "tap_netns": vm.tap.netns,
+                    "tap_ifname": vm.tap.ifname,
+                    "agent_id": agent_id(vm.machine),
+                }
+            )
+        )
+        yield vm
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    funcargs = getattr(item, "funcargs", {})
+    if report.failed and "appliance" in funcargs:
+        vm: Appliance = funcargs["appliance"]
+        report.sections.append(("vm1 console (tail)", vm.machine.tail(60)))

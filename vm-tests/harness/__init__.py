@@ -1,0 +1,1 @@
+"""QEMU test harness for the Sennet appliance (modelled on the NixOS test driver)."""

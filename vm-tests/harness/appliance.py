@@ -1,0 +1,89 @@
+"""Boot the built appliance (test variant) for a test: disk overlay, tap, cmdline."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import qemu, tap
+from harness.errors import HarnessError
+from harness.machine import Machine, step
+
+REPO = Path(__file__).resolve().parents[2]
+ARTEFACTS = ("vmlinuz", "initrd.img", "cmdline", "appliance-test.raw", "kernel-release")
+
+
+def image_dir() -> Path:
+    path = Path(os.environ.get("SENNET_IMAGE_DIR", REPO / "build" / "image"))
+    missing = [a for a in ARTEFACTS if not (path / a).exists()]
+    if missing:
+        raise HarnessError(
+            f"image artefacts missing in {path}: {', '.join(missing)} "
+            "(build them: .venv/bin/python -m sennet_image build, from images/)"
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Appliance:
+    machine: Machine
+    tap: tap.Tap
+    accel: str
+    mon_mac: str = "52:54:00:00:00:02"
+
+
+@contextlib.contextmanager
+def booted(
+    name: str,
+    workdir: Path,
+    ssh_key: Path,
+    provisioning: dict[str, str],
+) -> Iterator[Appliance]:
+    """Boot a fresh copy-on-write disk of the test image; tear everything down on exit."""
+    images = image_dir()
+    overlay = workdir / f"{name}.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+         "-b", str(images / "appliance-test.raw"), str(overlay)],
+        check=True,
+    )  # fmt: skip
+    pub = (ssh_key.with_suffix(".pub")).read_text().split()
+    cmdline = (images / "cmdline").read_text().strip().split()
+    cmdline += [f"sennet.{k}={v}" for k, v in provisioning.items()]
+    cmdline += [f"sennet.ssh_key={pub[0]}:{pub[1]}"]
+    accel = qemu.accelerator(images / "vmlinuz")
+    monitored = tap.create()
+    machine = None
+    try:
+        ssh_port = free_port()
+        argv = qemu.direct_boot_argv(
+            kernel=images / "vmlinuz",
+            initrd=images / "initrd.img",
+            cmdline=" ".join(cmdline),
+            disk=overlay,
+            accel=accel,
+            ssh_port=ssh_port,
+            tap_fd=monitored.fd,
+        )
+        (workdir / f"{name}.qemu-argv").write_text(shlex.join(argv) + "\n")
+        machine = Machine(name, argv, [monitored.fd], workdir, ssh_port, ssh_key)
+        with step(f"{name}: boot ({accel})"):
+            machine.start()
+            machine.wait_for_console(r"event=agent_ready", timeout=180)
+        yield Appliance(machine, monitored, accel)
+    finally:
+        if machine is not None:
+            machine.crash()
+        monitored.close()

@@ -1,0 +1,48 @@
+"""Facts about the agent inside a running appliance, read over SSH."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from harness.controlplane import ControlPlane
+from harness.machine import Machine
+
+PY = "python3"
+
+
+def agent_id(machine: Machine) -> str:
+    data = json.loads(machine.succeed("cat /var/lib/sennet/identity.json"))
+    return str(data["agent_id"])
+
+
+def series(cp: ControlPlane, agent: str, metric: str, **labels: str) -> str:
+    """The exposition-format series name as the control plane writes it."""
+    parts = [f'agent="{agent}"'] + [f'{k}="{v}"' for k, v in labels.items()]
+    return f"{metric}{{{','.join(parts)}}}"
+
+
+def counters(cp: ControlPlane, agent: str, ifname: str = "eth1") -> dict[str, float]:
+    m = cp.metrics()
+    out = {}
+    for metric, short in (
+        ("sennet_interface_packets_total", "packets"),
+        ("sennet_interface_bytes_total", "bytes"),
+    ):
+        for direction in ("rx", "tx"):
+            out[f"{direction}_{short}"] = m.get(
+                series(cp, agent, metric, interface=ifname, direction=direction), 0.0
+            )
+    return out
+
+
+def event_totals(cp: ControlPlane, agent: str) -> dict[str, float]:
+    prefix = f'sennet_events_total{{agent="{agent}",kind="'
+    return {k[len(prefix) : -2]: v for k, v in cp.metrics().items() if k.startswith(prefix)}
+
+
+def pyroute2(machine: Machine, code: str) -> str:
+    """Run a pyroute2 snippet in the guest (busybox has no tc; the agent's Python has pyroute2)."""
+    return machine.succeed(
+        f"{PY} -c " + shlex.quote("from pyroute2 import IPRoute; ipr = IPRoute(); " + code)
+    )

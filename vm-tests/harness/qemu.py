@@ -1,0 +1,85 @@
+"""QEMU command lines, and the one decision that matters for speed: KVM or TCG.
+
+/dev/kvm existing proves nothing (on some hosts it is there and a guest hangs at
+"Booting from ROM"), so the choice is made by a probe: boot the appliance kernel
+with KVM for a few seconds and look for the kernel's first console line. Only a
+probe that sees it picks KVM; everything else falls back to TCG.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+QEMU = "qemu-system-x86_64"
+
+
+def qemu_binary() -> str:
+    path = shutil.which(QEMU)
+    if path is None:
+        raise HarnessError(f"{QEMU} not found: apt-get install qemu-system-x86")
+    return path
+
+
+@functools.cache
+def accelerator(kernel: Path, probe_seconds: float = 4.0) -> str:
+    """'kvm' when a KVM guest demonstrably runs here, else 'tcg'."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    argv = [
+        qemu_binary(), "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
+        "-display", "none", "-serial", "stdio", "-no-reboot", "-kernel", str(kernel),
+        "-append", "console=ttyS0 panic=-1 loglevel=7",
+    ]  # fmt: skip
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except OSError:
+        return "tcg"
+    seen = b""
+    deadline = time.monotonic() + probe_seconds
+    try:
+        assert proc.stdout is not None
+        while time.monotonic() < deadline and b"Linux version" not in seen:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                seen += chunk
+    finally:
+        proc.kill()
+        proc.wait()
+    return "kvm" if b"Linux version" in seen else "tcg"
+
+
+def direct_boot_argv(
+    *,
+    kernel: Path,
+    initrd: Path,
+    cmdline: str,
+    disk: Path,
+    accel: str,
+    ssh_port: int,
+    tap_fd: int,
+    memory_mib: int = 768,
+) -> list[str]:
+    """Two NICs: eth0 = management (user networking; host loopback is 10.0.2.2,
+    guest SSH forwarded to 127.0.0.1:ssh_port), eth1 = monitored (the tap fd)."""
+    cpu = ["-cpu", "host"] if accel == "kvm" else ["-cpu", "max"]
+    return [
+        qemu_binary(), "-accel", accel, *cpu, "-m", str(memory_mib), "-smp", "1",
+        "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
+        "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+        "-drive", f"file={disk},format=qcow2,if=virtio,cache=unsafe",
+        "-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+        "-device", "virtio-net-pci,netdev=mgmt,mac=52:54:00:00:00:01",
+        "-netdev", f"tap,id=mon,fd={tap_fd}",
+        "-device", "virtio-net-pci,netdev=mon,mac=52:54:00:00:00:02",
+    ]  # fmt: skip

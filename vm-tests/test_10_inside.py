@@ -1,0 +1,62 @@
+"""Inside the guest (testinfra over SSH): kernel, read-only root, supervisor, hooks, pins, ports."""
+
+from __future__ import annotations
+
+import json
+
+from harness.appliance import Appliance, image_dir
+from harness.guest import pyroute2
+
+
+def test_guest_runs_the_pinned_kernel(appliance: Appliance) -> None:
+    pinned = (image_dir() / "kernel-release").read_text().strip()
+    assert appliance.machine.host.check_output("uname -r") == pinned
+
+
+def test_root_filesystem_is_read_only_squashfs(appliance: Appliance) -> None:
+    host = appliance.machine.host
+    root = [line.split() for line in host.file("/proc/mounts").content_string.splitlines()]
+    (mount,) = [m for m in root if m[1] == "/"]
+    assert mount[2] == "squashfs" and "ro" in mount[3].split(",")
+    assert host.run("touch /sennet-write-probe").rc != 0
+
+
+def test_agent_runs_under_its_supervisor(appliance: Appliance) -> None:
+    host = appliance.machine.host
+    agents = [p for p in host.process.filter() if "sennet.agent" in p.args and " run" in p.args]
+    assert len(agents) == 1, [p.args for p in host.process.filter()]
+    parent = host.process.get(pid=agents[0].ppid)
+    assert "supervise-agent" in parent.args
+
+
+def test_clsact_and_both_bpf_filters_are_on_the_monitored_nic(
+    appliance: Appliance,
+) -> None:
+    out = pyroute2(
+        appliance.machine,
+        "import json; i = ipr.link_lookup(ifname='eth1')[0]; "
+        "q = [m.get_attr('TCA_KIND') for m in ipr.get_qdiscs(index=i)]; "
+        "f = {p: sorted(m.get_attr('TCA_OPTIONS').get_attr('TCA_BPF_NAME') "
+        "for m in ipr.get_filters(index=i, parent=p) if m['handle']) "
+        "for p in (0xFFFFFFF2, 0xFFFFFFF3)}; print(json.dumps([q, f]))",
+    )
+    qdiscs, filters = json.loads(out)
+    assert "clsact" in qdiscs
+    assert filters == {
+        str(0xFFFFFFF2): ["sennet_ingress"],
+        str(0xFFFFFFF3): ["sennet_egress"],
+    }
+
+
+def test_maps_are_pinned_in_bpffs(appliance: Appliance) -> None:
+    listing = appliance.machine.succeed("ls /sys/fs/bpf/sennet").split()
+    assert sorted(listing) == ["COUNTERS", "EVENTS", "EV_COUNTS", "IFSLOTS", "RB_DROPS"]
+
+
+def test_only_the_expected_ports_listen(appliance: Appliance) -> None:
+    tcp = appliance.machine.succeed("netstat -ltn")
+    ports = sorted({ln.split()[3].rsplit(":", 1)[1] for ln in tcp.splitlines() if "LISTEN" in ln})
+    # 22: the test variant's dropbear; 9101: the agent's local /metrics.
+    assert ports == ["22", "9101"]
+    udp = appliance.machine.succeed("netstat -lun")
+    assert [ln for ln in udp.splitlines() if ln.startswith("udp")] == []

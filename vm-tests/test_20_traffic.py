@@ -1,0 +1,112 @@
+"""Traffic into the monitored NIC: exact counter deltas at the control plane after a heartbeat."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness.appliance import Appliance
+from harness.controlplane import ControlPlane
+from harness.guest import agent_id, counters, pyroute2, series
+from harness.traffic import GUEST_MON_MAC, HOST_MAC, mixed, rx_len
+from replay_pcap import replay
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+from scapy.utils import wrpcap
+
+
+@pytest.fixture(scope="module")
+def agent(appliance: Appliance, control_plane: ControlPlane) -> str:
+    ident = agent_id(appliance.machine)
+    rx = series(
+        control_plane,
+        ident,
+        "sennet_interface_packets_total",
+        interface="eth1",
+        direction="rx",
+    )
+    control_plane.wait_until("a heartbeat from the guest", lambda: rx in control_plane.metrics())
+    return ident
+
+
+def wait_counters(cp: ControlPlane, agent: str, expected: dict[str, float]) -> None:
+    last: dict[str, float] = {}
+
+    def done() -> bool:
+        nonlocal last
+        last = counters(cp, agent)
+        return last == expected
+
+    try:
+        cp.wait_until(f"counters == {expected}", done, timeout=30)
+    except TimeoutError:
+        raise AssertionError(f"control plane shows {last}, expected {expected}") from None
+
+
+def test_mixed_traffic_arrives_as_exact_rx_deltas(
+    appliance: Appliance, control_plane: ControlPlane, agent: str
+) -> None:
+    before = counters(control_plane, agent)
+    frames = mixed()
+    appliance.tap.send(frames)
+    expected = dict(before)
+    expected["rx_packets"] += len(frames)
+    expected["rx_bytes"] += sum(rx_len(f) for f in frames)
+    wait_counters(control_plane, agent, expected)
+
+
+def test_replayed_pcap_arrives_as_exact_rx_deltas(
+    appliance: Appliance, control_plane: ControlPlane, agent: str, tmp_path: Path
+) -> None:
+    pcap = tmp_path / "mixed.pcap"
+    wrpcap(str(pcap), [Ether(f) for f in mixed()[::-1]])
+    before = counters(control_plane, agent)
+    sent, sent_bytes = replay(pcap, appliance.tap)
+    assert sent == len(mixed())
+    expected = dict(
+        before,
+        rx_packets=before["rx_packets"] + sent,
+        rx_bytes=before["rx_bytes"] + sent_bytes,
+    )
+    wait_counters(control_plane, agent, expected)
+
+
+@contextlib.contextmanager
+def addressed_monitor_port(appliance: Appliance) -> Iterator[None]:
+    """Give eth1 an address and a static neighbour (no ARP), so the guest answers pings."""
+    pyroute2(
+        appliance.machine,
+        "i = ipr.link_lookup(ifname='eth1')[0]; "
+        "ipr.addr('add', index=i, address='192.0.2.1', prefixlen=24); "
+        f"ipr.neigh('add', dst='192.0.2.2', lladdr='{HOST_MAC}', ifindex=i, state=128)",
+    )
+    try:
+        yield
+    finally:
+        pyroute2(
+            appliance.machine,
+            "i = ipr.link_lookup(ifname='eth1')[0]; ipr.flush_addr(index=i)",
+        )
+
+
+def test_echo_replies_are_counted_as_tx(
+    appliance: Appliance, control_plane: ControlPlane, agent: str
+) -> None:
+    request = bytes(
+        Ether(src=HOST_MAC, dst=GUEST_MON_MAC)
+        / IP(src="192.0.2.2", dst="192.0.2.1")
+        / ICMP(id=7, seq=1)
+        / Raw(b"e" * 56)
+    )
+    with addressed_monitor_port(appliance):
+        before = counters(control_plane, agent)
+        appliance.tap.send([request] * 4)
+        expected = dict(before)
+        expected["rx_packets"] += 4
+        expected["rx_bytes"] += 4 * len(request)
+        expected["tx_packets"] += 4  # one echo reply each, same size as the request
+        expected["tx_bytes"] += 4 * len(request)
+        wait_counters(control_plane, agent, expected)

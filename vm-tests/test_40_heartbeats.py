@@ -1,0 +1,74 @@
+"""Heartbeats: cadence, enrolment state, and a control-plane outage that loses nothing."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+
+from conftest import INTERVAL_S
+from harness.appliance import Appliance
+from harness.controlplane import ControlPlane
+from harness.guest import agent_id, counters
+from harness.traffic import mixed, rx_len
+
+
+def test_heartbeats_arrive_at_the_configured_interval(
+    appliance: Appliance, control_plane: ControlPlane
+) -> None:
+    agent = agent_id(appliance.machine)
+    control_plane.wait_until(
+        "six heartbeats",
+        lambda: (
+            control_plane.scalar("SELECT count(*) FROM heartbeats WHERE agent_id = ?", agent) >= 6
+        ),
+        timeout=60,
+    )
+    times = [
+        float(r[0])  # type: ignore[arg-type]
+        for r in control_plane.query(
+            "SELECT received_at FROM heartbeats WHERE agent_id = ? "
+            "ORDER BY received_at DESC LIMIT 6",
+            agent,
+        )
+    ]
+    gaps = [a - b for a, b in itertools.pairwise(times)]
+    assert abs(statistics.median(gaps) - INTERVAL_S) < 0.5, gaps
+    assert max(gaps) < INTERVAL_S * 2.5, gaps
+
+
+def test_enrolment_left_a_private_agent_token_in_the_state_partition(
+    appliance: Appliance,
+) -> None:
+    host = appliance.machine.host
+    state = [
+        m.split()
+        for m in host.file("/proc/mounts").content_string.splitlines()
+        if " /var/lib/sennet " in m
+    ]
+    assert state and state[0][2] == "ext4"
+    tokens = [f for f in host.check_output("ls /var/lib/sennet").split() if "token" in f]
+    assert tokens, host.check_output("ls -la /var/lib/sennet")
+    for name in tokens:
+        assert host.file(f"/var/lib/sennet/{name}").mode == 0o600
+
+
+def test_counts_sent_during_a_control_plane_outage_arrive_afterwards(
+    appliance: Appliance, control_plane: ControlPlane
+) -> None:
+    agent = agent_id(appliance.machine)
+    before = counters(control_plane, agent)
+    frames = mixed()
+    control_plane.stop()
+    try:
+        appliance.tap.send(frames)
+        appliance.machine.wait_for_console(r"event=\"heartbeat failed\"", timeout=30)
+    finally:
+        control_plane.start()
+    expected = dict(before)
+    expected["rx_packets"] += len(frames)
+    expected["rx_bytes"] += sum(rx_len(f) for f in frames)
+    control_plane.wait_until(
+        "the outage's counts",
+        lambda: counters(control_plane, agent) == expected,
+        timeout=60,
+    )

@@ -1,0 +1,63 @@
+"""Faults: a killed agent is restarted and continues its counters; a reboot keeps the identity.
+
+These disturb the shared VM, so they run last (file order).
+"""
+
+from __future__ import annotations
+
+from harness.appliance import Appliance
+from harness.controlplane import ControlPlane
+from harness.guest import agent_id, counters
+from harness.traffic import mixed, rx_len
+
+
+def agent_pid(appliance: Appliance) -> int:
+    procs = appliance.machine.host.process.filter()
+    (agent,) = [p for p in procs if "sennet.agent" in p.args and " run" in p.args]
+    return int(agent.pid)
+
+
+def test_killed_agent_is_restarted_and_counters_continue(
+    appliance: Appliance, control_plane: ControlPlane
+) -> None:
+    agent = agent_id(appliance.machine)
+    old = agent_pid(appliance)
+    ready_before = appliance.machine.console().count("event=agent_ready")
+    appliance.machine.succeed(f"kill -9 {old}")
+    appliance.machine.wait_for_console(
+        r"(?s)" + r"event=agent_ready.*" * (ready_before + 1), timeout=120
+    )
+    assert agent_pid(appliance) != old
+    before = counters(control_plane, agent)
+    frames = mixed()
+    appliance.tap.send(frames)
+    expected = dict(before)
+    expected["rx_packets"] += len(frames)
+    expected["rx_bytes"] += sum(rx_len(f) for f in frames)
+    control_plane.wait_until(
+        "counts after restart",
+        lambda: counters(control_plane, agent) == expected,
+        timeout=60,
+    )
+    resets = control_plane.query("SELECT resets FROM agents WHERE agent_id = ?", agent)
+    assert resets == [(0,)], "pinned maps: a restarted agent continues, nothing went backwards"
+
+
+def test_identity_survives_a_reboot(appliance: Appliance, control_plane: ControlPlane) -> None:
+    before = agent_id(appliance.machine)
+    appliance.machine.reboot()
+    appliance.machine.wait_for_console(r"event=agent_ready", timeout=180)
+    appliance.machine.wait_for_ssh()
+    assert agent_id(appliance.machine) == before
+    assert "first_boot=1" not in appliance.machine.console()
+    control_plane.wait_until(
+        "a heartbeat after the reboot",
+        lambda: (
+            control_plane.scalar(
+                "SELECT count(*) FROM heartbeats WHERE agent_id = ? AND uptime_seconds < 60", before
+            )
+            > 0
+        ),
+        timeout=60,
+    )
+    assert control_plane.query("SELECT count(*) FROM agents") == [(1,)]
