@@ -54,8 +54,10 @@ class ControlPlane:
         self.store = Store(settings.db)
         self.store.migrate()
         self.fleet = Fleet(self.store.load_fleet())
-        self.metrics = ServerMetrics(agents=lambda: len(self.fleet))
         self.writer = HeartbeatWriter(self.store, self.fleet, retention_s=settings.retention_s)
+        self.metrics = ServerMetrics(
+            agents=lambda: len(self.fleet), commits=lambda: self.writer.commits
+        )
         self.auth = Authenticator(self.store)
         self.service = SentinelService(self.store, self.writer, self.fleet)
         self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after_s)

@@ -95,8 +95,9 @@ def _is_up(view: AgentView, now: float, stale_after_s: float) -> int:
 class ServerMetrics:
     """The control plane's own metrics, in a registry owned by this instance."""
 
-    def __init__(self, agents: Callable[[], int]) -> None:
+    def __init__(self, agents: Callable[[], int], commits: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry()
+        self.registry.register(_StoreCommits(commits))
         self.accepted = Counter(
             "sennet_controlplane_heartbeats_accepted",
             "Heartbeats stored and acknowledged.",
@@ -137,6 +138,20 @@ class ServerMetrics:
 
     def reject(self, method: str, err: RequestError) -> None:
         self.rejected.labels(method, err.code.connect, err.reason).inc()
+
+
+class _StoreCommits(Collector):
+    """Transactions the writer committed; heartbeats/commits is the group-commit batch size."""
+
+    def __init__(self, commits: Callable[[], int]) -> None:
+        self._commits = commits
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "sennet_controlplane_store_commits",
+            "Store transactions committed (each covers a batch of heartbeats).",
+            value=self._commits(),
+        )
 
 
 class FleetCollector(Collector):

@@ -84,7 +84,7 @@ class HeartbeatWriter:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None:
+            if item is not None and item.future.set_running_or_notify_cancel():
                 item.future.set_exception(_unavailable("the control plane is shutting down"))
 
     def _run(self) -> None:
@@ -112,9 +112,18 @@ class HeartbeatWriter:
                         stopping = True
                         break
                     batch.append(item)
-                if not self._commit(conn, batch) and len(batch) > 1:
-                    for one in batch:
-                        self._commit(conn, [one])
+                # A caller that gave up (client cancelled) is skipped; the rest can no
+                # longer be cancelled, so resolving them below cannot fail.
+                batch = [i for i in batch if i.future.set_running_or_notify_cancel()]
+                try:
+                    if batch and not self._commit(conn, batch) and len(batch) > 1:
+                        for one in batch:
+                            self._commit(conn, [one])
+                except Exception as exc:  # a bug must not kill the only writer
+                    event(log, "writer error", logging.ERROR, error=repr(exc))
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(_unavailable(f"store: {exc!r}"))
                 if stopping:
                     return
         finally:

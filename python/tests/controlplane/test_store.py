@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import sqlite3
 import uuid
 from pathlib import Path
@@ -240,3 +241,29 @@ def test_processes_sharing_the_port_and_database_keep_exact_totals(tmp_path: Pat
         assert sum(a or 0 for a in accepted) == 40 and all(accepted), accepted
         one.stop()
         two.stop()
+
+
+def test_a_heartbeat_whose_caller_gave_up_is_skipped_and_the_writer_keeps_going(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "c.db")
+    store.migrate()
+    agent_id = str(uuid.uuid4())
+    store.enrol(pb.RegisterRequest(agent_id=agent_id), "bootstrap")
+    writer = HeartbeatWriter(store, Fleet(store.load_fleet()), retention_s=3600)
+    writer.start()
+    blocker = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # the writer's first commit waits on this lock
+        first = writer.submit(heartbeat_request(agent_id, rx=(1, 60)))
+        time.sleep(0.2)
+        cancelled = writer.submit(heartbeat_request(agent_id, rx=(2, 120)))
+        third = writer.submit(heartbeat_request(agent_id, rx=(3, 180)))
+        assert cancelled.cancel()  # as grpc.aio does when the client disconnects
+        blocker.execute("ROLLBACK")
+        assert first.result(10).events_stored == 0
+        assert third.result(10).events_stored == 0
+        assert writer.alive() and store.count("heartbeats") == 2
+    finally:
+        blocker.close()
+        writer.stop()

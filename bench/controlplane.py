@@ -1,0 +1,575 @@
+#!/usr/bin/env python3
+"""Control-plane benchmark: heartbeat throughput and latency over real gRPC, and /metrics render time.
+
+Load comes from h2load (Debian `nghttp2-client`), which sends real gRPC unary
+calls from C (a 5-byte gRPC frame header + the serialized HeartbeatRequest,
+`content-type: application/grpc`, `te: trailers`), so the client does not eat
+the server's CPU the way a Python client would. Each simulated agent is one
+h2load process with its own enrolled agent id and token.
+
+Python's gRPC stack has a ceiling on this machine, so throughput is reported
+as a ratio against a trivial handler (the standard health Check, grpc.aio)
+measured in the same run with the same number of server processes sharing the
+port (SO_REUSEPORT). Latency percentiles are measured at a stated, fixed load.
+Every heartbeat h2load saw complete is cross-checked against the control
+plane's own accepted counter (h2load cannot see gRPC status trailers).
+
+    .venv/bin/python bench/controlplane.py            # table
+    .venv/bin/python bench/controlplane.py --json     # one JSON object per figure
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from sennet.common.retry import retry
+from sennet.controlplane.fleet import AgentView, Fleet, Series
+from sennet.controlplane.metrics import Exposition, ServerMetrics
+from sennet.controlplane.store import Store
+from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+
+KINDS = ("large_packet", "tcp_null", "tcp_syn_fin", "tcp_syn_rst", "tcp_xmas", "land")
+HEARTBEAT = "/sentinel.v1.SentinelService/Heartbeat"
+HEALTH = "/grpc.health.v1.Health/Check"
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    note: str = ""
+
+
+# -- servers --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_trivial(port: int) -> None:
+    """The baseline: grpc.aio with only the health service, sharing the port."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+        servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        print("ready", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.stop(1)
+
+    asyncio.run(main())
+
+
+def _rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+@contextmanager
+def trivial_servers(procs: int, workdir: Path) -> Iterator[tuple[int, list[int]]]:
+    port = _free_port()
+    started = []
+    try:
+        for n in range(procs):
+            log = (workdir / f"trivial-{n}.log").open("wb")
+            p = subprocess.Popen(
+                [sys.executable, __file__, "--serve-trivial", str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            started.append(p)
+            retry(
+                lambda last, n=n: (
+                    True if b"ready" in (workdir / f"trivial-{n}.log").read_bytes() else None
+                ),
+                20.0,
+                what="trivial server ready",
+            )
+        yield port, [p.pid for p in started]
+    finally:
+        for p in started:
+            p.terminate()
+            p.wait(10)
+
+
+@dataclass
+class ControlPlanes:
+    port: int
+    http_ports: list[int]
+    pids: list[int]
+    db: Path
+
+    def accepted(self) -> float:
+        total = 0.0
+        for hp in self.http_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{hp}/metrics", timeout=30) as r:
+                text = r.read().decode()
+            for fam in text_string_to_metric_families(text):
+                for s in fam.samples:
+                    if s.name == "sennet_controlplane_heartbeats_accepted_total":
+                        total += s.value
+        return total
+
+    def commits(self) -> float:
+        total = 0.0
+        for hp in self.http_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{hp}/metrics", timeout=30) as r:
+                for fam in text_string_to_metric_families(r.read().decode()):
+                    for s in fam.samples:
+                        if s.name == "sennet_controlplane_store_commits_total":
+                            total += s.value
+        return total
+
+
+@contextmanager
+def control_planes(procs: int, workdir: Path) -> Iterator[ControlPlanes]:
+    port = _free_port()
+    db = workdir / "cp.db"
+    Store(db).migrate()
+    started: list[subprocess.Popen[bytes]] = []
+    http_ports = []
+    try:
+        for n in range(procs):
+            ready = workdir / f"ready-{n}.json"
+            log = (workdir / f"cp-{n}.log").open("wb")
+            started.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "sennet.controlplane.cli",
+                        "--db",
+                        str(db),
+                        "--log-level",
+                        "warning",
+                        "serve",
+                        "--reuse-port",
+                        "--grpc-listen",
+                        f"127.0.0.1:{port}",
+                        "--http-listen",
+                        "127.0.0.1:0",
+                        "--ready-file",
+                        str(ready),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            info = retry(
+                lambda last, ready=ready: json.loads(ready.read_text()) if ready.exists() else None,
+                20.0,
+                what="control plane ready",
+            )
+            http_ports.append(int(info["http_port"]))
+        yield ControlPlanes(port, http_ports, [p.pid for p in started], db)
+    finally:
+        for p in started:
+            p.terminate()
+            p.wait(15)
+
+
+# -- load -----------------------------------------------------------------------------------
+
+
+def grpc_frame(message: bytes) -> bytes:
+    return struct.pack(">?I", False, len(message)) + message
+
+
+def heartbeat_body(agent_id: str) -> bytes:
+    """A realistic heartbeat: 2 interfaces, 6 event kinds, 4 recent events."""
+    events = [
+        pb.Event(
+            ts_unix_ns=time.time_ns(),
+            ifindex=3,
+            direction=pb.DIRECTION_RX,
+            kind="large_packet",
+            pkt_len=9000,
+            ip_version=4,
+            l4_proto=17,
+            src_port=4000 + n,
+            dst_port=53,
+            src_addr="10.0.0.1",
+            dst_addr="10.0.0.2",
+            eth_proto=0x0800,
+        )
+        for n in range(4)
+    ]
+    req = pb.HeartbeatRequest(
+        agent_id=agent_id,
+        agent_version="0.1.0",
+        kernel_version="6.18.0",
+        uptime_seconds=100.0,
+        interfaces=[
+            pb.InterfaceCounters(
+                name=f"eth{i}",
+                ifindex=2 + i,
+                rx_packets=1000,
+                rx_bytes=640000,
+                tx_packets=900,
+                tx_bytes=500000,
+            )
+            for i in range(2)
+        ],
+        events_by_kind={k: 5 for k in KINDS},
+        ringbuf_drops_by_kind={k: 0 for k in KINDS},
+        recent_events=events,
+    )
+    return grpc_frame(req.SerializeToString())
+
+
+def enrol(target: str, db: Path, agents: int) -> list[tuple[str, str]]:
+    bootstrap = Store(db).create_bootstrap_token("bench").text
+    out = []
+    with grpc.insecure_channel(target) as ch:
+        register = ch.unary_unary(
+            "/sentinel.v1.SentinelService/Register",
+            request_serializer=pb.RegisterRequest.SerializeToString,
+            response_deserializer=pb.RegisterResponse.FromString,
+        )
+        for _ in range(agents):
+            aid = str(uuid.uuid4())
+            resp = register(
+                pb.RegisterRequest(agent_id=aid, hostname="bench"),
+                timeout=10,
+                metadata=(("authorization", f"Bearer {bootstrap}"),),
+            )
+            out.append((aid, resp.agent_token))
+    return out
+
+
+@dataclass
+class LoadResult:
+    completed: int
+    seconds: float
+    latencies_us: list[int]
+
+    @property
+    def rps(self) -> float:
+        return self.completed / self.seconds
+
+    def percentile(self, q: float) -> float:
+        data = sorted(self.latencies_us)
+        return data[min(len(data) - 1, int(q * len(data)))] / 1000.0
+
+
+def h2load(
+    port: int,
+    path: str,
+    bodies: list[tuple[bytes, str | None]],
+    workdir: Path,
+    duration: float,
+    streams: int,
+    rps_per_client: float | None = None,
+) -> LoadResult:
+    """One h2load process per body (agent), all at once; (completed calls, latencies)."""
+    procs = []
+    for n, (body, token) in enumerate(bodies):
+        body_file = workdir / f"body-{n}.bin"
+        body_file.write_bytes(body)
+        log = workdir / f"h2load-{n}.tsv"
+        log.unlink(missing_ok=True)
+        argv = [
+            "h2load",
+            "-c",
+            "1",
+            "-m",
+            str(streams),
+            "-D",
+            f"{duration:.0f}",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-d",
+            str(body_file),
+            f"--log-file={log}",
+        ]
+        if token:
+            argv += ["-H", f"authorization: Bearer {token}"]
+        if rps_per_client:
+            argv += ["--rps", f"{rps_per_client:.0f}"]
+        argv.append(f"http://127.0.0.1:{port}{path}")
+        procs.append(
+            (subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), log)
+        )
+    completed, seconds, latencies = 0, 0.0, []
+    for p, log in procs:
+        out = p.communicate(timeout=duration + 60)[0].decode()
+        m = re.search(r"finished in ([\d.]+)s", out)
+        if p.returncode != 0 or m is None:
+            raise SystemExit(f"h2load failed:\n{out}")
+        seconds = max(seconds, float(m.group(1)))
+        for line in log.read_text().splitlines():
+            _, status, elapsed = line.split("\t")
+            if status == "200":
+                completed += 1
+                latencies.append(int(elapsed))
+    return LoadResult(completed, seconds, latencies)
+
+
+def _cross_check(completed: int, accepted: float, in_flight: int) -> None:
+    """h2load sees HTTP 200 even for a gRPC error, so compare with the server's own count.
+
+    The server may have accepted up to `in_flight` more: calls still open when
+    h2load's duration ended (committed, but the client had stopped listening).
+    """
+    if not 0 <= accepted - completed <= in_flight:
+        raise SystemExit(
+            f"h2load completed {completed} heartbeats but the control plane "
+            f"accepted {accepted:.0f}: some calls failed in gRPC trailers"
+        )
+
+
+def bench_grpc(args: argparse.Namespace, workdir: Path) -> list[Figure]:
+    figs = []
+    procs, agents = args.procs, args.agents
+    with trivial_servers(procs, workdir) as (port, _pids):
+        base = h2load(
+            port, HEALTH, [(grpc_frame(b""), None)] * agents, workdir, args.duration, args.streams
+        )
+    with control_planes(procs, workdir) as cps:
+        target = f"127.0.0.1:{cps.port}"
+        enrolled = enrol(target, cps.db, agents)
+        bodies = [(heartbeat_body(aid), tok) for aid, tok in enrolled]
+        before = cps.accepted()
+        commits_before = cps.commits()
+        full = h2load(cps.port, HEARTBEAT, bodies, workdir, args.duration, args.streams)
+        accepted = cps.accepted() - before
+        commits = cps.commits() - commits_before
+        _cross_check(full.completed, accepted, agents * args.streams)
+        rss_kib = _rss_kib(cps.pids)
+        stated = max(1.0, round(full.rps * args.load_fraction / 10) * 10)
+        before = cps.accepted()
+        paced = h2load(
+            cps.port,
+            HEARTBEAT,
+            bodies,
+            workdir,
+            args.duration,
+            args.streams,
+            rps_per_client=stated / agents,
+        )
+        paced_accepted = cps.accepted() - before
+        _cross_check(paced.completed, paced_accepted, agents * args.streams)
+    figs.append(
+        Figure(
+            "trivial_handler_calls_per_s",
+            round(base.rps, 1),
+            "calls/s",
+            note=f"grpc.aio health Check, {procs} processes, same port",
+        )
+    )
+    figs.append(
+        Figure(
+            "heartbeats_per_s",
+            round(full.rps, 1),
+            "heartbeats/s",
+            note=f"{procs} processes, {agents} agents x {args.streams} streams, "
+            "durable (group commit, synchronous=FULL)",
+        )
+    )
+    figs.append(
+        Figure(
+            "heartbeats_vs_trivial_handler",
+            round(full.rps / base.rps, 3),
+            "ratio",
+            baseline=round(base.rps, 1),
+        )
+    )
+    figs.append(
+        Figure("heartbeats_per_commit", round(accepted / max(1.0, commits), 1), "heartbeats/commit")
+    )
+    figs.append(Figure("p50_at_max_load", round(full.percentile(0.50), 2), "ms"))
+    figs.append(Figure("p99_at_max_load", round(full.percentile(0.99), 2), "ms"))
+    figs.append(
+        Figure(
+            "stated_load",
+            round(paced.rps, 1),
+            "heartbeats/s",
+            note=f"{args.load_fraction:.0%} of the measured maximum",
+        )
+    )
+    figs.append(Figure("p50_at_stated_load", round(paced.percentile(0.50), 2), "ms"))
+    figs.append(Figure("p99_at_stated_load", round(paced.percentile(0.99), 2), "ms"))
+    figs.append(
+        Figure(
+            "server_rss",
+            round(rss_kib / 1024, 1),
+            "MiB",
+            note=f"sum over {procs} processes after the run",
+        )
+    )
+    per_proc = full.rps / procs
+    figs.append(
+        Figure(
+            "processes_for_10000_per_s",
+            float(-(-10000 // max(1, int(per_proc)))),
+            "processes",
+            note=f"at {per_proc:.0f}/s per process measured here",
+        )
+    )
+    return figs
+
+
+# -- /metrics -------------------------------------------------------------------------------
+
+
+def fleet_of(agents: int) -> Fleet:
+    views = []
+    for n in range(agents):
+        series = {}
+        for i in range(2):
+            for f in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
+                series[f"{f}:eth{i}"] = Series(n * 1000 + i, n * 1000 + i)
+        for k in KINDS:
+            series[f"events:{k}"] = Series(n, n)
+            series[f"ringbuf_drops:{k}"] = Series(0, 0)
+        series["agent_dropped:"] = Series(0, 0)
+        views.append(
+            AgentView(
+                agent_id=str(uuid.UUID(int=n + 1)),
+                hostname=f"host-{n}",
+                agent_version="0.1.0",
+                kernel_version="6.18.0",
+                last_heartbeat=time.time(),
+                uptime_seconds=100.0,
+                heartbeats=1,
+                series=series,
+            )
+        )
+    return Fleet(views)
+
+
+def _timed(fn: object, repeat: int) -> tuple[float, bytes]:
+    times, out = [], b""
+    for _ in range(repeat):
+        started = time.perf_counter()
+        out = fn()  # type: ignore[operator]
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000, out
+
+
+def bench_metrics(agents: int, repeat: int) -> list[Figure]:
+    fleet = fleet_of(agents)
+    expo = Exposition(ServerMetrics(agents=lambda: len(fleet)), fleet, stale_after_s=35.0)
+    started = time.perf_counter()
+    expo.render(fast=True)
+    cold_ms = (time.perf_counter() - started) * 1000
+    fast_ms, fast = _timed(lambda: expo.render(fast=True), repeat)
+    plain_ms, plain = _timed(lambda: expo.render(fast=False), repeat)
+    series = sum(1 for line in fast.splitlines() if line and not line.startswith(b"#"))
+    fleet_series = sum(
+        1
+        for line in fast.splitlines()
+        if line.startswith(b"sennet_") and not line.startswith(b"sennet_controlplane")
+    )
+    return [
+        Figure(
+            "metrics_render_fast",
+            round(fast_ms, 1),
+            "ms",
+            baseline=round(plain_ms, 1),
+            note=f"{agents} agents x 2 interfaces, {fleet_series} fleet series, "
+            f"{len(fast) / 1e6:.1f} MB, warm prefix cache",
+        ),
+        Figure(
+            "metrics_render_fast_cold",
+            round(cold_ms, 1),
+            "ms",
+            note="first scrape: prefixes rendered",
+        ),
+        Figure(
+            "metrics_render_prometheus_client",
+            round(plain_ms, 1),
+            "ms",
+            note="custom collector + generate_latest",
+        ),
+        Figure("metrics_speedup", round(plain_ms / fast_ms, 2), "ratio", baseline=1.0),
+        Figure("metrics_series", float(series), "series"),
+        Figure("metrics_bytes_plain_vs_fast", round(len(plain) / len(fast), 3), "ratio"),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per figure")
+    parser.add_argument("--procs", type=int, default=2, help="server processes (SO_REUSEPORT)")
+    parser.add_argument("--agents", type=int, default=8, help="simulated agents (h2load each)")
+    parser.add_argument("--streams", type=int, default=8, help="concurrent calls per agent")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per load phase")
+    parser.add_argument(
+        "--load-fraction",
+        type=float,
+        default=0.5,
+        help="stated load for latency, as a fraction of the measured maximum",
+    )
+    parser.add_argument("--metrics-agents", type=int, default=10000)
+    parser.add_argument("--skip-grpc", action="store_true", help="only the /metrics figures")
+    parser.add_argument("--serve-trivial", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_trivial:
+        serve_trivial(args.serve_trivial)
+        return 0
+    figs = bench_metrics(args.metrics_agents, repeat=5)
+    if not args.skip_grpc:
+        with tempfile.TemporaryDirectory(prefix="sennet-bench-") as tmp:
+            figs += bench_grpc(args, Path(tmp))
+    if args.json:
+        for f in figs:
+            obj: dict[str, object] = {"name": f.name, "value": f.value, "unit": f.unit}
+            if f.baseline is not None:
+                obj["baseline"] = f.baseline
+            print(json.dumps(obj))
+        return 0
+    print(f"{'figure':34} {'value':>12}  {'unit':18} {'baseline':>10}  note")
+    for f in figs:
+        base = "" if f.baseline is None else f"{f.baseline:g}"
+        print(f"{f.name:34} {f.value:>12g}  {f.unit:18} {base:>10}  {f.note}")
+    cores = os.cpu_count() or 1
+    print(
+        f"\n{cores} cores here, shared by the servers and h2load. Scale-out: agents are "
+        "sharded across control planes (each agent names one); on each machine P processes "
+        "share the gRPC port (--reuse-port) and one SQLite file, whose writer commits a batch "
+        "per fsync; one process per database serves /metrics with --fleet-refresh."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
