@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Control-plane benchmark: heartbeat throughput and latency over real gRPC, and /metrics render time.
+"""Control-plane benchmark: heartbeat throughput and latency over gRPC, and /metrics render time.
 
 Load comes from h2load (Debian `nghttp2-client`), which sends real gRPC unary
 calls from C (a 5-byte gRPC frame header + the serialized HeartbeatRequest,
