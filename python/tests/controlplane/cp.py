@@ -164,7 +164,7 @@ class ControlPlane:
     ) -> tuple[grpc.StatusCode, str, bytes]:
         """One unary call with a raw body: (status code, details, response bytes)."""
         with grpc.insecure_channel(self.target) as channel:
-            stub = channel.unary_unary(SERVICE + method)
+            stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(SERVICE + method)
             metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
             try:
                 out = stub(body, timeout=10, metadata=metadata)

@@ -30,14 +30,16 @@ def call(
     return body["code"], body["message"]
 
 
-def rejected(cp: ControlPlane, method: str, code: str, reason: str) -> float | None:
-    return sample(
+def rejected(cp: ControlPlane, method: str, code: str, reason: str) -> float:
+    value = sample(
         cp.samples(),
         "sennet_controlplane_requests_rejected_total",
         method=method,
         code=code,
         reason=reason,
     )
+    assert value is not None, (method, code, reason)  # pre-created at zero
+    return value
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
