@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from harness.appliance import Appliance, image_dir
-from harness.guest import pyroute2
+from harness.guest import agent_process, processes, pyroute2
 
 
 def test_guest_runs_the_pinned_kernel(appliance: Appliance) -> None:
@@ -22,11 +22,9 @@ def test_root_filesystem_is_read_only_squashfs(appliance: Appliance) -> None:
 
 
 def test_agent_runs_under_its_supervisor(appliance: Appliance) -> None:
-    host = appliance.machine.host
-    agents = [p for p in host.process.filter() if "sennet.agent" in p.args and " run" in p.args]
-    assert len(agents) == 1, [p.args for p in host.process.filter()]
-    parent = host.process.get(pid=agents[0].ppid)
-    assert "supervise-agent" in parent.args
+    _pid, ppid, _args = agent_process(appliance.machine)
+    parents = [p for p in processes(appliance.machine) if p[0] == ppid]
+    assert len(parents) == 1 and "supervise-agent" in parents[0][2], parents
 
 
 def test_clsact_and_both_bpf_filters_are_on_the_monitored_nic(

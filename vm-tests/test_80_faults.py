@@ -7,14 +7,12 @@ from __future__ import annotations
 
 from harness.appliance import Appliance
 from harness.controlplane import ControlPlane
-from harness.guest import agent_id, counters
+from harness.guest import agent_id, agent_process, counters
 from harness.traffic import mixed, rx_len
 
 
 def agent_pid(appliance: Appliance) -> int:
-    procs = appliance.machine.host.process.filter()
-    (agent,) = [p for p in procs if "sennet.agent" in p.args and " run" in p.args]
-    return int(agent.pid)
+    return agent_process(appliance.machine)[0]
 
 
 def test_killed_agent_is_restarted_and_counters_continue(

@@ -41,6 +41,22 @@ def event_totals(cp: ControlPlane, agent: str) -> dict[str, float]:
     return {k[len(prefix) : -2]: v for k, v in cp.metrics().items() if k.startswith(prefix)}
 
 
+def processes(machine: Machine) -> list[tuple[int, int, str]]:
+    """(pid, ppid, args) of every process (testinfra's process module needs a non-busybox ps)."""
+    out = machine.succeed("ps -o pid,ppid,args")
+    rows = []
+    for line in out.splitlines()[1:]:
+        pid, ppid, args = line.split(None, 2)
+        rows.append((int(pid), int(ppid), args))
+    return rows
+
+
+def agent_process(machine: Machine) -> tuple[int, int, str]:
+    agents = [p for p in processes(machine) if "sennet.agent" in p[2] and " run" in p[2]]
+    assert len(agents) == 1, agents
+    return agents[0]
+
+
 def pyroute2(machine: Machine, code: str) -> str:
     """Run a pyroute2 snippet in the guest (busybox has no tc; the agent's Python has pyroute2)."""
     return machine.succeed(

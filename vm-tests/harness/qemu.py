@@ -81,5 +81,7 @@ def direct_boot_argv(
         "-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
         "-device", "virtio-net-pci,netdev=mgmt,mac=52:54:00:00:00:01",
         "-netdev", f"tap,id=mon,fd={tap_fd}",
-        "-device", "virtio-net-pci,netdev=mon,mac=52:54:00:00:00:02",
+        # ctrl_vlan=off: QEMU's VLAN filter would drop tagged frames for VLANs the
+        # guest never registered, and a monitored port must see every VLAN.
+        "-device", "virtio-net-pci,netdev=mon,mac=52:54:00:00:00:02,ctrl_vlan=off",
     ]  # fmt: skip

@@ -10,6 +10,7 @@ import pytest
 
 from sennet.agent.datapath import layout, tc
 from sennet.agent.datapath.libbpf import libbpf
+from sennet.common.errors import UserError
 from tests.datapath_harness import running
 from tests.frames import cases
 from tests.netlab import VethPair, in_netns, sh
@@ -82,6 +83,24 @@ def test_restarted_datapath_continues_the_same_counters(net: VethPair, pin_root:
                 assert len(attacher.filters(ifindex, parent)) == 1, "a restart never duplicates"
         finally:
             attacher.close()
+
+
+def test_unread_events_survive_a_restart_in_the_pinned_ring(net: VethPair, pin_root: Path) -> None:
+    large = next(c.frame for c in cases() if c.name == "large_udp")
+    with running(net, pin_root / "p", detach=False):
+        net.send_to_a([large] * 3)  # nobody drains: the agent "died" with these unread
+    with running(net, pin_root / "p") as dp:
+        assert [e.kind.label for e in dp.events()] == ["large_packet"] * 3
+
+
+def test_a_pinned_ring_of_another_size_is_refused_by_name(net: VethPair, pin_root: Path) -> None:
+    with running(net, pin_root / "p", ringbuf_bytes=1 << 16):
+        pass
+    with pytest.raises(UserError) as info, running(net, pin_root / "p", ringbuf_bytes=1 << 17):
+        pass
+    assert str(info.value).startswith(
+        f"pinned map {pin_root / 'p' / 'EVENTS'} has max_entries 65536"
+    )
 
 
 def test_detach_removes_our_filters_and_the_qdisc_we_created(net: VethPair, pin_root: Path) -> None:

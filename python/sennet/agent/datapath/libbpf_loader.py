@@ -34,7 +34,7 @@ def load(opts: DatapathOptions, object_name: str = OBJECT_NAME) -> LoadedDatapat
             f"BPF object {path} not found",
             hint="build it with bpf/build.sh, or set bpf_dir to where the objects are",
         )
-    check_pinned_maps(opts.pin_dir)
+    check_pinned_maps(opts.pin_dir, opts.ringbuf_bytes)
     lb.take_log()
     obj = lb.check_ptr(lb.lib.bpf_object__open_file(str(path).encode(), None), f"open {path}")
     try:
@@ -85,6 +85,9 @@ def _configure(obj: int, opts: DatapathOptions) -> None:
         lb.lib.bpf_object__find_map_by_name(obj, layout.MAP_EVENTS.encode()), "map EVENTS"
     )
     lb.check(lb.lib.bpf_map__set_max_entries(events, opts.ringbuf_bytes), "ring buffer size")
+    # Pinned too: events the agent had not read yet when it stopped wait for the next one.
+    pin = str(opts.pin_dir / layout.MAP_EVENTS).encode()
+    lb.check(lb.lib.bpf_map__set_pin_path(events, pin), "pin EVENTS")
     _set_tunables(obj, {layout.TUNABLE_LARGE_PACKET: opts.large_packet_bytes})
 
 

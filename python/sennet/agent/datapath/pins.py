@@ -10,14 +10,18 @@ from sennet.agent.datapath.libbpf import libbpf
 from sennet.common.errors import UserError
 
 
-def check_pinned_maps(pin_dir: Path) -> None:
+def check_pinned_maps(pin_dir: Path, ringbuf_bytes: int | None = None) -> None:
     """Fail naming the map and the field if a pinned map's shape differs from this build's.
 
     Loaders would otherwise refuse with a bare EINVAL, or worse, a bcc build
-    would read a map of another layout.
+    would read a map of another layout. With `ringbuf_bytes`, a pinned ring
+    buffer must also have that size (libbpf cannot resize a pinned map).
     """
     lb = libbpf()
-    for name, (mtype, key_size, value_size, max_entries) in layout.MAP_SPECS.items():
+    specs = dict(layout.MAP_SPECS)
+    if ringbuf_bytes is not None:
+        specs[layout.MAP_EVENTS] = (layout.BPF_MAP_TYPE_RINGBUF, 0, 0, ringbuf_bytes)
+    for name, (mtype, key_size, value_size, max_entries) in specs.items():
         path = pin_dir / name
         if not path.exists():
             continue
