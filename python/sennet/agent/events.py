@@ -160,6 +160,10 @@ class RingBufferConsumer:
             if hdr & BUSY_BIT:
                 break  # still being written; records after it wait their turn
             length = hdr & ~(BUSY_BIT | DISCARD_BIT)
+            if length == layout.EVENT_SIZE:
+                # It was busy when the batch looked and was committed since: one of ours.
+                # Skipping it here would lose an event; take it with the next batch.
+                continue
             cons += (length + layout.RINGBUF_HDR_SIZE + 7) & ~7
             self._cons.value = cons
             with self._lock:
