@@ -58,6 +58,47 @@ WHEELS = [
     "@whl_typing_extensions//file",
 ]
 
+# By package name, for steps that need one package (the kernel, busybox).
+DEBS = {
+    "busybox-static": "@deb_busybox_static//file",
+    "dropbear-bin": "@deb_dropbear_bin//file",
+    "gcc-12-base": "@deb_gcc_12_base//file",
+    "libbpf1": "@deb_libbpf1//file",
+    "libbz2-1.0": "@deb_libbz2_1_0//file",
+    "libc6": "@deb_libc6//file",
+    "libcom-err2": "@deb_libcom_err2//file",
+    "libcrypt1": "@deb_libcrypt1//file",
+    "libdb5.3": "@deb_libdb5_3//file",
+    "libelf1": "@deb_libelf1//file",
+    "libexpat1": "@deb_libexpat1//file",
+    "libffi8": "@deb_libffi8//file",
+    "libgcc-s1": "@deb_libgcc_s1//file",
+    "libgmp10": "@deb_libgmp10//file",
+    "libgssapi-krb5-2": "@deb_libgssapi_krb5_2//file",
+    "libk5crypto3": "@deb_libk5crypto3//file",
+    "libkeyutils1": "@deb_libkeyutils1//file",
+    "libkrb5-3": "@deb_libkrb5_3//file",
+    "libkrb5support0": "@deb_libkrb5support0//file",
+    "liblzma5": "@deb_liblzma5//file",
+    "libncursesw6": "@deb_libncursesw6//file",
+    "libnsl2": "@deb_libnsl2//file",
+    "libpcre2-8-0": "@deb_libpcre2_8_0//file",
+    "libpython3.11-minimal": "@deb_libpython3_11_minimal//file",
+    "libpython3.11-stdlib": "@deb_libpython3_11_stdlib//file",
+    "libreadline8": "@deb_libreadline8//file",
+    "libsqlite3-0": "@deb_libsqlite3_0//file",
+    "libssl3": "@deb_libssl3//file",
+    "libstdc++6": "@deb_libstdc__6//file",
+    "libtinfo6": "@deb_libtinfo6//file",
+    "libtirpc3": "@deb_libtirpc3//file",
+    "libtomcrypt1": "@deb_libtomcrypt1//file",
+    "libtommath1": "@deb_libtommath1//file",
+    "libuuid1": "@deb_libuuid1//file",
+    "linux-image-6.1.0-50-amd64": "@deb_linux_image_6_1_0_50_amd64//file",
+    "python3.11-minimal": "@deb_python3_11_minimal//file",
+    "zlib1g": "@deb_zlib1g//file",
+}
+
 def sennet_inputs():
     """Declare every pinned input of the image."""
     sennet_input(name = "deb_busybox_static", kind = "deb", archive = "debian", path = "pool/main/b/busybox/busybox-static_1.35.0-4+deb12u1+b1_amd64.deb", filename = "busybox-static_1.35.0-4+deb12u1+b1_amd64.deb", sha256 = "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744")

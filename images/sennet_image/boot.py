@@ -90,16 +90,16 @@ def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[str], timeout
 
 
 def qemu_argv(image_dir: Path, disk: Path, *, mode: str, accel: str, cmdline_extra: list[str],
-              monitor_netdev: str, vars_file: Path | None, memory_mb: int) -> list[str]:
+              monitor_netdev: str, vars_file: Path | None, memory_mb: int, cpu: str,
+              smp: int) -> list[str]:
     """The QEMU command line: virtio disk, management NIC (user net, control plane at
     10.0.2.2), monitored NIC (second netdev), serial console on stdio."""
-    argv = ["qemu-system-x86_64", "-accel", accel, "-m", str(memory_mb), "-smp", "2",
+    argv = ["qemu-system-x86_64", "-accel", accel, "-m", str(memory_mb), "-smp", str(smp),
             "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
             "-drive", f"file={disk},if=virtio,format=qcow2",
             "-netdev", "user,id=mgmt", "-device", "virtio-net-pci,netdev=mgmt,mac=52:54:00:00:00:01",
             "-netdev", monitor_netdev, "-device", "virtio-net-pci,netdev=mon,mac=52:54:00:00:00:02"]
-    if accel == "tcg":
-        argv += ["-cpu", "max"]
+    argv += ["-cpu", cpu]
     if mode == "direct":
         cmdline = (image_dir / "cmdline").read_text().strip()
         argv += ["-kernel", str(image_dir / "vmlinuz"), "-initrd", str(image_dir / "initrd.img"),
@@ -161,7 +161,8 @@ def boot(args: argparse.Namespace) -> BootResult:
             shutil.copyfile(OVMF_VARS, vars_file)
         argv = qemu_argv(image_dir, disk, mode=args.mode, accel=accel, cmdline_extra=extra,
                          monitor_netdev=args.monitor_netdev, vars_file=vars_file,
-                         memory_mb=args.memory)
+                         memory_mb=args.memory, cpu=args.cpu or ("host" if accel == "kvm" else "Nehalem"),
+                         smp=args.smp)
         start = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if args.until_ready else None,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -200,6 +201,9 @@ def parser() -> argparse.ArgumentParser:
                    help="QEMU -netdev for the monitored NIC (id=mon), e.g. tap,id=mon,fd=3")
     p.add_argument("--state", type=Path, help="keep the disk overlay here across boots")
     p.add_argument("--memory", type=int, default=512, help="guest RAM in MiB")
+    p.add_argument("--cpu", help="QEMU CPU model (default: host under KVM; under TCG Nehalem,\n"
+                   "x86-64-v2 as numpy needs, cheaper to emulate than -cpu max)")
+    p.add_argument("--smp", type=int, default=2, help="guest CPUs")
     p.add_argument("--until-ready", action="store_true", help="exit once the agent is ready")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
     p.add_argument("--quiet", action="store_true", help="do not echo the console")

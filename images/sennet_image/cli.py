@@ -19,9 +19,58 @@ def _parser() -> argparse.ArgumentParser:
     lu.add_argument("--check", action="store_true", help="only report; exit 1 if pins would move")
     lu.add_argument("--only-if-gone", action="store_true",
                     help="CI: rewrite only if a pinned package left the registry, loudly")
+    st = sub.add_parser("step", help="one build step (what Bazel's genrules run)")
+    steps = st.add_subparsers(dest="step", required=True, metavar="STEP")
+    r = steps.add_parser("root-layer")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--files", type=Path, required=True)
+    r.add_argument("--debs", type=Path, nargs="+", required=True)
+    r.add_argument("--wheels", type=Path, nargs="+", required=True)
+    a = steps.add_parser("agent-layer")
+    a.add_argument("--out", type=Path, required=True)
+    a.add_argument("--python-src", type=Path, required=True, help="directory holding sennet/")
+    a.add_argument("--bpf", type=Path, nargs="+", required=True)
+    t = steps.add_parser("test-layer")
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--debs", type=Path, nargs="+", required=True)
+    k = steps.add_parser("boot-files")
+    k.add_argument("--kernel-deb", type=Path, required=True)
+    k.add_argument("--busybox-deb", type=Path, required=True)
+    k.add_argument("--outdir", type=Path, required=True)
+    d = steps.add_parser("disk")
+    d.add_argument("--uki", type=Path, required=True)
+    d.add_argument("--root", type=Path, required=True)
+    d.add_argument("--agent", type=Path, required=True)
+    d.add_argument("--test", type=Path)
+    d.add_argument("--raw", type=Path, required=True)
+    d.add_argument("--qcow2", type=Path, required=True)
+    m = steps.add_parser("manifest")
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--debian-lock", type=Path, required=True)
+    m.add_argument("--wheels-lock", type=Path, required=True)
+    m.add_argument("--artefacts", type=Path, nargs="+", required=True)
     b = sub.add_parser("build", help="build every artefact without Bazel (fetches pinned inputs)")
     b.add_argument("--out", type=Path, default=REPO / "build" / "image")
     return p
+
+
+def _step(args: argparse.Namespace) -> int:
+    from sennet_image import build, disk, lock, manifest
+
+    if args.step == "root-layer":
+        build.base_layer(args.debs, args.wheels, args.out, args.files)
+    elif args.step == "agent-layer":
+        build.agent_layer(args.python_src, args.bpf, args.out)
+    elif args.step == "test-layer":
+        build.test_layer(args.debs, args.out)
+    elif args.step == "boot-files":
+        build.boot_files(args.kernel_deb, args.busybox_deb, args.outdir, disk.DEFAULT_CMDLINE)
+    elif args.step == "disk":
+        build.disks(args.uki, args.root, args.agent, args.test, args.raw, args.qcow2)
+    elif args.step == "manifest":
+        manifest.write(args.out, lock.load_debs(args.debian_lock), lock.load_wheels(args.wheels_lock),
+                       {}, {p.name: p for p in args.artefacts}, {"builder": "bazel //images:appliance"})
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -33,6 +82,8 @@ def main(argv: list[str]) -> int:
 
             return lockupdate.update(refresh=args.refresh, check=args.check,
                                      only_if_gone=args.only_if_gone)
+        if args.command == "step":
+            return _step(args)
         if args.command == "build":
             from sennet_image import build
 

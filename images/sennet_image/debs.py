@@ -55,7 +55,7 @@ def unpack(deb: Path, dest: Path, *, prune: bool = True, only: tuple[str, ...] =
                 continue
             if target.is_symlink() or (target.exists() and not target.is_dir()):
                 target.unlink()
-            tar.extract(m, dest, set_attrs=False, filter="tar")
+            tar.extract(m, dest, set_attrs=False)
             if m.issym():
                 continue
             target.chmod(m.mode & 0o7777)

@@ -122,6 +122,8 @@ def render_deps_bzl(debs: list[DebPin], wheels: list[WheelPin]) -> str:
         labels = [f'    "@{p.repo}//file",' for p in debs if p.set == s]
         out += [f"DEBS_{s.upper()} = [", *labels, "]", ""]
     out += ["WHEELS = [", *[f'    "@{w.repo}//file",' for w in wheels], "]", ""]
+    out += ["# By package name, for steps that need one package (the kernel, busybox).",
+            "DEBS = {", *[f'    "{p.name}": "@{p.repo}//file",' for p in debs], "}", ""]
     out += ["def sennet_inputs():", '    """Declare every pinned input of the image."""']
     for p in debs:
         out.append(
