@@ -57,11 +57,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--tput-rounds",
         type=int,
-        default=5,
-        help="rounds of sennet/empty/bare windows (default 5)",
+        default=7,
+        help="rounds of sennet/empty/bare windows (default 7)",
     )
     p.add_argument(
-        "--tput-window", type=float, default=2.0, help="seconds per throughput window (default 2)"
+        "--tput-window", type=float, default=1.5, help="seconds per throughput window (default 1.5)"
     )
     p.add_argument(
         "--drain-seconds", type=float, default=4.0, help="seconds per drain run (default 4)"
