@@ -27,7 +27,6 @@ import os
 import re
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -482,7 +481,7 @@ def _timed(fn: object, repeat: int) -> tuple[float, bytes]:
         started = time.perf_counter()
         out = fn()  # type: ignore[operator]
         times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000, out
+    return min(times) * 1000, out  # best of `repeat`: the box is shared, noise only adds
 
 
 def bench_metrics(agents: int, repeat: int) -> list[Figure]:
@@ -492,6 +491,30 @@ def bench_metrics(agents: int, repeat: int) -> list[Figure]:
     expo.render(fast=True)
     cold_ms = (time.perf_counter() - started) * 1000
     fast_ms, fast = _timed(lambda: expo.render(fast=True), repeat)
+
+    def after_heartbeats() -> bytes:
+        # Every agent reported since the last scrape: new views, whose export the
+        # writer thread has already computed; only the layouts are reused.
+        fresh = {}
+        for v in fleet.snapshot():
+            # interface counters move every interval; event and drop counters rarely do
+            series = {
+                k: Series(s.last_raw + 1, s.total + 1) if k.startswith(("rx_", "tx_")) else s
+                for k, s in v.series.items()
+            }
+            nv = replace(v, series=series, last_heartbeat=time.time())
+            _ = nv.export
+            fresh[v.agent_id] = nv
+        fleet.publish(fresh)
+        started = time.perf_counter()
+        out = expo.render(fast=True)
+        times.append(time.perf_counter() - started)
+        return out
+
+    times: list[float] = []
+    for _ in range(repeat):
+        after_heartbeats()
+    beat_ms = min(times) * 1000
     plain_ms, plain = _timed(lambda: expo.render(fast=False), repeat)
     series = sum(1 for line in fast.splitlines() if line and not line.startswith(b"#"))
     fleet_series = sum(
@@ -502,11 +525,17 @@ def bench_metrics(agents: int, repeat: int) -> list[Figure]:
     return [
         Figure(
             "metrics_render_fast",
-            round(fast_ms, 1),
+            round(beat_ms, 1),
             "ms",
             baseline=round(plain_ms, 1),
             note=f"{agents} agents x 2 interfaces, {fleet_series} fleet series, "
-            f"{len(fast) / 1e6:.1f} MB, warm prefix cache",
+            f"{len(fast) / 1e6:.1f} MB; every agent reported since the last scrape",
+        ),
+        Figure(
+            "metrics_render_fast_unchanged",
+            round(fast_ms, 1),
+            "ms",
+            note="no heartbeat since the last scrape",
         ),
         Figure(
             "metrics_render_fast_cold",
@@ -520,7 +549,7 @@ def bench_metrics(agents: int, repeat: int) -> list[Figure]:
             "ms",
             note="custom collector + generate_latest",
         ),
-        Figure("metrics_speedup", round(plain_ms / fast_ms, 2), "ratio", baseline=1.0),
+        Figure("metrics_speedup", round(plain_ms / beat_ms, 2), "ratio", baseline=1.0),
         Figure("metrics_series", float(series), "series"),
         Figure("metrics_bytes_plain_vs_fast", round(len(plain) / len(fast), 3), "ratio"),
     ]
@@ -546,10 +575,19 @@ def main() -> int:
     if args.serve_trivial:
         serve_trivial(args.serve_trivial)
         return 0
+    load_before = os.getloadavg()[0]
     figs = bench_metrics(args.metrics_agents, repeat=5)
     if not args.skip_grpc:
         with tempfile.TemporaryDirectory(prefix="sennet-bench-") as tmp:
             figs += bench_grpc(args, Path(tmp))
+    figs.append(
+        Figure(
+            "host_load_average_1m",
+            round(max(load_before, os.getloadavg()[0]), 2),
+            "runnable tasks",
+            note=f"{os.cpu_count()} cores; other work shares them",
+        )
+    )
     if args.json:
         for f in figs:
             obj: dict[str, object] = {"name": f.name, "value": f.value, "unit": f.unit}

@@ -14,6 +14,7 @@ so /metrics never shows a heartbeat that was not durable.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,16 @@ INTERFACE_FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
 EVENTS = "events"
 RINGBUF_DROPS = "ringbuf_drops"
 AGENT_DROPPED = "agent_dropped"
+# How series are grouped for export (one Prometheus family each), in exposition order.
+EXPORT_GROUPS = ("packets", "bytes", EVENTS, RINGBUF_DROPS, AGENT_DROPPED)
+
+Export = tuple[tuple[tuple[str, ...], ...], tuple[tuple[int, ...], ...]]
+
+
+_GROUP_OF = {
+    **{f"{d}_{unit}": unit for d in ("rx", "tx") for unit in ("packets", "bytes")},
+    **{f: f for f in (EVENTS, RINGBUF_DROPS, AGENT_DROPPED)},
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,21 @@ class AgentView:
         )
         return view, changed
 
+    @functools.cached_property
+    def export(self) -> Export:
+        """(series keys, monotonic totals) per EXPORT_GROUPS entry, keys sorted.
+
+        Computed once per view (views are immutable), so a scrape renders an
+        agent's family with one `%` on a cached format string.
+        """
+        groups: dict[str, list[str]] = {g: [] for g in EXPORT_GROUPS}
+        series = self.series
+        for key in sorted(series):
+            groups[_GROUP_OF[key[: key.index(":")]]].append(key)
+        keys = tuple(tuple(groups[g]) for g in EXPORT_GROUPS)
+        values = tuple(tuple([series[k].total for k in ks]) for ks in keys)
+        return keys, values
+
     def totals(self, family: str) -> list[tuple[str, int]]:
         """(name, monotonic total) for one family, sorted by name."""
         prefix = family + ":"
@@ -126,7 +152,9 @@ class Fleet:
         with self._lock:
             for agent_id, view in views.items():
                 current = self._views.get(agent_id)
-                if current is not None:
+                if current is not None and (
+                    current.hostname != view.hostname or current.registered_at != view.registered_at
+                ):
                     view = replace(
                         view, hostname=current.hostname, registered_at=current.registered_at
                     )

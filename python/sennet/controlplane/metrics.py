@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -214,7 +214,7 @@ class FleetCollector(Collector):
 
 @dataclass
 class _Layout:
-    """One agent's pre-rendered line prefixes, valid while its keys and metadata are unchanged."""
+    """One agent's pre-rendered text, valid while its series keys and metadata are unchanged."""
 
     signature: tuple[object, ...]
     info: str
@@ -222,11 +222,34 @@ class _Layout:
     last: str
     uptime: str
     resets: str
-    families: dict[str, list[tuple[str, str]]]  # family name -> [(series key, line prefix)]
+    formats: tuple[str, ...]  # per EXPORT_GROUPS entry: "prefix %d\n" for each series
+    # per EXPORT_GROUPS entry, the values last rendered and their text: event and drop
+    # counters rarely move, so most scrapes reuse their text instead of formatting again
+    rendered: list[tuple[tuple[int, ...], str]] = field(default_factory=list)
+
+    def text(self, index: int, values: tuple[int, ...]) -> str:
+        last_values, last_text = self.rendered[index]
+        if values == last_values:
+            return last_text
+        text = self.formats[index] % values
+        self.rendered[index] = (values, text)
+        return text
+
+
+def _series_prefix(agent_label: str, key: str) -> str:
+    family, name = split_key(key)
+    if family in (EVENTS, RINGBUF_DROPS):
+        metric = _EVENTS[0] if family == EVENTS else _RB[0]
+        return f'{metric}{{{agent_label},kind="{_esc(name)}"}} '
+    if family == AGENT_DROPPED:
+        return f"{_AGENT_DROPPED[0]}{{{agent_label}}} "
+    direction, _, unit = family.partition("_")
+    metric = _IF_FAMILIES[unit][0]
+    return f'{metric}{{{agent_label},interface="{_esc(name)}",direction="{direction}"}} '
 
 
 class FastFleetRenderer:
-    """Renders the same samples as `FleetCollector`, reusing per-agent prefixes between scrapes."""
+    """Renders the same samples as `FleetCollector`, reusing per-agent text between scrapes."""
 
     def __init__(self, stale_after_s: float) -> None:
         self._stale_after_s = stale_after_s
@@ -234,32 +257,16 @@ class FastFleetRenderer:
         self._lock = threading.Lock()  # concurrent scrapes share the cache
 
     def _layout(self, v: AgentView) -> _Layout:
-        signature = (v.hostname, v.agent_version, v.kernel_version, tuple(v.series))
+        keys = v.export[0]
+        signature = (v.hostname, v.agent_version, v.kernel_version, keys)
         cached = self._layouts.get(v.agent_id)
         if cached is not None and cached.signature == signature:
             return cached
         a = f'agent="{_esc(v.agent_id)}"'
-        fams: dict[str, list[tuple[str, str]]] = {
-            _PACKETS[0]: [],
-            _BYTES[0]: [],
-            _EVENTS[0]: [],
-            _RB[0]: [],
-            _AGENT_DROPPED[0]: [],
-        }
-        for key in sorted(v.series):
-            family, name = split_key(key)
-            if family == EVENTS:
-                fams[_EVENTS[0]].append((key, f'{_EVENTS[0]}{{{a},kind="{_esc(name)}"}} '))
-            elif family == RINGBUF_DROPS:
-                fams[_RB[0]].append((key, f'{_RB[0]}{{{a},kind="{_esc(name)}"}} '))
-            elif family == AGENT_DROPPED:
-                fams[_AGENT_DROPPED[0]].append((key, f"{_AGENT_DROPPED[0]}{{{a}}} "))
-            else:
-                direction, _, unit = family.partition("_")
-                metric = _IF_FAMILIES[unit][0]
-                fams[metric].append(
-                    (key, f'{metric}{{{a},interface="{_esc(name)}",direction="{direction}"}} ')
-                )
+        formats = tuple(
+            "".join(_series_prefix(a, k).replace("%", "%%") + "%d\n" for k in group)
+            for group in keys
+        )
         layout = _Layout(
             signature=signature,
             info=(
@@ -271,7 +278,8 @@ class FastFleetRenderer:
             last=f"{_LAST[0]}{{{a}}} ",
             uptime=f"{_UPTIME[0]}{{{a}}} ",
             resets=f"{_RESETS[0]}{{{a}}} ",
-            families=fams,
+            formats=formats,
+            rendered=[((), "")] * len(formats),
         )
         self._layouts[v.agent_id] = layout
         return layout
@@ -283,9 +291,12 @@ class FastFleetRenderer:
 
     def _render(self, views: list[AgentView], now: float) -> str:
         layouts = [self._layout(v) for v in views]
-        live = {v.agent_id for v in views}
-        for gone in [k for k in self._layouts if k not in live]:
-            del self._layouts[gone]
+        if len(self._layouts) > len(views):
+            live = {v.agent_id for v in views}
+            for gone in [k for k in self._layouts if k not in live]:
+                del self._layouts[gone]
+        pairs = list(zip(views, layouts, strict=True))
+        beating = [(v, lay) for v, lay in pairs if v.last_heartbeat is not None]
         out: list[str] = []
 
         def header(spec: tuple[str, str, str]) -> None:
@@ -295,25 +306,16 @@ class FastFleetRenderer:
         out.extend(lay.info for lay in layouts)
         header(_UP)
         stale = self._stale_after_s
-        out.extend(
-            f"{lay.up}{_is_up(v, now, stale)}\n" for v, lay in zip(views, layouts, strict=True)
-        )
+        out.extend(f"{lay.up}{_is_up(v, now, stale)}\n" for v, lay in pairs)
         header(_LAST)
-        pairs = [
-            (v, lay) for v, lay in zip(views, layouts, strict=True) if v.last_heartbeat is not None
-        ]
-        out.extend(f"{lay.last}{v.last_heartbeat!r}\n" for v, lay in pairs)
+        out.extend(f"{lay.last}{v.last_heartbeat!r}\n" for v, lay in beating)
         header(_UPTIME)
-        out.extend(f"{lay.uptime}{v.uptime_seconds!r}\n" for v, lay in pairs)
+        out.extend(f"{lay.uptime}{v.uptime_seconds!r}\n" for v, lay in beating)
         header(_RESETS)
-        out.extend(f"{lay.resets}{v.resets}\n" for v, lay in zip(views, layouts, strict=True))
-        for spec in (_PACKETS, _BYTES, _EVENTS, _RB, _AGENT_DROPPED):
+        out.extend(f"{lay.resets}{v.resets}\n" for v, lay in pairs)
+        for index, spec in enumerate((_PACKETS, _BYTES, _EVENTS, _RB, _AGENT_DROPPED)):
             header(spec)
-            for v, lay in zip(views, layouts, strict=True):
-                series = v.series
-                out.extend(
-                    f"{prefix}{series[key].total}\n" for key, prefix in lay.families[spec[0]]
-                )
+            out.extend(lay.text(index, v.export[1][index]) for v, lay in pairs)
         return "".join(out)
 
 
