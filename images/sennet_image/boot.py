@@ -48,11 +48,26 @@ def kvm_works(vmlinuz: Path, timeout_s: float = 4.0) -> bool:
         os.close(fd)
     except OSError:
         return False
-    argv = ["qemu-system-x86_64", "-accel", "kvm", "-nodefaults", "-display", "none", "-m", "256",
-            "-serial", "stdio", "-no-reboot", "-kernel", str(vmlinuz),
-            "-append", "console=ttyS0 panic=-1 earlyprintk=ttyS0"]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    argv = [
+        "qemu-system-x86_64",
+        "-accel",
+        "kvm",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-m",
+        "256",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-kernel",
+        str(vmlinuz),
+        "-append",
+        "console=ttyS0 panic=-1 earlyprintk=ttyS0",
+    ]
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         out = _read_until(proc, re.compile(r"Linux version"), timeout_s, echo=False)
         return bool(re.search(r"Linux version", out))
@@ -61,8 +76,13 @@ def kvm_works(vmlinuz: Path, timeout_s: float = 4.0) -> bool:
         proc.wait()
 
 
-def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[str], timeout_s: float,
-                echo: bool, sink: list[str] | None = None) -> str:
+def _read_until(
+    proc: subprocess.Popen[bytes],
+    pattern: re.Pattern[str],
+    timeout_s: float,
+    echo: bool,
+    sink: list[str] | None = None,
+) -> str:
     """Collect the process's output until `pattern` matches, it exits, or time runs out."""
     assert proc.stdout is not None
     buf = ""
@@ -89,43 +109,89 @@ def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[str], timeout
     return buf
 
 
-def qemu_argv(image_dir: Path, disk: Path, *, mode: str, accel: str, cmdline_extra: list[str],
-              monitor_netdev: str, vars_file: Path | None, memory_mb: int, cpu: str,
-              smp: int) -> list[str]:
+def qemu_argv(
+    image_dir: Path,
+    disk: Path,
+    *,
+    mode: str,
+    accel: str,
+    cmdline_extra: list[str],
+    monitor_netdev: str,
+    vars_file: Path | None,
+    memory_mb: int,
+    cpu: str,
+    smp: int,
+) -> list[str]:
     """The QEMU command line: virtio disk, management NIC (user net, control plane at
     10.0.2.2), monitored NIC (second netdev), serial console on stdio."""
-    argv = ["qemu-system-x86_64", "-accel", accel, "-m", str(memory_mb), "-smp", str(smp),
-            "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
-            "-drive", f"file={disk},if=virtio,format=qcow2",
-            "-netdev", "user,id=mgmt", "-device", "virtio-net-pci,netdev=mgmt,mac=52:54:00:00:00:01",
-            "-netdev", monitor_netdev, "-device", "virtio-net-pci,netdev=mon,mac=52:54:00:00:00:02"]
+    argv = [
+        "qemu-system-x86_64",
+        "-accel",
+        accel,
+        "-m",
+        str(memory_mb),
+        "-smp",
+        str(smp),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-drive",
+        f"file={disk},if=virtio,format=qcow2",
+        "-netdev",
+        "user,id=mgmt",
+        "-device",
+        "virtio-net-pci,netdev=mgmt,mac=52:54:00:00:00:01",
+        "-netdev",
+        monitor_netdev,
+        "-device",
+        "virtio-net-pci,netdev=mon,mac=52:54:00:00:00:02",
+    ]
     argv += ["-cpu", cpu]
     if mode == "direct":
         cmdline = (image_dir / "cmdline").read_text().strip()
-        argv += ["-kernel", str(image_dir / "vmlinuz"), "-initrd", str(image_dir / "initrd.img"),
-                 "-append", " ".join([cmdline, *cmdline_extra])]
+        argv += [
+            "-kernel",
+            str(image_dir / "vmlinuz"),
+            "-initrd",
+            str(image_dir / "initrd.img"),
+            "-append",
+            " ".join([cmdline, *cmdline_extra]),
+        ]
     else:
         assert vars_file is not None
-        argv += ["-machine", "q35",
-                 "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-                 "-drive", f"if=pflash,format=raw,file={vars_file}"]
+        argv += [
+            "-machine",
+            "q35",
+            "-drive",
+            f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,file={vars_file}",
+        ]
     return argv
 
 
-def prepare_disk(image_dir: Path, variant: str, workdir: Path, provision: Path | None,
-                 state: Path | None) -> Path:
+def prepare_disk(
+    image_dir: Path, variant: str, workdir: Path, provision: Path | None, state: Path | None
+) -> Path:
     """A qcow2 overlay over the image (or a provisioned copy), so the image stays untouched."""
     name = "appliance-test" if variant == "test" else "appliance"
     base = image_dir / f"{name}.qcow2"
     if not base.is_file():
-        die(f"no image at {base}", hint="build it: images/build (or bazel build //images:appliance)")
+        die(
+            f"no image at {base}", hint="build it: images/build (or bazel build //images:appliance)"
+        )
     if state is not None and state.is_file():
         return state
     if provision is not None:
         raw = workdir / f"{name}.raw"
         shutil.copyfile(image_dir / f"{name}.raw", raw)
-        run(["mcopy", "-o", "-i", f"{raw}@@{MIB}", provision, "::/sennet/agent.toml"],
-            env={"MTOOLS_SKIP_CHECK": "1"})
+        run(
+            ["mcopy", "-o", "-i", f"{raw}@@{MIB}", provision, "::/sennet/agent.toml"],
+            env={"MTOOLS_SKIP_CHECK": "1"},
+        )
         run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, workdir / "provisioned.qcow2"])
         raw.unlink()
         base = workdir / "provisioned.qcow2"
@@ -147,11 +213,14 @@ def boot(args: argparse.Namespace) -> BootResult:
     if args.bootstrap_token:
         extra.append(f"sennet.bootstrap_token={args.bootstrap_token}")
     if args.ssh_key:
-        extra.append("sennet.ssh_key=" + args.ssh_key.read_text().split("\n")[0].strip()
-                     .replace(" ", ":"))
+        extra.append(
+            "sennet.ssh_key=" + args.ssh_key.read_text().split("\n")[0].strip().replace(" ", ":")
+        )
     if extra and args.mode == "uefi":
-        die("kernel command-line provisioning needs --mode direct",
-            hint="the UKI's command line is fixed; use --provision FILE for UEFI boots")
+        die(
+            "kernel command-line provisioning needs --mode direct",
+            hint="the UKI's command line is fixed; use --provision FILE for UEFI boots",
+        )
     with tempfile.TemporaryDirectory(prefix="sennet-boot-") as tmp:
         work = Path(tmp)
         disk = prepare_disk(image_dir, args.variant, work, args.provision, args.state)
@@ -159,13 +228,25 @@ def boot(args: argparse.Namespace) -> BootResult:
         if args.mode == "uefi":
             vars_file = work / "OVMF_VARS.fd"
             shutil.copyfile(OVMF_VARS, vars_file)
-        argv = qemu_argv(image_dir, disk, mode=args.mode, accel=accel, cmdline_extra=extra,
-                         monitor_netdev=args.monitor_netdev, vars_file=vars_file,
-                         memory_mb=args.memory, cpu=args.cpu or ("host" if accel == "kvm" else "Nehalem"),
-                         smp=args.smp)
+        argv = qemu_argv(
+            image_dir,
+            disk,
+            mode=args.mode,
+            accel=accel,
+            cmdline_extra=extra,
+            monitor_netdev=args.monitor_netdev,
+            vars_file=vars_file,
+            memory_mb=args.memory,
+            cpu=args.cpu or ("host" if accel == "kvm" else "Nehalem"),
+            smp=args.smp,
+        )
         start = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if args.until_ready else None,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL if args.until_ready else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         chunks: list[str] = []
         try:
             pattern = READY if args.until_ready else re.compile(r"(?!x)x")
@@ -186,8 +267,11 @@ def boot(args: argparse.Namespace) -> BootResult:
 
 def parser() -> argparse.ArgumentParser:
     """The boot command's flags."""
-    p = argparse.ArgumentParser(prog="images/boot", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="images/boot",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="directory of artefacts")
     p.add_argument("--mode", choices=("direct", "uefi"), default="direct")
     p.add_argument("--variant", choices=("production", "test"), default="production")
@@ -197,12 +281,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--provision", type=Path, help="agent.toml to place on the ESP (any mode)")
     p.add_argument("--ssh-key", type=Path, help="public key for root (test variant)")
     p.add_argument("--append", action="append", default=[], help="extra kernel arguments")
-    p.add_argument("--monitor-netdev", default="user,id=mon,restrict=on",
-                   help="QEMU -netdev for the monitored NIC (id=mon), e.g. tap,id=mon,fd=3")
+    p.add_argument(
+        "--monitor-netdev",
+        default="user,id=mon,restrict=on",
+        help="QEMU -netdev for the monitored NIC (id=mon), e.g. tap,id=mon,fd=3",
+    )
     p.add_argument("--state", type=Path, help="keep the disk overlay here across boots")
     p.add_argument("--memory", type=int, default=512, help="guest RAM in MiB")
-    p.add_argument("--cpu", help="QEMU CPU model (default: host under KVM; under TCG Nehalem,\n"
-                   "x86-64-v2 as numpy needs, cheaper to emulate than -cpu max)")
+    p.add_argument(
+        "--cpu",
+        help="QEMU CPU model (default: host under KVM; under TCG Nehalem,\n"
+        "x86-64-v2 as numpy needs, cheaper to emulate than -cpu max)",
+    )
     p.add_argument("--smp", type=int, default=2, help="guest CPUs")
     p.add_argument("--until-ready", action="store_true", help="exit once the agent is ready")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")

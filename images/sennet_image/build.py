@@ -8,7 +8,6 @@ for a build without Bazel.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +57,19 @@ def test_layer(debs: list[Path], out: Path) -> None:
 def boot_files(kernel_deb: Path, busybox_deb: Path, outdir: Path, cmdline: str) -> None:
     """Kernel, initramfs, command line and the UKI (BOOTX64.EFI) from them."""
     with step("initramfs"):
-        release = initramfs.build(kernel_deb, busybox_deb, outdir / "initrd.img",
-                                  outdir / "vmlinuz")
+        release = initramfs.build(
+            kernel_deb, busybox_deb, outdir / "initrd.img", outdir / "vmlinuz"
+        )
     (outdir / "cmdline").write_text(cmdline + "\n")
     (outdir / "kernel-release").write_text(release + "\n")
     with step("uki"):
-        disk.build_uki(outdir / "vmlinuz", outdir / "initrd.img", cmdline, rootfs.os_release(),
-                       outdir / "BOOTX64.EFI")
+        disk.build_uki(
+            outdir / "vmlinuz",
+            outdir / "initrd.img",
+            cmdline,
+            rootfs.os_release(),
+            outdir / "BOOTX64.EFI",
+        )
 
 
 def disks(uki: Path, root: Path, agent: Path, test: Path | None, raw: Path, qcow2: Path) -> None:
@@ -80,7 +85,9 @@ def disks(uki: Path, root: Path, agent: Path, test: Path | None, raw: Path, qcow
             disk.Partition("sennet-agent", disk.DATA_TYPE, agent, disk.size_mib(agent, 2)),
         ]
         if test is not None:
-            parts.append(disk.Partition("sennet-test", disk.DATA_TYPE, test, disk.size_mib(test, 1)))
+            parts.append(
+                disk.Partition("sennet-test", disk.DATA_TYPE, test, disk.size_mib(test, 1))
+            )
         parts.append(disk.Partition("sennet-state", disk.DATA_TYPE, None, disk.STATE_MIB))
         disk.build_disk(parts, raw)
     with step("qcow2", out=qcow2.name):
@@ -116,15 +123,46 @@ def build_all(out: Path) -> dict[str, Path]:
         test_layer(test_debs, out / "test.squashfs")
     boot_files(kernel, busybox, out, disk.DEFAULT_CMDLINE)
     with step("disks"):
-        disks(out / "BOOTX64.EFI", out / "root.squashfs", out / "agent.squashfs", None,
-              out / "appliance.raw", out / "appliance.qcow2")
-        disks(out / "BOOTX64.EFI", out / "root.squashfs", out / "agent.squashfs",
-              out / "test.squashfs", out / "appliance-test.raw", out / "appliance-test.qcow2")
-    artefacts = {n: out / n for n in (
-        "appliance.raw", "appliance.qcow2", "appliance-test.raw", "appliance-test.qcow2",
-        "vmlinuz", "initrd.img", "cmdline", "BOOTX64.EFI", "root.squashfs", "agent.squashfs",
-        "test.squashfs", "root.files")}
-    write_manifest(out / "manifest.json", debs, wheels, {"bpf_objects": json.dumps(manifest_bpf)},
-                   artefacts, {"builder": "sennet_image build (no Bazel)"})
+        disks(
+            out / "BOOTX64.EFI",
+            out / "root.squashfs",
+            out / "agent.squashfs",
+            None,
+            out / "appliance.raw",
+            out / "appliance.qcow2",
+        )
+        disks(
+            out / "BOOTX64.EFI",
+            out / "root.squashfs",
+            out / "agent.squashfs",
+            out / "test.squashfs",
+            out / "appliance-test.raw",
+            out / "appliance-test.qcow2",
+        )
+    artefacts = {
+        n: out / n
+        for n in (
+            "appliance.raw",
+            "appliance.qcow2",
+            "appliance-test.raw",
+            "appliance-test.qcow2",
+            "vmlinuz",
+            "initrd.img",
+            "cmdline",
+            "BOOTX64.EFI",
+            "root.squashfs",
+            "agent.squashfs",
+            "test.squashfs",
+            "root.files",
+        )
+    }
+    write_manifest(
+        out / "manifest.json",
+        debs,
+        wheels,
+        {"bpf_objects": json.dumps(manifest_bpf)},
+        artefacts,
+        {"builder": "sennet_image build (no Bazel)"},
+    )
     log("build_done", out=out, raw_mib=f"{(out / 'appliance.raw').stat().st_size / 2**20:.1f}")
     return artefacts

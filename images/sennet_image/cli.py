@@ -17,8 +17,11 @@ def _parser() -> argparse.ArgumentParser:
     lu = sub.add_parser("lock-update", help="resolve current versions, rewrite locks and deps.bzl")
     lu.add_argument("--refresh", action="store_true", help="apt-get update (signed index) first")
     lu.add_argument("--check", action="store_true", help="only report; exit 1 if pins would move")
-    lu.add_argument("--only-if-gone", action="store_true",
-                    help="CI: rewrite only if a pinned package left the registry, loudly")
+    lu.add_argument(
+        "--only-if-gone",
+        action="store_true",
+        help="CI: rewrite only if a pinned package left the registry, loudly",
+    )
     st = sub.add_parser("step", help="one build step (what Bazel's genrules run)")
     steps = st.add_subparsers(dest="step", required=True, metavar="STEP")
     r = steps.add_parser("root-layer")
@@ -68,8 +71,14 @@ def _step(args: argparse.Namespace) -> int:
     elif args.step == "disk":
         build.disks(args.uki, args.root, args.agent, args.test, args.raw, args.qcow2)
     elif args.step == "manifest":
-        manifest.write(args.out, lock.load_debs(args.debian_lock), lock.load_wheels(args.wheels_lock),
-                       {}, {p.name: p for p in args.artefacts}, {"builder": "bazel //images:appliance"})
+        manifest.write(
+            args.out,
+            lock.load_debs(args.debian_lock),
+            lock.load_wheels(args.wheels_lock),
+            {},
+            {p.name: p for p in args.artefacts},
+            {"builder": "bazel //images:appliance"},
+        )
     return 0
 
 
@@ -80,8 +89,9 @@ def main(argv: list[str]) -> int:
         if args.command == "lock-update":
             from sennet_image import lockupdate
 
-            return lockupdate.update(refresh=args.refresh, check=args.check,
-                                     only_if_gone=args.only_if_gone)
+            return lockupdate.update(
+                refresh=args.refresh, check=args.check, only_if_gone=args.only_if_gone
+            )
         if args.command == "step":
             return _step(args)
         if args.command == "build":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import struct
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -54,21 +55,71 @@ def build_uki(vmlinuz: Path, initrd: Path, cmdline: str, osrel: str, out: Path) 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "cmdline").write_text(cmdline + "\0")
         (Path(tmp) / "osrel").write_text(osrel)
-        run(["objcopy",
-             "--add-section", f".osrel={Path(tmp) / 'osrel'}", "--change-section-vma", ".osrel=0x20000",
-             "--add-section", f".cmdline={Path(tmp) / 'cmdline'}",
-             "--change-section-vma", ".cmdline=0x30000",
-             "--add-section", f".linux={vmlinuz}", "--change-section-vma", ".linux=0x2000000",
-             "--add-section", f".initrd={initrd}", "--change-section-vma", ".initrd=0x3000000",
-             EFI_STUB, out])
+        run(
+            [
+                "objcopy",
+                "--add-section",
+                f".osrel={Path(tmp) / 'osrel'}",
+                "--change-section-vma",
+                ".osrel=0x20000",
+                "--add-section",
+                f".cmdline={Path(tmp) / 'cmdline'}",
+                "--change-section-vma",
+                ".cmdline=0x30000",
+                "--add-section",
+                f".linux={vmlinuz}",
+                "--change-section-vma",
+                ".linux=0x2000000",
+                "--add-section",
+                f".initrd={initrd}",
+                "--change-section-vma",
+                ".initrd=0x3000000",
+                EFI_STUB,
+                out,
+            ]
+        )
+    pe_set_timestamp(out, source_date_epoch())
+
+
+def pe_set_timestamp(path: Path, epoch: int) -> None:
+    """objcopy stamps the PE header with the current time; put the fixed epoch there and
+    recompute the optional header's checksum, so two builds give the same bytes."""
+    data = bytearray(path.read_bytes())
+    pe = int.from_bytes(data[0x3C:0x40], "little")
+    if data[pe : pe + 4] != b"PE\0\0":
+        die(f"{path.name}: not a PE image")
+    data[pe + 8 : pe + 12] = epoch.to_bytes(4, "little")
+    csum_at = pe + 24 + 64
+    data[csum_at : csum_at + 4] = b"\0\0\0\0"
+    total = 0
+    padded = data + b"\0" * (len(data) % 2)
+    for (word,) in struct.iter_unpack("<H", padded):
+        total += word
+        total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    data[csum_at : csum_at + 4] = ((total & 0xFFFF) + len(data)).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
 
 
 def build_esp(uki: Path, out: Path, extra: dict[str, bytes] | None = None) -> None:
     """FAT16 ESP with the UKI at \\EFI\\BOOT\\BOOTX64.EFI and an empty \\sennet for provisioning."""
     out.unlink(missing_ok=True)
     vol_id = derived_uuid("esp", sha256_file(uki))[:8]
-    run(["mkfs.fat", "-F", "16", "-n", "SENNET-ESP", "-i", vol_id, "--invariant",
-         "-C", out, str(ESP_MIB * 1024)])
+    run(
+        [
+            "mkfs.fat",
+            "-F",
+            "16",
+            "-n",
+            "SENNET-ESP",
+            "-i",
+            vol_id,
+            "--invariant",
+            "-C",
+            out,
+            str(ESP_MIB * 1024),
+        ]
+    )
     env = {"MTOOLS_SKIP_CHECK": "1"}
     run(["mmd", "-i", out, "::/EFI", "::/EFI/BOOT", "::/sennet"], env=env)
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,14 +149,23 @@ def build_disk(parts: list[Partition], out: Path) -> dict[str, int]:
     out.unlink(missing_ok=True)
     with out.open("wb") as f:
         f.truncate(total)
-    script = ["label: gpt", f"label-id: {derived_uuid('disk', *hashes)}", "unit: sectors",
-              "first-lba: 2048", ""]
+    script = [
+        "label: gpt",
+        f"label-id: {derived_uuid('disk', *hashes)}",
+        "unit: sectors",
+        "first-lba: 2048",
+        "",
+    ]
     for (p, off), h in zip(layout, hashes, strict=True):
-        script.append(f"start={off * 2048}, size={p.size_mib * 2048}, type={p.type_guid}, "
-                      f"uuid={derived_uuid(p.name, h)}, name=\"{p.name}\"")
+        script.append(
+            f"start={off * 2048}, size={p.size_mib * 2048}, type={p.type_guid}, "
+            f'uuid={derived_uuid(p.name, h)}, name="{p.name}"'
+        )
     with step("partition", disk=out.name, mib=total // MIB):
-        run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", out],
-            input_bytes=("\n".join(script) + "\n").encode())
+        run(
+            ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", out],
+            input_bytes=("\n".join(script) + "\n").encode(),
+        )
         with out.open("r+b") as f:
             for p, off in layout:
                 if p.content is None:

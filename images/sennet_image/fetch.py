@@ -23,8 +23,11 @@ def fetch(pin: DebPin | WheelPin, cache: Path = CACHE) -> Path:
     dest = cache / pin.sha256 / pin.filename
     if dest.is_file():
         return dest
-    urls = [deb_url(pin.archive, pin.path)] if isinstance(pin, DebPin) else wheel_urls(
-        pin.name, pin.filename)
+    urls = (
+        [deb_url(pin.archive, pin.path)]
+        if isinstance(pin, DebPin)
+        else wheel_urls(pin.name, pin.filename)
+    )
     if not urls:
         die(f"no source serves {pin.filename}", hint="set SENNET_WHEEL_BASE or pip's index")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +36,7 @@ def fetch(pin: DebPin | WheelPin, cache: Path = CACHE) -> Path:
     for url in urls:
         try:
             log("fetch", input=pin.name, version=pin.version, file=pin.filename)
-            with urllib.request.urlopen(url, timeout=120) as resp, tmp.open("wb") as out:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=120) as resp, tmp.open("wb") as out:
                 h = hashlib.sha256()
                 while chunk := resp.read(1 << 20):
                     h.update(chunk)
@@ -43,10 +46,14 @@ def fetch(pin: DebPin | WheelPin, cache: Path = CACHE) -> Path:
             continue
         if h.hexdigest() != pin.sha256:
             tmp.unlink()
-            die(f"input {pin.name} {pin.version} ({pin.filename}) has sha256 {h.hexdigest()}, "
+            die(
+                f"input {pin.name} {pin.version} ({pin.filename}) has sha256 {h.hexdigest()}, "
                 f"the lock wants {pin.sha256}",
-                hint="tampered or moved: run `images/lock-update --only-if-gone` to re-pin")
+                hint="tampered or moved: run `images/lock-update --only-if-gone` to re-pin",
+            )
         tmp.rename(dest)
         return dest
-    die(f"could not download {pin.filename}: {err}",
-        hint="gone from the registry? `images/lock-update --only-if-gone` re-pins loudly")
+    die(
+        f"could not download {pin.filename}: {err}",
+        hint="gone from the registry? `images/lock-update --only-if-gone` re-pins loudly",
+    )

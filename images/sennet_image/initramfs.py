@@ -24,12 +24,28 @@ IMAGES_DIR = Path(__file__).resolve().parent.parent
 
 # Load order (dependencies first). Paths are relative to /lib/modules/VERSION/kernel.
 MODULES = (
-    "drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_pci_modern_dev",
-    "drivers/virtio/virtio_pci_legacy_dev", "drivers/virtio/virtio_pci", "net/core/failover",
-    "drivers/net/net_failover", "drivers/net/virtio_net", "drivers/block/virtio_blk",
-    "crypto/crc32c_generic", "lib/libcrc32c", "lib/crc16", "fs/mbcache", "fs/jbd2/jbd2",
-    "fs/ext4/ext4", "fs/squashfs/squashfs", "fs/fat/fat", "fs/fat/vfat", "fs/nls/nls_cp437",
-    "fs/nls/nls_ascii", "net/sched/sch_ingress", "net/sched/cls_bpf",
+    "drivers/virtio/virtio_ring",
+    "drivers/virtio/virtio",
+    "drivers/virtio/virtio_pci_modern_dev",
+    "drivers/virtio/virtio_pci_legacy_dev",
+    "drivers/virtio/virtio_pci",
+    "net/core/failover",
+    "drivers/net/net_failover",
+    "drivers/net/virtio_net",
+    "drivers/block/virtio_blk",
+    "crypto/crc32c_generic",
+    "lib/libcrc32c",
+    "lib/crc16",
+    "fs/mbcache",
+    "fs/jbd2/jbd2",
+    "fs/ext4/ext4",
+    "fs/squashfs/squashfs",
+    "fs/fat/fat",
+    "fs/fat/vfat",
+    "fs/nls/nls_cp437",
+    "fs/nls/nls_ascii",
+    "net/sched/sch_ingress",
+    "net/sched/cls_bpf",
 )
 
 
@@ -54,8 +70,21 @@ def newc(entries: list[Entry], mtime: int) -> bytes:
         name = e.path.encode() + b"\0"
         last = e.path == "TRAILER!!!"
         nlink = 2 if e.mode & 0o170000 == 0o040000 else 1
-        fields = [0 if last else ino, e.mode, 0, 0, 0 if last else nlink, 0 if last else mtime,
-                  len(e.data), 0, 0, e.rdev[0], e.rdev[1], len(name), 0]
+        fields = [
+            0 if last else ino,
+            e.mode,
+            0,
+            0,
+            0 if last else nlink,
+            0 if last else mtime,
+            len(e.data),
+            0,
+            0,
+            e.rdev[0],
+            e.rdev[1],
+            len(name),
+            0,
+        ]
         header = b"070701" + b"".join(b"%08X" % f for f in fields)
         out.write(header + name)
         pad(len(header) + len(name))
@@ -80,11 +109,15 @@ def build(kernel_deb: Path, busybox_deb: Path, out_initrd: Path, out_vmlinuz: Pa
             die(f"{kernel_deb.name}: expected one boot/vmlinuz-*, found {len(vmlinuz)}")
         release = vmlinuz[0].name.removeprefix("vmlinuz-")
         shutil.copyfile(vmlinuz[0], out_vmlinuz)
-        bb = next((p for p in (broot / "bin/busybox", broot / "usr/bin/busybox") if p.exists()), None)
+        bb = next(
+            (p for p in (broot / "bin/busybox", broot / "usr/bin/busybox") if p.exists()), None
+        )
         if bb is None:
             die(f"{busybox_deb.name}: no busybox binary inside")
-        entries = [Entry(d, 0o040755) for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc",
-                                                "sys", "sysroot")]
+        entries = [
+            Entry(d, 0o040755)
+            for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "sysroot")
+        ]
         entries.append(Entry("dev/console", 0o020600, rdev=(5, 1)))
         entries.append(Entry("bin/busybox", 0o100755, bb.read_bytes()))
         entries.append(Entry("bin/sh", 0o120777, b"busybox"))
@@ -93,7 +126,10 @@ def build(kernel_deb: Path, busybox_deb: Path, out_initrd: Path, out_vmlinuz: Pa
         for rel in MODULES:
             ko_path = kroot / "lib/modules" / release / "kernel" / f"{rel}.ko"
             if not ko_path.is_file():
-                die(f"{kernel_deb.name}: module {rel}.ko missing", hint="did the kernel config change?")
+                die(
+                    f"{kernel_deb.name}: module {rel}.ko missing",
+                    hint="did the kernel config change?",
+                )
             ko = ko_path.read_bytes()
             name = rel.rsplit("/", 1)[-1]
             missing = [d for d in _depends(ko) if d.replace("-", "_") not in loaded]

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from sennet_image.proc import die
 
@@ -86,7 +87,7 @@ def load_wheels(path: Path = WHEELS_LOCK) -> list[WheelPin]:
         die(f"{path}: bad entry: {exc}")
 
 
-def _load(path: Path) -> dict[str, list[dict[str, object]]]:
+def _load(path: Path) -> dict[str, list[dict[str, Any]]]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -122,8 +123,13 @@ def render_deps_bzl(debs: list[DebPin], wheels: list[WheelPin]) -> str:
         labels = [f'    "@{p.repo}//file",' for p in debs if p.set == s]
         out += [f"DEBS_{s.upper()} = [", *labels, "]", ""]
     out += ["WHEELS = [", *[f'    "@{w.repo}//file",' for w in wheels], "]", ""]
-    out += ["# By package name, for steps that need one package (the kernel, busybox).",
-            "DEBS = {", *[f'    "{p.name}": "@{p.repo}//file",' for p in debs], "}", ""]
+    out += [
+        "# By package name, for steps that need one package (the kernel, busybox).",
+        "DEBS = {",
+        *[f'    "{p.name}": "@{p.repo}//file",' for p in debs],
+        "}",
+        "",
+    ]
     out += ["def sennet_inputs():", '    """Declare every pinned input of the image."""']
     for p in debs:
         out.append(

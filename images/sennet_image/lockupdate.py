@@ -72,11 +72,24 @@ def _apt_closure(names: tuple[str, ...], work: Path) -> dict[str, tuple[str, str
     (work / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     status = work / "status"
     status.touch()
-    out = run([
-        "apt-get", "-o", f"Dir::State::status={status}", "-o", "APT::Install-Recommends=false",
-        "-o", f"Dir::Cache::archives={work / 'archives'}", "-o", "Debug::NoLocking=1",
-        "install", "--print-uris", "-y", "-qq", *names,
-    ]).stdout.decode()
+    out = run(
+        [
+            "apt-get",
+            "-o",
+            f"Dir::State::status={status}",
+            "-o",
+            "APT::Install-Recommends=false",
+            "-o",
+            f"Dir::Cache::archives={work / 'archives'}",
+            "-o",
+            "Debug::NoLocking=1",
+            "install",
+            "--print-uris",
+            "-y",
+            "-qq",
+            *names,
+        ]
+    ).stdout.decode()
     result = {}
     for line in out.splitlines():
         m = re.match(r"'([^']+)' (\S+?)_(\S+?)_(\S+?)\.deb ", line)
@@ -104,8 +117,16 @@ def _deb_pin(name: str, version: str, url: str, pin_set: str, archives: dict[str
     archive = next((a for a, base in archives.items() if url.startswith(base + "/")), "")
     if not archive:
         die(f"{name}: {url} matches no apt source")
-    return DebPin(name=name, version=f["Version"], arch=f["Architecture"], archive=archive,
-                  path=f["Filename"], sha256=f["SHA256"], size=int(f["Size"]), set=pin_set)
+    return DebPin(
+        name=name,
+        version=f["Version"],
+        arch=f["Architecture"],
+        archive=archive,
+        path=f["Filename"],
+        sha256=f["SHA256"],
+        size=int(f["Size"]),
+        set=pin_set,
+    )
 
 
 def resolve_debs(inputs: Inputs) -> list[DebPin]:
@@ -115,10 +136,14 @@ def resolve_debs(inputs: Inputs) -> list[DebPin]:
         root = _apt_closure(inputs.root, Path(tmp))
         test = _apt_closure(inputs.root + inputs.test, Path(tmp))
         kernel = _apt_closure((inputs.kernel,), Path(tmp))[inputs.kernel]
-    pins = [_deb_pin(n, v, u, "root", archives) for n, (v, u) in root.items()
-            if n not in inputs.exclude]
-    pins += [_deb_pin(n, v, u, "test", archives) for n, (v, u) in test.items()
-             if n not in inputs.exclude and n not in root]
+    pins = [
+        _deb_pin(n, v, u, "root", archives) for n, (v, u) in root.items() if n not in inputs.exclude
+    ]
+    pins += [
+        _deb_pin(n, v, u, "test", archives)
+        for n, (v, u) in test.items()
+        if n not in inputs.exclude and n not in root
+    ]
     pins.append(_deb_pin(inputs.kernel, kernel[0], kernel[1], "kernel", archives))
     log("lock_debs_resolved", packages=len(pins))
     return sorted(pins)
@@ -129,22 +154,42 @@ def resolve_wheels(inputs: Inputs) -> list[WheelPin]:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         platform_args = [a for p in inputs.platforms for a in ("--platform", p)]
-        run([
-            "python3", "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-            "--only-binary=:all:", *platform_args, "--python-version", inputs.python_version,
-            "--implementation", "cp", "--target", str(Path(tmp) / "t"), "--report", str(report),
-            "-c", str(inputs.constraints), *inputs.requirements,
-        ])
+        run(
+            [
+                "python3",
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                "--only-binary=:all:",
+                *platform_args,
+                "--python-version",
+                inputs.python_version,
+                "--implementation",
+                "cp",
+                "--target",
+                str(Path(tmp) / "t"),
+                "--report",
+                str(report),
+                "-c",
+                str(inputs.constraints),
+                *inputs.requirements,
+            ]
+        )
         items = json.loads(report.read_text())["install"]
     pins = []
     for item in items:
         info = item["download_info"]
-        pins.append(WheelPin(
-            name=item["metadata"]["name"].lower().replace("_", "-"),
-            version=item["metadata"]["version"],
-            filename=urllib.parse.unquote(info["url"].rsplit("/", 1)[-1]),
-            sha256=info["archive_info"]["hashes"]["sha256"],
-        ))
+        pins.append(
+            WheelPin(
+                name=item["metadata"]["name"].lower().replace("_", "-"),
+                version=item["metadata"]["version"],
+                filename=urllib.parse.unquote(info["url"].rsplit("/", 1)[-1]),
+                sha256=info["archive_info"]["hashes"]["sha256"],
+            )
+        )
     log("lock_wheels_resolved", wheels=len(pins))
     return sorted(pins)
 

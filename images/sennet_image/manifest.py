@@ -45,21 +45,31 @@ def host_tools() -> dict[str, str]:
     return tools
 
 
-def write(out: Path, debs: list[DebPin], wheels: list[WheelPin], sources: dict[str, str],
-          artefacts: dict[str, Path], extra: dict[str, object]) -> None:
+def write(
+    out: Path,
+    debs: list[DebPin],
+    wheels: list[WheelPin],
+    sources: dict[str, str],
+    artefacts: dict[str, Path],
+    extra: dict[str, object],
+) -> None:
     """Write the manifest JSON (sorted keys, so two builds compare byte for byte)."""
     body = {
         "source_date_epoch": source_date_epoch(),
         "debian_packages": [
             {"name": d.name, "version": d.version, "path": d.path, "sha256": d.sha256, "set": d.set}
-            for d in debs],
+            for d in debs
+        ],
         "python_wheels": [
             {"name": w.name, "version": w.version, "file": w.filename, "sha256": w.sha256}
-            for w in wheels],
+            for w in wheels
+        ],
         "sources": sources,
         "host_tools": host_tools(),
-        "artefacts": {name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                      for name, p in sorted(artefacts.items())},
+        "artefacts": {
+            name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for name, p in sorted(artefacts.items())
+        },
         **extra,
     }
     out.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")

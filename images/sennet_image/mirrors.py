@@ -26,7 +26,10 @@ import urllib.request
 from pathlib import Path
 
 APT_DIR = Path("/etc/apt")
-ENV_BY_ARCHIVE = {"debian": "SENNET_DEBIAN_MIRROR", "debian-security": "SENNET_DEBIAN_SECURITY_MIRROR"}
+ENV_BY_ARCHIVE = {
+    "debian": "SENNET_DEBIAN_MIRROR",
+    "debian-security": "SENNET_DEBIAN_SECURITY_MIRROR",
+}
 
 
 def apt_bases(apt_dir: Path = APT_DIR) -> dict[str, str]:
@@ -45,7 +48,9 @@ def apt_bases(apt_dir: Path = APT_DIR) -> dict[str, str]:
                     key, _, value = line.partition(":")
                     if not line.startswith(("#", " ")) and value:
                         fields[key.strip().lower()] = value.strip()
-                if fields.get("enabled", "yes").lower() != "no" and "deb" in fields.get("types", ""):
+                if fields.get("enabled", "yes").lower() != "no" and "deb" in fields.get(
+                    "types", ""
+                ):
                     uris += fields.get("uris", "").split()
         elif f.suffix == ".list":
             for line in text.splitlines():
@@ -70,19 +75,29 @@ def pip_locations() -> list[tuple[str, str]]:
     """Index URLs and find-links from pip's config files and environment, then pip's default."""
     indexes: list[str] = []
     links: list[str] = []
-    for var, dest in (("PIP_INDEX_URL", indexes), ("PIP_EXTRA_INDEX_URL", indexes),
-                      ("PIP_FIND_LINKS", links)):
+    for var, dest in (
+        ("PIP_INDEX_URL", indexes),
+        ("PIP_EXTRA_INDEX_URL", indexes),
+        ("PIP_FIND_LINKS", links),
+    ):
         dest += os.environ.get(var, "").split()
     home = Path(os.environ.get("HOME", "/root"))
-    for conf in (Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"),
-                 home / ".config/pip/pip.conf", home / ".pip/pip.conf"):
+    for conf in (
+        Path("/etc/pip.conf"),
+        Path("/etc/xdg/pip/pip.conf"),
+        home / ".config/pip/pip.conf",
+        home / ".pip/pip.conf",
+    ):
         cp = configparser.ConfigParser()
         try:
             cp.read(conf)
         except configparser.Error:
             continue
-        for key, dest in (("index-url", indexes), ("extra-index-url", indexes),
-                          ("find-links", links)):
+        for key, dest in (
+            ("index-url", indexes),
+            ("extra-index-url", indexes),
+            ("find-links", links),
+        ):
             dest += cp.get("global", key, fallback="").split()
     if not any(os.environ.get(v) for v in ("PIP_INDEX_URL",)) and not _has_index_url(home):
         indexes.append(_pip_default_index())
@@ -90,8 +105,12 @@ def pip_locations() -> list[tuple[str, str]]:
 
 
 def _has_index_url(home: Path) -> bool:
-    for conf in (Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"),
-                 home / ".config/pip/pip.conf", home / ".pip/pip.conf"):
+    for conf in (
+        Path("/etc/pip.conf"),
+        Path("/etc/xdg/pip/pip.conf"),
+        home / ".config/pip/pip.conf",
+        home / ".pip/pip.conf",
+    ):
         cp = configparser.ConfigParser()
         try:
             cp.read(conf)
@@ -105,7 +124,7 @@ def _has_index_url(home: Path) -> bool:
 def _pip_default_index() -> str:
     """pip's built-in default index, asked from pip itself so no host is written here."""
     try:
-        from pip._internal.models.index import PyPI  # type: ignore[import-not-found]
+        from pip._internal.models.index import PyPI
     except ImportError:
         return ""
     return str(PyPI.simple_url)
@@ -137,7 +156,7 @@ def wheel_urls(name: str, filename: str) -> list[str]:
             continue
         page = f"{loc.rstrip('/')}/{re.sub(r'[-_.]+', '-', name).lower()}/"
         try:
-            with urllib.request.urlopen(page, timeout=30) as resp:  # noqa: S310
+            with urllib.request.urlopen(page, timeout=30) as resp:
                 parser = _Anchors()
                 parser.feed(resp.read().decode(errors="replace"))
                 final = resp.geturl()

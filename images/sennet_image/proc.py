@@ -47,7 +47,8 @@ def source_date_epoch() -> int:
 def build_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A small, fixed environment for build tools: no locale, UTC, the fixed epoch."""
     env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        # Fixed, as in .bazelrc: the same host tools whether Bazel or a person runs the build.
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "LC_ALL": "C.UTF-8",
         "TZ": "UTC",
         "SOURCE_DATE_EPOCH": str(source_date_epoch()),

@@ -26,14 +26,81 @@ PY = "python3.11"
 
 # busybox applets linked in the production root: what init, the network set-up and an
 # operator on the console need. No servers (telnetd, httpd, nc), no package tools (dpkg, rpm).
-APPLETS = (
-    "sh ash cat cp cut date dd df dmesg echo env false grep halt hexdump hostname id ip kill "
-    "killall ln ls lsmod mkdir mke2fs mknod mount mv pidof poweroff ps readlink reboot rm "
-    "rmdir sed seq sleep sort stat sync sysctl tail tc tee test touch tr true udhcpc umount "
-    "uname uptime usleep wc head init insmod rmmod modinfo"
-).split()
-SBIN_APPLETS = {"init", "halt", "poweroff", "reboot", "insmod", "rmmod", "lsmod", "mke2fs",
-                "sysctl", "udhcpc", "modinfo"}
+APPLETS = [
+    "sh",
+    "ash",
+    "cat",
+    "cp",
+    "cut",
+    "date",
+    "dd",
+    "df",
+    "dmesg",
+    "echo",
+    "env",
+    "false",
+    "grep",
+    "halt",
+    "hexdump",
+    "hostname",
+    "id",
+    "ip",
+    "kill",
+    "killall",
+    "ln",
+    "ls",
+    "lsmod",
+    "mkdir",
+    "mke2fs",
+    "mknod",
+    "mount",
+    "mv",
+    "pidof",
+    "poweroff",
+    "ps",
+    "readlink",
+    "reboot",
+    "rm",
+    "rmdir",
+    "sed",
+    "seq",
+    "sleep",
+    "sort",
+    "stat",
+    "sync",
+    "sysctl",
+    "tail",
+    "tc",
+    "tee",
+    "test",
+    "touch",
+    "tr",
+    "true",
+    "udhcpc",
+    "umount",
+    "uname",
+    "uptime",
+    "usleep",
+    "wc",
+    "head",
+    "init",
+    "insmod",
+    "rmmod",
+    "modinfo",
+]
+SBIN_APPLETS = {
+    "init",
+    "halt",
+    "poweroff",
+    "reboot",
+    "insmod",
+    "rmmod",
+    "lsmod",
+    "mke2fs",
+    "sysctl",
+    "udhcpc",
+    "modinfo",
+}
 
 
 def _usrmerge(root: Path) -> None:
@@ -65,15 +132,42 @@ def install_wheel(wheel: Path, site: Path) -> None:
             target.chmod(0o755 if mode & 0o111 else 0o644)
 
 
-def compile_pyc(root: Path, dirs: list[str], prefix: str) -> None:
+def compile_pyc(root: Path, dirs: list[str], prefix: str, python: list[str] | None = None) -> None:
     """Byte-compile with hash-based .pyc (no mtimes) so the read-only root starts fast.
 
-    The host's Python 3.11 writes them (same magic number as the image's 3.11);
-    paths inside are the image's, not the build directory's.
+    `python` is the interpreter to use: for the base layer the image's own
+    python3.11, run through the image's own dynamic loader (so the host's
+    Python plays no part); paths recorded inside are the image's, not the build's.
     """
     targets = [str(root / d) for d in dirs if (root / d).exists()]
-    run(["python3.11", "-m", "compileall", "-q", "-j", "1", "--invalidation-mode",
-         "unchecked-hash", "-s", str(root), "-p", prefix, *targets])
+    run(
+        [
+            *(python or ["python3.11"]),
+            "-E",
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "1",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "-s",
+            str(root),
+            "-p",
+            prefix,
+            *targets,
+        ]
+    )
+
+
+def image_python(root: Path) -> list[str]:
+    """argv prefix that runs the unpacked image's python3.11 with its own ld.so and libraries."""
+    return [
+        str(root / "usr/lib64/ld-linux-x86-64.so.2"),
+        "--library-path",
+        str(root / "usr/lib/x86_64-linux-gnu"),
+        str(root / f"usr/bin/{PY}"),
+    ]
 
 
 def build_base(root: Path, debs_list: list[Path], wheels: list[Path]) -> list[str]:
@@ -102,8 +196,17 @@ def build_base(root: Path, debs_list: list[Path], wheels: list[Path]) -> list[st
     for sub in ("etc", "usr"):
         shutil.copytree(OVERLAY / sub, root / sub, dirs_exist_ok=True, symlinks=True)
     (root / "usr/bin/python3").symlink_to(PY)
-    for d in ("proc", "sys", "dev", "run", "tmp", "var/lib/sennet", "opt/sennet",
-              "opt/sennet-test", "boot/efi"):
+    for d in (
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "var/lib/sennet",
+        "opt/sennet",
+        "opt/sennet-test",
+        "boot/efi",
+    ):
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "root").symlink_to("/run/root")
     (root / "etc/resolv.conf").symlink_to("/run/resolv.conf")
@@ -111,11 +214,20 @@ def build_base(root: Path, debs_list: list[Path], wheels: list[Path]) -> list[st
     (root / "etc/os-release").symlink_to("../usr/lib/os-release")
     (root / "usr/lib/os-release").write_text(os_release())
     prune_empty_dirs(root)
-    for d in ("proc", "sys", "dev", "run", "tmp", "var/lib/sennet", "opt/sennet",
-              "opt/sennet-test", "boot/efi"):
+    for d in (
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "var/lib/sennet",
+        "opt/sennet",
+        "opt/sennet-test",
+        "boot/efi",
+    ):
         (root / d).mkdir(parents=True, exist_ok=True)
     with step("compile_pyc"):
-        compile_pyc(root, [f"usr/lib/{PY}", SITE], "/")
+        compile_pyc(root, [f"usr/lib/{PY}", SITE], "/", image_python(root))
     return file_list(root)
 
 
@@ -136,8 +248,11 @@ def build_agent(tree: Path, python_src: Path, bpf_objects: list[Path]) -> list[s
     src = python_src / "sennet"
     if not (src / "agent" / "cli.py").is_file():
         die(f"agent sources not found under {src}")
-    shutil.copytree(src, lib / "sennet", ignore=shutil.ignore_patterns(
-        "__pycache__", "*.pyc", "controlplane", "assets", "*.bpf.o"))
+    shutil.copytree(
+        src,
+        lib / "sennet",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "controlplane", "assets", "*.bpf.o"),
+    )
     (tree / "bpf").mkdir()
     for obj in bpf_objects:
         shutil.copy(obj, tree / "bpf" / obj.name)
@@ -167,6 +282,23 @@ def mksquashfs(tree: Path, out: Path, *, comp: str = "xz") -> None:
     out.unlink(missing_ok=True)
     extra = ["-Xbcj", "x86"] if comp == "xz" else []
     with step("mksquashfs", out=out.name):
-        run(["mksquashfs", tree, out, "-noappend", "-comp", comp, *extra, "-b", "1M",
-             "-all-root", "-no-xattrs",
-             "-reproducible", "-quiet", "-no-progress", "-processors", str(os.cpu_count() or 1)])
+        run(
+            [
+                "mksquashfs",
+                tree,
+                out,
+                "-noappend",
+                "-comp",
+                comp,
+                *extra,
+                "-b",
+                "1M",
+                "-all-root",
+                "-no-xattrs",
+                "-reproducible",
+                "-quiet",
+                "-no-progress",
+                "-processors",
+                str(os.cpu_count() or 1),
+            ]
+        )

@@ -1,0 +1,137 @@
+"""Build twice from clean and compare: the reproducibility check.
+
+Each build gets a fresh Bazel output base (nothing reused but the repository
+cache, which holds only sha256-verified downloads), or with --plain a fresh
+output directory of the build without Bazel. Prints the sha256 of every
+artefact from both builds; on a difference names the file and shows what
+differs inside it (diffoscope).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sennet_image.fsutil import sha256_file
+from sennet_image.proc import BuildError, log, run
+
+REPO = Path(__file__).resolve().parent.parent.parent
+ARTEFACTS = (
+    "appliance.raw",
+    "appliance.qcow2",
+    "appliance-test.raw",
+    "appliance-test.qcow2",
+    "vmlinuz",
+    "initrd.img",
+    "cmdline",
+    "BOOTX64.EFI",
+    "root.squashfs",
+    "root.files",
+    "agent.squashfs",
+    "test.squashfs",
+    "manifest.json",
+)
+
+
+def bazel_build(output_base: Path, dest: Path) -> float:
+    """One clean `bazel build //images:appliance` in its own output base; copy artefacts."""
+    start = time.monotonic()
+    run(
+        ["bazel", f"--output_base={output_base}", "build", "//images:appliance"],
+        cwd=REPO,
+        env={"HOME": str(Path.home())},
+        capture=False,
+    )
+    bin_dir = Path(
+        run(
+            ["bazel", f"--output_base={output_base}", "info", "bazel-bin"],
+            cwd=REPO,
+            env={"HOME": str(Path.home())},
+        )
+        .stdout.decode()
+        .strip()
+    )
+    dest.mkdir(parents=True)
+    for name in ARTEFACTS:
+        shutil.copyfile(bin_dir / "images" / name, dest / name)
+    run(
+        ["bazel", f"--output_base={output_base}", "shutdown"],
+        cwd=REPO,
+        env={"HOME": str(Path.home())},
+    )
+    return time.monotonic() - start
+
+
+def plain_build(dest: Path) -> float:
+    """One build without Bazel into an empty directory."""
+    from sennet_image.build import build_all
+
+    start = time.monotonic()
+    build_all(dest)
+    return time.monotonic() - start
+
+
+def compare(a: Path, b: Path) -> list[str]:
+    """Print both hashes per artefact; return the names that differ."""
+    differ = []
+    print(f"{'artefact':<22} {'build 1 sha256':<64}  {'build 2 sha256':<64}")
+    for name in ARTEFACTS:
+        ha, hb = sha256_file(a / name), sha256_file(b / name)
+        mark = "" if ha == hb else "  DIFFERS"
+        print(f"{name:<22} {ha}  {hb}{mark}")
+        if ha != hb:
+            differ.append(name)
+    return differ
+
+
+def explain(a: Path, b: Path, name: str) -> None:
+    """Show what differs inside one artefact (diffoscope understands squashfs, cpio, gzip)."""
+    print(f"--- {name} differs; diffoscope:")
+    res = run(
+        ["diffoscope", "--text", "-", "--max-report-size", "200000", a / name, b / name],
+        check=False,
+    )
+    print(res.stdout.decode(errors="replace")[:20000])
+
+
+def main(argv: list[str]) -> int:
+    """Two clean builds, compared; exit 1 on any difference."""
+    p = argparse.ArgumentParser(prog="images/check-reproducible", description=__doc__)
+    p.add_argument("--plain", action="store_true", help="the build without Bazel, not Bazel's")
+    p.add_argument("--keep", type=Path, help="keep both builds' artefacts under this directory")
+    args = p.parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sennet-repro-", dir=REPO / "build") as tmp:
+            root = args.keep or Path(tmp)
+            times = []
+            for i in (1, 2):
+                log("repro_build", n=i, kind="plain" if args.plain else "bazel")
+                dest = root / f"build{i}"
+                if args.plain:
+                    times.append(plain_build(dest))
+                else:
+                    times.append(bazel_build(Path(tmp) / f"output_base{i}", dest))
+            differ = compare(root / "build1", root / "build2")
+            for name in differ:
+                explain(root / "build1", root / "build2", name)
+            for i in (1, 2):
+                if not args.plain:
+                    shutil.rmtree(Path(tmp) / f"output_base{i}", ignore_errors=True)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"build times: {times[0]:.0f} s, {times[1]:.0f} s")
+    print(
+        "REPRODUCIBLE: all artefacts byte-identical"
+        if not differ
+        else f"NOT REPRODUCIBLE: {', '.join(differ)}"
+    )
+    return 0 if not differ else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

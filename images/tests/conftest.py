@@ -1,0 +1,14 @@
+"""Tests of the image build tooling: unit tests run in seconds; `integration` ones boot QEMU."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "integration: builds or boots the real image (slow)")

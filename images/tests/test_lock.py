@@ -1,0 +1,63 @@
+"""Lock files and the generated Bazel rules: pinned by hash, never naming a host."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from sennet_image import lock
+from sennet_image.lock import DebPin, WheelPin
+from sennet_image.proc import BuildError
+
+DEB = DebPin(
+    name="libbpf1",
+    version="1:1.1.2-0+deb12u1",
+    arch="amd64",
+    archive="debian",
+    path="pool/main/libb/libbpf/libbpf1_1.1.2-0+deb12u1_amd64.deb",
+    sha256="ab" * 32,
+    size=145032,
+    set="root",
+)
+WHEEL = WheelPin(
+    name="numpy", version="2.4.6", filename="numpy-2.4.6-cp311-x.whl", sha256="cd" * 32
+)
+
+
+def test_deps_bzl_declares_one_repository_per_input_with_its_sha256() -> None:
+    text = lock.render_deps_bzl([DEB], [WHEEL])
+    assert 'sennet_input(name = "deb_libbpf1", kind = "deb", archive = "debian", ' in text
+    assert f'sha256 = "{"ab" * 32}"' in text
+    assert f'sha256 = "{"cd" * 32}"' in text
+    assert 'DEBS_ROOT = [\n    "@deb_libbpf1//file",\n]' in text
+    assert '"libbpf1": "@deb_libbpf1//file",' in text
+
+
+def test_committed_locks_and_rules_name_no_registry_host() -> None:
+    for path in (lock.DEBIAN_LOCK, lock.WHEELS_LOCK, lock.DEPS_BZL):
+        assert not re.search(r"https?://|\.org\b|\.com\b|\.net\b", path.read_text()), path
+
+
+def test_committed_deps_bzl_matches_the_locks() -> None:
+    rendered = lock.render_deps_bzl(lock.load_debs(), lock.load_wheels())
+    assert lock.DEPS_BZL.read_text() == rendered
+
+
+def test_every_committed_pin_has_a_sha256() -> None:
+    pins: list[DebPin | WheelPin] = [*lock.load_debs(), *lock.load_wheels()]
+    for pin in pins:
+        assert re.fullmatch(r"[0-9a-f]{64}", pin.sha256), pin.name
+
+
+def test_lock_round_trips_through_save_and_load(tmp_path: Path) -> None:
+    lock.save_debs([DEB], tmp_path / "d.json")
+    assert lock.load_debs(tmp_path / "d.json") == [DEB]
+
+
+def test_a_malformed_lock_entry_stops_naming_the_entry(tmp_path: Path) -> None:
+    bad = tmp_path / "d.json"
+    bad.write_text(json.dumps({"packages": [{"name": "libfoo", "version": "1"}]}))
+    with pytest.raises(BuildError, match="bad entry libfoo"):
+        lock.load_debs(bad)
