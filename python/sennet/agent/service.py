@@ -93,7 +93,6 @@ class Agent:
         drain.start()
         self._threads.append(drain)
         self.attached = self.manager.attach(self.cfg.interfaces)
-        self.sink = self.sink_factory(self.cfg, self.agent_id)
         if self.cfg.metrics_listen:
             self._http = readout.serve(
                 self.cfg.metrics_listen, self.snapshot_for_scrape, self.agent_id
@@ -121,7 +120,11 @@ class Agent:
             self.stop.wait(max(0.0, min(0.5, next_at - time.monotonic())))
 
     def beat(self) -> None:
-        assert self.sink is not None
+        if self.sink is None:
+            # Built at the first beat, not in start(): the data plane is counting
+            # already, and the gRPC stack's import is the slowest part of a cold
+            # start on a small appliance, so "ready" does not wait for it.
+            self.sink = self.sink_factory(self.cfg, self.agent_id)
         self.sink.send(self.snapshot(take_recent=True))
 
     def shutdown(self) -> None:
@@ -151,7 +154,7 @@ class Agent:
         self._threads.clear()
 
     def _final_beat(self) -> None:
-        if self.sink is not None and self.reader is not None:
+        if self.sink is not None and self.reader is not None and self.consumer is not None:
             self.beat()
 
     def _stop_http(self) -> None:
