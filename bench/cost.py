@@ -73,7 +73,7 @@ def measure(pin_root: Path, rounds: int, repeat: int) -> list[Figure]:
         dp = stack.enter_context(lab.datapath(pin_root, "cost", room_ring, wire.LARGE_THRESHOLD))
         full = stack.enter_context(lab.datapath(pin_root, "full", 1 << 16, wire.LARGE_THRESHOLD))
         consumer = RingBufferConsumer(dp.map_fds[layout.MAP_EVENTS], room_ring)
-        stack.callback(consumer.close)
+        stack.callback(lab.close_consumer, consumer)
 
         def drain() -> None:
             consumer.drain()

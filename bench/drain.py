@@ -125,7 +125,9 @@ def _run(
             while t.is_alive():
                 t.join(0.2)  # short joins keep Ctrl-C responsive
     except BaseException:
-        done.set()
+        done.set()  # Ctrl-C: stop both, and let them leave the ring before it is unmapped
+        for t in threads:
+            t.join(5)
         raise
     wall = time.perf_counter() - start
     if errors:
@@ -145,7 +147,7 @@ def measure(pin_root: Path, seconds: float, paced_rate: int) -> list[Figure]:
     with contextlib.ExitStack() as stack:
         dp = stack.enter_context(lab.datapath(pin_root, "drain", RING_BYTES, wire.LARGE_THRESHOLD))
         consumer = RingBufferConsumer(dp.map_fds[layout.MAP_EVENTS], RING_BYTES)
-        stack.callback(consumer.close)
+        stack.callback(lab.close_consumer, consumer)
 
         def flat_out(done: threading.Event) -> None:
             deadline = time.monotonic() + seconds

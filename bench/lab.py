@@ -24,6 +24,7 @@ from types import FrameType
 from sennet.agent.config import DEFAULT_ASSETS
 from sennet.agent.datapath import libbpf_loader
 from sennet.agent.datapath.model import DatapathOptions, LoadedDatapath
+from sennet.agent.events import RingBufferConsumer
 from sennet.common.errors import UserError
 from sennet.common.proc import run
 
@@ -76,6 +77,15 @@ def datapath(pin_root: Path, tag: str, ringbuf_bytes: int, large: int) -> Iterat
         yield loaded
     finally:
         loaded.close()
+
+
+def close_consumer(consumer: RingBufferConsumer) -> None:
+    """Unmap a consumer's ring; if a view of it is still referenced (an interrupted drain), leave
+    the mapping to process exit instead of masking the interruption with a BufferError."""
+    try:
+        consumer.close()
+    except BufferError:
+        note("ring mapping still in use after an interruption; released at exit")
 
 
 @contextlib.contextmanager
