@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--debian-lock", type=Path, required=True)
     m.add_argument("--wheels-lock", type=Path, required=True)
     m.add_argument("--artefacts", type=Path, nargs="+", required=True)
+    n = steps.add_parser("nix-image", help="the layout from nixpkgs parts (flake.nix)")
+    for flag in ("closure", "python-env", "busybox", "libbpf", "kernel", "python-src", "out"):
+        n.add_argument(f"--{flag}", type=Path, required=True)
+    n.add_argument("--bpf", type=Path, nargs="+", required=True)
     b = sub.add_parser("build", help="build every artefact without Bazel (fetches pinned inputs)")
     b.add_argument("--out", type=Path, default=REPO / "build" / "image")
     return p
@@ -70,6 +74,19 @@ def _step(args: argparse.Namespace) -> int:
         build.boot_files(args.kernel_deb, args.busybox_deb, args.outdir, disk.DEFAULT_CMDLINE)
     elif args.step == "disk":
         build.disks(args.uki, args.root, args.agent, args.test, args.raw, args.qcow2)
+    elif args.step == "nix-image":
+        from sennet_image import nix
+
+        nix.image(
+            closure=args.closure,
+            python_env=args.python_env,
+            busybox=args.busybox,
+            libbpf=args.libbpf,
+            kernel=args.kernel,
+            python_src=args.python_src,
+            bpf_objects=args.bpf,
+            out=args.out,
+        )
     elif args.step == "manifest":
         manifest.write(
             args.out,

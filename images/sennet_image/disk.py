@@ -20,7 +20,7 @@ from pathlib import Path
 from sennet_image.fsutil import sha256_file
 from sennet_image.proc import die, run, source_date_epoch, step
 
-EFI_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+EFI_STUB = Path(os.environ.get("SENNET_EFI_STUB", "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"))
 MIB = 1 << 20
 ESP_MIB = 32
 STATE_MIB = 64

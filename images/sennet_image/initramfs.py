@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import lzma
 import re
 import shutil
 import tempfile
@@ -99,7 +100,7 @@ def _depends(ko: bytes) -> list[str]:
 
 
 def build(kernel_deb: Path, busybox_deb: Path, out_initrd: Path, out_vmlinuz: Path) -> str:
-    """Write the initramfs and the kernel image; return the kernel release (e.g. 6.1.0-50-amd64)."""
+    """From the pinned debs: write the initramfs and the kernel; return the kernel release."""
     with tempfile.TemporaryDirectory() as tmp:
         kroot, broot = Path(tmp) / "k", Path(tmp) / "b"
         debs.unpack(kernel_deb, kroot, only=("boot/vmlinuz-", "lib/modules/"))
@@ -108,38 +109,48 @@ def build(kernel_deb: Path, busybox_deb: Path, out_initrd: Path, out_vmlinuz: Pa
         if len(vmlinuz) != 1:
             die(f"{kernel_deb.name}: expected one boot/vmlinuz-*, found {len(vmlinuz)}")
         release = vmlinuz[0].name.removeprefix("vmlinuz-")
-        shutil.copyfile(vmlinuz[0], out_vmlinuz)
         bb = next(
             (p for p in (broot / "bin/busybox", broot / "usr/bin/busybox") if p.exists()), None
         )
         if bb is None:
             die(f"{busybox_deb.name}: no busybox binary inside")
-        entries = [
-            Entry(d, 0o040755)
-            for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "sysroot")
-        ]
-        entries.append(Entry("dev/console", 0o020600, rdev=(5, 1)))
-        entries.append(Entry("bin/busybox", 0o100755, bb.read_bytes()))
-        entries.append(Entry("bin/sh", 0o120777, b"busybox"))
-        loaded: set[str] = set()
-        names = []
-        for rel in MODULES:
-            ko_path = kroot / "lib/modules" / release / "kernel" / f"{rel}.ko"
-            if not ko_path.is_file():
-                die(
-                    f"{kernel_deb.name}: module {rel}.ko missing",
-                    hint="did the kernel config change?",
-                )
-            ko = ko_path.read_bytes()
-            name = rel.rsplit("/", 1)[-1]
-            missing = [d for d in _depends(ko) if d.replace("-", "_") not in loaded]
-            if missing:
-                die(f"module {name} depends on {missing}, not loaded before it: fix MODULES order")
-            loaded.add(name.replace("-", "_"))
-            names.append(name)
-            entries.append(Entry(f"lib/modules/{name}.ko", 0o100644, ko))
-        entries.append(Entry("etc/modules", 0o100644, ("\n".join(names) + "\n").encode()))
-        entries.append(Entry("init", 0o100755, (IMAGES_DIR / "initramfs/init").read_bytes()))
+        build_from_tree(vmlinuz[0], kroot / "lib/modules" / release, bb, out_initrd, out_vmlinuz)
+    return release
+
+
+def build_from_tree(
+    vmlinuz: Path, modules_dir: Path, busybox: Path, out_initrd: Path, out_vmlinuz: Path
+) -> None:
+    """From an unpacked kernel (Debian's or nixpkgs'): modules may be .ko or .ko.xz."""
+    shutil.copyfile(vmlinuz, out_vmlinuz)
+    entries = [
+        Entry(d, 0o040755)
+        for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "sysroot")
+    ]
+    entries.append(Entry("dev/console", 0o020600, rdev=(5, 1)))
+    entries.append(Entry("bin/busybox", 0o100755, busybox.read_bytes()))
+    entries.append(Entry("bin/sh", 0o120777, b"busybox"))
+    loaded: set[str] = set()
+    names = []
+    for rel in MODULES:
+        base = modules_dir / "kernel" / rel
+        if (base.parent / f"{base.name}.ko").is_file():
+            ko = (base.parent / f"{base.name}.ko").read_bytes()
+        elif (base.parent / f"{base.name}.ko.xz").is_file():
+            ko = lzma.decompress((base.parent / f"{base.name}.ko.xz").read_bytes())
+        else:
+            die(
+                f"kernel module {rel}.ko missing in {modules_dir}",
+                hint="did the kernel config change?",
+            )
+        name = rel.rsplit("/", 1)[-1]
+        missing = [d for d in _depends(ko) if d.replace("-", "_") not in loaded]
+        if missing:
+            die(f"module {name} depends on {missing}, not loaded before it: fix MODULES order")
+        loaded.add(name.replace("-", "_"))
+        names.append(name)
+        entries.append(Entry(f"lib/modules/{name}.ko", 0o100644, ko))
+    entries.append(Entry("etc/modules", 0o100644, ("\n".join(names) + "\n").encode()))
+    entries.append(Entry("init", 0o100755, (IMAGES_DIR / "initramfs/init").read_bytes()))
     blob = newc(entries, source_date_epoch())
     out_initrd.write_bytes(gzip.compress(blob, compresslevel=9, mtime=0))
-    return release

@@ -1,0 +1,103 @@
+"""The same image layout from nixpkgs parts (what flake.nix's packages.appliance runs).
+
+Nix hands over store paths instead of debs and wheels: a Python environment
+with the agent's dependencies, static busybox, libbpf, the kernel. The root
+holds their closure under /nix/store plus the same overlay (init scripts,
+agent.toml) and the FHS links the overlay expects (/usr/bin/python3,
+/bin/busybox). The agent layer, initramfs, UKI and disk are built by the very
+same functions as the Debian-based build.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from sennet_image import build, disk, initramfs, rootfs
+from sennet_image.fsutil import prune_empty_dirs
+
+
+def root_tree(
+    tree: Path, store_paths: list[Path], python_env: Path, busybox: Path, libbpf: Path
+) -> None:
+    """/nix/store closure + overlay + FHS links."""
+    tree.mkdir(parents=True)
+    for d in ("bin", "sbin", "lib", "lib64"):
+        (tree / "usr" / d).mkdir(parents=True, exist_ok=True)
+        (tree / d).symlink_to(f"usr/{d}")
+    for sp in sorted(store_paths):
+        shutil.copytree(sp, tree / str(sp).lstrip("/"), symlinks=True)
+    (tree / "usr/bin/busybox").symlink_to(f"{busybox}/bin/busybox")
+    for applet in rootfs.APPLETS:
+        where = tree / ("usr/sbin" if applet in rootfs.SBIN_APPLETS else "usr/bin") / applet
+        where.symlink_to("/usr/bin/busybox")
+    # libbpf is loaded with ctypes by soname; nix's loader has no /etc/ld.so.cache to find it.
+    (tree / "usr/bin/python3").write_text(
+        f'#!/usr/bin/sh\nLD_LIBRARY_PATH={libbpf}/lib exec {python_env}/bin/python3 "$@"\n'
+    )
+    (tree / "usr/bin/python3").chmod(0o755)
+    for sub in ("etc", "usr"):
+        shutil.copytree(rootfs.OVERLAY / sub, tree / sub, dirs_exist_ok=True, symlinks=True)
+    site = Path(f"{python_env}/lib/python3.11/site-packages")
+    pth_dir = tree / str(site).lstrip("/")
+    if pth_dir.is_dir():
+        pth_dir.chmod(0o755)
+        shutil.copy(rootfs.OVERLAY / "sennet-agent.pth", pth_dir / "sennet-agent.pth")
+    (tree / "root").symlink_to("/run/root")
+    (tree / "etc/resolv.conf").symlink_to("/run/resolv.conf")
+    (tree / "usr/lib/os-release").write_text(rootfs.os_release())
+    prune_empty_dirs(tree)
+    for d in (
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "var/lib/sennet",
+        "opt/sennet",
+        "opt/sennet-test",
+        "boot/efi",
+    ):
+        (tree / d).mkdir(parents=True, exist_ok=True)
+
+
+def image(
+    *,
+    closure: Path,
+    python_env: Path,
+    busybox: Path,
+    libbpf: Path,
+    kernel: Path,
+    python_src: Path,
+    bpf_objects: list[Path],
+    out: Path,
+) -> None:
+    """All artefacts of the production variant into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    store_paths = [Path(p) for p in closure.read_text().split()]
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        tree = Path(tmp) / "root"
+        root_tree(tree, store_paths, python_env, busybox, libbpf)
+        rootfs.mksquashfs(tree, out / "root.squashfs")
+    build.agent_layer(python_src, bpf_objects, out / "agent.squashfs")
+    modules = next((kernel / "lib/modules").iterdir())
+    initramfs.build_from_tree(
+        kernel / "bzImage", modules, busybox / "bin/busybox", out / "initrd.img", out / "vmlinuz"
+    )
+    (out / "cmdline").write_text(disk.DEFAULT_CMDLINE + "\n")
+    disk.build_uki(
+        out / "vmlinuz",
+        out / "initrd.img",
+        disk.DEFAULT_CMDLINE,
+        rootfs.os_release(),
+        out / "BOOTX64.EFI",
+    )
+    build.disks(
+        out / "BOOTX64.EFI",
+        out / "root.squashfs",
+        out / "agent.squashfs",
+        None,
+        out / "appliance.raw",
+        out / "appliance.qcow2",
+    )
