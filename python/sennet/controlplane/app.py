@@ -59,7 +59,7 @@ class ControlPlane:
             agents=lambda: len(self.fleet), commits=lambda: self.writer.commits
         )
         self.auth = Authenticator(self.store)
-        self.service = SentinelService(self.store, self.writer, self.fleet)
+        self.service = SentinelService(self.store, self.writer, self.fleet, self.auth)
         self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after_s)
         self.http = HttpServer(
             settings.http_listen,

@@ -14,6 +14,7 @@ Every refusal is counted by reason.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from grpc import aio
 from sennet.controlplane import tokens
 from sennet.controlplane.metrics import ServerMetrics
 from sennet.controlplane.status import Code, RequestError
-from sennet.controlplane.store import Store
+from sennet.controlplane.store import Store, TokenRow
 
 SERVICE = "sentinel.v1.SentinelService"
 _ARTICLE = {tokens.TokenKind.BOOTSTRAP: "a", tokens.TokenKind.AGENT: "an"}
@@ -48,8 +49,39 @@ class Authenticated:
 
 
 class Authenticator:
-    def __init__(self, store: Store) -> None:
+    """Checks bearer tokens against the store.
+
+    Active agent-token rows are cached for `cache_s` seconds, because a
+    database read per heartbeat on the event loop contends with the writer.
+    The cost: a token revoked from the command line (another process) stops
+    working within `cache_s`; enrolment in this process clears the cache at
+    once. Bootstrap tokens are never cached (enrolment is rare).
+    """
+
+    def __init__(self, store: Store, cache_s: float = 1.0) -> None:
         self._store = store
+        self._cache_s = cache_s
+        self._cache: dict[str, tuple[float, TokenRow]] = {}
+        self._lock = threading.Lock()
+
+    def forget(self) -> None:
+        """Drop cached rows (an agent re-enrolled: its previous token was just revoked)."""
+        with self._lock:
+            self._cache.clear()
+
+    def _lookup(self, token_id: str) -> TokenRow | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(token_id)
+        if hit is not None and now - hit[0] < self._cache_s:
+            return hit[1]
+        row = self._store.lookup_token(token_id)
+        if row is not None and row.kind == tokens.TokenKind.AGENT and row.revoked_at is None:
+            with self._lock:
+                if len(self._cache) > 100_000:  # bounded: forged ids never enter it anyway
+                    self._cache.clear()
+                self._cache[token_id] = (now, row)
+        return row
 
     def authenticate(self, method: str, authorization: str | None) -> Principal:
         """The principal behind `authorization` for `method`, or a RequestError saying why not."""
@@ -66,7 +98,7 @@ class Authenticator:
             raise RequestError(
                 Code.UNAUTHENTICATED, "authorization: not a Sennet token", "malformed_token"
             )
-        row = self._store.lookup_token(parsed.token_id)
+        row = self._lookup(parsed.token_id)
         if row is None or not tokens.matches(text, row.digest):
             raise RequestError(
                 Code.UNAUTHENTICATED, "authorization: token is not valid", "unknown_token"

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 
 from sennet.common.log import event
 from sennet.controlplane import validate
-from sennet.controlplane.auth import Principal
+from sennet.controlplane.auth import Authenticator, Principal
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.status import Code, RequestError
 from sennet.controlplane.store import Store
@@ -24,7 +24,10 @@ log = logging.getLogger("sennet.controlplane.service")
 
 
 class SentinelService:
-    def __init__(self, store: Store, writer: HeartbeatWriter, fleet: Fleet) -> None:
+    def __init__(
+        self, store: Store, writer: HeartbeatWriter, fleet: Fleet, auth: Authenticator
+    ) -> None:
+        self._auth = auth
         self._store = store
         self._writer = writer
         self._fleet = fleet
@@ -33,6 +36,7 @@ class SentinelService:
         """Enrol (or re-enrol) an agent; blocking (one committed transaction)."""
         validate.register(req)
         token = self._store.enrol(req, principal.token_id)
+        self._auth.forget()
         self._fleet.enrolled(
             req.agent_id, req.hostname, req.agent_version, req.kernel_version, time.time()
         )

@@ -321,6 +321,12 @@ class Store:
             self._view(row, series.get(row[0], {})) for row in conn.execute(self._AGENT_COLUMNS)
         ]
 
+    def heartbeat_count(self, conn: sqlite3.Connection, agent_id: str) -> int | None:
+        row = conn.execute(
+            "SELECT heartbeats FROM agents WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
     def load_agent(self, conn: sqlite3.Connection, agent_id: str) -> AgentView | None:
         """One agent's committed state, read inside the caller's write transaction.
 

@@ -8,9 +8,9 @@ the Prometheus exposition.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
+import socket
 import uuid
 from collections.abc import Mapping
 
@@ -68,14 +68,18 @@ def _kind_map(counts: Mapping[str, int], field: str) -> None:
 
 
 def _address(value: str, field: str, ip_version: int) -> None:
+    # inet_pton is C and strict; ipaddress costs ~10x more per event at fleet rates
     if not value:
         return
-    try:
-        addr = ipaddress.ip_address(value)
-    except ValueError:
-        raise invalid(field, f"{value[:64]!r} is not an IP address") from None
-    if ip_version and addr.version != ip_version:
-        raise invalid(field, f"is IPv{addr.version} but ip_version is {ip_version}")
+    for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+        try:
+            socket.inet_pton(family, value)
+        except OSError:
+            continue
+        if ip_version and version != ip_version:
+            raise invalid(field, f"is IPv{version} but ip_version is {ip_version}")
+        return
+    raise invalid(field, f"{value[:64]!r} is not an IP address")
 
 
 def _event(ev: pb.Event, field: str) -> None:

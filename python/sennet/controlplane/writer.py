@@ -137,7 +137,7 @@ class HeartbeatWriter:
             try:
                 for item in batch:
                     aid = item.req.agent_id
-                    view = overlay.get(aid) or self._store.load_agent(conn, aid) or AgentView(aid)
+                    view = overlay.get(aid) or self._current(conn, aid)
                     new_view, changed = view.apply(item.req, item.received_at)
                     self._store.insert_heartbeat(
                         conn, item.req, item.received_at, new_view, changed
@@ -166,6 +166,17 @@ class HeartbeatWriter:
                 pb.HeartbeatResponse(server_time_unix_ns=now_ns, events_stored=n)
             )
         return True
+
+    def _current(self, conn: sqlite3.Connection, agent_id: str) -> AgentView:
+        """The agent's committed state: memory if the database agrees, else the database.
+
+        Another process sharing the database (SO_REUSEPORT) may have stored
+        heartbeats since; `heartbeats` only grows, so equal counts mean equal state.
+        """
+        cached = self._fleet.get(agent_id)
+        if cached is not None and self._store.heartbeat_count(conn, agent_id) == cached.heartbeats:
+            return cached
+        return self._store.load_agent(conn, agent_id) or AgentView(agent_id)
 
     def _prune(self, conn: sqlite3.Connection) -> None:
         try:

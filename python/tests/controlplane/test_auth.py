@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 import uuid
 
 import pytest
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from sennet.common.retry import retry
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from tests.controlplane.conftest import Served
 from tests.controlplane.cp import ControlPlane, cli, heartbeat_request, sample
@@ -170,3 +172,23 @@ def test_grpc_status_codes_map_to_connect_http_statuses(shared: Served) -> None:
     bad = json_format.MessageToJson(heartbeat_request("nope")).encode()
     _, token = shared.cp.register(shared.bootstrap, agent_id)
     assert shared.cp.connect("Heartbeat", bad, token)[0] == 400
+
+
+def test_an_agent_token_revoked_from_the_command_line_stops_working_within_a_second(
+    shared: Served,
+) -> None:
+    agent_id, token = shared.cp.register(shared.bootstrap)
+    req = heartbeat_request(agent_id)
+    assert call(shared.cp, "grpc", "Heartbeat", req, token) == ("ok", "")  # now cached
+    token_id = token.split(".")[1]
+    assert cli(shared.cp.db, "token", "revoke", token_id).returncode == 0
+    started = time.monotonic()
+
+    def refused(last: bool) -> float | None:
+        got = call(shared.cp, "grpc", "Heartbeat", req, token)
+        if got == ("unauthenticated", f"authorization: token {token_id} was revoked"):
+            return time.monotonic() - started
+        return None
+
+    assert retry(refused, 3.0, interval=0.05, what="revocation effective") < 1.5
+    assert call(shared.cp, "connect", "Heartbeat", req, token)[0] == "unauthenticated"
