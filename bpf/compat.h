@@ -23,6 +23,7 @@
 #define SENNET_COMPAT_H
 
 #define SENNET_TC_ACT_UNSPEC (-1)
+#define SENNET_F_MMAPABLE (1U << 10) /* BPF_F_MMAPABLE, spelled out for both header sets */
 
 #ifdef SENNET_BCC
 /* ------------------------------------------------------------------ bcc */
@@ -34,8 +35,8 @@
 
 #define SENNET_PERCPU_ARRAY(name, key_t, val_t, n) \
 	BPF_TABLE_PINNED("percpu_array", key_t, val_t, name, n, SENNET_PIN_DIR "/" #name)
-#define SENNET_HASH(name, key_t, val_t, n) \
-	BPF_TABLE_PINNED("hash", key_t, val_t, name, n, SENNET_PIN_DIR "/" #name)
+#define SENNET_MMAP_ARRAY(name, key_t, val_t, n) \
+	BPF_TABLE_PINNED7("array", key_t, val_t, name, n, SENNET_PIN_DIR "/" #name, SENNET_F_MMAPABLE)
 #define SENNET_RINGBUF(name) BPF_RINGBUF_OUTPUT(name, SENNET_RINGBUF_PAGES)
 
 #else
@@ -57,10 +58,12 @@
 		__type(key, key_t); \
 		__type(value, val_t); \
 	} name SEC(".maps")
-#define SENNET_HASH(name, key_t, val_t, n) \
+/* An array user space can mmap (read in one go, no syscall per entry). */
+#define SENNET_MMAP_ARRAY(name, key_t, val_t, n) \
 	struct { \
-		__uint(type, BPF_MAP_TYPE_HASH); \
+		__uint(type, BPF_MAP_TYPE_ARRAY); \
 		__uint(max_entries, n); \
+		__uint(map_flags, SENNET_F_MMAPABLE); \
 		__type(key, key_t); \
 		__type(value, val_t); \
 	} name SEC(".maps")

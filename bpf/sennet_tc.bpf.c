@@ -6,9 +6,11 @@
  *
  * The programs observe only. Every path returns TC_ACT_UNSPEC, so the packet
  * continues exactly as if no filter were attached (any later filter on the
- * same hook still runs). Headers are read with bpf_skb_load_bytes rather than
- * direct packet access: it works on non-linear skbs without pulling (which
- * would change the skb's layout) and makes "too short" a clean, single check.
+ * same hook still runs). Headers are read in place from the packet's linear
+ * part when they are there (the common case, no helper call); otherwise they
+ * are copied with bpf_skb_load_bytes, which works on non-linear skbs without
+ * pulling them (pulling would change the skb's layout). Either way "too short"
+ * is one check per header.
  */
 #include "compat.h"
 #include "sennet_tc.h"
@@ -17,7 +19,9 @@
 SENNET_TUNABLE(__u32, cfg_large_packet_bytes, 1514);
 
 SENNET_PERCPU_ARRAY(COUNTERS, __u32, struct sennet_counter, SENNET_COUNTER_SLOTS);
-SENNET_HASH(IFSLOTS, __u32, __u32, SENNET_MAX_IFACES);
+/* ifindex -> slot (0 = not registered). An array, not a hash: the lookup is
+ * inlined by the verifier, and user space reads it whole through mmap. */
+SENNET_MMAP_ARRAY(IFSLOTS, __u32, __u32, SENNET_IFINDEX_LIMIT);
 SENNET_PERCPU_ARRAY(EV_COUNTS, __u32, __u64, SENNET_EV_KINDS); /* detected, by kind */
 SENNET_PERCPU_ARRAY(RB_DROPS, __u32, __u64, SENNET_EV_KINDS);  /* ring full, by kind */
 SENNET_RINGBUF(EVENTS);
@@ -62,6 +66,22 @@ static __always_inline void event_submit(void *e) { bpf_ringbuf_submit(e, 0); }
 
 #define KIND(k) (1u << (k))
 
+/* Point at `len` bytes at `off`: straight into the packet when they lie in its
+ * linear part, else copied into `buf` with bpf_skb_load_bytes (non-linear
+ * skbs). NULL when the frame is too short. `off` stays small (headers only),
+ * which also keeps the verifier's packet-range tracking simple. */
+static __always_inline const __u8 *header(struct __sk_buff *skb, __u32 off, __u32 len, __u8 *buf)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (off <= 255 && data + off + len <= end)
+		return (const __u8 *)data + off;
+	if (bpf_skb_load_bytes(skb, off, buf, len) < 0)
+		return 0;
+	return buf;
+}
+
 static __always_inline __u16 be16(const __u8 *p)
 {
 	return ((__u16)p[0] << 8) | p[1];
@@ -97,10 +117,12 @@ static __always_inline void count(struct __sk_buff *skb, __u32 dir)
 static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u8 proto,
 				      struct sennet_event *ev)
 {
-	__u8 h[20];
+	__u8 buf[20];
+	const __u8 *h;
 
 	if (proto == PROTO_TCP) {
-		if (bpf_skb_load_bytes(skb, off, h, 20) < 0)
+		h = header(skb, off, 20, buf);
+		if (!h)
 			return KIND(SENNET_EV_TRUNCATED_L4);
 		ev->sport = be16(&h[0]);
 		ev->dport = be16(&h[2]);
@@ -119,7 +141,8 @@ static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u8 pro
 		return kinds;
 	}
 	if (proto == PROTO_UDP) {
-		if (bpf_skb_load_bytes(skb, off, h, 8) < 0)
+		h = header(skb, off, 8, buf);
+		if (!h)
 			return KIND(SENNET_EV_TRUNCATED_L4);
 		ev->sport = be16(&h[0]);
 		ev->dport = be16(&h[2]);
@@ -127,7 +150,7 @@ static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u8 pro
 	}
 	if (proto == PROTO_ICMP || proto == PROTO_ICMPV6) {
 		/* type, code, checksum: the part every ICMP message has */
-		if (bpf_skb_load_bytes(skb, off, h, 4) < 0)
+		if (!header(skb, off, 4, buf))
 			return KIND(SENNET_EV_TRUNCATED_L4);
 	}
 	return 0;
@@ -135,9 +158,10 @@ static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u8 pro
 
 static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, __u32 off, struct sennet_event *ev)
 {
-	__u8 ip[20];
+	__u8 buf[20];
+	const __u8 *ip = header(skb, off, 20, buf);
 
-	if (bpf_skb_load_bytes(skb, off, ip, 20) < 0)
+	if (!ip)
 		return KIND(SENNET_EV_TRUNCATED_L3);
 
 	__u32 kinds = 0;
@@ -162,9 +186,10 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, __u32 off, struct
 
 static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct sennet_event *ev)
 {
-	__u8 ip[40];
+	__u8 buf[40];
+	const __u8 *ip = header(skb, off, 40, buf);
 
-	if (bpf_skb_load_bytes(skb, off, ip, 40) < 0)
+	if (!ip)
 		return KIND(SENNET_EV_TRUNCATED_L3);
 
 	__u32 kinds = 0;
@@ -179,15 +204,18 @@ static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct
 
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
-		__u8 x[4];
+		__u8 xbuf[4];
+		const __u8 *x;
 
 		if (nh == V6_HOPOPTS || nh == V6_ROUTING || nh == V6_DSTOPTS) {
-			if (bpf_skb_load_bytes(skb, off, x, 2) < 0)
+			x = header(skb, off, 2, xbuf);
+			if (!x)
 				return kinds | KIND(SENNET_EV_TRUNCATED_L3);
 			nh = x[0];
 			off += ((__u32)x[1] + 1) * 8;
 		} else if (nh == V6_FRAGMENT) {
-			if (bpf_skb_load_bytes(skb, off, x, 4) < 0)
+			x = header(skb, off, 4, xbuf);
+			if (!x)
 				return kinds | KIND(SENNET_EV_TRUNCATED_L3);
 			nh = x[0];
 			off += 8;
@@ -205,9 +233,10 @@ static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct
 
 static __always_inline __u32 parse(struct __sk_buff *skb, struct sennet_event *ev)
 {
-	__u8 eth[ETH_HDR_LEN];
+	__u8 buf[ETH_HDR_LEN];
+	const __u8 *eth = header(skb, 0, ETH_HDR_LEN, buf);
 
-	if (bpf_skb_load_bytes(skb, 0, eth, ETH_HDR_LEN) < 0)
+	if (!eth)
 		return 0; /* not even an Ethernet header: nothing to classify */
 
 	__u32 off = ETH_HDR_LEN;
@@ -215,11 +244,13 @@ static __always_inline __u32 parse(struct __sk_buff *skb, struct sennet_event *e
 
 #pragma unroll
 	for (int i = 0; i < 2; i++) {
-		__u8 tag[4];
+		__u8 tbuf[4];
+		const __u8 *tag;
 
 		if (proto != ETHP_8021Q && proto != ETHP_8021AD)
 			break;
-		if (bpf_skb_load_bytes(skb, off, tag, 4) < 0)
+		tag = header(skb, off, 4, tbuf);
+		if (!tag)
 			return KIND(SENNET_EV_TRUNCATED_L3);
 		proto = be16(&tag[2]);
 		off += 4;

@@ -13,6 +13,9 @@
  * ifindex the agent never registered (a misattached filter): it should stay 0. */
 #define SENNET_MAX_IFACES 64
 #define SENNET_COUNTER_SLOTS (SENNET_MAX_IFACES * 2)
+/* IFSLOTS is indexed by ifindex directly; larger ifindexes count as unregistered
+ * and the agent refuses to attach to them. */
+#define SENNET_IFINDEX_LIMIT 65536
 
 #define SENNET_DIR_RX 0 /* TC ingress */
 #define SENNET_DIR_TX 1 /* TC egress */

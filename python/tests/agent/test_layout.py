@@ -37,6 +37,7 @@ def probe(tmp_path: Path) -> dict[str, int]:
         '  printf("size %zu\\n", sizeof(struct sennet_event));',
         '  printf("counter %zu\\n", sizeof(struct sennet_counter));',
         '  printf("ifaces %d\\n", SENNET_MAX_IFACES);',
+        '  printf("iflimit %d\\n", SENNET_IFINDEX_LIMIT);',
         '  printf("kinds %d\\n", SENNET_EV_KINDS);',
         '  printf("rx %d\\n", SENNET_DIR_RX);',
         '  printf("tx %d\\n", SENNET_DIR_TX);',
@@ -64,5 +65,6 @@ def test_event_layout_matches_the_c_header(tmp_path: Path) -> None:
 def test_constants_match_the_c_header(tmp_path: Path) -> None:
     c = probe(tmp_path)
     assert (c["ifaces"], c["kinds"]) == (layout.MAX_IFACES, layout.EVENT_KINDS)
+    assert c["iflimit"] == layout.IFINDEX_LIMIT
     assert (c["rx"], c["tx"]) == (layout.Direction.RX, layout.Direction.TX)
     assert {py: c[f"kind_{py}"] for py in KINDS} == {k.name: k.value for k in layout.EventKind}

@@ -12,6 +12,7 @@ import numpy as np
 
 MAX_IFACES = 64
 COUNTER_SLOTS = MAX_IFACES * 2
+IFINDEX_LIMIT = 65536  # IFSLOTS is indexed by ifindex
 UNMAPPED_SLOT = 0  # packets on an ifindex the agent never registered
 
 PROGRAM_INGRESS = "sennet_ingress"
@@ -24,14 +25,14 @@ MAP_RB_DROPS = "RB_DROPS"  # events lost because the ring was full, by kind
 MAP_EVENTS = "EVENTS"
 PINNED_MAPS = (MAP_COUNTERS, MAP_IFSLOTS, MAP_EV_COUNTS, MAP_RB_DROPS)
 
-BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_RINGBUF = 27
 
 # name -> (type, key size, value size, max entries); checked on every pinned map we reuse.
 MAP_SPECS: dict[str, tuple[int, int, int, int]] = {
     MAP_COUNTERS: (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 16, COUNTER_SLOTS),
-    MAP_IFSLOTS: (BPF_MAP_TYPE_HASH, 4, 4, MAX_IFACES),
+    MAP_IFSLOTS: (BPF_MAP_TYPE_ARRAY, 4, 4, IFINDEX_LIMIT),
 }
 
 TUNABLE_LARGE_PACKET = "cfg_large_packet_bytes"

@@ -1,16 +1,20 @@
 """Interface -> counter slot assignment, kept in the pinned IFSLOTS map.
 
-The programs look up skb->ifindex in IFSLOTS to find which COUNTERS slot to
-bump. Keeping the assignment in a pinned map (not in the agent's memory) is
-what lets a restarted agent find its old counters again. A slot handed to a new
-interface is zeroed first, since it may have belonged to a vanished one.
+The programs index IFSLOTS by skb->ifindex to find which COUNTERS slot to bump
+(0 = not registered). Keeping the assignment in a pinned map (not in the
+agent's memory) is what lets a restarted agent find its old counters again. A
+slot handed to a new interface is zeroed first, since it may have belonged to
+a vanished one. The map is an mmap-able array, read here in one go.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import struct
 from collections.abc import Iterable
+
+import numpy as np
 
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
@@ -21,14 +25,11 @@ log = logging.getLogger("sennet.agent.datapath")
 
 
 def read_slots(ifslots_fd: int) -> dict[int, int]:
-    """ifindex -> slot, as the kernel sees it now."""
-    lb = libbpf()
-    out: dict[int, int] = {}
-    for key in lb.keys(ifslots_fd, 4):
-        value = lb.lookup(ifslots_fd, key, 4)
-        if value is not None:
-            out[struct.unpack("<I", key)[0]] = struct.unpack("<I", value)[0]
-    return out
+    """ifindex -> slot for every registered interface, as the kernel sees it now."""
+    size = layout.IFINDEX_LIMIT * 8  # array elements are laid out 8-byte aligned
+    with mmap.mmap(ifslots_fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as mm:
+        table = np.frombuffer(mm, dtype="<u4")[::2].copy()
+    return {int(i): int(table[i]) for i in np.flatnonzero(table)}
 
 
 def _zero_slot(counters_fd: int, slot: int) -> None:
@@ -51,12 +52,17 @@ def assign(
     live_set = set(live)
     for ifindex, slot in list(current.items()):
         if ifindex not in live_set:
-            lb.delete(ifslots_fd, struct.pack("<I", ifindex))
+            lb.update(ifslots_fd, struct.pack("<I", ifindex), struct.pack("<I", 0))
             del current[ifindex]
             event(log, "slot_released", ifindex=ifindex, slot=slot)
     used = set(current.values())
     result: dict[int, int] = {}
     for ifindex in ifindexes:
+        if ifindex >= layout.IFINDEX_LIMIT:
+            raise UserError(
+                f"ifindex {ifindex} is beyond what the counters index ({layout.IFINDEX_LIMIT - 1})",
+                hint="recreate the interface (new ifindexes are allocated low again after a reboot)",
+            )
         if ifindex in current:
             result[ifindex] = current[ifindex]
             continue
