@@ -61,7 +61,7 @@ def assign(
         if ifindex >= layout.IFINDEX_LIMIT:
             raise UserError(
                 f"ifindex {ifindex} is beyond what the counters index ({layout.IFINDEX_LIMIT - 1})",
-                hint="recreate the interface (new ifindexes are allocated low again after a reboot)",
+                hint="recreate the interface (ifindexes start low again after a reboot)",
             )
         if ifindex in current:
             result[ifindex] = current[ifindex]
