@@ -116,6 +116,7 @@ def qemu_argv(
     mode: str,
     accel: str,
     cmdline_extra: list[str],
+    mgmt_netdev: str,
     monitor_netdev: str,
     vars_file: Path | None,
     memory_mb: int,
@@ -141,7 +142,7 @@ def qemu_argv(
         "-drive",
         f"file={disk},if=virtio,format=qcow2",
         "-netdev",
-        "user,id=mgmt",
+        mgmt_netdev,
         "-device",
         "virtio-net-pci,netdev=mgmt,mac=52:54:00:00:00:01",
         "-netdev",
@@ -234,6 +235,8 @@ def boot(args: argparse.Namespace) -> BootResult:
             mode=args.mode,
             accel=accel,
             cmdline_extra=extra,
+            mgmt_netdev="user,id=mgmt"
+            + (f",hostfwd=tcp:127.0.0.1:{args.ssh_port}-:22" if args.ssh_port else ""),
             monitor_netdev=args.monitor_netdev,
             vars_file=vars_file,
             memory_mb=args.memory,
@@ -280,6 +283,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-token", help="enrolment token (direct mode: kernel command line)")
     p.add_argument("--provision", type=Path, help="agent.toml to place on the ESP (any mode)")
     p.add_argument("--ssh-key", type=Path, help="public key for root (test variant)")
+    p.add_argument(
+        "--ssh-port", type=int, help="forward this host port to the guest's SSH (test variant)"
+    )
     p.add_argument("--append", action="append", default=[], help="extra kernel arguments")
     p.add_argument(
         "--monitor-netdev",

@@ -110,6 +110,21 @@ def _usrmerge(root: Path) -> None:
         (root / d).symlink_to(f"usr/{d}")
 
 
+# Parts of wheels the agent never imports: test suites, Fortran wrapper generator,
+# C headers, type stubs, Cython declarations (about 22 MB of the root uncompressed).
+WHEEL_PRUNE_DIRS = ("tests", "f2py", "include", "_pyinstaller")
+WHEEL_PRUNE_SUFFIXES = (".pyi", ".pxd", ".h")
+
+
+def prune_site(site: Path) -> None:
+    """Drop WHEEL_PRUNE_* from site-packages."""
+    for path in sorted(site.rglob("*"), reverse=True):
+        if path.is_dir() and not path.is_symlink() and path.name in WHEEL_PRUNE_DIRS:
+            shutil.rmtree(path)
+        elif path.is_file() and path.suffix in WHEEL_PRUNE_SUFFIXES:
+            path.unlink()
+
+
 def install_wheel(wheel: Path, site: Path) -> None:
     """Unpack a wheel into site-packages (purelib/platlib only; no scripts, no pip)."""
     with zipfile.ZipFile(wheel) as zf:
@@ -187,6 +202,7 @@ def build_base(root: Path, debs_list: list[Path], wheels: list[Path]) -> list[st
         site.mkdir(parents=True, exist_ok=True)
         for w in wheels:
             install_wheel(w, site)
+        prune_site(site)
         shutil.copy(OVERLAY / "sennet-agent.pth", site / "sennet-agent.pth")
     bb = "usr/bin/busybox" if (root / "usr/bin/busybox").exists() else "bin/busybox"
     for applet in APPLETS:
