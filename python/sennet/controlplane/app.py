@@ -92,6 +92,24 @@ class ControlPlane:
         report.update(status="ok" if ok else "fail", database=db, writer=writer)
         return ok, report
 
+    async def _watch_health(self, server: GrpcServer, every_s: float = 1.0) -> None:
+        """Mirror /health into the standard gRPC health service (NOT_SERVING if the DB fails)."""
+        serving = True
+        while True:
+            await asyncio.sleep(every_s)
+            ok, report = await asyncio.to_thread(self.health)
+            if ok != serving:
+                serving = ok
+                await server.set_serving(ok)
+                event(
+                    log,
+                    "health changed",
+                    logging.INFO if ok else logging.ERROR,
+                    serving=ok,
+                    database=report["database"],
+                    writer=report["writer"],
+                )
+
     async def _refresh_fleet(self, every_s: float) -> None:
         """Other processes on the same database store heartbeats too; show theirs as well."""
         while True:
@@ -138,10 +156,12 @@ class ControlPlane:
                 json.dumps({"grpc_port": grpc_port, "http_port": http_port, "pid": os.getpid()})
             )
             tmp.replace(self.settings.ready_file)
+        watcher = asyncio.create_task(self._watch_health(server))
         refresher = None
         if self.settings.fleet_refresh_s > 0:
             refresher = asyncio.create_task(self._refresh_fleet(self.settings.fleet_refresh_s))
         await stop.wait()
+        watcher.cancel()
         if refresher is not None:
             refresher.cancel()
         started = time.monotonic()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sennet.common.errors import UserError
 from sennet.common.retry import retry
@@ -19,9 +20,26 @@ from sennet.controlplane.store import Store
 from sennet.controlplane.writer import HeartbeatWriter
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from tests.controlplane.conftest import Served
-from tests.controlplane.cp import create_bootstrap_token, heartbeat_request, running, sample
+from tests.controlplane.cp import (
+    ControlPlane,
+    create_bootstrap_token,
+    heartbeat_request,
+    running,
+    sample,
+)
 
 OK = (grpc.StatusCode.OK, "")
+
+
+def grpc_health(cp: ControlPlane) -> str:
+    """The standard gRPC health service's answer for the whole server."""
+    with grpc.insecure_channel(cp.target) as channel:
+        resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+def test_the_standard_grpc_health_service_answers(fresh: Served) -> None:
+    assert grpc_health(fresh.cp) == "SERVING"
 
 
 def test_a_new_database_is_in_wal_mode_at_the_current_schema_version(tmp_path: Path) -> None:
@@ -201,11 +219,21 @@ def test_a_heartbeat_that_cannot_be_committed_is_not_acknowledged(fresh: Served)
     assert status == 503 and json.loads(body)["writer"]["last_error"] == (
         "IntegrityError: disk on fire"
     )
+    retry(
+        lambda last: True if grpc_health(cp) == "NOT_SERVING" else None,
+        5.0,
+        what="gRPC health NOT_SERVING",
+    )
     with sqlite3.connect(cp.db) as conn:
         conn.execute("DROP TRIGGER jam")
     assert cp.heartbeat(token, heartbeat_request(agent_id, rx=(2, 120))) == OK
     assert sample(cp.samples(), "sennet_interface_packets_total", **labels) == 2
     assert cp.get("/health")[0] == 200
+    retry(
+        lambda last: True if grpc_health(cp) == "SERVING" else None,
+        5.0,
+        what="gRPC health SERVING again",
+    )
 
 
 def test_processes_sharing_the_port_and_database_keep_exact_totals(tmp_path: Path) -> None:
