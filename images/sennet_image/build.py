@@ -43,7 +43,7 @@ def agent_layer(python_src: Path, bpf_objects: list[Path], out: Path) -> None:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tree = Path(tmp) / "agent"
         rootfs.build_agent(tree, python_src, sorted(bpf_objects))
-        rootfs.mksquashfs(tree, out, comp="xz")
+        rootfs.mksquashfs(tree, out)
 
 
 def test_layer(debs: list[Path], out: Path) -> None:

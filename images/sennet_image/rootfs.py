@@ -159,8 +159,12 @@ def compile_pyc(root: Path, dirs: list[str], prefix: str, python: list[str] | No
         [
             *(python or ["python3.11"]),
             "-E",
+            # -B: the interpreter must not cache its own imports (argparse, ...) as
+            # timestamp .pyc first; -f: recompile every file whatever is there.
+            "-B",
             "-m",
             "compileall",
+            "-f",
             "-q",
             "-j",
             "1",
@@ -291,12 +295,19 @@ def build_testfs(tree: Path, test_debs: list[Path]) -> list[str]:
     return file_list(tree)
 
 
-def mksquashfs(tree: Path, out: Path, *, comp: str = "xz") -> None:
-    """Deterministic squashfs: fixed times and owners, no xattrs, sorted by mksquashfs."""
+def mksquashfs(tree: Path, out: Path) -> None:
+    """Deterministic squashfs: fixed times and owners, no xattrs, sorted by mksquashfs.
+
+    zstd in 256 KiB blocks, not xz in 1 MiB: measured under TCG, importing numpy
+    took 3.6 s instead of 10.4 s and grpc 2.9 s instead of 8.2 s, because Python's
+    start reads many small files and each read decompresses a whole block. It
+    costs about 7 MB of image size (within the 80 MB budget).
+    """
     epoch = source_date_epoch()
     normalize_times(tree, epoch)
     out.unlink(missing_ok=True)
-    extra = ["-Xbcj", "x86"] if comp == "xz" else []
+    extra = ["-Xcompression-level", "19"]
+    comp = "zstd"
     with step("mksquashfs", out=out.name):
         run(
             [
@@ -308,7 +319,7 @@ def mksquashfs(tree: Path, out: Path, *, comp: str = "xz") -> None:
                 comp,
                 *extra,
                 "-b",
-                "1M",
+                "256K",
                 "-all-root",
                 "-no-xattrs",
                 "-reproducible",
