@@ -74,6 +74,19 @@ def test_replayed_pcap_arrives_as_exact_rx_deltas(
     wait_counters(control_plane, agent, expected)
 
 
+def test_mirrored_frames_for_other_hosts_are_counted(
+    appliance: Appliance, control_plane: ControlPlane, agent: str
+) -> None:
+    """A mirror port carries other hosts' traffic: the monitored NIC must be promiscuous."""
+    foreign = [f[:0] + bytes.fromhex("0200c0ffee01") + f[6:] for f in mixed()]
+    before = counters(control_plane, agent)
+    appliance.tap.send(foreign)
+    expected = dict(before)
+    expected["rx_packets"] += len(foreign)
+    expected["rx_bytes"] += sum(rx_len(f) for f in foreign)
+    wait_counters(control_plane, agent, expected)
+
+
 @contextlib.contextmanager
 def addressed_monitor_port(appliance: Appliance) -> Iterator[None]:
     """Give eth1 an address and a static neighbour (no ARP), so the guest answers pings."""
