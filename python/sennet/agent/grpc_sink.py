@@ -24,6 +24,7 @@ import random
 import socket
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,7 +96,7 @@ def event_to_proto(ev: Event, mono_to_unix_ns: int) -> pb.Event:
 
 
 def snapshot_to_request(
-    agent_id: str, snap: Snapshot, events: list[pb.Event], dropped: int
+    agent_id: str, snap: Snapshot, events: list[pb.Event], dropped: int, stream: str = ""
 ) -> pb.HeartbeatRequest:
     """The HeartbeatRequest for a snapshot plus a batch of queued events."""
     return pb.HeartbeatRequest(
@@ -118,6 +119,7 @@ def snapshot_to_request(
         ringbuf_drops_by_kind=snap.ringbuf_drops_by_kind,
         recent_events=events,
         events_dropped_by_agent=dropped,
+        event_stream=stream,
     )
 
 
@@ -220,6 +222,10 @@ class GrpcSink:
         self._latest: Snapshot | None = None
         self._pending = False  # the latest snapshot has not been acknowledged yet
         self._events: deque[pb.Event] = deque()
+        # Events are numbered per sink (agent process) so the control plane can store a
+        # batch it already stored once, when our previous attempt's reply was lost.
+        self._stream = uuid.uuid4().hex
+        self._seq = 0
         self._inflight: set[int] = set()  # ids of queued events in the heartbeat being sent
         self._dropped = 0
         self._acked = 0
@@ -238,6 +244,9 @@ class GrpcSink:
         offset = time.time_ns() - time.monotonic_ns()
         converted = [event_to_proto(ev, offset) for ev in snapshot.recent_events]
         with self._lock:
+            for ev in converted:
+                self._seq += 1
+                ev.seq = self._seq
             self._latest = snapshot
             self._pending = True
             self._dropped += snapshot.recent_events_dropped
@@ -332,7 +341,7 @@ class GrpcSink:
             if self._token is None:
                 self._enrol(snap)
             assert self._token is not None
-            req = snapshot_to_request(self._agent_id, snap, batch, dropped)
+            req = snapshot_to_request(self._agent_id, snap, batch, dropped, self._stream)
             try:
                 self._call_heartbeat(req)
             except grpc.RpcError as exc:

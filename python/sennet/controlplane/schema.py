@@ -90,6 +90,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (agent_id, key)
     ) WITHOUT ROWID;
     """,
+    # 2: event streams, so a resent batch (lost acknowledgement) is stored once.
+    """
+    CREATE TABLE event_streams (
+        agent_id   TEXT NOT NULL,
+        stream     TEXT NOT NULL,
+        max_seq    INTEGER NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (agent_id, stream)
+    ) WITHOUT ROWID;
+    ALTER TABLE events ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

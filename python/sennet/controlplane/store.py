@@ -209,8 +209,8 @@ class Store:
         received_at: float,
         view: AgentView,
         changed: dict[str, Series],
-    ) -> None:
-        """Write one heartbeat inside the caller's transaction (see writer.py)."""
+    ) -> int:
+        """Write one heartbeat inside the caller's transaction; return the events stored."""
         cur = conn.execute(
             "INSERT INTO heartbeats (agent_id, received_at, uptime_seconds, agent_version,"
             " kernel_version, events_dropped_by_agent) VALUES (?, ?, ?, ?, ?, ?)",
@@ -239,10 +239,12 @@ class Store:
                 for k in kinds
             ],
         )
+        events = self._new_events(conn, req, received_at)
         conn.executemany(
             "INSERT INTO events (heartbeat_id, agent_id, ts_unix_ns, ifindex, direction, kind,"
             " pkt_len, ip_version, l4_proto, src_port, dst_port, src_addr, dst_addr, tcp_flags,"
-            " vlan_tags, eth_proto) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " vlan_tags, eth_proto, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     hb_id,
@@ -261,8 +263,9 @@ class Store:
                     e.tcp_flags,
                     e.vlan_tags,
                     e.eth_proto,
+                    e.seq,
                 )
-                for e in req.recent_events
+                for e in events
             ],
         )
         conn.executemany(
@@ -285,10 +288,33 @@ class Store:
         )
         if cur.rowcount != 1:
             raise sqlite3.IntegrityError(f"agent {req.agent_id} is not enrolled")
+        return len(events)
+
+    @staticmethod
+    def _new_events(
+        conn: sqlite3.Connection, req: pb.HeartbeatRequest, received_at: float
+    ) -> list[pb.Event]:
+        """The events not stored before: a numbered stream skips what it already delivered."""
+        if not req.event_stream or not req.recent_events:
+            return list(req.recent_events)
+        row = conn.execute(
+            "SELECT max_seq FROM event_streams WHERE agent_id = ? AND stream = ?",
+            (req.agent_id, req.event_stream),
+        ).fetchone()
+        seen = int(row[0]) if row else 0
+        fresh = [e for e in req.recent_events if e.seq > seen]
+        conn.execute(
+            "INSERT INTO event_streams VALUES (?, ?, ?, ?) ON CONFLICT (agent_id, stream)"
+            " DO UPDATE SET max_seq = max(max_seq, excluded.max_seq),"
+            " updated_at = excluded.updated_at",
+            (req.agent_id, req.event_stream, req.recent_events[-1].seq, received_at),
+        )
+        return fresh
 
     def prune(self, conn: sqlite3.Connection, older_than: float) -> int:
         """Delete heartbeats (and their samples and events) received before `older_than`."""
         cur = conn.execute("DELETE FROM heartbeats WHERE received_at < ?", (older_than,))
+        conn.execute("DELETE FROM event_streams WHERE updated_at < ?", (older_than,))
         return cur.rowcount
 
     _AGENT_COLUMNS = (

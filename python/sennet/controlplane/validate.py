@@ -25,6 +25,7 @@ MAX_UPTIME_S = 100 * 365 * 86400.0
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _TEXT_LIMIT = 253
+_STREAM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def agent_id(value: str, field: str = "agent_id") -> str:
@@ -86,6 +87,7 @@ def _event(ev: pb.Event, field: str) -> None:
     if ev.ts_unix_ns == 0:
         raise invalid(f"{field}.ts_unix_ns", "is required")
     _counter(ev.ts_unix_ns, f"{field}.ts_unix_ns")
+    _counter(ev.seq, f"{field}.seq")
     if ev.direction not in (pb.DIRECTION_RX, pb.DIRECTION_TX):
         raise invalid(f"{field}.direction", "must be DIRECTION_RX or DIRECTION_TX")
     if not _KIND_RE.match(ev.kind):
@@ -138,6 +140,17 @@ def heartbeat(req: pb.HeartbeatRequest) -> None:
     if len(req.recent_events) > MAX_EVENTS:
         n = len(req.recent_events)
         raise invalid("recent_events", f"has {n} entries, at most {MAX_EVENTS} allowed")
+    if req.event_stream and not _STREAM_RE.match(req.event_stream):
+        raise invalid("event_stream", "must be 1-64 characters of [A-Za-z0-9_-]")
+    last_seq = 0
     for i, ev in enumerate(req.recent_events):
         _event(ev, f"recent_events[{i}]")
+        if req.event_stream:
+            if ev.seq <= last_seq:
+                raise invalid(
+                    f"recent_events[{i}].seq",
+                    f"{ev.seq} does not increase (after "
+                    f"{last_seq}); events in a stream are numbered from 1 up",
+                )
+            last_seq = ev.seq
     _counter(req.events_dropped_by_agent, "events_dropped_by_agent")

@@ -139,11 +139,12 @@ class HeartbeatWriter:
                     aid = item.req.agent_id
                     view = overlay.get(aid) or self._current(conn, aid)
                     new_view, changed = view.apply(item.req, item.received_at)
-                    self._store.insert_heartbeat(
-                        conn, item.req, item.received_at, new_view, changed
+                    stored.append(
+                        self._store.insert_heartbeat(
+                            conn, item.req, item.received_at, new_view, changed
+                        )
                     )
                     overlay[aid] = new_view
-                    stored.append(len(item.req.recent_events))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

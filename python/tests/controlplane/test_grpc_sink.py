@@ -190,6 +190,9 @@ def test_after_an_outage_the_sink_delivers_the_latest_totals_and_bounded_events(
             assert rx_packets(s, agent_id) == 30
             assert sample(s, "sennet_agent_events_dropped_total", agent=agent_id) == 5
             assert stored(db, "events", agent_id) == 5
+            with sqlite3.connect(db) as conn:  # the 3 oldest were dropped, the newest kept
+                seqs = [r[0] for r in conn.execute("SELECT seq FROM events ORDER BY seq")]
+            assert seqs == [4, 5, 6, 7, 8]
             acked = sink.stats().heartbeats_acked
             assert stored(db, "heartbeats", agent_id) == acked == 2
         finally:

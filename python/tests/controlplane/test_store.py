@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sennet.common.errors import UserError
 from sennet.common.retry import retry
 from sennet.controlplane.fleet import Fleet
-from sennet.controlplane.schema import SCHEMA_VERSION
+from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
 from sennet.controlplane.store import Store
 from sennet.controlplane.writer import HeartbeatWriter
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
@@ -44,11 +44,11 @@ def test_the_standard_grpc_health_service_answers(fresh: Served) -> None:
 
 def test_a_new_database_is_in_wal_mode_at_the_current_schema_version(tmp_path: Path) -> None:
     store = Store(tmp_path / "new.db")
-    assert store.migrate() == SCHEMA_VERSION == 1
-    assert store.migrate() == 1  # idempotent
+    assert store.migrate() == SCHEMA_VERSION == 2
+    assert store.migrate() == 2  # idempotent
     with sqlite3.connect(tmp_path / "new.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert tables == {
         "tokens",
@@ -58,6 +58,7 @@ def test_a_new_database_is_in_wal_mode_at_the_current_schema_version(tmp_path: P
         "kind_samples",
         "events",
         "series",
+        "event_streams",
     }
 
 
@@ -67,7 +68,7 @@ def test_a_database_from_a_newer_control_plane_is_refused(tmp_path: Path) -> Non
         conn.execute("PRAGMA user_version = 7")
     with pytest.raises(UserError) as err:
         Store(db).migrate()
-    assert err.value.message == (f"{db} has schema version 7, newer than this control plane's 1")
+    assert err.value.message == (f"{db} has schema version 7, newer than this control plane's 2")
 
 
 def test_a_file_that_is_not_a_database_is_refused_naming_it(tmp_path: Path) -> None:
@@ -184,7 +185,7 @@ def test_health_reports_ok_with_the_schema_version(fresh: Served) -> None:
     assert json.loads(body) == {
         "agents": 0,
         "status": "ok",
-        "database": {"ok": True, "path": str(fresh.cp.db), "schema_version": 1},
+        "database": {"ok": True, "path": str(fresh.cp.db), "schema_version": 2},
         "writer": {"alive": True, "commits": 0, "last_error": None},
     }
 
@@ -295,3 +296,49 @@ def test_a_heartbeat_whose_caller_gave_up_is_skipped_and_the_writer_keeps_going(
     finally:
         blocker.close()
         writer.stop()
+
+
+def test_a_version_1_database_is_migrated_keeping_its_data(tmp_path: Path) -> None:
+    db = tmp_path / "v1.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+        conn.execute("INSERT INTO agents (agent_id, registered_at) VALUES ('a', 1.0)")
+        conn.execute("INSERT INTO heartbeats VALUES (1, 'a', 2.0, 3.0, 'v', 'k', 0)")
+        conn.execute(
+            "INSERT INTO events (heartbeat_id, agent_id, ts_unix_ns, ifindex, direction, kind,"
+            " pkt_len, ip_version, l4_proto, src_port, dst_port, src_addr, dst_addr, tcp_flags,"
+            " vlan_tags, eth_proto) VALUES (1, 'a', 5, 2, 'rx', 'land', 60, 4, 6, 1, 1,"
+            " '10.0.0.1', '10.0.0.1', 2, 0, 2048)"
+        )
+    assert Store(db).migrate() == 2
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT agent_id, kind, seq FROM events").fetchall() == [
+            ("a", "land", 0)
+        ]
+        assert conn.execute("SELECT count(*) FROM event_streams").fetchone() == (0,)
+
+
+def test_a_resent_batch_of_numbered_events_is_stored_once(shared: Served) -> None:
+    agent_id, token = shared.cp.register(shared.bootstrap)
+
+    def ev(seq: int) -> pb.Event:
+        return pb.Event(ts_unix_ns=seq, ifindex=7, direction=pb.DIRECTION_RX, kind="land", seq=seq)
+
+    def send(seqs: list[int]) -> int:
+        req = heartbeat_request(agent_id, recent=[ev(s) for s in seqs])
+        req.event_stream = "stream-1"
+        code, details, out = shared.cp.call_raw("Heartbeat", req.SerializeToString(), token)
+        assert code == grpc.StatusCode.OK, details
+        return pb.HeartbeatResponse.FromString(out).events_stored
+
+    assert send([1, 2, 3]) == 3
+    assert send([1, 2, 3]) == 0  # the reply to the first was "lost": nothing stored twice
+    assert send([2, 3, 4, 5]) == 2
+    with sqlite3.connect(shared.cp.db) as conn:
+        seqs = [
+            r[0]
+            for r in conn.execute(
+                "SELECT seq FROM events WHERE agent_id = ? ORDER BY seq", (agent_id,)
+            )
+        ]
+    assert seqs == [1, 2, 3, 4, 5]

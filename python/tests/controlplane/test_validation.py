@@ -36,6 +36,12 @@ def _event(**over: object) -> pb.Event:
 
 Mutation = Callable[[pb.HeartbeatRequest], None]
 
+
+def _same_seq_twice(r: pb.HeartbeatRequest) -> None:
+    r.event_stream = "s1"
+    r.recent_events.extend([_event(seq=1), _event(seq=1)])
+
+
 CASES: list[tuple[str, Mutation, str]] = [
     ("missing agent id", lambda r: r.ClearField("agent_id"), "agent_id: is required"),
     (
@@ -112,6 +118,17 @@ CASES: list[tuple[str, Mutation, str]] = [
         "too many events",
         lambda r: r.recent_events.extend(_event() for _ in range(1025)),
         "recent_events: has 1025 entries, at most 1024 allowed",
+    ),
+    (
+        "event numbers that do not increase",
+        _same_seq_twice,
+        "recent_events[1].seq: 1 does not increase (after 1); events in a stream are numbered "
+        "from 1 up",
+    ),
+    (
+        "event stream id with a space",
+        lambda r: setattr(r, "event_stream", "a b"),
+        "event_stream: must be 1-64 characters of [A-Za-z0-9_-]",
     ),
     (
         "agent version with a newline",

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asentinel/v1/sentinel.proto\x12\x0bsentinel.v1\"d\n\x0fRegisterRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x16\n\x0ekernel_version\x18\x04 \x01(\t\"9\n\x10RegisterResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61gent_token\x18\x02 \x01(\t\"~\n\x11InterfaceCounters\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07ifindex\x18\x02 \x01(\r\x12\x12\n\nrx_packets\x18\x03 \x01(\x04\x12\x10\n\x08rx_bytes\x18\x04 \x01(\x04\x12\x12\n\ntx_packets\x18\x05 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x06 \x01(\x04\"\x9d\x02\n\x05\x45vent\x12\x12\n\nts_unix_ns\x18\x01 \x01(\x04\x12\x0f\n\x07ifindex\x18\x02 \x01(\r\x12)\n\tdirection\x18\x03 \x01(\x0e\x32\x16.sentinel.v1.Direction\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07pkt_len\x18\x05 \x01(\r\x12\x12\n\nip_version\x18\x06 \x01(\r\x12\x10\n\x08l4_proto\x18\x07 \x01(\r\x12\x10\n\x08src_port\x18\x08 \x01(\r\x12\x10\n\x08\x64st_port\x18\t \x01(\r\x12\x10\n\x08src_addr\x18\n \x01(\t\x12\x10\n\x08\x64st_addr\x18\x0b \x01(\t\x12\x11\n\ttcp_flags\x18\x0c \x01(\r\x12\x11\n\tvlan_tags\x18\r \x01(\r\x12\x11\n\teth_proto\x18\x0e \x01(\r\"\xfa\x03\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x16\n\x0ekernel_version\x18\x03 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x32\n\ninterfaces\x18\x05 \x03(\x0b\x32\x1e.sentinel.v1.InterfaceCounters\x12G\n\x0e\x65vents_by_kind\x18\x06 \x03(\x0b\x32/.sentinel.v1.HeartbeatRequest.EventsByKindEntry\x12T\n\x15ringbuf_drops_by_kind\x18\x07 \x03(\x0b\x32\x35.sentinel.v1.HeartbeatRequest.RingbufDropsByKindEntry\x12)\n\rrecent_events\x18\x08 \x03(\x0b\x32\x12.sentinel.v1.Event\x12\x1f\n\x17\x65vents_dropped_by_agent\x18\t \x01(\x04\x1a\x33\n\x11\x45ventsByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x39\n\x17RingbufDropsByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"G\n\x11HeartbeatResponse\x12\x1b\n\x13server_time_unix_ns\x18\x01 \x01(\x03\x12\x15\n\revents_stored\x18\x02 \x01(\r*J\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IRECTION_RX\x10\x01\x12\x10\n\x0c\x44IRECTION_TX\x10\x02\x32\xa6\x01\n\x0fSentinelService\x12G\n\x08Register\x12\x1c.sentinel.v1.RegisterRequest\x1a\x1d.sentinel.v1.RegisterResponse\x12J\n\tHeartbeat\x12\x1d.sentinel.v1.HeartbeatRequest\x1a\x1e.sentinel.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asentinel/v1/sentinel.proto\x12\x0bsentinel.v1\"d\n\x0fRegisterRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x16\n\x0ekernel_version\x18\x04 \x01(\t\"9\n\x10RegisterResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61gent_token\x18\x02 \x01(\t\"~\n\x11InterfaceCounters\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07ifindex\x18\x02 \x01(\r\x12\x12\n\nrx_packets\x18\x03 \x01(\x04\x12\x10\n\x08rx_bytes\x18\x04 \x01(\x04\x12\x12\n\ntx_packets\x18\x05 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x06 \x01(\x04\"\xaa\x02\n\x05\x45vent\x12\x12\n\nts_unix_ns\x18\x01 \x01(\x04\x12\x0f\n\x07ifindex\x18\x02 \x01(\r\x12)\n\tdirection\x18\x03 \x01(\x0e\x32\x16.sentinel.v1.Direction\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07pkt_len\x18\x05 \x01(\r\x12\x12\n\nip_version\x18\x06 \x01(\r\x12\x10\n\x08l4_proto\x18\x07 \x01(\r\x12\x10\n\x08src_port\x18\x08 \x01(\r\x12\x10\n\x08\x64st_port\x18\t \x01(\r\x12\x10\n\x08src_addr\x18\n \x01(\t\x12\x10\n\x08\x64st_addr\x18\x0b \x01(\t\x12\x11\n\ttcp_flags\x18\x0c \x01(\r\x12\x11\n\tvlan_tags\x18\r \x01(\r\x12\x11\n\teth_proto\x18\x0e \x01(\r\x12\x0b\n\x03seq\x18\x0f \x01(\x04\"\x90\x04\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x16\n\x0ekernel_version\x18\x03 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x32\n\ninterfaces\x18\x05 \x03(\x0b\x32\x1e.sentinel.v1.InterfaceCounters\x12G\n\x0e\x65vents_by_kind\x18\x06 \x03(\x0b\x32/.sentinel.v1.HeartbeatRequest.EventsByKindEntry\x12T\n\x15ringbuf_drops_by_kind\x18\x07 \x03(\x0b\x32\x35.sentinel.v1.HeartbeatRequest.RingbufDropsByKindEntry\x12)\n\rrecent_events\x18\x08 \x03(\x0b\x32\x12.sentinel.v1.Event\x12\x1f\n\x17\x65vents_dropped_by_agent\x18\t \x01(\x04\x12\x14\n\x0c\x65vent_stream\x18\n \x01(\t\x1a\x33\n\x11\x45ventsByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x39\n\x17RingbufDropsByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"G\n\x11HeartbeatResponse\x12\x1b\n\x13server_time_unix_ns\x18\x01 \x01(\x03\x12\x15\n\revents_stored\x18\x02 \x01(\r*J\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IRECTION_RX\x10\x01\x12\x10\n\x0c\x44IRECTION_TX\x10\x02\x32\xa6\x01\n\x0fSentinelService\x12G\n\x08Register\x12\x1c.sentinel.v1.RegisterRequest\x1a\x1d.sentinel.v1.RegisterResponse\x12J\n\tHeartbeat\x12\x1d.sentinel.v1.HeartbeatRequest\x1a\x1e.sentinel.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREQUEST_EVENTSBYKINDENTRY']._serialized_options = b'8\001'
   _globals['_HEARTBEATREQUEST_RINGBUFDROPSBYKINDENTRY']._loaded_options = None
   _globals['_HEARTBEATREQUEST_RINGBUFDROPSBYKINDENTRY']._serialized_options = b'8\001'
-  _globals['_DIRECTION']._serialized_start=1202
-  _globals['_DIRECTION']._serialized_end=1276
+  _globals['_DIRECTION']._serialized_start=1237
+  _globals['_DIRECTION']._serialized_end=1311
   _globals['_REGISTERREQUEST']._serialized_start=43
   _globals['_REGISTERREQUEST']._serialized_end=143
   _globals['_REGISTERRESPONSE']._serialized_start=145
@@ -45,15 +45,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INTERFACECOUNTERS']._serialized_start=204
   _globals['_INTERFACECOUNTERS']._serialized_end=330
   _globals['_EVENT']._serialized_start=333
-  _globals['_EVENT']._serialized_end=618
-  _globals['_HEARTBEATREQUEST']._serialized_start=621
-  _globals['_HEARTBEATREQUEST']._serialized_end=1127
-  _globals['_HEARTBEATREQUEST_EVENTSBYKINDENTRY']._serialized_start=1017
-  _globals['_HEARTBEATREQUEST_EVENTSBYKINDENTRY']._serialized_end=1068
-  _globals['_HEARTBEATREQUEST_RINGBUFDROPSBYKINDENTRY']._serialized_start=1070
-  _globals['_HEARTBEATREQUEST_RINGBUFDROPSBYKINDENTRY']._serialized_end=1127
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1129
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1200
-  _globals['_SENTINELSERVICE']._serialized_start=1279
-  _globals['_SENTINELSERVICE']._serialized_end=1445
+  _globals['_EVENT']._serialized_end=631
+  _globals['_HEARTBEATREQUEST']._serialized_start=634
+  _globals['_HEARTBEATREQUEST']._serialized_end=1162
+  _globals['_HEARTBEATREQUEST_EVENTSBYKINDENTRY']._serialized_start=1052
+  _globals['_HEARTBEATREQUEST_EVENTSBYKINDENTRY']._serialized_end=1103
+  _globals['_HEARTBEATREQUEST_RINGBUFDROPSBYKINDENTRY']._serialized_start=1105
+  _globals['_HEARTBEATREQUEST_RINGBUFDROPSBYKINDENTRY']._serialized_end=1162
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1164
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1235
+  _globals['_SENTINELSERVICE']._serialized_start=1314
+  _globals['_SENTINELSERVICE']._serialized_end=1480
 # @@protoc_insertion_point(module_scope)

@@ -54,7 +54,7 @@ class InterfaceCounters(_message.Message):
     def __init__(self, name: _Optional[str] = ..., ifindex: _Optional[int] = ..., rx_packets: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_packets: _Optional[int] = ..., tx_bytes: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("ts_unix_ns", "ifindex", "direction", "kind", "pkt_len", "ip_version", "l4_proto", "src_port", "dst_port", "src_addr", "dst_addr", "tcp_flags", "vlan_tags", "eth_proto")
+    __slots__ = ("ts_unix_ns", "ifindex", "direction", "kind", "pkt_len", "ip_version", "l4_proto", "src_port", "dst_port", "src_addr", "dst_addr", "tcp_flags", "vlan_tags", "eth_proto", "seq")
     TS_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     IFINDEX_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class Event(_message.Message):
     TCP_FLAGS_FIELD_NUMBER: _ClassVar[int]
     VLAN_TAGS_FIELD_NUMBER: _ClassVar[int]
     ETH_PROTO_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     ts_unix_ns: int
     ifindex: int
     direction: Direction
@@ -83,10 +84,11 @@ class Event(_message.Message):
     tcp_flags: int
     vlan_tags: int
     eth_proto: int
-    def __init__(self, ts_unix_ns: _Optional[int] = ..., ifindex: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., kind: _Optional[str] = ..., pkt_len: _Optional[int] = ..., ip_version: _Optional[int] = ..., l4_proto: _Optional[int] = ..., src_port: _Optional[int] = ..., dst_port: _Optional[int] = ..., src_addr: _Optional[str] = ..., dst_addr: _Optional[str] = ..., tcp_flags: _Optional[int] = ..., vlan_tags: _Optional[int] = ..., eth_proto: _Optional[int] = ...) -> None: ...
+    seq: int
+    def __init__(self, ts_unix_ns: _Optional[int] = ..., ifindex: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., kind: _Optional[str] = ..., pkt_len: _Optional[int] = ..., ip_version: _Optional[int] = ..., l4_proto: _Optional[int] = ..., src_port: _Optional[int] = ..., dst_port: _Optional[int] = ..., src_addr: _Optional[str] = ..., dst_addr: _Optional[str] = ..., tcp_flags: _Optional[int] = ..., vlan_tags: _Optional[int] = ..., eth_proto: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("agent_id", "agent_version", "kernel_version", "uptime_seconds", "interfaces", "events_by_kind", "ringbuf_drops_by_kind", "recent_events", "events_dropped_by_agent")
+    __slots__ = ("agent_id", "agent_version", "kernel_version", "uptime_seconds", "interfaces", "events_by_kind", "ringbuf_drops_by_kind", "recent_events", "events_dropped_by_agent", "event_stream")
     class EventsByKindEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +112,7 @@ class HeartbeatRequest(_message.Message):
     RINGBUF_DROPS_BY_KIND_FIELD_NUMBER: _ClassVar[int]
     RECENT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_DROPPED_BY_AGENT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_STREAM_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     agent_version: str
     kernel_version: str
@@ -119,7 +122,8 @@ class HeartbeatRequest(_message.Message):
     ringbuf_drops_by_kind: _containers.ScalarMap[str, int]
     recent_events: _containers.RepeatedCompositeFieldContainer[Event]
     events_dropped_by_agent: int
-    def __init__(self, agent_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., kernel_version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., interfaces: _Optional[_Iterable[_Union[InterfaceCounters, _Mapping]]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., ringbuf_drops_by_kind: _Optional[_Mapping[str, int]] = ..., recent_events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., events_dropped_by_agent: _Optional[int] = ...) -> None: ...
+    event_stream: str
+    def __init__(self, agent_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., kernel_version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., interfaces: _Optional[_Iterable[_Union[InterfaceCounters, _Mapping]]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., ringbuf_drops_by_kind: _Optional[_Mapping[str, int]] = ..., recent_events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., events_dropped_by_agent: _Optional[int] = ..., event_stream: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("server_time_unix_ns", "events_stored")
