@@ -23,7 +23,6 @@ DEBS_ROOT = [
     "@deb_liblzma5//file",
     "@deb_libncursesw6//file",
     "@deb_libnsl2//file",
-    "@deb_libpcre2_8_0//file",
     "@deb_libpython3_11_minimal//file",
     "@deb_libpython3_11_stdlib//file",
     "@deb_libreadline8//file",
@@ -82,7 +81,6 @@ DEBS = {
     "liblzma5": "@deb_liblzma5//file",
     "libncursesw6": "@deb_libncursesw6//file",
     "libnsl2": "@deb_libnsl2//file",
-    "libpcre2-8-0": "@deb_libpcre2_8_0//file",
     "libpython3.11-minimal": "@deb_libpython3_11_minimal//file",
     "libpython3.11-stdlib": "@deb_libpython3_11_stdlib//file",
     "libreadline8": "@deb_libreadline8//file",
@@ -123,7 +121,6 @@ def sennet_inputs():
     sennet_input(name = "deb_liblzma5", kind = "deb", archive = "debian-security", path = "pool/updates/main/x/xz-utils/liblzma5_5.4.1-1+deb12u2_amd64.deb", filename = "liblzma5_5.4.1-1+deb12u2_amd64.deb", sha256 = "3d8c29c8c21ec6007635e1b2591edf98b771c9572a085968f47452b33040f384")
     sennet_input(name = "deb_libncursesw6", kind = "deb", archive = "debian", path = "pool/main/n/ncurses/libncursesw6_6.4-4_amd64.deb", filename = "libncursesw6_6.4-4_amd64.deb", sha256 = "98fa7a53dc565a38b65fb70422ad08001bf5361d8fbc74255280c329996a6bec")
     sennet_input(name = "deb_libnsl2", kind = "deb", archive = "debian", path = "pool/main/libn/libnsl/libnsl2_1.3.0-2_amd64.deb", filename = "libnsl2_1.3.0-2_amd64.deb", sha256 = "c0d83437fdb016cb289436f49f28a36be44b3e8f1f2498c7e3a095f709c0d6f8")
-    sennet_input(name = "deb_libpcre2_8_0", kind = "deb", archive = "debian-security", path = "pool/updates/main/p/pcre2/libpcre2-8-0_10.42-1+deb12u2_amd64.deb", filename = "libpcre2-8-0_10.42-1+deb12u2_amd64.deb", sha256 = "d2f7edfcc7689b9e0761c2742cc824ac86a20768bc5e8057818dc6875291fe76")
     sennet_input(name = "deb_libpython3_11_minimal", kind = "deb", archive = "debian-security", path = "pool/updates/main/p/python3.11/libpython3.11-minimal_3.11.2-6+deb12u9_amd64.deb", filename = "libpython3.11-minimal_3.11.2-6+deb12u9_amd64.deb", sha256 = "69f41cfa3f4ba17284e538f843069d7529c53c207d2ae17a5b02785944870e33")
     sennet_input(name = "deb_libpython3_11_stdlib", kind = "deb", archive = "debian-security", path = "pool/updates/main/p/python3.11/libpython3.11-stdlib_3.11.2-6+deb12u9_amd64.deb", filename = "libpython3.11-stdlib_3.11.2-6+deb12u9_amd64.deb", sha256 = "10f13e000ee757f5f2d2d3569f9e30546214a0c850acd78695feae373bfa3e53")
     sennet_input(name = "deb_libreadline8", kind = "deb", archive = "debian", path = "pool/main/r/readline/libreadline8_8.2-1.3_amd64.deb", filename = "libreadline8_8.2-1.3_amd64.deb", sha256 = "e02ebbd3701cf468dbf98d6d917fbe0325e881f07fe8b316150c8d2a64486e66")
