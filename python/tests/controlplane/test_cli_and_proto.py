@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from pathlib import Path
 
 from sennet.proto import generate
@@ -84,3 +85,23 @@ def test_a_changed_proto_is_reported_as_drift(tmp_path: Path) -> None:
         )
     )
     assert generate.drifted(root) == ["sentinel/v1/sentinel_pb2.py", "sentinel/v1/sentinel_pb2.pyi"]
+
+
+def test_a_busy_grpc_port_is_one_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = cli(
+            tmp_path / "cp.db",
+            "serve",
+            "--grpc-listen",
+            f"127.0.0.1:{port}",
+            "--http-listen",
+            "127.0.0.1:0",
+        )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(
+        f"error: cannot listen for gRPC on 127.0.0.1:{port}"
+    )
+    assert "Traceback" not in result.stderr
