@@ -264,8 +264,8 @@ class GrpcSink:
         with self._lock:
             self._closing = True
             self._wake.notify()
-        self._thread.join(self._opts.rpc_deadline_s + 1)
-        self._channel.close()
+        self._channel.close()  # cancels a call in flight, so the agent's stop stays prompt
+        self._thread.join(2.0)
 
     # -- for callers and tests --------------------------------------------------------
 

@@ -162,7 +162,9 @@ def test_send_never_blocks_while_the_control_plane_is_unreachable(tmp_path: Path
     finally:
         started = time.perf_counter()
         sink.close()
-        assert time.perf_counter() - started < FAST.close_flush_s + FAST.rpc_deadline_s + 1
+        assert (
+            time.perf_counter() - started < FAST.close_flush_s + 1.0
+        )  # no wait for an RPC deadline
 
 
 def test_after_an_outage_the_sink_delivers_the_latest_totals_and_bounded_events(
