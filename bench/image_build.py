@@ -53,10 +53,8 @@ def _bazel(src: Path, base: Path, *args: str) -> tuple[float, str]:
 
 
 def _ran(log: str) -> list[str]:
-    return sorted(
-        set(re.findall(r"Executing genrule (//\S+?)[:;]? ", log))
-        | set(re.findall(r"From Executing genrule (//\S+?):", log))
-    )
+    """Genrules Bazel executed, from its "From Executing genrule //pkg:name:" lines."""
+    return sorted(set(re.findall(r"Executing genrule (//[\w/]+:[\w.-]+)", log)))
 
 
 def main(argv: list[str]) -> int:
@@ -67,7 +65,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--skip-sizes", action="store_true", help="skip the xz size measurement")
     args = p.parse_args(argv)
     figures: list[Figure] = []
-    with tempfile.TemporaryDirectory(prefix="sennet-bench-") as tmp:
+    # Not under /tmp: the sandbox mounts a private tmpfs there (.bazelrc).
+    (REPO / "build").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sennet-bench-", dir=REPO / "build") as tmp:
         src, base = Path(tmp) / "src", Path(tmp) / "base"
         _copy_tree(src)
         clean_s, _ = _bazel(src, base, "build", "//images:appliance")
