@@ -104,7 +104,8 @@ def _read_until(
         buf += text
         if sink is not None:
             sink.append(text)
-        if pattern.search(buf):
+        match = pattern.search(buf)
+        if match and "\n" in buf[match.end():]:  # the whole matching line, not half of it
             break
     return buf
 
