@@ -33,6 +33,7 @@ from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 log = logging.getLogger("sennet.controlplane.http")
 HEARTBEAT_WAIT_S = 30.0
+DRAIN_LIMIT = 64 << 20  # oversized bodies up to this size are read and dropped before the 400
 
 
 class HttpApp:
@@ -155,7 +156,17 @@ def _handler_class(app: HttpApp) -> type[BaseHTTPRequestHandler]:
                     f"message of {length} bytes exceeds the limit of {app.max_request_bytes} bytes",
                 )
                 app.metrics.reject(method, err)
-                self.close_connection = True  # the unread body must not be parsed as a request
+                if length <= DRAIN_LIMIT:
+                    # Read and drop the body: a reply while the client is still sending makes
+                    # it fail with a broken pipe instead of seeing our 400.
+                    left = length
+                    while left > 0:
+                        chunk = self.rfile.read(min(left, 1 << 16))
+                        if not chunk:
+                            break
+                        left -= len(chunk)
+                else:
+                    self.close_connection = True  # the unread body must not become a request
                 self._json(err.code.http, {"code": err.code.connect, "message": err.message})
                 return
             body = self.rfile.read(length)

@@ -11,9 +11,13 @@ Connections are per thread (sqlite3 objects must not cross threads), held in a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
+        self._lock_fd: int | None = None  # used by the single writer thread only
 
     # -- connections ------------------------------------------------------------------
 
@@ -70,6 +75,19 @@ class Store:
             conn.close()
             raise UserError(f"cannot use database {self.path}: {exc}") from exc
         return conn
+
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Exclusive among control-plane writers on this database (flock on a side file)."""
+        fd = self._lock_fd
+        if fd is None:
+            fd = os.open(f"{self.path}.writer-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._lock_fd = fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -378,6 +396,9 @@ class Store:
         return int(self._conn().execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()

@@ -130,6 +130,13 @@ class HeartbeatWriter:
             conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Pending]) -> bool:
+        # Writers in other processes (SO_REUSEPORT) queue on a file lock, which wakes the
+        # next one the moment it is released; SQLite's own busy handler polls with sleeps
+        # of up to 100 ms, which showed up as the p99 when two processes shared a database.
+        with self._store.writer_lock():
+            return self._commit_locked(conn, batch)
+
+    def _commit_locked(self, conn: sqlite3.Connection, batch: list[_Pending]) -> bool:
         overlay: dict[str, AgentView] = {}
         stored = []
         try:
