@@ -42,9 +42,17 @@ DEBS_KERNEL = [
 
 DEBS_TEST = [
     "@deb_dropbear_bin//file",
+    "@deb_iproute2//file",
+    "@deb_libbsd0//file",
+    "@deb_libcap2//file",
     "@deb_libgmp10//file",
+    "@deb_libmd0//file",
+    "@deb_libmnl0//file",
+    "@deb_libpcre2_8_0//file",
+    "@deb_libselinux1//file",
     "@deb_libtomcrypt1//file",
     "@deb_libtommath1//file",
+    "@deb_libxtables12//file",
 ]
 
 WHEELS = [
@@ -62,9 +70,12 @@ DEBS = {
     "busybox-static": "@deb_busybox_static//file",
     "dropbear-bin": "@deb_dropbear_bin//file",
     "gcc-12-base": "@deb_gcc_12_base//file",
+    "iproute2": "@deb_iproute2//file",
     "libbpf1": "@deb_libbpf1//file",
+    "libbsd0": "@deb_libbsd0//file",
     "libbz2-1.0": "@deb_libbz2_1_0//file",
     "libc6": "@deb_libc6//file",
+    "libcap2": "@deb_libcap2//file",
     "libcom-err2": "@deb_libcom_err2//file",
     "libcrypt1": "@deb_libcrypt1//file",
     "libdb5.3": "@deb_libdb5_3//file",
@@ -79,11 +90,15 @@ DEBS = {
     "libkrb5-3": "@deb_libkrb5_3//file",
     "libkrb5support0": "@deb_libkrb5support0//file",
     "liblzma5": "@deb_liblzma5//file",
+    "libmd0": "@deb_libmd0//file",
+    "libmnl0": "@deb_libmnl0//file",
     "libncursesw6": "@deb_libncursesw6//file",
     "libnsl2": "@deb_libnsl2//file",
+    "libpcre2-8-0": "@deb_libpcre2_8_0//file",
     "libpython3.11-minimal": "@deb_libpython3_11_minimal//file",
     "libpython3.11-stdlib": "@deb_libpython3_11_stdlib//file",
     "libreadline8": "@deb_libreadline8//file",
+    "libselinux1": "@deb_libselinux1//file",
     "libsqlite3-0": "@deb_libsqlite3_0//file",
     "libssl3": "@deb_libssl3//file",
     "libstdc++6": "@deb_libstdc__6//file",
@@ -92,6 +107,7 @@ DEBS = {
     "libtomcrypt1": "@deb_libtomcrypt1//file",
     "libtommath1": "@deb_libtommath1//file",
     "libuuid1": "@deb_libuuid1//file",
+    "libxtables12": "@deb_libxtables12//file",
     "linux-image-6.1.0-50-amd64": "@deb_linux_image_6_1_0_50_amd64//file",
     "python3.11-minimal": "@deb_python3_11_minimal//file",
     "zlib1g": "@deb_zlib1g//file",
@@ -102,9 +118,12 @@ def sennet_inputs():
     sennet_input(name = "deb_busybox_static", kind = "deb", archive = "debian", path = "pool/main/b/busybox/busybox-static_1.35.0-4+deb12u1+b1_amd64.deb", filename = "busybox-static_1.35.0-4+deb12u1+b1_amd64.deb", sha256 = "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744")
     sennet_input(name = "deb_dropbear_bin", kind = "deb", archive = "debian", path = "pool/main/d/dropbear/dropbear-bin_2022.83-1+deb12u3_amd64.deb", filename = "dropbear-bin_2022.83-1+deb12u3_amd64.deb", sha256 = "44ac9aaae0105bca66ea4d457852bf97020ccab33d5c088b0e5c8668891290a0")
     sennet_input(name = "deb_gcc_12_base", kind = "deb", archive = "debian", path = "pool/main/g/gcc-12/gcc-12-base_12.2.0-14+deb12u1_amd64.deb", filename = "gcc-12-base_12.2.0-14+deb12u1_amd64.deb", sha256 = "1896a2aacf4ad681ff5eacc24a5b0ca4d5d9c9b9c9e4b6de5197bc1e116ea619")
+    sennet_input(name = "deb_iproute2", kind = "deb", archive = "debian", path = "pool/main/i/iproute2/iproute2_6.1.0-3_amd64.deb", filename = "iproute2_6.1.0-3_amd64.deb", sha256 = "1204b29e916e836267096d0b9d778106752f821ebde0d281539008b4386d9070")
     sennet_input(name = "deb_libbpf1", kind = "deb", archive = "debian", path = "pool/main/libb/libbpf/libbpf1_1.1.2-0+deb12u1_amd64.deb", filename = "libbpf1_1.1.2-0+deb12u1_amd64.deb", sha256 = "5e7505ef77ebc84ad0203411e4afdeb8a98f40fb7f78f013aa4dd8710e49f8ed")
+    sennet_input(name = "deb_libbsd0", kind = "deb", archive = "debian", path = "pool/main/libb/libbsd/libbsd0_0.11.7-2_amd64.deb", filename = "libbsd0_0.11.7-2_amd64.deb", sha256 = "bb31cc8b40f962a85b2cec970f7f79cc704a1ae4bad24257a822055404b2c60b")
     sennet_input(name = "deb_libbz2_1_0", kind = "deb", archive = "debian", path = "pool/main/b/bzip2/libbz2-1.0_1.0.8-5+b1_amd64.deb", filename = "libbz2-1.0_1.0.8-5+b1_amd64.deb", sha256 = "54149da3f44b22d523b26b692033b84503d822cc5122fed606ea69cc83ca5aeb")
     sennet_input(name = "deb_libc6", kind = "deb", archive = "debian", path = "pool/main/g/glibc/libc6_2.36-9+deb12u14_amd64.deb", filename = "libc6_2.36-9+deb12u14_amd64.deb", sha256 = "ba4f88f73dbc3ae9055f3c20f4523bfdbaf1ad13ff95e258924f77d20b4fbedf")
+    sennet_input(name = "deb_libcap2", kind = "deb", archive = "debian", path = "pool/main/libc/libcap2/libcap2_2.66-4+deb12u3+b1_amd64.deb", filename = "libcap2_2.66-4+deb12u3+b1_amd64.deb", sha256 = "8d684c673e7483802a5c447834b0df6fce006eb3a7109e1be412f5ad425bb24f")
     sennet_input(name = "deb_libcom_err2", kind = "deb", archive = "debian", path = "pool/main/e/e2fsprogs/libcom-err2_1.47.0-2+b2_amd64.deb", filename = "libcom-err2_1.47.0-2+b2_amd64.deb", sha256 = "a2bac7015e78fbc0c504df3e441f3a22292f1d2d77f9ccda760057f3690e22f2")
     sennet_input(name = "deb_libcrypt1", kind = "deb", archive = "debian", path = "pool/main/libx/libxcrypt/libcrypt1_4.4.33-2_amd64.deb", filename = "libcrypt1_4.4.33-2_amd64.deb", sha256 = "f5f60a5cdfd4e4eaa9438ade5078a57741a7a78d659fcb0c701204f523e8bd29")
     sennet_input(name = "deb_libdb5_3", kind = "deb", archive = "debian", path = "pool/main/d/db5.3/libdb5.3_5.3.28+dfsg2-1_amd64.deb", filename = "libdb5.3_5.3.28+dfsg2-1_amd64.deb", sha256 = "7dc5127b8dd0da80e992ba594954c005ae4359d839a24eb65d0d8129b5235c84")
@@ -119,11 +138,15 @@ def sennet_inputs():
     sennet_input(name = "deb_libkrb5_3", kind = "deb", archive = "debian", path = "pool/main/k/krb5/libkrb5-3_1.20.1-2+deb12u5_amd64.deb", filename = "libkrb5-3_1.20.1-2+deb12u5_amd64.deb", sha256 = "c90801be09701af221b54dd502a59cb378b7284ff31e480738baca317d2f7653")
     sennet_input(name = "deb_libkrb5support0", kind = "deb", archive = "debian", path = "pool/main/k/krb5/libkrb5support0_1.20.1-2+deb12u5_amd64.deb", filename = "libkrb5support0_1.20.1-2+deb12u5_amd64.deb", sha256 = "8b9c05f2d8d461a10d657b118f572af5bf8fd6c8f93dcef81e852c5ab0f428ab")
     sennet_input(name = "deb_liblzma5", kind = "deb", archive = "debian-security", path = "pool/updates/main/x/xz-utils/liblzma5_5.4.1-1+deb12u2_amd64.deb", filename = "liblzma5_5.4.1-1+deb12u2_amd64.deb", sha256 = "3d8c29c8c21ec6007635e1b2591edf98b771c9572a085968f47452b33040f384")
+    sennet_input(name = "deb_libmd0", kind = "deb", archive = "debian", path = "pool/main/libm/libmd/libmd0_1.0.4-2_amd64.deb", filename = "libmd0_1.0.4-2_amd64.deb", sha256 = "03539fd30c509e27101d13a56e52eda9062bdf1aefe337c07ab56def25a13eab")
+    sennet_input(name = "deb_libmnl0", kind = "deb", archive = "debian", path = "pool/main/libm/libmnl/libmnl0_1.0.4-3_amd64.deb", filename = "libmnl0_1.0.4-3_amd64.deb", sha256 = "4581f42e3373cb72f9ea4e88163b17873afca614a6c6f54637e95aa75983ea7c")
     sennet_input(name = "deb_libncursesw6", kind = "deb", archive = "debian", path = "pool/main/n/ncurses/libncursesw6_6.4-4_amd64.deb", filename = "libncursesw6_6.4-4_amd64.deb", sha256 = "98fa7a53dc565a38b65fb70422ad08001bf5361d8fbc74255280c329996a6bec")
     sennet_input(name = "deb_libnsl2", kind = "deb", archive = "debian", path = "pool/main/libn/libnsl/libnsl2_1.3.0-2_amd64.deb", filename = "libnsl2_1.3.0-2_amd64.deb", sha256 = "c0d83437fdb016cb289436f49f28a36be44b3e8f1f2498c7e3a095f709c0d6f8")
+    sennet_input(name = "deb_libpcre2_8_0", kind = "deb", archive = "debian-security", path = "pool/updates/main/p/pcre2/libpcre2-8-0_10.42-1+deb12u2_amd64.deb", filename = "libpcre2-8-0_10.42-1+deb12u2_amd64.deb", sha256 = "d2f7edfcc7689b9e0761c2742cc824ac86a20768bc5e8057818dc6875291fe76")
     sennet_input(name = "deb_libpython3_11_minimal", kind = "deb", archive = "debian-security", path = "pool/updates/main/p/python3.11/libpython3.11-minimal_3.11.2-6+deb12u9_amd64.deb", filename = "libpython3.11-minimal_3.11.2-6+deb12u9_amd64.deb", sha256 = "69f41cfa3f4ba17284e538f843069d7529c53c207d2ae17a5b02785944870e33")
     sennet_input(name = "deb_libpython3_11_stdlib", kind = "deb", archive = "debian-security", path = "pool/updates/main/p/python3.11/libpython3.11-stdlib_3.11.2-6+deb12u9_amd64.deb", filename = "libpython3.11-stdlib_3.11.2-6+deb12u9_amd64.deb", sha256 = "10f13e000ee757f5f2d2d3569f9e30546214a0c850acd78695feae373bfa3e53")
     sennet_input(name = "deb_libreadline8", kind = "deb", archive = "debian", path = "pool/main/r/readline/libreadline8_8.2-1.3_amd64.deb", filename = "libreadline8_8.2-1.3_amd64.deb", sha256 = "e02ebbd3701cf468dbf98d6d917fbe0325e881f07fe8b316150c8d2a64486e66")
+    sennet_input(name = "deb_libselinux1", kind = "deb", archive = "debian", path = "pool/main/libs/libselinux/libselinux1_3.4-1+b6_amd64.deb", filename = "libselinux1_3.4-1+b6_amd64.deb", sha256 = "2b07f5287b9105f40158b56e4d70cc1652dac56a408f3507b4ab3d061eed425f")
     sennet_input(name = "deb_libsqlite3_0", kind = "deb", archive = "debian", path = "pool/main/s/sqlite3/libsqlite3-0_3.40.1-2+deb12u2_amd64.deb", filename = "libsqlite3-0_3.40.1-2+deb12u2_amd64.deb", sha256 = "a8d78b40e9b4e422224aeebfe0e4dfc243f6acf3532490b0c05480d4283d41e2")
     sennet_input(name = "deb_libssl3", kind = "deb", archive = "debian-security", path = "pool/updates/main/o/openssl/libssl3_3.0.22-1~deb12u2_amd64.deb", filename = "libssl3_3.0.22-1~deb12u2_amd64.deb", sha256 = "cb4784740daa9b3b0eaea2b444bbefa686794afbbf3d678d238c1fd9875f2efd")
     sennet_input(name = "deb_libstdc__6", kind = "deb", archive = "debian", path = "pool/main/g/gcc-12/libstdc++6_12.2.0-14+deb12u1_amd64.deb", filename = "libstdc++6_12.2.0-14+deb12u1_amd64.deb", sha256 = "5cd3171216d4ab0fc911cfe9c35509bf2dd8f47761c43b7f6a4296701551a24d")
@@ -132,6 +155,7 @@ def sennet_inputs():
     sennet_input(name = "deb_libtomcrypt1", kind = "deb", archive = "debian", path = "pool/main/libt/libtomcrypt/libtomcrypt1_1.18.2-6_amd64.deb", filename = "libtomcrypt1_1.18.2-6_amd64.deb", sha256 = "dc5e1105c6428277dc2d90263295c8409141541f4e30f55fe490207fdb8df645")
     sennet_input(name = "deb_libtommath1", kind = "deb", archive = "debian", path = "pool/main/libt/libtommath/libtommath1_1.2.0-6+deb12u1_amd64.deb", filename = "libtommath1_1.2.0-6+deb12u1_amd64.deb", sha256 = "9ee19bf48bd80f903cd1ad64c1231198b1b1e5e2d3c2427fcd946916644424fa")
     sennet_input(name = "deb_libuuid1", kind = "deb", archive = "debian", path = "pool/main/u/util-linux/libuuid1_2.38.1-5+deb12u3_amd64.deb", filename = "libuuid1_2.38.1-5+deb12u3_amd64.deb", sha256 = "5fff398321da62d28a842bcbabd193d72ae21724962c029dc32b1dc6b2deaeaf")
+    sennet_input(name = "deb_libxtables12", kind = "deb", archive = "debian", path = "pool/main/i/iptables/libxtables12_1.8.9-2_amd64.deb", filename = "libxtables12_1.8.9-2_amd64.deb", sha256 = "cb841d66950a43af4a398625313d2f3da9065299c9738538de6c2c3495857040")
     sennet_input(name = "deb_linux_image_6_1_0_50_amd64", kind = "deb", archive = "debian", path = "pool/main/l/linux-signed-amd64/linux-image-6.1.0-50-amd64_6.1.176-1_amd64.deb", filename = "linux-image-6.1.0-50-amd64_6.1.176-1_amd64.deb", sha256 = "7b5597492a0a65aee61985a492e6bcc3f2cde830072a0e3b3d8c7e1b90279bd3")
     sennet_input(name = "deb_python3_11_minimal", kind = "deb", archive = "debian-security", path = "pool/updates/main/p/python3.11/python3.11-minimal_3.11.2-6+deb12u9_amd64.deb", filename = "python3.11-minimal_3.11.2-6+deb12u9_amd64.deb", sha256 = "b5f855ab922dfcd5d1a3223b2118c3dae13ffc7751b0cd5dc24740386323a33a")
     sennet_input(name = "deb_zlib1g", kind = "deb", archive = "debian", path = "pool/main/z/zlib/zlib1g_1.2.13.dfsg-1_amd64.deb", filename = "zlib1g_1.2.13.dfsg-1_amd64.deb", sha256 = "d7dd1d1411fedf27f5e27650a6eff20ef294077b568f4c8c5e51466dc7c08ce4")

@@ -105,7 +105,7 @@ def _read_until(
         if sink is not None:
             sink.append(text)
         match = pattern.search(buf)
-        if match and "\n" in buf[match.end():]:  # the whole matching line, not half of it
+        if match and "\n" in buf[match.end() :]:  # the whole matching line, not half of it
             break
     return buf
 

@@ -38,6 +38,7 @@ class Inputs:
     kernel: str
     test: tuple[str, ...]
     exclude: frozenset[str]
+    test_exclude: frozenset[str]
     constraints: Path
     requirements: tuple[str, ...]
     python_version: str
@@ -54,6 +55,7 @@ def load_inputs(path: Path = lock.IMAGES_DIR / "inputs.toml") -> Inputs:
             kernel=deb["kernel"],
             test=tuple(deb.get("test", [])),
             exclude=frozenset(deb.get("exclude", {})),
+            test_exclude=frozenset(deb.get("test_exclude", {})),
             constraints=(path.parent / py["constraints"]).resolve(),
             requirements=tuple(py["requirements"]),
             python_version=py["python_version"],
@@ -142,7 +144,8 @@ def resolve_debs(inputs: Inputs) -> list[DebPin]:
     pins += [
         _deb_pin(n, v, u, "test", archives)
         for n, (v, u) in test.items()
-        if n not in inputs.exclude and n not in root
+        # not already pinned in the root; the root's exclusions do not apply (libbsd0 needs libmd0)
+        if n not in inputs.test_exclude and (n not in root or n in inputs.exclude)
     ]
     pins.append(_deb_pin(inputs.kernel, kernel[0], kernel[1], "kernel", archives))
     log("lock_debs_resolved", packages=len(pins))

@@ -280,17 +280,31 @@ def build_agent(tree: Path, python_src: Path, bpf_objects: list[Path]) -> list[s
     return file_list(tree)
 
 
+TEST_TOOLS = {"tc": "usr/sbin/tc", "ip": "usr/bin/ip", "ss": "usr/bin/ss"}
+
+
 def build_testfs(tree: Path, test_debs: list[Path]) -> list[str]:
-    """The test overlay, mounted at /opt/sennet-test: dropbear, its libraries, rc.test."""
+    """The test overlay, mounted at /opt/sennet-test: dropbear, iproute2, their libraries,
+    rc.test, and tools/{tc,ip,ss} wrappers that find those libraries."""
     if tree.exists():
         shutil.rmtree(tree)
     tree.mkdir(parents=True)
+    _usrmerge(tree)
     for deb in test_debs:
         debs.unpack(deb, tree)
     for name in ("usr/bin/dbclient", "usr/bin/dropbearconvert"):
         (tree / name).unlink(missing_ok=True)
     shutil.copy(TESTFS / "rc.test", tree / "rc.test")
     (tree / "rc.test").chmod(0o755)
+    (tree / "tools").mkdir()
+    for tool, rel in TEST_TOOLS.items():
+        wrapper = tree / "tools" / tool
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            "LD_LIBRARY_PATH=/opt/sennet-test/usr/lib/x86_64-linux-gnu "
+            f'exec /opt/sennet-test/{rel} "$@"\n'
+        )
+        wrapper.chmod(0o755)
     prune_empty_dirs(tree)
     return file_list(tree)
 
