@@ -27,6 +27,8 @@ HOST_TOOLS = {
     "qemu-img": ["qemu-img", "--version"],
 }
 EFI_STUB_PACKAGE = "systemd-boot-efi"
+# Debian packages on the host whose files actions read (the BPF build's UAPI headers).
+HOST_PACKAGES = ("linux-libc-dev", "libc6-dev")
 
 
 def tool_version(argv: list[str]) -> str:
@@ -42,6 +44,9 @@ def host_tools() -> dict[str, str]:
     tools = {name: tool_version(argv) for name, argv in HOST_TOOLS.items()}
     stub = run(["dpkg-query", "-W", "-f", "${Version}", EFI_STUB_PACKAGE], check=False)
     tools[f"{EFI_STUB_PACKAGE} (linuxx64.efi.stub)"] = stub.stdout.decode() or "unknown"
+    for pkg in HOST_PACKAGES:
+        res = run(["dpkg-query", "-W", "-f", "${Version}", pkg], check=False)
+        tools[f"{pkg} (headers)"] = res.stdout.decode() or "unknown"
     return tools
 
 
