@@ -31,7 +31,10 @@ EXCLUDE = {".git", ".venv", "build", ".mypy_cache", ".ruff_cache", ".pytest_cach
 
 def _copy_tree(dest: Path) -> None:
     def ignore(directory: str, names: list[str]) -> set[str]:
-        return {n for n in names if n in EXCLUDE or n.startswith("bazel-")}
+        top = Path(directory) == REPO  # only the top-level build/ (images/build is a script)
+        return {
+            n for n in names if (n in EXCLUDE and (n != "build" or top)) or n.startswith("bazel-")
+        }
 
     shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
 

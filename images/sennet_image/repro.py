@@ -56,7 +56,8 @@ def snapshot(dest: Path) -> Path:
     skip = {".git", ".venv", "build", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__"}
 
     def ignore(directory: str, names: list[str]) -> set[str]:
-        return {n for n in names if n in skip or n.startswith("bazel-")}
+        top = Path(directory) == REPO  # only the top-level build/ (images/build is a script)
+        return {n for n in names if (n in skip and (n != "build" or top)) or n.startswith("bazel-")}
 
     shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
     return dest
