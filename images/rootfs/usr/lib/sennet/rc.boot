@@ -73,7 +73,10 @@ for dev in /sys/class/net/*; do
     name=${dev##*/}
     case "$name" in lo|"$MGMT_IF") continue;; esac
     echo 1 > "/proc/sys/net/ipv6/conf/$name/disable_ipv6" 2>/dev/null
-    ip link set "$name" up && log "event=link_up ifname=$name role=monitored"
+    # Promiscuous: a mirror or tap port carries other hosts' frames, which the NIC's
+    # address filter would otherwise drop before TC ever sees them.
+    ip link set "$name" promisc on
+    ip link set "$name" up && log "event=link_up ifname=$name role=monitored promisc=on"
 done
 ip link set "$MGMT_IF" up
 if [ "$IP" = dhcp ]; then
