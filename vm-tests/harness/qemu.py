@@ -9,14 +9,14 @@ probe that sees it picks KVM; everything else falls back to TCG.
 from __future__ import annotations
 
 import functools
-import os
-import select
 import shutil
-import subprocess
-import time
+import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images"))
+from sennet_image.boot import kvm_works  # one KVM probe for the whole repo
 
 QEMU = "qemu-system-x86_64"
 
@@ -29,34 +29,9 @@ def qemu_binary() -> str:
 
 
 @functools.cache
-def accelerator(kernel: Path, probe_seconds: float = 4.0) -> str:
-    """'kvm' when a KVM guest demonstrably runs here, else 'tcg'."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "tcg"
-    argv = [
-        qemu_binary(), "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
-        "-display", "none", "-serial", "stdio", "-no-reboot", "-kernel", str(kernel),
-        "-append", "console=ttyS0 panic=-1 loglevel=7",
-    ]  # fmt: skip
-    try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    except OSError:
-        return "tcg"
-    seen = b""
-    deadline = time.monotonic() + probe_seconds
-    try:
-        assert proc.stdout is not None
-        while time.monotonic() < deadline and b"Linux version" not in seen:
-            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-            if ready:
-                chunk = os.read(proc.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                seen += chunk
-    finally:
-        proc.kill()
-        proc.wait()
-    return "kvm" if b"Linux version" in seen else "tcg"
+def accelerator(kernel: Path) -> str:
+    """'kvm' when a KVM guest demonstrably runs here, else 'tcg' (the image tooling's probe)."""
+    return "kvm" if kvm_works(kernel) else "tcg"
 
 
 def direct_boot_argv(
