@@ -1,13 +1,15 @@
 #!/bin/sh
-# The test command: set up (scripts/bootstrap.sh), static checks, every test suite on
-# the real kernel, then build the appliance image and boot it in QEMU for the VM tests.
-# Exit status is the verdict. Extra arguments go to the host pytest run.
+# The test command: set up (scripts/bootstrap.sh), static checks, every host test suite
+# on the real kernel, then build the appliance image with Bazel from its pinned inputs
+# and boot it in QEMU for the image and VM suites. Exit status is the verdict.
+# Extra arguments go to the host pytest run.
 set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 "$repo/scripts/bootstrap.sh"
 cd "$repo"
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+say() { printf '\033[1m==> %s (%s)\033[0m\n' "$*" "$(date +%H:%M:%S)"; }
 venv="$repo/.venv/bin"
+pytest() { "$venv/python" -m pytest -q -p no:cacheprovider "$@"; }
 
 say "ruff"
 (cd python && "$venv/ruff" check --output-format concise sennet tests && "$venv/ruff" format --check -q sennet tests)
@@ -16,13 +18,25 @@ say "ruff"
 
 say "mypy"
 (cd python && "$venv/mypy" sennet)
-MYPYPATH=vm-tests:python "$venv/mypy" --config-file python/pyproject.toml --explicit-package-bases vm-tests
+MYPYPATH=vm-tests:python:images "$venv/mypy" --config-file python/pyproject.toml \
+    --explicit-package-bases vm-tests
+(cd images && "$venv/mypy" --strict sennet_image)
 
-say "pytest: host suites (real kernel: BPF, TC, veth in test-owned namespaces; real gRPC, SQLite, Prometheus)"
-(cd python && "$venv/python" -m pytest -q -p no:cacheprovider tests "$@")
+say "proto bindings match proto/"
+(cd python && "$venv/python" -m sennet.proto.generate --check)
 
-say "image: building the appliance from the pinned inputs"
-images/build
+say "pytest: agent and control plane (real kernel: BPF, TC, veth in test-owned namespaces; real gRPC, SQLite, Prometheus)"
+(cd python && pytest tests "$@")
 
-say "pytest: VM suite (boots the built image in QEMU)"
-"$venv/python" -m pytest -q -p no:cacheprovider vm-tests
+say "pytest: image build tooling"
+(cd images && pytest tests -m "not integration")
+
+say "bazel build //images:appliance (pinned inputs, sandboxed)"
+bazel build //images:appliance
+export SENNET_IMAGE_DIR="$repo/bazel-bin/images"
+
+say "pytest: image boots (direct kernel and UEFI)"
+(cd images && pytest tests -m integration)
+
+say "pytest: VM suite (the test variant in QEMU: counters, events, heartbeats, faults)"
+pytest vm-tests
