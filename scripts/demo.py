@@ -1,10 +1,14 @@
 """Sennet's main job on one machine: everything real, nothing to configure.
 
-Creates a monitored link (a veth pair between two network namespaces it owns),
-starts the control plane on SQLite when it is installed, runs the agent on the
-monitored side, and replays a mix of ordinary and hostile traffic into it every
-few seconds, printing what the agent and the control plane report. Ctrl-C (or
---duration) stops everything and removes what it created.
+Default (--where vm): build the appliance image, start the control plane on
+SQLite, boot the appliance in local QEMU, replay traffic into its monitored NIC
+and print what the control plane reports (see scripts/demo_vm.py).
+
+--where host: the same without the image: a veth pair between two network
+namespaces this script owns, the agent attached on the host to the monitored
+side, the control plane on SQLite.
+
+Ctrl-C (or --duration) stops everything and removes what it created.
 """
 
 from __future__ import annotations
@@ -157,30 +161,7 @@ def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float
     raise SystemExit(f"demo: {text!r} did not appear in {log} within {timeout} s")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=0,
-        help="stop after this many seconds (0 = until Ctrl-C)",
-    )
-    parser.add_argument(
-        "--interval", type=float, default=5.0, help="agent heartbeat interval, seconds"
-    )
-    parser.add_argument("--workdir", type=Path, default=None, help="keep logs and state here")
-    parser.add_argument(
-        "--no-control-plane",
-        action="store_true",
-        help="agent only: log and local /metrics",
-    )
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("demo: run as root (BPF, TC, network namespaces)")
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="sennet-demo-"))
-    work.mkdir(parents=True, exist_ok=True)
+def run_host(args: argparse.Namespace, work: Path) -> None:
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     have_cp = (
@@ -298,6 +279,40 @@ def main() -> int:
                 time.sleep(max(0.0, args.interval - 2.0))
         except KeyboardInterrupt:
             print("\ndemo: stopping")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--where",
+        choices=("vm", "host"),
+        default="vm",
+        help="boot the appliance image in QEMU (default), or run the agent on this host",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=0, help="stop after this many seconds (0 = Ctrl-C)"
+    )
+    parser.add_argument("--interval", type=float, default=5.0, help="heartbeat interval, seconds")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep logs and state here")
+    parser.add_argument(
+        "--no-control-plane", action="store_true", help="host mode: agent only (log, /metrics)"
+    )
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("demo: run as root (BPF, TC, network namespaces, tap devices)")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="sennet-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.where == "vm":
+            import demo_vm
+
+            demo_vm.run(args, work)
+        else:
+            run_host(args, work)
+    except KeyboardInterrupt:
+        print("\ndemo: stopped")
     print(f"demo: logs and state kept in {work}")
     return 0
 
