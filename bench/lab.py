@@ -10,7 +10,6 @@ touched. The patterns match python/tests/netlab.py; they are repeated here
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -26,10 +25,8 @@ from sennet.agent.datapath import libbpf_loader
 from sennet.agent.datapath.model import DatapathOptions, LoadedDatapath
 from sennet.agent.events import RingBufferConsumer
 from sennet.common.errors import UserError
+from sennet.common.netns import entered
 from sennet.common.proc import run
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def note(message: str) -> None:
@@ -106,20 +103,9 @@ def ring_bytes_for(records: int, record_size: int) -> int:
     return size
 
 
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
+def in_netns(name: str) -> contextlib.AbstractContextManager[None]:
     """Move the calling thread into a named netns; sockets opened inside stay bound to it."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
-        yield
-    finally:
-        if _libc.setns(home, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns back home")
-        os.close(target)
-        os.close(home)
+    return entered(name)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ spoils an exact count; no addresses are configured, so no ARP either.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import socket
@@ -18,9 +17,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-CLONE_NEWNET = 0x40000000
+from sennet.common.netns import entered
+
 ETH_P_ALL = 0x0003
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def sh(*argv: str) -> str:
@@ -31,20 +30,9 @@ def sh(*argv: str) -> str:
     return result.stdout
 
 
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Switch this thread into a named netns; sockets opened inside stay bound to it."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
-        yield
-    finally:
-        if _libc.setns(home, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns back home")
-        os.close(target)
-        os.close(home)
+def in_netns(name: str) -> contextlib.AbstractContextManager[None]:
+    """Move the calling thread into a named netns; sockets opened inside stay bound to it."""
+    return entered(name)
 
 
 @dataclass
