@@ -21,6 +21,23 @@ from sennet_image.proc import log, run, step
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
+# Every file a build leaves in its output directory besides manifest.json (which lists them).
+ARTEFACTS = (
+    "appliance.raw",
+    "appliance.qcow2",
+    "appliance-test.raw",
+    "appliance-test.qcow2",
+    "vmlinuz",
+    "initrd.img",
+    "cmdline",
+    "BOOTX64.EFI",
+    "root.squashfs",
+    "agent.squashfs",
+    "test.squashfs",
+    "root.files",
+)
+
+
 @dataclass(frozen=True)
 class Disks:
     """The disk artefacts of one variant."""
@@ -139,23 +156,7 @@ def build_all(out: Path) -> dict[str, Path]:
             out / "appliance-test.raw",
             out / "appliance-test.qcow2",
         )
-    artefacts = {
-        n: out / n
-        for n in (
-            "appliance.raw",
-            "appliance.qcow2",
-            "appliance-test.raw",
-            "appliance-test.qcow2",
-            "vmlinuz",
-            "initrd.img",
-            "cmdline",
-            "BOOTX64.EFI",
-            "root.squashfs",
-            "agent.squashfs",
-            "test.squashfs",
-            "root.files",
-        )
-    }
+    artefacts = {n: out / n for n in ARTEFACTS}
     write_manifest(
         out / "manifest.json",
         debs,

@@ -82,17 +82,7 @@ def pip_locations() -> list[tuple[str, str]]:
     ):
         dest += os.environ.get(var, "").split()
     home = Path(os.environ.get("HOME", "/root"))
-    for conf in (
-        Path("/etc/pip.conf"),
-        Path("/etc/xdg/pip/pip.conf"),
-        home / ".config/pip/pip.conf",
-        home / ".pip/pip.conf",
-    ):
-        cp = configparser.ConfigParser()
-        try:
-            cp.read(conf)
-        except configparser.Error:
-            continue
+    for cp in _pip_configs(home):
         for key, dest in (
             ("index-url", indexes),
             ("extra-index-url", indexes),
@@ -104,7 +94,9 @@ def pip_locations() -> list[tuple[str, str]]:
     return [("links", u) for u in links] + [("index", u) for u in indexes]
 
 
-def _has_index_url(home: Path) -> bool:
+def _pip_configs(home: Path) -> list[configparser.ConfigParser]:
+    """pip's configuration files that parse, in pip's order (unreadable ones are skipped)."""
+    parsed = []
     for conf in (
         Path("/etc/pip.conf"),
         Path("/etc/xdg/pip/pip.conf"),
@@ -116,9 +108,12 @@ def _has_index_url(home: Path) -> bool:
             cp.read(conf)
         except configparser.Error:
             continue
-        if cp.get("global", "index-url", fallback=""):
-            return True
-    return False
+        parsed.append(cp)
+    return parsed
+
+
+def _has_index_url(home: Path) -> bool:
+    return any(cp.get("global", "index-url", fallback="") for cp in _pip_configs(home))
 
 
 def _pip_default_index() -> str:

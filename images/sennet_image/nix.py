@@ -48,18 +48,7 @@ def root_tree(
     (tree / "etc/resolv.conf").symlink_to("/run/resolv.conf")
     (tree / "usr/lib/os-release").write_text(rootfs.os_release())
     prune_empty_dirs(tree)
-    for d in (
-        "proc",
-        "sys",
-        "dev",
-        "run",
-        "tmp",
-        "var/lib/sennet",
-        "opt/sennet",
-        "opt/sennet-test",
-        "boot/efi",
-    ):
-        (tree / d).mkdir(parents=True, exist_ok=True)
+    rootfs.make_mount_points(tree)
 
 
 def image(

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sennet_image import build
 from sennet_image.fsutil import sha256_file
 from sennet_image.proc import BuildError, log, run
 
@@ -34,21 +35,7 @@ LAYERS = (
     "root.files",
     "cmdline",
 )
-ARTEFACTS = (
-    "appliance.raw",
-    "appliance.qcow2",
-    "appliance-test.raw",
-    "appliance-test.qcow2",
-    "vmlinuz",
-    "initrd.img",
-    "cmdline",
-    "BOOTX64.EFI",
-    "root.squashfs",
-    "root.files",
-    "agent.squashfs",
-    "test.squashfs",
-    "manifest.json",
-)
+ARTEFACTS = (*build.ARTEFACTS, "manifest.json")
 
 
 def snapshot(dest: Path) -> Path:

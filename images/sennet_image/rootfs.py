@@ -216,39 +216,36 @@ def build_base(root: Path, debs_list: list[Path], wheels: list[Path]) -> list[st
     for sub in ("etc", "usr"):
         shutil.copytree(OVERLAY / sub, root / sub, dirs_exist_ok=True, symlinks=True)
     (root / "usr/bin/python3").symlink_to(PY)
-    for d in (
-        "proc",
-        "sys",
-        "dev",
-        "run",
-        "tmp",
-        "var/lib/sennet",
-        "opt/sennet",
-        "opt/sennet-test",
-        "boot/efi",
-    ):
-        (root / d).mkdir(parents=True, exist_ok=True)
+    make_mount_points(root)
     (root / "root").symlink_to("/run/root")
     (root / "etc/resolv.conf").symlink_to("/run/resolv.conf")
     (root / "etc/hostname").write_text("sennet\n")
     (root / "etc/os-release").symlink_to("../usr/lib/os-release")
     (root / "usr/lib/os-release").write_text(os_release())
     prune_empty_dirs(root)
-    for d in (
-        "proc",
-        "sys",
-        "dev",
-        "run",
-        "tmp",
-        "var/lib/sennet",
-        "opt/sennet",
-        "opt/sennet-test",
-        "boot/efi",
-    ):
-        (root / d).mkdir(parents=True, exist_ok=True)
+    make_mount_points(root)
     with step("compile_pyc"):
         compile_pyc(root, [f"usr/lib/{PY}", SITE], "/", image_python(root))
     return file_list(root)
+
+
+MOUNT_POINTS = (
+    "proc",
+    "sys",
+    "dev",
+    "run",
+    "tmp",
+    "var/lib/sennet",
+    "opt/sennet",
+    "opt/sennet-test",
+    "boot/efi",
+)
+
+
+def make_mount_points(root: Path) -> None:
+    """Empty directories the init mounts onto (the read-only root cannot create them later)."""
+    for d in MOUNT_POINTS:
+        (root / d).mkdir(parents=True, exist_ok=True)
 
 
 def os_release() -> str:
