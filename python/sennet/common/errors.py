@@ -1,12 +1,22 @@
-"""One error type for operator mistakes, so every command prints one clear line.
+"""One error type for operator mistakes and one exit-code rule for every Sennet command.
 
 A `UserError` is something the person running Sennet can fix (a bad config
-value, a missing interface, no permission). Command-line entry points catch it
-and print `error: <message>` plus an optional hint, without a stack trace.
-Anything else is a bug and keeps its traceback.
+value, a missing interface, no permission, a tampered input). Every entry point
+(`sennet-agent`, `sennet-controlplane`, `python -m sennet_image`) runs through
+`run_main`, which prints `PROG: error: <message>` plus an optional hint and
+exits 2, without a stack trace. Ctrl-C exits 130. Anything else is a bug and
+keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and reports a negative result (a check failed)
+EXIT_USER_ERROR = 2  # an operator mistake: one line on stderr
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 
 class UserError(Exception):
@@ -21,3 +31,14 @@ class UserError(Exception):
         if self.hint:
             return f"{self.message}\n  hint: {self.hint}"
         return self.message
+
+
+def run_main(prog: str, main: Callable[[], int]) -> int:
+    """Run a command's body under the one exit-code rule shared by every Sennet command."""
+    try:
+        return main()
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
