@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import signal
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,35 +37,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
+from grpc_health.v1 import health_pb2
 
-from sennet.common.retry import retry
 from sennet.controlplane.fleet import AgentView, Fleet, Series
 from sennet.controlplane.metrics import Exposition, ServerMetrics
 from sennet.controlplane.store import Store
+from sennet.proto import contract
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+from sennet.testing.controlplane import ControlPlane
+from sennet.testing.figures import Figure, report
+from sennet.testing.ports import free_port
+from sennet.testing.process import PYTHON, LoggedProcess
+from sennet.testing.scrape import scrape
 
 KINDS = ("large_packet", "tcp_null", "tcp_syn_fin", "tcp_syn_rst", "tcp_xmas", "land")
-HEARTBEAT = "/sentinel.v1.SentinelService/Heartbeat"
-HEALTH = "/grpc.health.v1.Health/Check"
-
-
-@dataclass(frozen=True)
-class Figure:
-    name: str
-    value: float
-    unit: str
-    baseline: float | None = None
-    note: str = ""
+HEALTH = "/{}/Check".format(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
 
 
 # -- servers --------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve_trivial(port: int) -> None:
@@ -102,105 +88,65 @@ def _rss_kib(pids: list[int]) -> int:
 
 @contextmanager
 def trivial_servers(procs: int, workdir: Path) -> Iterator[tuple[int, list[int]]]:
-    port = _free_port()
-    started = []
+    port = free_port()
+    started: list[LoggedProcess] = []
     try:
         for n in range(procs):
-            log = (workdir / f"trivial-{n}.log").open("wb")
-            p = subprocess.Popen(
-                [sys.executable, __file__, "--serve-trivial", str(port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
+            server = LoggedProcess(
+                f"trivial-{n}",
+                [PYTHON, __file__, "--serve-trivial", str(port)],
+                workdir / f"trivial-{n}.log",
             )
-            started.append(p)
-            retry(
-                lambda last, n=n: (
-                    True if b"ready" in (workdir / f"trivial-{n}.log").read_bytes() else None
-                ),
-                20.0,
-                what="trivial server ready",
-            )
-        yield port, [p.pid for p in started]
+            started.append(server.start())
+            server.wait_for_log("ready", timeout=20.0)
+        yield port, [p.proc.pid for p in started if p.proc is not None]
     finally:
         for p in started:
-            p.terminate()
-            p.wait(10)
+            p.stop(timeout=10)
 
 
 @dataclass
 class ControlPlanes:
+    """Several control-plane processes sharing one gRPC port (SO_REUSEPORT) and one database."""
+
     port: int
-    http_ports: list[int]
-    pids: list[int]
+    members: list[ControlPlane]
     db: Path
 
-    def accepted(self) -> float:
+    @property
+    def pids(self) -> list[int]:
+        return [cp.proc.pid for cp in self.members if cp.proc is not None]
+
+    def _total(self, name: str) -> float:
         total = 0.0
-        for hp in self.http_ports:
-            with urllib.request.urlopen(f"http://127.0.0.1:{hp}/metrics", timeout=30) as r:
-                text = r.read().decode()
-            for fam in text_string_to_metric_families(text):
-                for s in fam.samples:
-                    if s.name == "sennet_controlplane_heartbeats_accepted_total":
-                        total += s.value
+        for cp in self.members:
+            for (sample_name, _labels), value in scrape(cp.http + "/metrics", 30).items():
+                if sample_name == name:
+                    total += value
         return total
 
+    def accepted(self) -> float:
+        return self._total("sennet_controlplane_heartbeats_accepted_total")
+
     def commits(self) -> float:
-        total = 0.0
-        for hp in self.http_ports:
-            with urllib.request.urlopen(f"http://127.0.0.1:{hp}/metrics", timeout=30) as r:
-                for fam in text_string_to_metric_families(r.read().decode()):
-                    for s in fam.samples:
-                        if s.name == "sennet_controlplane_store_commits_total":
-                            total += s.value
-        return total
+        return self._total("sennet_controlplane_store_commits_total")
 
 
 @contextmanager
 def control_planes(procs: int, workdir: Path) -> Iterator[ControlPlanes]:
-    port = _free_port()
+    port = free_port()
     db = workdir / "cp.db"
     Store(db).migrate()
-    started: list[subprocess.Popen[bytes]] = []
-    http_ports = []
+    members: list[ControlPlane] = []
     try:
         for n in range(procs):
-            ready = workdir / f"ready-{n}.json"
-            log = (workdir / f"cp-{n}.log").open("wb")
-            started.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "sennet.controlplane.cli",
-                        "--db",
-                        str(db),
-                        "--log-level",
-                        "warning",
-                        "serve",
-                        "--reuse-port",
-                        "--grpc-listen",
-                        f"127.0.0.1:{port}",
-                        "--http-listen",
-                        "127.0.0.1:0",
-                        "--ready-file",
-                        str(ready),
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            info = retry(
-                lambda last, ready=ready: json.loads(ready.read_text()) if ready.exists() else None,
-                20.0,
-                what="control plane ready",
-            )
-            http_ports.append(int(info["http_port"]))
-        yield ControlPlanes(port, http_ports, [p.pid for p in started], db)
+            cp = ControlPlane(db, workdir, ["--reuse-port"], name=f"cp-{n}")
+            members.append(cp)
+            cp.start(grpc_port=port)
+        yield ControlPlanes(port, members, db)
     finally:
-        for p in started:
-            p.terminate()
-            p.wait(15)
+        for cp in members:
+            cp.stop()
 
 
 # -- load -----------------------------------------------------------------------------------
@@ -257,7 +203,7 @@ def enrol(target: str, db: Path, agents: int) -> list[tuple[str, str]]:
     out = []
     with grpc.insecure_channel(target) as ch:
         register = ch.unary_unary(
-            "/sentinel.v1.SentinelService/Register",
+            contract.REGISTER.path,
             request_serializer=pb.RegisterRequest.SerializeToString,
             response_deserializer=pb.RegisterResponse.FromString,
         )
@@ -368,7 +314,9 @@ def bench_grpc(args: argparse.Namespace, workdir: Path) -> list[Figure]:
         bodies = [(heartbeat_body(aid), tok) for aid, tok in enrolled]
         before = cps.accepted()
         commits_before = cps.commits()
-        full = h2load(cps.port, HEARTBEAT, bodies, workdir, args.duration, args.streams)
+        full = h2load(
+            cps.port, contract.HEARTBEAT.path, bodies, workdir, args.duration, args.streams
+        )
         accepted = cps.accepted() - before
         commits = cps.commits() - commits_before
         _cross_check(full.completed, accepted, agents * args.streams)
@@ -377,7 +325,7 @@ def bench_grpc(args: argparse.Namespace, workdir: Path) -> list[Figure]:
         before = cps.accepted()
         paced = h2load(
             cps.port,
-            HEARTBEAT,
+            contract.HEARTBEAT.path,
             bodies,
             workdir,
             args.duration,
@@ -386,14 +334,13 @@ def bench_grpc(args: argparse.Namespace, workdir: Path) -> list[Figure]:
         )
         paced_accepted = cps.accepted() - before
         _cross_check(paced.completed, paced_accepted, agents * args.streams)
-    figs.append(
-        Figure(
-            "trivial_handler_calls_per_s",
-            round(base.rps, 1),
-            "calls/s",
-            note=f"grpc.aio health Check, {procs} processes, same port",
-        )
+    trivial = Figure(
+        "trivial_handler_calls_per_s",
+        round(base.rps, 1),
+        "calls/s",
+        note=f"grpc.aio health Check, {procs} processes, same port",
     )
+    figs.append(trivial)
     figs.append(
         Figure(
             "heartbeats_per_s",
@@ -408,7 +355,7 @@ def bench_grpc(args: argparse.Namespace, workdir: Path) -> list[Figure]:
             "heartbeats_vs_trivial_handler",
             round(full.rps / base.rps, 3),
             "ratio",
-            baseline=round(base.rps, 1),
+            baseline=trivial,
         )
     )
     figs.append(
@@ -522,12 +469,18 @@ def bench_metrics(agents: int, repeat: int) -> list[Figure]:
         for line in fast.splitlines()
         if line.startswith(b"sennet_") and not line.startswith(b"sennet_controlplane")
     )
+    reference = Figure(
+        "metrics_render_prometheus_client",
+        round(plain_ms, 1),
+        "ms",
+        note="custom collector + generate_latest",
+    )
     return [
         Figure(
             "metrics_render_fast",
             round(beat_ms, 1),
             "ms",
-            baseline=round(plain_ms, 1),
+            baseline=reference,
             note=f"{agents} agents x 2 interfaces, {fleet_series} fleet series, "
             f"{len(fast) / 1e6:.1f} MB; every agent reported since the last scrape",
         ),
@@ -543,15 +496,8 @@ def bench_metrics(agents: int, repeat: int) -> list[Figure]:
             "ms",
             note="first scrape: prefixes rendered",
         ),
-        Figure(
-            "metrics_render_prometheus_client",
-            round(plain_ms, 1),
-            "ms",
-            note="custom collector + generate_latest",
-        ),
-        Figure(
-            "metrics_speedup", round(plain_ms / beat_ms, 2), "ratio", baseline=round(plain_ms, 1)
-        ),
+        reference,
+        Figure("metrics_speedup", round(plain_ms / beat_ms, 2), "ratio", baseline=reference),
         Figure("metrics_series", float(series), "series"),
         Figure(
             "metrics_bytes",
@@ -595,17 +541,9 @@ def main() -> int:
             note=f"{os.cpu_count()} cores; other work shares them",
         )
     )
+    print(report(figs, args.json))
     if args.json:
-        for f in figs:
-            obj: dict[str, object] = {"name": f.name, "value": f.value, "unit": f.unit}
-            if f.baseline is not None:
-                obj["baseline"] = f.baseline
-            print(json.dumps(obj))
         return 0
-    print(f"{'figure':34} {'value':>12}  {'unit':18} {'baseline':>10}  note")
-    for f in figs:
-        base = "" if f.baseline is None else f"{f.baseline:g}"
-        print(f"{f.name:34} {f.value:>12g}  {f.unit:18} {base:>10}  {f.note}")
     cores = os.cpu_count() or 1
     print(
         f"\n{cores} cores here, shared by the servers and h2load. Scale-out: agents are "

@@ -29,10 +29,11 @@ from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.agent.datapath.model import LoadedDatapath
 from sennet.agent.events import RingBufferConsumer
+from sennet.testing.errors import HarnessError
+from sennet.testing.figures import Figure, median
 
 import lab
 import wire
-from figures import Figure, median
 
 TC_ACT_UNSPEC = 0xFFFFFFFF  # -1 as the kernel reports it: "carry on as if no filter ran"
 
@@ -43,10 +44,6 @@ class Case:
     prog_fd: int
     frame: bytes
     after: Callable[[], None] | None = None  # untimed work after each call (draining)
-
-
-class HarnessError(RuntimeError):
-    """The benchmark itself is wrong (a path not taken, an event lost): no figure is valid."""
 
 
 def _rounds(cases: list[Case], rounds: int, repeat: int) -> dict[str, list[int]]:

@@ -23,12 +23,14 @@ from collections.abc import Sequence
 
 from sennet.agent.config import DEFAULT_ASSETS
 from sennet.common.errors import UserError
+from sennet.testing.errors import HarnessError
+from sennet.testing.figures import Figure, report
+from sennet.testing.netlab import bpffs
 
 import cost
 import drain
 import lab
 import throughput
-from figures import Figure, table
 
 PHASES = ("cost", "throughput", "drain")
 
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> list[Figure]:
     phases = args.only or list(PHASES)
     preflight(phases)
     figures: list[Figure] = []
-    with lab.sigterm_as_interrupt(), lab.private_bpffs() as pin_root:
+    with lab.sigterm_as_interrupt(), bpffs() as pin_root:
         if "cost" in phases:
             lab.note(f"cost: {args.cost_rounds} rounds x 8 cases x {args.cost_repeat:,} runs")
             with lab.pinned_to({1}):
@@ -117,17 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except cost.HarnessError as exc:
+    except HarnessError as exc:
         print(f"harness error (no figure is valid): {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("interrupted; everything created was removed", file=sys.stderr)
         return 130
-    if args.json:
-        for f in figures:
-            print(f.as_json())
-    else:
-        print(table(figures))
+    print(report(figures, args.json))
     return 0
 
 

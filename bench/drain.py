@@ -40,11 +40,11 @@ from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.agent.datapath.model import LoadedDatapath
 from sennet.agent.events import RingBufferConsumer
+from sennet.testing.errors import HarnessError
+from sennet.testing.figures import Figure, median
 
 import lab
 import wire
-from cost import HarnessError
-from figures import Figure, median
 
 PRODUCER_CPU, CONSUMER_CPU = 0, 1
 RING_BYTES = 64 << 20  # about 930,000 records: half a second of slack at the paced rate

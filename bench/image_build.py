@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import Figure, table
+from sennet.testing.figures import Figure, report
 
 REPO = Path(__file__).resolve().parent.parent
 EXCLUDE = {".git", ".venv", "build", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__"}
@@ -130,7 +130,7 @@ def main(argv: list[str]) -> int:
             check=False,
             capture_output=True,
         )
-    print("\n".join(f.as_json() for f in figures) if args.json else table(figures))
+    print(report(figures, args.json))
     return 0
 
 

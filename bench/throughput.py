@@ -48,11 +48,13 @@ from sennet.agent.datapath import layout, tc
 from sennet.agent.datapath.manager import DatapathManager
 from sennet.agent.datapath.model import DatapathOptions
 from sennet.common.errors import UserError
+from sennet.common.netns import entered
 from sennet.common.retry import retry
+from sennet.testing.figures import Figure, median
+from sennet.testing.netlab import VethPair, veth_pair
 
 import lab
 import wire
-from figures import Figure, median
 
 SETTLE_S = 0.3  # after attach/detach, before a window opens
 MODES = ("sennet", "empty", "bare")  # one window each per round, in this order
@@ -67,13 +69,13 @@ class LinkStats:
 class Counters:
     """Reads both ends' link counters through netlink sockets bound to their namespaces."""
 
-    def __init__(self, veth: lab.Veth) -> None:
-        with lab.in_netns(veth.rx_ns):
+    def __init__(self, veth: VethPair) -> None:
+        with entered(veth.ns_a):
             self.rx = IPRoute()
-        with lab.in_netns(veth.tx_ns):
+        with entered(veth.ns_b):
             self.tx = IPRoute()
-        self.rx_index = self.rx.link_lookup(ifname=veth.rx_if)[0]
-        self.tx_index = self.tx.link_lookup(ifname=veth.tx_if)[0]
+        self.rx_index = self.rx.link_lookup(ifname=veth.if_a)[0]
+        self.tx_index = self.tx.link_lookup(ifname=veth.if_b)[0]
 
     def read(self) -> LinkStats:
         rx = self.rx.get_links(self.rx_index)[0].get_attr("IFLA_STATS64")
@@ -89,7 +91,7 @@ SENDER_CPU = 0
 
 
 @contextlib.contextmanager
-def trafgen(veth: lab.Veth, frame: bytes, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+def trafgen(veth: VethPair, frame: bytes, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
     """trafgen sending `frame` round and round from the sender side until the block exits.
 
     trafgen forks a worker per CPU, and its parent does not reliably stop the
@@ -99,8 +101,8 @@ def trafgen(veth: lab.Veth, frame: bytes, workdir: Path) -> Iterator[subprocess.
     conf = workdir / "small.trafgen"
     conf.write_text(wire.trafgen_config(frame))
     log = (workdir / "trafgen.log").open("wb")
-    argv = ["ip", "netns", "exec", veth.tx_ns, "taskset", "-c", str(SENDER_CPU), "trafgen"]
-    argv += ["--dev", veth.tx_if, "--conf", str(conf), "--cpus", "1", "--notouch-irq"]
+    argv = ["ip", "netns", "exec", veth.ns_b, "taskset", "-c", str(SENDER_CPU), "trafgen"]
+    argv += ["--dev", veth.if_b, "--conf", str(conf), "--cpus", "1", "--notouch-irq"]
     argv += ["--no-cpu-stats"]
     try:
         proc = subprocess.Popen(
@@ -198,7 +200,7 @@ def measure(pin_root: Path, rounds: int, window_s: float) -> list[Figure]:
     frame = wire.udp_frame(wire.SMALL_FRAME)
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sennet-bench-")))
-        veth = stack.enter_context(lab.veth_pair())
+        veth = stack.enter_context(veth_pair(mtu=1500, if_b="gen0", prefix="snbench"))
         pin_dir = pin_root / "throughput"
         manager = DatapathManager(
             options=DatapathOptions(DEFAULT_ASSETS, pin_dir, 1 << 20, wire.LARGE_THRESHOLD),
@@ -208,7 +210,7 @@ def measure(pin_root: Path, rounds: int, window_s: float) -> list[Figure]:
         )
         stack.callback(manager.close)
         loaded = manager.load()
-        with lab.in_netns(veth.rx_ns):
+        with entered(veth.ns_a):
             _ = manager.tc  # the netlink socket binds to the receiver's namespace
         counters = Counters(veth)
         stack.callback(counters.close)
@@ -230,7 +232,7 @@ def measure(pin_root: Path, rounds: int, window_s: float) -> list[Figure]:
         for _ in range(rounds):
             for mode in MODES:
                 if mode == "sennet":
-                    slot = manager.attach((veth.rx_if,))[0].slot
+                    slot = manager.attach((veth.if_a,))[0].slot
                 elif mode == "empty":
                     _attach_empty(manager, veth, empty_fd)
                 time.sleep(SETTLE_S)
@@ -248,15 +250,15 @@ def measure(pin_root: Path, rounds: int, window_s: float) -> list[Figure]:
     return _figures(windows, coverage, rounds, window_s)
 
 
-def _attach_empty(manager: DatapathManager, veth: lab.Veth, fd: int) -> None:
-    ifindex = manager.tc.ifindex(veth.rx_if)
+def _attach_empty(manager: DatapathManager, veth: VethPair, fd: int) -> None:
+    ifindex = manager.tc.ifindex(veth.if_a)
     manager.tc.ensure_clsact(ifindex)
     for parent in (tc.PARENT_INGRESS, tc.PARENT_EGRESS):
         manager.tc.attach(ifindex, parent, fd, "sennet_empty")
 
 
-def _detach_empty(manager: DatapathManager, veth: lab.Veth) -> None:
-    ifindex = manager.tc.ifindex(veth.rx_if)
+def _detach_empty(manager: DatapathManager, veth: VethPair) -> None:
+    ifindex = manager.tc.ifindex(veth.if_a)
     for parent in (tc.PARENT_INGRESS, tc.PARENT_EGRESS):
         manager.tc.detach(ifindex, parent)
     manager.tc.remove_clsact_if_empty(ifindex)

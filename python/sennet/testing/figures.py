@@ -1,8 +1,10 @@
-"""Figures and their two renderings: a table for people, JSON lines for machines.
+"""Benchmark figures and their two renderings: a table for people, JSON lines for machines.
 
-A ratio or an overhead is only meaningful against a baseline measured in the
-same run on the same machine, so a Figure carries the name and value of its
-baseline instead of a number remembered from elsewhere.
+Every benchmark (bench/*.py) reports through this one type, so every figure
+has the same JSON shape: `name`, `value`, `unit`, optional `note`, and for a
+ratio or an overhead the baseline it was measured against in the same run on
+the same machine (`baseline`, `baseline_value`, `baseline_unit`), never a
+number remembered from elsewhere.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class Figure:
     note: str = ""
     baseline: Figure | None = None
 
-    def as_json(self) -> str:
+    def as_dict(self) -> dict[str, object]:
         doc: dict[str, object] = {"name": self.name, "value": self.value, "unit": self.unit}
         if self.baseline is not None:
             doc["baseline"] = self.baseline.name
@@ -29,7 +31,10 @@ class Figure:
             doc["baseline_unit"] = self.baseline.unit
         if self.note:
             doc["note"] = self.note
-        return json.dumps(doc)
+        return doc
+
+    def as_json(self) -> str:
+        return json.dumps(self.as_dict())
 
 
 def median(values: Sequence[float]) -> float:
@@ -58,3 +63,10 @@ def table(figures: Iterable[Figure]) -> str:
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def report(figures: Sequence[Figure], as_json: bool) -> str:
+    """What a benchmark prints on stdout: one JSON object per line, or the table."""
+    if as_json:
+        return "\n".join(f.as_json() for f in figures)
+    return table(figures)

@@ -1,0 +1,276 @@
+"""The real `sennet-controlplane` as a process, and thin clients for each of its doors.
+
+It runs on 127.0.0.1 against a SQLite file, with port 0 unless told otherwise;
+the ports it bound come back through --ready-file. A restart keeps the same
+ports and database, as an operator's restart would. The clients speak each
+transport the way an outside caller does: raw gRPC unary calls (so tests can
+send malformed bodies), Connect over plain HTTP, a /metrics scrape parsed by
+the reference parser, and read-only SQL on the database file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sqlite3
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from sennet.common.retry import retry
+from sennet.proto import contract
+from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+from sennet.testing.errors import HarnessError, TestFailed
+from sennet.testing.process import PYTHON, LoggedProcess
+from sennet.testing.scrape import Samples, fetch, parse_samples
+
+COMMAND = [PYTHON, "-m", "sennet.controlplane.cli"]
+AnyMethod = contract.Method[Any, Any]
+
+
+def cli(db: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """`sennet-controlplane --db DB ARGS...`, captured (the operator's command line)."""
+    return subprocess.run(
+        [*COMMAND, "--db", str(db), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def create_bootstrap_token(db: Path, name: str = "test") -> str:
+    """A new bootstrap token, made with the operator's own command."""
+    result = cli(db, "token", "create", "--name", name)
+    if result.returncode != 0:
+        raise TestFailed(f"token create failed ({result.returncode}): {result.stderr}")
+    return result.stdout.strip()
+
+
+def _method(method: str | AnyMethod) -> AnyMethod:
+    if isinstance(method, str):
+        return contract.BY_NAME[method]  # KeyError: not a method of the contract
+    return method
+
+
+class ControlPlane:
+    """One control-plane process (restartable) and its clients."""
+
+    def __init__(
+        self, db: Path, workdir: Path, extra: Sequence[str] = (), name: str = "controlplane"
+    ) -> None:
+        self.db = db
+        self.workdir = workdir
+        self.extra = list(extra)
+        self.name = name
+        self.grpc_port = 0
+        self.http_port = 0
+        self.token = ""  # the bootstrap token from create_token(), if made
+        self.process = LoggedProcess(name, COMMAND, workdir / f"{name}.log")
+
+    # -- process ---------------------------------------------------------------------------
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.proc
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    @property
+    def starts(self) -> int:
+        return self.process.starts
+
+    def log(self) -> str:
+        return self.process.log()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def create_token(self, name: str = "test") -> str:
+        self.token = create_bootstrap_token(self.db, name)
+        return self.token
+
+    def start(self, grpc_port: int | None = None, http_port: int | None = None) -> ControlPlane:
+        """Start (on the ports it had, or the ones given) and wait until it serves."""
+        grpc_port = self.grpc_port if grpc_port is None else grpc_port
+        http_port = self.http_port if http_port is None else http_port
+        ready = self.workdir / f"{self.name}.ready.json"
+        ready.unlink(missing_ok=True)
+        self.process.argv = [
+            *COMMAND, "--db", str(self.db), "serve",
+            "--grpc-listen", f"127.0.0.1:{grpc_port}",
+            "--http-listen", f"127.0.0.1:{http_port}",
+            "--ready-file", str(ready),
+            *self.extra,
+        ]  # fmt: skip
+        info = self.process.start().wait_for_json(ready)
+        self.grpc_port, self.http_port = int(info["grpc_port"]), int(info["http_port"])
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        return self.process.stop(sig)
+
+    def restart(self) -> None:
+        """A graceful stop (which must exit 0) and a start on the same ports and database."""
+        code = self.stop()
+        if code != 0:
+            raise TestFailed(f"{self.name} exited {code} on SIGTERM:\n{self.log()}")
+        self.start()
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.http + path, timeout=10) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def metrics_text(self) -> str:
+        return fetch(self.http + "/metrics")
+
+    def samples(self) -> Samples:
+        """Every sample in /metrics, keyed by (name, sorted labels)."""
+        return parse_samples(self.metrics_text())
+
+    def connect(
+        self,
+        method: str | AnyMethod,
+        body: bytes,
+        token: str | None,
+        content_type: str = "application/json",
+    ) -> tuple[int, dict[str, Any]]:
+        """One Connect unary call over plain HTTP: (HTTP status, decoded JSON body)."""
+        headers = {"Content-Type": content_type}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        url = self.http + _method(method).path
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+    # -- gRPC --------------------------------------------------------------------------------
+
+    def call_raw(
+        self, method: str | AnyMethod, body: bytes, token: str | None
+    ) -> tuple[grpc.StatusCode, str, bytes]:
+        """One unary call with a raw body: (status code, details, response bytes)."""
+        with grpc.insecure_channel(self.target) as channel:
+            stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                _method(method).path
+            )
+            metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
+            try:
+                out = stub(body, timeout=10, metadata=metadata)
+            except grpc.RpcError as err:
+                return err.code(), err.details() or "", b""
+            return grpc.StatusCode.OK, "", out
+
+    def register(
+        self, bootstrap: str, agent_id: str | None = None, hostname: str = "host-a"
+    ) -> tuple[str, str]:
+        """Enrol an agent id (a fresh one unless given): (agent id, its agent token)."""
+        agent_id = agent_id or str(uuid.uuid4())
+        req = pb.RegisterRequest(
+            agent_id=agent_id, hostname=hostname, agent_version="0.1.0", kernel_version="6.18.0"
+        )
+        code, details, out = self.call_raw(contract.REGISTER, req.SerializeToString(), bootstrap)
+        if code != grpc.StatusCode.OK:
+            raise TestFailed(f"Register refused: {code.name} {details}")
+        return agent_id, pb.RegisterResponse.FromString(out).agent_token
+
+    def heartbeat(self, token: str, req: pb.HeartbeatRequest) -> tuple[grpc.StatusCode, str]:
+        code, details, _ = self.call_raw(contract.HEARTBEAT, req.SerializeToString(), token)
+        return code, details
+
+    # -- SQLite ------------------------------------------------------------------------------
+
+    def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        """Read the control plane's own database file (read-only, WAL-safe)."""
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        try:
+            return list(conn.execute(sql, args))
+        finally:
+            conn.close()
+
+    def scalar(self, sql: str, *args: object) -> int:
+        """A single integer from the database (a count, a flag)."""
+        ((value,),) = self.query(sql, *args)
+        if not isinstance(value, int):
+            raise HarnessError(f"{sql!r} gave {value!r}, not an integer")
+        return value
+
+    def wait_until(self, what: str, predicate: Callable[[], object], timeout: float = 60) -> None:
+        """Poll `predicate()` (truthy = done) on the one retry primitive."""
+        try:
+            retry(lambda last: True if predicate() else None, timeout, interval=0.5, what=what)
+        except TimeoutError as exc:
+            raise TestFailed(str(exc)) from None
+
+
+@contextlib.contextmanager
+def running(
+    db: Path, workdir: Path, extra: Sequence[str] = (), name: str = "controlplane"
+) -> Iterator[ControlPlane]:
+    """A started control plane, killed on every exit; its log printed if the body failed."""
+    cp = ControlPlane(db, workdir, extra, name)
+    try:
+        yield cp.start()
+    except BaseException:
+        print(f"--- {name} log ({cp.log_path}) ---\n{cp.log()}")
+        raise
+    finally:
+        cp.process.kill()
+
+
+def heartbeat_request(
+    agent_id: str,
+    *,
+    rx: tuple[int, int] = (0, 0),
+    tx: tuple[int, int] = (0, 0),
+    ifname: str = "eth1",
+    events: dict[str, int] | None = None,
+    drops: dict[str, int] | None = None,
+    uptime: float = 10.0,
+    recent: list[pb.Event] | None = None,
+    agent_dropped: int = 0,
+) -> pb.HeartbeatRequest:
+    """A heartbeat as an agent would send it, with the counters a test chooses."""
+    return pb.HeartbeatRequest(
+        agent_id=agent_id,
+        agent_version="0.1.0",
+        kernel_version="6.18.0",
+        uptime_seconds=uptime,
+        interfaces=[
+            pb.InterfaceCounters(
+                name=ifname,
+                ifindex=7,
+                rx_packets=rx[0],
+                rx_bytes=rx[1],
+                tx_packets=tx[0],
+                tx_bytes=tx[1],
+            )
+        ],
+        events_by_kind=events or {},
+        ringbuf_drops_by_kind=drops or {},
+        recent_events=recent or [],
+        events_dropped_by_agent=agent_dropped,
+    )
