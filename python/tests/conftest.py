@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import VethPair, bpffs, veth_pair
+from sennet.testing.netlab import VethPair, bpffs, veth_pair
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,8 +22,8 @@ def root() -> None:
 
 @pytest.fixture
 def pin_root(root: None, tmp_path: Path) -> Iterator[Path]:
-    with bpffs(str(tmp_path)) as path:
-        yield Path(path)
+    with bpffs(tmp_path) as path:
+        yield path
 
 
 @pytest.fixture

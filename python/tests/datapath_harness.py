@@ -18,7 +18,8 @@ from sennet.agent.datapath.manager import DatapathManager
 from sennet.agent.datapath.model import DatapathOptions
 from sennet.agent.events import RingBufferConsumer, decode
 from sennet.agent.snapshot import Event
-from tests.netlab import VethPair, in_netns
+from sennet.common.netns import entered
+from sennet.testing.netlab import VethPair
 
 LOADERS = ("libbpf", "bcc")
 
@@ -70,7 +71,7 @@ def running(
     consumer = None
     try:
         loaded = manager.load()
-        with in_netns(net.ns_a):
+        with entered(net.ns_a):
             _ = manager.tc  # the netlink socket binds to the monitored namespace
         attached = manager.attach((net.if_a,))
         batches: list[np.ndarray] = []

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_proc import AGENT, agent, run_cli, status
+from sennet.common.netns import entered
+from sennet.testing.agent import COMMAND, agent, run_cli, status
+from sennet.testing.netlab import VethPair, sh
 from tests.frames import cases
-from tests.netlab import VethPair, in_netns, sh
 
 pytestmark = pytest.mark.kernel
 
@@ -26,7 +27,7 @@ def free_port() -> int:
 
 
 def scrape(netns: str, port: int) -> dict[str, float]:
-    with in_netns(netns):
+    with entered(netns):
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     samples = {}
     for line in body.splitlines():
@@ -58,7 +59,7 @@ def test_agent_reports_exact_counts_in_status_and_metrics(
     ]
     all_cases = cases()
     with agent(net.ns_a, args, tmp_path / "agent.log") as a:
-        a.wait_for("event=agent_ready")
+        a.wait_for_log("event=agent_ready")
         net.send_to_a([c.frame for c in all_cases])
         rx_bytes = sum(c.rx_len for c in all_cases)
         s = status(net.ns_a, pin_root / "sennet")
@@ -79,7 +80,7 @@ def test_agent_reports_exact_counts_in_status_and_metrics(
         assert m[f'sennet_agent_bytes_total{{direction="rx",interface="{net.if_a}"}}'] == rx_bytes
         assert m['sennet_agent_events_total{kind="tcp_xmas"}'] == 3
         assert m['sennet_agent_events_total{kind="truncated_l4"}'] == 3
-        a.wait_for("event=snapshot")
+        a.wait_for_log("event=snapshot")
         assert a.stop() == 0
     log = a.log()
     assert re.search(rf"event=attached ifname={net.if_a} ifindex=\d+ slot=1 loader={loader}", log)
@@ -93,13 +94,13 @@ def test_restarted_agent_continues_counters_without_duplicate_filters(
     args = [*base_args(net, pin_root, tmp_path), "--detach-on-exit", "false"]
     frame = next(c.frame for c in cases() if c.name == "udp_small")
     with agent(net.ns_a, args, tmp_path / "first.log") as a:
-        a.wait_for("event=agent_ready")
+        a.wait_for_log("event=agent_ready")
         net.send_to_a([frame] * 3)
         assert a.stop() == 0
     net.send_to_a([frame] * 2)  # filters stayed: counted while no agent ran
     first_id = re.search(r"agent_id=(\S+)", a.log())
     with agent(net.ns_a, args, tmp_path / "second.log") as b:
-        b.wait_for("event=agent_ready")
+        b.wait_for_log("event=agent_ready")
         net.send_to_a([frame])
         (iface,) = status(net.ns_a, pin_root / "sennet")["interfaces"]
         assert (iface["rx_packets"], iface["rx_bytes"]) == (6, 360)
@@ -117,7 +118,7 @@ def test_agent_in_the_host_namespace_attaches_inside_a_named_netns(
     args = [*base_args(net, pin_root, tmp_path), "--netns", net.ns_a]
     frame = next(c.frame for c in cases() if c.name == "icmp_echo")
     proc = subprocess.Popen(
-        [*AGENT, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [*COMMAND, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
         lines = []
@@ -129,7 +130,7 @@ def test_agent_in_the_host_namespace_attaches_inside_a_named_netns(
         net.send_to_a([frame] * 4)
         result = subprocess.run(
             [
-                *AGENT,
+                *COMMAND,
                 "status",
                 "--json",
                 "--pin-dir",

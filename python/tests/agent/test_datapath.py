@@ -16,9 +16,9 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
+from sennet.testing.netlab import VethPair
 from tests.datapath_harness import LOADERS, running
 from tests.frames import KIND_ORDER, MAC_A, MAC_B, cases
-from tests.netlab import VethPair
 
 pytestmark = pytest.mark.kernel
 

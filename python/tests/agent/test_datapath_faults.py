@@ -11,9 +11,10 @@ import pytest
 from sennet.agent.datapath import layout, tc
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.common.errors import UserError
+from sennet.common.netns import entered
+from sennet.testing.netlab import VethPair, sh
 from tests.datapath_harness import running
 from tests.frames import cases
-from tests.netlab import VethPair, in_netns, sh
 
 pytestmark = pytest.mark.kernel
 
@@ -75,7 +76,7 @@ def test_restarted_datapath_continues_the_same_counters(net: VethPair, pin_root:
         assert dp.totals()["rx"] == (5, 5 * 60)
         net.send_to_a([frame])
         assert dp.totals()["rx"] == (6, 6 * 60)
-        with in_netns(net.ns_a):
+        with entered(net.ns_a):
             attacher = tc.TcAttacher(priority=1)
         try:
             ifindex = net.ifindex_a
@@ -157,11 +158,11 @@ def _address(net: VethPair) -> None:
 
 def test_udp_through_the_stack_arrives_intact_and_is_counted(net: VethPair, pin_root: Path) -> None:
     _address(net)
-    with in_netns(net.ns_a):
+    with entered(net.ns_a):
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         rx.bind(("10.9.0.1", 5000))
         rx.settimeout(2)
-    with in_netns(net.ns_b):
+    with entered(net.ns_b):
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     payloads = [bytes([i]) * (100 + i) for i in range(3)]
     try:

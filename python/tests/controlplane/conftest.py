@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane.cp import ControlPlane, create_bootstrap_token, running
+from sennet.testing.controlplane import ControlPlane, create_bootstrap_token, running
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     bootstrap = create_bootstrap_token(db)
     with running(db, workdir) as cp:
         yield Served(cp, bootstrap)
-        cp.stop()
+        assert cp.stop() == 0, cp.log()
 
 
 @pytest.fixture
@@ -35,4 +35,4 @@ def fresh(tmp_path: Path) -> Iterator[Served]:
     bootstrap = create_bootstrap_token(db)
     with running(db, tmp_path) as cp:
         yield Served(cp, bootstrap)
-        cp.stop()
+        assert cp.stop() == 0, cp.log()

@@ -13,8 +13,9 @@ from google.protobuf.message import Message
 
 from sennet.common.retry import retry
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+from sennet.testing.controlplane import ControlPlane, cli, heartbeat_request
+from sennet.testing.scrape import sample
 from tests.controlplane.conftest import Served
-from tests.controlplane.cp import ControlPlane, cli, heartbeat_request, sample
 
 TRANSPORTS = ["grpc", "connect"]
 

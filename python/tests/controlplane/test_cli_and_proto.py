@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 from sennet.proto import generate
-from tests.controlplane.cp import cli
+from sennet.testing.controlplane import cli
 
 
 def test_token_create_prints_the_token_once_and_list_never_shows_it(tmp_path: Path) -> None:

@@ -11,20 +11,17 @@ fixtures that clean up on any exit.
 from __future__ import annotations
 
 import collections
-import signal
 import sqlite3
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from sennet.common.retry import retry
-from tests.controlplane.cp import ControlPlane, create_bootstrap_token, running, sample
+from sennet.testing.agent import READY, agent
+from sennet.testing.controlplane import ControlPlane, create_bootstrap_token, running
+from sennet.testing.netlab import VethPair
+from sennet.testing.scrape import sample
 from tests.frames import LARGE, Case, cases
-from tests.netlab import VethPair
 
 pytestmark = [pytest.mark.kernel, pytest.mark.integration]
 
@@ -42,56 +39,21 @@ KINDS = (
 )
 
 
-@contextmanager
-def agent_process(
-    net: VethPair, pin_root: Path, state: Path, cp: ControlPlane, bootstrap: str, log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    argv = [
-        sys.executable,
-        "-m",
-        "sennet.agent.cli",
-        "run",
-        "--interfaces",
-        net.if_a,
-        "--netns",
-        net.ns_a,
-        "--pin-dir",
-        str(pin_root / "sennet"),
-        "--state-dir",
-        str(state),
-        "--interval-s",
-        "0.5",
-        "--large-packet-bytes",
-        str(LARGE),
-        "--control-plane",
-        cp.target,
-        "--bootstrap-token",
-        bootstrap,
-    ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    except BaseException:
-        print(f"--- agent log ---\n{log.read_text(errors='replace')}")
-        raise
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def wait_ready(log: Path, starts: int) -> None:
-    """The agent has attached (its `starts`-th agent_ready line); traffic now counts."""
-
-    def attempt(last: bool) -> bool | None:
-        return True if log.read_text().count("event=agent_ready") >= starts else None
-
-    retry(attempt, 30.0, interval=0.1, what=f"agent ready (start {starts})")
+def agent_args(
+    net: VethPair, pin_root: Path, state: Path, cp: ControlPlane, bootstrap: str
+) -> list[str]:
+    """The appliance's placement: the agent in the root namespace (where the control plane
+    listens on loopback), attached to `mon0` inside the test's namespace with --netns."""
+    return [
+        "--interfaces", net.if_a,
+        "--netns", net.ns_a,
+        "--pin-dir", str(pin_root / "sennet"),
+        "--state-dir", str(state),
+        "--interval-s", "0.5",
+        "--large-packet-bytes", str(LARGE),
+        "--control-plane", cp.target,
+        "--bootstrap-token", bootstrap,
+    ]  # fmt: skip
 
 
 def expected(batch: list[Case]) -> dict[str, float]:
@@ -158,8 +120,9 @@ def test_traffic_on_a_veth_reaches_metrics_exactly_across_agent_and_control_plan
     log = tmp_path / "agent.log"
     batch = cases()
     with running(db, tmp_path) as cp:
-        with agent_process(net, pin_root, state, cp, bootstrap, log):
-            wait_ready(log, 1)
+        args = agent_args(net, pin_root, state, cp, bootstrap)
+        with agent("", args, log) as first:
+            first.wait_for_log(READY)
             agent_id = agent_id_of(cp)
             wait_for_totals(cp, agent_id, net.if_a, expected([]), "zero counters reported")
             net.send_to_a([c.frame for c in batch])
@@ -168,10 +131,11 @@ def test_traffic_on_a_veth_reaches_metrics_exactly_across_agent_and_control_plan
             assert sample(s, "sennet_agent_up", agent=agent_id) == 1
             assert sample(s, "sennet_ringbuf_drops_total", agent=agent_id, kind="large_packet") == 0
             assert sample(s, "sennet_agent_series_resets_total", agent=agent_id) == 0
+            assert first.stop() == 0, first.log()  # a graceful stop: final heartbeat, detach
 
         # The agent restarts: pinned maps keep its counters, its token file its enrolment.
-        with agent_process(net, pin_root, state, cp, bootstrap, log):
-            wait_ready(log, 2)
+        with agent("", args, log) as second:
+            second.wait_for_log(READY, count=2)  # the log file holds both starts
             net.send_to_a([c.frame for c in batch])
             wait_for_totals(
                 cp,
@@ -204,6 +168,7 @@ def test_traffic_on_a_veth_reaches_metrics_exactly_across_agent_and_control_plan
                 )
                 == 0
             )
+            assert second.stop() == 0, second.log()
         assert sample(cp.samples(), "sennet_agent_events_dropped_total", agent=agent_id) == 0
         assert cp.stop() == 0
 

@@ -19,14 +19,14 @@ from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
 from sennet.controlplane.store import Store
 from sennet.controlplane.writer import HeartbeatWriter
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
-from tests.controlplane.conftest import Served
-from tests.controlplane.cp import (
+from sennet.testing.controlplane import (
     ControlPlane,
     create_bootstrap_token,
     heartbeat_request,
     running,
-    sample,
 )
+from sennet.testing.scrape import sample
+from tests.controlplane.conftest import Served
 
 OK = (grpc.StatusCode.OK, "")
 
