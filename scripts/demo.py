@@ -15,75 +15,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
+
+from sennet.testing.agent import READY, agent, run_cli, status
+from sennet.testing.controlplane import ControlPlane, create_bootstrap_token
+from sennet.testing.netlab import VethPair, sh, veth_pair
+from sennet.testing.scrape import scrape
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-NS_MON, NS_PEER = "sennet-demo-mon", "sennet-demo-peer"
-CP_HTTP = 9469
-
-
-def sh(*argv: str, check: bool = True) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if check and result.returncode != 0:
-        raise SystemExit(f"demo: {' '.join(argv)} failed: {result.stderr.strip()}")
-    return result.stdout
-
-
-@contextlib.contextmanager
-def monitored_link() -> Iterator[None]:
-    for ns in (NS_MON, NS_PEER):
-        sh("ip", "netns", "del", ns, check=False)
-    try:
-        for ns in (NS_MON, NS_PEER):
-            sh("ip", "netns", "add", ns)
-            sh(
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-            )
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh(
-            "ip",
-            "link",
-            "add",
-            "sdmon",
-            "netns",
-            NS_MON,
-            "mtu",
-            "9000",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "sdpeer",
-            "netns",
-            NS_PEER,
-            "mtu",
-            "9000",
-        )
-        sh("ip", "-n", NS_MON, "link", "set", "sdmon", "name", "mon0", "up")
-        sh("ip", "-n", NS_PEER, "link", "set", "sdpeer", "name", "peer0", "up")
-        print(f"demo: monitored link mon0 (netns {NS_MON}) <-> peer0 (netns {NS_PEER})")
-        yield
-    finally:
-        for ns in (NS_MON, NS_PEER):
-            sh("ip", "netns", "del", ns, check=False)
-
+CP_GRPC, CP_HTTP, AGENT_HTTP = 50051, 9469, 9101  # fixed: the URLs printed stay the same
+PIN_DIR = "/sys/fs/bpf/sennet-demo"
 
 TRAFFIC = r"""
 import sys
@@ -99,182 +46,78 @@ frames = (
     + [e / IP(**v4) / TCP(dport=22, flags=f) for f in (0, "SF", "SR", "FPU")]
     + [e / IP(src="192.0.2.66", dst="192.0.2.66") / TCP(dport=139, flags="S")]
 )
-sendp(frames, iface="peer0", verbose=False)
+sendp(frames, iface=sys.argv[1], verbose=False)
 print(len(frames))
 """
 
 
-def send_traffic() -> int:
-    out = sh("ip", "netns", "exec", NS_PEER, PY, "-c", TRAFFIC)
+def send_traffic(link: VethPair) -> int:
+    out = sh("ip", "netns", "exec", link.ns_b, PY, "-c", TRAFFIC, link.if_b)
     return int(out.strip() or 0)
 
 
-def scrape(port: int, prefix: str) -> list[str]:
+def interface_lines(port: int) -> list[str]:
+    """The control plane's non-zero interface counters, as exposition lines."""
     try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read()
+        samples = scrape(f"http://127.0.0.1:{port}/metrics", timeout=3)
     except OSError as exc:
         return [f"(scrape failed: {exc})"]
-    return [
-        line
-        for line in body.decode().splitlines()
-        if line.startswith(prefix) and not line.endswith(" 0.0")
-    ]
-
-
-@contextlib.contextmanager
-def process(argv: list[str], log: Path, name: str) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    print(f"demo: started {name} (pid {proc.pid}), log {log}")
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        print(f"demo: {name} stopped (exit {proc.returncode})")
-
-
-def wait_for_file(
-    path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(
-                f"demo: control plane did not start; see {log}:\n{log.read_text()[-2000:]}"
-            )
-        time.sleep(0.1)
-
-
-def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in log.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: process exited early; see {log}:\n{log.read_text()[-2000:]}")
-        time.sleep(0.1)
-    raise SystemExit(f"demo: {text!r} did not appear in {log} within {timeout} s")
+    lines = []
+    for (name, labels), value in samples.items():
+        if name == "sennet_interface_packets_total" and value:
+            text = ",".join(f'{k}="{v}"' for k, v in labels)
+            lines.append(f"{name}{{{text}}} {value:.0f}")
+    return lines
 
 
 def run_host(args: argparse.Namespace, work: Path) -> None:
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    have_cp = (
-        not args.no_control_plane
-        and shutil.which("sennet-controlplane", path=str(Path(PY).parent)) is not None
-    )
-    agent_port = 9101
     with contextlib.ExitStack() as stack:
-        stack.enter_context(monitored_link())
-        agent_env_args: list[str] = []
-        if have_cp:
-            cp_log = work / "controlplane.log"
-            cp = str(Path(PY).parent / "sennet-controlplane")
-            db = str(work / "sennet.db")
-            token = sh(cp, "--db", db, "token", "create", "--name", "demo").strip()
-            ready = work / "controlplane.ready"
-            cp_proc = stack.enter_context(
-                process(
-                    [
-                        cp,
-                        "--db",
-                        db,
-                        "serve",
-                        "--grpc-listen",
-                        "127.0.0.1:50051",
-                        "--http-listen",
-                        f"127.0.0.1:{CP_HTTP}",
-                        "--ready-file",
-                        str(ready),
-                    ],
-                    cp_log,
-                    "control plane (SQLite)",
-                )
-            )
-            wait_for_file(ready, cp_proc, cp_log)
-            agent_env_args = [
-                "--control-plane",
-                "127.0.0.1:50051",
-                "--bootstrap-token",
-                token,
-            ]
-        agent_log = work / "agent.log"
+        link = stack.enter_context(veth_pair(prefix="sennet-demo"))
+        print(f"demo: monitored link {link.if_a} (netns {link.ns_a}) <-> {link.if_b} ({link.ns_b})")
+        agent_args: list[str] = []
+        if not args.no_control_plane:
+            db = work / "sennet.db"
+            token = create_bootstrap_token(db, "demo")
+            cp = ControlPlane(db, work, name="controlplane")
+            stack.callback(cp.process.kill)  # after the graceful stop below, if that failed
+            cp.start(grpc_port=CP_GRPC, http_port=CP_HTTP)
+            stack.callback(cp.stop)
+            print(f"demo: control plane: {cp.http}/health and /metrics; SQLite {db}")
+            agent_args = ["--control-plane", cp.target, "--bootstrap-token", token]
         agent_argv = [
-            PY,
-            "-m",
-            "sennet.agent.cli",
-            "run",
-            "--netns",
-            NS_MON,
-            "--interfaces",
-            "mon0",
-            "--pin-dir",
-            "/sys/fs/bpf/sennet-demo",
-            "--state-dir",
-            str(work / "agent-state"),
-            "--interval-s",
-            str(args.interval),
-            "--large-packet-bytes",
-            "1514",
-            "--metrics-listen",
-            f"127.0.0.1:{agent_port}",
-            *agent_env_args,
-        ]
-        agent = stack.enter_context(process(agent_argv, agent_log, "agent"))
-        wait_for(agent_log, "event=agent_ready", agent)
-        stack.callback(
-            sh,
-            PY,
-            "-m",
-            "sennet.agent.cli",
-            "reset",
-            "--pin-dir",
-            "/sys/fs/bpf/sennet-demo",
-        )
-        print(
-            "demo: agent attached to mon0; replaying traffic every",
-            args.interval,
-            "s. Ctrl-C to stop.",
-        )
-        if have_cp:
-            print(
-                f"demo: control plane: http://127.0.0.1:{CP_HTTP}/health and /metrics; "
-                f"SQLite {work / 'sennet.db'}"
-            )
+            "--netns", link.ns_a,
+            "--interfaces", link.if_a,
+            "--pin-dir", PIN_DIR,
+            "--state-dir", str(work / "agent-state"),
+            "--interval-s", str(args.interval),
+            "--large-packet-bytes", "1514",
+            "--metrics-listen", f"127.0.0.1:{AGENT_HTTP}",
+            *agent_args,
+        ]  # fmt: skip
+        stack.callback(run_cli, "", ["reset", "--pin-dir", PIN_DIR])
+        process = stack.enter_context(agent("", agent_argv, work / "agent.log"))
+        stack.callback(process.stop)
+        process.wait_for_log(READY)
+        print(f"demo: agent attached to {link.if_a}; replaying traffic every {args.interval} s.")
+        print(f"demo: agent's own metrics: http://127.0.0.1:{AGENT_HTTP}/metrics; Ctrl-C to stop")
         started = time.monotonic()
         try:
             while not stop["now"] and (
                 not args.duration or time.monotonic() - started < args.duration
             ):
-                sent = send_traffic()
+                sent = send_traffic(link)
                 time.sleep(min(args.interval, 2.0))
-                status = json.loads(
-                    sh(
-                        PY,
-                        "-m",
-                        "sennet.agent.cli",
-                        "status",
-                        "--json",
-                        "--netns",
-                        NS_MON,
-                        "--pin-dir",
-                        "/sys/fs/bpf/sennet-demo",
-                    )
-                )
-                (iface,) = status["interfaces"]
-                events = {k: v for k, v in status["events_by_kind"].items() if v}
+                pinned = status("", Path(PIN_DIR), names_from=link.ns_a)
+                (iface,) = pinned["interfaces"]
+                events = {k: v for k, v in pinned["events_by_kind"].items() if v}
                 print(
-                    f"demo: sent {sent} frames; "
-                    f"mon0 rx {iface['rx_packets']} pkts / {iface['rx_bytes']} B; "
-                    f"events {events}"
+                    f"demo: sent {sent} frames; {link.if_a} rx {iface['rx_packets']} pkts / "
+                    f"{iface['rx_bytes']} B; events {events}"
                 )
-                if have_cp:
-                    for line in scrape(CP_HTTP, "sennet_interface_packets_total")[:2]:
+                if not args.no_control_plane:
+                    for line in interface_lines(cp.http_port)[:2]:
                         print("demo:   control plane", line)
                 time.sleep(max(0.0, args.interval - 2.0))
         except KeyboardInterrupt:

@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "vm-tests"))
 
 from harness.appliance import booted  # noqa: E402
-from harness.controlplane import ControlPlane  # noqa: E402
 from harness.guest import agent_id, counters, event_totals  # noqa: E402
 from harness.traffic import hostile, mixed, rx_len  # noqa: E402
+from sennet.testing.controlplane import ControlPlane  # noqa: E402
 
 
 def build_image() -> Path:
@@ -45,8 +45,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     key = work / "id_ed25519"
     if not key.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    cp = ControlPlane(work, "controlplane")
-    token = cp.create_token()
+    cp = ControlPlane(work / "controlplane.db", work, name="controlplane")
+    token = cp.create_token("demo")
     cp.start()
     try:
         print(f"demo: control plane on SQLite {cp.db}")

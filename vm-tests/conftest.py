@@ -1,13 +1,17 @@
 """Fixtures: the control plane on the host, an SSH key, and one shared booted appliance.
 
-Booting under TCG costs seconds, so one VM serves every test that does not
-disturb it (module order puts the disruptive ones last). Every fixture tears
-down what it made, also on failure or Ctrl-C; the console log of each VM is
-kept in the session's work directory and its tail printed for a failed test.
+Booting under TCG costs seconds, so one VM serves every test. Tests that kill
+or reboot it are marked `disruptive`: collection moves them after all others
+whatever the file order, and their `disruptable` fixture brings the VM back to
+the state every test expects (agent ready, SSH up, eth1 MTU 9000) afterwards.
+Every fixture tears down what it made, also on failure or Ctrl-C; the console
+log of each VM is kept in the session's work directory and its tail printed
+for a failed test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,8 +22,8 @@ from pathlib import Path
 
 import pytest
 from harness.appliance import Appliance, booted
-from harness.controlplane import ControlPlane
 from harness.guest import agent_id
+from sennet.testing.controlplane import ControlPlane
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 INTERVAL_S = 2
@@ -57,15 +61,33 @@ def ssh_key(workdir: Path) -> Path:
     return key
 
 
-@pytest.fixture(scope="session")
-def control_plane(workdir: Path) -> Iterator[ControlPlane]:
-    cp = ControlPlane(workdir, "cp")
-    cp.create_token()
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "disruptive: kills or reboots the shared VM; runs after every other test"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Disruptive tests last, in their own order, wherever their files sort."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+@contextlib.contextmanager
+def host_control_plane(workdir: Path, name: str) -> Iterator[ControlPlane]:
+    """A control plane on the host's loopback with a fresh bootstrap token."""
+    cp = ControlPlane(workdir / f"{name}.db", workdir, name=name)
+    cp.create_token("vm-tests")
     cp.start()
     try:
         yield cp
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane(workdir: Path) -> Iterator[ControlPlane]:
+    with host_control_plane(workdir, "cp") as cp:
+        yield cp
 
 
 def provisioning(cp: ControlPlane) -> dict[str, str]:
@@ -79,13 +101,12 @@ def provisioning(cp: ControlPlane) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def appliance(workdir: Path, ssh_key: Path, control_plane: ControlPlane) -> Iterator[Appliance]:
     with booted("vm1", workdir, ssh_key, provisioning(control_plane)) as vm:
-        vm.machine.wait_for_ssh()
-        # Large frames (events) need more than eth1's default 1500-byte MTU.
-        vm.machine.succeed("ip link set eth1 mtu 9000")
+        settle(vm)
         (workdir / "vm1.env").write_text(
             json.dumps(
                 {
                     "workdir": str(workdir),
+                    "db": str(control_plane.db),
                     "grpc_port": control_plane.grpc_port,
                     "http_port": control_plane.http_port,
                     "tap_netns": vm.tap.netns,
@@ -95,6 +116,23 @@ def appliance(workdir: Path, ssh_key: Path, control_plane: ControlPlane) -> Iter
             )
         )
         yield vm
+
+
+def settle(vm: Appliance) -> None:
+    """The state every test of the shared VM starts from."""
+    vm.machine.wait_for_ssh()
+    # Large frames (events) need more than eth1's default 1500-byte MTU.
+    vm.machine.succeed("ip link set eth1 mtu 9000")
+
+
+@pytest.fixture
+def disruptable(appliance: Appliance) -> Iterator[Appliance]:
+    """The shared VM for a test that kills or reboots it; settled again afterwards."""
+    yield appliance
+    if not appliance.machine.running:
+        appliance.machine.start()
+    appliance.machine.wait_for_console(r"event=agent_ready", timeout=180)
+    settle(appliance)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from scapy.utils import rdpcap
 
 
@@ -37,9 +35,9 @@ def replay(pcap: Path, sender: Sender) -> tuple[int, int]:
 
 
 def main() -> int:
-    from harness.controlplane import ControlPlane
     from harness.guest import counters
-    from harness.tap import Tap
+    from sennet.testing.controlplane import ControlPlane
+    from sennet.testing.netlab import Tap
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -51,11 +49,12 @@ def main() -> int:
     parser.add_argument("--wait", type=float, default=15.0, help="seconds to wait for heartbeats")
     args = parser.parse_args()
     env = json.loads(args.env.read_text())
-    cp = ControlPlane(Path(env["workdir"]), grpc_port=env["grpc_port"], http_port=env["http_port"])
+    cp = ControlPlane(Path(env["db"]), Path(env["workdir"]))
+    cp.grpc_port, cp.http_port = env["grpc_port"], env["http_port"]  # attach to the running one
     tap = Tap(env["tap_netns"], env["tap_ifname"], -1)
     before = counters(cp, env["agent_id"])
     sent, sent_bytes = replay(args.pcap, tap)
-    tap.close_socket_only()
+    tap.close_socket()
     want = (before["rx_packets"] + sent, before["rx_bytes"] + sent_bytes)
     deadline = time.monotonic() + args.wait
     seen = before

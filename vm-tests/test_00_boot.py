@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import re
+
 from harness.appliance import Appliance
-from harness.controlplane import ControlPlane
+from sennet.testing.controlplane import ControlPlane
+
+INITRAMFS_PHASES = ("start", "modules_loaded", "root_mounted")
 
 
-def test_console_shows_the_agent_attached_to_the_monitored_nic(
+def test_first_boot_attaches_only_the_monitored_nic_cleanly_in_order(
     appliance: Appliance,
 ) -> None:
+    """Up to the agent's ready line: the boot phases in order, the programs on eth1 (the
+    monitored NIC) and never on eth0 (management: heartbeats must not count themselves),
+    and not one warning or error on the way."""
     console = appliance.machine.console()
-    assert "event=attached ifname=eth1" in console
-    assert "event=agent_ready" in console
+    boot = console[: console.index("event=agent_ready")]
+    phases = re.findall(r"sennet-initramfs: event=(\w+)", boot)
+    assert phases == list(INITRAMFS_PHASES), phases
+    assert re.findall(r"event=attached ifname=(\S+)", boot) == ["eth1"]
+    ready = re.search(r"event=agent_ready .*", console)
+    assert ready is not None and " interfaces=eth1 " in ready.group(0), ready
+    complaints = [line for line in boot.splitlines() if re.search(r"level=(warning|error)", line)]
+    assert complaints == []
 
 
 def test_agent_enrolled_with_the_control_plane(

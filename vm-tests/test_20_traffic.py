@@ -8,27 +8,20 @@ from pathlib import Path
 
 import pytest
 from harness.appliance import Appliance
-from harness.controlplane import ControlPlane
-from harness.guest import agent_id, counters, pyroute2, series
+from harness.guest import agent_id, counters, pyroute2, reported
 from harness.traffic import GUEST_MON_MAC, HOST_MAC, mixed, rx_len
 from replay_pcap import replay
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import wrpcap
+from sennet.testing.controlplane import ControlPlane
 
 
 @pytest.fixture(scope="module")
 def agent(appliance: Appliance, control_plane: ControlPlane) -> str:
     ident = agent_id(appliance.machine)
-    rx = series(
-        control_plane,
-        ident,
-        "sennet_interface_packets_total",
-        interface="eth1",
-        direction="rx",
-    )
-    control_plane.wait_until("a heartbeat from the guest", lambda: rx in control_plane.metrics())
+    control_plane.wait_until("a heartbeat from the guest", lambda: reported(control_plane, ident))
     return ident
 
 

@@ -6,9 +6,9 @@ import time
 from collections import Counter
 
 from harness.appliance import Appliance
-from harness.controlplane import ControlPlane
 from harness.guest import agent_id, event_totals
 from harness.traffic import hostile, rx_len
+from sennet.testing.controlplane import ControlPlane
 
 
 def test_events_by_kind_and_their_stored_fields(

@@ -7,9 +7,9 @@ import statistics
 
 from conftest import INTERVAL_S
 from harness.appliance import Appliance
-from harness.controlplane import ControlPlane
 from harness.guest import agent_id, counters
 from harness.traffic import mixed, rx_len
+from sennet.testing.controlplane import ControlPlane
 
 
 def test_heartbeats_arrive_at_the_configured_interval(
@@ -24,7 +24,7 @@ def test_heartbeats_arrive_at_the_configured_interval(
         timeout=60,
     )
     times = [
-        float(r[0])  # type: ignore[arg-type]
+        float(r[0])
         for r in control_plane.query(
             "SELECT received_at FROM heartbeats WHERE agent_id = ? "
             "ORDER BY received_at DESC LIMIT 6",

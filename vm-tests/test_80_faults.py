@@ -1,23 +1,27 @@
 """Faults: a killed agent is restarted and continues its counters; a reboot keeps the identity.
 
-These disturb the shared VM, so they run last (file order).
+These disturb the shared VM: they are marked disruptive (run after every other
+test, the VM settled again afterwards), so no test depends on file order.
 """
 
 from __future__ import annotations
 
+import pytest
 from harness.appliance import Appliance
-from harness.controlplane import ControlPlane
 from harness.guest import agent_id, agent_process, counters
 from harness.traffic import mixed, rx_len
+from sennet.testing.controlplane import ControlPlane
 
 
 def agent_pid(appliance: Appliance) -> int:
     return agent_process(appliance.machine)[0]
 
 
+@pytest.mark.disruptive
 def test_killed_agent_is_restarted_and_counters_continue(
-    appliance: Appliance, control_plane: ControlPlane
+    disruptable: Appliance, control_plane: ControlPlane
 ) -> None:
+    appliance = disruptable
     agent = agent_id(appliance.machine)
     old = agent_pid(appliance)
     ready_before = appliance.machine.console().count("event=agent_ready")
@@ -41,7 +45,9 @@ def test_killed_agent_is_restarted_and_counters_continue(
     assert resets == [(0,)], "pinned maps: a restarted agent continues, nothing went backwards"
 
 
-def test_identity_survives_a_reboot(appliance: Appliance, control_plane: ControlPlane) -> None:
+@pytest.mark.disruptive
+def test_identity_survives_a_reboot(disruptable: Appliance, control_plane: ControlPlane) -> None:
+    appliance = disruptable
     before = agent_id(appliance.machine)
     appliance.machine.reboot()
     appliance.machine.wait_for_console(r"event=agent_ready", timeout=180)

@@ -8,21 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import provisioning
+from conftest import host_control_plane, provisioning
 from harness.appliance import booted, image_dir
-from harness.controlplane import ControlPlane
 from harness.guest import agent_id
+from sennet.testing.controlplane import ControlPlane
 
 
 @pytest.fixture
 def second_control_plane(workdir: Path) -> Iterator[ControlPlane]:
-    cp = ControlPlane(workdir, "cp2")
-    cp.create_token()
-    cp.start()
-    try:
+    with host_control_plane(workdir, "cp2") as cp:
         yield cp
-    finally:
-        cp.stop()
 
 
 def test_same_image_reports_where_its_provisioning_says(

@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import qemu, tap
-from harness.errors import HarnessError
+from sennet.testing.errors import HarnessError
+from sennet.testing.netlab import Tap, tap
+from sennet.testing.ports import free_port
+
+from harness import qemu
 from harness.machine import Machine, step
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,16 +32,10 @@ def image_dir() -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Appliance:
     machine: Machine
-    tap: tap.Tap
+    tap: Tap
     accel: str
     mon_mac: str = "52:54:00:00:00:02"
 
@@ -64,7 +60,8 @@ def booted(
     cmdline += [f"sennet.{k}={v}" for k, v in provisioning.items()]
     cmdline += [f"sennet.ssh_key={pub[0]}:{pub[1]}"]
     accel = qemu.accelerator(images / "vmlinuz")
-    monitored = tap.create()
+    stack = contextlib.ExitStack()
+    monitored = stack.enter_context(tap())
     machine = None
     try:
         ssh_port = free_port()
@@ -86,4 +83,4 @@ def booted(
     finally:
         if machine is not None:
             machine.crash()
-        monitored.close()
+        stack.close()

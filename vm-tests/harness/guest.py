@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import shlex
 
-from harness.controlplane import ControlPlane
+from sennet.testing.controlplane import ControlPlane
+from sennet.testing.scrape import matching, sample
+
 from harness.machine import Machine
 
 PY = "python3"
@@ -16,29 +18,34 @@ def agent_id(machine: Machine) -> str:
     return str(data["agent_id"])
 
 
-def series(cp: ControlPlane, agent: str, metric: str, **labels: str) -> str:
-    """The exposition-format series name as the control plane writes it."""
-    parts = [f'agent="{agent}"'] + [f'{k}="{v}"' for k, v in labels.items()]
-    return f"{metric}{{{','.join(parts)}}}"
-
-
 def counters(cp: ControlPlane, agent: str, ifname: str = "eth1") -> dict[str, float]:
-    m = cp.metrics()
+    """The control plane's packet and byte totals for one interface (0 before any heartbeat)."""
+    samples = cp.samples()
     out = {}
     for metric, short in (
         ("sennet_interface_packets_total", "packets"),
         ("sennet_interface_bytes_total", "bytes"),
     ):
         for direction in ("rx", "tx"):
-            out[f"{direction}_{short}"] = m.get(
-                series(cp, agent, metric, interface=ifname, direction=direction), 0.0
-            )
+            value = sample(samples, metric, agent=agent, interface=ifname, direction=direction)
+            out[f"{direction}_{short}"] = value or 0.0
     return out
 
 
+def reported(cp: ControlPlane, agent: str, ifname: str = "eth1") -> bool:
+    """True once a heartbeat carrying this interface's counters has been stored."""
+    return (
+        sample(cp.samples(), "sennet_interface_packets_total", agent=agent, interface=ifname,
+               direction="rx") is not None
+    )  # fmt: skip
+
+
 def event_totals(cp: ControlPlane, agent: str) -> dict[str, float]:
-    prefix = f'sennet_events_total{{agent="{agent}",kind="'
-    return {k[len(prefix) : -2]: v for k, v in cp.metrics().items() if k.startswith(prefix)}
+    """Events by kind as the control plane exports them for this agent."""
+    return {
+        dict(labels)["kind"]: value
+        for labels, value in matching(cp.samples(), "sennet_events_total", agent=agent).items()
+    }
 
 
 def processes(machine: Machine) -> list[tuple[int, int, str]]:

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sennet.common.retry import RetryTimeout, retry
-
-from harness.errors import HarnessError, TestFailed
+from sennet.testing.errors import HarnessError, TestFailed
 
 log = logging.getLogger("vm-tests")
 

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from harness.errors import HarnessError
+from sennet.testing.errors import HarnessError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images"))
 from sennet_image.boot import kvm_works  # one KVM probe for the whole repo

@@ -48,9 +48,14 @@ def run_cli(
     )
 
 
-def status(netns: str, pin_dir: Path) -> dict[str, Any]:
-    """`sennet-agent status --json`: what the pinned maps hold, no agent needed."""
-    result = run_cli(netns, ["status", "--json", "--pin-dir", str(pin_dir)])
+def status(netns: str, pin_dir: Path, names_from: str = "") -> dict[str, Any]:
+    """`sennet-agent status --json`: what the pinned maps hold, no agent needed.
+
+    `names_from`: run in the root namespace (whose /sys/fs/bpf holds the pins)
+    and read interface names in that namespace (`--netns`), as the appliance does.
+    """
+    extra = ["--netns", names_from] if names_from else []
+    result = run_cli(netns, ["status", "--json", "--pin-dir", str(pin_dir), *extra])
     if result.returncode != 0:
         raise TestFailed(f"sennet-agent status exited {result.returncode}: {result.stderr}")
     data: dict[str, Any] = json.loads(result.stdout)
