@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sennet.testing.figures import Figure, report
 
 REPO = Path(__file__).resolve().parent.parent
