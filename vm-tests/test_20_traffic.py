@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from harness.appliance import Appliance
-from harness.guest import agent_id, counters, pyroute2, reported
-from harness.traffic import GUEST_MON_MAC, HOST_MAC, mixed, rx_len
+from harness.guest import agent_id, counters, plus_rx, pyroute2, reported, wait_counters
+from harness.traffic import GUEST_MON_MAC, HOST_MAC, mixed
 from replay_pcap import replay
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
@@ -25,30 +25,13 @@ def agent(appliance: Appliance, control_plane: ControlPlane) -> str:
     return ident
 
 
-def wait_counters(cp: ControlPlane, agent: str, expected: dict[str, float]) -> None:
-    last: dict[str, float] = {}
-
-    def done() -> bool:
-        nonlocal last
-        last = counters(cp, agent)
-        return last == expected
-
-    try:
-        cp.wait_until(f"counters == {expected}", done, timeout=30)
-    except TimeoutError:
-        raise AssertionError(f"control plane shows {last}, expected {expected}") from None
-
-
 def test_mixed_traffic_arrives_as_exact_rx_deltas(
     appliance: Appliance, control_plane: ControlPlane, agent: str
 ) -> None:
     before = counters(control_plane, agent)
     frames = mixed()
     appliance.tap.send(frames)
-    expected = dict(before)
-    expected["rx_packets"] += len(frames)
-    expected["rx_bytes"] += sum(rx_len(f) for f in frames)
-    wait_counters(control_plane, agent, expected)
+    wait_counters(control_plane, agent, plus_rx(before, frames))
 
 
 def test_replayed_pcap_arrives_as_exact_rx_deltas(
@@ -74,10 +57,7 @@ def test_mirrored_frames_for_other_hosts_are_counted(
     foreign = [f[:0] + bytes.fromhex("0200c0ffee01") + f[6:] for f in mixed()]
     before = counters(control_plane, agent)
     appliance.tap.send(foreign)
-    expected = dict(before)
-    expected["rx_packets"] += len(foreign)
-    expected["rx_bytes"] += sum(rx_len(f) for f in foreign)
-    wait_counters(control_plane, agent, expected)
+    wait_counters(control_plane, agent, plus_rx(before, foreign))
 
 
 @contextlib.contextmanager

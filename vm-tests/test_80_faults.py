@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 from harness.appliance import Appliance
-from harness.guest import agent_id, agent_process, counters
-from harness.traffic import mixed, rx_len
+from harness.guest import agent_id, agent_process, counters, plus_rx, wait_counters
+from harness.traffic import mixed
 from sennet.testing.controlplane import ControlPlane
 
 
@@ -33,14 +33,7 @@ def test_killed_agent_is_restarted_and_counters_continue(
     before = counters(control_plane, agent)
     frames = mixed()
     appliance.tap.send(frames)
-    expected = dict(before)
-    expected["rx_packets"] += len(frames)
-    expected["rx_bytes"] += sum(rx_len(f) for f in frames)
-    control_plane.wait_until(
-        "counts after restart",
-        lambda: counters(control_plane, agent) == expected,
-        timeout=60,
-    )
+    wait_counters(control_plane, agent, plus_rx(before, frames), timeout=60)
     resets = control_plane.query("SELECT resets FROM agents WHERE agent_id = ?", agent)
     assert resets == [(0,)], "pinned maps: a restarted agent continues, nothing went backwards"
 

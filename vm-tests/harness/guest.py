@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Sequence
 
 from sennet.testing.controlplane import ControlPlane
+from sennet.testing.errors import TestFailed
 from sennet.testing.scrape import matching, sample
 
 from harness.machine import Machine
+from harness.traffic import rx_len
 
 PY = "python3"
 
@@ -30,6 +33,32 @@ def counters(cp: ControlPlane, agent: str, ifname: str = "eth1") -> dict[str, fl
             value = sample(samples, metric, agent=agent, interface=ifname, direction=direction)
             out[f"{direction}_{short}"] = value or 0.0
     return out
+
+
+def plus_rx(before: dict[str, float], frames: Sequence[bytes]) -> dict[str, float]:
+    """The counters once `frames` have arrived on the monitored NIC (RX) on top of `before`."""
+    return dict(
+        before,
+        rx_packets=before["rx_packets"] + len(frames),
+        rx_bytes=before["rx_bytes"] + sum(rx_len(f) for f in frames),
+    )
+
+
+def wait_counters(
+    cp: ControlPlane, agent: str, expected: dict[str, float], timeout: float = 30
+) -> None:
+    """Until the control plane shows exactly `expected`; the failure names what it showed."""
+    last: dict[str, float] = {}
+
+    def done() -> bool:
+        nonlocal last
+        last = counters(cp, agent)
+        return last == expected
+
+    try:
+        cp.wait_until(f"counters == {expected}", done, timeout=timeout)
+    except TestFailed:
+        raise TestFailed(f"control plane shows {last}, expected {expected}") from None
 
 
 def reported(cp: ControlPlane, agent: str, ifname: str = "eth1") -> bool:
