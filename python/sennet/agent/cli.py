@@ -75,14 +75,14 @@ def _load_config(args: argparse.Namespace, require_interfaces: bool = True) -> A
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     log_mod.setup(cfg.log_level)
-    from sennet.agent.service import run_agent
+    from sennet.agent.runloop import run_agent
 
     run_agent(cfg)
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from sennet.agent.status import read_status, render
+    from sennet.agent.pinned_status import read_status, render
 
     cfg = _load_config(args, require_interfaces=False)
     status = read_status(cfg.pin_dir, cfg.netns)
@@ -94,8 +94,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     log_mod.setup("warning")
     from sennet.agent.datapath.bpffs import ensure_pin_dir
+    from sennet.agent.datapath.loader_types import DatapathOptions
     from sennet.agent.datapath.manager import DatapathManager
-    from sennet.agent.datapath.model import DatapathOptions
     from sennet.agent.datapath.pins import check_pinned_maps, remove_pins
 
     if cfg.pin_dir.exists():

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from sennet.agent.datapath.layout import Direction, EventKind
-from sennet.agent.grpc_sink import GrpcSink, SinkOptions, backoff_delay, make_sink
+from sennet.agent.sinks.controlplane_grpc import GrpcSink, SinkOptions, backoff_delay, make_sink
 from sennet.agent.snapshot import Event, InterfaceCounters, Snapshot
 from sennet.common.proc import run
 from tests.controlplane.conftest import Served

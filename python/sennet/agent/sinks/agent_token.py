@@ -1,0 +1,66 @@
+"""The agent token: issued by the control plane at enrolment, kept across restarts.
+
+Stored beside the identity in `state_dir/agent-token` (mode 0600), together
+with the agent ID and control plane it was issued for, so a token is never
+presented to a control plane that did not issue it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from sennet.common.log import event
+
+log = logging.getLogger("sennet.agent.sinks.agent_token")
+
+TOKEN_FILE = "agent-token"
+
+
+class TokenFile:
+    """The agent token, persisted beside the identity (mode 0600, atomic replace)."""
+
+    def __init__(self, state_dir: Path, agent_id: str, target: str) -> None:
+        self.path = state_dir / TOKEN_FILE
+        self._agent_id = agent_id
+        self._target = target
+
+    def load(self) -> str | None:
+        """The stored token if it was issued to this agent by this control plane."""
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            event(
+                log,
+                "ignoring unreadable agent token file",
+                logging.WARNING,
+                path=self.path,
+                error=str(exc),
+            )
+            return None
+        if data.get("agent_id") != self._agent_id or data.get("control_plane") != self._target:
+            return None
+        token = data.get("token")
+        return token if isinstance(token, str) and token else None
+
+    def store(self, token: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        blob = json.dumps(
+            {"agent_id": self._agent_id, "control_plane": self._target, "token": token}
+        ).encode()
+        tmp = self.path.with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
+            os.write(fd, blob)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
