@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
+from sennet.common.files import write_atomic
 from sennet.common.log import event
 
 log = logging.getLogger("sennet.agent.sinks.agent_token")
@@ -48,19 +48,12 @@ class TokenFile:
         return token if isinstance(token, str) and token else None
 
     def store(self, token: str) -> None:
+        """Persist atomically and durably, mode 0600 even over an existing file."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         blob = json.dumps(
             {"agent_id": self._agent_id, "control_plane": self._target, "token": token}
         ).encode()
-        tmp = self.path.with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
-            os.write(fd, blob)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, blob, 0o600)
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
