@@ -36,13 +36,23 @@ from sennet.agent.sinks.protocol import SnapshotSink
 from sennet.agent.snapshot import Snapshot
 from sennet.common.errors import UserError
 from sennet.common.log import event
+from sennet.proto.contract import HEARTBEAT, REGISTER, Method, Req, Resp
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 log = logging.getLogger("sennet.agent.sinks.controlplane_grpc")
 
-REGISTER = "/sentinel.v1.SentinelService/Register"
-HEARTBEAT = "/sentinel.v1.SentinelService/Heartbeat"
 _RE_ENROL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def _unary(
+    channel: grpc.Channel, method: Method[Req, Resp]
+) -> grpc.UnaryUnaryMultiCallable[Req, Resp]:
+    """A callable for one RPC; path and message classes come from the compiled proto."""
+    return channel.unary_unary(
+        method.path,
+        request_serializer=method.request.SerializeToString,
+        response_deserializer=method.response.FromString,
+    )
 
 
 @dataclass(frozen=True)
@@ -111,16 +121,8 @@ class GrpcSink:
             self._channel = grpc.secure_channel(target, credentials, options=channel_options)
         else:
             self._channel = grpc.insecure_channel(target, options=channel_options)
-        self._register = self._channel.unary_unary(
-            REGISTER,
-            request_serializer=pb.RegisterRequest.SerializeToString,
-            response_deserializer=pb.RegisterResponse.FromString,
-        )
-        self._heartbeat = self._channel.unary_unary(
-            HEARTBEAT,
-            request_serializer=pb.HeartbeatRequest.SerializeToString,
-            response_deserializer=pb.HeartbeatResponse.FromString,
-        )
+        self._register = _unary(self._channel, REGISTER)
+        self._heartbeat = _unary(self._channel, HEARTBEAT)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._latest: Snapshot | None = None
@@ -299,7 +301,7 @@ class GrpcSink:
         if not self._bootstrap:
             raise UserError("no agent token and no bootstrap_token configured; cannot enrol")
         resp = self._register(
-            pb.RegisterRequest(
+            REGISTER.request(
                 agent_id=self._agent_id,
                 hostname=self._hostname()[:253],
                 agent_version=snap.agent_version,

@@ -7,6 +7,7 @@ and so the sender module is only about delivery: queueing, retries, enrolment.
 from __future__ import annotations
 
 from sennet.agent.snapshot import Event, Snapshot
+from sennet.proto.contract import HEARTBEAT
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 
@@ -34,7 +35,7 @@ def snapshot_to_request(
     agent_id: str, snap: Snapshot, events: list[pb.Event], dropped: int, stream: str = ""
 ) -> pb.HeartbeatRequest:
     """The HeartbeatRequest for a snapshot plus a batch of queued events."""
-    return pb.HeartbeatRequest(
+    return HEARTBEAT.request(
         agent_id=agent_id,
         agent_version=snap.agent_version,
         kernel_version=snap.kernel_version,
