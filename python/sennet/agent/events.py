@@ -28,6 +28,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from traceback import format_exc
 
 import numpy as np
 
@@ -226,8 +227,8 @@ class RingBufferConsumer:
                 ep.poll(tick_s)
                 self.drain()
             self.drain()
-        except Exception:
-            log.exception("ring buffer consumer failed", extra={"fields": {}})
+        except Exception as exc:
+            event(log, "consumer_failed", logging.ERROR, error=repr(exc), exc=format_exc())
             raise
         finally:
             ep.close()

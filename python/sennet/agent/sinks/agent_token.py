@@ -36,7 +36,7 @@ class TokenFile:
         except (OSError, ValueError) as exc:
             event(
                 log,
-                "ignoring unreadable agent token file",
+                "agent_token_unreadable",
                 logging.WARNING,
                 path=self.path,
                 error=str(exc),

@@ -255,7 +255,7 @@ class GrpcSink:
                     raise
                 event(
                     log,
-                    "agent token rejected; enrolling again",
+                    "agent_token_rejected",
                     logging.WARNING,
                     code=exc.code().name,
                     detail=exc.details(),
@@ -270,7 +270,7 @@ class GrpcSink:
             level = logging.WARNING if self._consecutive == 0 else logging.DEBUG
             event(
                 log,
-                "heartbeat failed",
+                "heartbeat_failed",
                 level,
                 control_plane=self._target,
                 error=reason,
@@ -280,14 +280,14 @@ class GrpcSink:
             if refused:
                 event(
                     log,
-                    "control plane refused our heartbeat",
+                    "heartbeat_refused",
                     logging.ERROR,
                     error=reason,
                     events_discarded=len(batch),
                 )
             return reason, refused
         except (UserError, OSError) as exc:
-            event(log, "heartbeat failed", logging.WARNING, error=str(exc))
+            event(log, "heartbeat_failed", logging.WARNING, error=str(exc))
             return str(exc), False
 
     def _call_heartbeat(self, req: pb.HeartbeatRequest) -> None:
@@ -316,7 +316,7 @@ class GrpcSink:
             self._enrolments += 1
         event(
             log,
-            "enrolled with the control plane",
+            "enrolled",
             control_plane=self._target,
             agent=self._agent_id,
             token_file=self._tokens.path,
