@@ -13,7 +13,7 @@ from sennet import __version__
 from sennet.agent import config as config_mod
 from sennet.agent.config import AgentConfig
 from sennet.common import log as log_mod
-from sennet.common.errors import UserError
+from sennet.common.errors import UserError, run_main
 
 DESCRIPTION = """\
 Sennet agent: counts packets and bytes per interface and direction with eBPF
@@ -152,17 +152,17 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, dispatch, and exit by the rule every Sennet command shares (`run_main`)."""
     args = _parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except UserError as exc:
-        print(f"sennet-agent: error: {exc}", file=sys.stderr)
-        return 2
-    except PermissionError as exc:
-        print(f"sennet-agent: error: {exc} (BPF and TC need root)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+
+    def body() -> int:
+        try:
+            return COMMANDS[args.command](args)
+        except PermissionError as exc:
+            # Not a bug but the commonest operator mistake: say what is needed, exit 2.
+            raise UserError(f"{exc} (BPF and TC need root)") from exc
+
+    return run_main("sennet-agent", body)
 
 
 if __name__ == "__main__":
