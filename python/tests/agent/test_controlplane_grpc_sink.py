@@ -1,4 +1,4 @@
-"""The agent's gRPC sink against the real control plane: enrolment, outages, restarts, TLS."""
+"""The agent's control-plane sink against a real control plane: enrolment, outages, TLS."""
 
 from __future__ import annotations
 
