@@ -16,9 +16,11 @@ import sennet.agent
 
 AGENT = Path(sennet.agent.__file__).parent
 NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
-LEVEL_CALLS = {"debug", "info", "warning", "error", "exception", "critical", "log", "basicConfig"}
+LEVEL_CALLS = frozenset(
+    {"debug", "info", "warning", "error", "exception", "critical", "log", "basicConfig"}
+)
 # Names other parts of Sennet wait for in the agent's output.
-WAITED_FOR = {"agent_ready", "attached", "snapshot", "heartbeat_failed", "agent_stopped"}
+WAITED_FOR = frozenset({"agent_ready", "attached", "snapshot", "heartbeat_failed", "agent_stopped"})
 
 
 def calls() -> list[tuple[str, ast.Call]]:
