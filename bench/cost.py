@@ -27,7 +27,7 @@ from pathlib import Path
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
-from sennet.agent.datapath.model import LoadedDatapath
+from sennet.agent.datapath.loader_types import LoadedDatapath
 from sennet.agent.events import RingBufferConsumer
 from sennet.testing.errors import HarnessError
 from sennet.testing.figures import Figure, median

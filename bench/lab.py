@@ -18,7 +18,7 @@ from types import FrameType
 
 from sennet.agent.config import DEFAULT_ASSETS
 from sennet.agent.datapath import libbpf_loader
-from sennet.agent.datapath.model import DatapathOptions, LoadedDatapath
+from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
 from sennet.agent.events import RingBufferConsumer
 
 

@@ -45,8 +45,8 @@ from pyroute2 import IPRoute
 from sennet.agent.config import DEFAULT_ASSETS
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout, tc
+from sennet.agent.datapath.loader_types import DatapathOptions
 from sennet.agent.datapath.manager import DatapathManager
-from sennet.agent.datapath.model import DatapathOptions
 from sennet.common.errors import UserError
 from sennet.common.netns import entered
 from sennet.common.retry import retry

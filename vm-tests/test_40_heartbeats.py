@@ -61,7 +61,7 @@ def test_counts_sent_during_a_control_plane_outage_arrive_afterwards(
     control_plane.stop()
     try:
         appliance.tap.send(frames)
-        appliance.machine.wait_for_console(r"event=\"heartbeat failed\"", timeout=30)
+        appliance.machine.wait_for_console(r"event=heartbeat_failed\b", timeout=30)
     finally:
         control_plane.start()
     wait_counters(control_plane, agent, plus_rx(before, frames), timeout=60)

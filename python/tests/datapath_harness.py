@@ -14,8 +14,8 @@ import numpy as np
 from sennet.agent.config import DEFAULT_ASSETS
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
+from sennet.agent.datapath.loader_types import DatapathOptions
 from sennet.agent.datapath.manager import DatapathManager
-from sennet.agent.datapath.model import DatapathOptions
 from sennet.agent.events import RingBufferConsumer, decode
 from sennet.agent.snapshot import Event
 from sennet.common.netns import entered

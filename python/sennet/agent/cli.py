@@ -13,7 +13,7 @@ from sennet import __version__
 from sennet.agent import config as config_mod
 from sennet.agent.config import AgentConfig
 from sennet.common import log as log_mod
-from sennet.common.errors import UserError
+from sennet.common.errors import UserError, run_main
 
 DESCRIPTION = """\
 Sennet agent: counts packets and bytes per interface and direction with eBPF
@@ -75,14 +75,14 @@ def _load_config(args: argparse.Namespace, require_interfaces: bool = True) -> A
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     log_mod.setup(cfg.log_level)
-    from sennet.agent.service import run_agent
+    from sennet.agent.runloop import run_agent
 
     run_agent(cfg)
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from sennet.agent.status import read_status, render
+    from sennet.agent.pinned_status import read_status, render
 
     cfg = _load_config(args, require_interfaces=False)
     status = read_status(cfg.pin_dir, cfg.netns)
@@ -94,8 +94,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     log_mod.setup("warning")
     from sennet.agent.datapath.bpffs import ensure_pin_dir
+    from sennet.agent.datapath.loader_types import DatapathOptions
     from sennet.agent.datapath.manager import DatapathManager
-    from sennet.agent.datapath.model import DatapathOptions
     from sennet.agent.datapath.pins import check_pinned_maps, remove_pins
 
     if cfg.pin_dir.exists():
@@ -152,17 +152,17 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, dispatch, and exit by the rule every Sennet command shares (`run_main`)."""
     args = _parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except UserError as exc:
-        print(f"sennet-agent: error: {exc}", file=sys.stderr)
-        return 2
-    except PermissionError as exc:
-        print(f"sennet-agent: error: {exc} (BPF and TC need root)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+
+    def body() -> int:
+        try:
+            return COMMANDS[args.command](args)
+        except PermissionError as exc:
+            # Not a bug but the commonest operator mistake: say what is needed, exit 2.
+            raise UserError(f"{exc} (BPF and TC need root)") from exc
+
+    return run_main("sennet-agent", body)
 
 
 if __name__ == "__main__":

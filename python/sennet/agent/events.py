@@ -28,6 +28,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from traceback import format_exc
 
 import numpy as np
 
@@ -39,6 +40,11 @@ log = logging.getLogger("sennet.agent.events")
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
+
+
+def _check_size(size: int) -> None:
+    if size & (size - 1) or size % mmap.PAGESIZE:
+        raise ValueError(f"ring size {size} is not a power-of-two multiple of the page size")
 
 
 @dataclass(frozen=True)
@@ -95,19 +101,56 @@ class RingBufferConsumer:
         recent_max: int = 256,
         on_batch: Callable[[np.ndarray], None] | None = None,
     ) -> None:
-        if size & (size - 1) or size % mmap.PAGESIZE:
-            raise ValueError(f"ring size {size} is not a power-of-two multiple of the page size")
+        _check_size(size)
+        page = mmap.PAGESIZE
+        cons_mm = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        data_mm = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self.fd = map_fd
+        self._mappings: tuple[mmap.mmap, ...] = (cons_mm, data_mm)
+        self._bind(cons_mm, data_mm, size, page, recent_max, on_batch)
+
+    @classmethod
+    def over(
+        cls,
+        consumer_page: bytearray,
+        producer_and_data: bytearray,
+        size: int,
+        recent_max: int = 256,
+        on_batch: Callable[[np.ndarray], None] | None = None,
+    ) -> RingBufferConsumer:
+        """A consumer of memory laid out as the kernel maps a ring, without a kernel.
+
+        `consumer_page` holds the consumer position (u64 at offset 0);
+        `producer_and_data` is one page holding the producer position, then the
+        data area twice in a row (the caller keeps both copies equal, as the
+        kernel's double mapping does). For tests of `drain()`; `run()` needs a
+        map fd to poll and is not available on such a consumer.
+        """
+        _check_size(size)
+        page = mmap.PAGESIZE
+        if len(consumer_page) < 8 or len(producer_and_data) != page + 2 * size:
+            raise ValueError("buffers do not have the kernel's ring layout")
+        self = cls.__new__(cls)
+        self.fd = -1
+        self._mappings = ()
+        self._bind(consumer_page, producer_and_data, size, page, recent_max, on_batch)
+        return self
+
+    def _bind(
+        self,
+        consumer_page: mmap.mmap | bytearray,
+        producer_and_data: mmap.mmap | bytearray,
+        size: int,
+        page: int,
+        recent_max: int,
+        on_batch: Callable[[np.ndarray], None] | None,
+    ) -> None:
         self.size = size
         self.mask = size - 1
-        page = mmap.PAGESIZE
         self._page = page
-        self._cons_mm = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._data_mm = mmap.mmap(
-            map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
-        )
-        self._cons = ctypes.c_uint64.from_buffer(self._cons_mm)  # one 8-byte store per update
-        self._prod = np.frombuffer(self._data_mm, dtype="<u8", count=1)
+        self._data_mm = producer_and_data
+        self._cons = ctypes.c_uint64.from_buffer(consumer_page)  # one 8-byte store per update
+        self._prod = np.frombuffer(producer_and_data, dtype="<u8", count=1)
         self._on_batch = on_batch
         self._lock = threading.Lock()
         self._kinds = np.zeros(256, dtype=np.uint64)
@@ -119,9 +162,9 @@ class RingBufferConsumer:
         self._recent_dropped = 0
 
     def close(self) -> None:
-        del self._cons, self._prod
-        self._cons_mm.close()
-        self._data_mm.close()
+        del self._cons, self._prod, self._data_mm
+        for mapping in self._mappings:
+            mapping.close()
 
     # -- draining -------------------------------------------------------------
 
@@ -226,8 +269,8 @@ class RingBufferConsumer:
                 ep.poll(tick_s)
                 self.drain()
             self.drain()
-        except Exception:
-            log.exception("ring buffer consumer failed", extra={"fields": {}})
+        except Exception as exc:
+            event(log, "consumer_failed", logging.ERROR, error=repr(exc), exc=format_exc())
             raise
         finally:
             ep.close()

@@ -2,7 +2,7 @@
 
 The control plane keys everything on this ID, so losing it splits an agent's
 history in two. It is written twice (identity.json and identity.json.bak),
-each atomically (temp file, fsync, rename). On start a corrupt primary is
+each atomically (temp file, fsync, rename, directory fsync). On start a corrupt primary is
 reported, moved aside for inspection, and recovered from the backup; if both
 are damaged, a UUID still legible in either file is salvaged. Only when nothing
 is recoverable is a new ID minted, and that is logged as a warning.
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sennet.common.errors import UserError
+from sennet.common.files import write_atomic
 from sennet.common.log import event
 
 log = logging.getLogger("sennet.agent.identity")
@@ -40,23 +41,6 @@ def _parse(raw: bytes) -> tuple[str, float]:
     data = json.loads(raw)
     agent_id = str(uuid.UUID(data["agent_id"]))
     return agent_id, float(data.get("created_at", 0.0))
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a small state file so that a crash leaves either the old or the new content."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _store(state_dir: Path, agent_id: str, created_at: float) -> None:

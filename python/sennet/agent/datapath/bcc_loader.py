@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sennet.agent.datapath import layout
-from sennet.agent.datapath.model import DatapathOptions, LoadedDatapath
+from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
 from sennet.agent.datapath.pins import check_pinned_maps
 from sennet.common.errors import UserError
 from sennet.common.log import event

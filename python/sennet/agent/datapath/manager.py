@@ -16,8 +16,8 @@ from pathlib import Path
 
 from sennet.agent.datapath import bcc_loader, libbpf_loader, slots, tc
 from sennet.agent.datapath.bpffs import ensure_pin_dir
-from sennet.agent.datapath.model import DatapathOptions, LoadedDatapath
-from sennet.agent.identity import write_atomic
+from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
+from sennet.common.files import write_atomic
 from sennet.common.log import event
 
 log = logging.getLogger("sennet.agent.datapath")

@@ -1,4 +1,4 @@
-"""The agent's gRPC sink against the real control plane: enrolment, outages, restarts, TLS."""
+"""The agent's control-plane sink against a real control plane: enrolment, outages, TLS."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from sennet.agent.datapath.layout import Direction, EventKind
-from sennet.agent.grpc_sink import GrpcSink, SinkOptions, backoff_delay, make_sink
+from sennet.agent.sinks.controlplane_grpc import GrpcSink, SinkOptions, backoff_delay, make_sink
 from sennet.agent.snapshot import Event, InterfaceCounters, Snapshot
 from sennet.common.proc import run
 from sennet.testing.controlplane import cli, create_bootstrap_token, running

@@ -1,4 +1,4 @@
-"""The agent's sender to the control plane: a `HeartbeatSink` over gRPC.
+"""The agent's sender to the control plane: a `SnapshotSink` over gRPC.
 
 `send()` never waits on the network: it records the newest snapshot and queues
 its events, then wakes a background thread that does the RPCs. Counters are
@@ -17,9 +17,7 @@ was replaced).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import socket
 import threading
@@ -32,18 +30,29 @@ from pathlib import Path
 
 import grpc
 
-from sennet.agent.heartbeat import HeartbeatSink
-from sennet.agent.snapshot import Event, Snapshot
+from sennet.agent.sinks.agent_token import TokenFile
+from sennet.agent.sinks.heartbeat_message import event_to_proto, snapshot_to_request
+from sennet.agent.sinks.protocol import SnapshotSink
+from sennet.agent.snapshot import Snapshot
 from sennet.common.errors import UserError
 from sennet.common.log import event
+from sennet.proto.contract import HEARTBEAT, REGISTER, Method, Req, Resp
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
-log = logging.getLogger("sennet.agent.grpc_sink")
+log = logging.getLogger("sennet.agent.sinks.controlplane_grpc")
 
-TOKEN_FILE = "agent-token"
-REGISTER = "/sentinel.v1.SentinelService/Register"
-HEARTBEAT = "/sentinel.v1.SentinelService/Heartbeat"
 _RE_ENROL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def _unary(
+    channel: grpc.Channel, method: Method[Req, Resp]
+) -> grpc.UnaryUnaryMultiCallable[Req, Resp]:
+    """A callable for one RPC; path and message classes come from the compiled proto."""
+    return channel.unary_unary(
+        method.path,
+        request_serializer=method.request.SerializeToString,
+        response_deserializer=method.response.FromString,
+    )
 
 
 @dataclass(frozen=True)
@@ -75,103 +84,8 @@ def backoff_delay(failures: int, opts: SinkOptions, rng: random.Random) -> float
     return capped / 2 + rng.uniform(0, capped / 2)
 
 
-def event_to_proto(ev: Event, mono_to_unix_ns: int) -> pb.Event:
-    """Convert a decoded ring-buffer event; kernel monotonic time becomes wall-clock time."""
-    return pb.Event(
-        ts_unix_ns=ev.ts_ns + mono_to_unix_ns,
-        ifindex=ev.ifindex,
-        direction=pb.DIRECTION_RX if ev.direction.label == "rx" else pb.DIRECTION_TX,
-        kind=ev.kind.label,
-        pkt_len=ev.pkt_len,
-        ip_version=ev.ip_version,
-        l4_proto=ev.l4_proto,
-        src_port=ev.sport,
-        dst_port=ev.dport,
-        src_addr=ev.saddr or "",
-        dst_addr=ev.daddr or "",
-        tcp_flags=ev.tcp_flags,
-        vlan_tags=ev.vlan_tags,
-        eth_proto=ev.eth_proto,
-    )
-
-
-def snapshot_to_request(
-    agent_id: str, snap: Snapshot, events: list[pb.Event], dropped: int, stream: str = ""
-) -> pb.HeartbeatRequest:
-    """The HeartbeatRequest for a snapshot plus a batch of queued events."""
-    return pb.HeartbeatRequest(
-        agent_id=agent_id,
-        agent_version=snap.agent_version,
-        kernel_version=snap.kernel_version,
-        uptime_seconds=snap.uptime_s,
-        interfaces=[
-            pb.InterfaceCounters(
-                name=c.ifname,
-                ifindex=c.ifindex,
-                rx_packets=c.rx_packets,
-                rx_bytes=c.rx_bytes,
-                tx_packets=c.tx_packets,
-                tx_bytes=c.tx_bytes,
-            )
-            for c in snap.interfaces
-        ],
-        events_by_kind=snap.events_by_kind,
-        ringbuf_drops_by_kind=snap.ringbuf_drops_by_kind,
-        recent_events=events,
-        events_dropped_by_agent=dropped,
-        event_stream=stream,
-    )
-
-
-class TokenFile:
-    """The agent token, persisted beside the identity (mode 0600, atomic replace)."""
-
-    def __init__(self, state_dir: Path, agent_id: str, target: str) -> None:
-        self.path = state_dir / TOKEN_FILE
-        self._agent_id = agent_id
-        self._target = target
-
-    def load(self) -> str | None:
-        """The stored token if it was issued to this agent by this control plane."""
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            event(
-                log,
-                "ignoring unreadable agent token file",
-                logging.WARNING,
-                path=self.path,
-                error=str(exc),
-            )
-            return None
-        if data.get("agent_id") != self._agent_id or data.get("control_plane") != self._target:
-            return None
-        token = data.get("token")
-        return token if isinstance(token, str) and token else None
-
-    def store(self, token: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        blob = json.dumps(
-            {"agent_id": self._agent_id, "control_plane": self._target, "token": token}
-        ).encode()
-        tmp = self.path.with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
-            os.write(fd, blob)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-
-    def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
 class GrpcSink:
-    """HeartbeatSink sending to the control plane from a background thread."""
+    """SnapshotSink sending to the control plane from a background thread."""
 
     def __init__(
         self,
@@ -207,16 +121,8 @@ class GrpcSink:
             self._channel = grpc.secure_channel(target, credentials, options=channel_options)
         else:
             self._channel = grpc.insecure_channel(target, options=channel_options)
-        self._register = self._channel.unary_unary(
-            REGISTER,
-            request_serializer=pb.RegisterRequest.SerializeToString,
-            response_deserializer=pb.RegisterResponse.FromString,
-        )
-        self._heartbeat = self._channel.unary_unary(
-            HEARTBEAT,
-            request_serializer=pb.HeartbeatRequest.SerializeToString,
-            response_deserializer=pb.HeartbeatResponse.FromString,
-        )
+        self._register = _unary(self._channel, REGISTER)
+        self._heartbeat = _unary(self._channel, HEARTBEAT)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._latest: Snapshot | None = None
@@ -237,7 +143,7 @@ class GrpcSink:
         self._thread = threading.Thread(target=self._run, name="sennet-grpc-sink", daemon=True)
         self._thread.start()
 
-    # -- HeartbeatSink ----------------------------------------------------------------
+    # -- SnapshotSink -----------------------------------------------------------------
 
     def send(self, snapshot: Snapshot) -> None:
         """Record the snapshot and queue its events; returns at once."""
@@ -349,7 +255,7 @@ class GrpcSink:
                     raise
                 event(
                     log,
-                    "agent token rejected; enrolling again",
+                    "agent_token_rejected",
                     logging.WARNING,
                     code=exc.code().name,
                     detail=exc.details(),
@@ -364,7 +270,7 @@ class GrpcSink:
             level = logging.WARNING if self._consecutive == 0 else logging.DEBUG
             event(
                 log,
-                "heartbeat failed",
+                "heartbeat_failed",
                 level,
                 control_plane=self._target,
                 error=reason,
@@ -374,14 +280,14 @@ class GrpcSink:
             if refused:
                 event(
                     log,
-                    "control plane refused our heartbeat",
+                    "heartbeat_refused",
                     logging.ERROR,
                     error=reason,
                     events_discarded=len(batch),
                 )
             return reason, refused
         except (UserError, OSError) as exc:
-            event(log, "heartbeat failed", logging.WARNING, error=str(exc))
+            event(log, "heartbeat_failed", logging.WARNING, error=str(exc))
             return str(exc), False
 
     def _call_heartbeat(self, req: pb.HeartbeatRequest) -> None:
@@ -395,7 +301,7 @@ class GrpcSink:
         if not self._bootstrap:
             raise UserError("no agent token and no bootstrap_token configured; cannot enrol")
         resp = self._register(
-            pb.RegisterRequest(
+            REGISTER.request(
                 agent_id=self._agent_id,
                 hostname=self._hostname()[:253],
                 agent_version=snap.agent_version,
@@ -410,7 +316,7 @@ class GrpcSink:
             self._enrolments += 1
         event(
             log,
-            "enrolled with the control plane",
+            "enrolled",
             control_plane=self._target,
             agent=self._agent_id,
             token_file=self._tokens.path,
@@ -424,7 +330,7 @@ def make_sink(
     agent_id: str,
     tls_ca: str | None,
     tls_server_name: str | None,
-) -> HeartbeatSink:
+) -> SnapshotSink:
     """The sink the agent's run loop uses when `control_plane` is configured.
 
     `tls_ca` is a PEM file path; when given the channel uses TLS and verifies

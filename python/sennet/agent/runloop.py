@@ -23,23 +23,24 @@ from sennet.agent import readout
 from sennet.agent.config import AgentConfig
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
+from sennet.agent.datapath.loader_types import DatapathOptions
 from sennet.agent.datapath.manager import Attached, DatapathManager, kernel_release
-from sennet.agent.datapath.model import DatapathOptions
 from sennet.agent.events import RingBufferConsumer
-from sennet.agent.heartbeat import HeartbeatSink, LogSink
+from sennet.agent.sinks.log_sink import LogSink
+from sennet.agent.sinks.protocol import SnapshotSink
 from sennet.agent.snapshot import InterfaceCounters, Snapshot
 from sennet.common.log import event
 
 log = logging.getLogger("sennet.agent")
 
-SinkFactory = Callable[[AgentConfig, str], HeartbeatSink]
+SinkFactory = Callable[[AgentConfig, str], SnapshotSink]
 
 
-def default_sink(cfg: AgentConfig, agent_id: str) -> HeartbeatSink:
+def default_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
     """gRPC to the control plane when one is configured, else a log line per interval."""
     if not cfg.control_plane:
         return LogSink()
-    from sennet.agent.grpc_sink import make_sink
+    from sennet.agent.sinks.controlplane_grpc import make_sink
 
     return make_sink(
         control_plane=cfg.control_plane,
@@ -73,7 +74,7 @@ class Agent:
         self.attached: list[Attached] = []
         self.reader: CounterReader | None = None
         self.consumer: RingBufferConsumer | None = None
-        self.sink: HeartbeatSink | None = None
+        self.sink: SnapshotSink | None = None
         self._threads: list[threading.Thread] = []
         self._http: Any = None
 

@@ -1,4 +1,8 @@
-"""What a loader produces, whichever loader it was."""
+"""What every loader takes (`DatapathOptions`) and gives back (`LoadedDatapath`).
+
+The libbpf and bcc loaders share these two types, so the manager, the read-out
+and the benchmarks handle a loaded data plane the same way whichever loader made it.
+"""
 
 from __future__ import annotations
 
