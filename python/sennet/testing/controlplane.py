@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,14 @@ class ControlPlane:
             retry(lambda last: True if predicate() else None, timeout, interval=0.5, what=what)
         except TimeoutError as exc:
             raise TestFailed(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running control plane and a bootstrap token it accepts (what a test enrols with)."""
+
+    cp: ControlPlane
+    bootstrap: str
 
 
 @contextlib.contextmanager

@@ -19,9 +19,8 @@ from sennet.agent.datapath.layout import Direction, EventKind
 from sennet.agent.sinks.controlplane_grpc import GrpcSink, SinkOptions, backoff_delay, make_sink
 from sennet.agent.snapshot import Event, InterfaceCounters, Snapshot
 from sennet.common.proc import run
-from sennet.testing.controlplane import cli, create_bootstrap_token, running
+from sennet.testing.controlplane import Served, cli, create_bootstrap_token, running
 from sennet.testing.scrape import sample
-from tests.controlplane.conftest import Served
 
 FAST = SinkOptions(rpc_deadline_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.3)
 

@@ -232,6 +232,7 @@ def test_every_record_offered_is_consumed_dropped_or_skipped_exactly(seed: int) 
     offered = dropped = discarded = foreign = 0
     kept: list[tuple[int, int]] = []  # (position, seq) of our committed, kept records
     busy: dict[int, tuple[int, bool, int | None]] = {}  # pos -> (length, discard, seq)
+    seq: int | None
     for step in range(3000):
         roll = rng.random()
         if roll < 0.15:
@@ -248,24 +249,25 @@ def test_every_record_offered_is_consumed_dropped_or_skipped_exactly(seed: int) 
             continue
         late = rng.random() < 0.05
         if roll < 0.80:
-            length, payload, seq = OURS, our_event(step, EventKind(rng.randint(1, 10))), step
+            seq = step
+            length, payload = OURS, our_event(step, EventKind(rng.randint(1, 10)))
             discard = rng.random() < 0.05
             offered += 1
         else:
             length = rng.choice([0, 8, 16, 60, 100, 300, OURS + 8])
             payload, seq, discard = foreign_payload(length), None, rng.random() < 0.3
-        pos = ring.reserve(length, payload)
-        if pos is None:
+        reserved = ring.reserve(length, payload)
+        if reserved is None:
             dropped += seq is not None
             continue
         foreign += seq is None
         discarded += seq is not None and discard
         if late:
-            busy[pos] = (length, discard, seq)
+            busy[reserved] = (length, discard, seq)
             continue
-        ring.commit(pos, length, discard)
+        ring.commit(reserved, length, discard)
         if seq is not None and not discard:
-            kept.append((pos, seq))
+            kept.append((reserved, seq))
     for pos, (length, discard, seq) in busy.items():
         ring.commit(pos, length, discard)
         if seq is not None and not discard:

@@ -13,9 +13,8 @@ from google.protobuf.message import Message
 
 from sennet.common.retry import retry
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
-from sennet.testing.controlplane import ControlPlane, cli, heartbeat_request
+from sennet.testing.controlplane import ControlPlane, Served, cli, heartbeat_request
 from sennet.testing.scrape import sample
-from tests.controlplane.conftest import Served
 
 TRANSPORTS = ["grpc", "connect"]
 

@@ -12,9 +12,8 @@ import grpc
 from sennet.common.retry import retry
 from sennet.controlplane.fleet import AgentView, Fleet, Series, advance
 from sennet.controlplane.metrics import Exposition, ServerMetrics
-from sennet.testing.controlplane import create_bootstrap_token, heartbeat_request, running
+from sennet.testing.controlplane import Served, create_bootstrap_token, heartbeat_request, running
 from sennet.testing.scrape import parse_samples, sample
-from tests.controlplane.conftest import Served
 
 OK = (grpc.StatusCode.OK, "")
 

@@ -32,8 +32,7 @@ import pytest
 import yaml
 
 from sennet.common.retry import retry
-from sennet.testing.controlplane import heartbeat_request
-from tests.controlplane.conftest import Served
+from sennet.testing.controlplane import Served, heartbeat_request
 
 REPO = Path(__file__).resolve().parents[3]
 DASHBOARD = REPO / "deploy/grafana/dashboards/sennet.json"

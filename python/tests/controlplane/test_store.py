@@ -21,12 +21,12 @@ from sennet.controlplane.writer import HeartbeatWriter
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.controlplane import (
     ControlPlane,
+    Served,
     create_bootstrap_token,
     heartbeat_request,
     running,
 )
 from sennet.testing.scrape import sample
-from tests.controlplane.conftest import Served
 
 OK = (grpc.StatusCode.OK, "")
 

@@ -10,8 +10,7 @@ import grpc
 import pytest
 
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
-from sennet.testing.controlplane import heartbeat_request
-from tests.controlplane.conftest import Served
+from sennet.testing.controlplane import Served, heartbeat_request
 
 U63 = (1 << 63) - 1
 
