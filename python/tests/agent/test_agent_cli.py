@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import re
-import signal
-import socket
-import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from sennet.common.netns import entered
-from sennet.testing.agent import COMMAND, agent, run_cli, status
+from sennet.testing.agent import READY, agent, run_cli, status
 from sennet.testing.netlab import VethPair, sh
+from sennet.testing.ports import free_port
+from sennet.testing.scrape import Samples, sample, scrape
 from tests.frames import cases
 
 pytestmark = pytest.mark.kernel
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(netns: str, port: int) -> dict[str, float]:
+def scrape_in(netns: str, port: int) -> Samples:
+    """The agent's /metrics on the loopback of the namespace it runs in."""
     with entered(netns):
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+        return scrape(f"http://127.0.0.1:{port}/metrics")
 
 
 def base_args(net: VethPair, pin_root: Path, tmp_path: Path) -> list[str]:
@@ -73,13 +59,12 @@ def test_agent_reports_exact_counts_in_status_and_metrics(
         assert s["events_by_kind"]["land"] == 4
         assert s["events_by_kind"]["large_packet"] == 2
         assert sum(s["ringbuf_drops_by_kind"].values()) == 0
-        m = scrape(net.ns_a, port)
-        assert m[f'sennet_agent_packets_total{{direction="rx",interface="{net.if_a}"}}'] == len(
-            all_cases
-        )
-        assert m[f'sennet_agent_bytes_total{{direction="rx",interface="{net.if_a}"}}'] == rx_bytes
-        assert m['sennet_agent_events_total{kind="tcp_xmas"}'] == 3
-        assert m['sennet_agent_events_total{kind="truncated_l4"}'] == 3
+        m = scrape_in(net.ns_a, port)
+        rx = {"direction": "rx", "interface": net.if_a}
+        assert sample(m, "sennet_agent_packets_total", **rx) == len(all_cases)
+        assert sample(m, "sennet_agent_bytes_total", **rx) == rx_bytes
+        assert sample(m, "sennet_agent_events_total", kind="tcp_xmas") == 3
+        assert sample(m, "sennet_agent_events_total", kind="truncated_l4") == 3
         a.wait_for_log("event=snapshot")
         assert a.stop() == 0
     log = a.log()
@@ -117,36 +102,12 @@ def test_agent_in_the_host_namespace_attaches_inside_a_named_netns(
     """--netns: pins stay in the host's bpffs view; only the netlink socket enters the netns."""
     args = [*base_args(net, pin_root, tmp_path), "--netns", net.ns_a]
     frame = next(c.frame for c in cases() if c.name == "icmp_echo")
-    proc = subprocess.Popen(
-        [*COMMAND, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        lines = []
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            lines.append(raw.decode())
-            if "event=agent_ready" in lines[-1]:
-                break
+    with agent("", args, tmp_path / "agent.log") as a:
+        a.wait_for_log(READY)
         net.send_to_a([frame] * 4)
-        result = subprocess.run(
-            [
-                *COMMAND,
-                "status",
-                "--json",
-                "--pin-dir",
-                str(pin_root / "sennet"),
-                "--netns",
-                net.ns_a,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        (iface,) = json.loads(result.stdout)["interfaces"]
+        (iface,) = status("", pin_root / "sennet", names_from=net.ns_a)["interfaces"]
         assert (iface["ifname"], iface["rx_packets"], iface["rx_bytes"]) == (net.if_a, 4, 4 * 98)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0, "".join(lines)
+        assert a.stop() == 0, a.log()
     assert sh("tc", "-n", net.ns_a, "filter", "show", "dev", net.if_a, "ingress").strip() == ""
 
 

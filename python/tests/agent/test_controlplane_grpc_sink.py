@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import socket
 import sqlite3
 import stat
 import time
@@ -20,6 +19,7 @@ from sennet.agent.sinks.controlplane_grpc import GrpcSink, SinkOptions, backoff_
 from sennet.agent.snapshot import Event, InterfaceCounters, Snapshot
 from sennet.common.proc import run
 from sennet.testing.controlplane import Served, cli, create_bootstrap_token, running
+from sennet.testing.ports import free_port
 from sennet.testing.scrape import sample
 
 FAST = SinkOptions(rpc_deadline_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.3)
@@ -136,9 +136,7 @@ def test_the_sink_enrols_again_when_its_token_is_revoked(shared: Served, tmp_pat
 
 
 def test_send_never_blocks_while_the_control_plane_is_unreachable(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     sink = GrpcSink(
         f"127.0.0.1:{port}",
         "sb.0000000000000000." + "x" * 43,
