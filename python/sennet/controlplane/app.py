@@ -27,7 +27,7 @@ from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.grpc_server import GrpcServer, TlsFiles
 from sennet.controlplane.http_server import HttpApp, HttpServer
 from sennet.controlplane.metrics import Exposition, ServerMetrics
-from sennet.controlplane.service import SentinelService
+from sennet.controlplane.sentinel_service import SentinelService
 from sennet.controlplane.store import Store
 from sennet.controlplane.writer import HeartbeatWriter
 

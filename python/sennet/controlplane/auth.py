@@ -4,7 +4,7 @@ Register needs a bootstrap token; Heartbeat needs the agent's own token. The
 interceptor authenticates before the handler runs and hands the handler an
 `Authenticated` (principal + raw request bytes), so no handler can forget the
 check and the handler still decides what the principal may do (an agent
-token may only report for its own agent id, checked in `service.py`). The
+token may only report for its own agent id, checked in `sentinel_service.py`). The
 Connect endpoint calls the same `Authenticator`.
 
 Errors: a missing, malformed, unknown or revoked token is UNAUTHENTICATED;
@@ -25,7 +25,7 @@ from grpc import aio
 
 from sennet.controlplane import tokens
 from sennet.controlplane.metrics import ServerMetrics
-from sennet.controlplane.status import Code, RequestError
+from sennet.controlplane.refusals import Code, RequestError
 from sennet.controlplane.store import Store, TokenRow
 
 SERVICE = "sentinel.v1.SentinelService"

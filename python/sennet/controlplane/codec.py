@@ -13,7 +13,7 @@ from typing import TypeVar
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from sennet.controlplane.status import invalid
+from sennet.controlplane.refusals import invalid
 
 M = TypeVar("M", bound=Message)
 

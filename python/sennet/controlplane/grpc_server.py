@@ -23,8 +23,8 @@ from sennet.common.errors import UserError
 from sennet.controlplane import codec
 from sennet.controlplane.auth import SERVICE, Authenticated, Authenticator, AuthInterceptor
 from sennet.controlplane.metrics import ServerMetrics
-from sennet.controlplane.service import SentinelService
-from sennet.controlplane.status import RequestError
+from sennet.controlplane.refusals import RequestError
+from sennet.controlplane.sentinel_service import SentinelService
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 

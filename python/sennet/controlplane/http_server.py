@@ -27,8 +27,8 @@ from sennet.common.log import event
 from sennet.controlplane import codec
 from sennet.controlplane.auth import SERVICE, Authenticator
 from sennet.controlplane.metrics import CONTENT_TYPE, Exposition, ServerMetrics
-from sennet.controlplane.service import SentinelService
-from sennet.controlplane.status import Code, RequestError, invalid
+from sennet.controlplane.refusals import Code, RequestError, invalid
+from sennet.controlplane.sentinel_service import SentinelService
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 log = logging.getLogger("sennet.controlplane.http")

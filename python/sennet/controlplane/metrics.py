@@ -31,7 +31,7 @@ from sennet.controlplane.fleet import (
     Fleet,
     split_key,
 )
-from sennet.controlplane.status import RequestError
+from sennet.controlplane.refusals import RequestError
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 METHODS = ("Register", "Heartbeat")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from sennet.common.log import event
 from sennet.controlplane.fleet import AgentView, Fleet
-from sennet.controlplane.status import Code, RequestError
+from sennet.controlplane.refusals import Code, RequestError
 from sennet.controlplane.store import Store
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
