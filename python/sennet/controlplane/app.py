@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sennet.common.files import write_atomic
 from sennet.common.log import event
 from sennet.controlplane.auth import Authenticator
 from sennet.controlplane.codec import DEFAULT_MAX_REQUEST_BYTES
@@ -103,7 +104,7 @@ class ControlPlane:
                 await server.set_serving(ok)
                 event(
                     log,
-                    "health changed",
+                    "health_changed",
                     logging.INFO if ok else logging.ERROR,
                     serving=ok,
                     database=report["database"],
@@ -117,7 +118,7 @@ class ControlPlane:
             try:
                 views = await asyncio.to_thread(self.store.load_fleet)
             except sqlite3.Error as exc:
-                event(log, "fleet refresh failed", logging.WARNING, error=str(exc))
+                event(log, "fleet_refresh_failed", logging.WARNING, error=str(exc))
                 continue
             self.fleet.merge_newer(views)
 
@@ -151,11 +152,8 @@ class ControlPlane:
             pid=os.getpid(),
         )
         if self.settings.ready_file is not None:
-            tmp = self.settings.ready_file.with_suffix(".tmp")
-            tmp.write_text(
-                json.dumps({"grpc_port": grpc_port, "http_port": http_port, "pid": os.getpid()})
-            )
-            tmp.replace(self.settings.ready_file)
+            ready = {"grpc_port": grpc_port, "http_port": http_port, "pid": os.getpid()}
+            write_atomic(self.settings.ready_file, json.dumps(ready).encode(), mode=0o644)
         watcher = asyncio.create_task(self._watch_health(server))
         # Build the per-agent text layouts now, so the first scrape after a restart is as
         # fast as the rest (at 10,000 agents the cold render takes about half a second).

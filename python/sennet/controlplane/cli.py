@@ -6,7 +6,8 @@
     sennet-controlplane token revoke 3f2a9c0d1e4b5a6f
 
 Operator mistakes (bad flags, unreadable files, a busy port) print one
-`error:` line and exit 2; anything else is a bug and keeps its traceback.
+`sennet-controlplane: error:` line and exit 2 (`sennet.common.errors.run_main`);
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ import time
 from pathlib import Path
 
 from sennet.common import log as slog
-from sennet.common.errors import UserError
+from sennet.common.errors import UserError, run_main
 from sennet.controlplane import tokens
 from sennet.controlplane.app import ControlPlane, Settings
 from sennet.controlplane.grpc_server import TlsFiles
 from sennet.controlplane.store import Store
 
+PROG = "sennet-controlplane"
 DEFAULT_DB = Path(os.environ.get("SENNET_CONTROLPLANE_DB", "/var/lib/sennet/controlplane.db"))
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="sennet-controlplane",
+        prog=PROG,
         description="Sennet control plane: receives agent heartbeats over gRPC (and Connect "
         "JSON), stores them in SQLite and serves /health and Prometheus /metrics.",
     )
@@ -198,16 +200,17 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     slog.setup(args.log_level)
-    try:
-        if args.command == "serve":
-            return _serve(args)
-        return _token_command(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.command == "serve":
+        return _serve(args)
+    return _token_command(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; operator mistakes exit 2 with one `sennet-controlplane: error:` line."""
+    return run_main(PROG, lambda: _main(argv))
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ class HttpServer:
 
     def start(self) -> int:
         self._thread.start()
-        event(log, "http listening", port=self.port)
+        event(log, "http_listening", port=self.port)
         return self.port
 
     def stop(self) -> None:

@@ -42,7 +42,7 @@ class SentinelService:
         )
         event(
             log,
-            "agent enrolled",
+            "agent_enrolled",
             agent=req.agent_id,
             hostname=req.hostname,
             bootstrap_id=principal.token_id,

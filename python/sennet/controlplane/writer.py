@@ -120,7 +120,7 @@ class HeartbeatWriter:
                         for one in batch:
                             self._commit(conn, [one])
                 except Exception as exc:  # a bug must not kill the only writer
-                    event(log, "writer error", logging.ERROR, error=repr(exc))
+                    event(log, "writer_error", logging.ERROR, error=repr(exc))
                     for item in batch:
                         if not item.future.done():
                             item.future.set_exception(_unavailable(f"store: {exc!r}"))
@@ -159,7 +159,7 @@ class HeartbeatWriter:
                 raise
         except sqlite3.Error as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
-            event(log, "commit failed", logging.ERROR, heartbeats=len(batch), error=self.last_error)
+            event(log, "commit_failed", logging.ERROR, heartbeats=len(batch), error=self.last_error)
             if len(batch) == 1:
                 batch[0].future.set_exception(_unavailable(f"store: {exc}"))
             return False
@@ -190,10 +190,12 @@ class HeartbeatWriter:
         try:
             deleted = self._store.prune(conn, time.time() - self._retention_s)
         except sqlite3.Error as exc:
-            event(log, "retention failed", logging.ERROR, error=str(exc))
+            event(log, "retention_failed", logging.ERROR, error=str(exc))
             return
         if deleted:
-            event(log, "retention", deleted_heartbeats=deleted, retention_s=self._retention_s)
+            event(
+                log, "retention_pruned", deleted_heartbeats=deleted, retention_s=self._retention_s
+            )
 
 
 def _unavailable(why: str) -> RequestError:
