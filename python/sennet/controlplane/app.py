@@ -23,6 +23,7 @@ from typing import Any
 from sennet.common.files import write_atomic
 from sennet.common.log import event
 from sennet.controlplane.auth import Authenticator
+from sennet.controlplane.calls import Calls
 from sennet.controlplane.codec import DEFAULT_MAX_REQUEST_BYTES
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.grpc_server import GrpcServer, TlsFiles
@@ -61,17 +62,10 @@ class ControlPlane:
         )
         self.auth = Authenticator(self.store)
         self.service = SentinelService(self.store, self.writer, self.fleet, self.auth)
+        self.calls = Calls(self.service, self.auth, self.metrics, settings.max_request_bytes)
         self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after_s)
         self.http = HttpServer(
-            settings.http_listen,
-            HttpApp(
-                self.service,
-                self.auth,
-                self.metrics,
-                self.exposition,
-                self.health,
-                settings.max_request_bytes,
-            ),
+            settings.http_listen, HttpApp(self.calls, self.exposition, self.health)
         )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -132,10 +126,7 @@ class ControlPlane:
         # grpc.aio binds to the running event loop, so the server is made here, not in __init__.
         server = GrpcServer(
             self.settings.grpc_listen,
-            self.service,
-            self.auth,
-            self.metrics,
-            max_request_bytes=self.settings.max_request_bytes,
+            self.calls,
             tls=self.settings.tls,
             reuse_port=self.settings.reuse_port,
         )

@@ -14,6 +14,7 @@ counter reset on an agent never looks like a drop to Prometheus.
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,9 +33,19 @@ from sennet.controlplane.fleet import (
     split_key,
 )
 from sennet.controlplane.refusals import RequestError
+from sennet.proto import contract
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-METHODS = ("Register", "Heartbeat")
+METHODS = tuple(m.name for m in contract.METHODS)  # the `method` label's values
+
+
+class Transport(enum.StrEnum):
+    """The `transport` label's values: which protocol carried a call."""
+
+    GRPC = "grpc"
+    CONNECT = "connect"
+
+
 REJECT_REASONS = {
     "missing_token": "unauthenticated",
     "malformed_token": "unauthenticated",
@@ -127,7 +138,7 @@ class ServerMetrics:
             "sennet_controlplane_agents", "Enrolled agents.", registry=self.registry
         )
         self.agents.set_function(lambda: float(agents()))
-        for transport in ("grpc", "connect"):
+        for transport in Transport:
             self.accepted.labels(transport)
             self.registrations.labels(transport)
             for method in METHODS:

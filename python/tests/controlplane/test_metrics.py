@@ -12,6 +12,7 @@ import grpc
 from sennet.common.retry import retry
 from sennet.controlplane.fleet import AgentView, Fleet, Series, advance
 from sennet.controlplane.metrics import Exposition, ServerMetrics
+from sennet.proto.contract import HEARTBEAT
 from tests.controlplane.conftest import Served
 from tests.controlplane.cp import (
     create_bootstrap_token,
@@ -205,7 +206,7 @@ def test_a_json_heartbeat_over_connect_lands_in_metrics(shared: Served) -> None:
         f'"ifindex": 2, "rxPackets": "10", "rxBytes": "1000"}}], '
         f'"eventsByKind": {{"large_packet": "3"}}}}'
     ).encode()
-    status, reply = shared.cp.connect("Heartbeat", body, token)
+    status, reply = shared.cp.connect(HEARTBEAT.name, body, token)
     assert status == 200 and set(reply) == {"serverTimeUnixNs"}  # proto3 JSON omits zeros
     assert abs(int(reply["serverTimeUnixNs"]) / 1e9 - time.time()) < 10
     s = shared.cp.samples()
