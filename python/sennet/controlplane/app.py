@@ -16,38 +16,22 @@ import os
 import signal
 import sqlite3
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sennet.common.files import write_atomic
 from sennet.common.log import event
 from sennet.controlplane.auth import Authenticator
 from sennet.controlplane.calls import Calls
-from sennet.controlplane.codec import DEFAULT_MAX_REQUEST_BYTES
 from sennet.controlplane.fleet import Fleet
-from sennet.controlplane.grpc_server import GrpcServer, TlsFiles
+from sennet.controlplane.grpc_server import GrpcServer
 from sennet.controlplane.http_server import HttpApp, HttpServer
 from sennet.controlplane.metrics import Exposition, ServerMetrics
 from sennet.controlplane.sentinel_service import SentinelService
+from sennet.controlplane.settings import Settings
 from sennet.controlplane.store import Store
 from sennet.controlplane.writer import HeartbeatWriter
 
 log = logging.getLogger("sennet.controlplane")
-
-
-@dataclass(frozen=True)
-class Settings:
-    db: Path
-    grpc_listen: str = "127.0.0.1:50051"
-    http_listen: str = "127.0.0.1:9469"
-    tls: TlsFiles | None = None
-    retention_s: float = 30 * 86400.0
-    stale_after_s: float = 35.0  # 3 missed 10 s heartbeats plus slack
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    reuse_port: bool = False
-    fleet_refresh_s: float = 0.0  # >0: reload the fleet from the database (multi-process)
-    ready_file: Path | None = None
 
 
 class ControlPlane:
@@ -60,10 +44,10 @@ class ControlPlane:
         self.metrics = ServerMetrics(
             agents=lambda: len(self.fleet), commits=lambda: self.writer.commits
         )
-        self.auth = Authenticator(self.store)
+        self.auth = Authenticator(self.store, cache_s=settings.agent_token_cache)
         self.service = SentinelService(self.store, self.writer, self.fleet, self.auth)
         self.calls = Calls(self.service, self.auth, self.metrics, settings.max_request_bytes)
-        self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after_s)
+        self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after)
         self.http = HttpServer(
             settings.http_listen, HttpApp(self.calls, self.exposition, self.health)
         )
@@ -150,8 +134,8 @@ class ControlPlane:
         # fast as the rest (at 10,000 agents the cold render takes about half a second).
         warm = asyncio.create_task(asyncio.to_thread(self.exposition.render))
         refresher = None
-        if self.settings.fleet_refresh_s > 0:
-            refresher = asyncio.create_task(self._refresh_fleet(self.settings.fleet_refresh_s))
+        if self.settings.fleet_refresh > 0:
+            refresher = asyncio.create_task(self._refresh_fleet(self.settings.fleet_refresh))
         await stop.wait()
         watcher.cancel()
         await warm
