@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -27,10 +27,12 @@ from prometheus_client.registry import Collector
 from sennet.controlplane.fleet import (
     AGENT_DROPPED,
     EVENTS,
+    INTERFACE_FIELDS,
     RINGBUF_DROPS,
     AgentView,
     Fleet,
-    split_key,
+    Series,
+    SeriesKey,
 )
 from sennet.controlplane.refusals import RequestError
 from sennet.proto import contract
@@ -198,8 +200,7 @@ class FleetCollector(Collector):
                 last.add_metric([a], v.last_heartbeat)
                 uptime.add_metric([a], v.uptime_seconds)
             resets.add_metric([a], v.resets)
-            for key, s in sorted(v.series.items()):
-                family, name = split_key(key)
+            for (family, name), s in sorted(v.series.items()):
                 if family == EVENTS:
                     events.add_metric([a, name], s.total)
                 elif family == RINGBUF_DROPS:
@@ -221,6 +222,63 @@ class FleetCollector(Collector):
             drops,
             agent_dropped,
         )
+
+
+# How series are grouped for export (one Prometheus family each), in exposition order.
+EXPORT_GROUPS = ("packets", "bytes", EVENTS, RINGBUF_DROPS, AGENT_DROPPED)
+_GROUP_OF = {
+    **{f: f.partition("_")[2] for f in INTERFACE_FIELDS},
+    **{f: f for f in (EVENTS, RINGBUF_DROPS, AGENT_DROPPED)},
+}
+# (series keys, monotonic totals) per EXPORT_GROUPS entry, keys sorted
+Export = tuple[tuple[tuple[SeriesKey, ...], ...], tuple[tuple[int, ...], ...]]
+
+
+def _export(series: Mapping[SeriesKey, Series]) -> Export:
+    groups: dict[str, list[SeriesKey]] = {g: [] for g in EXPORT_GROUPS}
+    for key in series:
+        groups[_GROUP_OF[key.family]].append(key)
+    keys = tuple(tuple(sorted(groups[g])) for g in EXPORT_GROUPS)
+    values = tuple(tuple([series[k].total for k in ks]) for ks in keys)
+    return keys, values
+
+
+class ExportCache:
+    """Each agent's series grouped and sorted for exposition, computed once per committed view.
+
+    Views are immutable and a new heartbeat brings a new `series` mapping, so
+    an entry is valid while the agent's current view holds the same mapping
+    (re-enrolment copies a view but keeps its mapping). `warm` runs when the
+    fleet installs views, so a scrape finds the work done; `exports` computes
+    whatever is still missing (the first scrape after a restart).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_agent: dict[str, tuple[Mapping[SeriesKey, Series], Export]] = {}
+
+    def warm(self, views: Iterable[AgentView]) -> None:
+        computed = [(v.agent_id, v.series, _export(v.series)) for v in views]
+        with self._lock:
+            for agent_id, series, export in computed:
+                self._by_agent[agent_id] = (series, export)
+
+    def exports(self, views: list[AgentView]) -> list[Export]:
+        """One export per view, in order; entries of agents no longer present are dropped."""
+        out: list[Export] = []
+        with self._lock:
+            cache = self._by_agent
+            for v in views:
+                hit = cache.get(v.agent_id)
+                if hit is None or hit[0] is not v.series:
+                    hit = (v.series, _export(v.series))
+                    cache[v.agent_id] = hit
+                out.append(hit[1])
+            if len(cache) > len(views):
+                live = {v.agent_id for v in views}
+                for gone in [k for k in cache if k not in live]:
+                    del cache[gone]
+        return out
 
 
 @dataclass
@@ -247,8 +305,8 @@ class _Layout:
         return text
 
 
-def _series_prefix(agent_label: str, key: str) -> str:
-    family, name = split_key(key)
+def _series_prefix(agent_label: str, key: SeriesKey) -> str:
+    family, name = key
     if family in (EVENTS, RINGBUF_DROPS):
         metric = _EVENTS[0] if family == EVENTS else _RB[0]
         return f'{metric}{{{agent_label},kind="{_esc(name)}"}} '
@@ -262,13 +320,13 @@ def _series_prefix(agent_label: str, key: str) -> str:
 class FastFleetRenderer:
     """Renders the same samples as `FleetCollector`, reusing per-agent text between scrapes."""
 
-    def __init__(self, stale_after_s: float) -> None:
+    def __init__(self, stale_after_s: float, exports: ExportCache) -> None:
         self._stale_after_s = stale_after_s
+        self._exports = exports
         self._layouts: dict[str, _Layout] = {}
         self._lock = threading.Lock()  # concurrent scrapes share the cache
 
-    def _layout(self, v: AgentView) -> _Layout:
-        keys = v.export[0]
+    def _layout(self, v: AgentView, keys: tuple[tuple[SeriesKey, ...], ...]) -> _Layout:
         signature = (v.hostname, v.agent_version, v.kernel_version, keys)
         cached = self._layouts.get(v.agent_id)
         if cached is not None and cached.signature == signature:
@@ -301,12 +359,14 @@ class FastFleetRenderer:
             return self._render(views, now)
 
     def _render(self, views: list[AgentView], now: float) -> str:
-        layouts = [self._layout(v) for v in views]
+        exports = self._exports.exports(views)
+        layouts = [self._layout(v, e[0]) for v, e in zip(views, exports, strict=True)]
         if len(self._layouts) > len(views):
             live = {v.agent_id for v in views}
             for gone in [k for k in self._layouts if k not in live]:
                 del self._layouts[gone]
         pairs = list(zip(views, layouts, strict=True))
+        values = [e[1] for e in exports]
         beating = [(v, lay) for v, lay in pairs if v.last_heartbeat is not None]
         out: list[str] = []
 
@@ -326,7 +386,7 @@ class FastFleetRenderer:
         out.extend(f"{lay.resets}{v.resets}\n" for v, lay in pairs)
         for index, spec in enumerate((_PACKETS, _BYTES, _EVENTS, _RB, _AGENT_DROPPED)):
             header(spec)
-            out.extend(lay.text(index, v.export[1][index]) for v, lay in pairs)
+            out.extend(lay.text(index, vs[index]) for vs, lay in zip(values, layouts, strict=True))
         return "".join(out)
 
 
@@ -336,7 +396,9 @@ class Exposition:
     def __init__(self, server: ServerMetrics, fleet: Fleet, stale_after_s: float) -> None:
         self._server = server
         self._fleet = fleet
-        self._fast = FastFleetRenderer(stale_after_s)
+        exports = ExportCache()
+        fleet.subscribe(exports.warm)  # newly committed views are prepared before a scrape
+        self._fast = FastFleetRenderer(stale_after_s, exports)
         self._plain = CollectorRegistry()
         self._plain.register(FleetCollector(fleet, stale_after_s))
 

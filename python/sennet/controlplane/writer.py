@@ -165,8 +165,6 @@ class HeartbeatWriter:
             return False
         self.last_error = None
         self.commits += 1
-        for view in overlay.values():
-            _ = view.export  # computed here, off the scrape path
         self._fleet.publish(overlay)
         now_ns = time.time_ns()
         for item, n in zip(batch, stored, strict=True):

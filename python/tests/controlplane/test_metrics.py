@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from sennet.common.retry import retry
-from sennet.controlplane.fleet import AgentView, Fleet, Series, advance
+from sennet.controlplane.fleet import AgentView, Fleet, Series, SeriesKey, advance
 from sennet.controlplane.metrics import Exposition, ServerMetrics
 from sennet.proto.contract import HEARTBEAT
 from tests.controlplane.conftest import Served
@@ -149,11 +149,11 @@ def _view(n: int) -> AgentView:
     series = {}
     for ifname in ("eth0", "eth1"):
         for f in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
-            series[f"{f}:{ifname}"] = Series(n * 7, n * 11)
+            series[SeriesKey(f, ifname)] = Series(n * 7, n * 11)
     for kind in ("large_packet", "tcp_xmas"):
-        series[f"events:{kind}"] = Series(n, n + 1)
-        series[f"ringbuf_drops:{kind}"] = Series(0, n % 3)
-    series["agent_dropped:"] = Series(0, 2)
+        series[SeriesKey("events", kind)] = Series(n, n + 1)
+        series[SeriesKey("ringbuf_drops", kind)] = Series(0, n % 3)
+    series[SeriesKey("agent_dropped", "")] = Series(0, 2)
     return AgentView(
         agent_id=aid,
         hostname=f'h"{n}\\\n',

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sennet.common.errors import UserError
 from sennet.common.retry import retry
-from sennet.controlplane.fleet import Fleet
+from sennet.controlplane.fleet import Fleet, SeriesKey
 from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
 from sennet.controlplane.store import Store
 from sennet.controlplane.writer import HeartbeatWriter
@@ -176,7 +176,7 @@ def test_retention_deletes_old_heartbeats_and_their_events_but_keeps_totals(tmp_
     finally:
         writer.stop()
     view = Store(tmp_path / "r.db").load_fleet()[0]
-    assert view.series["rx_packets:eth1"].total == 3
+    assert view.series[SeriesKey("rx_packets", "eth1")].total == 3
     assert view.heartbeats == 3
 
 
