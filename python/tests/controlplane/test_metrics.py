@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+from google.protobuf import json_format
 
 from sennet.common.retry import retry
 from sennet.controlplane.fleet import AgentView, Fleet, Series, SeriesKey, advance
@@ -215,3 +216,36 @@ def test_a_json_heartbeat_over_connect_lands_in_metrics(shared: Served) -> None:
         == 1000
     )
     assert sample(s, "sennet_events_total", agent=agent_id, kind="large_packet") == 3
+
+
+def test_both_transports_record_acceptance_refusal_and_latency_the_same_way(
+    fresh: Served,
+) -> None:
+    agent_id, token = fresh.cp.register(fresh.bootstrap)
+    req = heartbeat_request(agent_id, rx=(1, 60))
+    assert fresh.cp.heartbeat(token, req) == OK
+    assert (
+        fresh.cp.connect(HEARTBEAT.name, json_format.MessageToJson(req).encode(), token)[0] == 200
+    )
+    assert fresh.cp.heartbeat("hunter2", req)[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert fresh.cp.connect(HEARTBEAT.name, b"{}", "hunter2")[0] == 401
+    s = fresh.cp.samples()
+    for transport in ("grpc", "connect"):
+        assert sample(s, "sennet_controlplane_heartbeats_accepted_total", transport=transport) == 1
+        assert (
+            sample(
+                s,
+                "sennet_controlplane_rpc_duration_seconds_count",
+                method="Heartbeat",
+                transport=transport,
+            )
+            == 2  # the accepted call and the refused one are both timed
+        )
+    refused = sample(
+        s,
+        "sennet_controlplane_requests_rejected_total",
+        method="Heartbeat",
+        code="unauthenticated",
+        reason="malformed_token",
+    )
+    assert refused == 2
