@@ -39,7 +39,8 @@ class Principal:
 class Authenticator:
     """Checks bearer tokens against the store.
 
-    Active agent-token rows are cached for `cache_s` seconds, because a
+    Active agent-token rows are cached for `cache_s` seconds (the
+    `agent_token_cache` setting, default 1 s), because a
     database read per heartbeat on the event loop contends with the writer.
     The cost: a token revoked from the command line (another process) stops
     working within `cache_s`; enrolment in this process clears the cache at
