@@ -47,7 +47,7 @@ class Authenticator:
     once. Bootstrap tokens are never cached (enrolment is rare).
     """
 
-    def __init__(self, store: Store, cache_s: float = 1.0) -> None:
+    def __init__(self, store: Store, cache_s: float) -> None:
         self._store = store
         self._cache_s = cache_s
         self._cache: dict[str, tuple[float, TokenRow]] = {}
