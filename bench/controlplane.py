@@ -39,7 +39,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
-from sennet.controlplane.fleet import AgentView, Fleet, Series
+from sennet.controlplane.fleet import AgentView, Fleet, Series, SeriesKey
 from sennet.controlplane.metrics import Exposition, ServerMetrics
 from sennet.controlplane.store import Store
 from sennet.proto import contract
@@ -402,11 +402,11 @@ def fleet_of(agents: int) -> Fleet:
         series = {}
         for i in range(2):
             for f in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
-                series[f"{f}:eth{i}"] = Series(n * 1000 + i, n * 1000 + i)
+                series[SeriesKey(f, f"eth{i}")] = Series(n * 1000 + i, n * 1000 + i)
         for k in KINDS:
-            series[f"events:{k}"] = Series(n, n)
-            series[f"ringbuf_drops:{k}"] = Series(0, 0)
-        series["agent_dropped:"] = Series(0, 0)
+            series[SeriesKey("events", k)] = Series(n, n)
+            series[SeriesKey("ringbuf_drops", k)] = Series(0, 0)
+        series[SeriesKey("agent_dropped", "")] = Series(0, 0)
         views.append(
             AgentView(
                 agent_id=str(uuid.UUID(int=n + 1)),
@@ -440,17 +440,16 @@ def bench_metrics(agents: int, repeat: int) -> list[Figure]:
     fast_ms, fast = _timed(lambda: expo.render(fast=True), repeat)
 
     def after_heartbeats() -> bytes:
-        # Every agent reported since the last scrape: new views, whose export the
-        # writer thread has already computed; only the layouts are reused.
+        # Every agent reported since the last scrape: new views, which the exporter
+        # prepared as they were published; only the layouts are reused.
         fresh = {}
         for v in fleet.snapshot():
             # interface counters move every interval; event and drop counters rarely do
             series = {
-                k: Series(s.last_raw + 1, s.total + 1) if k.startswith(("rx_", "tx_")) else s
+                k: Series(s.last_raw + 1, s.total + 1) if k.family.startswith(("rx_", "tx_")) else s
                 for k, s in v.series.items()
             }
             nv = replace(v, series=series, last_heartbeat=time.time())
-            _ = nv.export
             fresh[v.agent_id] = nv
         fleet.publish(fresh)
         started = time.perf_counter()

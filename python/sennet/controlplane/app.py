@@ -16,36 +16,22 @@ import os
 import signal
 import sqlite3
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from sennet.common.files import write_atomic
 from sennet.common.log import event
 from sennet.controlplane.auth import Authenticator
-from sennet.controlplane.codec import DEFAULT_MAX_REQUEST_BYTES
+from sennet.controlplane.calls import Calls
 from sennet.controlplane.fleet import Fleet
-from sennet.controlplane.grpc_server import GrpcServer, TlsFiles
+from sennet.controlplane.grpc_server import GrpcServer
 from sennet.controlplane.http_server import HttpApp, HttpServer
 from sennet.controlplane.metrics import Exposition, ServerMetrics
-from sennet.controlplane.service import SentinelService
+from sennet.controlplane.sentinel_service import SentinelService
+from sennet.controlplane.settings import Settings
 from sennet.controlplane.store import Store
 from sennet.controlplane.writer import HeartbeatWriter
 
 log = logging.getLogger("sennet.controlplane")
-
-
-@dataclass(frozen=True)
-class Settings:
-    db: Path
-    grpc_listen: str = "127.0.0.1:50051"
-    http_listen: str = "127.0.0.1:9469"
-    tls: TlsFiles | None = None
-    retention_s: float = 30 * 86400.0
-    stale_after_s: float = 35.0  # 3 missed 10 s heartbeats plus slack
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    reuse_port: bool = False
-    fleet_refresh_s: float = 0.0  # >0: reload the fleet from the database (multi-process)
-    ready_file: Path | None = None
 
 
 class ControlPlane:
@@ -58,19 +44,12 @@ class ControlPlane:
         self.metrics = ServerMetrics(
             agents=lambda: len(self.fleet), commits=lambda: self.writer.commits
         )
-        self.auth = Authenticator(self.store)
+        self.auth = Authenticator(self.store, cache_s=settings.agent_token_cache)
         self.service = SentinelService(self.store, self.writer, self.fleet, self.auth)
-        self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after_s)
+        self.calls = Calls(self.service, self.auth, self.metrics, settings.max_request_bytes)
+        self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after)
         self.http = HttpServer(
-            settings.http_listen,
-            HttpApp(
-                self.service,
-                self.auth,
-                self.metrics,
-                self.exposition,
-                self.health,
-                settings.max_request_bytes,
-            ),
+            settings.http_listen, HttpApp(self.calls, self.exposition, self.health)
         )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -103,7 +82,7 @@ class ControlPlane:
                 await server.set_serving(ok)
                 event(
                     log,
-                    "health changed",
+                    "health_changed",
                     logging.INFO if ok else logging.ERROR,
                     serving=ok,
                     database=report["database"],
@@ -117,7 +96,7 @@ class ControlPlane:
             try:
                 views = await asyncio.to_thread(self.store.load_fleet)
             except sqlite3.Error as exc:
-                event(log, "fleet refresh failed", logging.WARNING, error=str(exc))
+                event(log, "fleet_refresh_failed", logging.WARNING, error=str(exc))
                 continue
             self.fleet.merge_newer(views)
 
@@ -131,10 +110,7 @@ class ControlPlane:
         # grpc.aio binds to the running event loop, so the server is made here, not in __init__.
         server = GrpcServer(
             self.settings.grpc_listen,
-            self.service,
-            self.auth,
-            self.metrics,
-            max_request_bytes=self.settings.max_request_bytes,
+            self.calls,
             tls=self.settings.tls,
             reuse_port=self.settings.reuse_port,
         )
@@ -151,18 +127,15 @@ class ControlPlane:
             pid=os.getpid(),
         )
         if self.settings.ready_file is not None:
-            tmp = self.settings.ready_file.with_suffix(".tmp")
-            tmp.write_text(
-                json.dumps({"grpc_port": grpc_port, "http_port": http_port, "pid": os.getpid()})
-            )
-            tmp.replace(self.settings.ready_file)
+            ready = {"grpc_port": grpc_port, "http_port": http_port, "pid": os.getpid()}
+            write_atomic(self.settings.ready_file, json.dumps(ready).encode(), mode=0o644)
         watcher = asyncio.create_task(self._watch_health(server))
         # Build the per-agent text layouts now, so the first scrape after a restart is as
         # fast as the rest (at 10,000 agents the cold render takes about half a second).
         warm = asyncio.create_task(asyncio.to_thread(self.exposition.render))
         refresher = None
-        if self.settings.fleet_refresh_s > 0:
-            refresher = asyncio.create_task(self._refresh_fleet(self.settings.fleet_refresh_s))
+        if self.settings.fleet_refresh > 0:
+            refresher = asyncio.create_task(self._refresh_fleet(self.settings.fleet_refresh))
         await stop.wait()
         watcher.cancel()
         await warm

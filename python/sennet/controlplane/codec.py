@@ -13,11 +13,9 @@ from typing import TypeVar
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from sennet.controlplane.status import invalid
+from sennet.controlplane.refusals import invalid
 
 M = TypeVar("M", bound=Message)
-
-DEFAULT_MAX_REQUEST_BYTES = 1 << 20  # 1 MiB: far above a full heartbeat (~60 KiB at 256 events)
 
 
 def _check_size(data: bytes, limit: int) -> None:

@@ -14,10 +14,10 @@ so /metrics never shows a heartbeat that was not durable.
 
 from __future__ import annotations
 
-import functools
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
@@ -25,16 +25,29 @@ INTERFACE_FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
 EVENTS = "events"
 RINGBUF_DROPS = "ringbuf_drops"
 AGENT_DROPPED = "agent_dropped"
-# How series are grouped for export (one Prometheus family each), in exposition order.
-EXPORT_GROUPS = ("packets", "bytes", EVENTS, RINGBUF_DROPS, AGENT_DROPPED)
-
-Export = tuple[tuple[tuple[str, ...], ...], tuple[tuple[int, ...], ...]]
 
 
-_GROUP_OF = {
-    **{f"{d}_{unit}": unit for d in ("rx", "tx") for unit in ("packets", "bytes")},
-    **{f: f for f in (EVENTS, RINGBUF_DROPS, AGENT_DROPPED)},
-}
+class SeriesKey(NamedTuple):
+    """Which of an agent's series: a family (`rx_packets`, `events`, ...) and a name in it.
+
+    The name is the interface for interface families, the event kind for
+    `events` and `ringbuf_drops`, and "" for `agent_dropped`. A tuple (compared
+    and hashed in C) rather than a dataclass, because the exporter compares
+    thousands of keys per scrape.
+    """
+
+    family: str
+    name: str
+
+    def stored(self) -> str:
+        """The text form kept in SQLite's `series.key`: `rx_packets:eth0`, `agent_dropped:`."""
+        return f"{self.family}:{self.name}"
+
+    @classmethod
+    def from_stored(cls, text: str) -> SeriesKey:
+        """Inverse of `stored()` (a family never holds ':'; a name may)."""
+        family, _, name = text.partition(":")
+        return cls(family, name)
 
 
 @dataclass(frozen=True)
@@ -52,16 +65,6 @@ def advance(prev: Series | None, raw: int) -> tuple[Series, bool]:
     return Series(raw, prev.total + raw), True
 
 
-def series_key(family: str, name: str) -> str:
-    """`rx_packets:eth0`, `events:large_packet`, `agent_dropped:` (family never holds ':')."""
-    return f"{family}:{name}"
-
-
-def split_key(key: str) -> tuple[str, str]:
-    family, _, name = key.partition(":")
-    return family, name
-
-
 @dataclass(frozen=True)
 class AgentView:
     agent_id: str
@@ -73,27 +76,27 @@ class AgentView:
     uptime_seconds: float = 0.0
     heartbeats: int = 0
     resets: int = 0
-    series: Mapping[str, Series] = field(default_factory=dict)
+    series: Mapping[SeriesKey, Series] = field(default_factory=dict)
 
-    def raw_readings(self, req: pb.HeartbeatRequest) -> dict[str, int]:
+    def raw_readings(self, req: pb.HeartbeatRequest) -> dict[SeriesKey, int]:
         """The raw cumulative values a heartbeat carries, by series key."""
-        out: dict[str, int] = {}
+        out: dict[SeriesKey, int] = {}
         for itf in req.interfaces:
             for name in INTERFACE_FIELDS:
-                out[series_key(name, itf.name)] = getattr(itf, name)
+                out[SeriesKey(name, itf.name)] = getattr(itf, name)
         for kind, count in req.events_by_kind.items():
-            out[series_key(EVENTS, kind)] = count
+            out[SeriesKey(EVENTS, kind)] = count
         for kind, count in req.ringbuf_drops_by_kind.items():
-            out[series_key(RINGBUF_DROPS, kind)] = count
-        out[series_key(AGENT_DROPPED, "")] = req.events_dropped_by_agent
+            out[SeriesKey(RINGBUF_DROPS, kind)] = count
+        out[SeriesKey(AGENT_DROPPED, "")] = req.events_dropped_by_agent
         return out
 
     def apply(
         self, req: pb.HeartbeatRequest, received_at: float
-    ) -> tuple[AgentView, dict[str, Series]]:
+    ) -> tuple[AgentView, dict[SeriesKey, Series]]:
         """The view after `req`, and the series that changed (for the writer to store)."""
         merged = dict(self.series)
-        changed: dict[str, Series] = {}
+        changed: dict[SeriesKey, Series] = {}
         resets = 0
         for key, raw in self.raw_readings(req).items():
             new, was_reset = advance(merged.get(key), raw)
@@ -113,35 +116,27 @@ class AgentView:
         )
         return view, changed
 
-    @functools.cached_property
-    def export(self) -> Export:
-        """(series keys, monotonic totals) per EXPORT_GROUPS entry, keys sorted.
-
-        Computed once per view (views are immutable), so a scrape renders an
-        agent's family with one `%` on a cached format string.
-        """
-        groups: dict[str, list[str]] = {g: [] for g in EXPORT_GROUPS}
-        series = self.series
-        for key in sorted(series):
-            groups[_GROUP_OF[key[: key.index(":")]]].append(key)
-        keys = tuple(tuple(groups[g]) for g in EXPORT_GROUPS)
-        values = tuple(tuple([series[k].total for k in ks]) for ks in keys)
-        return keys, values
-
-    def totals(self, family: str) -> list[tuple[str, int]]:
-        """(name, monotonic total) for one family, sorted by name."""
-        prefix = family + ":"
-        return sorted(
-            (k[len(prefix) :], s.total) for k, s in self.series.items() if k.startswith(prefix)
-        )
-
 
 class Fleet:
-    """Thread-safe map of agent id to its latest committed view."""
+    """Thread-safe map of agent id to its latest committed view.
+
+    Readers that keep derived state (the exporter's per-view caches) subscribe
+    to hear about new views as they are installed; the fleet does not know what
+    they derive, and the writer does not know they exist.
+    """
 
     def __init__(self, views: Iterable[AgentView] = ()) -> None:
         self._lock = threading.Lock()
         self._views: dict[str, AgentView] = {v.agent_id: v for v in views}
+        self._subscribers: list[Callable[[list[AgentView]], None]] = []
+
+    def subscribe(self, installed: Callable[[list[AgentView]], None]) -> None:
+        """Call `installed(views)` after views are published or merged (outside the lock)."""
+        self._subscribers.append(installed)
+
+    def _installed(self, views: list[AgentView]) -> None:
+        for callback in self._subscribers:
+            callback(views)
 
     def get(self, agent_id: str) -> AgentView | None:
         with self._lock:
@@ -149,6 +144,7 @@ class Fleet:
 
     def publish(self, views: Mapping[str, AgentView]) -> None:
         """Install committed views; enrolment metadata (hostname) stays as `enrolled` set it."""
+        installed = []
         with self._lock:
             for agent_id, view in views.items():
                 current = self._views.get(agent_id)
@@ -159,6 +155,8 @@ class Fleet:
                         view, hostname=current.hostname, registered_at=current.registered_at
                     )
                 self._views[agent_id] = view
+                installed.append(view)
+        self._installed(installed)
 
     def enrolled(
         self, agent_id: str, hostname: str, agent_version: str, kernel_version: str, at: float
@@ -179,11 +177,14 @@ class Fleet:
         `heartbeats` only grows per agent, so a reload that raced with our own
         writer can never move an exported counter backwards.
         """
+        installed = []
         with self._lock:
             for view in views:
                 current = self._views.get(view.agent_id)
                 if current is None or view.heartbeats >= current.heartbeats:
                     self._views[view.agent_id] = view
+                    installed.append(view)
+        self._installed(installed)
 
     def snapshot(self) -> list[AgentView]:
         """All views, sorted by agent id (stable exposition order)."""

@@ -1,16 +1,16 @@
-"""The gRPC side: SentinelService handlers on grpc.aio, the standard health service, TLS.
+"""The gRPC transport: SentinelService on grpc.aio, the standard health service, TLS.
 
-Handlers are registered without a request deserializer: the auth interceptor
-passes the raw bytes on and `codec.from_proto` decodes them, so a bad body is
-INVALID_ARGUMENT with a reason rather than grpcio's generic INTERNAL. grpcio's
-own receive limit is set above ours, so our limit answers first with a clear
-message; only absurdly large frames hit grpcio's RESOURCE_EXHAUSTED.
+Each handler only translates (body bytes and the `authorization` metadata in,
+a gRPC status out); `calls.py` authenticates, decodes, runs and records. Handlers
+are registered without a request deserializer so that `codec.from_proto`
+decodes the raw bytes, and a bad body is INVALID_ARGUMENT with a reason rather
+than grpcio's generic INTERNAL. grpcio's own receive limit is set above ours,
+so our limit answers first with a clear message; only absurdly large frames
+hit grpcio's RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,10 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sennet.common.errors import UserError
-from sennet.controlplane import codec
-from sennet.controlplane.auth import SERVICE, Authenticated, Authenticator, AuthInterceptor
-from sennet.controlplane.metrics import ServerMetrics
-from sennet.controlplane.service import SentinelService
-from sennet.controlplane.status import RequestError
-from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+from sennet.controlplane.calls import Calls
+from sennet.controlplane.metrics import Transport
+from sennet.controlplane.refusals import RequestError
+from sennet.proto.contract import METHODS, SERVICE, Method
 
 
 @dataclass(frozen=True)
@@ -49,51 +47,31 @@ class TlsFiles:
         )
 
 
-class _Handlers:
-    def __init__(self, service: SentinelService, metrics: ServerMetrics, max_bytes: int) -> None:
-        self._service = service
-        self._metrics = metrics
-        self._max = max_bytes
-
-    async def _fail(
-        self, method: str, err: RequestError, context: aio.ServicerContext[Any, Any]
-    ) -> None:
-        self._metrics.reject(method, err)
-        await context.abort(err.code.grpc, err.message)
-
-    async def register(
-        self, call: Authenticated, context: aio.ServicerContext[Any, Any]
-    ) -> pb.RegisterResponse:
-        started = time.perf_counter()
-        try:
-            req = codec.from_proto(pb.RegisterRequest, call.payload, self._max)
-            resp = await asyncio.to_thread(self._service.register, call.principal, req)
-        except RequestError as err:
-            await self._fail("Register", err, context)
-            raise  # unreachable: abort raises
-        finally:
-            self._metrics.latency.labels("Register", "grpc").observe(time.perf_counter() - started)
-        self._metrics.registrations.labels("grpc").inc()
-        return resp
-
-    async def heartbeat(
-        self, call: Authenticated, context: aio.ServicerContext[Any, Any]
-    ) -> pb.HeartbeatResponse:
-        started = time.perf_counter()
-        try:
-            req = codec.from_proto(pb.HeartbeatRequest, call.payload, self._max)
-            resp = await asyncio.wrap_future(self._service.heartbeat(call.principal, req))
-        except RequestError as err:
-            await self._fail("Heartbeat", err, context)
-            raise
-        finally:
-            self._metrics.latency.labels("Heartbeat", "grpc").observe(time.perf_counter() - started)
-        self._metrics.accepted.labels("grpc").inc()
-        return resp
+def metadata_value(metadata: Any, key: str) -> str | None:
+    """First value of `key` in gRPC invocation metadata (keys arrive lower-case)."""
+    for item in metadata or ():
+        if item[0] == key:
+            value = item[1]
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
 
 
 def _serialize(msg: Any) -> bytes:
     return bytes(msg.SerializeToString())
+
+
+def _handler(calls: Calls, method: Method[Any, Any]) -> grpc.RpcMethodHandler[bytes, Any]:
+    """A unary handler that only translates: bytes and metadata in, status out."""
+
+    async def handle(body: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
+        authorization = metadata_value(context.invocation_metadata(), "authorization")
+        try:
+            return await calls.call(method, Transport.GRPC, authorization, body)
+        except RequestError as err:
+            await context.abort(err.code.grpc, err.message)
+            raise  # unreachable: abort raises
+
+    return grpc.unary_unary_rpc_method_handler(handle, response_serializer=_serialize)
 
 
 class GrpcServer:
@@ -102,36 +80,23 @@ class GrpcServer:
     def __init__(
         self,
         listen: str,
-        service: SentinelService,
-        authenticator: Authenticator,
-        metrics: ServerMetrics,
+        calls: Calls,
         *,
-        max_request_bytes: int,
         tls: TlsFiles | None = None,
         reuse_port: bool = False,
     ) -> None:
         self._listen = listen
         self._tls = tls
-        handlers = _Handlers(service, metrics, max_request_bytes)
         self._server = aio.server(
-            interceptors=[AuthInterceptor(authenticator, metrics)],
             options=[
-                ("grpc.max_receive_message_length", 4 * max_request_bytes),
+                ("grpc.max_receive_message_length", 4 * calls.max_request_bytes),
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
         self._server.add_generic_rpc_handlers(
             [
                 grpc.method_handlers_generic_handler(
-                    SERVICE,
-                    {
-                        "Register": grpc.unary_unary_rpc_method_handler(
-                            handlers.register, response_serializer=_serialize
-                        ),
-                        "Heartbeat": grpc.unary_unary_rpc_method_handler(
-                            handlers.heartbeat, response_serializer=_serialize
-                        ),
-                    },
+                    SERVICE, {m.name: _handler(calls, m) for m in METHODS}
                 )
             ]
         )

@@ -3,8 +3,9 @@
 Connect's unary form is a plain POST of the message (proto3 JSON with
 `application/json`, or binary with `application/proto`) to
 `/sentinel.v1.SentinelService/<Method>`; errors are JSON `{"code", "message"}`
-with an HTTP status per code. That makes `curl` a working client. It uses the
-same authenticator, codec and service as gRPC, so the two cannot disagree.
+with an HTTP status per code. That makes `curl` a working client. This module
+only translates HTTP to and from `calls.py`, which authenticates, decodes, runs
+and records every call for gRPC too, so the two transports cannot disagree.
 
 A stdlib `ThreadingHTTPServer` is enough: scrapes and Connect calls are few
 next to gRPC heartbeats, and it keeps the dependency list short.
@@ -15,24 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from google.protobuf.message import Message
-
 from sennet.common.errors import UserError
 from sennet.common.log import event
 from sennet.controlplane import codec
-from sennet.controlplane.auth import SERVICE, Authenticator
-from sennet.controlplane.metrics import CONTENT_TYPE, Exposition, ServerMetrics
-from sennet.controlplane.service import SentinelService
-from sennet.controlplane.status import Code, RequestError, invalid
-from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+from sennet.controlplane.calls import Calls, Encoding
+from sennet.controlplane.metrics import CONTENT_TYPE, Exposition, Transport
+from sennet.controlplane.refusals import RequestError, invalid
+from sennet.proto.contract import METHODS, Method
 
 log = logging.getLogger("sennet.controlplane.http")
-HEARTBEAT_WAIT_S = 30.0
 DRAIN_LIMIT = 64 << 20  # oversized bodies up to this size are read and dropped before the 400
 
 
@@ -41,57 +37,42 @@ class HttpApp:
 
     def __init__(
         self,
-        service: SentinelService,
-        authenticator: Authenticator,
-        metrics: ServerMetrics,
+        calls: Calls,
         exposition: Exposition,
         health: Callable[[], tuple[bool, dict[str, Any]]],
-        max_request_bytes: int,
     ) -> None:
-        self.service = service
-        self.auth = authenticator
-        self.metrics = metrics
+        self.calls = calls
         self.exposition = exposition
         self.health = health
-        self.max_request_bytes = max_request_bytes
+        self.max_request_bytes = calls.max_request_bytes
 
     def connect_call(
-        self, method: str, content_type: str, authorization: str | None, body: bytes
+        self,
+        method: Method[Any, Any],
+        content_type: str,
+        authorization: str | None,
+        body: bytes,
     ) -> tuple[int, str, bytes]:
         """(status, content type, body) for one Connect unary call."""
-        started = time.perf_counter()
+        as_json = content_type == "application/json"
+        encoding = Encoding.JSON if as_json else Encoding.PROTO
         try:
-            principal = self.auth.authenticate(method, authorization)
-            as_json = content_type == "application/json"
-            cls: type[Message] = pb.RegisterRequest if method == "Register" else pb.HeartbeatRequest
-            decode = codec.from_json if as_json else codec.from_proto
-            req = decode(cls, body, self.max_request_bytes)
-            resp: Message
-            if isinstance(req, pb.RegisterRequest):
-                resp = self.service.register(principal, req)
-                self.metrics.registrations.labels("connect").inc()
-            else:
-                assert isinstance(req, pb.HeartbeatRequest)
-                try:
-                    resp = self.service.heartbeat(principal, req).result(HEARTBEAT_WAIT_S)
-                except TimeoutError:
-                    raise RequestError(
-                        Code.UNAVAILABLE, "store: commit timed out", "store_unavailable"
-                    ) from None
-                self.metrics.accepted.labels("connect").inc()
+            resp = self.calls.call_blocking(
+                method, Transport.CONNECT, authorization, body, encoding
+            )
         except RequestError as err:
-            self.metrics.reject(method, err)
-            body = json.dumps({"code": err.code.connect, "message": err.message}).encode()
-            return err.code.http, "application/json", body
-        finally:
-            self.metrics.latency.labels(method, "connect").observe(time.perf_counter() - started)
+            return err.code.http, "application/json", _error_body(err)
         if as_json:
             return 200, "application/json", codec.to_json(resp)
         return 200, "application/proto", resp.SerializeToString()
 
 
+def _error_body(err: RequestError) -> bytes:
+    return json.dumps({"code": err.code.connect, "message": err.message}).encode()
+
+
 def _handler_class(app: HttpApp) -> type[BaseHTTPRequestHandler]:
-    prefix = f"/{SERVICE}/"
+    by_path = {m.path: m for m in METHODS}
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "sennet-controlplane"
@@ -124,8 +105,8 @@ def _handler_class(app: HttpApp) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0]
-            method = path[len(prefix) :] if path.startswith(prefix) else ""
-            if method not in ("Register", "Heartbeat"):
+            method = by_path.get(path)
+            if method is None:
                 self._json(404, {"code": "unimplemented", "message": f"no such method {path}"})
                 return
             content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -148,14 +129,14 @@ def _handler_class(app: HttpApp) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 err = invalid("content-length", f"{length_text!r} is not a byte count")
                 self.close_connection = True
-                self._json(err.code.http, {"code": err.code.connect, "message": err.message})
+                self._reply(err.code.http, "application/json", _error_body(err))
                 return
             if length > app.max_request_bytes:
                 err = invalid(
                     "request",
                     f"message of {length} bytes exceeds the limit of {app.max_request_bytes} bytes",
                 )
-                app.metrics.reject(method, err)
+                app.calls.refused(method, err)
                 if length <= DRAIN_LIMIT:
                     # Read and drop the body: a reply while the client is still sending makes
                     # it fail with a broken pipe instead of seeing our 400.
@@ -167,7 +148,7 @@ def _handler_class(app: HttpApp) -> type[BaseHTTPRequestHandler]:
                         left -= len(chunk)
                 else:
                     self.close_connection = True  # the unread body must not become a request
-                self._json(err.code.http, {"code": err.code.connect, "message": err.message})
+                self._reply(err.code.http, "application/json", _error_body(err))
                 return
             body = self.rfile.read(length)
             status, ctype, out = app.connect_call(
@@ -197,7 +178,7 @@ class HttpServer:
 
     def start(self) -> int:
         self._thread.start()
-        event(log, "http listening", port=self.port)
+        event(log, "http_listening", port=self.port)
         return self.port
 
     def stop(self) -> None:

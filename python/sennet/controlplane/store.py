@@ -5,6 +5,10 @@ commits. `synchronous=FULL` makes each commit durable (the WAL is fsynced)
 before a heartbeat is acknowledged; the writer amortises that fsync over a
 batch of concurrent heartbeats (group commit), see `writer.py`.
 
+Series keys are `fleet.SeriesKey` values everywhere else; this module alone
+converts them to and from the stored text (`rx_packets:eth0`), so the schema
+needs no migration.
+
 Connections are per thread (sqlite3 objects must not cross threads), held in a
 `threading.local` owned by the `Store` instance.
 """
@@ -25,7 +29,7 @@ from urllib.parse import quote
 
 from sennet.common.errors import UserError
 from sennet.controlplane import tokens
-from sennet.controlplane.fleet import AgentView, Series
+from sennet.controlplane.fleet import AgentView, Series, SeriesKey
 from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
@@ -226,7 +230,7 @@ class Store:
         req: pb.HeartbeatRequest,
         received_at: float,
         view: AgentView,
-        changed: dict[str, Series],
+        changed: dict[SeriesKey, Series],
     ) -> int:
         """Write one heartbeat inside the caller's transaction; return the events stored."""
         cur = conn.execute(
@@ -289,7 +293,7 @@ class Store:
         conn.executemany(
             "INSERT INTO series VALUES (?, ?, ?, ?) ON CONFLICT (agent_id, key) DO UPDATE SET"
             " last_raw = excluded.last_raw, total = excluded.total",
-            [(req.agent_id, k, s.last_raw, s.total) for k, s in changed.items()],
+            [(req.agent_id, k.stored(), s.last_raw, s.total) for k, s in changed.items()],
         )
         cur = conn.execute(
             "UPDATE agents SET agent_version = ?, kernel_version = ?, last_heartbeat_at = ?,"
@@ -341,7 +345,7 @@ class Store:
     )
 
     @staticmethod
-    def _view(row: tuple[Any, ...], series: dict[str, Series]) -> AgentView:
+    def _view(row: tuple[Any, ...], series: dict[SeriesKey, Series]) -> AgentView:
         return AgentView(
             agent_id=row[0],
             hostname=row[1],
@@ -358,9 +362,9 @@ class Store:
     def load_fleet(self) -> list[AgentView]:
         """Every enrolled agent with its stored totals, to rebuild state after a restart."""
         conn = self._conn()
-        series: dict[str, dict[str, Series]] = {}
+        series: dict[str, dict[SeriesKey, Series]] = {}
         for agent_id, key, last_raw, total in conn.execute("SELECT * FROM series"):
-            series.setdefault(agent_id, {})[key] = Series(last_raw, total)
+            series.setdefault(agent_id, {})[SeriesKey.from_stored(key)] = Series(last_raw, total)
         return [
             self._view(row, series.get(row[0], {})) for row in conn.execute(self._AGENT_COLUMNS)
         ]
@@ -382,7 +386,7 @@ class Store:
         if row is None:
             return None
         series = {
-            key: Series(last_raw, total)
+            SeriesKey.from_stored(key): Series(last_raw, total)
             for key, last_raw, total in conn.execute(
                 "SELECT key, last_raw, total FROM series WHERE agent_id = ?", (agent_id,)
             )

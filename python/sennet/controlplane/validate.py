@@ -14,7 +14,7 @@ import socket
 import uuid
 from collections.abc import Mapping
 
-from sennet.controlplane.status import invalid
+from sennet.controlplane.refusals import invalid
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 MAX_INTERFACES = 64

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from sennet.common.log import event
 from sennet.controlplane.fleet import AgentView, Fleet
-from sennet.controlplane.status import Code, RequestError
+from sennet.controlplane.refusals import Code, RequestError
 from sennet.controlplane.store import Store
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
@@ -120,7 +120,7 @@ class HeartbeatWriter:
                         for one in batch:
                             self._commit(conn, [one])
                 except Exception as exc:  # a bug must not kill the only writer
-                    event(log, "writer error", logging.ERROR, error=repr(exc))
+                    event(log, "writer_error", logging.ERROR, error=repr(exc))
                     for item in batch:
                         if not item.future.done():
                             item.future.set_exception(_unavailable(f"store: {exc!r}"))
@@ -159,14 +159,12 @@ class HeartbeatWriter:
                 raise
         except sqlite3.Error as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
-            event(log, "commit failed", logging.ERROR, heartbeats=len(batch), error=self.last_error)
+            event(log, "commit_failed", logging.ERROR, heartbeats=len(batch), error=self.last_error)
             if len(batch) == 1:
                 batch[0].future.set_exception(_unavailable(f"store: {exc}"))
             return False
         self.last_error = None
         self.commits += 1
-        for view in overlay.values():
-            _ = view.export  # computed here, off the scrape path
         self._fleet.publish(overlay)
         now_ns = time.time_ns()
         for item, n in zip(batch, stored, strict=True):
@@ -190,10 +188,12 @@ class HeartbeatWriter:
         try:
             deleted = self._store.prune(conn, time.time() - self._retention_s)
         except sqlite3.Error as exc:
-            event(log, "retention failed", logging.ERROR, error=str(exc))
+            event(log, "retention_failed", logging.ERROR, error=str(exc))
             return
         if deleted:
-            event(log, "retention", deleted_heartbeats=deleted, retention_s=self._retention_s)
+            event(
+                log, "retention_pruned", deleted_heartbeats=deleted, retention_s=self._retention_s
+            )
 
 
 def _unavailable(why: str) -> RequestError:

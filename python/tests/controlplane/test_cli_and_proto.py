@@ -35,7 +35,7 @@ def test_token_revoke_marks_it_revoked_and_a_second_revoke_is_an_error(tmp_path:
     again = cli(db, "token", "revoke", token_id)
     assert (again.returncode, again.stderr) == (
         2,
-        f"error: no active token with id {token_id}\n"
+        f"sennet-controlplane: error: no active token with id {token_id}\n"
         "  hint: `sennet-controlplane token list` shows the ids\n",
     )
     rows = [json.loads(line) for line in cli(db, "token", "list", "--json").stdout.splitlines()]
@@ -67,7 +67,9 @@ def test_an_unwritable_database_path_is_one_clear_error(tmp_path: Path) -> None:
     blocker.write_text("")
     result = cli(blocker / "cp.db", "token", "list")
     assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and str(blocker) in result.stderr
+    assert (
+        result.stderr.startswith("sennet-controlplane: error: ") and str(blocker) in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -102,6 +104,6 @@ def test_a_busy_grpc_port_is_one_clear_error(tmp_path: Path) -> None:
         )
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1].startswith(
-        f"error: cannot listen for gRPC on 127.0.0.1:{port}"
+        f"sennet-controlplane: error: cannot listen for gRPC on 127.0.0.1:{port}"
     )
     assert "Traceback" not in result.stderr

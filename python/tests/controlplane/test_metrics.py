@@ -8,10 +8,12 @@ import uuid
 from pathlib import Path
 
 import grpc
+from google.protobuf import json_format
 
 from sennet.common.retry import retry
-from sennet.controlplane.fleet import AgentView, Fleet, Series, advance
+from sennet.controlplane.fleet import AgentView, Fleet, Series, SeriesKey, advance
 from sennet.controlplane.metrics import Exposition, ServerMetrics
+from sennet.proto.contract import HEARTBEAT
 from sennet.testing.controlplane import Served, create_bootstrap_token, heartbeat_request, running
 from sennet.testing.scrape import parse_samples, sample
 
@@ -142,11 +144,11 @@ def _view(n: int) -> AgentView:
     series = {}
     for ifname in ("eth0", "eth1"):
         for f in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
-            series[f"{f}:{ifname}"] = Series(n * 7, n * 11)
+            series[SeriesKey(f, ifname)] = Series(n * 7, n * 11)
     for kind in ("large_packet", "tcp_xmas"):
-        series[f"events:{kind}"] = Series(n, n + 1)
-        series[f"ringbuf_drops:{kind}"] = Series(0, n % 3)
-    series["agent_dropped:"] = Series(0, 2)
+        series[SeriesKey("events", kind)] = Series(n, n + 1)
+        series[SeriesKey("ringbuf_drops", kind)] = Series(0, n % 3)
+    series[SeriesKey("agent_dropped", "")] = Series(0, 2)
     return AgentView(
         agent_id=aid,
         hostname=f'h"{n}\\\n',
@@ -199,7 +201,7 @@ def test_a_json_heartbeat_over_connect_lands_in_metrics(shared: Served) -> None:
         f'"ifindex": 2, "rxPackets": "10", "rxBytes": "1000"}}], '
         f'"eventsByKind": {{"large_packet": "3"}}}}'
     ).encode()
-    status, reply = shared.cp.connect("Heartbeat", body, token)
+    status, reply = shared.cp.connect(HEARTBEAT.name, body, token)
     assert status == 200 and set(reply) == {"serverTimeUnixNs"}  # proto3 JSON omits zeros
     assert abs(int(reply["serverTimeUnixNs"]) / 1e9 - time.time()) < 10
     s = shared.cp.samples()
@@ -208,3 +210,36 @@ def test_a_json_heartbeat_over_connect_lands_in_metrics(shared: Served) -> None:
         == 1000
     )
     assert sample(s, "sennet_events_total", agent=agent_id, kind="large_packet") == 3
+
+
+def test_both_transports_record_acceptance_refusal_and_latency_the_same_way(
+    fresh: Served,
+) -> None:
+    agent_id, token = fresh.cp.register(fresh.bootstrap)
+    req = heartbeat_request(agent_id, rx=(1, 60))
+    assert fresh.cp.heartbeat(token, req) == OK
+    assert (
+        fresh.cp.connect(HEARTBEAT.name, json_format.MessageToJson(req).encode(), token)[0] == 200
+    )
+    assert fresh.cp.heartbeat("hunter2", req)[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert fresh.cp.connect(HEARTBEAT.name, b"{}", "hunter2")[0] == 401
+    s = fresh.cp.samples()
+    for transport in ("grpc", "connect"):
+        assert sample(s, "sennet_controlplane_heartbeats_accepted_total", transport=transport) == 1
+        assert (
+            sample(
+                s,
+                "sennet_controlplane_rpc_duration_seconds_count",
+                method="Heartbeat",
+                transport=transport,
+            )
+            == 2  # the accepted call and the refused one are both timed
+        )
+    refused = sample(
+        s,
+        "sennet_controlplane_requests_rejected_total",
+        method="Heartbeat",
+        code="unauthenticated",
+        reason="malformed_token",
+    )
+    assert refused == 2

@@ -14,10 +14,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sennet.common.errors import UserError
 from sennet.common.retry import retry
-from sennet.controlplane.fleet import Fleet
+from sennet.controlplane.fleet import Fleet, SeriesKey
 from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
 from sennet.controlplane.store import Store
 from sennet.controlplane.writer import HeartbeatWriter
+from sennet.proto.contract import HEARTBEAT, REGISTER
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.controlplane import (
     ControlPlane,
@@ -98,8 +99,8 @@ def test_an_acknowledged_heartbeat_is_in_the_database_with_its_events(shared: Se
         eth_proto=0x86DD,
     )
     req = heartbeat_request(agent_id, rx=(9, 900), events={"tcp_xmas": 1}, recent=[ev])
-    code, _, out = shared.cp.call_raw("Heartbeat", req.SerializeToString(), token)
-    assert code == grpc.StatusCode.OK and pb.HeartbeatResponse.FromString(out).events_stored == 1
+    code, _, out = shared.cp.call_raw(HEARTBEAT.name, req.SerializeToString(), token)
+    assert code == grpc.StatusCode.OK and HEARTBEAT.response.FromString(out).events_stored == 1
     with sqlite3.connect(shared.cp.db) as conn:
         rows = conn.execute(
             "SELECT s.ifname, s.ifindex, s.rx_packets, s.rx_bytes, k.kind, k.events"
@@ -156,7 +157,7 @@ def test_retention_deletes_old_heartbeats_and_their_events_but_keeps_totals(tmp_
     store = Store(tmp_path / "r.db")
     store.migrate()
     agent_id = str(uuid.uuid4())
-    store.enrol(pb.RegisterRequest(agent_id=agent_id), "bootstrap")
+    store.enrol(REGISTER.request(agent_id=agent_id), "bootstrap")
     fleet = Fleet(store.load_fleet())
     writer = HeartbeatWriter(store, fleet, retention_s=0.3, prune_every_s=0.1)
     writer.start()
@@ -175,7 +176,7 @@ def test_retention_deletes_old_heartbeats_and_their_events_but_keeps_totals(tmp_
     finally:
         writer.stop()
     view = Store(tmp_path / "r.db").load_fleet()[0]
-    assert view.series["rx_packets:eth1"].total == 3
+    assert view.series[SeriesKey("rx_packets", "eth1")].total == 3
     assert view.heartbeats == 3
 
 
@@ -278,7 +279,7 @@ def test_a_heartbeat_whose_caller_gave_up_is_skipped_and_the_writer_keeps_going(
     store = Store(tmp_path / "c.db")
     store.migrate()
     agent_id = str(uuid.uuid4())
-    store.enrol(pb.RegisterRequest(agent_id=agent_id), "bootstrap")
+    store.enrol(REGISTER.request(agent_id=agent_id), "bootstrap")
     writer = HeartbeatWriter(store, Fleet(store.load_fleet()), retention_s=3600)
     writer.start()
     blocker = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
@@ -327,9 +328,9 @@ def test_a_resent_batch_of_numbered_events_is_stored_once(shared: Served) -> Non
     def send(seqs: list[int]) -> int:
         req = heartbeat_request(agent_id, recent=[ev(s) for s in seqs])
         req.event_stream = "stream-1"
-        code, details, out = shared.cp.call_raw("Heartbeat", req.SerializeToString(), token)
+        code, details, out = shared.cp.call_raw(HEARTBEAT.name, req.SerializeToString(), token)
         assert code == grpc.StatusCode.OK, details
-        return pb.HeartbeatResponse.FromString(out).events_stored
+        return HEARTBEAT.response.FromString(out).events_stored
 
     assert send([1, 2, 3]) == 3
     assert send([1, 2, 3]) == 0  # the reply to the first was "lost": nothing stored twice

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 
+from sennet.proto.contract import HEARTBEAT, REGISTER
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.controlplane import Served, heartbeat_request
 
@@ -154,7 +155,7 @@ def test_an_absurd_heartbeat_is_invalid_argument_naming_the_field_over_grpc_and_
     mutate(req)
     assert shared.cp.heartbeat(token, req) == (grpc.StatusCode.INVALID_ARGUMENT, message)
     status, body = shared.cp.connect(
-        "Heartbeat", req.SerializeToString(), token, content_type="application/proto"
+        HEARTBEAT.name, req.SerializeToString(), token, content_type="application/proto"
     )
     assert (status, body) == (400, {"code": "invalid_argument", "message": message})
     assert _stored_heartbeats(shared, agent_id) == 0
@@ -162,7 +163,7 @@ def test_an_absurd_heartbeat_is_invalid_argument_naming_the_field_over_grpc_and_
 
 def test_bytes_that_are_not_protobuf_are_invalid_argument(shared: Served) -> None:
     agent_id, token = shared.cp.register(shared.bootstrap)
-    code, details, _ = shared.cp.call_raw("Heartbeat", b"\xff\xff\xff\xff", token)
+    code, details, _ = shared.cp.call_raw(HEARTBEAT.name, b"\xff\xff\xff\xff", token)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith("request: not a valid sentinel.v1.HeartbeatRequest protobuf (")
     assert _stored_heartbeats(shared, agent_id) == 0
@@ -171,12 +172,12 @@ def test_bytes_that_are_not_protobuf_are_invalid_argument(shared: Served) -> Non
 def test_an_oversized_message_is_rejected_before_decoding(shared: Served) -> None:
     _, token = shared.cp.register(shared.bootstrap)
     blob = b"\x00" * ((1 << 20) + 1)
-    code, details, _ = shared.cp.call_raw("Heartbeat", blob, token)
+    code, details, _ = shared.cp.call_raw(HEARTBEAT.name, blob, token)
     assert (code, details) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "request: message of 1048577 bytes exceeds the limit of 1048576 bytes",
     )
-    status, body = shared.cp.connect("Heartbeat", blob, token)
+    status, body = shared.cp.connect(HEARTBEAT.name, blob, token)
     assert (status, body) == (
         400,
         {
@@ -212,13 +213,13 @@ def test_bad_json_over_connect_is_http_400_naming_the_problem(
     shared: Served, body: bytes, message: str
 ) -> None:
     _, token = shared.cp.register(shared.bootstrap)
-    status, reply = shared.cp.connect("Heartbeat", body, token)
+    status, reply = shared.cp.connect(HEARTBEAT.name, body, token)
     assert (status, reply) == (400, {"code": "invalid_argument", "message": message})
 
 
 def test_an_unknown_json_field_is_http_400_naming_it(shared: Served) -> None:
     _, token = shared.cp.register(shared.bootstrap)
-    status, reply = shared.cp.connect("Heartbeat", b'{"colour": "blue"}', token)
+    status, reply = shared.cp.connect(HEARTBEAT.name, b'{"colour": "blue"}', token)
     assert status == 400
     assert reply["message"].startswith(
         "request: not a valid sentinel.v1.HeartbeatRequest JSON (Message type "
@@ -227,8 +228,8 @@ def test_an_unknown_json_field_is_http_400_naming_it(shared: Served) -> None:
 
 
 def test_a_register_with_a_malformed_agent_id_names_the_field(shared: Served) -> None:
-    req = pb.RegisterRequest(agent_id="2B7C6C1E-7D3A-4B8F-9A41-3F0E7E2C1A10")
-    code, details, _ = shared.cp.call_raw("Register", req.SerializeToString(), shared.bootstrap)
+    req = REGISTER.request(agent_id="2B7C6C1E-7D3A-4B8F-9A41-3F0E7E2C1A10")
+    code, details, _ = shared.cp.call_raw(REGISTER.name, req.SerializeToString(), shared.bootstrap)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details == (
         "agent_id: '2B7C6C1E-7D3A-4B8F-9A41-3F0E7E2C1A10' is not in canonical "
@@ -238,7 +239,7 @@ def test_a_register_with_a_malformed_agent_id_names_the_field(shared: Served) ->
 
 def test_an_unsupported_content_type_is_http_415(shared: Served) -> None:
     _, token = shared.cp.register(shared.bootstrap)
-    status, body = shared.cp.connect("Heartbeat", b"x", token, content_type="text/plain")
+    status, body = shared.cp.connect(HEARTBEAT.name, b"x", token, content_type="text/plain")
     assert (status, body) == (
         415,
         {

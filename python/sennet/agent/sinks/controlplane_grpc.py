@@ -165,7 +165,12 @@ class GrpcSink:
             self._wake.notify()
 
     def close(self) -> None:
-        """Try briefly to deliver what is pending, then stop the thread and the channel."""
+        """Try briefly to deliver what is pending, then stop the thread and the channel.
+
+        Idempotent: a second call returns at once (shutdown paths may both close)."""
+        with self._lock:
+            if self._closing:
+                return
         self.flush(self._opts.close_flush_s)
         with self._lock:
             self._closing = True

@@ -15,12 +15,12 @@ from sennet.common.log import event
 from sennet.controlplane import validate
 from sennet.controlplane.auth import Authenticator, Principal
 from sennet.controlplane.fleet import Fleet
-from sennet.controlplane.status import Code, RequestError
+from sennet.controlplane.refusals import Code, RequestError
 from sennet.controlplane.store import Store
 from sennet.controlplane.writer import HeartbeatWriter
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
-log = logging.getLogger("sennet.controlplane.service")
+log = logging.getLogger("sennet.controlplane.sentinel_service")
 
 
 class SentinelService:
@@ -42,7 +42,7 @@ class SentinelService:
         )
         event(
             log,
-            "agent enrolled",
+            "agent_enrolled",
             agent=req.agent_id,
             hostname=req.hostname,
             bootstrap_id=principal.token_id,
