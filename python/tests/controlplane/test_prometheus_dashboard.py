@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -33,6 +32,8 @@ import yaml
 
 from sennet.common.retry import retry
 from sennet.testing.controlplane import Served, heartbeat_request
+from sennet.testing.ports import free_port
+from sennet.testing.process import LoggedProcess, owned
 
 REPO = Path(__file__).resolve().parents[3]
 DASHBOARD = REPO / "deploy/grafana/dashboards/sennet.json"
@@ -41,12 +42,6 @@ RULES = REPO / "deploy/prometheus/sennet-rules.yml"
 WINDOW_S = 4  # stands in for Grafana's $__rate_interval (4 scrapes at 1 s)
 
 Labels = tuple[tuple[str, str], ...]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Prometheus:
@@ -191,23 +186,21 @@ def prometheus(fresh: Served, tmp_path: Path) -> Iterator[Prometheus]:
     ]
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(yaml.safe_dump(config))
-    port = _free_port()
-    log = tmp_path / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={cfg}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    port = free_port()
+    server = LoggedProcess(
+        "prometheus",
+        [
+            "prometheus",
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        tmp_path / "prometheus.log",
+    )
+    with owned(server.start()):
 
         def ready(last: bool) -> bool | None:
-            assert proc.poll() is None, log.read_text()
+            assert server.running, server.log()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as r:
                     return True if r.status == 200 else None
@@ -216,16 +209,7 @@ def prometheus(fresh: Served, tmp_path: Path) -> Iterator[Prometheus]:
 
         retry(ready, 30.0, interval=0.2, what="prometheus ready")
         yield Prometheus(f"http://127.0.0.1:{port}")
-    except BaseException:
-        print(log.read_text())
-        raise
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 def test_the_shipped_prometheus_config_and_rules_pass_promtool() -> None:
