@@ -42,8 +42,9 @@
       bpfObjects = pkgs.runCommand "sennet-bpf" { nativeBuildInputs = [ pkgs.clang_14 ]; } ''
         mkdir -p $out
         for s in sennet_tc bench_empty; do
-          clang -O2 -g -target bpf -Wall -Werror -I${pkgs.linuxHeaders}/include -I${src}/bpf \
-            -fdebug-prefix-map=${src}=. -fdebug-compilation-dir=. \
+          # flags shared with bpf/build.sh and bpf/BUILD.bazel
+          clang $(sed -e '/^#/d' ${src}/bpf/cflags) -I${pkgs.linuxHeaders}/include -I${src}/bpf \
+            -fdebug-prefix-map=${src}=. \
             -c ${src}/bpf/$s.bpf.c -o $out/$s.bpf.o
         done
       '';
