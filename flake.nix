@@ -58,7 +58,7 @@
         SENNET_EFI_STUB = efiStub;
       } ''
         cd ${src}
-        PYTHONPATH=${src}/images python3 -m sennet_image step nix-image \
+        PYTHONPATH=${src}/images:${src}/python python3 -m sennet_image step nix-image \
           --closure ${rootClosure}/store-paths --python-env ${python} --busybox ${busybox} \
           --libbpf ${pkgs.libbpf} --kernel ${kernel} --python-src ${src}/python \
           --bpf ${bpfObjects}/sennet_tc.bpf.o ${bpfObjects}/bench_empty.bpf.o --out $out

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+from sennet.common.errors import UserError
 from sennet_image import lock
 from sennet_image.lock import DebPin, WheelPin
-from sennet_image.proc import BuildError
 
 DEB = DebPin(
     name="libbpf1",
@@ -59,5 +59,5 @@ def test_lock_round_trips_through_save_and_load(tmp_path: Path) -> None:
 def test_a_malformed_lock_entry_stops_naming_the_entry(tmp_path: Path) -> None:
     bad = tmp_path / "d.json"
     bad.write_text(json.dumps({"packages": [{"name": "libfoo", "version": "1"}]}))
-    with pytest.raises(BuildError, match="bad entry libfoo"):
+    with pytest.raises(UserError, match="bad entry libfoo"):
         lock.load_debs(bad)

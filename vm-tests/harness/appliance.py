@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sennet_image.qemu import DirectBoot, qemu_argv, tap_netdev
+
 from harness import qemu, tap
 from harness.errors import HarnessError
 from harness.machine import Machine, step
@@ -68,14 +70,20 @@ def booted(
     machine = None
     try:
         ssh_port = free_port()
-        argv = qemu.direct_boot_argv(
-            kernel=images / "vmlinuz",
-            initrd=images / "initrd.img",
-            cmdline=" ".join(cmdline),
-            disk=overlay,
+        argv = qemu_argv(
             accel=accel,
+            disk=overlay,
+            boot=DirectBoot(
+                kernel=images / "vmlinuz",
+                initrd=images / "initrd.img",
+                cmdline=" ".join(cmdline),
+            ),
+            memory_mib=768,
+            smp=1,
+            monitored_netdev=tap_netdev(monitored.fd),
             ssh_port=ssh_port,
-            tap_fd=monitored.fd,
+            disk_cache="unsafe",  # a throwaway overlay: no flushes to wait for
+            binary=qemu.qemu_binary(),
         )
         (workdir / f"{name}.qemu-argv").write_text(shlex.join(argv) + "\n")
         machine = Machine(name, argv, [monitored.fd], workdir, ssh_port, ssh_key)
