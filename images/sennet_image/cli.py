@@ -95,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--debian-lock", type=Path, required=True)
     m.add_argument("--wheels-lock", type=Path, required=True)
     m.add_argument("--artefacts", type=Path, nargs="+", required=True)
+    m.add_argument("--bpf", type=Path, nargs="+", required=True, help="the BPF objects")
     n = steps.add_parser("nix-image", help="the layout from nixpkgs parts (flake.nix)")
     for flag in ("closure", "python-env", "busybox", "libbpf", "kernel", "python-src", "out"):
         n.add_argument(f"--{flag}", type=Path, required=True)
@@ -163,7 +164,7 @@ def _step(args: argparse.Namespace) -> int:
             args.out,
             lock.load_debs(args.debian_lock),
             lock.load_wheels(args.wheels_lock),
-            {},
+            manifest.bpf_sources(args.bpf),
             {p.name: p for p in args.artefacts},
             {"builder": "bazel //images:appliance"},
         )

@@ -58,10 +58,12 @@ def test_a_successful_step_writes_nothing_to_stderr(tmp_path: Path) -> None:
         "manifest", "--out", tmp_path / "manifest.json",
         "--debian-lock", tmp_path / "debian.lock.json",
         "--wheels-lock", tmp_path / "wheels.lock.json",
-        "--artefacts", tmp_path / "cmdline",
+        "--bpf", tmp_path / "x.bpf.o", "--artefacts", tmp_path / "cmdline",
     )  # fmt: skip
     assert (res.returncode, res.stderr) == (0, "")
-    assert "cmdline" in json.loads((tmp_path / "manifest.json").read_text())["artefacts"]
+    assert (
+        "x.bpf.o" in json.loads((tmp_path / "manifest.json").read_text())["sources"]["bpf_objects"]
+    )
 
 
 def test_a_failing_step_shows_its_held_back_log_then_the_error(tmp_path: Path) -> None:
