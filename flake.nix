@@ -42,8 +42,9 @@
       bpfObjects = pkgs.runCommand "sennet-bpf" { nativeBuildInputs = [ pkgs.clang_14 ]; } ''
         mkdir -p $out
         for s in sennet_tc bench_empty; do
-          clang -O2 -g -target bpf -Wall -Werror -I${pkgs.linuxHeaders}/include -I${src}/bpf \
-            -fdebug-prefix-map=${src}=. -fdebug-compilation-dir=. \
+          # flags shared with bpf/build.sh and bpf/BUILD.bazel
+          clang $(sed -e '/^#/d' ${src}/bpf/cflags) -I${pkgs.linuxHeaders}/include -I${src}/bpf \
+            -fdebug-prefix-map=${src}=. \
             -c ${src}/bpf/$s.bpf.c -o $out/$s.bpf.o
         done
       '';
@@ -57,7 +58,7 @@
         SENNET_EFI_STUB = efiStub;
       } ''
         cd ${src}
-        PYTHONPATH=${src}/images python3 -m sennet_image step nix-image \
+        PYTHONPATH=${src}/images:${src}/python python3 -m sennet_image step nix-image \
           --closure ${rootClosure}/store-paths --python-env ${python} --busybox ${busybox} \
           --libbpf ${pkgs.libbpf} --kernel ${kernel} --python-src ${src}/python \
           --bpf ${bpfObjects}/sennet_tc.bpf.o ${bpfObjects}/bench_empty.bpf.o --out $out

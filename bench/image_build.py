@@ -55,7 +55,8 @@ def _bazel(src: Path, base: Path, *args: str) -> tuple[float, str]:
 
 
 def _ran(log: str) -> list[str]:
-    """Genrules Bazel executed, from its "From Executing genrule //pkg:name:" lines."""
+    """Genrules Bazel executed, from the `SUBCOMMAND: ... [action 'Executing genrule
+    //pkg:name', ...]` lines of --subcommands (actions print nothing else on success)."""
     return sorted(set(re.findall(r"Executing genrule (//[\w/]+:[\w.-]+)", log)))
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str]) -> int:
         )
         init = src / "python/sennet/agent/__init__.py"
         init.write_text(init.read_text() + "# bench: one-line agent change\n")
-        rebuild_s, log = _bazel(src, base, "build", "//images:appliance")
+        rebuild_s, log = _bazel(src, base, "build", "--subcommands", "//images:appliance")
         figures.append(
             Figure(
                 "rebuild_after_agent_change",

@@ -2,6 +2,7 @@
 # Compile the TC programs for the BPF target and stage them, with their sources
 # (for the bcc loader), where the Python package finds them.
 #   bpf/build.sh [OUT_DIR]   (default: python/sennet/agent/datapath/assets)
+# Compile flags come from bpf/cflags (shared with bpf/BUILD.bazel and flake.nix).
 # Deterministic: no timestamps or absolute paths end up in the objects
 # (-fdebug-prefix-map), so two builds give the same bytes.
 set -eu
@@ -10,8 +11,10 @@ out=${1:-"$here/../python/sennet/agent/datapath/assets"}
 mkdir -p "$out"
 : "${CLANG:=clang}"
 multiarch=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+cflags=$(sed -e '/^#/d' "$here/cflags")
 for src in sennet_tc bench_empty; do
-    "$CLANG" -O2 -g -target bpf -Wall -Werror \
+    # shellcheck disable=SC2086 # $cflags is a list of flags
+    "$CLANG" $cflags \
         -I"/usr/include/$multiarch" -I"$here" \
         -fdebug-prefix-map="$here"=bpf \
         -c "$here/$src.bpf.c" -o "$out/$src.bpf.o.tmp"

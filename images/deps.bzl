@@ -113,6 +113,11 @@ DEBS = {
     "zlib1g": "@deb_zlib1g//file",
 }
 
+# The packages single steps are made from, chosen from the lock (the kernel's
+# name changes with its ABI whenever the pin moves).
+KERNEL_DEB = "@deb_linux_image_6_1_0_50_amd64//file"
+BUSYBOX_DEB = "@deb_busybox_static//file"
+
 def sennet_inputs():
     """Declare every pinned input of the image."""
     sennet_input(name = "deb_busybox_static", kind = "deb", archive = "debian", path = "pool/main/b/busybox/busybox-static_1.35.0-4+deb12u1+b1_amd64.deb", filename = "busybox-static_1.35.0-4+deb12u1+b1_amd64.deb", sha256 = "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744")

@@ -45,10 +45,11 @@ if [ ! -x .venv/bin/python ]; then
     say "python: creating .venv (Debian python3 + system site packages, for bcc)"
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-say "python: installing sennet and pinned dependencies"
-.venv/bin/pip install -q --disable-pip-version-check -c python/constraints.txt -e 'python[test]' 2>&1 \
+say "python: installing sennet, the image tooling and pinned dependencies"
+.venv/bin/pip install -q --disable-pip-version-check -c python/constraints.txt \
+    -e 'python[test]' -e images 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
-.venv/bin/python -c "import sennet.agent.cli" >/dev/null
+.venv/bin/python -c "import sennet.agent.cli, sennet_image.cli" >/dev/null
 
 say "bpf: compiling TC programs"
 bpf/build.sh

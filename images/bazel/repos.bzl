@@ -3,9 +3,14 @@
 The URL is not in the repository: a helper (images/sennet_image/mirrors.py)
 derives it from the machine's apt sources or pip configuration, or from
 SENNET_DEBIAN_MIRROR / SENNET_DEBIAN_SECURITY_MIRROR / SENNET_WHEEL_BASE.
-Air-gapped: Bazel's repository cache (keyed by sha256) or --distdir (keyed by
-file name) serves the file before any network is tried. A file whose sha256
-differs from the lock fails the fetch, and Bazel names this repository.
+Air-gapped: `rctx.download` with a sha256 consults Bazel's repository cache
+(keyed by sha256) and --distdir (keyed by file name) before any URL. The rule
+asks them first with no URL at all (nothing to fail, so nothing is printed),
+and only on a miss asks the machine's configuration for URLs: a filled cache
+builds without network and without running the helper (which, for wheels,
+reads the index). A file whose sha256 differs from the lock fails the fetch,
+and Bazel names this repository. Bazel's own progress line ("Fetching
+@deb_...") shows what is being fetched; the rule prints nothing itself.
 """
 
 def _sennet_input_impl(rctx):
@@ -14,25 +19,26 @@ def _sennet_input_impl(rctx):
     rctx.file("file/BUILD.bazel", 'filegroup(name = "file", srcs = ["%s"], visibility = ["//visibility:public"])\n' % filename)
     rctx.file("WORKSPACE", 'workspace(name = "%s")\n' % rctx.name)
 
-    # 1. Offline first: the repository cache (by sha256) and --distdir (by file name).
-    offline = rctx.download(
-        url = ["file:///nonexistent/sennet-offline/" + filename],
-        output = out,
-        sha256 = rctx.attr.sha256,
-        allow_fail = True,
-    )
-    if offline.success:
+    # 1. The repository cache (by sha256), asked with no URL.
+    cached = rctx.download(url = [], output = out, sha256 = rctx.attr.sha256, allow_fail = True)
+    if cached.success:
         return
 
-    # 2. Ask the machine's package configuration where the file lives.
+    # 2. Where the file lives, from the machine's package configuration.
     helper = rctx.path(Label("//images:sennet_image/mirrors.py"))
     res = rctx.execute(["python3", helper, "url", rctx.attr.kind, rctx.attr.archive, rctx.attr.path or "-", filename], quiet = True)
-    if res.return_code != 0:
-        fail("sennet input %s (%s): cannot find a download URL: %s" % (rctx.name, filename, res.stderr))
-    urls = [u for u in res.stdout.split("\n") if u]
-    # No allow_fail: on a sha256 mismatch Bazel reports "Checksum was X but wanted Y"
-    # for this repository (named after the package), and the build stops.
-    print("fetching %s (%s)" % (filename, rctx.attr.sha256[:12]))
+    urls = [u for u in res.stdout.split("\n") if u] if res.return_code == 0 else []
+    if not urls:
+        # No URL (offline, a wheel index out of reach): --distdir, keyed by the URL's
+        # file name, is the one place left that can serve it.
+        distdir = rctx.download(url = ["file:///distdir/" + filename], output = out, sha256 = rctx.attr.sha256, allow_fail = True)
+        if distdir.success:
+            return
+        fail("sennet input %s (%s): not in the repository cache or --distdir, and no download URL: %s" % (rctx.name, filename, res.stderr))
+
+    # 3. The URLs (--distdir is consulted first, by file name). No allow_fail: on a
+    # sha256 mismatch Bazel reports "Checksum was X but wanted Y" for this repository
+    # (named after the package), and the build stops.
     rctx.download(url = urls, output = out, sha256 = rctx.attr.sha256)
 
 sennet_input = repository_rule(

@@ -7,14 +7,13 @@ for a build without Bazel.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from sennet_image import disk, initramfs, lock, rootfs
 from sennet_image.fetch import fetch
-from sennet_image.fsutil import sha256_file
+from sennet_image.manifest import bpf_sources
 from sennet_image.manifest import write as write_manifest
 from sennet_image.proc import log, run, step
 
@@ -126,8 +125,8 @@ def build_all(out: Path) -> dict[str, Path]:
         wheel_paths = [fetch(w) for w in wheels]
     root_debs = [paths[d.name] for d in debs if d.set == "root"]
     test_debs = [paths[d.name] for d in debs if d.set == "test"]
-    kernel = next(paths[d.name] for d in debs if d.set == "kernel")
-    busybox = next(paths[d.name] for d in debs if d.name.startswith("busybox"))
+    kernel = paths[lock.kernel_pin(debs).name]
+    busybox = paths[lock.busybox_pin(debs).name]
     with tempfile.TemporaryDirectory() as tmp:
         with step("bpf"):
             objs = bpf_objects(Path(tmp) / "bpf")
@@ -135,7 +134,7 @@ def build_all(out: Path) -> dict[str, Path]:
             base_layer(root_debs, wheel_paths, out / "root.squashfs", out / "root.files")
         with step("agent_layer"):
             agent_layer(REPO / "python", objs, out / "agent.squashfs")
-        manifest_bpf = {o.name: sha256_file(o) for o in objs}
+        bpf_record = bpf_sources(objs)
     with step("test_layer"):
         test_layer(test_debs, out / "test.squashfs")
     boot_files(kernel, busybox, out, disk.DEFAULT_CMDLINE)
@@ -161,7 +160,7 @@ def build_all(out: Path) -> dict[str, Path]:
         out / "manifest.json",
         debs,
         wheels,
-        {"bpf_objects": json.dumps(manifest_bpf)},
+        bpf_record,
         artefacts,
         {"builder": "sennet_image build (no Bazel)"},
     )

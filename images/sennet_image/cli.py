@@ -1,20 +1,58 @@
-"""Command-line entry: each subcommand is one build step (Bazel genrules call them one by one)."""
+"""`python -m sennet_image COMMAND`: the one entry to the image tooling.
+
+build        every artefact without Bazel, into build/image (what images/build runs)
+boot         boot the built image under QEMU (images/boot)
+repro        two clean builds compared byte for byte (images/check-reproducible)
+lock-update  re-pin the image's inputs (images/lock-update)
+step         one build step, as Bazel's genrules run them one by one
+
+Operator errors print one `sennet_image: error: ...` line and exit 2 (Sennet's
+one exit-code rule); a check that fails (repro, lock-update --check, boot
+--until-ready) exits 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from pathlib import Path
 
-from sennet_image.proc import BuildError
+from sennet.common.errors import run_main
 
 REPO = Path(__file__).resolve().parent.parent.parent
+PROG = "sennet_image"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sennet_image", description=__doc__)
+def parser() -> argparse.ArgumentParser:
+    """Every subcommand's flags; `--help` on each explains it."""
+    from sennet_image import boot, repro
+
+    p = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    lu = sub.add_parser("lock-update", help="resolve current versions, rewrite locks and deps.bzl")
+    bo = sub.add_parser(
+        "boot",
+        help="boot the built image under QEMU (direct or UEFI)",
+        description=boot.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    boot.add_arguments(bo)
+    rp = sub.add_parser(
+        "repro",
+        help="build twice from clean and compare every artefact",
+        description=repro.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    repro.add_arguments(rp)
+    lu = sub.add_parser(
+        "lock-update",
+        help="resolve current versions, rewrite locks and deps.bzl",
+        description=_doc("lockupdate"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     lu.add_argument("--refresh", action="store_true", help="apt-get update (signed index) first")
     lu.add_argument("--check", action="store_true", help="only report; exit 1 if pins would move")
     lu.add_argument(
@@ -22,46 +60,80 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="CI: rewrite only if a pinned package left the registry, loudly",
     )
-    st = sub.add_parser("step", help="one build step (what Bazel's genrules run)")
+    st = sub.add_parser(
+        "step",
+        help="one build step (what Bazel's genrules run)",
+        description="One build step of images/BUILD.bazel. Quiet on success (Bazel prints any"
+        " stderr of an action); on failure the step's log comes first, then the error.",
+    )
     steps = st.add_subparsers(dest="step", required=True, metavar="STEP")
-    r = steps.add_parser("root-layer")
+    r = steps.add_parser("root-layer", help="root debs + wheels + overlay -> root.squashfs")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--files", type=Path, required=True)
     r.add_argument("--debs", type=Path, nargs="+", required=True)
     r.add_argument("--wheels", type=Path, nargs="+", required=True)
-    a = steps.add_parser("agent-layer")
+    a = steps.add_parser("agent-layer", help="python/sennet + BPF objects -> agent.squashfs")
     a.add_argument("--out", type=Path, required=True)
     a.add_argument("--python-src", type=Path, required=True, help="directory holding sennet/")
     a.add_argument("--bpf", type=Path, nargs="+", required=True)
-    t = steps.add_parser("test-layer")
+    t = steps.add_parser("test-layer", help="test-only extras (dropbear) -> test.squashfs")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--debs", type=Path, nargs="+", required=True)
-    k = steps.add_parser("boot-files")
+    k = steps.add_parser("boot-files", help="kernel, initramfs, cmdline and the UKI")
     k.add_argument("--kernel-deb", type=Path, required=True)
     k.add_argument("--busybox-deb", type=Path, required=True)
     k.add_argument("--outdir", type=Path, required=True)
-    d = steps.add_parser("disk")
+    d = steps.add_parser("disk", help="GPT disk (raw and qcow2) from the UKI and layers")
     d.add_argument("--uki", type=Path, required=True)
     d.add_argument("--root", type=Path, required=True)
     d.add_argument("--agent", type=Path, required=True)
     d.add_argument("--test", type=Path)
     d.add_argument("--raw", type=Path, required=True)
     d.add_argument("--qcow2", type=Path, required=True)
-    m = steps.add_parser("manifest")
+    m = steps.add_parser("manifest", help="manifest.json: pins, host tools, BPF, artefacts")
     m.add_argument("--out", type=Path, required=True)
     m.add_argument("--debian-lock", type=Path, required=True)
     m.add_argument("--wheels-lock", type=Path, required=True)
     m.add_argument("--artefacts", type=Path, nargs="+", required=True)
+    m.add_argument("--bpf", type=Path, nargs="+", required=True, help="the BPF objects")
     n = steps.add_parser("nix-image", help="the layout from nixpkgs parts (flake.nix)")
     for flag in ("closure", "python-env", "busybox", "libbpf", "kernel", "python-src", "out"):
         n.add_argument(f"--{flag}", type=Path, required=True)
     n.add_argument("--bpf", type=Path, nargs="+", required=True)
-    b = sub.add_parser("build", help="build every artefact without Bazel (fetches pinned inputs)")
+    b = sub.add_parser(
+        "build",
+        help="build every artefact without Bazel (fetches pinned inputs)",
+        description=_doc("build"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     b.add_argument("--out", type=Path, default=REPO / "build" / "image")
     return p
 
 
+def _doc(module: str) -> str | None:
+    """A module's docstring, imported only for --help text."""
+    import importlib
+
+    return importlib.import_module(f"sennet_image.{module}").__doc__
+
+
+def _quiet_step(args: argparse.Namespace) -> int:
+    """Run a step with its progress log held back; shown only if the step fails.
+
+    Bazel echoes an action's stderr (and, with it, its sandbox's own chatter) for
+    every genrule that writes any, so a successful step writes nothing.
+    """
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            return _step(args)
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
+
+
 def _step(args: argparse.Namespace) -> int:
+    """Dispatch one build step to its function in sennet_image.build (or nix, manifest)."""
     from sennet_image import build, disk, lock, manifest
 
     if args.step == "root-layer":
@@ -92,31 +164,37 @@ def _step(args: argparse.Namespace) -> int:
             args.out,
             lock.load_debs(args.debian_lock),
             lock.load_wheels(args.wheels_lock),
-            {},
+            manifest.bpf_sources(args.bpf),
             {p.name: p for p in args.artefacts},
             {"builder": "bazel //images:appliance"},
         )
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "boot":
+        from sennet_image import boot
+
+        return boot.main(args)
+    if args.command == "repro":
+        from sennet_image import repro
+
+        return repro.main(args)
+    if args.command == "lock-update":
+        from sennet_image import lockupdate
+
+        return lockupdate.update(
+            refresh=args.refresh, check=args.check, only_if_gone=args.only_if_gone
+        )
+    if args.command == "step":
+        return _quiet_step(args)
+    from sennet_image import build
+
+    build.build_all(args.out.resolve())
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    """Parse arguments and run one step; an operator error prints one line and exits 1."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "lock-update":
-            from sennet_image import lockupdate
-
-            return lockupdate.update(
-                refresh=args.refresh, check=args.check, only_if_gone=args.only_if_gone
-            )
-        if args.command == "step":
-            return _step(args)
-        if args.command == "build":
-            from sennet_image import build
-
-            build.build_all(args.out.resolve())
-            return 0
-    except BuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 2
+    """Parse arguments and run one command under Sennet's exit-code rule."""
+    args = parser().parse_args(argv)
+    return run_main(PROG, lambda: _run(args))

@@ -21,6 +21,7 @@ WHEELS_LOCK = IMAGES_DIR / "wheels.lock.json"
 DEPS_BZL = IMAGES_DIR / "deps.bzl"
 
 SETS = ("root", "kernel", "test")
+BUSYBOX_PREFIX = "busybox"  # busybox-static: the initramfs's shell and tools
 
 
 @dataclass(frozen=True, order=True)
@@ -87,6 +88,24 @@ def load_wheels(path: Path = WHEELS_LOCK) -> list[WheelPin]:
         die(f"{path}: bad entry: {exc}")
 
 
+def kernel_pin(debs: list[DebPin]) -> DebPin:
+    """The one kernel package (set `kernel`). Its name carries the kernel ABI
+    (linux-image-6.1.0-N-amd64), so it changes whenever the pin moves: callers take it
+    from here, never spell it."""
+    kernels = [p for p in debs if p.set == "kernel"]
+    if len(kernels) != 1:
+        die(f"the Debian lock must pin one kernel package, not {len(kernels)}")
+    return kernels[0]
+
+
+def busybox_pin(debs: list[DebPin]) -> DebPin:
+    """The busybox package the initramfs is made from."""
+    found = next((p for p in debs if p.name.startswith(BUSYBOX_PREFIX)), None)
+    if found is None:
+        die("the Debian lock pins no busybox package", hint="add busybox-static to inputs.toml")
+    return found
+
+
 def _load(path: Path) -> dict[str, list[dict[str, Any]]]:
     try:
         data = json.loads(path.read_text())
@@ -128,6 +147,13 @@ def render_deps_bzl(debs: list[DebPin], wheels: list[WheelPin]) -> str:
         "DEBS = {",
         *[f'    "{p.name}": "@{p.repo}//file",' for p in debs],
         "}",
+        "",
+    ]
+    out += [
+        "# The packages single steps are made from, chosen from the lock (the kernel's",
+        "# name changes with its ABI whenever the pin moves).",
+        f'KERNEL_DEB = "@{kernel_pin(debs).repo}//file"',
+        f'BUSYBOX_DEB = "@{busybox_pin(debs).repo}//file"',
         "",
     ]
     out += ["def sennet_inputs():", '    """Declare every pinned input of the image."""']

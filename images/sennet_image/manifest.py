@@ -50,6 +50,16 @@ def host_tools() -> dict[str, str]:
     return tools
 
 
+def bpf_sources(objects: list[Path]) -> dict[str, str]:
+    """The manifest's `sources` entry for the BPF objects (name -> sha256), whichever build
+    compiled them: the objects are built on the host, so the manifest is their record."""
+    return {
+        "bpf_objects": json.dumps(
+            {o.name: sha256_file(o) for o in sorted(objects, key=lambda o: o.name)}
+        )
+    }
+
+
 def write(
     out: Path,
     debs: list[DebPin],

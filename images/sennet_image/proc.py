@@ -2,7 +2,9 @@
 
 Modelled on mkosi's `run()`/`die()`: argv lists only, stdin closed, a
 minimal environment (so the host's locale or TZ cannot leak into an
-artefact), and a failure that names the command and why it failed.
+artefact), and a failure that names the command and why it failed. The
+error is Sennet's shared `UserError`, so `sennet_image` exits by the same
+rule as every other Sennet command (`sennet.common.errors.run_main`).
 """
 
 from __future__ import annotations
@@ -18,24 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
+from sennet.common.errors import UserError
+
 SOURCE_DATE_EPOCH_DEFAULT = 1700000000
 
 
-class BuildError(Exception):
-    """Something the operator can fix: a missing tool, a bad pin, a tampered input."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return self.message + (f"\n  hint: {self.hint}" if self.hint else "")
-
-
 def die(message: str, hint: str | None = None) -> NoReturn:
-    """Stop with one clear line (raised, so callers and tests can catch it)."""
-    raise BuildError(message, hint)
+    """Stop with one clear line: something the operator can fix (a missing tool, a bad
+    pin, a tampered input). Raised, so callers and tests can catch it."""
+    raise UserError(message, hint)
 
 
 def source_date_epoch() -> int:
@@ -67,7 +60,7 @@ def run(
     capture: bool = True,
     check: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a command; on failure raise BuildError with the command line, the cause and stderr."""
+    """Run a command; on failure raise UserError with the command line, the cause and stderr."""
     args = [str(a) for a in argv]
     if os.environ.get("SENNET_IMAGE_DEBUG"):
         log("run", cmd=shlex.join(args))

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from sennet.common.errors import EXIT_FAILED, EXIT_OK
+
 from sennet_image import build
 from sennet_image.fsutil import sha256_file
-from sennet_image.proc import BuildError, log, run
+from sennet_image.proc import log, run
 
 REPO = Path(__file__).resolve().parent.parent.parent
 # Layers first: when one differs, the disks holding it differ too, and diffoscope on
@@ -109,43 +110,41 @@ def explain(a: Path, b: Path, name: str) -> None:
     print(res.stdout.decode(errors="replace")[:20000])
 
 
-def main(argv: list[str]) -> int:
-    """Two clean builds, compared; exit 1 on any difference."""
-    p = argparse.ArgumentParser(prog="images/check-reproducible", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The reproducibility check's flags (`sennet_image repro`)."""
     p.add_argument("--plain", action="store_true", help="the build without Bazel, not Bazel's")
     p.add_argument("--keep", type=Path, help="keep both builds' artefacts under this directory")
-    args = p.parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="sennet-repro-", dir=REPO / "build") as tmp:
-            root = args.keep or Path(tmp)
-            src = snapshot(Path(tmp) / "src")
-            times = []
-            for i in (1, 2):
-                log("repro_build", n=i, kind="plain" if args.plain else "bazel")
-                dest = root / f"build{i}"
-                shutil.rmtree(dest, ignore_errors=True)
-                if args.plain:
-                    times.append(plain_build(src, dest))
-                else:
-                    times.append(bazel_build(src, Path(tmp) / f"output_base{i}", dest))
-            differ = compare(root / "build1", root / "build2")
-            inner = [n for n in LAYERS if n in differ]
-            for name in inner or differ:
-                explain(root / "build1", root / "build2", name)
-            for i in (1, 2):
-                if not args.plain:
-                    shutil.rmtree(Path(tmp) / f"output_base{i}", ignore_errors=True)
-    except BuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+
+
+def main(args: argparse.Namespace) -> int:
+    """Two clean builds, compared; exit 1 on any difference."""
+    # build/ is ignored by git, so a fresh clone has none: make it (the scratch space
+    # lives in the work tree, beside the sources, not in a small /tmp).
+    scratch = REPO / "build"
+    scratch.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sennet-repro-", dir=scratch) as tmp:
+        root = args.keep or Path(tmp)
+        src = snapshot(Path(tmp) / "src")
+        times = []
+        for i in (1, 2):
+            log("repro_build", n=i, kind="plain" if args.plain else "bazel")
+            dest = root / f"build{i}"
+            shutil.rmtree(dest, ignore_errors=True)
+            if args.plain:
+                times.append(plain_build(src, dest))
+            else:
+                times.append(bazel_build(src, Path(tmp) / f"output_base{i}", dest))
+        differ = compare(root / "build1", root / "build2")
+        inner = [n for n in LAYERS if n in differ]
+        for name in inner or differ:
+            explain(root / "build1", root / "build2", name)
+        for i in (1, 2):
+            if not args.plain:
+                shutil.rmtree(Path(tmp) / f"output_base{i}", ignore_errors=True)
     print(f"build times: {times[0]:.0f} s, {times[1]:.0f} s")
     print(
         "REPRODUCIBLE: all artefacts byte-identical"
         if not differ
         else f"NOT REPRODUCIBLE: {', '.join(differ)}"
     )
-    return 0 if not differ else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    return EXIT_OK if not differ else EXIT_FAILED

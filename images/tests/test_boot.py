@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from sennet_image import boot
+from sennet_image import boot, cli
 
 REPO = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.integration
@@ -29,8 +29,8 @@ def image_dir() -> Path:
 
 
 def _boot(image_dir: Path, *extra: str) -> boot.BootResult:
-    args = boot.parser().parse_args(
-        ["--image", str(image_dir), "--until-ready", "--timeout", "110", "--quiet", *extra]
+    args = cli.parser().parse_args(
+        ["boot", "--image", str(image_dir), "--until-ready", "--timeout", "110", "--quiet", *extra]
     )
     return boot.boot(args)
 

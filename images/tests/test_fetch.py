@@ -6,9 +6,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from sennet.common.errors import UserError
 from sennet_image.fetch import fetch
 from sennet_image.lock import WheelPin
-from sennet_image.proc import BuildError
 
 
 def _setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes) -> Path:
@@ -34,7 +34,7 @@ def test_tampered_input_fails_naming_the_input_and_both_hashes(
     cache = _setup(tmp_path, monkeypatch, b"tampered")
     want = hashlib.sha256(b"genuine").hexdigest()
     pin = WheelPin("demo", "1.0", "demo-1.0-py3-none-any.whl", want)
-    with pytest.raises(BuildError) as err:
+    with pytest.raises(UserError) as err:
         fetch(pin, cache)
     assert "input demo 1.0 (demo-1.0-py3-none-any.whl)" in str(err.value)
     assert hashlib.sha256(b"tampered").hexdigest() in str(err.value) and want in str(err.value)

@@ -13,6 +13,7 @@ from pathlib import Path
 from sennet.testing.errors import HarnessError
 from sennet.testing.netlab import Tap, tap
 from sennet.testing.ports import free_port
+from sennet_image.qemu import DirectBoot, qemu_argv, tap_netdev
 
 from harness import qemu
 from harness.machine import Machine, step
@@ -65,14 +66,20 @@ def booted(
     machine = None
     try:
         ssh_port = free_port()
-        argv = qemu.direct_boot_argv(
-            kernel=images / "vmlinuz",
-            initrd=images / "initrd.img",
-            cmdline=" ".join(cmdline),
-            disk=overlay,
+        argv = qemu_argv(
             accel=accel,
+            disk=overlay,
+            boot=DirectBoot(
+                kernel=images / "vmlinuz",
+                initrd=images / "initrd.img",
+                cmdline=" ".join(cmdline),
+            ),
+            memory_mib=768,
+            smp=1,
+            monitored_netdev=tap_netdev(monitored.fd),
             ssh_port=ssh_port,
-            tap_fd=monitored.fd,
+            disk_cache="unsafe",  # a throwaway overlay: no flushes to wait for
+            binary=qemu.qemu_binary(),
         )
         (workdir / f"{name}.qemu-argv").write_text(shlex.join(argv) + "\n")
         machine = Machine(name, argv, [monitored.fd], workdir, ssh_port, ssh_key)
