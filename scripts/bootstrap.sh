@@ -46,9 +46,18 @@ if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 say "python: installing sennet, the image tooling and pinned dependencies"
-.venv/bin/pip install -q --disable-pip-version-check -c python/constraints.txt \
-    -e 'python[test]' -e images 2>&1 \
-    | grep -v "is ignored: it is neither a file nor a directory" || true
+# No pipe into a filter here: sh has no pipefail, so a failed install would be masked by the
+# filter's status. pip's output goes to a file; on failure all of it is shown and we stop.
+piplog=$(mktemp)
+if ! .venv/bin/pip install -q --disable-pip-version-check -c python/constraints.txt \
+        -e 'python[test]' -e images >"$piplog" 2>&1; then
+    cat "$piplog" >&2
+    rm -f "$piplog"
+    echo "bootstrap: pip install failed (its output is above)" >&2
+    exit 1
+fi
+grep -v "is ignored: it is neither a file nor a directory" "$piplog" || true
+rm -f "$piplog"
 .venv/bin/python -c "import sennet.agent.cli, sennet_image.cli" >/dev/null
 
 say "bpf: compiling TC programs"
