@@ -6,7 +6,7 @@ an SSH server) with its management NIC on QEMU user networking and its
 monitored NIC on a tap in a network namespace this script owns, then replays
 ordinary and hostile traffic into the monitored NIC and prints what the
 control plane reports for the appliance. It uses the VM test harness's parts
-(vm-tests/harness), so what you watch is what the tests check.
+(sennet.testing.vm), so what you watch is what the tests check.
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "vm-tests"))
+from sennet.testing.controlplane import ControlPlane
+from sennet.testing.vm.appliance import booted
+from sennet.testing.vm.guest import agent_id, counters, event_totals
+from sennet.testing.vm.traffic import hostile, mixed, rx_len
 
-from harness.appliance import booted  # noqa: E402
-from harness.guest import agent_id, counters, event_totals  # noqa: E402
-from harness.traffic import hostile, mixed, rx_len  # noqa: E402
-from sennet.testing.controlplane import ControlPlane  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def build_image() -> Path:

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.appliance import Appliance, booted
-from harness.guest import agent_id
 from sennet.testing.controlplane import ControlPlane
+from sennet.testing.vm.appliance import Appliance, booted
+from sennet.testing.vm.guest import agent_id
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 INTERVAL_S = 2

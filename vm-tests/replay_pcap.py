@@ -27,7 +27,7 @@ class Sender(Protocol):
 
 def replay(pcap: Path, sender: Sender) -> tuple[int, int]:
     """Send every frame of the pcap; return (frames, bytes the agent must count)."""
-    from harness.traffic import rx_len
+    from sennet.testing.vm.traffic import rx_len
 
     frames = [bytes(p) for p in rdpcap(str(pcap))]
     sender.send(frames)
@@ -35,9 +35,9 @@ def replay(pcap: Path, sender: Sender) -> tuple[int, int]:
 
 
 def main() -> int:
-    from harness.guest import counters
     from sennet.testing.controlplane import ControlPlane
     from sennet.testing.netlab import Tap
+    from sennet.testing.vm.guest import counters
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

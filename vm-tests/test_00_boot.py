@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from harness.appliance import Appliance
 from sennet.testing.controlplane import ControlPlane
+from sennet.testing.vm.appliance import Appliance
 
 INITRAMFS_PHASES = ("start", "modules_loaded", "root_mounted")
 

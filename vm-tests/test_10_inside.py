@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from harness.appliance import Appliance, image_dir
-from harness.guest import agent_process, processes, pyroute2
+from sennet.testing.vm.appliance import Appliance, image_dir
+from sennet.testing.vm.guest import agent_process, processes, pyroute2
 
 
 def test_guest_runs_the_pinned_kernel(appliance: Appliance) -> None:

@@ -7,15 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.appliance import Appliance
-from harness.guest import agent_id, counters, plus_rx, pyroute2, reported, wait_counters
-from harness.traffic import GUEST_MON_MAC, HOST_MAC, mixed
 from replay_pcap import replay
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 from sennet.testing.controlplane import ControlPlane
+from sennet.testing.vm.appliance import Appliance
+from sennet.testing.vm.guest import agent_id, counters, plus_rx, pyroute2, reported, wait_counters
+from sennet.testing.vm.traffic import GUEST_MON_MAC, HOST_MAC, mixed
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from harness.appliance import Appliance
-from harness.guest import agent_id, event_totals
-from harness.traffic import hostile, rx_len
 from sennet.testing.controlplane import ControlPlane
+from sennet.testing.vm.appliance import Appliance
+from sennet.testing.vm.guest import agent_id, event_totals
+from sennet.testing.vm.traffic import hostile, rx_len
 
 
 def test_events_by_kind_and_their_stored_fields(

@@ -6,10 +6,10 @@ import itertools
 import statistics
 
 from conftest import INTERVAL_S
-from harness.appliance import Appliance
-from harness.guest import agent_id, counters, plus_rx, wait_counters
-from harness.traffic import mixed
 from sennet.testing.controlplane import ControlPlane
+from sennet.testing.vm.appliance import Appliance
+from sennet.testing.vm.guest import agent_id, counters, plus_rx, wait_counters
+from sennet.testing.vm.traffic import mixed
 
 
 def test_heartbeats_arrive_at_the_configured_interval(

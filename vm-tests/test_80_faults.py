@@ -7,10 +7,10 @@ test, the VM settled again afterwards), so no test depends on file order.
 from __future__ import annotations
 
 import pytest
-from harness.appliance import Appliance
-from harness.guest import agent_id, agent_process, counters, plus_rx, wait_counters
-from harness.traffic import mixed
 from sennet.testing.controlplane import ControlPlane
+from sennet.testing.vm.appliance import Appliance
+from sennet.testing.vm.guest import agent_id, agent_process, counters, plus_rx, wait_counters
+from sennet.testing.vm.traffic import mixed
 
 
 def agent_pid(appliance: Appliance) -> int:

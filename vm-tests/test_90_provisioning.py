@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from conftest import host_control_plane, provisioning
-from harness.appliance import booted, image_dir
-from harness.guest import agent_id
 from sennet.testing.controlplane import ControlPlane
+from sennet.testing.vm.appliance import booted, image_dir
+from sennet.testing.vm.guest import agent_id
 
 
 @pytest.fixture

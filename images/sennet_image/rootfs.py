@@ -268,7 +268,9 @@ def build_agent(tree: Path, python_src: Path, bpf_objects: list[Path]) -> list[s
     shutil.copytree(
         src,
         lib / "sennet",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "controlplane", "assets", "*.bpf.o"),
+        ignore=shutil.ignore_patterns(
+            "__pycache__", "*.pyc", "controlplane", "testing", "assets", "*.bpf.o"
+        ),
     )
     (tree / "bpf").mkdir()
     for obj in bpf_objects:

@@ -9,9 +9,8 @@ from collections.abc import Sequence
 from sennet.testing.controlplane import ControlPlane
 from sennet.testing.errors import TestFailed
 from sennet.testing.scrape import matching, sample
-
-from harness.machine import Machine
-from harness.traffic import rx_len
+from sennet.testing.vm.machine import Machine
+from sennet.testing.vm.traffic import rx_len
 
 PY = "python3"
 

@@ -10,15 +10,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sennet_image.qemu import DirectBoot, qemu_argv, tap_netdev
+
 from sennet.testing.errors import HarnessError
 from sennet.testing.netlab import Tap, tap
 from sennet.testing.ports import free_port
-from sennet_image.qemu import DirectBoot, qemu_argv, tap_netdev
+from sennet.testing.vm import qemu
+from sennet.testing.vm.machine import Machine, step
 
-from harness import qemu
-from harness.machine import Machine, step
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]  # python/sennet/testing/vm/ -> the checkout
 ARTEFACTS = ("vmlinuz", "initrd.img", "cmdline", "appliance-test.raw", "kernel-release")
 
 

@@ -12,9 +12,10 @@ import functools
 import shutil
 from pathlib import Path
 
-from sennet.testing.errors import HarnessError
 from sennet_image.qemu import QEMU
 from sennet_image.qemu import accelerator as probe_accelerator
+
+from sennet.testing.errors import HarnessError
 
 
 def qemu_binary() -> str:

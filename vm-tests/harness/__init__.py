@@ -1,1 +1,0 @@
-"""QEMU test harness for the Sennet appliance (modelled on the NixOS test driver)."""
