@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -236,7 +236,7 @@ class LoadResult:
 def h2load(
     port: int,
     path: str,
-    bodies: list[tuple[bytes, str | None]],
+    bodies: Sequence[tuple[bytes, str | None]],
     workdir: Path,
     duration: float,
     streams: int,

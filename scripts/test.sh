@@ -17,9 +17,9 @@ say "ruff"
 "$venv/ruff" format --check -q vm-tests bench scripts images
 
 say "mypy"
-(cd python && "$venv/mypy" sennet)
-MYPYPATH=vm-tests:python:images "$venv/mypy" --config-file python/pyproject.toml \
-    --explicit-package-bases vm-tests
+(cd python && "$venv/mypy" sennet tests)
+MYPYPATH=vm-tests:python:images:bench:scripts "$venv/mypy" --config-file python/pyproject.toml \
+    --explicit-package-bases vm-tests bench scripts
 (cd images && "$venv/mypy" --strict sennet_image)
 
 say "proto bindings match proto/"
