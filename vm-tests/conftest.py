@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import subprocess
 import tempfile
@@ -21,11 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sennet.common import log as slog
 from sennet.testing.controlplane import ControlPlane
 from sennet.testing.vm.appliance import Appliance, booted
 from sennet.testing.vm.guest import agent_id
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+slog.setup("info")  # the harness logs key=value events, as the product does
 INTERVAL_S = 2
 
 

@@ -22,21 +22,22 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sennet.common.log import event
 from sennet.common.retry import RetryTimeout, retry
 from sennet.testing.errors import HarnessError, TestFailed
 
-log = logging.getLogger("vm-tests")
+log = logging.getLogger("sennet.testing.vm")
 
 
 @contextlib.contextmanager
 def step(what: str) -> Iterator[None]:
     """Log a nested, timed step: 'vm: waiting for agent (finished in 2.1 s)'."""
     start = time.monotonic()
-    log.info("%s ...", what)
+    event(log, "step_started", step=what)
     try:
         yield
     finally:
-        log.info("%s (finished in %.1f s)", what, time.monotonic() - start)
+        event(log, "step_finished", step=what, seconds=round(time.monotonic() - start, 1))
 
 
 class Machine:
@@ -141,7 +142,7 @@ class Machine:
             if found is None and not self.running:
                 raise TestFailed(f"{self.name}: QEMU exited before {pattern!r}:\n{self.tail()}")
             if found is None and last:
-                log.error("%s console tail:\n%s", self.name, self.tail())
+                event(log, "console_tail", logging.ERROR, machine=self.name, tail=self.tail())
             return found
 
         with step(f"{self.name}: waiting for console {pattern!r}"):
@@ -195,7 +196,10 @@ class Machine:
         def attempt(last: bool) -> str | None:
             status, out = self.execute(command, timeout=10)
             if status != 0 and last:
-                log.error("%s: last try of `%s`: exit %s\n%s", self.name, command, status, out)
+                event(
+                    log, "last_try_failed", logging.ERROR, machine=self.name, command=command,
+                    status=status, output=out,
+                )  # fmt: skip
             return out if status == 0 else None
 
         with step(f"{self.name}: waiting for `{command}`"):
