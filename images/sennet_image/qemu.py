@@ -1,6 +1,6 @@
 """The one QEMU command line for the appliance, and the one KVM-or-TCG decision.
 
-`images/boot` (`sennet_image boot`), the VM test harness (vm-tests/harness) and
+`images/boot` (`sennet_image boot`), the VM test harness (sennet.testing.vm) and
 with it the demo all start the appliance through `qemu_argv`, so a fix to how
 the appliance is emulated (a NIC option, the CPU model) lands once. Callers pass
 only what genuinely differs between them: memory, CPUs, disk cache mode, how the
