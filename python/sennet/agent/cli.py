@@ -13,7 +13,7 @@ from sennet import __version__
 from sennet.agent import config as config_mod
 from sennet.agent.config import AgentConfig
 from sennet.common import log as log_mod
-from sennet.common.errors import UserError, run_main
+from sennet.common.errors import EXIT_FAILED, UserError, run_main
 
 DESCRIPTION = """\
 Sennet agent: counts packets and bytes per interface and direction with eBPF
@@ -75,9 +75,12 @@ def _load_config(args: argparse.Namespace, require_interfaces: bool = True) -> A
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     log_mod.setup(cfg.log_level)
-    from sennet.agent.runloop import run_agent
+    from sennet.agent.runloop import WorkerDied, run_agent
 
-    run_agent(cfg)
+    try:
+        run_agent(cfg)
+    except WorkerDied:
+        return EXIT_FAILED  # logged as worker_died; the supervisor restarts the agent
     return 0
 
 

@@ -52,6 +52,10 @@ def default_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
     )
 
 
+class WorkerDied(RuntimeError):
+    """A thread the agent cannot work without has ended; the process must exit non-zero."""
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig, sink_factory: SinkFactory = default_sink) -> None:
         self.cfg = cfg
@@ -110,15 +114,31 @@ class Agent:
         )
 
     def run(self) -> None:
-        """Send a snapshot every interval until stopped; the first one right away."""
+        """Send a snapshot every interval until stopped; the first one right away.
+
+        A worker thread that died (the ring-buffer drain, the local /metrics
+        server) ends the loop with `WorkerDied`: an agent that goes on reporting
+        counters while its events are no longer read would hide the fault, while
+        an exit lets the supervisor restart it with everything working.
+        """
         next_at = time.monotonic()
         while not self.stop.is_set():
+            self._check_workers()
             if time.monotonic() >= next_at:
                 self.beat()
                 next_at += self.cfg.interval_s
                 if next_at < time.monotonic():  # we fell behind (suspend, slow sink): skip ahead
                     next_at = time.monotonic() + self.cfg.interval_s
             self.stop.wait(max(0.0, min(0.5, next_at - time.monotonic())))
+
+    def _check_workers(self) -> None:
+        workers = list(self._threads)
+        if self._http is not None:
+            workers.append(self._http[1])
+        for thread in workers:
+            if not thread.is_alive() and not self.stop.is_set():
+                event(log, "worker_died", logging.ERROR, thread=thread.name)
+                raise WorkerDied(thread.name)
 
     def beat(self) -> None:
         if self.sink is None:
