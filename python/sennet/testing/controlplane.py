@@ -66,12 +66,19 @@ class ControlPlane:
     """One control-plane process (restartable) and its clients."""
 
     def __init__(
-        self, db: Path, workdir: Path, extra: Sequence[str] = (), name: str = "controlplane"
+        self,
+        db: Path,
+        workdir: Path,
+        extra: Sequence[str] = (),
+        name: str = "controlplane",
+        run_as: Sequence[str] = (),
     ) -> None:
+        """`run_as`: a command prefix such as `setpriv --reuid=...` (an unprivileged run)."""
         self.db = db
         self.workdir = workdir
         self.extra = list(extra)
         self.name = name
+        self.run_as = list(run_as)
         self.grpc_port = 0
         self.http_port = 0
         self.token = ""  # the bootstrap token from create_token(), if made
@@ -113,7 +120,7 @@ class ControlPlane:
         ready = self.workdir / f"{self.name}.ready.json"
         ready.unlink(missing_ok=True)
         self.process.argv = [
-            *COMMAND, "--db", str(self.db), "serve",
+            *self.run_as, *COMMAND, "--db", str(self.db), "serve",
             "--grpc-listen", f"127.0.0.1:{grpc_port}",
             "--http-listen", f"127.0.0.1:{http_port}",
             "--ready-file", str(ready),
