@@ -243,8 +243,8 @@ def test_health_and_metrics_only_read_whatever_the_method_or_query(shared: Serve
     cp = shared.cp
     agent_id, token = cp.register(shared.bootstrap)
     assert ok(cp, token, agent_id)
-    state = "SELECT agent_id, hostname, state, reset_allowed, heartbeats FROM agents ORDER BY 1"
-    tokens_sql = "SELECT token_id, revoked_at, uses FROM tokens ORDER BY 1"
+    state = "SELECT * FROM agents ORDER BY agent_id"
+    tokens_sql = "SELECT * FROM tokens ORDER BY token_id"
     before = (cp.query(state), cp.query(tokens_sql))
     for path in ("/health", "/metrics"):
         for query in ("", f"?agent={agent_id}&action=reset", f"?disable={agent_id}"):
