@@ -120,9 +120,10 @@ def parser() -> argparse.ArgumentParser:
         "agent",
         help="list agents; reset, disable or enable one",
         description="An enrolled agent id can be enrolled again only by the agent itself "
-        "(rotation with its own token) or after an operator's `reset`. These commands act "
-        "on the database; a running control plane notices within --agent-token-cache "
-        "seconds.",
+        "(rotation with its own token) or after an operator's `reset`; a bootstrap token "
+        "alone is refused. These commands act on the database: a running control plane "
+        "sees `reset` and `enable` at once, and `disable` within --agent-token-cache "
+        "seconds (agent tokens it checked recently are cached).",
     )
     asub = a.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
     als = asub.add_parser("list", help="list agents with their state")
