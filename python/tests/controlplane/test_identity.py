@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,9 @@ def test_a_bootstrap_token_cannot_take_over_an_enrolled_agent_and_the_agent_keep
     takeover = REGISTER.request(agent_id=victim, hostname="thief")
     assert cp.call(transport, REGISTER, takeover, shared.bootstrap) == already_enrolled(victim)
     assert cp.rejected("Register", "permission_denied", "agent_already_enrolled") == before + 1
+    if transport == "connect":  # the HTTP status too, not just the Connect code
+        body = json.dumps({"agentId": victim}).encode()
+        assert cp.connect(REGISTER, body, shared.bootstrap)[0] == 403
     assert ok(cp, token, victim)  # the real agent's next heartbeat is accepted
     assert agents(cp.db)[victim]["hostname"] == "real"
     assert "event=enrolment_refused" in cp.log() and "reason=agent_already_enrolled" in cp.log()
@@ -168,6 +172,17 @@ def test_a_bootstrap_token_is_used_up_after_max_uses_enrolments(
     assert cp.rejected("Register", "unauthenticated", "token_used_up") == 1
     info = token_info(cp.db, limited)
     assert (info["uses"], info["max_uses"], info["state"]) == (2, 2, "used_up")
+
+
+def test_a_use_limit_holds_when_many_agents_enrol_at_once(fresh: Served) -> None:
+    cp = fresh.cp
+    limited = create_bootstrap_token(cp.db, "three", "--max-uses", "3")
+    reqs = [REGISTER.request(agent_id=str(uuid.uuid4())) for _ in range(12)]
+    with ThreadPoolExecutor(len(reqs)) as pool:
+        codes = list(pool.map(lambda r: cp.call("grpc", REGISTER, r, limited)[0], reqs))
+    assert sorted(codes) == ["ok"] * 3 + ["unauthenticated"] * 9
+    assert token_info(cp.db, limited)["uses"] == 3
+    assert cp.scalar("SELECT count(*) FROM agents") == 3
 
 
 def test_token_create_expires_in_24h_by_default_and_token_list_shows_expiry_and_uses(
