@@ -40,6 +40,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from sennet.controlplane.fleet import AgentView, Fleet, Series, SeriesKey
+from sennet.controlplane.identity import Identity
 from sennet.controlplane.metrics import Exposition, ServerMetrics
 from sennet.controlplane.store import Store
 from sennet.proto import contract
@@ -199,7 +200,7 @@ def heartbeat_body(agent_id: str) -> bytes:
 
 
 def enrol(target: str, db: Path, agents: int) -> list[tuple[str, str]]:
-    bootstrap = Store(db).create_bootstrap_token("bench").text
+    bootstrap = Identity(Store(db)).create_bootstrap_token("bench").text
     out = []
     with grpc.insecure_channel(target) as ch:
         register = ch.unary_unary(

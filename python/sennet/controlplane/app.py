@@ -25,6 +25,7 @@ from sennet.controlplane.calls import Calls
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.grpc_server import GrpcServer
 from sennet.controlplane.http_server import HttpApp, HttpServer
+from sennet.controlplane.identity import Identity
 from sennet.controlplane.metrics import Exposition, ServerMetrics
 from sennet.controlplane.sentinel_service import SentinelService
 from sennet.controlplane.settings import Settings
@@ -44,8 +45,9 @@ class ControlPlane:
         self.metrics = ServerMetrics(
             agents=lambda: len(self.fleet), commits=lambda: self.writer.commits
         )
-        self.auth = Authenticator(self.store, cache_s=settings.agent_token_cache)
-        self.service = SentinelService(self.store, self.writer, self.fleet, self.auth)
+        self.identity = Identity(self.store)
+        self.auth = Authenticator(self.identity, cache_s=settings.agent_token_cache)
+        self.service = SentinelService(self.identity, self.writer, self.fleet, self.auth)
         self.calls = Calls(self.service, self.auth, self.metrics, settings.max_request_bytes)
         self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after)
         self.http = HttpServer(

@@ -32,13 +32,19 @@ class Transport(enum.StrEnum):
     CONNECT = "connect"
 
 
+# Every reason a call can be refused for, with its status code: a fixed set, pre-created
+# at zero, so the series exist before the first refusal and cardinality stays bounded.
 REJECT_REASONS = {
     "missing_token": "unauthenticated",
     "malformed_token": "unauthenticated",
     "unknown_token": "unauthenticated",
     "revoked_token": "unauthenticated",
+    "expired_token": "unauthenticated",
+    "token_used_up": "unauthenticated",
     "wrong_token_kind": "permission_denied",
     "agent_mismatch": "permission_denied",
+    "agent_already_enrolled": "permission_denied",
+    "agent_disabled": "permission_denied",
     "invalid_argument": "invalid_argument",
     "store_unavailable": "unavailable",
 }

@@ -101,6 +101,19 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     ALTER TABLE events ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: identity. Bootstrap tokens gain an expiry and an optional use limit (NULL: none;
+    #    tokens made before this migration keep never expiring, as they were created).
+    #    Agents gain a state: `disabled` refuses the agent's tokens and its re-enrolment;
+    #    `reset_allowed` lets one bootstrap enrolment take over an existing agent id.
+    """
+    ALTER TABLE tokens ADD COLUMN expires_at REAL;
+    ALTER TABLE tokens ADD COLUMN max_uses INTEGER CHECK (max_uses IS NULL OR max_uses > 0);
+    ALTER TABLE tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN state TEXT NOT NULL DEFAULT 'active'
+        CHECK (state IN ('active', 'disabled'));
+    ALTER TABLE agents ADD COLUMN reset_allowed INTEGER NOT NULL DEFAULT 0
+        CHECK (reset_allowed IN (0, 1));
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,4 +1,6 @@
-"""SQLite persistence: connections, migrations, tokens, enrolment, heartbeats, retention.
+"""SQLite persistence: connections, migrations, heartbeats, retention.
+
+Tokens, enrolment and agent standing live in `identity.py`, on these connections.
 
 WAL mode lets /health, token checks and the CLI read while the writer thread
 commits. `synchronous=FULL` makes each commit durable (the WAL is fsynced)
@@ -20,32 +22,17 @@ import fcntl
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from sennet.common.errors import UserError
-from sennet.controlplane import tokens
 from sennet.controlplane.fleet import AgentView, Series, SeriesKey
 from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 _DIRECTION = {pb.DIRECTION_RX: "rx", pb.DIRECTION_TX: "tx"}
-
-
-@dataclass(frozen=True)
-class TokenRow:
-    token_id: str
-    kind: tokens.TokenKind
-    digest: str
-    agent_id: str | None
-    name: str
-    created_at: float
-    revoked_at: float | None
-    last_used_at: float | None
 
 
 class Store:
@@ -100,6 +87,10 @@ class Store:
             self._local.conn = conn
         return conn
 
+    def local(self) -> sqlite3.Connection:
+        """This thread's connection, for modules that keep their own tables here (`identity`)."""
+        return self._conn()
+
     def migrate(self) -> int:
         """Create or upgrade the schema; return the version now in place."""
         try:
@@ -148,79 +139,6 @@ class Store:
             return version
         finally:
             conn.close()
-
-    # -- tokens -----------------------------------------------------------------------
-
-    def create_bootstrap_token(self, name: str) -> tokens.ParsedToken:
-        token = tokens.new_token(tokens.TokenKind.BOOTSTRAP)
-        self._conn().execute(
-            "INSERT INTO tokens (token_id, kind, digest, name, created_at) VALUES (?, ?, ?, ?, ?)",
-            (token.token_id, token.kind.value, tokens.digest(token.text), name, time.time()),
-        )
-        return token
-
-    def list_tokens(self, kind: tokens.TokenKind | None = None) -> list[TokenRow]:
-        sql = "SELECT * FROM tokens"
-        args: tuple[str, ...] = ()
-        if kind is not None:
-            sql += " WHERE kind = ?"
-            args = (kind.value,)
-        rows = self._conn().execute(sql + " ORDER BY created_at, token_id", args).fetchall()
-        return [_token_row(r) for r in rows]
-
-    def lookup_token(self, token_id: str) -> TokenRow | None:
-        row = (
-            self._conn().execute("SELECT * FROM tokens WHERE token_id = ?", (token_id,)).fetchone()
-        )
-        return _token_row(row) if row else None
-
-    def revoke_token(self, token_id: str) -> bool:
-        """Revoke by id; False when no unrevoked token has that id."""
-        cur = self._conn().execute(
-            "UPDATE tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
-            (time.time(), token_id),
-        )
-        return cur.rowcount == 1
-
-    def enrol(self, req: pb.RegisterRequest, bootstrap_id: str) -> tokens.ParsedToken:
-        """Record the agent and issue its token, revoking any token it had before."""
-        token = tokens.new_token(tokens.TokenKind.AGENT)
-        now = time.time()
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "INSERT INTO agents"
-                " (agent_id, hostname, agent_version, kernel_version, registered_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent_id) DO UPDATE SET"
-                " hostname = excluded.hostname, agent_version = excluded.agent_version,"
-                " kernel_version = excluded.kernel_version",
-                (req.agent_id, req.hostname, req.agent_version, req.kernel_version, now),
-            )
-            conn.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL",
-                (now, req.agent_id),
-            )
-            conn.execute(
-                "INSERT INTO tokens (token_id, kind, digest, agent_id, name, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    token.token_id,
-                    token.kind.value,
-                    tokens.digest(token.text),
-                    req.agent_id,
-                    f"enrolled with {bootstrap_id}",
-                    now,
-                ),
-            )
-            conn.execute(
-                "UPDATE tokens SET last_used_at = ? WHERE token_id = ?", (now, bootstrap_id)
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return token
 
     # -- heartbeats -------------------------------------------------------------------
 
@@ -407,16 +325,3 @@ class Store:
         if conn is not None:
             conn.close()
             self._local.conn = None
-
-
-def _token_row(row: tuple[object, ...]) -> TokenRow:
-    return TokenRow(
-        token_id=str(row[0]),
-        kind=tokens.TokenKind(str(row[1])),
-        digest=str(row[2]),
-        agent_id=None if row[3] is None else str(row[3]),
-        name=str(row[4]),
-        created_at=float(row[5]),  # type: ignore[arg-type]
-        revoked_at=None if row[6] is None else float(row[6]),  # type: ignore[arg-type]
-        last_used_at=None if row[7] is None else float(row[7]),  # type: ignore[arg-type]
-    )

@@ -24,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from sennet.common.retry import retry
 from sennet.proto import contract
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.errors import HarnessError, TestFailed
 from sennet.testing.process import PYTHON, LoggedProcess
-from sennet.testing.scrape import Samples, fetch, parse_samples
+from sennet.testing.scrape import Samples, fetch, parse_samples, sample
 
 COMMAND = [PYTHON, "-m", "sennet.controlplane.cli"]
 AnyMethod = contract.Method[Any, Any]
@@ -48,9 +50,9 @@ def cli(db: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProc
     )
 
 
-def create_bootstrap_token(db: Path, name: str = "test") -> str:
-    """A new bootstrap token, made with the operator's own command."""
-    result = cli(db, "token", "create", "--name", name)
+def create_bootstrap_token(db: Path, name: str = "test", *flags: str) -> str:
+    """A new bootstrap token, made with the operator's own command (`flags`: e.g. --max-uses)."""
+    result = cli(db, "token", "create", "--name", name, *flags)
     if result.returncode != 0:
         raise TestFailed(f"token create failed ({result.returncode}): {result.stderr}")
     return result.stdout.strip()
@@ -208,6 +210,33 @@ class ControlPlane:
     def heartbeat(self, token: str, req: pb.HeartbeatRequest) -> tuple[grpc.StatusCode, str]:
         code, details, _ = self.call_raw(contract.HEARTBEAT, req.SerializeToString(), token)
         return code, details
+
+    def call(
+        self, transport: str, method: str | AnyMethod, req: Message, token: str | None
+    ) -> tuple[str, str]:
+        """(lower-case status code, message) for one call over `transport` (grpc or connect)."""
+        if transport == "grpc":
+            code, details, _ = self.call_raw(method, req.SerializeToString(), token)
+            return code.name.lower(), details
+        if transport != "connect":
+            raise HarnessError(f"no transport {transport!r}; use grpc or connect")
+        status, body = self.connect(method, json_format.MessageToJson(req).encode(), token)
+        if status == 200:
+            return "ok", ""
+        return str(body["code"]), str(body["message"])
+
+    def rejected(self, method: str, code: str, reason: str) -> float:
+        """`sennet_controlplane_requests_rejected_total` for one (method, code, reason)."""
+        value = sample(
+            self.samples(),
+            "sennet_controlplane_requests_rejected_total",
+            method=method,
+            code=code,
+            reason=reason,
+        )
+        if value is None:  # every reason is pre-created at zero
+            raise TestFailed(f"/metrics has no rejection series {method}/{code}/{reason}")
+        return value
 
     # -- SQLite ------------------------------------------------------------------------------
 

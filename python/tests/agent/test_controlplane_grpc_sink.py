@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import signal
 import sqlite3
@@ -117,10 +118,16 @@ def test_the_sink_enrols_keeps_its_token_0600_and_delivers_exact_counters(
         again.close()
 
 
-def test_the_sink_enrols_again_when_its_token_is_revoked(tmp_path: Path) -> None:
+def test_a_sink_whose_token_is_revoked_waits_for_an_operator_reset_then_enrols_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 11 changed this: a bootstrap token no longer re-enrols an existing agent id by
+    # itself (anyone with it could take the agent over), so after `token revoke` the sink is
+    # refused until the operator runs `agent reset`; it says so once and keeps counting.
     db = tmp_path / "cp.db"
     bootstrap = create_bootstrap_token(db)
     agent_id = str(uuid.uuid4())
+    caplog.set_level(logging.INFO, logger="sennet.agent.sinks.controlplane_grpc")
     # No token cache: the revocation from the command line applies to the very next call.
     with running(db, tmp_path, ["--agent-token-cache", "0"]) as cp:
         sink = GrpcSink(cp.target, bootstrap, tmp_path / "state", agent_id, options=FAST)
@@ -130,10 +137,23 @@ def test_the_sink_enrols_again_when_its_token_is_revoked(tmp_path: Path) -> None
             old = json.loads((tmp_path / "state" / "agent-token").read_text())["token"]
             assert cli(db, "token", "revoke", old.split(".")[1]).returncode == 0
             sink.send(snap(2))
-            assert sink.flush(10)
+            sink.send(snap(3))  # it keeps counting while refused
+            cp.wait_until("three refused enrolments", lambda: sink.stats().enrolments_refused >= 3)
+            started, refused = time.monotonic(), sink.stats().enrolments_refused
+            assert not sink.flush(1.0)  # backing off, not spinning (FAST caps at 0.3 s)
+            rate = (sink.stats().enrolments_refused - refused) / (time.monotonic() - started)
+            assert rate < 15, rate
+            said = [r for r in caplog.records if r.getMessage() == "enrolment_refused"]
+            assert len(said) == 1 and said[0].levelno == logging.ERROR
+            assert "agent_already_enrolled" in cp.log()
+            assert sink.stats().enrolments == 1
+            assert rx_packets(cp.samples(), agent_id) == 1
+            assert cli(db, "agent", "reset", agent_id).returncode == 0
+            assert sink.flush(10), sink.stats()
             assert sink.stats().enrolments == 2
             assert json.loads((tmp_path / "state" / "agent-token").read_text())["token"] != old
-            assert rx_packets(cp.samples(), agent_id) == 2
+            assert rx_packets(cp.samples(), agent_id) == 3
+            assert old not in caplog.text and bootstrap not in caplog.text
         finally:
             sink.close()
         assert cp.stop() == 0, cp.log()

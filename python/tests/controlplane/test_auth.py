@@ -21,7 +21,6 @@ from sennet.testing.controlplane import (
     heartbeat_request,
     running,
 )
-from sennet.testing.scrape import sample
 
 TRANSPORTS = ["grpc", "connect"]
 
@@ -29,26 +28,11 @@ TRANSPORTS = ["grpc", "connect"]
 def call(
     cp: ControlPlane, transport: str, method: Method[Any, Any], req: Message, token: str | None
 ) -> tuple[str, str]:
-    """(lower-case status code, message) for one call over the given transport."""
-    if transport == "grpc":
-        code, details, _ = cp.call_raw(method.name, req.SerializeToString(), token)
-        return code.name.lower(), details
-    status, body = cp.connect(method.name, json_format.MessageToJson(req).encode(), token)
-    if status == 200:
-        return "ok", ""
-    return body["code"], body["message"]
+    return cp.call(transport, method, req, token)
 
 
 def rejected(cp: ControlPlane, method: str, code: str, reason: str) -> float:
-    value = sample(
-        cp.samples(),
-        "sennet_controlplane_requests_rejected_total",
-        method=method,
-        code=code,
-        reason=reason,
-    )
-    assert value is not None, (method, code, reason)  # pre-created at zero
-    return value
+    return cp.rejected(method, code, reason)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -111,15 +95,20 @@ def test_another_agents_token_is_permission_denied(shared: Served, transport: st
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_tokens_of_the_wrong_kind_are_permission_denied(shared: Served, transport: str) -> None:
+def test_tokens_of_the_wrong_kind_or_agent_are_permission_denied(
+    shared: Served, transport: str
+) -> None:
+    # Issue 11 changed the second half: Register now takes the agent's own token (rotation,
+    # see test_identity.py), so an agent token is refused only for another agent's id.
     agent_id, token = shared.cp.register(shared.bootstrap)
+    other, _ = shared.cp.register(shared.bootstrap)
     assert call(shared.cp, transport, HEARTBEAT, heartbeat_request(agent_id), shared.bootstrap) == (
         "permission_denied",
         "authorization: Heartbeat needs an agent token, not a bootstrap token",
     )
-    assert call(shared.cp, transport, REGISTER, REGISTER.request(agent_id=agent_id), token) == (
+    assert call(shared.cp, transport, REGISTER, REGISTER.request(agent_id=other), token) == (
         "permission_denied",
-        "authorization: Register needs a bootstrap token, not an agent token",
+        f"agent_id: the token belongs to another agent, not {other}",
     )
 
 
@@ -137,8 +126,10 @@ def test_a_revoked_bootstrap_token_can_no_longer_enrol(fresh: Served, transport:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_enrolling_again_revokes_the_agents_previous_token(shared: Served, transport: str) -> None:
+    # Issue 11: enrolling an existing id again takes the agent's own token (rotation); a
+    # bootstrap token alone is refused (test_identity.py). The revocation rule is unchanged.
     agent_id, old = shared.cp.register(shared.bootstrap)
-    _, new = shared.cp.register(shared.bootstrap, agent_id)
+    _, new = shared.cp.register(old, agent_id)
     old_id = old.split(".")[1]
     assert call(shared.cp, transport, HEARTBEAT, heartbeat_request(agent_id), old) == (
         "unauthenticated",
@@ -175,7 +166,7 @@ def test_grpc_status_codes_map_to_connect_http_statuses(shared: Served) -> None:
     assert shared.cp.connect(HEARTBEAT.name, body, None)[0] == 401
     assert shared.cp.connect(HEARTBEAT.name, body, shared.bootstrap)[0] == 403
     bad = json_format.MessageToJson(heartbeat_request("nope")).encode()
-    _, token = shared.cp.register(shared.bootstrap, agent_id)
+    _, token = shared.cp.register(shared.bootstrap)
     assert shared.cp.connect(HEARTBEAT.name, bad, token)[0] == 400
 
 

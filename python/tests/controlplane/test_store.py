@@ -15,8 +15,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sennet.common.errors import UserError
 from sennet.common.retry import retry
 from sennet.controlplane.fleet import Fleet, SeriesKey
+from sennet.controlplane.identity import Identity
 from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
 from sennet.controlplane.store import Store
+from sennet.controlplane.tokens import TokenKind
 from sennet.controlplane.writer import HeartbeatWriter
 from sennet.proto.contract import HEARTBEAT, REGISTER
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
@@ -32,6 +34,15 @@ from sennet.testing.scrape import sample
 OK = (grpc.StatusCode.OK, "")
 
 
+def enrolled(store: Store) -> str:
+    """A new agent id enrolled straight into the store (no server), with a bootstrap token."""
+    identity = Identity(store)
+    bootstrap = identity.create_bootstrap_token("test")
+    agent_id = str(uuid.uuid4())
+    identity.enrol(REGISTER.request(agent_id=agent_id), TokenKind.BOOTSTRAP, bootstrap.token_id)
+    return agent_id
+
+
 def grpc_health(cp: ControlPlane) -> str:
     """The standard gRPC health service's answer for the whole server."""
     with grpc.insecure_channel(cp.target) as channel:
@@ -45,11 +56,11 @@ def test_the_standard_grpc_health_service_answers(fresh: Served) -> None:
 
 def test_a_new_database_is_in_wal_mode_at_the_current_schema_version(tmp_path: Path) -> None:
     store = Store(tmp_path / "new.db")
-    assert store.migrate() == SCHEMA_VERSION == 2
-    assert store.migrate() == 2  # idempotent
+    assert store.migrate() == SCHEMA_VERSION == 3
+    assert store.migrate() == 3  # idempotent
     with sqlite3.connect(tmp_path / "new.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert tables == {
         "tokens",
@@ -69,7 +80,7 @@ def test_a_database_from_a_newer_control_plane_is_refused(tmp_path: Path) -> Non
         conn.execute("PRAGMA user_version = 7")
     with pytest.raises(UserError) as err:
         Store(db).migrate()
-    assert err.value.message == (f"{db} has schema version 7, newer than this control plane's 2")
+    assert err.value.message == (f"{db} has schema version 7, newer than this control plane's 3")
 
 
 def test_a_file_that_is_not_a_database_is_refused_naming_it(tmp_path: Path) -> None:
@@ -156,8 +167,7 @@ def test_totals_survive_a_control_plane_restart_and_resets_after_it_still_count(
 def test_retention_deletes_old_heartbeats_and_their_events_but_keeps_totals(tmp_path: Path) -> None:
     store = Store(tmp_path / "r.db")
     store.migrate()
-    agent_id = str(uuid.uuid4())
-    store.enrol(REGISTER.request(agent_id=agent_id), "bootstrap")
+    agent_id = enrolled(store)
     fleet = Fleet(store.load_fleet())
     writer = HeartbeatWriter(store, fleet, retention_s=0.3, prune_every_s=0.1)
     writer.start()
@@ -186,7 +196,7 @@ def test_health_reports_ok_with_the_schema_version(fresh: Served) -> None:
     assert json.loads(body) == {
         "agents": 0,
         "status": "ok",
-        "database": {"ok": True, "path": str(fresh.cp.db), "schema_version": 2},
+        "database": {"ok": True, "path": str(fresh.cp.db), "schema_version": 3},
         "writer": {"alive": True, "commits": 0, "last_error": None},
     }
 
@@ -278,8 +288,7 @@ def test_a_heartbeat_whose_caller_gave_up_is_skipped_and_the_writer_keeps_going(
 ) -> None:
     store = Store(tmp_path / "c.db")
     store.migrate()
-    agent_id = str(uuid.uuid4())
-    store.enrol(REGISTER.request(agent_id=agent_id), "bootstrap")
+    agent_id = enrolled(store)
     writer = HeartbeatWriter(store, Fleet(store.load_fleet()), retention_s=3600)
     writer.start()
     blocker = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
@@ -311,7 +320,7 @@ def test_a_version_1_database_is_migrated_keeping_its_data(tmp_path: Path) -> No
             " vlan_tags, eth_proto) VALUES (1, 'a', 5, 2, 'rx', 'land', 60, 4, 6, 1, 1,"
             " '10.0.0.1', '10.0.0.1', 2, 0, 2048)"
         )
-    assert Store(db).migrate() == 2
+    assert Store(db).migrate() == 3
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT agent_id, kind, seq FROM events").fetchall() == [
             ("a", "land", 0)

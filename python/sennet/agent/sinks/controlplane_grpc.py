@@ -9,10 +9,15 @@ carried them was acknowledged, i.e. committed by the control plane.
 
 While the control plane is unreachable the thread backs off exponentially
 with jitter, so a fleet that lost its control plane does not return in one
-synchronised wave. The agent enrols itself with the bootstrap token, keeps its
-own token in `state_dir/agent-token` (mode 0600), and enrols again if the
-control plane rejects that token (revoked, or the control plane's database
-was replaced).
+synchronised wave. The agent enrols itself with the bootstrap token and keeps
+its own token in `state_dir/agent-token` (mode 0600). If the control plane
+rejects that token (revoked, or its database was replaced) the agent tries to
+enrol again, but the control plane lets a bootstrap token enrol an agent id it
+already knows only after an operator's `agent reset` (and never a disabled
+one). Such a refusal, or a bootstrap token that expired or was used up, needs
+a person: it is logged once (`enrolment_refused`), and the thread keeps backing
+off and retrying while `send()` keeps the newest counters, so nothing is lost
+once the operator acts.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 log = logging.getLogger("sennet.agent.sinks.controlplane_grpc")
 
 _RE_ENROL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+# A Register refused with one of these will not succeed by retrying alone.
+_NEEDS_OPERATOR = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 def _unary(
@@ -73,6 +80,7 @@ class SinkStats:
     failures: int
     consecutive_failures: int
     enrolments: int
+    enrolments_refused: int  # Register calls refused for want of an operator's action
     events_queued: int
     events_dropped: int
     last_error: str | None
@@ -138,6 +146,8 @@ class GrpcSink:
         self._failures = 0
         self._consecutive = 0
         self._enrolments = 0
+        self._refusals = 0
+        self._refusal_logged = False  # `enrolment_refused` is logged once per refused streak
         self._last_error: str | None = None
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="sennet-grpc-sink", daemon=True)
@@ -198,6 +208,7 @@ class GrpcSink:
                 failures=self._failures,
                 consecutive_failures=self._consecutive,
                 enrolments=self._enrolments,
+                enrolments_refused=self._refusals,
                 events_queued=len(self._events),
                 events_dropped=self._dropped,
                 last_error=self._last_error,
@@ -305,20 +316,26 @@ class GrpcSink:
     def _enrol(self, snap: Snapshot) -> None:
         if not self._bootstrap:
             raise UserError("no agent token and no bootstrap_token configured; cannot enrol")
-        resp = self._register(
-            REGISTER.request(
-                agent_id=self._agent_id,
-                hostname=self._hostname()[:253],
-                agent_version=snap.agent_version,
-                kernel_version=snap.kernel_version,
-            ),
-            timeout=self._opts.rpc_deadline_s,
-            metadata=(("authorization", f"Bearer {self._bootstrap}"),),
-        )
+        try:
+            resp = self._register(
+                REGISTER.request(
+                    agent_id=self._agent_id,
+                    hostname=self._hostname()[:253],
+                    agent_version=snap.agent_version,
+                    kernel_version=snap.kernel_version,
+                ),
+                timeout=self._opts.rpc_deadline_s,
+                metadata=(("authorization", f"Bearer {self._bootstrap}"),),
+            )
+        except grpc.RpcError as exc:
+            if exc.code() in _NEEDS_OPERATOR:
+                self._refused(exc)
+            raise
         self._tokens.store(resp.agent_token)
         self._token = resp.agent_token
         with self._lock:
             self._enrolments += 1
+            self._refusal_logged = False
         event(
             log,
             "enrolled",
@@ -326,6 +343,25 @@ class GrpcSink:
             agent=self._agent_id,
             token_file=self._tokens.path,
         )
+
+    def _refused(self, exc: grpc.RpcError) -> None:
+        """Count a refused enrolment; say so once per streak, at error level (a person must act)."""
+        with self._lock:
+            self._refusals += 1
+            first = not self._refusal_logged
+            self._refusal_logged = True
+        if first:
+            event(
+                log,
+                "enrolment_refused",
+                logging.ERROR,
+                control_plane=self._target,
+                agent=self._agent_id,
+                code=exc.code().name,
+                detail=exc.details(),
+                needs="an operator: `sennet-controlplane agent reset` (or `agent enable`) for "
+                "this agent id, or a valid bootstrap_token; retrying with backoff meanwhile",
+            )
 
 
 def make_sink(
