@@ -96,6 +96,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bootstrap_token", "str", "", "enrolment token for the control plane", secret=True),
     Setting("tls_ca", "str", "", "CA bundle (PEM) to verify the control plane; empty = plaintext"),
     Setting("tls_server_name", "str", "", "expected TLS server name, if not the host"),
+    Setting(
+        "tls_cert",
+        "str",
+        "",
+        "client certificate (PEM) presented to the control plane (mTLS); needs tls_key, tls_ca",
+    ),
+    Setting("tls_key", "str", "", "private key (PEM) of tls_cert"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -120,6 +127,8 @@ class AgentConfig:
     bootstrap_token: str
     tls_ca: str
     tls_server_name: str
+    tls_cert: str
+    tls_key: str
 
     def public_view(self) -> dict[str, Any]:
         """Settings for logs and `config show`: secrets replaced."""
@@ -285,6 +294,13 @@ def build(
     if merged["bootstrap_token"] and not merged["control_plane"]:
         raise UserError(
             "bootstrap_token is set but control_plane is empty", hint="set both or neither"
+        )
+    if bool(merged["tls_cert"]) != bool(merged["tls_key"]):
+        raise UserError("tls_cert and tls_key go together", hint="set both (mTLS) or neither")
+    if merged["tls_cert"] and not merged["tls_ca"]:
+        raise UserError(
+            "tls_cert is set but tls_ca is empty",
+            hint="a client certificate is only sent over TLS: set tls_ca to verify the server",
         )
     merged["interfaces"] = tuple(merged["interfaces"])
     if len(set(merged["interfaces"])) != len(merged["interfaces"]):

@@ -49,6 +49,8 @@ def default_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
         agent_id=agent_id,
         tls_ca=cfg.tls_ca or None,
         tls_server_name=cfg.tls_server_name or None,
+        tls_cert=cfg.tls_cert or None,
+        tls_key=cfg.tls_key or None,
     )
 
 

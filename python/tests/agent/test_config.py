@@ -120,3 +120,26 @@ def test_every_setting_has_a_flag_and_an_environment_variable() -> None:
     text = config.describe()
     for s in config.SETTINGS:
         assert f"SENNET_{s.name.upper()}" in text
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"SENNET_TLS_CERT": "c.pem", "SENNET_TLS_CA": "ca.pem"},
+            "tls_cert and tls_key go together",
+        ),
+        (
+            {"SENNET_TLS_KEY": "k.pem", "SENNET_TLS_CA": "ca.pem"},
+            "tls_cert and tls_key go together",
+        ),
+        (
+            {"SENNET_TLS_CERT": "c.pem", "SENNET_TLS_KEY": "k.pem"},
+            "tls_cert is set but tls_ca is empty",
+        ),
+    ],
+)
+def test_a_client_certificate_needs_its_key_and_a_ca(env: dict[str, str], message: str) -> None:
+    with pytest.raises(UserError) as info:
+        config.build(None, {"SENNET_INTERFACES": "eth1", **env})
+    assert info.value.message == message

@@ -12,7 +12,6 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
 import pytest
 
 from sennet.agent.datapath.layout import Direction, EventKind
@@ -356,28 +355,17 @@ def test_client_certificates_are_required_when_a_client_ca_is_configured(tmp_pat
         "--tls-client-ca",
         str(pki["ca"]),
     ]
-    ca = pki["ca"].read_bytes()
     with running(db, tmp_path, tls) as cp:
-        with_cert = GrpcSink(
-            cp.target,
-            bootstrap,
-            tmp_path / "a",
-            str(uuid.uuid4()),
-            options=FAST,
-            tls_server_name="controlplane.test",
-            credentials=grpc.ssl_channel_credentials(
-                ca, pki["cli-key"].read_bytes(), pki["cli"].read_bytes()
-            ),
-        )
-        without = GrpcSink(
-            cp.target,
-            bootstrap,
-            tmp_path / "b",
-            str(uuid.uuid4()),
-            options=FAST,
-            tls_server_name="controlplane.test",
-            credentials=grpc.ssl_channel_credentials(ca),
-        )
+        # Built the way the agent builds it from its settings (tls_ca, tls_cert, tls_key).
+        with_cert = make_sink(
+            cp.target, bootstrap, tmp_path / "a", str(uuid.uuid4()), str(pki["ca"]),
+            "controlplane.test", tls_cert=str(pki["cli"]), tls_key=str(pki["cli-key"]),
+        )  # fmt: skip
+        without = make_sink(
+            cp.target, bootstrap, tmp_path / "b", str(uuid.uuid4()), str(pki["ca"]),
+            "controlplane.test",
+        )  # fmt: skip
+        assert isinstance(with_cert, GrpcSink) and isinstance(without, GrpcSink)
         try:
             with_cert.send(snap(3))
             without.send(snap(3))

@@ -371,20 +371,32 @@ def make_sink(
     agent_id: str,
     tls_ca: str | None,
     tls_server_name: str | None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> SnapshotSink:
     """The sink the agent's run loop uses when `control_plane` is configured.
 
     `tls_ca` is a PEM file path; when given the channel uses TLS and verifies
     the control plane's certificate against it (`tls_server_name` overrides the
-    name checked, for addresses that are not in the certificate).
+    name checked, for addresses that are not in the certificate). `tls_cert`
+    and `tls_key` add a client certificate, for a control plane that requires
+    one (mTLS).
     """
+
+    def read(path: str, what: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise UserError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
     credentials = None
     if tls_ca:
-        try:
-            ca = Path(tls_ca).read_bytes()
-        except OSError as exc:
-            raise UserError(f"cannot read tls_ca {tls_ca}: {exc.strerror}") from exc
-        credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+        ca = read(tls_ca, "tls_ca")
+        key = read(tls_key, "tls_key") if tls_key else None
+        cert = read(tls_cert, "tls_cert") if tls_cert else None
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
     return GrpcSink(
         control_plane,
         bootstrap_token,
