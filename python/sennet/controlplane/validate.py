@@ -4,6 +4,12 @@ Protobuf decoding proves only the wire shape. These checks keep absurd values
 out of the store (SQLite integers are signed 64-bit; a uint64 past 2^63-1 is
 not a counter, it is corruption) and keep label values bounded and safe for
 the Prometheus exposition.
+
+Event kinds are a closed set: the agent's `EventKind` labels, which mirror the
+kernel's SENNET_EV_* numbers. proto/ carries a kind as a free string, so the
+set is written once here (the control plane must not import agent code) and a
+test checks it equals the agent's. An unknown kind would otherwise create new
+series and label values at the client's whim.
 """
 
 from __future__ import annotations
@@ -26,6 +32,30 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _TEXT_LIMIT = 253
 _STREAM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+EVENT_KINDS = frozenset(
+    {
+        "large_packet",
+        "tcp_null",
+        "tcp_syn_fin",
+        "tcp_syn_rst",
+        "tcp_xmas",
+        "land",
+        "ipv4_bad_ihl",
+        "ipv4_bad_len",
+        "truncated_l3",
+        "truncated_l4",
+    }
+)
+_KINDS_TEXT = ", ".join(sorted(EVENT_KINDS))
+
+
+def _known_kind(kind: str, field: str) -> None:
+    if kind not in EVENT_KINDS:
+        raise invalid(
+            field,
+            f"{kind!r} is not a known event kind (one of {_KINDS_TEXT})",
+            "unknown_event_kind",
+        )
 
 
 def agent_id(value: str, field: str = "agent_id") -> str:
@@ -66,6 +96,7 @@ def _kind_map(counts: Mapping[str, int], field: str) -> None:
         if not _KIND_RE.match(kind):
             raise invalid(f"{field}[{kind[:40]!r}]", "kind must match [a-z][a-z0-9_]{0,31}")
         _counter(count, f"{field}[{kind!r}]")
+        _known_kind(kind, f"{field}[{kind!r}]")
 
 
 def _address(value: str, field: str, ip_version: int) -> None:
@@ -92,6 +123,7 @@ def _event(ev: pb.Event, field: str) -> None:
         raise invalid(f"{field}.direction", "must be DIRECTION_RX or DIRECTION_TX")
     if not _KIND_RE.match(ev.kind):
         raise invalid(f"{field}.kind", "is required and must match [a-z][a-z0-9_]{0,31}")
+    _known_kind(ev.kind, f"{field}.kind")
     _small(ev.pkt_len, f"{field}.pkt_len", 1 << 20)
     if ev.ip_version not in (0, 4, 6):
         raise invalid(f"{field}.ip_version", f"{ev.ip_version} is not 0, 4 or 6")
@@ -154,3 +186,4 @@ def heartbeat(req: pb.HeartbeatRequest) -> None:
                 )
             last_seq = ev.seq
     _counter(req.events_dropped_by_agent, "events_dropped_by_agent")
+
