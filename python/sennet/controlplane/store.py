@@ -333,6 +333,30 @@ class Store:
         )
         return fresh
 
+    def probe_write(self, conn: sqlite3.Connection) -> None:
+        """A write shaped like a heartbeat's that leaves no trace; raises sqlite3.Error on failure.
+
+        It takes the write lock, inserts a heartbeat row for the first enrolled
+        agent and deletes it in the same transaction, then commits: the pages
+        it touched go through the WAL and fsync like a real heartbeat's, so a
+        locked, full or unwritable database fails here too, and nothing is
+        visible afterwards (with no agent enrolled it only takes the lock).
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(
+                "INSERT INTO heartbeats (agent_id, received_at, uptime_seconds, agent_version,"
+                " kernel_version, events_dropped_by_agent)"
+                " SELECT agent_id, 0, 0, '', '', 0 FROM agents ORDER BY rowid LIMIT 1"
+            )
+            if cur.rowcount == 1:
+                conn.execute("DELETE FROM heartbeats WHERE heartbeat_id = ?", (cur.lastrowid,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
     def prune(self, conn: sqlite3.Connection, older_than: float) -> int:
         """Delete heartbeats (and their samples and events) received before `older_than`."""
         cur = conn.execute("DELETE FROM heartbeats WHERE received_at < ?", (older_than,))

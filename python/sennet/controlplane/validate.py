@@ -10,6 +10,10 @@ kernel's SENNET_EV_* numbers. proto/ carries a kind as a free string, so the
 set is written once here (the control plane must not import agent code) and a
 test checks it equals the agent's. An unknown kind would otherwise create new
 series and label values at the client's whim.
+
+Some refusals need the agent's stored state (a total that would pass 2^63-1,
+too many series); `fleet.py` detects them inside the writer's transaction and
+`stateful_refusal` turns them into the same kind of field-naming error.
 """
 
 from __future__ import annotations
@@ -20,7 +24,17 @@ import socket
 import uuid
 from collections.abc import Mapping
 
-from sennet.controlplane.refusals import invalid
+from sennet.controlplane.fleet import (
+    AGENT_DROPPED,
+    EVENTS,
+    INTERFACE_FIELDS,
+    MAX_TOTAL,
+    RINGBUF_DROPS,
+    SeriesKey,
+    TooManySeries,
+    TotalOverflow,
+)
+from sennet.controlplane.refusals import RequestError, invalid
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 MAX_INTERFACES = 64
@@ -187,3 +201,35 @@ def heartbeat(req: pb.HeartbeatRequest) -> None:
             last_seq = ev.seq
     _counter(req.events_dropped_by_agent, "events_dropped_by_agent")
 
+
+def series_field(req: pb.HeartbeatRequest, key: SeriesKey) -> str:
+    """The request field that carries `key`'s reading, e.g. `interfaces[0].rx_packets`."""
+    if key.family in INTERFACE_FIELDS:
+        for i, itf in enumerate(req.interfaces):
+            if itf.name == key.name:
+                return f"interfaces[{i}].{key.family}"
+    elif key.family == EVENTS:
+        return f"events_by_kind[{key.name!r}]"
+    elif key.family == RINGBUF_DROPS:
+        return f"ringbuf_drops_by_kind[{key.name!r}]"
+    elif key.family == AGENT_DROPPED:
+        return "events_dropped_by_agent"
+    return key.stored()
+
+
+def stateful_refusal(req: pb.HeartbeatRequest, exc: TotalOverflow | TooManySeries) -> RequestError:
+    """INVALID_ARGUMENT for a heartbeat the agent's stored state cannot take, naming the field."""
+    field = series_field(req, exc.key)
+    if isinstance(exc, TotalOverflow):
+        return invalid(
+            field,
+            f"{exc.raw} would take the stored total ({exc.total}) past {MAX_TOTAL} (2^63-1, "
+            "the store's integer limit); totals never wrap, so this heartbeat is refused",
+            "counter_overflow",
+        )
+    return invalid(
+        field,
+        f"would be this agent's series number {exc.count}, at most {exc.limit} allowed "
+        "(max_series_per_agent)",
+        "too_many_series",
+    )
