@@ -40,9 +40,17 @@ class ControlPlane:
         self.store = Store(settings.db)
         self.store.migrate()
         self.fleet = Fleet(self.store.load_fleet())
-        self.writer = HeartbeatWriter(self.store, self.fleet, retention_s=settings.retention_s)
+        self.writer = HeartbeatWriter(
+            self.store,
+            self.fleet,
+            retention_s=settings.retention_s,
+            max_pending=settings.max_pending_heartbeats,
+            max_series=settings.max_series_per_agent,
+        )
         self.metrics = ServerMetrics(
-            agents=lambda: len(self.fleet), commits=lambda: self.writer.commits
+            agents=lambda: len(self.fleet),
+            commits=lambda: self.writer.commits,
+            pending=self.writer.pending,
         )
         self.auth = Authenticator(self.store, cache_s=settings.agent_token_cache)
         self.service = SentinelService(self.store, self.writer, self.fleet, self.auth)
@@ -53,7 +61,13 @@ class ControlPlane:
         )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy when the database file opens and reads and the writer is alive and committing."""
+        """Healthy when the database file opens and reads and the writer is alive and committing.
+
+        `writer.last_error` is set by a failed commit (or a failed probe while
+        failing) and cleared by the next commit or probe that succeeds; a
+        heartbeat refused for its own content never sets it, so one bad client
+        cannot take the control plane out of a load balancer's rotation.
+        """
         report: dict[str, Any] = {"agents": len(self.fleet)}
         db: dict[str, Any] = {"path": str(self.settings.db)}
         try:
@@ -113,6 +127,7 @@ class ControlPlane:
             self.calls,
             tls=self.settings.tls,
             reuse_port=self.settings.reuse_port,
+            max_concurrent_calls=self.settings.max_concurrent_calls,
         )
         grpc_port = await server.start()
         http_port = self.http.start()
