@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -187,6 +189,23 @@ def test_the_control_planes_event_kinds_are_the_agents() -> None:
     assert {k.label for k in EventKind} == validate.EVENT_KINDS
 
 
+def _connect_with_headers(
+    cp: ControlPlane, req: pb.HeartbeatRequest, token: str
+) -> tuple[int, str | None, dict[str, object]]:
+    """A Connect heartbeat: (HTTP status, its Retry-After header, the JSON error body)."""
+    call = urllib.request.Request(
+        cp.http + HEARTBEAT.path,
+        data=req.SerializeToString(),
+        headers={"Content-Type": "application/proto", "Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(call, timeout=30) as resp:
+            return resp.status, resp.headers.get("Retry-After"), {}
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get("Retry-After"), json.loads(err.read())
+
+
 def test_a_full_write_queue_is_resource_exhausted_with_a_retry_hint(tmp_path: Path) -> None:
     db = tmp_path / "cp.db"
     bootstrap = create_bootstrap_token(db)
@@ -201,18 +220,16 @@ def test_a_full_write_queue_is_resource_exhausted_with_a_retry_hint(tmp_path: Pa
                 full = cp.call_full(
                     HEARTBEAT, heartbeat_request(agents[3][0]).SerializeToString(), agents[3][1]
                 )
-                status, body = cp.connect(
-                    HEARTBEAT,
-                    heartbeat_request(agents[3][0]).SerializeToString(),
-                    agents[3][1],
-                    "application/proto",
+                status, retry_after, body = _connect_with_headers(
+                    cp, heartbeat_request(agents[3][0]), agents[3][1]
                 )
             assert [f.result().code for f in held] == [grpc.StatusCode.OK] * 3
         message = "heartbeat queue: at the limit of 2 (max_pending_heartbeats); retry after 1 s"
         assert (full.code, full.details) == (grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         assert full.trailing["grpc-retry-pushback-ms"] == "1000"
-        assert (status, body) == (
+        assert (status, retry_after, body) == (
             429,
+            "1",
             {"code": "resource_exhausted", "message": message, "retry_after_ms": 1000},
         )
         assert _rejected(cp, "queue_full", "resource_exhausted") == 2
