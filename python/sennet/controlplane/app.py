@@ -66,7 +66,8 @@ class ControlPlane:
         `writer.last_error` is set by a failed commit (or a failed probe while
         failing) and cleared by the next commit or probe that succeeds; a
         heartbeat refused for its own content never sets it, so one bad client
-        cannot take the control plane out of a load balancer's rotation.
+        cannot take the control plane out of a load balancer's rotation. A
+        commit running past `writer.STALL_AFTER_S` (a stuck lock) is unhealthy too.
         """
         report: dict[str, Any] = {"agents": len(self.fleet)}
         db: dict[str, Any] = {"path": str(self.settings.db)}
@@ -76,12 +77,20 @@ class ControlPlane:
         except Exception as exc:  # any failure to read the file means "unusable"
             db["ok"] = False
             db["error"] = f"{type(exc).__name__}: {exc}"
-        writer = {
+        writer: dict[str, Any] = {
             "alive": self.writer.alive(),
             "commits": self.writer.commits,
             "last_error": self.writer.last_error,
         }
-        ok = bool(db["ok"]) and writer["alive"] is True and writer["last_error"] is None
+        stalled = self.writer.stalled_for()
+        if stalled:  # only when stalled, so a healthy report keeps its shape
+            writer["stalled_s"] = round(stalled, 1)
+        ok = (
+            bool(db["ok"])
+            and writer["alive"] is True
+            and writer["last_error"] is None
+            and not stalled
+        )
         report.update(status="ok" if ok else "fail", database=db, writer=writer)
         return ok, report
 

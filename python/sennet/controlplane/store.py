@@ -80,12 +80,17 @@ class Store:
             raise UserError(f"cannot use database {self.path}: {exc}") from exc
         return conn
 
+    @property
+    def writer_lock_path(self) -> Path:
+        """The side file whose flock orders writers of this database across processes."""
+        return self.path.with_name(self.path.name + ".writer-lock")
+
     @contextlib.contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Exclusive among control-plane writers on this database (flock on a side file)."""
         fd = self._lock_fd
         if fd is None:
-            fd = os.open(f"{self.path}.writer-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.writer_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._lock_fd = fd
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:

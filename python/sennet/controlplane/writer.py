@@ -17,7 +17,10 @@ answers UNAVAILABLE, so the agents retry and no acknowledged data is missing;
 such a failure sets `last_error`, which turns /health and gRPC health unhealthy.
 While failing and idle the writer probes the store once a second with the same
 kind of write a heartbeat makes (rolled back in effect, but committed to disk),
-so health recovers when the fault clears even if no agent is sending.
+so health recovers when the fault clears even if no agent is sending. A commit
+that neither succeeds nor fails (a sibling process on the same database hung
+while holding the writers' file lock, which has no timeout) shows as
+`stalled_for()`, which /health also reports.
 
 The queue is bounded (`max_pending`): past it `submit` refuses at once with
 RESOURCE_EXHAUSTED and a retry hint, instead of queueing more than the store
@@ -43,6 +46,8 @@ from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 log = logging.getLogger("sennet.controlplane.writer")
 RETRY_AFTER_S = 1.0  # the hint sent with a full queue: about one group commit under load
+# Longer than SQLite's 10 s busy timeout, so an ordinary lock wait ends in its own error first.
+STALL_AFTER_S = 15.0
 
 
 @dataclass
@@ -79,12 +84,21 @@ class HeartbeatWriter:
         self._thread = threading.Thread(target=self._run, name="sennet-writer", daemon=True)
         self.last_error: str | None = None  # set while the store is failing; None once it commits
         self.commits = 0
+        self._busy_since: float | None = None  # monotonic start of the commit or probe running
 
     def start(self) -> None:
         self._thread.start()
 
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def stalled_for(self) -> float:
+        """Seconds the running commit (or probe) has taken, if past `STALL_AFTER_S`; else 0."""
+        since = self._busy_since
+        if since is None:
+            return 0.0
+        took = time.monotonic() - since
+        return took if took > STALL_AFTER_S else 0.0
 
     def pending(self) -> int:
         """Heartbeats queued and not yet taken by the writer."""
@@ -173,8 +187,12 @@ class HeartbeatWriter:
         # Writers in other processes (SO_REUSEPORT) queue on a file lock, which wakes the
         # next one the moment it is released; SQLite's own busy handler polls with sleeps
         # of up to 100 ms, which showed up as the p99 when two processes shared a database.
-        with self._store.writer_lock():
-            self._commit_locked(conn, batch)
+        self._busy_since = time.monotonic()
+        try:
+            with self._store.writer_lock():
+                self._commit_locked(conn, batch)
+        finally:
+            self._busy_since = None
 
     def _commit_locked(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         overlay: dict[str, AgentView] = {}
@@ -254,12 +272,15 @@ class HeartbeatWriter:
 
     def _probe(self, conn: sqlite3.Connection) -> None:
         """While failing and idle: one heartbeat-shaped write, so health can recover."""
+        self._busy_since = time.monotonic()
         try:
             with self._store.writer_lock():
                 self._store.probe_write(conn)
         except sqlite3.Error as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             return
+        finally:
+            self._busy_since = None
         event(log, "writer_recovered", previous_error=self.last_error)
         self.last_error = None
 

@@ -8,7 +8,9 @@ database's real write lock, as a stuck tool would.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import time
 import urllib.error
@@ -21,6 +23,7 @@ import grpc
 
 from sennet.common.retry import retry
 from sennet.controlplane.settings import BY_NAME
+from sennet.controlplane.store import Store
 from sennet.proto.contract import HEARTBEAT
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.controlplane import (
@@ -293,6 +296,30 @@ def test_health_fails_while_the_database_is_locked_and_recovers_without_traffic(
     _until("gRPC health SERVING again", lambda: _grpc_health(cp) == "SERVING", 5)
     assert cp.heartbeat(token, heartbeat_request(agent_id, rx=(3, 180))) == OK
     assert cp.scalar("SELECT count(*) FROM heartbeats WHERE agent_id = ?", agent_id) == 2
+
+
+def test_health_fails_while_a_commit_is_stuck_on_a_hung_sibling_writer(fresh: Served) -> None:
+    cp = fresh.cp
+    agent_id, token = cp.register(fresh.bootstrap)
+    # Another control-plane process on the same database (--reuse-port) that hung while
+    # holding the writers' lock: the lock has no timeout, so our commit waits for good.
+    fd = os.open(Store(cp.db).writer_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                stuck = _send(pool, cp, token, heartbeat_request(agent_id, rx=(1, 60)))
+                _until("/health 503", lambda: cp.get("/health")[0] == 503, 25)
+                writer = json.loads(cp.get("/health")[1])["writer"]
+                assert writer["last_error"] is None and writer["stalled_s"] > 15, writer
+                _until("gRPC health NOT_SERVING", lambda: _grpc_health(cp) == "NOT_SERVING", 5)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            assert stuck.result().code == grpc.StatusCode.OK  # it was only late
+    finally:
+        os.close(fd)
+    _until("/health 200 again", lambda: cp.get("/health")[0] == 200, 5)
+    _until("gRPC health SERVING again", lambda: _grpc_health(cp) == "SERVING", 5)
 
 
 def _corrupt(db: Path) -> None:
