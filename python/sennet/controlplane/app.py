@@ -41,9 +41,17 @@ class ControlPlane:
         self.store = Store(settings.db)
         self.store.migrate()
         self.fleet = Fleet(self.store.load_fleet())
-        self.writer = HeartbeatWriter(self.store, self.fleet, retention_s=settings.retention_s)
+        self.writer = HeartbeatWriter(
+            self.store,
+            self.fleet,
+            retention_s=settings.retention_s,
+            max_pending=settings.max_pending_heartbeats,
+            max_series=settings.max_series_per_agent,
+        )
         self.metrics = ServerMetrics(
-            agents=lambda: len(self.fleet), commits=lambda: self.writer.commits
+            agents=lambda: len(self.fleet),
+            commits=lambda: self.writer.commits,
+            pending=self.writer.pending,
         )
         self.identity = Identity(self.store)
         self.auth = Authenticator(self.identity, cache_s=settings.agent_token_cache)
@@ -55,7 +63,14 @@ class ControlPlane:
         )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy when the database file opens and reads and the writer is alive and committing."""
+        """Healthy when the database file opens and reads and the writer is alive and committing.
+
+        `writer.last_error` is set by a failed commit (or a failed probe while
+        failing) and cleared by the next commit or probe that succeeds; a
+        heartbeat refused for its own content never sets it, so one bad client
+        cannot take the control plane out of a load balancer's rotation. A
+        commit running past `writer.STALL_AFTER_S` (a stuck lock) is unhealthy too.
+        """
         report: dict[str, Any] = {"agents": len(self.fleet)}
         db: dict[str, Any] = {"path": str(self.settings.db)}
         try:
@@ -64,12 +79,20 @@ class ControlPlane:
         except Exception as exc:  # any failure to read the file means "unusable"
             db["ok"] = False
             db["error"] = f"{type(exc).__name__}: {exc}"
-        writer = {
+        writer: dict[str, Any] = {
             "alive": self.writer.alive(),
             "commits": self.writer.commits,
             "last_error": self.writer.last_error,
         }
-        ok = bool(db["ok"]) and writer["alive"] is True and writer["last_error"] is None
+        stalled = self.writer.stalled_for()
+        if stalled:  # only when stalled, so a healthy report keeps its shape
+            writer["stalled_s"] = round(stalled, 1)
+        ok = (
+            bool(db["ok"])
+            and writer["alive"] is True
+            and writer["last_error"] is None
+            and not stalled
+        )
         report.update(status="ok" if ok else "fail", database=db, writer=writer)
         return ok, report
 
@@ -115,6 +138,7 @@ class ControlPlane:
             self.calls,
             tls=self.settings.tls,
             reuse_port=self.settings.reuse_port,
+            max_concurrent_calls=self.settings.max_concurrent_calls,
         )
         grpc_port = await server.start()
         http_port = self.http.start()

@@ -10,7 +10,9 @@
 
 Operator mistakes (bad flags, unreadable files, a busy port) print one
 `sennet-controlplane: error:` line and exit 2 (`sennet.common.errors.run_main`);
-anything else is a bug and keeps its traceback.
+A damaged database file is an operator matter too: whichever command meets it
+(`serve` loading the fleet, `token list` reading tokens) says which file and
+what SQLite found, and exits 2, rather than printing a traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import json
 import os
 import re
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -278,11 +281,17 @@ def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     common = settings.read(args, os.environ, settings.GLOBAL)
     slog.setup(common["log_level"])
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "agent":
-        return _agent_command(args, common["db"])
-    return _token_command(args, common["db"])
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "agent":
+            return _agent_command(args, common["db"])
+        return _token_command(args, common["db"])
+    except sqlite3.DatabaseError as exc:
+        raise UserError(
+            f"cannot use database {common['db']}: {exc}",
+            hint="if the file is damaged, restore it from a backup or point --db at another file",
+        ) from exc
 
 
 def main(argv: list[str] | None = None) -> int:

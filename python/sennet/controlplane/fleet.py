@@ -8,6 +8,17 @@ counts the new raw value as the increase since the reset. `rate()` and
 `increase()` over `total` are then exact, and `total` survives control-plane
 restarts because the writer stores it in the same transaction as the heartbeat.
 
+SQLite's INTEGER is signed 64-bit while the proto's counters are uint64, so
+both ends are bounded: `validate.py` refuses raw values above 2^63-1, and
+`apply` refuses a heartbeat that would take a `total` past 2^63-1
+(`TotalOverflow`) rather than wrap or clamp it. A total is therefore always
+exact and never moves backwards; the writer answers that one heartbeat
+INVALID_ARGUMENT naming the field. A real counter needs about three years at
+100 million packets a second to get there, so in practice only a broken or
+hostile agent does, and it harms nobody but itself. `apply` also refuses a
+heartbeat that would give one agent more than `max_series` series
+(`TooManySeries`), which bounds memory and /metrics cardinality per agent.
+
 `AgentView` values are immutable; the writer replaces them only after commit,
 so /metrics never shows a heartbeat that was not durable.
 """
@@ -25,6 +36,7 @@ INTERFACE_FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
 EVENTS = "events"
 RINGBUF_DROPS = "ringbuf_drops"
 AGENT_DROPPED = "agent_dropped"
+MAX_TOTAL = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit
 
 
 class SeriesKey(NamedTuple):
@@ -48,6 +60,26 @@ class SeriesKey(NamedTuple):
         """Inverse of `stored()` (a family never holds ':'; a name may)."""
         family, _, name = text.partition(":")
         return cls(family, name)
+
+
+class TotalOverflow(ValueError):
+    """Storing this reading would take the series' total past `MAX_TOTAL`."""
+
+    def __init__(self, key: SeriesKey, total: int, raw: int) -> None:
+        super().__init__(f"{key.stored()}: total {total} + reading {raw} passes {MAX_TOTAL}")
+        self.key = key
+        self.total = total
+        self.raw = raw
+
+
+class TooManySeries(ValueError):
+    """This heartbeat would give the agent more series than allowed; `key` is the first extra."""
+
+    def __init__(self, key: SeriesKey, count: int, limit: int) -> None:
+        super().__init__(f"{key.stored()}: series number {count}, at most {limit} allowed")
+        self.key = key
+        self.count = count
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -92,16 +124,25 @@ class AgentView:
         return out
 
     def apply(
-        self, req: pb.HeartbeatRequest, received_at: float
+        self, req: pb.HeartbeatRequest, received_at: float, max_series: int | None = None
     ) -> tuple[AgentView, dict[SeriesKey, Series]]:
-        """The view after `req`, and the series that changed (for the writer to store)."""
+        """The view after `req`, and the series that changed (for the writer to store).
+
+        Raises `TotalOverflow` or `TooManySeries` (nothing changes) when `req`
+        cannot be folded in without breaking the bounds in the module docstring.
+        """
         merged = dict(self.series)
         changed: dict[SeriesKey, Series] = {}
         resets = 0
         for key, raw in self.raw_readings(req).items():
-            new, was_reset = advance(merged.get(key), raw)
+            prev = merged.get(key)
+            new, was_reset = advance(prev, raw)
+            if new.total > MAX_TOTAL:
+                raise TotalOverflow(key, 0 if prev is None else prev.total, raw)
+            if prev is None and max_series is not None and len(merged) >= max_series:
+                raise TooManySeries(key, len(merged) + 1, max_series)
             resets += was_reset
-            if merged.get(key) != new:
+            if prev != new:
                 changed[key] = new
             merged[key] = new
         view = replace(

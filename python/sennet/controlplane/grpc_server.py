@@ -7,6 +7,14 @@ decodes the raw bytes, and a bad body is INVALID_ARGUMENT with a reason rather
 than grpcio's generic INTERNAL. grpcio's own receive limit is set above ours,
 so our limit answers first with a clear message; only absurdly large frames
 hit grpcio's RESOURCE_EXHAUSTED.
+
+Calls in progress are capped (`max_concurrent_calls`) here rather than with
+grpc.aio's `maximum_concurrent_rpcs`: grpcio refuses those in C before any of
+our code runs, so they could not be counted in /metrics nor carry a retry
+hint. Past the cap a call is RESOURCE_EXHAUSTED (reason `too_many_calls`).
+Every RESOURCE_EXHAUSTED carries the trailing metadata `grpc-retry-pushback-ms`
+(gRFC A6, which gRPC clients with a retry policy obey): wait that long, then
+send the same request again.
 """
 
 from __future__ import annotations
@@ -22,8 +30,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sennet.common.errors import UserError
 from sennet.controlplane.calls import Calls
 from sennet.controlplane.metrics import Transport
-from sennet.controlplane.refusals import RequestError
+from sennet.controlplane.refusals import RequestError, overloaded
 from sennet.proto.contract import METHODS, SERVICE, Method
+
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
+CALLS_RETRY_AFTER_S = 0.5  # calls in progress finish in milliseconds unless the store stalls
 
 
 @dataclass(frozen=True)
@@ -60,15 +71,42 @@ def _serialize(msg: Any) -> bytes:
     return bytes(msg.SerializeToString())
 
 
-def _handler(calls: Calls, method: Method[Any, Any]) -> grpc.RpcMethodHandler[bytes, Any]:
+class _InFlight:
+    """Calls in progress on this server's event loop (one loop: a plain count is safe)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.now = 0
+
+
+def _handler(
+    calls: Calls, method: Method[Any, Any], in_flight: _InFlight
+) -> grpc.RpcMethodHandler[bytes, Any]:
     """A unary handler that only translates: bytes and metadata in, status out."""
 
     async def handle(body: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
         authorization = metadata_value(context.invocation_metadata(), "authorization")
         try:
-            return await calls.call(method, Transport.GRPC, authorization, body)
+            if in_flight.now >= in_flight.limit:
+                err = overloaded(
+                    "calls in progress",
+                    in_flight.limit,
+                    "max_concurrent_calls",
+                    "too_many_calls",
+                    CALLS_RETRY_AFTER_S,
+                )
+                calls.refused(method, err)
+                raise err
+            in_flight.now += 1
+            try:
+                return await calls.call(method, Transport.GRPC, authorization, body)
+            finally:
+                in_flight.now -= 1
         except RequestError as err:
-            await context.abort(err.code.grpc, err.message)
+            trailing: tuple[tuple[str, str], ...] = ()
+            if err.retry_after_s is not None:
+                trailing = ((RETRY_PUSHBACK, str(round(err.retry_after_s * 1000))),)
+            await context.abort(err.code.grpc, err.message, trailing_metadata=trailing)
             raise  # unreachable: abort raises
 
     return grpc.unary_unary_rpc_method_handler(handle, response_serializer=_serialize)
@@ -84,6 +122,7 @@ class GrpcServer:
         *,
         tls: TlsFiles | None = None,
         reuse_port: bool = False,
+        max_concurrent_calls: int = 1024,
     ) -> None:
         self._listen = listen
         self._tls = tls
@@ -93,10 +132,11 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
+        in_flight = _InFlight(max_concurrent_calls)
         self._server.add_generic_rpc_handlers(
             [
                 grpc.method_handlers_generic_handler(
-                    SERVICE, {m.name: _handler(calls, m) for m in METHODS}
+                    SERVICE, {m.name: _handler(calls, m, in_flight) for m in METHODS}
                 )
             ]
         )

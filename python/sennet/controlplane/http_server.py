@@ -3,7 +3,9 @@
 Connect's unary form is a plain POST of the message (proto3 JSON with
 `application/json`, or binary with `application/proto`) to
 `/sentinel.v1.SentinelService/<Method>`; errors are JSON `{"code", "message"}`
-with an HTTP status per code. That makes `curl` a working client. This module
+with an HTTP status per code. That makes `curl` a working client. A refusal for
+load (RESOURCE_EXHAUSTED, HTTP 429) also carries `Retry-After` in whole seconds
+and, in the JSON body, `retry_after_ms`. This module
 only translates HTTP to and from `calls.py`, which authenticates, decodes, runs
 and records every call for gRPC too, so the two transports cannot disagree.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,8 +55,8 @@ class HttpApp:
         content_type: str,
         authorization: str | None,
         body: bytes,
-    ) -> tuple[int, str, bytes]:
-        """(status, content type, body) for one Connect unary call."""
+    ) -> tuple[int, str, bytes, dict[str, str]]:
+        """(status, content type, body, extra headers) for one Connect unary call."""
         as_json = content_type == "application/json"
         encoding = Encoding.JSON if as_json else Encoding.PROTO
         try:
@@ -61,14 +64,23 @@ class HttpApp:
                 method, Transport.CONNECT, authorization, body, encoding
             )
         except RequestError as err:
-            return err.code.http, "application/json", _error_body(err)
+            return err.code.http, "application/json", _error_body(err), _error_headers(err)
         if as_json:
-            return 200, "application/json", codec.to_json(resp)
-        return 200, "application/proto", resp.SerializeToString()
+            return 200, "application/json", codec.to_json(resp), {}
+        return 200, "application/proto", resp.SerializeToString(), {}
 
 
 def _error_body(err: RequestError) -> bytes:
-    return json.dumps({"code": err.code.connect, "message": err.message}).encode()
+    doc: dict[str, object] = {"code": err.code.connect, "message": err.message}
+    if err.retry_after_s is not None:
+        doc["retry_after_ms"] = round(err.retry_after_s * 1000)
+    return json.dumps(doc).encode()
+
+
+def _error_headers(err: RequestError) -> dict[str, str]:
+    if err.retry_after_s is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(err.retry_after_s)))}
 
 
 def _handler_class(app: HttpApp) -> type[BaseHTTPRequestHandler]:
@@ -81,8 +93,16 @@ def _handler_class(app: HttpApp) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             return None  # requests are counted in metrics; no per-request log lines
 
-        def _reply(self, status: int, content_type: str, body: bytes) -> None:
+        def _reply(
+            self,
+            status: int,
+            content_type: str,
+            body: bytes,
+            headers: dict[str, str] | None = None,
+        ) -> None:
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -151,10 +171,10 @@ def _handler_class(app: HttpApp) -> type[BaseHTTPRequestHandler]:
                 self._reply(err.code.http, "application/json", _error_body(err))
                 return
             body = self.rfile.read(length)
-            status, ctype, out = app.connect_call(
+            status, ctype, out, headers = app.connect_call(
                 method, content_type, self.headers.get("Authorization"), body
             )
-            self._reply(status, ctype, out)
+            self._reply(status, ctype, out, headers)
 
     return Handler
 

@@ -47,15 +47,35 @@ REJECT_REASONS = {
     "agent_disabled": "permission_denied",
     "invalid_argument": "invalid_argument",
     "store_unavailable": "unavailable",
+    # One bad client harms no other: refusals decided per heartbeat or by load.
+    "unknown_event_kind": "invalid_argument",
+    "counter_overflow": "invalid_argument",
+    "too_many_series": "invalid_argument",
+    "unstorable": "invalid_argument",
+    "queue_full": "resource_exhausted",
+    "too_many_calls": "resource_exhausted",
+    "internal_error": "internal",
 }
 
 
 class ServerMetrics:
     """The control plane's own metrics, in a registry owned by this instance."""
 
-    def __init__(self, agents: Callable[[], int], commits: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        agents: Callable[[], int],
+        commits: Callable[[], int] = lambda: 0,
+        pending: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_StoreCommits(commits))
+        self.pending = Gauge(
+            "sennet_controlplane_pending_heartbeats",
+            "Heartbeats queued for the writer, not yet committed (bounded by "
+            "--max-pending-heartbeats).",
+            registry=self.registry,
+        )
+        self.pending.set_function(lambda: float(pending()))
         self.accepted = Counter(
             "sennet_controlplane_heartbeats_accepted",
             "Heartbeats stored and acknowledged.",

@@ -19,6 +19,7 @@ class Code(enum.Enum):
     INVALID_ARGUMENT = (grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument", 400)
     UNAUTHENTICATED = (grpc.StatusCode.UNAUTHENTICATED, "unauthenticated", 401)
     PERMISSION_DENIED = (grpc.StatusCode.PERMISSION_DENIED, "permission_denied", 403)
+    RESOURCE_EXHAUSTED = (grpc.StatusCode.RESOURCE_EXHAUSTED, "resource_exhausted", 429)
     NOT_FOUND = (grpc.StatusCode.NOT_FOUND, "not_found", 404)
     UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, "unavailable", 503)
     INTERNAL = (grpc.StatusCode.INTERNAL, "internal", 500)
@@ -37,15 +38,36 @@ class Code(enum.Enum):
 
 
 class RequestError(Exception):
-    """A request the control plane refuses; carries its status, message and counter reason."""
+    """A request the control plane refuses; carries its status, message and counter reason.
 
-    def __init__(self, code: Code, message: str, reason: str) -> None:
+    `retry_after_s` is set when the refusal is about load, not about the request
+    (RESOURCE_EXHAUSTED): the same request will succeed later, and the transports
+    tell the caller how long to wait (gRPC trailing metadata
+    `grpc-retry-pushback-ms`, HTTP `Retry-After`).
+    """
+
+    def __init__(
+        self, code: Code, message: str, reason: str, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason
+        self.retry_after_s = retry_after_s
 
 
-def invalid(field: str, problem: str) -> RequestError:
+def invalid(field: str, problem: str, reason: str = "invalid_argument") -> RequestError:
     """INVALID_ARGUMENT whose message starts with the field path, e.g. `interfaces[1].name: ...`."""
-    return RequestError(Code.INVALID_ARGUMENT, f"{field}: {problem}", reason="invalid_argument")
+    return RequestError(Code.INVALID_ARGUMENT, f"{field}: {problem}", reason=reason)
+
+
+def overloaded(
+    what: str, limit: int, setting: str, reason: str, retry_after_s: float
+) -> RequestError:
+    """RESOURCE_EXHAUSTED naming the limit and the setting that raises it, with a retry hint."""
+    return RequestError(
+        Code.RESOURCE_EXHAUSTED,
+        f"{what}: at the limit of {limit} ({setting}); retry after {retry_after_s:g} s",
+        reason=reason,
+        retry_after_s=retry_after_s,
+    )

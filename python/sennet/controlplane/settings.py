@@ -179,6 +179,33 @@ SETTINGS: tuple[Setting, ...] = (
         "BYTES",
     ),
     Setting(
+        "max_pending_heartbeats",
+        _positive_int,
+        4096,  # a few seconds of the writer's throughput; beyond that waiting only adds latency
+        "heartbeats queued for the writer at most; past it a heartbeat is refused "
+        "RESOURCE_EXHAUSTED with a retry hint (the agent retries, nothing is lost)",
+        "a positive integer",
+        "COUNT",
+    ),
+    Setting(
+        "max_concurrent_calls",
+        _positive_int,
+        1024,
+        "gRPC SentinelService calls in progress at most; past it a call is refused "
+        "RESOURCE_EXHAUSTED with a retry hint",
+        "a positive integer",
+        "COUNT",
+    ),
+    Setting(
+        "max_series_per_agent",
+        _positive_int,
+        1024,  # one heartbeat can carry at most 64 interfaces x 4 + 32 kinds x 2 + 1 = 321
+        "counter series one agent may create in total (interfaces x 4 + event kinds x 2 + 1); "
+        "a heartbeat that would pass it is refused INVALID_ARGUMENT",
+        "a positive integer",
+        "COUNT",
+    ),
+    Setting(
         "reuse_port",
         _bool,
         False,
@@ -231,6 +258,9 @@ class Settings:
     retention_days: float
     stale_after: float
     max_request_bytes: int
+    max_pending_heartbeats: int
+    max_concurrent_calls: int
+    max_series_per_agent: int
     reuse_port: bool
     fleet_refresh: float
     ready_file: Path | None

@@ -67,12 +67,17 @@ class Store:
             raise UserError(f"cannot use database {self.path}: {exc}") from exc
         return conn
 
+    @property
+    def writer_lock_path(self) -> Path:
+        """The side file whose flock orders writers of this database across processes."""
+        return self.path.with_name(self.path.name + ".writer-lock")
+
     @contextlib.contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Exclusive among control-plane writers on this database (flock on a side file)."""
         fd = self._lock_fd
         if fd is None:
-            fd = os.open(f"{self.path}.writer-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.writer_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._lock_fd = fd
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
@@ -250,6 +255,30 @@ class Store:
             (req.agent_id, req.event_stream, req.recent_events[-1].seq, received_at),
         )
         return fresh
+
+    def probe_write(self, conn: sqlite3.Connection) -> None:
+        """A write shaped like a heartbeat's that leaves no trace; raises sqlite3.Error on failure.
+
+        It takes the write lock, inserts a heartbeat row for the first enrolled
+        agent and deletes it in the same transaction, then commits: the pages
+        it touched go through the WAL and fsync like a real heartbeat's, so a
+        locked, full or unwritable database fails here too, and nothing is
+        visible afterwards (with no agent enrolled it only takes the lock).
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(
+                "INSERT INTO heartbeats (agent_id, received_at, uptime_seconds, agent_version,"
+                " kernel_version, events_dropped_by_agent)"
+                " SELECT agent_id, 0, 0, '', '', 0 FROM agents ORDER BY rowid LIMIT 1"
+            )
+            if cur.rowcount == 1:
+                conn.execute("DELETE FROM heartbeats WHERE heartbeat_id = ?", (cur.lastrowid,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def prune(self, conn: sqlite3.Connection, older_than: float) -> int:
         """Delete heartbeats (and their samples and events) received before `older_than`."""

@@ -4,6 +4,16 @@ Protobuf decoding proves only the wire shape. These checks keep absurd values
 out of the store (SQLite integers are signed 64-bit; a uint64 past 2^63-1 is
 not a counter, it is corruption) and keep label values bounded and safe for
 the Prometheus exposition.
+
+Event kinds are a closed set: the agent's `EventKind` labels, which mirror the
+kernel's SENNET_EV_* numbers. proto/ carries a kind as a free string, so the
+set is written once here (the control plane must not import agent code) and a
+test checks it equals the agent's. An unknown kind would otherwise create new
+series and label values at the client's whim.
+
+Some refusals need the agent's stored state (a total that would pass 2^63-1,
+too many series); `fleet.py` detects them inside the writer's transaction and
+`stateful_refusal` turns them into the same kind of field-naming error.
 """
 
 from __future__ import annotations
@@ -14,7 +24,17 @@ import socket
 import uuid
 from collections.abc import Mapping
 
-from sennet.controlplane.refusals import invalid
+from sennet.controlplane.fleet import (
+    AGENT_DROPPED,
+    EVENTS,
+    INTERFACE_FIELDS,
+    MAX_TOTAL,
+    RINGBUF_DROPS,
+    SeriesKey,
+    TooManySeries,
+    TotalOverflow,
+)
+from sennet.controlplane.refusals import RequestError, invalid
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 MAX_INTERFACES = 64
@@ -26,6 +46,30 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _TEXT_LIMIT = 253
 _STREAM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+EVENT_KINDS = frozenset(
+    {
+        "large_packet",
+        "tcp_null",
+        "tcp_syn_fin",
+        "tcp_syn_rst",
+        "tcp_xmas",
+        "land",
+        "ipv4_bad_ihl",
+        "ipv4_bad_len",
+        "truncated_l3",
+        "truncated_l4",
+    }
+)
+_KINDS_TEXT = ", ".join(sorted(EVENT_KINDS))
+
+
+def _known_kind(kind: str, field: str) -> None:
+    if kind not in EVENT_KINDS:
+        raise invalid(
+            field,
+            f"{kind!r} is not a known event kind (one of {_KINDS_TEXT})",
+            "unknown_event_kind",
+        )
 
 
 def agent_id(value: str, field: str = "agent_id") -> str:
@@ -66,6 +110,7 @@ def _kind_map(counts: Mapping[str, int], field: str) -> None:
         if not _KIND_RE.match(kind):
             raise invalid(f"{field}[{kind[:40]!r}]", "kind must match [a-z][a-z0-9_]{0,31}")
         _counter(count, f"{field}[{kind!r}]")
+        _known_kind(kind, f"{field}[{kind!r}]")
 
 
 def _address(value: str, field: str, ip_version: int) -> None:
@@ -92,6 +137,7 @@ def _event(ev: pb.Event, field: str) -> None:
         raise invalid(f"{field}.direction", "must be DIRECTION_RX or DIRECTION_TX")
     if not _KIND_RE.match(ev.kind):
         raise invalid(f"{field}.kind", "is required and must match [a-z][a-z0-9_]{0,31}")
+    _known_kind(ev.kind, f"{field}.kind")
     _small(ev.pkt_len, f"{field}.pkt_len", 1 << 20)
     if ev.ip_version not in (0, 4, 6):
         raise invalid(f"{field}.ip_version", f"{ev.ip_version} is not 0, 4 or 6")
@@ -154,3 +200,36 @@ def heartbeat(req: pb.HeartbeatRequest) -> None:
                 )
             last_seq = ev.seq
     _counter(req.events_dropped_by_agent, "events_dropped_by_agent")
+
+
+def series_field(req: pb.HeartbeatRequest, key: SeriesKey) -> str:
+    """The request field that carries `key`'s reading, e.g. `interfaces[0].rx_packets`."""
+    if key.family in INTERFACE_FIELDS:
+        for i, itf in enumerate(req.interfaces):
+            if itf.name == key.name:
+                return f"interfaces[{i}].{key.family}"
+    elif key.family == EVENTS:
+        return f"events_by_kind[{key.name!r}]"
+    elif key.family == RINGBUF_DROPS:
+        return f"ringbuf_drops_by_kind[{key.name!r}]"
+    elif key.family == AGENT_DROPPED:
+        return "events_dropped_by_agent"
+    return key.stored()
+
+
+def stateful_refusal(req: pb.HeartbeatRequest, exc: TotalOverflow | TooManySeries) -> RequestError:
+    """INVALID_ARGUMENT for a heartbeat the agent's stored state cannot take, naming the field."""
+    field = series_field(req, exc.key)
+    if isinstance(exc, TotalOverflow):
+        return invalid(
+            field,
+            f"{exc.raw} would take the stored total ({exc.total}) past {MAX_TOTAL} (2^63-1, "
+            "the store's integer limit); totals never wrap, so this heartbeat is refused",
+            "counter_overflow",
+        )
+    return invalid(
+        field,
+        f"would be this agent's series number {exc.count}, at most {exc.limit} allowed "
+        "(max_series_per_agent)",
+        "too_many_series",
+    )

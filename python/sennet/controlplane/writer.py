@@ -5,10 +5,26 @@ heartbeat would cap throughput at the disk's fsync rate. Handlers therefore
 queue validated heartbeats here and wait on a future; the writer drains
 whatever has queued up (up to `max_batch`), writes it in one transaction,
 commits (one fsync), publishes the new views to the fleet, and only then
-resolves the futures. If the commit fails nothing is published and every
-waiting heartbeat is answered UNAVAILABLE, so the agent retries and no
-acknowledged data is ever missing. A failed batch is retried one heartbeat at
-a time, so one bad heartbeat cannot sink its neighbours.
+resolves the futures.
+
+One bad client harms no other. Each heartbeat in a group is judged and written
+on its own, inside a savepoint: one whose total would pass 2^63-1, that would
+exceed the agent's series cap, or whose values SQLite cannot hold is refused
+INVALID_ARGUMENT naming the field (its savepoint rolled back), and the rest of
+the group commits and is acknowledged. Only a failure of the store itself (the
+commit, the lock, the disk, or every heartbeat of a group failing in SQLite)
+answers UNAVAILABLE, so the agents retry and no acknowledged data is missing;
+such a failure sets `last_error`, which turns /health and gRPC health unhealthy.
+While failing and idle the writer probes the store once a second with the same
+kind of write a heartbeat makes (rolled back in effect, but committed to disk),
+so health recovers when the fault clears even if no agent is sending. A commit
+that neither succeeds nor fails (a sibling process on the same database hung
+while holding the writers' file lock, which has no timeout) shows as
+`stalled_for()`, which /health also reports.
+
+The queue is bounded (`max_pending`): past it `submit` refuses at once with
+RESOURCE_EXHAUSTED and a retry hint, instead of queueing more than the store
+can write before the callers give up.
 """
 
 from __future__ import annotations
@@ -22,12 +38,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from sennet.common.log import event
-from sennet.controlplane.fleet import AgentView, Fleet
-from sennet.controlplane.refusals import Code, RequestError
+from sennet.controlplane import validate
+from sennet.controlplane.fleet import AgentView, Fleet, TooManySeries, TotalOverflow
+from sennet.controlplane.refusals import Code, RequestError, overloaded
 from sennet.controlplane.store import Store
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 log = logging.getLogger("sennet.controlplane.writer")
+RETRY_AFTER_S = 1.0  # the hint sent with a full queue: about one group commit under load
+# Longer than SQLite's 10 s busy timeout, so an ordinary lock wait ends in its own error first.
+STALL_AFTER_S = 15.0
 
 
 @dataclass
@@ -48,16 +68,23 @@ class HeartbeatWriter:
         retention_s: float,
         prune_every_s: float = 60.0,
         max_batch: int = 512,
+        max_pending: int = 4096,
+        max_series: int | None = None,
+        probe_every_s: float = 1.0,
     ) -> None:
         self._store = store
         self._fleet = fleet
         self._retention_s = retention_s
         self._prune_every_s = prune_every_s
         self._max_batch = max_batch
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._max_pending = max_pending
+        self._max_series = max_series
+        self._probe_every_s = probe_every_s
+        self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._run, name="sennet-writer", daemon=True)
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # set while the store is failing; None once it commits
         self.commits = 0
+        self._busy_since: float | None = None  # monotonic start of the commit or probe running
 
     def start(self) -> None:
         self._thread.start()
@@ -65,19 +92,44 @@ class HeartbeatWriter:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def stalled_for(self) -> float:
+        """Seconds the running commit (or probe) has taken, if past `STALL_AFTER_S`; else 0."""
+        since = self._busy_since
+        if since is None:
+            return 0.0
+        took = time.monotonic() - since
+        return took if took > STALL_AFTER_S else 0.0
+
+    def pending(self) -> int:
+        """Heartbeats queued and not yet taken by the writer."""
+        return self._queue.qsize()
+
     def submit(self, req: pb.HeartbeatRequest) -> Future[pb.HeartbeatResponse]:
-        """Queue a validated heartbeat; the future resolves after its commit."""
+        """Queue a validated heartbeat; the future resolves after its commit.
+
+        Raises `RequestError` (RESOURCE_EXHAUSTED, with a retry hint) when the
+        queue is full.
+        """
         fut: Future[pb.HeartbeatResponse] = Future()
         if not self._thread.is_alive():
             fut.set_exception(_unavailable("the store writer is not running"))
             return fut
-        self._queue.put(_Pending(req, time.time(), fut))
+        try:
+            self._queue.put_nowait(_Pending(req, time.time(), fut))
+        except queue.Full:
+            raise overloaded(
+                "heartbeat queue",
+                self._max_pending,
+                "max_pending_heartbeats",
+                "queue_full",
+                RETRY_AFTER_S,
+            ) from None
         return fut
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish what is queued, then stop."""
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._queue.put(None)  # blocks while full; the running writer makes room
             self._thread.join(timeout)
         while True:  # anything that raced with stop is answered, never left hanging
             try:
@@ -96,8 +148,10 @@ class HeartbeatWriter:
                     self._prune(conn)
                     next_prune = time.monotonic() + self._prune_every_s
                 try:
-                    first = self._queue.get(timeout=1.0)
+                    first = self._queue.get(timeout=self._probe_every_s)
                 except queue.Empty:
+                    if self.last_error is not None:
+                        self._probe(conn)
                     continue
                 if first is None:
                     return
@@ -116,11 +170,11 @@ class HeartbeatWriter:
                 # longer be cancelled, so resolving them below cannot fail.
                 batch = [i for i in batch if i.future.set_running_or_notify_cancel()]
                 try:
-                    if batch and not self._commit(conn, batch) and len(batch) > 1:
-                        for one in batch:
-                            self._commit(conn, [one])
+                    if batch:
+                        self._commit(conn, batch)
                 except Exception as exc:  # a bug must not kill the only writer
-                    event(log, "writer_error", logging.ERROR, error=repr(exc))
+                    log.exception("writer bug")
+                    self._failed(exc, len(batch))
                     for item in batch:
                         if not item.future.done():
                             item.future.set_exception(_unavailable(f"store: {exc!r}"))
@@ -129,49 +183,106 @@ class HeartbeatWriter:
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Pending]) -> bool:
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         # Writers in other processes (SO_REUSEPORT) queue on a file lock, which wakes the
         # next one the moment it is released; SQLite's own busy handler polls with sleeps
         # of up to 100 ms, which showed up as the p99 when two processes shared a database.
-        with self._store.writer_lock():
-            return self._commit_locked(conn, batch)
+        self._busy_since = time.monotonic()
+        try:
+            with self._store.writer_lock():
+                self._commit_locked(conn, batch)
+        finally:
+            self._busy_since = None
 
-    def _commit_locked(self, conn: sqlite3.Connection, batch: list[_Pending]) -> bool:
+    def _commit_locked(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         overlay: dict[str, AgentView] = {}
-        stored = []
+        stored: list[tuple[_Pending, int]] = []
+        store_error: sqlite3.Error | None = None
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for item in batch:
-                    aid = item.req.agent_id
-                    view = overlay.get(aid) or self._current(conn, aid)
-                    new_view, changed = view.apply(item.req, item.received_at)
-                    stored.append(
-                        self._store.insert_heartbeat(
-                            conn, item.req, item.received_at, new_view, changed
-                        )
-                    )
-                    overlay[aid] = new_view
-                conn.execute("COMMIT")
+                    try:
+                        stored.append((item, self._stage(conn, item, overlay)))
+                    except RequestError as err:  # this heartbeat only; the group goes on
+                        item.future.set_exception(err)
+                    except sqlite3.Error as exc:
+                        if not conn.in_transaction:
+                            raise  # SQLite rolled the whole transaction back (disk, I/O)
+                        store_error = exc
+                        item.future.set_exception(_unavailable(f"store: {exc}"))
+                conn.execute("COMMIT" if stored else "ROLLBACK")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            event(log, "commit_failed", logging.ERROR, heartbeats=len(batch), error=self.last_error)
-            if len(batch) == 1:
-                batch[0].future.set_exception(_unavailable(f"store: {exc}"))
-            return False
+            self._failed(exc, len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(_unavailable(f"store: {exc}"))
+            return
+        if not stored:
+            if store_error is not None:  # every heartbeat failed in SQLite: the store is failing
+                self._failed(store_error, len(batch))
+            return
+        if self.last_error is not None:
+            event(log, "writer_recovered", previous_error=self.last_error)
         self.last_error = None
         self.commits += 1
         self._fleet.publish(overlay)
         now_ns = time.time_ns()
-        for item, n in zip(batch, stored, strict=True):
+        for item, n in stored:
             item.future.set_result(
                 pb.HeartbeatResponse(server_time_unix_ns=now_ns, events_stored=n)
             )
-        return True
+
+    def _stage(
+        self, conn: sqlite3.Connection, item: _Pending, overlay: dict[str, AgentView]
+    ) -> int:
+        """Write one heartbeat inside a savepoint; raises `RequestError` for this one alone."""
+        aid = item.req.agent_id
+        view = overlay.get(aid) or self._current(conn, aid)
+        try:
+            new_view, changed = view.apply(item.req, item.received_at, self._max_series)
+        except (TotalOverflow, TooManySeries) as exc:
+            raise validate.stateful_refusal(item.req, exc) from None
+        conn.execute("SAVEPOINT heartbeat")
+        try:
+            n = self._store.insert_heartbeat(conn, item.req, item.received_at, new_view, changed)
+        except sqlite3.Error:
+            _undo(conn)
+            raise
+        except OverflowError as exc:  # a value past SQLite's integers that validation let by
+            _undo(conn)
+            raise RequestError(
+                Code.INVALID_ARGUMENT, f"heartbeat: a value cannot be stored ({exc})", "unstorable"
+            ) from None
+        except Exception as exc:  # a bug met by this heartbeat must not fail its neighbours
+            _undo(conn)
+            log.exception("heartbeat not stored")
+            raise RequestError(Code.INTERNAL, f"store: {exc!r}", "internal_error") from None
+        conn.execute("RELEASE heartbeat")
+        overlay[aid] = new_view
+        return n
+
+    def _failed(self, exc: BaseException, heartbeats: int) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        event(log, "commit_failed", logging.ERROR, heartbeats=heartbeats, error=self.last_error)
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        """While failing and idle: one heartbeat-shaped write, so health can recover."""
+        self._busy_since = time.monotonic()
+        try:
+            with self._store.writer_lock():
+                self._store.probe_write(conn)
+        except sqlite3.Error as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return
+        finally:
+            self._busy_since = None
+        event(log, "writer_recovered", previous_error=self.last_error)
+        self.last_error = None
 
     def _current(self, conn: sqlite3.Connection, agent_id: str) -> AgentView:
         """The agent's committed state: memory if the database agrees, else the database.
@@ -194,6 +305,13 @@ class HeartbeatWriter:
             event(
                 log, "retention_pruned", deleted_heartbeats=deleted, retention_s=self._retention_s
             )
+
+
+def _undo(conn: sqlite3.Connection) -> None:
+    """Roll one heartbeat's savepoint back (unless SQLite already ended the transaction)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK TO heartbeat")
+        conn.execute("RELEASE heartbeat")
 
 
 def _unavailable(why: str) -> RequestError:

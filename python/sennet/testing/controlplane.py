@@ -183,16 +183,24 @@ class ControlPlane:
         self, method: str | AnyMethod, body: bytes, token: str | None
     ) -> tuple[grpc.StatusCode, str, bytes]:
         """One unary call with a raw body: (status code, details, response bytes)."""
+        result = self.call_full(method, body, token)
+        return result.code, result.details, result.body
+
+    def call_full(
+        self, method: str | AnyMethod, body: bytes, token: str | None, timeout: float = 10.0
+    ) -> CallResult:
+        """One unary call with a raw body, keeping the trailing metadata (retry hints)."""
         with grpc.insecure_channel(self.target) as channel:
             stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
                 _method(method).path
             )
             metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
             try:
-                out = stub(body, timeout=10, metadata=metadata)
+                out, call = stub.with_call(body, timeout=timeout, metadata=metadata)
             except grpc.RpcError as err:
-                return err.code(), err.details() or "", b""
-            return grpc.StatusCode.OK, "", out
+                trailing = _metadata(err.trailing_metadata())
+                return CallResult(err.code(), err.details() or "", b"", trailing)
+            return CallResult(grpc.StatusCode.OK, "", out, _metadata(call.trailing_metadata()))
 
     def register(
         self, bootstrap: str, agent_id: str | None = None, hostname: str = "host-a"
@@ -261,6 +269,40 @@ class ControlPlane:
             retry(lambda last: True if predicate() else None, timeout, interval=0.5, what=what)
         except TimeoutError as exc:
             raise TestFailed(str(exc)) from None
+
+
+def _metadata(items: Any) -> dict[str, str]:
+    """gRPC metadata (pairs, or None) as a dict of text values."""
+    out: dict[str, str] = {}
+    for key, value in items or ():
+        out[str(key)] = value.decode() if isinstance(value, bytes) else str(value)
+    return out
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What a gRPC caller sees of one unary call."""
+
+    code: grpc.StatusCode
+    details: str
+    body: bytes
+    trailing: dict[str, str]
+
+
+@contextlib.contextmanager
+def write_lock(db: Path) -> Iterator[None]:
+    """Hold the database's write lock from another connection, as a stuck tool or backup would.
+
+    A real SQLite lock on the real file: the control plane's writer waits on it
+    (up to its busy timeout) and then fails, exactly as in production.
+    """
+    conn = sqlite3.connect(db, isolation_level=None, timeout=10)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
 
 
 @dataclass(frozen=True)

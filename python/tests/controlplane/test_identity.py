@@ -1,4 +1,4 @@
-"""Identity (issue 11): who may enrol an agent id, bootstrap token expiry and use limits,
+"""Identity: who may enrol an agent id, bootstrap token expiry and use limits,
 disabled agents, and doors that must not act on an agent. All against the real process."""
 
 from __future__ import annotations
