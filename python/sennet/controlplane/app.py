@@ -152,6 +152,10 @@ class ControlPlane:
             agents=len(self.fleet),
             pid=os.getpid(),
         )
+        for exposed in self.settings.plaintext_exposed:
+            port, _, address = exposed.partition(" ")
+            self.metrics.plaintext_exposed.labels(port).set(1)
+            event(log, "insecure_plaintext", logging.WARNING, port=port, listen=address)
         if self.settings.ready_file is not None:
             ready = {"grpc_port": grpc_port, "http_port": http_port, "pid": os.getpid()}
             write_atomic(self.settings.ready_file, json.dumps(ready).encode(), mode=0o644)

@@ -105,6 +105,15 @@ class ServerMetrics:
             "sennet_controlplane_agents", "Enrolled agents.", registry=self.registry
         )
         self.agents.set_function(lambda: float(agents()))
+        self.plaintext_exposed = Gauge(
+            "sennet_controlplane_plaintext_exposed",
+            "1 while a port carries bearer tokens in the clear beyond loopback "
+            "(--insecure-plaintext), by port.",
+            ["port"],
+            registry=self.registry,
+        )
+        for port in ("grpc", "http"):
+            self.plaintext_exposed.labels(port).set(0)
         for transport in Transport:
             self.accepted.labels(transport)
             self.registrations.labels(transport)

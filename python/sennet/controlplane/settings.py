@@ -12,6 +12,7 @@ variable, the key and what was expected, and exits 2 through `run_main`.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -232,6 +233,15 @@ SETTINGS: tuple[Setting, ...] = (
         "PATH",
     ),
     Setting(
+        "insecure_plaintext",
+        _bool,
+        False,
+        "allow a plaintext port on an address other than loopback (bearer tokens then cross "
+        "the network in the clear); without it such a listen address needs TLS",
+        "true or false",
+        "BOOL",
+    ),
+    Setting(
         "agent_token_cache",
         _number(0, above=False),
         1.0,
@@ -264,11 +274,26 @@ class Settings:
     reuse_port: bool
     fleet_refresh: float
     ready_file: Path | None
+    insecure_plaintext: bool
     agent_token_cache: float
 
     @property
     def retention_s(self) -> float:
         return self.retention_days * 86400.0
+
+    @property
+    def plaintext_exposed(self) -> list[str]:
+        """The listen addresses that would carry bearer tokens in the clear beyond this host.
+
+        The HTTP port (Connect, /health, /metrics) has no TLS yet, so it counts whenever
+        it is not on loopback; the gRPC port when it has no certificate.
+        """
+        exposed = []
+        if self.tls is None and not is_loopback(self.grpc_listen):
+            exposed.append(f"grpc {self.grpc_listen}")
+        if not is_loopback(self.http_listen):
+            exposed.append(f"http {self.http_listen}")
+        return exposed
 
     @property
     def tls(self) -> TlsFiles | None:
@@ -345,4 +370,22 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         raise UserError("--tls-cert and --tls-key go together")
     if settings.tls_client_ca is not None and settings.tls_cert is None:
         raise UserError("--tls-client-ca needs --tls-cert and --tls-key")
+    exposed = settings.plaintext_exposed
+    if exposed and not settings.insecure_plaintext:
+        raise UserError(
+            f"refusing plaintext on a non-loopback address: {', '.join(exposed)}",
+            hint="give gRPC --tls-cert/--tls-key, keep HTTP on 127.0.0.1 (a reverse proxy or "
+            "the Prometheus host can reach it), or accept the risk with --insecure-plaintext",
+        )
     return settings
+
+
+def is_loopback(listen: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost; false for the wildcard and anything else."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "", a wildcard, or a host name that may resolve anywhere
