@@ -103,6 +103,13 @@ SETTINGS: tuple[Setting, ...] = (
         "client certificate (PEM) presented to the control plane (mTLS); needs tls_key, tls_ca",
     ),
     Setting("tls_key", "str", "", "private key (PEM) of tls_cert"),
+    Setting(
+        "run_as",
+        "str",
+        "",
+        'after attaching, run as this user ("name" or "uid:gid") keeping only CAP_NET_ADMIN '
+        '("" = stay root)',
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -129,6 +136,7 @@ class AgentConfig:
     tls_server_name: str
     tls_cert: str
     tls_key: str
+    run_as: str
 
     def public_view(self) -> dict[str, Any]:
         """Settings for logs and `config show`: secrets replaced."""

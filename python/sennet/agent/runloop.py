@@ -94,12 +94,19 @@ class Agent:
         self.consumer = RingBufferConsumer(
             loaded.map_fds[layout.MAP_EVENTS], loaded.ringbuf_bytes, self.cfg.recent_events_max
         )
+        self.attached = self.manager.attach(self.cfg.interfaces)
+        if self.cfg.run_as:
+            # Before any thread starts: capabilities are per thread, later threads inherit.
+            from sennet.agent import privileges
+
+            who = privileges.parse(self.cfg.run_as)
+            privileges.drop_to(who, [self.cfg.state_dir, *self.cfg.state_dir.iterdir()])
+            event(log, "privileges_dropped", uid=who.uid, gid=who.gid, kept="CAP_NET_ADMIN")
         drain = threading.Thread(
             target=self.consumer.run, args=(self.stop,), name="ringbuf", daemon=True
         )
         drain.start()
         self._threads.append(drain)
-        self.attached = self.manager.attach(self.cfg.interfaces)
         if self.cfg.metrics_listen:
             self._http = readout.serve(
                 self.cfg.metrics_listen, self.snapshot_for_scrape, self.agent_id
