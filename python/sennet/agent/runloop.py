@@ -150,6 +150,10 @@ class Agent:
                 raise WorkerDied(thread.name)
 
     def beat(self) -> None:
+        try:
+            self.manager.reconcile()  # interfaces that came back or lost a hook
+        except Exception as exc:  # never let a netlink hiccup stop the counting
+            event(log, "reconcile_failed", logging.WARNING, error=repr(exc))
         if self.sink is None:
             # Built at the first beat, not in start(): the data plane is counting
             # already, and the gRPC stack's import is the slowest part of a cold

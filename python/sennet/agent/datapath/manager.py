@@ -42,6 +42,7 @@ class DatapathManager:
     loaded: LoadedDatapath | None = None
     attached: list[Attached] = field(default_factory=list)
     _tc: tc.TcAttacher | None = None
+    _gone: set[int] = field(default_factory=set)  # ifindexes already reported missing
 
     def load(self) -> LoadedDatapath:
         ensure_pin_dir(self.options.pin_dir)
@@ -97,6 +98,52 @@ class DatapathManager:
                 prio=self.tc_priority,
             )
         return self.attached
+
+    def _ours(self, ifindex: int) -> bool:
+        """Both of our filters are on the interface (a `tc filter del` may have taken one)."""
+        for parent in (tc.PARENT_INGRESS, tc.PARENT_EGRESS):
+            if not any(
+                f.prio == self.tc_priority and f.handle == tc.HANDLE and f.name.startswith("sennet")
+                for f in self.tc.filters(ifindex, parent)
+            ):
+                return False
+        return True
+
+    def reconcile(self) -> list[str]:
+        """Re-attach every monitored interface that came back or lost our filters.
+
+        An interface deleted and created again (a USB NIC replugged, a veth
+        recreated) has a new ifindex: it gets its old counter slot back, so its
+        counters continue under its name, and our filters again. Called every
+        interval by the run loop, so a lost hook is restored within one. Returns
+        the names re-attached.
+        """
+        assert self.loaded is not None, "load() first"
+        done = []
+        for n, a in enumerate(self.attached):
+            found = self.tc.ipr.link_lookup(ifname=a.ifname)
+            if not found:
+                if a.ifindex not in self._gone:
+                    self._gone.add(a.ifindex)
+                    event(
+                        log, "interface_gone", logging.WARNING, ifname=a.ifname, ifindex=a.ifindex
+                    )
+                continue
+            ifindex = int(found[0])
+            if ifindex == a.ifindex and self._ours(ifindex):
+                continue
+            slots.move(self.loaded.map_fds["IFSLOTS"], a.ifindex, ifindex, a.slot)
+            owned = self._owned()
+            if self.tc.ensure_clsact(ifindex):
+                owned.add(ifindex)
+                self._save_owned(owned)
+            self.tc.attach(ifindex, tc.PARENT_INGRESS, self.loaded.ingress_fd, "sennet_ingress")
+            self.tc.attach(ifindex, tc.PARENT_EGRESS, self.loaded.egress_fd, "sennet_egress")
+            self.attached[n] = Attached(a.ifname, ifindex, a.slot)
+            self._gone.discard(a.ifindex)
+            event(log, "reattached", ifname=a.ifname, ifindex=ifindex, was=a.ifindex, slot=a.slot)
+            done.append(a.ifname)
+        return done
 
     def detach(self) -> None:
         """Remove our filters; remove a clsact qdisc only if we created it and it is now empty."""

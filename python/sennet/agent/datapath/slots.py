@@ -76,3 +76,16 @@ def assign(
         result[ifindex] = slot
         event(log, "slot_assigned", ifindex=ifindex, slot=slot)
     return result
+
+
+def move(ifslots_fd: int, old_ifindex: int, new_ifindex: int, slot: int) -> None:
+    """Point `new_ifindex` at `slot` (an interface came back under a new index), and free the
+    old index's entry if it still points there (the kernel may reuse that index for another)."""
+    if new_ifindex >= layout.IFINDEX_LIMIT:
+        raise UserError(
+            f"ifindex {new_ifindex} is beyond what the counters index ({layout.IFINDEX_LIMIT - 1})"
+        )
+    lb = libbpf()
+    lb.update(ifslots_fd, struct.pack("<I", new_ifindex), struct.pack("<I", slot))
+    if old_ifindex != new_ifindex and read_slots(ifslots_fd).get(old_ifindex) == slot:
+        lb.update(ifslots_fd, struct.pack("<I", old_ifindex), struct.pack("<I", 0))
