@@ -9,7 +9,10 @@ read by `sennet-agent status` show every frame exactly once.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,13 +42,27 @@ def rx(net: VethPair, pin_root: Path) -> tuple[int, int, int]:
     return iface["ifindex"], iface["rx_packets"], iface["rx_bytes"]
 
 
+@pytest.fixture
+def world_traversable() -> Iterator[Path]:
+    """A directory a dropped agent can reach (pytest's own temp tree is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="sennet-agent-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("run_as", ["", "65534:65534"], ids=["root", "dropped-to-net-admin"])
 def test_a_recreated_interface_and_a_removed_filter_are_reattached_and_counts_continue(
-    net: VethPair, pin_root: Path, tmp_path: Path
+    net: VethPair, pin_root: Path, tmp_path: Path, world_traversable: Path, run_as: str
 ) -> None:
+    """Also with root given up after attaching (`run_as`): CAP_NET_ADMIN alone re-attaches."""
     frame = next(c for c in cases() if c.name == "udp_small")
     args = [
         "--interfaces", net.if_a, "--pin-dir", str(pin_root / "sennet"),
-        "--state-dir", str(tmp_path / "state"), "--interval-s", "0.3",
+        "--state-dir", str(world_traversable / "state"), "--interval-s", "0.3",
+        *(["--run-as", run_as] if run_as else []),
     ]  # fmt: skip
     with agent(net.ns_a, args, tmp_path / "agent.log") as a:
         a.wait_for_log(READY)
