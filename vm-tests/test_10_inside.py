@@ -53,8 +53,11 @@ def test_maps_are_pinned_in_bpffs(appliance: Appliance) -> None:
 
 def test_only_the_expected_ports_listen(appliance: Appliance) -> None:
     tcp = appliance.machine.succeed("netstat -ltn")
-    ports = sorted({ln.split()[3].rsplit(":", 1)[1] for ln in tcp.splitlines() if "LISTEN" in ln})
+    local = [ln.split()[3] for ln in tcp.splitlines() if "LISTEN" in ln]
+    ports = sorted({addr.rsplit(":", 1)[1] for addr in local})
     # 22: the test variant's dropbear; 9101: the agent's local /metrics.
     assert ports == ["22", "9101"]
+    # /metrics on loopback only (the image's agent.toml): never on the monitored port.
+    assert [addr for addr in local if addr.endswith(":9101")] == ["127.0.0.1:9101"]
     udp = appliance.machine.succeed("netstat -lun")
     assert [ln for ln in udp.splitlines() if ln.startswith("udp")] == []

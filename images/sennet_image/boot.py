@@ -96,7 +96,7 @@ def boot(args: argparse.Namespace) -> BootResult:
             cmdline = (image_dir / "cmdline").read_text().strip()
             how = qemu.DirectBoot(
                 kernel=image_dir / "vmlinuz",
-                initrd=image_dir / "initrd.img",
+                initrd=image_dir / ("initrd-test.img" if args.variant == "test" else "initrd.img"),
                 cmdline=" ".join([cmdline, *extra]),
             )
         argv = qemu.qemu_argv(

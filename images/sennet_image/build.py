@@ -28,8 +28,10 @@ ARTEFACTS = (
     "appliance-test.qcow2",
     "vmlinuz",
     "initrd.img",
+    "initrd-test.img",
     "cmdline",
     "BOOTX64.EFI",
+    "BOOTX64-test.EFI",
     "root.squashfs",
     "agent.squashfs",
     "test.squashfs",
@@ -70,41 +72,63 @@ def test_layer(debs: list[Path], out: Path) -> None:
         rootfs.mksquashfs(tree, out)
 
 
-def boot_files(kernel_deb: Path, busybox_deb: Path, outdir: Path, cmdline: str) -> None:
-    """Kernel, initramfs, command line and the UKI (BOOTX64.EFI) from them."""
-    with step("initramfs"):
-        release = initramfs.build(
-            kernel_deb, busybox_deb, outdir / "initrd.img", outdir / "vmlinuz"
+# Per variant: its initramfs and UKI (they differ only in the partition GUIDs they mount).
+BOOT_NAMES = {
+    "production": ("initrd.img", "BOOTX64.EFI"),
+    "test": ("initrd-test.img", "BOOTX64-test.EFI"),
+}
+
+
+def boot_files(
+    kernel_deb: Path,
+    busybox_deb: Path,
+    outdir: Path,
+    cmdline: str,
+    layers: tuple[Path, Path, Path],
+) -> None:
+    """Kernel, command line, and per variant an initramfs and the UKI (BOOTX64*.EFI) from
+    them; `layers` (root, agent, test squashfs) fix the partition GUIDs each one mounts."""
+    root, agent, test = layers
+    tables = {
+        outdir / BOOT_NAMES[v][0]: disk.partition_table(
+            disk.layout(v, root, agent, test if v == "test" else None)
         )
+        for v in disk.VARIANTS
+    }
+    with step("initramfs"):
+        release = initramfs.build(kernel_deb, busybox_deb, tables, outdir / "vmlinuz")
     (outdir / "cmdline").write_text(cmdline + "\n")
     (outdir / "kernel-release").write_text(release + "\n")
     with step("uki"):
-        disk.build_uki(
-            outdir / "vmlinuz",
-            outdir / "initrd.img",
-            cmdline,
-            rootfs.os_release(),
-            outdir / "BOOTX64.EFI",
-        )
+        for initrd, uki in BOOT_NAMES.values():
+            disk.build_uki(
+                outdir / "vmlinuz", outdir / initrd, cmdline, rootfs.os_release(), outdir / uki
+            )
 
 
 def disks(uki: Path, root: Path, agent: Path, test: Path | None, raw: Path, qcow2: Path) -> None:
-    """GPT disk: ESP, root, agent layer, [test layer], state (zeroed; formatted on first boot)."""
+    """GPT disk: ESP, root, agent layer, [test layer], state (zeroed; formatted on first boot),
+    each with the GUID its variant's initramfs looks for (disk.layout)."""
+    ids = disk.layout("test" if test is not None else "production", root, agent, test)
     with tempfile.TemporaryDirectory(dir=raw.parent) as tmp:
         esp = Path(tmp) / "esp.img"
         with step("esp"):
             disk.build_esp(uki, esp)
-        parts = [
-            disk.Partition("esp", disk.ESP_TYPE, esp, disk.ESP_MIB),
-            disk.Partition("sennet-root", disk.ROOT_TYPE, root, disk.size_mib(root, 4)),
+        contents = {
+            "esp": (disk.ESP_TYPE, esp, disk.ESP_MIB),
+            "root": (disk.ROOT_TYPE, root, disk.size_mib(root, 4)),
             # slack so an agent change keeps the root partition at the same offset
-            disk.Partition("sennet-agent", disk.DATA_TYPE, agent, disk.size_mib(agent, 2)),
-        ]
+            "agent": (disk.DATA_TYPE, agent, disk.size_mib(agent, 2)),
+            "state": (disk.DATA_TYPE, None, disk.STATE_MIB),
+        }
         if test is not None:
-            parts.append(
-                disk.Partition("sennet-test", disk.DATA_TYPE, test, disk.size_mib(test, 1))
-            )
-        parts.append(disk.Partition("sennet-state", disk.DATA_TYPE, None, disk.STATE_MIB))
+            contents["test"] = (disk.DATA_TYPE, test, disk.size_mib(test, 1))
+        parts = [
+            disk.Partition(disk.PARTITION_NAMES[r], t, c, mib, ids[r])
+            for r in disk.ROLES
+            if r in contents
+            for t, c, mib in [contents[r]]
+        ]
         disk.build_disk(parts, raw)
     with step("qcow2", out=qcow2.name):
         disk.to_qcow2(raw, qcow2)
@@ -137,7 +161,8 @@ def build_all(out: Path) -> dict[str, Path]:
         bpf_record = bpf_sources(objs)
     with step("test_layer"):
         test_layer(test_debs, out / "test.squashfs")
-    boot_files(kernel, busybox, out, disk.DEFAULT_CMDLINE)
+    layers = (out / "root.squashfs", out / "agent.squashfs", out / "test.squashfs")
+    boot_files(kernel, busybox, out, disk.DEFAULT_CMDLINE, layers)
     with step("disks"):
         disks(
             out / "BOOTX64.EFI",
@@ -148,7 +173,7 @@ def build_all(out: Path) -> dict[str, Path]:
             out / "appliance.qcow2",
         )
         disks(
-            out / "BOOTX64.EFI",
+            out / "BOOTX64-test.EFI",
             out / "root.squashfs",
             out / "agent.squashfs",
             out / "test.squashfs",

@@ -83,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--kernel-deb", type=Path, required=True)
     k.add_argument("--busybox-deb", type=Path, required=True)
     k.add_argument("--outdir", type=Path, required=True)
+    for layer in ("root", "agent", "test"):
+        k.add_argument(f"--{layer}", type=Path, required=True, help=f"{layer}.squashfs (GUIDs)")
     d = steps.add_parser("disk", help="GPT disk (raw and qcow2) from the UKI and layers")
     d.add_argument("--uki", type=Path, required=True)
     d.add_argument("--root", type=Path, required=True)
@@ -143,7 +145,13 @@ def _step(args: argparse.Namespace) -> int:
     elif args.step == "test-layer":
         build.test_layer(args.debs, args.out)
     elif args.step == "boot-files":
-        build.boot_files(args.kernel_deb, args.busybox_deb, args.outdir, disk.DEFAULT_CMDLINE)
+        build.boot_files(
+            args.kernel_deb,
+            args.busybox_deb,
+            args.outdir,
+            disk.DEFAULT_CMDLINE,
+            (args.root, args.agent, args.test),
+        )
     elif args.step == "disk":
         build.disks(args.uki, args.root, args.agent, args.test, args.raw, args.qcow2)
     elif args.step == "nix-image":

@@ -4,6 +4,13 @@ No loop devices and no root: `objcopy` builds the UKI on systemd-boot's stub
 (Debian 12 has no ukify), `mkfs.fat` + mtools fill the ESP inside a file,
 `sfdisk` partitions a file. Every identifier that tools would randomise (FAT
 volume id, disk and partition GUIDs) is derived from the content's sha256.
+
+Partitions are found at boot by their unique GPT GUIDs, not by name: `layout()`
+derives each variant's GUIDs from the variant and the layers' sha256, the
+initramfs of that variant carries them (`partition_table()`), and `build_disk`
+writes the same GUIDs. A production initramfs therefore knows no test
+partition at all, and the test image's partitions (other GUIDs) are strangers
+to it.
 """
 
 from __future__ import annotations
@@ -30,20 +37,54 @@ DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"  # Linux filesystem data
 DEFAULT_CMDLINE = "console=ttyS0,115200 quiet panic=10"
 
 
+VARIANTS = ("production", "test")
+# Roles the boot looks up, in the order the partitions sit on the disk.
+ROLES = ("esp", "root", "agent", "test", "state")
+PARTITION_NAMES = {
+    "esp": "esp",
+    "root": "sennet-root",
+    "agent": "sennet-agent",
+    "test": "sennet-test",
+    "state": "sennet-state",
+}
+
+
 @dataclass(frozen=True)
 class Partition:
-    """One GPT partition: its name (the init finds partitions by name), type, content file."""
+    """One GPT partition: its name (a label for people), type, content file, unique GUID."""
 
     name: str
     type_guid: str
     content: Path | None  # None: left zeroed (formatted on first boot)
     size_mib: int
+    uuid: str = ""  # "" = derived from the name and content (partitions nobody looks up)
 
 
 def derived_uuid(*parts: str) -> str:
     """A stable UUID from strings (content hashes, names): same inputs, same GUID."""
     digest = hashlib.sha256("\0".join(parts).encode()).digest()
     return str(uuid.UUID(bytes=digest[:16], version=4)).upper()
+
+
+def layout(variant: str, root: Path, agent: Path, test: Path | None) -> dict[str, str]:
+    """Each role's unique partition GUID for `variant`, from the layers' content.
+
+    Same layers, same GUIDs (so two builds of one lock agree byte for byte); the
+    variant is an input, so no GUID of the test image equals one of production's.
+    """
+    if variant not in VARIANTS:
+        die(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
+    if (test is not None) != (variant == "test"):
+        die(f"the {variant} variant {'needs' if variant == 'test' else 'has no'} test layer")
+    hashes = [sha256_file(p) for p in (root, agent, *([test] if test else []))]
+    roles = [r for r in ROLES if r != "test" or test is not None]
+    return {r: derived_uuid("sennet-partition", variant, r, *hashes) for r in roles}
+
+
+def partition_table(uuids: dict[str, str]) -> str:
+    """The initramfs's `etc/partitions`: `ROLE HEX` lines, HEX being the GUID's 16 bytes
+    as GPT stores them (mixed-endian), so busybox `hexdump` of an entry compares as text."""
+    return "".join(f"{role} {uuid.UUID(u).bytes_le.hex()}\n" for role, u in uuids.items())
 
 
 def build_uki(vmlinuz: Path, initrd: Path, cmdline: str, osrel: str, out: Path) -> None:
@@ -159,7 +200,7 @@ def build_disk(parts: list[Partition], out: Path) -> dict[str, int]:
     for (p, off), h in zip(layout, hashes, strict=True):
         script.append(
             f"start={off * 2048}, size={p.size_mib * 2048}, type={p.type_guid}, "
-            f'uuid={derived_uuid(p.name, h)}, name="{p.name}"'
+            f'uuid={p.uuid or derived_uuid(p.name, h)}, name="{p.name}"'
         )
     with step("partition", disk=out.name, mib=total // MIB):
         run(

@@ -99,8 +99,9 @@ def _depends(ko: bytes) -> list[str]:
     return [d for d in m.group(1).decode().split(",") if d] if m else []
 
 
-def build(kernel_deb: Path, busybox_deb: Path, out_initrd: Path, out_vmlinuz: Path) -> str:
-    """From the pinned debs: write the initramfs and the kernel; return the kernel release."""
+def build(kernel_deb: Path, busybox_deb: Path, initrds: dict[Path, str], out_vmlinuz: Path) -> str:
+    """From the pinned debs: write the kernel and one initramfs per `initrds` entry (path ->
+    its `etc/partitions`, see disk.partition_table); return the kernel release."""
     with tempfile.TemporaryDirectory() as tmp:
         kroot, broot = Path(tmp) / "k", Path(tmp) / "b"
         debs.unpack(kernel_deb, kroot, only=("boot/vmlinuz-", "lib/modules/"))
@@ -114,14 +115,17 @@ def build(kernel_deb: Path, busybox_deb: Path, out_initrd: Path, out_vmlinuz: Pa
         )
         if bb is None:
             die(f"{busybox_deb.name}: no busybox binary inside")
-        build_from_tree(vmlinuz[0], kroot / "lib/modules" / release, bb, out_initrd, out_vmlinuz)
+        build_from_tree(vmlinuz[0], kroot / "lib/modules" / release, bb, initrds, out_vmlinuz)
     return release
 
 
 def build_from_tree(
-    vmlinuz: Path, modules_dir: Path, busybox: Path, out_initrd: Path, out_vmlinuz: Path
+    vmlinuz: Path, modules_dir: Path, busybox: Path, initrds: dict[Path, str], out_vmlinuz: Path
 ) -> None:
-    """From an unpacked kernel (Debian's or nixpkgs'): modules may be .ko or .ko.xz."""
+    """From an unpacked kernel (Debian's or nixpkgs'): modules may be .ko or .ko.xz.
+
+    Each initramfs differs only in `etc/partitions`: the GPT GUIDs its init mounts
+    (nothing else on any disk is ever mounted or run)."""
     shutil.copyfile(vmlinuz, out_vmlinuz)
     entries = [
         Entry(d, 0o040755)
@@ -152,5 +156,8 @@ def build_from_tree(
         entries.append(Entry(f"lib/modules/{name}.ko", 0o100644, ko))
     entries.append(Entry("etc/modules", 0o100644, ("\n".join(names) + "\n").encode()))
     entries.append(Entry("init", 0o100755, (IMAGES_DIR / "initramfs/init").read_bytes()))
-    blob = newc(entries, source_date_epoch())
-    out_initrd.write_bytes(gzip.compress(blob, compresslevel=9, mtime=0))
+    for out_initrd, table in initrds.items():
+        blob = newc(
+            [*entries, Entry("etc/partitions", 0o100644, table.encode())], source_date_epoch()
+        )
+        out_initrd.write_bytes(gzip.compress(blob, compresslevel=9, mtime=0))

@@ -71,8 +71,13 @@ def image(
         rootfs.mksquashfs(tree, out / "root.squashfs")
     build.agent_layer(python_src, bpf_objects, out / "agent.squashfs")
     modules = next((kernel / "lib/modules").iterdir())
+    ids = disk.layout("production", out / "root.squashfs", out / "agent.squashfs", None)
     initramfs.build_from_tree(
-        kernel / "bzImage", modules, busybox / "bin/busybox", out / "initrd.img", out / "vmlinuz"
+        kernel / "bzImage",
+        modules,
+        busybox / "bin/busybox",
+        {out / "initrd.img": disk.partition_table(ids)},
+        out / "vmlinuz",
     )
     (out / "cmdline").write_text(disk.DEFAULT_CMDLINE + "\n")
     disk.build_uki(

@@ -19,6 +19,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def qemu_argv(
     disk_cache: str | None = None,
     cpu: str | None = None,
     binary: str = QEMU,
+    extra_disks: Sequence[Path] = (),
 ) -> list[str]:
     """The QEMU argv: virtio disk (qcow2), eth0 = management NIC, eth1 = monitored NIC.
 
@@ -83,6 +85,8 @@ def qemu_argv(
     is forwarded to 127.0.0.1:ssh_port). `monitored_netdev` is the backend of the
     monitored NIC without its id (e.g. `tap_netdev(fd)` or `user,restrict=on`).
     The disk comes first, then the NICs: PCI order makes the names stable.
+    `extra_disks` (raw or qcow2, by suffix) are attached read-only after the NICs,
+    as foreign disks a machine may carry.
     """
     drive = f"file={disk},if=virtio,format=qcow2"
     if disk_cache is not None:
@@ -108,6 +112,9 @@ def qemu_argv(
         # guest never registered, and a monitored port must see every VLAN.
         "-device", f"virtio-net-pci,netdev=mon,mac={MONITORED_MAC},ctrl_vlan=off",
     ]  # fmt: skip
+    for extra in extra_disks:
+        fmt = "raw" if extra.suffix == ".raw" else "qcow2"
+        argv += ["-drive", f"file={extra},if=virtio,format={fmt},readonly=on"]
     if isinstance(boot, DirectBoot):
         argv += ["-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", boot.cmdline]
     else:

@@ -31,8 +31,10 @@ LAYERS = (
     "agent.squashfs",
     "test.squashfs",
     "initrd.img",
+    "initrd-test.img",
     "vmlinuz",
     "BOOTX64.EFI",
+    "BOOTX64-test.EFI",
     "root.files",
     "cmdline",
 )

@@ -68,9 +68,14 @@ def test_a_successful_step_writes_nothing_to_stderr(tmp_path: Path) -> None:
 
 def test_a_failing_step_shows_its_held_back_log_then_the_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.deb"
+    layers = []
+    for name in ("root", "agent", "test"):
+        (tmp_path / f"{name}.squashfs").write_bytes(name.encode())
+        layers += [f"--{name}", tmp_path / f"{name}.squashfs"]
     res = _step(
-        "boot-files", "--kernel-deb", missing, "--busybox-deb", missing, "--outdir", tmp_path
-    )
+        "boot-files", "--kernel-deb", missing, "--busybox-deb", missing, "--outdir", tmp_path,
+        *layers,
+    )  # fmt: skip
     assert res.returncode == 2
     lines = res.stderr.splitlines()
     assert lines[0] == "event=step_start step=initramfs"

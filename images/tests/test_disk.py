@@ -50,3 +50,64 @@ def test_disk_has_named_partitions_at_the_expected_offsets(tmp_path: Path) -> No
     with raw.open("rb") as f:
         f.seek(1 << 20)
         assert f.read(4096) == b"R" * 4096
+
+
+def _layers(tmp_path: Path) -> tuple[Path, Path, Path]:
+    paths = (tmp_path / "root.squashfs", tmp_path / "agent.squashfs", tmp_path / "test.squashfs")
+    for p in paths:
+        p.write_bytes(p.name.encode() * 100)
+    return paths
+
+
+def test_partition_guids_are_the_same_for_the_same_layers(tmp_path: Path) -> None:
+    root, agent, test = _layers(tmp_path)
+    assert disk.layout("production", root, agent, None) == disk.layout(
+        "production", root, agent, None
+    )
+    assert disk.layout("test", root, agent, test) == disk.layout("test", root, agent, test)
+    assert list(disk.layout("production", root, agent, None)) == ["esp", "root", "agent", "state"]
+
+
+def test_partition_guids_follow_the_layers_content(tmp_path: Path) -> None:
+    root, agent, _ = _layers(tmp_path)
+    before = disk.layout("production", root, agent, None)
+    agent.write_bytes(b"another agent")
+    after = disk.layout("production", root, agent, None)
+    assert set(before.values()).isdisjoint(after.values())
+
+
+def test_no_test_variant_guid_is_one_production_looks_for(tmp_path: Path) -> None:
+    root, agent, test = _layers(tmp_path)
+    prod = disk.layout("production", root, agent, None)
+    test_ids = disk.layout("test", root, agent, test)
+    assert "test" not in prod
+    assert set(prod.values()).isdisjoint(test_ids.values())
+    assert len(set(test_ids.values())) == len(test_ids)
+
+
+def test_partition_table_lists_each_guid_as_gpt_stores_it() -> None:
+    table = disk.partition_table({"root": "00112233-4455-6677-8899-AABBCCDDEEFF"})
+    # GPT keeps the first three fields little-endian
+    assert table == "root 33221100554477668899aabbccddeeff\n"
+
+
+def test_disk_partitions_carry_the_guids_the_initramfs_looks_for(tmp_path: Path) -> None:
+    root, agent, _ = _layers(tmp_path)
+    ids = disk.layout("production", root, agent, None)
+    raw = tmp_path / "d.raw"
+    disk.build_disk(
+        [
+            disk.Partition("sennet-root", disk.ROOT_TYPE, root, 1, ids["root"]),
+            disk.Partition("sennet-state", disk.DATA_TYPE, None, 1, ids["state"]),
+        ],
+        raw,
+    )
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, check=True).stdout
+    )["partitiontable"]
+    assert [p["uuid"] for p in table["partitions"]] == [ids["root"], ids["state"]]
+    # the on-disk bytes of entry 1's unique GUID are what etc/partitions lists for root
+    with raw.open("rb") as f:
+        f.seek(1024 + 16)
+        entry_guid = f.read(16).hex()
+    assert f"root {entry_guid}\n" in disk.partition_table(ids)

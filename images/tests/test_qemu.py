@@ -74,3 +74,14 @@ def test_direct_boot_hands_qemu_the_kernel_and_uefi_boot_the_firmware() -> None:
 
 def test_an_explicit_accelerator_skips_the_kvm_probe(tmp_path: Path) -> None:
     assert qemu.accelerator(tmp_path / "no-such-kernel", "tcg") == "tcg"
+
+
+def test_extra_disks_come_read_only_after_the_boot_disk_and_the_nics() -> None:
+    argv = _argv(DIRECT, extra_disks=[Path("/i/appliance-test.raw"), Path("/w/other.qcow2")])
+    assert _values(argv, "-drive") == [
+        "file=/w/disk.qcow2,if=virtio,format=qcow2",
+        "file=/i/appliance-test.raw,if=virtio,format=raw,readonly=on",
+        "file=/w/other.qcow2,if=virtio,format=qcow2,readonly=on",
+    ]
+    order = [a for a in argv if a.startswith(("file=", "virtio-net-pci"))]
+    assert order[0].startswith("file=/w/disk.qcow2") and "netdev=mon" in order[2]

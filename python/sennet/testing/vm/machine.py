@@ -47,9 +47,11 @@ class Machine:
         argv: Sequence[str],
         pass_fds: Sequence[int],
         log_dir: Path,
-        ssh_port: int,
-        ssh_key: Path,
+        ssh_port: int | None,
+        ssh_key: Path | None,
     ) -> None:
+        """`ssh_port`/`ssh_key` None: a guest without SSH (the production variant), watched
+        through its console only."""
         self.name = name
         self.argv = list(argv)
         self.pass_fds = tuple(pass_fds)
@@ -160,6 +162,8 @@ class Machine:
     # -- commands --------------------------------------------------------------
 
     def _ssh(self, command: str) -> list[str]:
+        if self.ssh_port is None or self.ssh_key is None:
+            raise HarnessError(f"{self.name}: no SSH into this guest (production variant)")
         return [
             "ssh", "-q", "-i", str(self.ssh_key), "-p", str(self.ssh_port),
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -226,6 +230,7 @@ class Machine:
         if self._host is None:
             import testinfra
 
+            self._ssh("true")  # fails clearly for a guest without SSH
             cfg = self.log_dir / f"{self.name}.ssh_config"
             cfg.write_text(
                 "Host guest\n  HostName 127.0.0.1\n  User root\n"

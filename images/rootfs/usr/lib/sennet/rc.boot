@@ -4,7 +4,8 @@
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 log() { echo "sennet-init: $*"; }
 
-mount -t tmpfs -o mode=0755,nosuid,nodev run /run
+# /run comes from the initramfs (it found the partitions); a tmpfs if booted otherwise.
+grep -q '^[^ ]* /run ' /proc/mounts || mount -t tmpfs -o mode=0755,nosuid,nodev run /run
 mkdir -p /run/sennet /run/root /run/dropbear /dev/pts
 chmod 0700 /run/root
 mount -t tmpfs -o mode=1777,nosuid,nodev tmp /tmp
@@ -12,25 +13,24 @@ mount -t devpts -o mode=0620,ptmxmode=0666 devpts /dev/pts
 mount -t bpf -o mode=0700 bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 hostname sennet
+. /usr/lib/sennet/settings.sh
 
-# sennet.KEY=VALUE on the kernel command line
-cmdline() { for w in $(cat /proc/cmdline); do case "$w" in "sennet.$1="*) echo "${w#*=}";; esac; done; }
-
-partdev() {  # block device whose GPT partition name is $1
-    for u in /sys/class/block/*/uevent; do
-        if grep -qx "PARTNAME=$1" "$u"; then echo "/dev/$(sed -n 's/^DEVNAME=//p' "$u")"; return 0; fi
-    done
-    return 1
+# partition ROLE: the device the initramfs found by this build's GPT GUID for ROLE.
+partition() {
+    [ -f /run/sennet/partitions ] || return 1
+    d=$(setting "$1" /run/sennet/partitions)
+    case "$d" in /dev/[a-z]*) case "$d" in /dev/*[!a-z0-9]*) return 1;; esac ;; *) return 1;; esac
+    echo "$d"
 }
 
-# EFI system partition: read-only source of provisioning files.
+# EFI system partition: read-only source of provisioning files (data only, see settings.sh).
 mkdir -p /run/esp
-if esp=$(partdev esp) && mount -t vfat -o ro,fmask=0177,dmask=0077 "$esp" /run/esp; then
+if esp=$(partition esp) && mount -t vfat -o ro,nodev,nosuid,noexec,fmask=0177,dmask=0077 "$esp" /run/esp; then
     log "event=esp_mounted dev=$esp"
 fi
 
 # Writable state partition, formatted on first boot.
-if state=$(partdev sennet-state); then
+if state=$(partition state); then
     magic=$(dd if="$state" bs=1 skip=1080 count=2 2>/dev/null | hexdump -e '1/2 "%04x"')
     if [ "$magic" != "ef53" ]; then
         log "event=state_format dev=$state first_boot=1"
@@ -38,36 +38,64 @@ if state=$(partdev sennet-state); then
     fi
     mount -t ext4 -o noatime,nodev,nosuid "$state" /var/lib/sennet && log "event=state_mounted dev=$state"
 else
-    log "event=state_missing why=no_partition_named_sennet-state using=tmpfs"
+    log "event=state_missing why=no_partition_with_this_builds_guid using=tmpfs"
     mount -t tmpfs -o mode=0700 state /var/lib/sennet
 fi
 mkdir -p /var/lib/sennet/etc
 
-# First-boot provisioning: a config on the ESP is copied once to the state partition.
-if [ -f /run/esp/sennet/agent.toml ] && [ ! -f /var/lib/sennet/etc/agent.toml ]; then
+# First-boot provisioning: a config on the ESP is copied once to the state partition
+# (a regular file only; the agent parses it as TOML against its settings table).
+if [ -f /run/esp/sennet/agent.toml ] && [ ! -L /run/esp/sennet/agent.toml ] &&
+    [ ! -f /var/lib/sennet/etc/agent.toml ]; then
     cp /run/esp/sennet/agent.toml /var/lib/sennet/etc/agent.toml.tmp &&
+        chmod 0600 /var/lib/sennet/etc/agent.toml.tmp &&
         mv /var/lib/sennet/etc/agent.toml.tmp /var/lib/sennet/etc/agent.toml &&
         log "event=provisioned source=esp:sennet/agent.toml"
 fi
-# Kernel command line overrides (SENNET_* environment for the agent); the token is never logged.
+
+# Settings: ESP sennet/network.env, then sennet.KEY=VALUE on the kernel command line (which
+# wins), each checked as data. Rejected and unknown entries are logged, never run.
+settings=/run/sennet/settings
+: > "$settings"
+chmod 0600 "$settings"
+if [ -f /run/esp/sennet/network.env ]; then
+    settings_from_env_file esp:sennet/network.env < /run/esp/sennet/network.env >> "$settings"
+fi
+settings_from_cmdline < /proc/cmdline >> "$settings"
+
+# The agent's overrides (SENNET_* environment, read as data by supervise-agent).
 : > /run/sennet/agent.env
+chmod 0600 /run/sennet/agent.env
 for key in control_plane bootstrap_token interfaces tls_server_name metrics_listen log_level interval_s; do
-    v=$(cmdline "$key")
+    v=$(setting "$key" "$settings")
     if [ -n "$v" ]; then
         upper=$(echo "$key" | tr a-z A-Z)
-        echo "SENNET_$upper=$v" >> /run/sennet/agent.env
+        printf 'SENNET_%s=%s\n' "$upper" "$v" >> /run/sennet/agent.env
         [ "$key" = bootstrap_token ] && v="(set)"
         log "event=provisioned source=cmdline key=$key value=$v"
     fi
 done
-chmod 0600 /run/sennet/agent.env
+
+# The bootstrap token now sits only in /run/sennet/agent.env (0600): /proc/cmdline, readable
+# by every process, shows a copy without it for the rest of this boot.
+set -f
+if grep -q 'sennet\.bootstrap_token=' /proc/cmdline; then
+    clean=""
+    for w in $(cat /proc/cmdline); do
+        case "$w" in sennet.bootstrap_token=*) ;; *) clean="$clean${clean:+ }$w";; esac
+    done
+    printf '%s\n' "$clean" > /run/sennet/cmdline
+    chmod 0444 /run/sennet/cmdline
+    mount --bind /run/sennet/cmdline /proc/cmdline &&
+        log "event=cmdline_sanitized removed=bootstrap_token"
+fi
+set +f
 
 # Network: management NIC by DHCP (default) or static; every other NIC up, unaddressed, no IPv6.
-[ -f /run/esp/sennet/network.env ] && . /run/esp/sennet/network.env
-MGMT_IF=$(cmdline mgmt_if); MGMT_IF=${MGMT_IF:-${SENNET_MGMT_IF:-eth0}}
-IP=$(cmdline ip); IP=${IP:-${SENNET_IP:-dhcp}}
-GW=$(cmdline gw); GW=${GW:-${SENNET_GW:-}}
-DNS=$(cmdline dns); DNS=${DNS:-${SENNET_DNS:-}}
+MGMT_IF=$(setting mgmt_if "$settings"); MGMT_IF=${MGMT_IF:-eth0}
+IP=$(setting ip "$settings"); IP=${IP:-dhcp}
+GW=$(setting gw "$settings")
+DNS=$(setting dns "$settings")
 ip link set lo up
 for dev in /sys/class/net/*; do
     name=${dev##*/}
