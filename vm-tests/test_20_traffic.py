@@ -14,8 +14,17 @@ from scapy.packet import Raw
 from scapy.utils import wrpcap
 from sennet.testing.controlplane import ControlPlane
 from sennet.testing.vm.appliance import Appliance
-from sennet.testing.vm.guest import agent_id, counters, plus_rx, pyroute2, reported, wait_counters
-from sennet.testing.vm.traffic import GUEST_MON_MAC, HOST_MAC, mixed
+from sennet.testing.vm.guest import (
+    agent_id,
+    counters,
+    event_totals,
+    nic_counters,
+    plus_rx,
+    pyroute2,
+    reported,
+    wait_counters,
+)
+from sennet.testing.vm.traffic import GUEST_MON_MAC, HOST_MAC, mixed, tcp_train
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +34,35 @@ def agent(appliance: Appliance, control_plane: ControlPlane) -> str:
     return ident
 
 
+def rx_delta(after: dict[str, float], before: dict[str, float]) -> tuple[float, float]:
+    return after["rx_packets"] - before["rx_packets"], after["rx_bytes"] - before["rx_bytes"]
+
+
 def test_mixed_traffic_arrives_as_exact_rx_deltas(
     appliance: Appliance, control_plane: ControlPlane, agent: str
 ) -> None:
-    before = counters(control_plane, agent)
-    frames = mixed()
+    before, nic_before = counters(control_plane, agent), nic_counters(appliance.machine)
+    frames = mixed()  # VLAN-tagged frames among them: the tag counts, as virtio-net counts it
     appliance.tap.send(frames)
     wait_counters(control_plane, agent, plus_rx(before, frames))
+    assert rx_delta(nic_counters(appliance.machine), nic_before) == rx_delta(
+        counters(control_plane, agent), before
+    )
+
+
+def test_a_tcp_stream_counts_as_the_segments_virtio_received(
+    appliance: Appliance, control_plane: ControlPlane, agent: str
+) -> None:
+    """The guest's GRO may merge the stream before TC ingress; the counts must not change."""
+    before, nic_before = counters(control_plane, agent), nic_counters(appliance.machine)
+    events_before = event_totals(control_plane, agent)
+    frames = tcp_train()
+    appliance.tap.send(frames)
+    wait_counters(control_plane, agent, plus_rx(before, frames))
+    assert rx_delta(nic_counters(appliance.machine), nic_before) == rx_delta(
+        counters(control_plane, agent), before
+    )
+    assert event_totals(control_plane, agent) == events_before  # no segment is large
 
 
 def test_replayed_pcap_arrives_as_exact_rx_deltas(
