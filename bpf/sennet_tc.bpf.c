@@ -341,34 +341,35 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct sennet_event ev = {};
 	__u32 hdr_end = 0;
 	__u32 kinds;
+
+	ev.direction = dir;
+	ev.ifindex = skb->ifindex;
+	/* The parser never rejects a packet: whatever it finds, the packet is
+	 * counted below. It runs first only to learn the header length that
+	 * every segment of an aggregate repeats. The skb fields are read after
+	 * it, so they need not survive its helper calls on the stack. */
+	kinds = parse(skb, &ev, &hdr_end);
+
 	__u32 len = skb->len;
 	/* An outer tag kept in metadata: moved out of the data before TC ingress,
 	 * or inserted after TC egress by the driver (or the NIC). On the wire it
 	 * is in every frame. */
 	__u32 tag = skb->vlan_present ? VLAN_TAG_LEN : 0;
 	__u32 segs = skb->gso_segs;
-	__u32 bytes, frame;
+	__u32 frame = len + tag;
+	__u32 bytes = frame;
 
-	ev.direction = dir;
-	ev.ifindex = skb->ifindex;
-	/* The parser never rejects a packet: whatever it finds, the packet is
-	 * counted below. It runs first only to learn the header length that
-	 * every segment of an aggregate repeats. */
-	kinds = parse(skb, &ev, &hdr_end);
-	if (segs > 1) {
+	if (__builtin_expect(segs > 1, 0)) {
 		/* GRO/GSO aggregate: `segs` frames on the wire, each with the headers
 		 * (up to the end of the TCP/UDP header) and at most gso_size bytes of
 		 * payload. Headers unknown (not TCP/UDP): count the data once. */
 		if (hdr_end > len)
 			hdr_end = 0;
-		bytes = len + (segs - 1) * hdr_end + segs * tag;
-		frame = hdr_end + skb->gso_size + tag;
-		if (frame > len + tag)
-			frame = len + tag;
+		bytes += (segs - 1) * (hdr_end + tag);
+		if (hdr_end + skb->gso_size + tag < frame)
+			frame = hdr_end + skb->gso_size + tag;
 	} else {
 		segs = 1;
-		bytes = len + tag;
-		frame = bytes;
 	}
 	count(skb, dir, segs, bytes);
 	ev.pkt_len = frame;
