@@ -47,11 +47,11 @@ def mixed() -> list[bytes]:
 def tcp_train(count: int = 40, mss: int = 1400) -> list[bytes]:
     """Back-to-back segments of one TCP stream, in order: the guest's GRO may merge them
     into aggregates before TC ingress, while virtio-net counts each one it received."""
-    v4 = IP(src="198.51.100.30", dst="198.51.100.40")
     return [
         bytes(
             eth()
-            / v4
+            # GRO merges IPv4 only where the IP ID counts up (or stays fixed with DF)
+            / IP(src="198.51.100.30", dst="198.51.100.40", id=1000 + i, flags="DF")
             / TCP(sport=40400, dport=8080, flags="A", seq=1000 + i * mss, ack=1)
             / Raw(bytes([65 + i % 26]) * mss)
         )
