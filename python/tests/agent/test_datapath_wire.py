@@ -132,3 +132,20 @@ def test_gro_aggregates_arriving_count_as_the_segments_the_interface_received(
     )
     assert got.rx_bytes == kernel.rx_bytes + ETH_HLEN * kernel.rx_packets
     assert kernel.rx_packets >= BULK // MTU
+
+
+def test_large_packet_for_an_aggregate_reports_its_segment_size(
+    net1500: VethPair, pin_root: Path
+) -> None:
+    """With the threshold one byte below a full segment, aggregates of full segments raise
+    large_packet, and the event carries the segment's length, not the aggregate's."""
+    net = net1500
+    _, b = bulk_link(net, sender="a", receiver_gro=False)
+    with running(net, pin_root / "p", large=FRAME_MAX - 1) as dp:
+        tcp_bulk(net.ns_a, net.ns_b, b, BULK)
+        settled(net.ns_a, net.if_a)
+        events = dp.events()
+    assert events, "full-size segments crossed egress"
+    assert {(e.kind.label, e.direction.label, e.pkt_len) for e in events} == {
+        ("large_packet", "tx", FRAME_MAX)
+    }
