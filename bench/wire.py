@@ -1,10 +1,11 @@
 """The frames the benchmark sends, built by hand so bench needs no scapy.
 
-Sizes are skb->len as the TC programs see it (Ethernet header included, no
-FCS): SMALL_FRAME is the classic 64-byte minimum, LARGE_FRAME a full 1514-byte
-Ethernet frame, which is above the large-packet threshold the benchmark loads
-with, so it raises exactly one `large_packet` event and nothing else (a
-well-formed UDP/IPv4 frame between two different addresses).
+Sizes are frame lengths (Ethernet header included, no FCS; untagged and not
+aggregated, so skb->len and the bytes on the wire agree): SMALL_FRAME is the
+classic 64-byte minimum, LARGE_FRAME a full 1514-byte Ethernet frame, which is
+above the large-packet threshold the benchmark loads with, so it raises exactly
+one `large_packet` event and nothing else (a well-formed UDP/IPv4 frame between
+two different addresses).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import struct
 
 SMALL_FRAME = 64
 LARGE_FRAME = 1514
-LARGE_THRESHOLD = 1000  # events for skb->len > 1000: LARGE_FRAME raises one, SMALL_FRAME none
+LARGE_THRESHOLD = 1000  # events for frames > 1000 bytes: LARGE_FRAME raises one, SMALL_FRAME none
 
 # The receiver never owns this MAC: like a mirror port, the frames are PACKET_OTHERHOST and
 # the IP layer discards them right after TC ingress, which keeps the bare path short (so the

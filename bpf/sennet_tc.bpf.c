@@ -11,11 +11,19 @@
  * are copied with bpf_skb_load_bytes, which works on non-linear skbs without
  * pulling them (pulling would change the skb's layout). Either way "too short"
  * is one check per header.
+ *
+ * Counts are what crossed the wire, the same as the interface's own counters
+ * on a NIC: an outer VLAN tag the stack keeps in skb metadata (moved there at
+ * ingress, or still to be inserted by the driver at egress) is counted, and a
+ * GRO/GSO aggregate counts as its segments, each with its own copy of the
+ * headers. Headers inside an IP packet are read only within the IP packet's
+ * own length: Ethernet padding or a trailer is never parsed as a header.
  */
 #include "compat.h"
 #include "sennet_tc.h"
 
-/* Events fire for frames strictly longer than this (skb->len, bytes). */
+/* large_packet fires for frames strictly longer than this (bytes on the wire;
+ * for an aggregate, its largest segment). */
 SENNET_TUNABLE(__u32, cfg_large_packet_bytes, 1514);
 
 SENNET_PERCPU_ARRAY(COUNTERS, __u32, struct sennet_counter, SENNET_COUNTER_SLOTS);
@@ -44,6 +52,7 @@ static __always_inline void event_submit(void *e) { bpf_ringbuf_submit(e, 0); }
 #endif
 
 #define ETH_HDR_LEN 14
+#define VLAN_TAG_LEN 4
 #define ETHP_IPV4 0x0800
 #define ETHP_IPV6 0x86DD
 #define ETHP_8021Q 0x8100
@@ -82,6 +91,16 @@ static __always_inline const __u8 *header(struct __sk_buff *skb, __u32 off, __u3
 	return buf;
 }
 
+/* header() for a header inside an IP packet that ends at `limit` (a frame
+ * offset): bytes past the IP packet (Ethernet padding, a trailer) are not it. */
+static __always_inline const __u8 *inner(struct __sk_buff *skb, __u32 off, __u32 len, __u32 limit,
+					 __u8 *buf)
+{
+	if (off + len > limit)
+		return 0;
+	return header(skb, off, len, buf);
+}
+
 static __always_inline __u16 be16(const __u8 *p)
 {
 	return ((__u16)p[0] << 8) | p[1];
@@ -97,7 +116,7 @@ static __always_inline int same_v6(const __u8 *a, const __u8 *b)
 	return diff == 0;
 }
 
-static __always_inline void count(struct __sk_buff *skb, __u32 dir)
+static __always_inline void count(struct __sk_buff *skb, __u32 dir, __u32 segs, __u32 bytes)
 {
 	__u32 ifindex = skb->ifindex;
 	__u32 slot = 0;
@@ -109,21 +128,25 @@ static __always_inline void count(struct __sk_buff *skb, __u32 dir)
 	struct sennet_counter *c = counter_at(&key);
 
 	if (c) {
-		c->packets += 1;
-		c->bytes += skb->len;
+		c->packets += segs;
+		c->bytes += bytes;
 	}
 }
 
-static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u8 proto,
-				      struct sennet_event *ev)
+/* Parse the L4 header at `off` of an IP packet ending at `limit`. Sets *hdr_end
+ * to the end of the TCP/UDP header: the headers every segment of an aggregate
+ * repeats. */
+static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u32 limit, __u8 proto,
+				      struct sennet_event *ev, __u32 *hdr_end)
 {
 	__u8 buf[20];
 	const __u8 *h;
 
 	if (proto == PROTO_TCP) {
-		h = header(skb, off, 20, buf);
+		h = inner(skb, off, 20, limit, buf);
 		if (!h)
 			return KIND(SENNET_EV_TRUNCATED_L4);
+		*hdr_end = off + ((__u32)(h[12] >> 4) << 2);
 		ev->sport = be16(&h[0]);
 		ev->dport = be16(&h[2]);
 		__u8 f = h[13];
@@ -141,22 +164,24 @@ static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u8 pro
 		return kinds;
 	}
 	if (proto == PROTO_UDP) {
-		h = header(skb, off, 8, buf);
+		h = inner(skb, off, 8, limit, buf);
 		if (!h)
 			return KIND(SENNET_EV_TRUNCATED_L4);
+		*hdr_end = off + 8;
 		ev->sport = be16(&h[0]);
 		ev->dport = be16(&h[2]);
 		return 0;
 	}
 	if (proto == PROTO_ICMP || proto == PROTO_ICMPV6) {
 		/* type, code, checksum: the part every ICMP message has */
-		if (!header(skb, off, 4, buf))
+		if (!inner(skb, off, 4, limit, buf))
 			return KIND(SENNET_EV_TRUNCATED_L4);
 	}
 	return 0;
 }
 
-static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, __u32 off, struct sennet_event *ev)
+static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, __u32 off, struct sennet_event *ev,
+				       __u32 *hdr_end)
 {
 	__u8 buf[20];
 	const __u8 *ip = header(skb, off, 20, buf);
@@ -176,15 +201,20 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, __u32 off, struct
 		kinds |= KIND(SENNET_EV_LAND);
 	if (ihl < 5)
 		return kinds | KIND(SENNET_EV_IPV4_BAD_IHL);
+	__u32 limit = skb->len;
+
 	/* A GSO super-packet (BIG TCP) may carry tot_len 0 by design. */
 	if (tot > skb->len - off || (tot < ihl * 4 && skb->gso_segs <= 1))
 		kinds |= KIND(SENNET_EV_IPV4_BAD_LEN);
+	else if (tot >= ihl * 4)
+		limit = off + tot; /* what follows the IP packet is padding */
 	if (be16(&ip[6]) & 0x1fff)
 		return kinds; /* a later fragment: no L4 header here */
-	return kinds | parse_l4(skb, off + ihl * 4, ip[9], ev);
+	return kinds | parse_l4(skb, off + ihl * 4, limit, ip[9], ev, hdr_end);
 }
 
-static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct sennet_event *ev)
+static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct sennet_event *ev,
+				       __u32 *hdr_end)
 {
 	__u8 buf[40];
 	const __u8 *ip = header(skb, off, 40, buf);
@@ -194,6 +224,9 @@ static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct
 
 	__u32 kinds = 0;
 	__u8 nh = ip[6];
+	__u32 plen = be16(&ip[4]);
+	/* Payload length 0 is a jumbogram or a BIG TCP aggregate: the frame bounds it. */
+	__u32 limit = plen ? off + 40 + plen : skb->len;
 
 	ev->ip_version = 6;
 	__builtin_memcpy(ev->saddr.v6, &ip[8], 16);
@@ -208,13 +241,13 @@ static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct
 		const __u8 *x;
 
 		if (nh == V6_HOPOPTS || nh == V6_ROUTING || nh == V6_DSTOPTS) {
-			x = header(skb, off, 2, xbuf);
+			x = inner(skb, off, 2, limit, xbuf);
 			if (!x)
 				return kinds | KIND(SENNET_EV_TRUNCATED_L3);
 			nh = x[0];
 			off += ((__u32)x[1] + 1) * 8;
 		} else if (nh == V6_FRAGMENT) {
-			x = header(skb, off, 4, xbuf);
+			x = inner(skb, off, 4, limit, xbuf);
 			if (!x)
 				return kinds | KIND(SENNET_EV_TRUNCATED_L3);
 			nh = x[0];
@@ -228,10 +261,10 @@ static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct
 		}
 	}
 	ev->l4_proto = nh;
-	return kinds | parse_l4(skb, off, nh, ev);
+	return kinds | parse_l4(skb, off, limit, nh, ev, hdr_end);
 }
 
-static __always_inline __u32 parse(struct __sk_buff *skb, struct sennet_event *ev)
+static __always_inline __u32 parse(struct __sk_buff *skb, struct sennet_event *ev, __u32 *hdr_end)
 {
 	__u8 buf[ETH_HDR_LEN];
 	const __u8 *eth = header(skb, 0, ETH_HDR_LEN, buf);
@@ -258,9 +291,9 @@ static __always_inline __u32 parse(struct __sk_buff *skb, struct sennet_event *e
 	}
 	ev->eth_proto = proto;
 	if (proto == ETHP_IPV4)
-		return parse_ipv4(skb, off, ev);
+		return parse_ipv4(skb, off, ev, hdr_end);
 	if (proto == ETHP_IPV6)
-		return parse_ipv6(skb, off, ev);
+		return parse_ipv6(skb, off, ev, hdr_end);
 	return 0;
 }
 
@@ -306,14 +339,41 @@ __attribute__((noinline)) int emit(struct sennet_event *ev, __u32 kinds)
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct sennet_event ev = {};
+	__u32 hdr_end = 0;
 	__u32 kinds;
 
-	count(skb, dir);
 	ev.direction = dir;
 	ev.ifindex = skb->ifindex;
-	ev.pkt_len = skb->len;
-	kinds = parse(skb, &ev);
-	if (skb->len > cfg_large_packet_bytes)
+	/* The parser never rejects a packet: whatever it finds, the packet is
+	 * counted below. It runs first only to learn the header length that
+	 * every segment of an aggregate repeats. The skb fields are read after
+	 * it, so they need not survive its helper calls on the stack. */
+	kinds = parse(skb, &ev, &hdr_end);
+
+	__u32 len = skb->len;
+	/* An outer tag kept in metadata: moved out of the data before TC ingress,
+	 * or inserted after TC egress by the driver (or the NIC). On the wire it
+	 * is in every frame. */
+	__u32 tag = skb->vlan_present ? VLAN_TAG_LEN : 0;
+	__u32 segs = skb->gso_segs;
+	__u32 frame = len + tag;
+	__u32 bytes = frame;
+
+	if (__builtin_expect(segs > 1, 0)) {
+		/* GRO/GSO aggregate: `segs` frames on the wire, each with the headers
+		 * (up to the end of the TCP/UDP header) and at most gso_size bytes of
+		 * payload. Headers unknown (not TCP/UDP): count the data once. */
+		if (hdr_end > len)
+			hdr_end = 0;
+		bytes += (segs - 1) * (hdr_end + tag);
+		if (hdr_end + skb->gso_size + tag < frame)
+			frame = hdr_end + skb->gso_size + tag;
+	} else {
+		segs = 1;
+	}
+	count(skb, dir, segs, bytes);
+	ev.pkt_len = frame;
+	if (frame > cfg_large_packet_bytes)
 		kinds |= KIND(SENNET_EV_LARGE_PACKET);
 	if (kinds) {
 		ev.ts_ns = bpf_ktime_get_ns();

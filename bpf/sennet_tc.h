@@ -21,7 +21,7 @@
 #define SENNET_DIR_TX 1 /* TC egress */
 
 /* Event kinds. Keep in sync with sennet/agent/datapath/layout.py (tested). */
-#define SENNET_EV_LARGE_PACKET   1  /* skb->len above the load-time threshold */
+#define SENNET_EV_LARGE_PACKET   1  /* a frame (an aggregate's largest segment) above the load-time threshold */
 #define SENNET_EV_TCP_NULL       2  /* TCP with no flags at all */
 #define SENNET_EV_TCP_SYN_FIN    3
 #define SENNET_EV_TCP_SYN_RST    4
@@ -30,9 +30,11 @@
 #define SENNET_EV_IPV4_BAD_IHL   7  /* IHL < 5 */
 #define SENNET_EV_IPV4_BAD_LEN   8  /* total length beyond the frame, or below the header */
 #define SENNET_EV_TRUNCATED_L3   9  /* EtherType says IP, the frame is too short for it */
-#define SENNET_EV_TRUNCATED_L4  10  /* IP says TCP/UDP/ICMP, the frame is too short for it */
+#define SENNET_EV_TRUNCATED_L4  10  /* IP says TCP/UDP/ICMP, the IP packet is too short for it */
 #define SENNET_EV_KINDS         11  /* one past the last kind: size of the drop counters */
 
+/* What crossed the wire: an aggregate counts as its segments, an outer VLAN
+ * tag kept in skb metadata counts 4 bytes in every frame. */
 struct sennet_counter {
 	__u64 packets;
 	__u64 bytes;
@@ -46,7 +48,9 @@ union sennet_addr {
 struct sennet_event {
 	__u64 ts_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u32 ifindex;
-	__u32 pkt_len;      /* skb->len: the whole frame from the Ethernet header on */
+	__u32 pkt_len;      /* bytes on the wire: the frame from the Ethernet header on, an
+	                     * outer VLAN tag kept in metadata included, no FCS; for a
+	                     * GRO/GSO aggregate, its largest segment */
 	__u8 direction;     /* SENNET_DIR_* */
 	__u8 kind;          /* SENNET_EV_* */
 	__u8 ip_version;    /* 0 (not IP), 4 or 6 */

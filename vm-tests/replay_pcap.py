@@ -4,7 +4,7 @@ A second look at the traffic checks, for a person at a terminal: point it at a
 VM the harness booted (its work directory holds `vm1.env` with the tap's
 namespace and the control plane's address) and a pcap file, and it prints the
 control plane's RX counters for that agent before and after, against what the
-pcap should add (skb->len: frame length, minus 4 for an outer VLAN tag).
+pcap should add (the bytes on the wire: each frame's whole length, VLAN tags included).
 
     python vm-tests/replay_pcap.py --env /tmp/sennet-vm-XXXX/vm1.env capture.pcap
 """

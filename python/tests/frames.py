@@ -1,11 +1,12 @@
 """Frames built with scapy, each with the event kinds the data plane must report for it.
 
-Lengths: the TC programs see skb->len, which for a frame sent from a packet
-socket over veth is exactly len(bytes(frame)): the Ethernet header is
-included, there is no FCS, and veth adds no padding to short frames. One
-exception on the receive side: the stack strips an outer 802.1Q/802.1ad tag
-into skb metadata before TC ingress (skb_vlan_untag), so there skb->len is
-4 bytes shorter and the tag is not in the frame data the program parses.
+Lengths: the TC programs count the bytes on the wire, which for a frame sent
+from a packet socket over veth is exactly len(bytes(frame)), the same as the
+interface's own rx_bytes: the Ethernet header is included, there is no FCS,
+and veth adds no padding to short frames. On the receive side the stack moves
+an outer 802.1Q/802.1ad tag into skb metadata before TC ingress
+(skb_vlan_untag): skb->len is then 4 bytes shorter and the tag is not in the
+frame data the program parses, but the program counts it (vlan_present).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class Case:
 
     @property
     def rx_len(self) -> int:
-        """skb->len at TC ingress (see the module docstring)."""
-        return len(self.frame) - (4 if self.vlan_outer else 0)
+        """Bytes counted at TC ingress: the whole frame, a stripped outer tag included."""
+        return len(self.frame)
 
 
 def ip4(**fields: Any) -> Packet:
@@ -46,6 +47,17 @@ def ip4(**fields: Any) -> Packet:
 
 def _b(p: Packet) -> bytes:
     return bytes(p)
+
+
+def padded(p: Packet, to: int = 60, fill: bytes = b"\x00") -> bytes:
+    """The frame as an Ethernet driver sends a short one: padded after the IP packet."""
+    raw = bytes(p)
+    return raw + (fill * to)[: max(0, to - len(raw))]
+
+
+# Ethernet padding after an IPv4 packet whose total length cuts its TCP header short:
+# read as a TCP header, byte 13 (the flags) would be FIN+PSH+URG, or 0 (zero padding).
+XMAS_PADDING = b"\x00" * 9 + b"\x29" + b"\x00" * 16
 
 
 def cases() -> list[Case]:
@@ -107,6 +119,36 @@ def cases() -> list[Case]:
         ),
         Case("truncated_udp", _b(eth() / ip4(proto=17) / Raw(b"\x00\x01")), ("truncated_l4",)),
         Case("truncated_icmp", _b(eth() / ip4(proto=1) / Raw(b"\x08")), ("truncated_l4",)),
+        Case(
+            "padded_tcp_cut_zeros",  # zero padding read as TCP would be a NULL scan
+            padded(eth() / ip4(proto=6) / Raw(b"\x9c\x40\x00\x50")),
+            ("truncated_l4",),
+        ),
+        Case(
+            "padded_tcp_cut_xmas",
+            _b(eth() / ip4(proto=6, len=24) / Raw(b"\x9c\x40\x00\x50") / Raw(XMAS_PADDING)),
+            ("truncated_l4",),
+        ),
+        Case(
+            "padded_udp_cut",
+            padded(eth() / ip4(proto=17) / Raw(b"\x00\x01\x00\x02"), fill=b"\x07"),
+            ("truncated_l4",),
+        ),
+        Case(
+            "padded_tcp_whole",  # a 54-byte SYN padded to 60: its own header, no event
+            padded(eth() / ip4() / TCP(sport=40010, dport=80, flags="S"), fill=b"\x29"),
+            (),
+        ),
+        Case(
+            "trailer_after_tcp_cut_v6",  # payload length 4, then 20 bytes that look like TCP
+            _b(
+                eth()
+                / IPv6(src="fd00::1", dst="fd00::2", nh=6, plen=4)
+                / Raw(b"\x9c\x40\x00\x50")
+                / Raw(XMAS_PADDING)
+            ),
+            ("truncated_l4",),
+        ),
         Case(
             "tcp_xmas_v6",
             _b(eth() / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=5, dport=6, flags="FPU")),

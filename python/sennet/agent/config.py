@@ -81,7 +81,7 @@ SETTINGS: tuple[Setting, ...] = (
         "large_packet_bytes",
         "int",
         1514,
-        "frames longer than this (skb->len) raise a large_packet event",
+        "frames longer than this on the wire raise a large_packet event",
         _positive,
     ),
     Setting("ringbuf_bytes", "int", 256 * 1024, "event ring buffer size", _ringbuf),

@@ -45,7 +45,7 @@ class SnapshotCollector(Collector):
         )
         octets = CounterMetricFamily(
             "sennet_agent_bytes",
-            "Bytes (skb->len) seen by the TC programs",
+            "Bytes on the wire seen by the TC programs (VLAN tags and aggregate segments counted)",
             labels=["interface", "direction"],
         )
         for c in snap.interfaces:

@@ -30,7 +30,7 @@ class Event:
     ifindex: int
     direction: Direction
     kind: EventKind
-    pkt_len: int  # skb->len: the frame from the Ethernet header on, no FCS
+    pkt_len: int  # frame on the wire, Ethernet header on, no FCS (aggregate: largest segment)
     ip_version: int
     l4_proto: int
     sport: int

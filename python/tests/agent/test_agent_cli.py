@@ -64,7 +64,8 @@ def test_agent_reports_exact_counts_in_status_and_metrics(
         assert sample(m, "sennet_agent_packets_total", **rx) == len(all_cases)
         assert sample(m, "sennet_agent_bytes_total", **rx) == rx_bytes
         assert sample(m, "sennet_agent_events_total", kind="tcp_xmas") == 3
-        assert sample(m, "sennet_agent_events_total", kind="truncated_l4") == 3
+        # truncated TCP, UDP and ICMP, and four L4 headers cut short before padding or a trailer
+        assert sample(m, "sennet_agent_events_total", kind="truncated_l4") == 3 + 4
         a.wait_for_log("event=snapshot")
         assert a.stop() == 0
     log = a.log()

@@ -2,8 +2,9 @@
 
 Every test sends frames over a veth pair in namespaces it owns; the agent side
 `a` is the monitored interface. Expected lengths follow tests/frames.py: the
-programs count skb->len, which is len(frame) for what a packet socket sends,
-minus 4 for an outer VLAN tag the receiving stack strips before TC ingress.
+programs count the bytes on the wire, which is len(frame) for what a packet
+socket sends, an outer VLAN tag the receiving stack strips before TC ingress
+included (test_datapath_wire.py checks them against the interface's own counters).
 """
 
 from __future__ import annotations
@@ -99,14 +100,15 @@ def test_event_fields_carry_addresses_ports_and_flags(net: VethPair, pin_root: P
         139,
         0x02,
     )
-    # The outer tag was stripped into skb metadata by the receiving stack, so not in the data.
-    assert (vlan_land.saddr, vlan_land.vlan_tags, vlan_land.pkt_len) == ("10.7.7.7", 0, 42)
+    # The outer tag was stripped into skb metadata by the receiving stack, so not in the
+    # data the parser sees, but it was on the wire: pkt_len is the whole 46-byte frame.
+    assert (vlan_land.saddr, vlan_land.vlan_tags, vlan_land.pkt_len) == ("10.7.7.7", 0, 46)
     # Q-in-Q: the outer 802.1ad tag is stripped, the inner 802.1Q tag stays in the data.
     assert (qinq.kind.label, qinq.vlan_tags, qinq.eth_proto, qinq.pkt_len) == (
         "tcp_syn_fin",
         1,
         0x0800,
-        58,
+        62,
     )
 
 

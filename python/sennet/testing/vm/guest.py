@@ -43,6 +43,16 @@ def plus_rx(before: dict[str, float], frames: Sequence[bytes]) -> dict[str, floa
     )
 
 
+def nic_counters(machine: Machine, ifname: str = "eth1") -> dict[str, float]:
+    """The guest kernel's own counters of a NIC (what virtio-net counted), the oracle the
+    agent's counters must equal."""
+    names = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
+    out = machine.succeed(
+        "cat " + " ".join(f"/sys/class/net/{ifname}/statistics/{n}" for n in names)
+    )
+    return dict(zip(names, map(float, out.split()), strict=True))
+
+
 def wait_counters(
     cp: ControlPlane, agent: str, expected: dict[str, float], timeout: float = 30
 ) -> None:

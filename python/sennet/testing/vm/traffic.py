@@ -1,8 +1,9 @@
 """Frames for the VM tests and the arithmetic of what the agent must count for them.
 
-skb->len at the guest's TC ingress is the frame length as written to the tap,
-minus 4 for an outer VLAN tag that the guest's stack strips into metadata before
-TC runs (see docs/datapath.md); no FCS, no padding.
+The agent counts the bytes on the wire, as virtio-net counts them in the guest's
+own interface counters: the frame as written to the tap, an outer VLAN tag that
+the guest's stack moves into skb metadata before TC runs included (see
+docs/datapath.md); no FCS, no padding. A GRO aggregate counts as its segments.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ def eth(dst: str = GUEST_MON_MAC) -> Ether:
 
 
 def rx_len(frame: Packet | bytes) -> int:
-    raw = bytes(frame)
-    outer = raw[12:14] in (b"\x81\x00", b"\x88\xa8")
-    return len(raw) - (4 if outer else 0)
+    """Bytes the agent counts for a frame received on the monitored NIC: all of it."""
+    return len(bytes(frame))
 
 
 def mixed() -> list[bytes]:
@@ -42,6 +42,21 @@ def mixed() -> list[bytes]:
     frames += [eth() / v4 / ICMP() / Raw(b"p" * 56)] * 3
     frames += [eth() / Dot1Q(vlan=100) / v4 / UDP(sport=1, dport=2) / Raw(b"v" * 30)] * 2
     return [bytes(f) for f in frames]
+
+
+def tcp_train(count: int = 40, mss: int = 1400) -> list[bytes]:
+    """Back-to-back segments of one TCP stream, in order: the guest's GRO may merge them
+    into aggregates before TC ingress, while virtio-net counts each one it received."""
+    return [
+        bytes(
+            eth()
+            # GRO merges IPv4 only where the IP ID counts up (or stays fixed with DF)
+            / IP(src="198.51.100.30", dst="198.51.100.40", id=1000 + i, flags="DF")
+            / TCP(sport=40400, dport=8080, flags="A", seq=1000 + i * mss, ack=1)
+            / Raw(bytes([65 + i % 26]) * mss)
+        )
+        for i in range(count)
+    ]
 
 
 @dataclass(frozen=True)
