@@ -7,6 +7,8 @@ run against exactly the process an operator runs."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +37,18 @@ def pin_root(root: None, tmp_path: Path) -> Iterator[Path]:
 def net(root: None) -> Iterator[VethPair]:
     with veth_pair() as pair:
         yield pair
+
+
+@pytest.fixture
+def world_traversable() -> Iterator[Path]:
+    """A fresh directory any user can reach, for a process that gives up root (pytest's own
+    temporary tree is root-only, so a dropped process could not get to its files there)."""
+    path = Path(tempfile.mkdtemp(prefix="sennet-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,6 @@ exact counters at the control plane and its TC filters gone after SIGTERM.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +23,6 @@ from tests.frames import cases
 pytestmark = [pytest.mark.kernel, pytest.mark.integration]
 NOBODY = 65534
 CAP_NET_ADMIN = 1 << 12
-
-
-@pytest.fixture
-def world_traversable() -> Iterator[Path]:
-    """A directory the dropped agent can reach (pytest's own temp tree is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="sennet-agent-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def proc_status(pid: int) -> dict[str, str]:

@@ -9,10 +9,7 @@ read by `sennet-agent status` show every frame exactly once.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,17 +37,6 @@ def recreate(net: VethPair) -> None:
 def rx(net: VethPair, pin_root: Path) -> tuple[int, int, int]:
     (iface,) = status(net.ns_a, pin_root / "sennet")["interfaces"]
     return iface["ifindex"], iface["rx_packets"], iface["rx_bytes"]
-
-
-@pytest.fixture
-def world_traversable() -> Iterator[Path]:
-    """A directory a dropped agent can reach (pytest's own temp tree is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="sennet-agent-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.parametrize("run_as", ["", "65534:65534"], ids=["root", "dropped-to-net-admin"])
