@@ -61,3 +61,36 @@ def test_only_the_expected_ports_listen(appliance: Appliance) -> None:
     assert [addr for addr in local if addr.endswith(":9101")] == ["127.0.0.1:9101"]
     udp = appliance.machine.succeed("netstat -lun")
     assert [ln for ln in udp.splitlines() if ln.startswith("udp")] == []
+
+
+CAP_NET_ADMIN = 1 << 12
+
+
+def agent_status(appliance: Appliance) -> dict[str, str]:
+    """The agent process's /proc/PID/status, as field -> value."""
+    pid, _ppid, _args = agent_process(appliance.machine)
+    text = appliance.machine.succeed(f"cat /proc/{pid}/status")
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def test_agent_runs_as_its_own_user_with_cap_net_admin_only(appliance: Appliance) -> None:
+    passwd = appliance.machine.host.file("/etc/passwd").content_string.splitlines()
+    (entry,) = [line.split(":") for line in passwd if line.startswith("sennet-agent:")]
+    uid, gid = int(entry[2]), int(entry[3])
+    assert uid != 0 and gid != 0
+    status = agent_status(appliance)
+    assert [int(x) for x in status["Uid"].split()] == [uid] * 4  # real, effective, saved, fs
+    assert [int(x) for x in status["Gid"].split()] == [gid] * 4
+    assert status["Groups"].split() == []
+    caps = {k: int(status[k], 16) for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
+    assert caps == {
+        "CapInh": 0,
+        "CapPrm": CAP_NET_ADMIN,
+        "CapEff": CAP_NET_ADMIN,
+        "CapBnd": CAP_NET_ADMIN,
+        "CapAmb": 0,
+    }
+    assert status["NoNewPrivs"].strip() == "1"
+    # The state partition is the agent's to write (its token at enrolment, tc-owned.json).
+    owner = appliance.machine.succeed("stat -c %u:%g /var/lib/sennet").strip()
+    assert owner == f"{uid}:{gid}"

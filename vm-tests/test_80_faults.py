@@ -58,3 +58,24 @@ def test_identity_survives_a_reboot(disruptable: Appliance, control_plane: Contr
         timeout=60,
     )
     assert control_plane.query("SELECT count(*) FROM agents") == [(1,)]
+
+
+@pytest.mark.disruptive
+def test_lost_ingress_filter_is_reattached_by_the_unprivileged_agent(
+    disruptable: Appliance, control_plane: ControlPlane
+) -> None:
+    # The agent runs as its own user with CAP_NET_ADMIN only: re-adding a TC filter (and
+    # moving the interface's counter slot) must work with that alone on the guest's kernel.
+    appliance = disruptable
+    agent = agent_id(appliance.machine)
+    pid = agent_pid(appliance)
+    reattached_before = appliance.machine.console().count("event=reattached")
+    appliance.machine.succeed("/opt/sennet-test/tools/tc filter del dev eth1 ingress")
+    appliance.machine.wait_for_console(
+        r"(?s)" + r"event=reattached ifname=eth1.*" * (reattached_before + 1), timeout=60
+    )
+    assert agent_pid(appliance) == pid, "re-attached by the running agent, not a restart"
+    before = counters(control_plane, agent)
+    frames = mixed()
+    appliance.tap.send(frames)
+    wait_counters(control_plane, agent, plus_rx(before, frames), timeout=60)
