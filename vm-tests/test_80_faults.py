@@ -79,3 +79,33 @@ def test_lost_ingress_filter_is_reattached_by_the_unprivileged_agent(
     frames = mixed()
     appliance.tap.send(frames)
     wait_counters(control_plane, agent, plus_rx(before, frames), timeout=60)
+
+
+@pytest.mark.disruptive
+def test_a_provisioned_config_the_agent_could_have_written_is_not_read_by_root(
+    disruptable: Appliance,
+) -> None:
+    """The dropped agent owns the state directory; a configuration there that root does not
+    own (as a compromised agent could leave) is refused at the next start, and the agent
+    comes back on the image's own configuration."""
+    appliance = disruptable
+    machine = appliance.machine
+    machine.succeed(
+        "mkdir -p /var/lib/sennet/etc && "
+        'printf \'interfaces = ["eth1"]\\nbpf_dir = "/tmp/evil"\\n\' '
+        "> /var/lib/sennet/etc/agent.toml && chown 990:990 /var/lib/sennet/etc/agent.toml"
+    )
+    try:
+        ready_before = machine.console().count("event=agent_ready")
+        machine.succeed(f"kill -9 {agent_pid(appliance)}")
+        machine.wait_for_console(r"(?s)" + r"event=agent_ready.*" * (ready_before + 1), timeout=120)
+        console = machine.console()
+        assert (
+            "event=provisioned_config_refused path=/var/lib/sennet/etc/agent.toml "
+            "why=not_root_owned" in console
+        )
+        assert console.rsplit("event=agent_start ", 1)[1].startswith(
+            "config=/etc/sennet/agent.toml"
+        )
+    finally:
+        machine.succeed("rm -f /var/lib/sennet/etc/agent.toml")

@@ -100,7 +100,10 @@ class Agent:
             from sennet.agent import privileges
 
             who = privileges.parse(self.cfg.run_as)
-            privileges.drop_to(who, [self.cfg.state_dir, *self.cfg.state_dir.iterdir()])
+            # The directory and the files the agent writes; never a subdirectory (a
+            # provisioned configuration read by root may live in one).
+            mine = [p for p in self.cfg.state_dir.iterdir() if p.is_file() and not p.is_symlink()]
+            privileges.drop_to(who, [self.cfg.state_dir, *mine])
             event(log, "privileges_dropped", uid=who.uid, gid=who.gid, kept="CAP_NET_ADMIN")
         drain = threading.Thread(
             target=self.consumer.run, args=(self.stop,), name="ringbuf", daemon=True
