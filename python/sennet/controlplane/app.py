@@ -62,7 +62,7 @@ class ControlPlane:
             settings.http_listen,
             HttpApp(self.calls, self.exposition, self.health),
             tls=settings.tls,
-            idle_timeout_s=settings.http_idle_timeout,
+            idle_timeout_s=settings.idle_timeout,
             max_connections=settings.http_max_connections,
         )
 
@@ -143,6 +143,7 @@ class ControlPlane:
             tls=self.settings.tls,
             reuse_port=self.settings.reuse_port,
             max_concurrent_calls=self.settings.max_concurrent_calls,
+            handshake_timeout_s=self.settings.idle_timeout,
         )
         grpc_port = await server.start()
         http_port = await self.http.start()

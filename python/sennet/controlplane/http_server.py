@@ -12,7 +12,10 @@ Around the Connect application, plain ASGI routes answer /health and /metrics
 (no authentication, off the event loop), and a body larger than
 `max_request_bytes` is refused from its Content-Length before any of it is read;
 a chunked body is cut off while reading at the same size. uvicorn enforces the
-keep-alive timeout, the connection cap and the largest incomplete request head.
+connection cap and the largest incomplete request head; its keep-alive timeout
+covers only the wait after a response, so `_HeadTimeoutH11` also closes a
+connection whose request head is not complete within that time of it opening (or
+of the previous response): idle and slow-header connections cannot pile up.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from connectrpc.code import Code as ConnectCode
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from google.protobuf.message import Message
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sennet.common.errors import UserError
 from sennet.common.log import event
@@ -204,6 +208,49 @@ async def _reply(
     await send({"type": "http.response.body", "body": body})
 
 
+class _HeadTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request head (`timeout_keep_alive`)."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+    _cycle_at_arm: object = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(cast(asyncio.Transport, transport))
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is not self._cycle_at_arm:  # a whole head arrived: a request runs
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._cycle_at_arm = self.cycle
+        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._expired)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _expired(self) -> None:
+        self._head_timer = None
+        running = self.cycle is not self._cycle_at_arm and self.cycle is not None
+        if running and self.cycle is not None and not self.cycle.response_complete:
+            return  # a pipelined request started without new data; it is not idle
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
 class HttpServer:
     """Serves `HttpApp` with uvicorn on the control plane's event loop."""
 
@@ -227,7 +274,7 @@ class HttpServer:
         self._config = uvicorn.Config(
             app,
             lifespan="off",
-            http="h11",
+            http=_HeadTimeoutH11,
             loop="none",
             log_config=None,
             access_log=False,

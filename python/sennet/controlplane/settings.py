@@ -180,10 +180,11 @@ SETTINGS: tuple[Setting, ...] = (
         "BYTES",
     ),
     Setting(
-        "http_idle_timeout",
+        "idle_timeout",
         _positive_int,
         5,
-        "the HTTP port closes a connection idle (or sending its request head) this long",
+        "either port closes a connection that has not sent a whole request head (HTTP) or "
+        "the HTTP/2 preface (gRPC) this long after it opened, and an idle HTTP keep-alive one",
         "a positive integer",
         _SECONDS,
     ),
@@ -284,7 +285,7 @@ class Settings:
     retention_days: float
     stale_after: float
     max_request_bytes: int
-    http_idle_timeout: int
+    idle_timeout: int
     http_max_connections: int
     max_pending_heartbeats: int
     max_concurrent_calls: int
