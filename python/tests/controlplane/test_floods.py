@@ -42,10 +42,12 @@ def _status(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
-def _open(port: int, count: int, first: bytes | None) -> list[socket.socket]:
-    socks = []
+def _open(port: int, count: int, first: bytes | None, deadline: float) -> list[socket.socket]:
+    socks: list[socket.socket] = []
     for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        # A server that accepts slowly (a thread per connection, a short backlog) fails here.
+        assert time.monotonic() < deadline, f"port {port} accepted {len(socks)} of {count} in time"
+        sock = socket.create_connection(("127.0.0.1", port), timeout=2)
         if first is not None:
             sock.sendall(first)
         socks.append(sock)
@@ -91,8 +93,10 @@ def test_idle_and_slow_header_floods_on_both_ports(tmp_path: Path) -> None:
         threads_before = int(_status(pid)["Threads"])
         socks: dict[str, list[socket.socket]] = {}
         opened = time.monotonic()
+        deadline = opened + TIMEOUT_S
         for name, port in (("grpc", cp.grpc_port), ("http", cp.http_port)):
-            socks[name] = _open(port, IDLE, None) + _open(port, SLOW, SLOW_HEAD[name])
+            idle = _open(port, IDLE, None, deadline)
+            socks[name] = idle + _open(port, SLOW, SLOW_HEAD[name], deadline)
         flooded = time.monotonic() - opened
         assert flooded < TIMEOUT_S, "opening the flood took longer than the timeout"
         try:
