@@ -59,7 +59,11 @@ class ControlPlane:
         self.calls = Calls(self.service, self.auth, self.metrics, settings.max_request_bytes)
         self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after)
         self.http = HttpServer(
-            settings.http_listen, HttpApp(self.calls, self.exposition, self.health)
+            settings.http_listen,
+            HttpApp(self.calls, self.exposition, self.health),
+            tls=settings.tls,
+            idle_timeout_s=settings.idle_timeout,
+            max_connections=settings.http_max_connections,
         )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -139,9 +143,10 @@ class ControlPlane:
             tls=self.settings.tls,
             reuse_port=self.settings.reuse_port,
             max_concurrent_calls=self.settings.max_concurrent_calls,
+            handshake_timeout_s=self.settings.idle_timeout,
         )
         grpc_port = await server.start()
-        http_port = self.http.start()
+        http_port = await self.http.start()
         event(
             log,
             "serving",
@@ -174,7 +179,7 @@ class ControlPlane:
         started = time.monotonic()
         event(log, "stopping")
         await server.stop(grace_s=5.0)
-        self.http.stop()
+        await self.http.stop()
         self.writer.stop()
         self.store.close()
         event(log, "stopped", seconds=round(time.monotonic() - started, 3))

@@ -3,12 +3,10 @@
 authenticate -> decode -> run the service method -> count acceptance or the
 refusal by reason -> observe latency. gRPC and Connect only translate: bytes
 and the `authorization` header in, a response message or a `RequestError` out,
-which each maps to its own status. Recording here, once, means a new transport
-(the coming ASGI Connect app) cannot forget to count or time a call, and both
-transports count the same refusal the same way.
-
-The core is async (`call`); the stdlib HTTP server's worker threads use
-`call_blocking`, which runs the same steps and waits on the same futures.
+which each maps to its own status. Recording here, once, means a transport
+cannot forget to count or time a call, and both transports (grpc.aio and the
+connectrpc ASGI app) count the same refusal the same way. Both await `call` on
+the one event loop.
 """
 
 from __future__ import annotations
@@ -26,12 +24,10 @@ from prometheus_client import Counter
 from sennet.controlplane import codec
 from sennet.controlplane.auth import Authenticator, Principal
 from sennet.controlplane.metrics import ServerMetrics, Transport
-from sennet.controlplane.refusals import Code, RequestError
+from sennet.controlplane.refusals import RequestError
 from sennet.controlplane.sentinel_service import SentinelService
 from sennet.proto.contract import BY_NAME, HEARTBEAT, REGISTER, Method
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
-
-HEARTBEAT_WAIT_S = 30.0  # a blocking caller gives up on the writer after this long
 
 
 class Encoding(enum.StrEnum):
@@ -82,26 +78,6 @@ class Calls:
                 # one committed transaction: blocking, so off the event loop
                 return await asyncio.to_thread(self._service.register, principal, req)
             return await asyncio.wrap_future(self._service.heartbeat(principal, _heartbeat(req)))
-
-    def call_blocking(
-        self,
-        method: Method[Any, Any],
-        transport: Transport,
-        authorization: str | None,
-        body: bytes,
-        encoding: Encoding = Encoding.PROTO,
-    ) -> Message:
-        """`call` for a worker thread: the same steps, waiting on the writer synchronously."""
-        with self._recorded(method, transport):
-            principal, req = self._admit(method, authorization, body, encoding)
-            if isinstance(req, REGISTER.request):
-                return self._service.register(principal, req)
-            try:
-                return self._service.heartbeat(principal, _heartbeat(req)).result(HEARTBEAT_WAIT_S)
-            except TimeoutError:
-                raise RequestError(
-                    Code.UNAVAILABLE, "store: commit timed out", "store_unavailable"
-                ) from None
 
     def refused(self, method: Method[Any, Any], err: RequestError) -> None:
         """Count a refusal a transport decided before it had a body (e.g. Content-Length)."""

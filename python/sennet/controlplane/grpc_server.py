@@ -123,6 +123,7 @@ class GrpcServer:
         tls: TlsFiles | None = None,
         reuse_port: bool = False,
         max_concurrent_calls: int = 1024,
+        handshake_timeout_s: float = 5.0,
     ) -> None:
         self._listen = listen
         self._tls = tls
@@ -130,6 +131,8 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", 4 * calls.max_request_bytes),
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
+                # a connection that never completes TLS and the HTTP/2 preface is closed
+                ("grpc.server_handshake_timeout_ms", round(handshake_timeout_s * 1000)),
             ],
         )
         in_flight = _InFlight(max_concurrent_calls)

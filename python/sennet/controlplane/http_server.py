@@ -1,42 +1,115 @@
-"""The HTTP port: GET /health, GET /metrics, and Connect unary calls to SentinelService.
+"""The HTTP port: GET /health, GET /metrics, and Connect (JSON, proto, gRPC-Web) to SentinelService.
 
-Connect's unary form is a plain POST of the message (proto3 JSON with
-`application/json`, or binary with `application/proto`) to
-`/sentinel.v1.SentinelService/<Method>`; errors are JSON `{"code", "message"}`
-with an HTTP status per code. That makes `curl` a working client. A refusal for
-load (RESOURCE_EXHAUSTED, HTTP 429) also carries `Retry-After` in whole seconds
-and, in the JSON body, `retry_after_ms`. This module
-only translates HTTP to and from `calls.py`, which authenticates, decodes, runs
-and records every call for gRPC too, so the two transports cannot disagree.
+Connect is served by the official `connectrpc` ASGI application generated from
+the .proto (`sentinel_connect.py`), under uvicorn. The generated application
+decodes nothing itself here: its codecs hand the raw body on (`_Raw`), and the
+handlers call `Calls.call`, the one dispatcher gRPC uses too, which
+authenticates before it decodes and counts and times every call. A refusal
+becomes a `ConnectError` (JSON `{"code", "message"}` with the Connect HTTP
+status); one for load (RESOURCE_EXHAUSTED, 429) also carries `Retry-After`.
 
-A stdlib `ThreadingHTTPServer` is enough: scrapes and Connect calls are few
-next to gRPC heartbeats, and it keeps the dependency list short.
+Around the Connect application, plain ASGI routes answer /health and /metrics
+(no authentication, off the event loop), and a body larger than
+`max_request_bytes` is refused from its Content-Length before any of it is read;
+a chunked body is cut off while reading at the same size. uvicorn enforces the
+connection cap and the largest incomplete request head; its keep-alive timeout
+covers only the wait after a response, so `_HeadTimeoutH11` also closes a
+connection whose request head is not complete within that time of it opening (or
+of the previous response): idle and slow-header connections cannot pile up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
-import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+import socket
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, cast
+
+import uvicorn
+from connectrpc.code import Code as ConnectCode
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+from google.protobuf.message import Message
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sennet.common.errors import UserError
 from sennet.common.log import event
 from sennet.controlplane import codec
 from sennet.controlplane.calls import Calls, Encoding
+from sennet.controlplane.grpc_server import TlsFiles
 from sennet.controlplane.metrics import CONTENT_TYPE, Exposition, Transport
 from sennet.controlplane.refusals import RequestError, invalid
-from sennet.proto.contract import METHODS, Method
+from sennet.proto.contract import HEARTBEAT, METHODS, REGISTER, Method
+from sennet.proto.sentinel.v1.sentinel_connect import SentinelServiceASGIApplication
 
 log = logging.getLogger("sennet.controlplane.http")
-DRAIN_LIMIT = 64 << 20  # oversized bodies up to this size are read and dropped before the 400
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+MAX_HEAD_BYTES = 16 << 10  # request line and headers; a larger head is refused by uvicorn
+
+
+class _Raw:
+    """A request body as it arrived, and how it is encoded: `Calls.call` decodes it."""
+
+    __slots__ = ("body", "encoding")
+
+    def __init__(self, body: bytes, encoding: Encoding) -> None:
+        self.body = body
+        self.encoding = encoding
+
+
+class _RawCodec:
+    """A connectrpc codec that passes the body through and encodes our responses."""
+
+    def __init__(self, encoding: Encoding) -> None:
+        self._encoding = encoding
+
+    def name(self) -> str:
+        return self._encoding.value
+
+    def encode(self, message: Message) -> bytes:
+        if self._encoding is Encoding.JSON:
+            return codec.to_json(message)
+        return message.SerializeToString()
+
+    def decode(self, data: bytes | bytearray, message_class: type[Any]) -> _Raw:
+        return _Raw(bytes(data), self._encoding)
+
+
+class _Service:
+    """SentinelService for the generated Connect application: every call goes to `Calls.call`."""
+
+    def __init__(self, calls: Calls) -> None:
+        self._calls = calls
+
+    async def register(self, request: Any, ctx: RequestContext[Any, Any], /) -> Any:
+        return await self._call(REGISTER, request, ctx)
+
+    async def heartbeat(self, request: Any, ctx: RequestContext[Any, Any], /) -> Any:
+        return await self._call(HEARTBEAT, request, ctx)
+
+    async def _call(
+        self, method: Method[Any, Any], request: Any, ctx: RequestContext[Any, Any]
+    ) -> Message:
+        raw = cast(_Raw, request)
+        authorization = ctx.request_headers.get("authorization")
+        try:
+            return await self._calls.call(
+                method, Transport.CONNECT, authorization, raw.body, raw.encoding
+            )
+        except RequestError as err:
+            if err.retry_after_s is not None:
+                ctx.response_headers["retry-after"] = str(max(1, math.ceil(err.retry_after_s)))
+            raise ConnectError(ConnectCode(err.code.connect), err.message) from None
 
 
 class HttpApp:
-    """Request handling, separate from the socket plumbing so it stays testable and typed."""
+    """The ASGI application: /health and /metrics, then Connect with body limits."""
 
     def __init__(
         self,
@@ -48,160 +121,185 @@ class HttpApp:
         self.exposition = exposition
         self.health = health
         self.max_request_bytes = calls.max_request_bytes
+        self._by_path = {m.path: m for m in METHODS}
+        self._connect = SentinelServiceASGIApplication(
+            cast(Any, _Service(calls)),
+            read_max_bytes=self.max_request_bytes,
+            codecs=[_RawCodec(Encoding.PROTO), _RawCodec(Encoding.JSON)],
+        )
 
-    def connect_call(
-        self,
-        method: Method[Any, Any],
-        content_type: str,
-        authorization: str | None,
-        body: bytes,
-    ) -> tuple[int, str, bytes, dict[str, str]]:
-        """(status, content type, body, extra headers) for one Connect unary call."""
-        as_json = content_type == "application/json"
-        encoding = Encoding.JSON if as_json else Encoding.PROTO
-        try:
-            resp = self.calls.call_blocking(
-                method, Transport.CONNECT, authorization, body, encoding
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan is off; websockets are not served
+        path = scope["path"]
+        if scope["method"] == "GET" and path == "/health":
+            ok, report = await asyncio.to_thread(self.health)
+            await _reply(send, 200 if ok else 503, "application/json", _json(report))
+            return
+        if scope["method"] == "GET" and path == "/metrics":
+            body = await asyncio.to_thread(self.exposition.render)
+            await _reply(send, 200, CONTENT_TYPE, body)
+            return
+        method = self._by_path.get(path)
+        if method is None:
+            await _reply(
+                send,
+                404,
+                "application/json",
+                _json({"code": "unimplemented", "message": f"no such path {path}"}),
             )
-        except RequestError as err:
-            return err.code.http, "application/json", _error_body(err), _error_headers(err)
-        if as_json:
-            return 200, "application/json", codec.to_json(resp), {}
-        return 200, "application/proto", resp.SerializeToString(), {}
-
-
-def _error_body(err: RequestError) -> bytes:
-    doc: dict[str, object] = {"code": err.code.connect, "message": err.message}
-    if err.retry_after_s is not None:
-        doc["retry_after_ms"] = round(err.retry_after_s * 1000)
-    return json.dumps(doc).encode()
-
-
-def _error_headers(err: RequestError) -> dict[str, str]:
-    if err.retry_after_s is None:
-        return {}
-    return {"Retry-After": str(max(1, math.ceil(err.retry_after_s)))}
-
-
-def _handler_class(app: HttpApp) -> type[BaseHTTPRequestHandler]:
-    by_path = {m.path: m for m in METHODS}
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "sennet-controlplane"
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return None  # requests are counted in metrics; no per-request log lines
-
-        def _reply(
-            self,
-            status: int,
-            content_type: str,
-            body: bytes,
-            headers: dict[str, str] | None = None,
-        ) -> None:
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, obj: object) -> None:
-            self._reply(
-                status, "application/json", json.dumps(obj, sort_keys=True).encode() + b"\n"
+            return
+        length = _content_length(scope)
+        if length is not None and length > self.max_request_bytes:
+            err = invalid(
+                "request",
+                f"message of {length} bytes exceeds the limit of {self.max_request_bytes} bytes",
             )
+            self.calls.refused(method, err)
+            # the body is never read; Connection: close keeps it from becoming a request
+            doc = {"code": err.code.connect, "message": err.message}
+            await _reply(send, err.code.http, "application/json", _json(doc), close=True)
+            return
+        await self._connect(
+            cast(Any, scope), cast(Any, _capped(receive, self.max_request_bytes)), cast(Any, send)
+        )
 
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/health":
-                ok, report = app.health()
-                self._json(200 if ok else 503, report)
-            elif path == "/metrics":
-                self._reply(200, CONTENT_TYPE, app.exposition.render())
-            else:
-                self._json(404, {"error": f"no such path {path}; try /health or /metrics"})
 
-        def do_POST(self) -> None:
-            path = self.path.split("?", 1)[0]
-            method = by_path.get(path)
-            if method is None:
-                self._json(404, {"code": "unimplemented", "message": f"no such method {path}"})
-                return
-            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-            if content_type not in ("application/json", "application/proto"):
-                self.close_connection = True
-                self._json(
-                    415,
-                    {
-                        "code": "invalid_argument",
-                        "message": f"content-type: {content_type or 'missing'}; "
-                        "use application/json or application/proto",
-                    },
-                )
-                return
-            length_text = self.headers.get("Content-Length")
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
             try:
-                length = int(length_text or "")
-                if length < 0:
-                    raise ValueError
+                return int(value)
             except ValueError:
-                err = invalid("content-length", f"{length_text!r} is not a byte count")
-                self.close_connection = True
-                self._reply(err.code.http, "application/json", _error_body(err))
-                return
-            if length > app.max_request_bytes:
-                err = invalid(
-                    "request",
-                    f"message of {length} bytes exceeds the limit of {app.max_request_bytes} bytes",
-                )
-                app.calls.refused(method, err)
-                if length <= DRAIN_LIMIT:
-                    # Read and drop the body: a reply while the client is still sending makes
-                    # it fail with a broken pipe instead of seeing our 400.
-                    left = length
-                    while left > 0:
-                        chunk = self.rfile.read(min(left, 1 << 16))
-                        if not chunk:
-                            break
-                        left -= len(chunk)
-                else:
-                    self.close_connection = True  # the unread body must not become a request
-                self._reply(err.code.http, "application/json", _error_body(err))
-                return
-            body = self.rfile.read(length)
-            status, ctype, out, headers = app.connect_call(
-                method, content_type, self.headers.get("Authorization"), body
-            )
-            self._reply(status, ctype, out, headers)
+                return None
+    return None
 
-    return Handler
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    """`receive` that stops a body (chunked, or lying about its length) past `limit` bytes."""
+    seen = 0
+
+    async def inner() -> MutableMapping[str, Any]:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit + 1:  # connectrpc refuses a body past its read_max_bytes itself
+                return {"type": "http.request", "body": b"", "more_body": False}
+        return message
+
+    return inner
+
+
+def _json(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True).encode() + b"\n"
+
+
+async def _reply(
+    send: Send, status: int, content_type: str, body: bytes, close: bool = False
+) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _HeadTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request head (`timeout_keep_alive`)."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+    _cycle_at_arm: object = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(cast(asyncio.Transport, transport))
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is not self._cycle_at_arm:  # a whole head arrived: a request runs
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._cycle_at_arm = self.cycle
+        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._expired)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _expired(self) -> None:
+        self._head_timer = None
+        running = self.cycle is not self._cycle_at_arm and self.cycle is not None
+        if running and self.cycle is not None and not self.cycle.response_complete:
+            return  # a pipelined request started without new data; it is not idle
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 class HttpServer:
-    """Serves `HttpApp` on a background thread."""
+    """Serves `HttpApp` with uvicorn on the control plane's event loop."""
 
-    def __init__(self, listen: str, app: HttpApp) -> None:
+    def __init__(
+        self,
+        listen: str,
+        app: HttpApp,
+        *,
+        tls: TlsFiles | None = None,
+        idle_timeout_s: int = 5,
+        max_connections: int = 4096,
+    ) -> None:
         host, _, port = listen.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
         try:
-            self._httpd = ThreadingHTTPServer(
-                (host.strip("[]") or "0.0.0.0", int(port)), _handler_class(app)
-            )
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._sock = socket.create_server((host, int(port)), family=family, backlog=2048)
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot listen for HTTP on {listen}: {exc}") from exc
-        self._httpd.daemon_threads = True
-        self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="sennet-http", daemon=True
+        self.port = int(self._sock.getsockname()[1])
+        self._config = uvicorn.Config(
+            app,
+            lifespan="off",
+            http=_HeadTimeoutH11,
+            loop="none",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=idle_timeout_s,
+            limit_concurrency=max_connections,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
         )
+        self._server = uvicorn.Server(self._config)
+        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> int:
-        self._thread.start()
-        event(log, "http_listening", port=self.port)
+    async def start(self) -> int:
+        self._task = asyncio.create_task(self._server._serve(sockets=[self._sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise UserError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        event(log, "http_listening", port=self.port, tls=self._config.is_ssl)
         return self.port
 
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(5)
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+        self._sock.close()

@@ -140,7 +140,7 @@ SETTINGS: tuple[Setting, ...] = (
         "tls_cert",
         _optional_path,
         None,
-        "PEM server certificate (enables TLS on gRPC)",
+        "PEM server certificate (enables TLS on the gRPC and HTTP ports)",
         "a file path",
         "PATH",
     ),
@@ -178,6 +178,23 @@ SETTINGS: tuple[Setting, ...] = (
         "largest accepted request body",
         "a positive integer",
         "BYTES",
+    ),
+    Setting(
+        "idle_timeout",
+        _positive_int,
+        5,
+        "either port closes a connection that has not sent a whole request head (HTTP) or "
+        "the HTTP/2 preface (gRPC) this long after it opened, and an idle HTTP keep-alive one",
+        "a positive integer",
+        _SECONDS,
+    ),
+    Setting(
+        "http_max_connections",
+        _positive_int,
+        4096,
+        "HTTP connections and requests in progress at most; past it a request is answered 503",
+        "a positive integer",
+        "COUNT",
     ),
     Setting(
         "max_pending_heartbeats",
@@ -268,6 +285,8 @@ class Settings:
     retention_days: float
     stale_after: float
     max_request_bytes: int
+    idle_timeout: int
+    http_max_connections: int
     max_pending_heartbeats: int
     max_concurrent_calls: int
     max_series_per_agent: int
@@ -285,13 +304,13 @@ class Settings:
     def plaintext_exposed(self) -> list[str]:
         """The listen addresses that would carry bearer tokens in the clear beyond this host.
 
-        The HTTP port (Connect, /health, /metrics) has no TLS yet, so it counts whenever
-        it is not on loopback; the gRPC port when it has no certificate.
+        Either port counts when it has no certificate (--tls-cert/--tls-key serve both)
+        and is not on loopback.
         """
         exposed = []
         if self.tls is None and not is_loopback(self.grpc_listen):
             exposed.append(f"grpc {self.grpc_listen}")
-        if not is_loopback(self.http_listen):
+        if self.tls is None and not is_loopback(self.http_listen):
             exposed.append(f"http {self.http_listen}")
         return exposed
 
@@ -374,8 +393,8 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     if exposed and not settings.insecure_plaintext:
         raise UserError(
             f"refusing plaintext on a non-loopback address: {', '.join(exposed)}",
-            hint="give gRPC --tls-cert/--tls-key, keep HTTP on 127.0.0.1 (a reverse proxy or "
-            "the Prometheus host can reach it), or accept the risk with --insecure-plaintext",
+            hint="give --tls-cert/--tls-key (TLS on both ports), keep the ports on 127.0.0.1 "
+            "(a reverse proxy can reach them), or accept the risk with --insecure-plaintext",
         )
     return settings
 

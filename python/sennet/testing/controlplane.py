@@ -14,6 +14,7 @@ import contextlib
 import json
 import signal
 import sqlite3
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -109,7 +110,19 @@ class ControlPlane:
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.http_tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def http_tls(self) -> ssl.SSLContext | None:
+        """With --tls-cert the HTTP port speaks TLS too: trust exactly that certificate."""
+        if "--tls-cert" not in self.extra:
+            return None
+        cert = self.extra[self.extra.index("--tls-cert") + 1]
+        ctx = ssl.create_default_context(cafile=cert)
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself is the anchor
+        ctx.check_hostname = False  # we dial 127.0.0.1, not the certificate's name
+        return ctx
 
     def create_token(self, name: str = "test") -> str:
         self.token = create_bootstrap_token(self.db, name)
@@ -146,13 +159,15 @@ class ControlPlane:
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(self.http + path, timeout=10) as resp:
+            with urllib.request.urlopen(
+                self.http + path, timeout=10, context=self.http_tls
+            ) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as err:
             return err.code, err.read()
 
     def metrics_text(self) -> str:
-        return fetch(self.http + "/metrics")
+        return fetch(self.http + "/metrics", context=self.http_tls)
 
     def samples(self) -> Samples:
         """Every sample in /metrics, keyed by (name, sorted labels)."""
@@ -172,7 +187,7 @@ class ControlPlane:
         url = self.http + _method(method).path
         req = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30, context=self.http_tls) as resp:
                 return resp.status, json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"{}")

@@ -8,6 +8,7 @@ duplicate sample is an error rather than a silently overwritten value.
 
 from __future__ import annotations
 
+import ssl
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,9 +19,9 @@ Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
 
 
-def fetch(url: str, timeout: float = 10.0) -> str:
+def fetch(url: str, timeout: float = 10.0, context: ssl.SSLContext | None = None) -> str:
     """The body of GET `url` (a /metrics page) as text; OSError when unreachable."""
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
         body: bytes = resp.read()
     return body.decode()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sennet.controlplane import settings
+from sennet.controlplane.cli import parser
 from sennet.testing.controlplane import cli, create_bootstrap_token, running
 from sennet.testing.scrape import sample
 
@@ -80,3 +81,10 @@ def test_the_default_loopback_ports_need_no_flag_and_report_nothing_exposed(
             assert sample(samples, "sennet_controlplane_plaintext_exposed", port=port) == 0
         assert cp.stop() == 0
     assert "event=insecure_plaintext" not in cp.log()
+
+
+@pytest.mark.parametrize("listen", ["--grpc-listen", "--http-listen"])
+def test_a_certificate_covers_both_ports_so_neither_counts_as_plaintext(listen: str) -> None:
+    argv = ["serve", listen, "0.0.0.0:0", "--tls-cert", "s.pem", "--tls-key", "k.pem"]
+    got = settings.build(parser().parse_args(argv), {})
+    assert got.tls is not None and got.plaintext_exposed == []
