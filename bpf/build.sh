@@ -20,5 +20,5 @@ for src in sennet_tc bench_empty; do
         -c "$here/$src.bpf.c" -o "$out/$src.bpf.o.tmp"
     mv "$out/$src.bpf.o.tmp" "$out/$src.bpf.o"
 done
-cp "$here/sennet_tc.bpf.c" "$here/sennet_tc.h" "$here/compat.h" "$out/"
+cp "$here/sennet_tc.bpf.c" "$here"/*.h "$out/"
 echo "bpf: built $(ls "$out"/*.bpf.o | wc -l) objects in $out"

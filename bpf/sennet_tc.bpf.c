@@ -21,6 +21,7 @@
  */
 #include "compat.h"
 #include "sennet_tc.h"
+#include "packet.h"
 
 /* large_packet fires for frames strictly longer than this (bytes on the wire;
  * for an aggregate, its largest segment). */
@@ -33,6 +34,8 @@ SENNET_MMAP_ARRAY(IFSLOTS, __u32, __u32, SENNET_IFINDEX_LIMIT);
 SENNET_PERCPU_ARRAY(EV_COUNTS, __u32, __u64, SENNET_EV_KINDS); /* detected, by kind */
 SENNET_PERCPU_ARRAY(RB_DROPS, __u32, __u64, SENNET_EV_KINDS);  /* ring full, by kind */
 SENNET_RINGBUF(EVENTS);
+/* Latency histograms (sennet_tc.h: SENNET_HIST_*), filled by the features. */
+SENNET_PERCPU_ARRAY(HISTOGRAMS, __u32, __u64, SENNET_HISTS * SENNET_HIST_SLOTS);
 
 /* Map accessors, one branch per dialect (see compat.h for why). */
 #ifdef SENNET_BCC
@@ -42,6 +45,7 @@ static __always_inline __u64 *rb_drops_at(__u32 *kind) { return RB_DROPS.lookup(
 static __always_inline __u64 *ev_count_at(__u32 *kind) { return EV_COUNTS.lookup(kind); }
 static __always_inline void *event_reserve(void) { return EVENTS.ringbuf_reserve(sizeof(struct sennet_event)); }
 static __always_inline void event_submit(void *e) { EVENTS.ringbuf_submit(e, 0); }
+static __always_inline __u64 *hist_at(__u32 *key) { return HISTOGRAMS.lookup(key); }
 #else
 static __always_inline __u32 *ifslot_of(__u32 *ifindex) { return bpf_map_lookup_elem(&IFSLOTS, ifindex); }
 static __always_inline struct sennet_counter *counter_at(__u32 *key) { return bpf_map_lookup_elem(&COUNTERS, key); }
@@ -49,74 +53,11 @@ static __always_inline __u64 *rb_drops_at(__u32 *kind) { return bpf_map_lookup_e
 static __always_inline __u64 *ev_count_at(__u32 *kind) { return bpf_map_lookup_elem(&EV_COUNTS, kind); }
 static __always_inline void *event_reserve(void) { return bpf_ringbuf_reserve(&EVENTS, sizeof(struct sennet_event), 0); }
 static __always_inline void event_submit(void *e) { bpf_ringbuf_submit(e, 0); }
+static __always_inline __u64 *hist_at(__u32 *key) { return bpf_map_lookup_elem(&HISTOGRAMS, key); }
 #endif
 
-#define ETH_HDR_LEN 14
-#define VLAN_TAG_LEN 4
-#define ETHP_IPV4 0x0800
-#define ETHP_IPV6 0x86DD
-#define ETHP_8021Q 0x8100
-#define ETHP_8021AD 0x88A8
-
-#define PROTO_ICMP 1
-#define PROTO_TCP 6
-#define PROTO_UDP 17
-#define PROTO_ICMPV6 58
-#define V6_HOPOPTS 0
-#define V6_ROUTING 43
-#define V6_FRAGMENT 44
-#define V6_DSTOPTS 60
-
-#define TCPF_FIN 0x01
-#define TCPF_SYN 0x02
-#define TCPF_RST 0x04
-#define TCPF_PSH 0x08
-#define TCPF_URG 0x20
-
-#define KIND(k) (1u << (k))
-
-/* Point at `len` bytes at `off`: straight into the packet when they lie in its
- * linear part, else copied into `buf` with bpf_skb_load_bytes (non-linear
- * skbs). NULL when the frame is too short. `off` stays small (headers only),
- * which also keeps the verifier's packet-range tracking simple. */
-static __always_inline const __u8 *header(struct __sk_buff *skb, __u32 off, __u32 len, __u8 *buf)
-{
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-
-	if (off <= 255 && data + off + len <= end)
-		return (const __u8 *)data + off;
-	if (bpf_skb_load_bytes(skb, off, buf, len) < 0)
-		return 0;
-	return buf;
-}
-
-/* header() for a header inside an IP packet that ends at `limit` (a frame
- * offset): bytes past the IP packet (Ethernet padding, a trailer) are not it. */
-static __always_inline const __u8 *inner(struct __sk_buff *skb, __u32 off, __u32 len, __u32 limit,
-					 __u8 *buf)
-{
-	if (off + len > limit)
-		return 0;
-	return header(skb, off, len, buf);
-}
-
-static __always_inline __u16 be16(const __u8 *p)
-{
-	return ((__u16)p[0] << 8) | p[1];
-}
-
-static __always_inline int same_v6(const __u8 *a, const __u8 *b)
-{
-	__u32 diff = 0;
-
-#pragma unroll
-	for (int i = 0; i < 16; i++)
-		diff |= a[i] ^ b[i];
-	return diff == 0;
-}
-
-static __always_inline void count(struct __sk_buff *skb, __u32 dir, __u32 segs, __u32 bytes)
+/* Count the packet in its interface's slot; returns the slot. */
+static __always_inline __u32 count(struct __sk_buff *skb, __u32 dir, __u32 segs, __u32 bytes)
 {
 	__u32 ifindex = skb->ifindex;
 	__u32 slot = 0;
@@ -131,13 +72,28 @@ static __always_inline void count(struct __sk_buff *skb, __u32 dir, __u32 segs, 
 		c->packets += segs;
 		c->bytes += bytes;
 	}
+	return slot;
 }
 
-/* Parse the L4 header at `off` of an IP packet ending at `limit`. Sets *hdr_end
- * to the end of the TCP/UDP header: the headers every segment of an aggregate
- * repeats. */
+/* One duration into a latency histogram (per CPU, no atomics). */
+static __always_inline __attribute__((unused)) void hist_observe(__u32 hist, __u64 ns)
+{
+	__u32 key = hist * SENNET_HIST_SLOTS + hist_bucket(ns);
+	__u64 *slot = hist_at(&key);
+
+	if (slot)
+		*slot += 1;
+	key = hist * SENNET_HIST_SLOTS + SENNET_HIST_BUCKETS;
+	slot = hist_at(&key);
+	if (slot)
+		*slot += ns;
+}
+
+/* Parse the L4 header at `off` of an IP packet ending at `limit`. Sets
+ * l4->hdr_end to the end of the TCP/UDP header: the headers every segment of an
+ * aggregate repeats (and where a DNS message starts). */
 static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u32 limit, __u8 proto,
-				      struct sennet_event *ev, __u32 *hdr_end)
+				      struct sennet_event *ev, struct sennet_l4 *l4)
 {
 	__u8 buf[20];
 	const __u8 *h;
@@ -146,7 +102,12 @@ static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u32 li
 		h = inner(skb, off, 20, limit, buf);
 		if (!h)
 			return KIND(SENNET_EV_TRUNCATED_L4);
-		*hdr_end = off + ((__u32)(h[12] >> 4) << 2);
+		l4->l4_off = off;
+		l4->limit = limit;
+		l4->hdr_end = off + ((__u32)(h[12] >> 4) << 2);
+		l4->seq = be32(&h[4]);
+		l4->ack = be32(&h[8]);
+		l4->window = be16(&h[14]);
 		ev->sport = be16(&h[0]);
 		ev->dport = be16(&h[2]);
 		__u8 f = h[13];
@@ -167,7 +128,9 @@ static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u32 li
 		h = inner(skb, off, 8, limit, buf);
 		if (!h)
 			return KIND(SENNET_EV_TRUNCATED_L4);
-		*hdr_end = off + 8;
+		l4->l4_off = off;
+		l4->limit = limit;
+		l4->hdr_end = off + 8;
 		ev->sport = be16(&h[0]);
 		ev->dport = be16(&h[2]);
 		return 0;
@@ -181,7 +144,7 @@ static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u32 li
 }
 
 static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, __u32 off, struct sennet_event *ev,
-				       __u32 *hdr_end)
+				       struct sennet_l4 *l4)
 {
 	__u8 buf[20];
 	const __u8 *ip = header(skb, off, 20, buf);
@@ -210,11 +173,11 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, __u32 off, struct
 		limit = off + tot; /* what follows the IP packet is padding */
 	if (be16(&ip[6]) & 0x1fff)
 		return kinds; /* a later fragment: no L4 header here */
-	return kinds | parse_l4(skb, off + ihl * 4, limit, ip[9], ev, hdr_end);
+	return kinds | parse_l4(skb, off + ihl * 4, limit, ip[9], ev, l4);
 }
 
 static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct sennet_event *ev,
-				       __u32 *hdr_end)
+				       struct sennet_l4 *l4)
 {
 	__u8 buf[40];
 	const __u8 *ip = header(skb, off, 40, buf);
@@ -261,10 +224,10 @@ static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct
 		}
 	}
 	ev->l4_proto = nh;
-	return kinds | parse_l4(skb, off, limit, nh, ev, hdr_end);
+	return kinds | parse_l4(skb, off, limit, nh, ev, l4);
 }
 
-static __always_inline __u32 parse(struct __sk_buff *skb, struct sennet_event *ev, __u32 *hdr_end)
+static __always_inline __u32 parse(struct __sk_buff *skb, struct sennet_event *ev, struct sennet_l4 *l4)
 {
 	__u8 buf[ETH_HDR_LEN];
 	const __u8 *eth = header(skb, 0, ETH_HDR_LEN, buf);
@@ -285,15 +248,17 @@ static __always_inline __u32 parse(struct __sk_buff *skb, struct sennet_event *e
 		tag = header(skb, off, 4, tbuf);
 		if (!tag)
 			return KIND(SENNET_EV_TRUNCATED_L3);
+		if (i == 0)
+			l4->vlan_id = be16(&tag[0]) & 0x0fff;
 		proto = be16(&tag[2]);
 		off += 4;
 		ev->vlan_tags += 1;
 	}
 	ev->eth_proto = proto;
 	if (proto == ETHP_IPV4)
-		return parse_ipv4(skb, off, ev, hdr_end);
+		return parse_ipv4(skb, off, ev, l4);
 	if (proto == ETHP_IPV6)
-		return parse_ipv6(skb, off, ev, hdr_end);
+		return parse_ipv6(skb, off, ev, l4);
 	return 0;
 }
 
@@ -336,10 +301,16 @@ __attribute__((noinline)) int emit(struct sennet_event *ev, __u32 kinds)
 	return 0;
 }
 
+/* The features after the counters: each header holds its maps, their
+ * accessors and one entry point that handle() calls. */
+#include "flows.h"
+#include "tcp_health.h"
+#include "dns.h"
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct sennet_event ev = {};
-	__u32 hdr_end = 0;
+	struct sennet_l4 l4 = {};
 	__u32 kinds;
 
 	ev.direction = dir;
@@ -348,16 +319,22 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	 * counted below. It runs first only to learn the header length that
 	 * every segment of an aggregate repeats. The skb fields are read after
 	 * it, so they need not survive its helper calls on the stack. */
-	kinds = parse(skb, &ev, &hdr_end);
+	kinds = parse(skb, &ev, &l4);
 
 	__u32 len = skb->len;
 	/* An outer tag kept in metadata: moved out of the data before TC ingress,
 	 * or inserted after TC egress by the driver (or the NIC). On the wire it
 	 * is in every frame. */
-	__u32 tag = skb->vlan_present ? VLAN_TAG_LEN : 0;
+	__u32 tag = 0;
+
+	if (skb->vlan_present) {
+		tag = VLAN_TAG_LEN;
+		l4.vlan_id = skb->vlan_tci & 0x0fff;
+	}
 	__u32 segs = skb->gso_segs;
 	__u32 frame = len + tag;
 	__u32 bytes = frame;
+	__u32 hdr_end = l4.hdr_end;
 
 	if (__builtin_expect(segs > 1, 0)) {
 		/* GRO/GSO aggregate: `segs` frames on the wire, each with the headers
@@ -371,12 +348,23 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	} else {
 		segs = 1;
 	}
-	count(skb, dir, segs, bytes);
+	__u32 slot = count(skb, dir, segs, bytes);
+	__u64 now = bpf_ktime_get_ns();
+
+	burst_account(slot, dir, segs, bytes, now);
+	if (ev.ip_version) {
+		struct sennet_flow *flow = flow_account(&ev, &l4, segs, bytes, now);
+
+		if (ev.l4_proto == PROTO_TCP && l4.l4_off)
+			tcp_observe(skb, &ev, &l4, flow, segs, now);
+		else if (ev.l4_proto == PROTO_UDP && l4.l4_off)
+			dns_observe(skb, &ev, &l4, now);
+	}
 	ev.pkt_len = frame;
 	if (frame > cfg_large_packet_bytes)
 		kinds |= KIND(SENNET_EV_LARGE_PACKET);
 	if (kinds) {
-		ev.ts_ns = bpf_ktime_get_ns();
+		ev.ts_ns = now;
 		emit(&ev, kinds);
 	}
 	return SENNET_TC_ACT_UNSPEC;

@@ -65,4 +65,48 @@ struct sennet_event {
 	union sennet_addr daddr;
 };
 
+/* Flows: one entry per direction of a conversation, seen on one interface and
+ * hook. A -> B and B -> A are two flows (on a mirror port both arrive on
+ * ingress; on a host, one leaves on egress and the other arrives on ingress).
+ * Every byte of the key is set, padding included: the kernel hashes all of it. */
+struct sennet_flow_key {
+	union sennet_addr saddr;  /* IPv4 in the first 4 bytes, the rest zero */
+	union sennet_addr daddr;
+	__u32 ifindex;
+	__u16 sport;              /* host byte order; 0 for protocols without ports */
+	__u16 dport;
+	__u16 vlan_id;            /* outer VLAN id, 0 = untagged */
+	__u8 ip_version;          /* 4 or 6 */
+	__u8 l4_proto;            /* IPPROTO_* */
+	__u8 direction;           /* SENNET_DIR_* */
+	__u8 _pad[3];
+};
+
+#define SENNET_FLOW_ENDED     0x01  /* FIN or RST seen: the agent removes it after reading */
+#define SENNET_FLOW_SEQ_VALID 0x02  /* next_seq holds a TCP sequence number */
+
+struct sennet_flow {
+	__u64 packets;       /* on the wire, as the interface counters (aggregates as segments) */
+	__u64 bytes;
+	__u64 first_ns;      /* bpf_ktime_get_ns() of the first and the latest packet */
+	__u64 last_ns;
+	__u32 next_seq;      /* TCP: one past the highest sequence number sent */
+	__u32 retrans;       /* TCP: segments whose sequence did not advance (retransmitted or out of order) */
+	__u32 zero_windows;  /* TCP: segments advertising a zero receive window */
+	__u8 tcp_flags;      /* OR of the flags of every segment */
+	__u8 state;          /* SENNET_FLOW_* */
+	__u16 _pad;
+};
+
+/* Latency histograms: fixed log2 buckets in the data plane. Bucket i counts
+ * durations below 2^i microseconds (bucket 0: below 1 us); the last bucket
+ * counts everything from 2^(BUCKETS-2) us on. After the buckets, one slot
+ * holds the sum in nanoseconds. HISTOGRAMS is indexed hist * SLOTS + bucket. */
+#define SENNET_HIST_BUCKETS 28               /* up to 2^26 us = 67 s, then +Inf */
+#define SENNET_HIST_SLOTS (SENNET_HIST_BUCKETS + 1)
+#define SENNET_HIST_DNS_LATENCY   0          /* query -> response, matched by client, port, id */
+#define SENNET_HIST_TCP_SYN       1          /* SYN -> SYN/ACK: the server side of the tap */
+#define SENNET_HIST_TCP_SYNACK    2          /* SYN/ACK -> ACK: the client side of the tap */
+#define SENNET_HISTS              3
+
 #endif /* SENNET_TC_H */

@@ -26,6 +26,7 @@ from sennet.agent.datapath import layout
 from sennet.agent.datapath.loader_types import DatapathOptions
 from sennet.agent.datapath.manager import Attached, DatapathManager, kernel_release
 from sennet.agent.events import RingBufferConsumer
+from sennet.agent.insights import Insights
 from sennet.agent.sinks.log_sink import LogSink
 from sennet.agent.sinks.protocol import SnapshotSink
 from sennet.agent.snapshot import InterfaceCounters, Snapshot
@@ -80,6 +81,7 @@ class Agent:
         self.attached: list[Attached] = []
         self.reader: CounterReader | None = None
         self.consumer: RingBufferConsumer | None = None
+        self.insights: Insights | None = None
         self.sink: SnapshotSink | None = None
         self._threads: list[threading.Thread] = []
         self._http: Any = None
@@ -91,6 +93,7 @@ class Agent:
         self.agent_id = ident.agent_id
         loaded = self.manager.load()
         self.reader = CounterReader(loaded.map_fds)
+        self.insights = Insights(loaded.map_fds, self.cfg)
         self.consumer = RingBufferConsumer(
             loaded.map_fds[layout.MAP_EVENTS], loaded.ringbuf_bytes, self.cfg.recent_events_max
         )
@@ -162,6 +165,8 @@ class Agent:
             # already, and the gRPC stack's import is the slowest part of a cold
             # start on a small appliance, so "ready" does not wait for it.
             self.sink = self.sink_factory(self.cfg, self.agent_id)
+        if self.insights is not None:
+            self.insights.refresh(self.attached)
         self.sink.send(self.snapshot(take_recent=True))
 
     def shutdown(self) -> None:
@@ -216,6 +221,7 @@ class Agent:
         drops = self.reader.by_kind(layout.MAP_RB_DROPS)
         stats = self.consumer.stats()
         recent, recent_dropped = self.consumer.take_recent() if take_recent else ([], 0)
+        latest = self.insights.latest if self.insights is not None else None
         return Snapshot(
             agent_version=__version__,
             kernel_version=kernel_release(),
@@ -227,6 +233,10 @@ class Agent:
             events_consumed=stats.consumed,
             recent_events=tuple(recent),
             recent_events_dropped=recent_dropped,
+            flows=latest.flows if latest else None,
+            microbursts=latest.microbursts if latest else (),
+            dns=latest.dns if latest else None,
+            tcp=latest.tcp if latest else None,
         )
 
     def snapshot_for_scrape(self) -> Snapshot:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sennet.agent.datapath.layout import Direction, EventKind
+from sennet.agent.telemetry import DnsReport, FlowReport, Microburst, TcpReport
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,8 @@ class Snapshot:
     events_consumed: int  # decoded by this agent process since it started
     recent_events: tuple[Event, ...] = field(default=())
     recent_events_dropped: int = 0  # decoded but not kept: the batch bound was hit
+    # Read once per interval (a scrape between intervals sees the latest read):
+    flows: FlowReport | None = None
+    microbursts: tuple[Microburst, ...] = ()
+    dns: DnsReport | None = None
+    tcp: TcpReport | None = None

@@ -4,6 +4,10 @@ For hosts without the build step: edit a .bpf.c, restart the agent. bcc needs
 kernel headers (/lib/modules/$(uname -r)/build) and learns the pin directory,
 ring size and tunables from -D flags (see bpf/compat.h). The ring buffer is
 not pinned in this mode (bcc cannot pin BPF_RINGBUF_OUTPUT); counters are.
+
+bcc rewrites map method calls (`MAP.lookup()`) only in the text it is given,
+never in an included file, so the loader hands it one text: the program with
+each of its own `#include "..."` headers inlined (once, in order).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,27 @@ from sennet.common.log import event
 log = logging.getLogger("sennet.agent.datapath")
 
 SOURCE_NAME = "sennet_tc.bpf.c"
+LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.]+)"[ \t]*$', re.MULTILINE)
+
+
+def inline_local_includes(source: Path) -> str:
+    """The program text with every local `#include "x.h"` replaced by the header itself."""
+    seen: set[str] = set()
+
+    def expand(text: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in seen:
+                return f"/* {name}: already included */"
+            seen.add(name)
+            header = source.parent / name
+            if not header.is_file():
+                raise UserError(f"{source}: included header {header} not found")
+            return f"/* ---- {name} ---- */\n" + expand(header.read_text())
+
+        return LOCAL_INCLUDE.sub(one, text)
+
+    return expand(source.read_text())
 
 
 def load(opts: DatapathOptions) -> LoadedDatapath:
@@ -51,7 +77,7 @@ def load(opts: DatapathOptions) -> LoadedDatapath:
         f"-D{layout.TUNABLE_LARGE_PACKET}={opts.large_packet_bytes}",
     ]
     try:
-        bpf: Any = BPF(src_file=str(source).encode(), cflags=cflags)
+        bpf: Any = BPF(text=inline_local_includes(source).encode(), cflags=cflags)
         ingress = bpf.load_func(layout.PROGRAM_INGRESS.encode(), BPF.SCHED_CLS)
         egress = bpf.load_func(layout.PROGRAM_EGRESS.encode(), BPF.SCHED_CLS)
     except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr

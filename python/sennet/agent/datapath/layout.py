@@ -98,3 +98,58 @@ RINGBUF_HDR_SIZE = 8
 RECORD_DTYPE = np.dtype([("len", "<u4"), ("pg_off", "<u4"), ("ev", EVENT_DTYPE)])
 RECORD_SIZE = (RINGBUF_HDR_SIZE + EVENT_SIZE + 7) & ~7
 assert RECORD_DTYPE.itemsize == RECORD_SIZE
+
+# -- flows, latency histograms (sennet_tc.h) ----------------------------------
+
+MAP_HISTOGRAMS = "HISTOGRAMS"
+HIST_BUCKETS = 28  # bucket i: below 2**i microseconds; the last one: +Inf
+HIST_SLOTS = HIST_BUCKETS + 1  # then the sum in nanoseconds
+
+
+class Histogram(enum.IntEnum):
+    """Latency histograms kept by the data plane; values are SENNET_HIST_* in sennet_tc.h."""
+
+    DNS_LATENCY = 0
+    TCP_SYN = 1  # SYN -> SYN/ACK
+    TCP_SYNACK = 2  # SYN/ACK -> ACK
+
+
+HISTS = len(Histogram)
+MAP_SPECS[MAP_HISTOGRAMS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, HISTS * HIST_SLOTS)
+
+
+def hist_upper_bounds_s() -> tuple[float, ...]:
+    """Upper bound of each finite bucket, in seconds (Prometheus `le`)."""
+    return tuple((1 << i) / 1e6 for i in range(HIST_BUCKETS - 1))
+
+
+FLOW_KEY_DTYPE = np.dtype(
+    [
+        ("saddr", "u1", (16,)),
+        ("daddr", "u1", (16,)),
+        ("ifindex", "<u4"),
+        ("sport", "<u2"),
+        ("dport", "<u2"),
+        ("vlan_id", "<u2"),
+        ("ip_version", "u1"),
+        ("l4_proto", "u1"),
+        ("direction", "u1"),
+        ("_pad", "u1", (3,)),
+    ]
+)
+FLOW_DTYPE = np.dtype(
+    [
+        ("packets", "<u8"),
+        ("bytes", "<u8"),
+        ("first_ns", "<u8"),
+        ("last_ns", "<u8"),
+        ("next_seq", "<u4"),
+        ("retrans", "<u4"),
+        ("zero_windows", "<u4"),
+        ("tcp_flags", "u1"),
+        ("state", "u1"),
+        ("_pad", "<u2"),
+    ]
+)
+FLOW_ENDED = 0x01  # FIN or RST seen
+FLOW_SEQ_VALID = 0x02

@@ -1,0 +1,35 @@
+"""Flows, microbursts, DNS and TCP health: read once per interval, kept for every reader.
+
+Per-interval figures (top talkers, microbursts) are differences between two
+reads, so they must be taken exactly once per interval: the run loop calls
+`refresh()` before each heartbeat, and a /metrics scrape in between sees the
+latest values rather than taking a read of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sennet.agent.config import AgentConfig
+from sennet.agent.datapath.manager import Attached
+from sennet.agent.telemetry import DnsReport, FlowReport, Microburst, TcpReport
+
+
+@dataclass(frozen=True)
+class Latest:
+    flows: FlowReport | None = None
+    microbursts: tuple[Microburst, ...] = ()
+    dns: DnsReport | None = None
+    tcp: TcpReport | None = None
+
+
+class Insights:
+    def __init__(self, map_fds: dict[str, int], cfg: AgentConfig) -> None:
+        self.map_fds = map_fds
+        self.cfg = cfg
+        self.latest = Latest()
+
+    def refresh(self, attached: Sequence[Attached]) -> None:
+        """Read every feature's maps once; the interval ends now."""
+        self.latest = Latest()
