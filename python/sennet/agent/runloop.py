@@ -40,7 +40,7 @@ def default_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
     """gRPC to the control plane when one is configured, else a log line per interval."""
     if not cfg.control_plane:
         return LogSink()
-    from sennet.agent.sinks.controlplane_grpc import make_sink
+    from sennet.agent.sinks.controlplane_grpc import SinkOptions, make_sink
 
     return make_sink(
         control_plane=cfg.control_plane,
@@ -51,6 +51,7 @@ def default_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
         tls_server_name=cfg.tls_server_name or None,
         tls_cert=cfg.tls_cert or None,
         tls_key=cfg.tls_key or None,
+        options=SinkOptions(max_queued_event_bytes=cfg.max_queued_event_bytes),
     )
 
 
