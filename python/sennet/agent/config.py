@@ -58,11 +58,22 @@ def _level(v: Any) -> str | None:
     return None if v in ("debug", "info", "warning", "error") else "debug, info, warning or error"
 
 
+def valid_ifname(name: str) -> bool:
+    """What the kernel accepts as a link name (dev_valid_name): 1-15 bytes, not "." or "..",
+    no "/", ":" or white space. Checked at start because a configured interface that does
+    not exist yet is waited for, and a name that can never exist would wait forever."""
+    return (
+        0 < len(name.encode()) <= 15
+        and name not in (".", "..")
+        and not any(c in "/:" or c.isspace() for c in name)
+    )
+
+
 def _ifaces(v: Any) -> str | None:
     if not v:
         return "at least one interface name"
-    bad = [n for n in v if not n or len(n) > 15 or "/" in n or " " in n]
-    return f"interface names (1-15 chars), not {bad[0]!r}" if bad else None
+    bad = [n for n in v if not valid_ifname(n)]
+    return f'interface names (1-15 bytes, no "/", ":" or spaces), not {bad[0]!r}' if bad else None
 
 
 def _priority(v: Any) -> str | None:

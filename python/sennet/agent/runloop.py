@@ -1,7 +1,11 @@
 """The agent's run loop: start the data plane, read it every interval, hand snapshots on.
 
-Start-up order fails fast on anything the operator got wrong (config, missing
-interface, no BPF support) before any hook is touched. Shutdown runs on every
+Start-up order fails fast on anything the operator got wrong (config, no BPF
+support) before any hook is touched. A configured interface that does not exist
+yet is not such a mistake (a NIC whose driver loads late, a veth made by another
+service): the agent starts with the ones present, and a netlink link watch wakes
+the loop to attach the others the moment they appear (the per-interval check is
+the fallback). Shutdown runs on every
 exit path: the consumer's last drain, a final snapshot, then detach (if
 configured) and release. SIGTERM and SIGINT only set a flag; the loop does the
 work, so a signal never interrupts a half-done netlink exchange.
@@ -23,6 +27,7 @@ from sennet.agent import readout
 from sennet.agent.config import AgentConfig
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
+from sennet.agent.datapath.linkwatch import LinkWatch
 from sennet.agent.datapath.loader_types import DatapathOptions
 from sennet.agent.datapath.manager import Attached, DatapathManager, kernel_release
 from sennet.agent.events import RingBufferConsumer
@@ -84,6 +89,8 @@ class Agent:
         self.sink: SnapshotSink | None = None
         self._threads: list[threading.Thread] = []
         self._http: Any = None
+        self._links_changed = threading.Event()
+        self._linkwatch: LinkWatch | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -96,6 +103,8 @@ class Agent:
             loaded.map_fds[layout.MAP_EVENTS], loaded.ringbuf_bytes, self.cfg.recent_events_max
         )
         self.attached = self.manager.attach(self.cfg.interfaces)
+        # Opened as root (it enters cfg.netns); link notifications need no privilege after.
+        self._linkwatch = LinkWatch(self.cfg.netns)
         if self.cfg.run_as:
             # Before any thread starts: capabilities are per thread, later threads inherit.
             from sennet.agent import privileges
@@ -111,6 +120,14 @@ class Agent:
         )
         drain.start()
         self._threads.append(drain)
+        watch = threading.Thread(
+            target=self._linkwatch.run,
+            args=(self.stop, self._links_changed),
+            name="linkwatch",
+            daemon=True,
+        )
+        watch.start()
+        self._threads.append(watch)
         if self.cfg.metrics_listen:
             self._http = readout.serve(
                 self.cfg.metrics_listen, self.snapshot_for_scrape, self.agent_id
@@ -121,6 +138,7 @@ class Agent:
             agent_id=self.agent_id,
             loader=loaded.loader,
             interfaces=",".join(a.ifname for a in self.attached),
+            waiting_for=",".join(self.manager.waiting) or "none",
             interval_s=self.cfg.interval_s,
             metrics=self.cfg.metrics_listen or "off",
             control_plane=self.cfg.control_plane or "none",
@@ -142,7 +160,9 @@ class Agent:
                 next_at += self.cfg.interval_s
                 if next_at < time.monotonic():  # we fell behind (suspend, slow sink): skip ahead
                     next_at = time.monotonic() + self.cfg.interval_s
-            self.stop.wait(max(0.0, min(0.5, next_at - time.monotonic())))
+            if self._links_changed.wait(max(0.0, min(0.5, next_at - time.monotonic()))):
+                self._links_changed.clear()
+                self._reconcile()  # an interface appeared, changed or went: now, not next beat
 
     def _check_workers(self) -> None:
         workers = list(self._threads)
@@ -153,11 +173,14 @@ class Agent:
                 event(log, "worker_died", logging.ERROR, thread=thread.name)
                 raise WorkerDied(thread.name)
 
-    def beat(self) -> None:
+    def _reconcile(self) -> None:
         try:
-            self.manager.reconcile()  # interfaces that came back or lost a hook
+            self.manager.reconcile()  # interfaces that appeared, came back or lost a hook
         except Exception as exc:  # never let a netlink hiccup stop the counting
             event(log, "reconcile_failed", logging.WARNING, error=repr(exc))
+
+    def beat(self) -> None:
+        self._reconcile()
         if self.sink is None:
             # Built at the first beat, not in start(): the data plane is counting
             # already, and the gRPC stack's import is the slowest part of a cold
@@ -175,6 +198,7 @@ class Agent:
             ("stop_metrics", self._stop_http),
             ("detach", self.manager.detach if self.cfg.detach_on_exit else lambda: None),
             ("close_consumer", lambda: self.consumer.close() if self.consumer else None),
+            ("close_linkwatch", lambda: self._linkwatch.close() if self._linkwatch else None),
             ("close_datapath", self.manager.close),
         ]
         for name, step in steps:
@@ -184,6 +208,7 @@ class Agent:
                 event(log, "shutdown_step_failed", logging.ERROR, step=name, error=repr(exc))
         self.sink = None
         self.consumer = None
+        self._linkwatch = None
         event(log, "agent_stopped", detached=self.cfg.detach_on_exit)
 
     def _join_threads(self) -> None:
