@@ -23,7 +23,7 @@ from typing import Any
 
 from sennet import __version__
 from sennet.agent import identity as identity_mod
-from sennet.agent import readout
+from sennet.agent import readout, statedir
 from sennet.agent.config import AgentConfig
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
@@ -50,7 +50,7 @@ def default_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
     return make_sink(
         control_plane=cfg.control_plane,
         bootstrap_token=cfg.bootstrap_token,
-        state_dir=cfg.state_dir,
+        state_dir=cfg.state_dir / statedir.AGENT_DIR,  # the only place it writes
         agent_id=agent_id,
         tls_ca=cfg.tls_ca or None,
         tls_server_name=cfg.tls_server_name or None,
@@ -95,6 +95,13 @@ class Agent:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
+        who = None
+        if self.cfg.run_as:
+            from sennet.agent import privileges
+
+            who = privileges.parse(self.cfg.run_as)
+        # Before anything in it is read: root's zone checked, the agent's own handed over.
+        statedir.prepare(self.cfg.state_dir, who.uid if who else None, who.gid if who else None)
         ident = identity_mod.load_or_create(self.cfg.state_dir)
         self.agent_id = ident.agent_id
         loaded = self.manager.load()
@@ -105,15 +112,12 @@ class Agent:
         self.attached = self.manager.attach(self.cfg.interfaces)
         # Opened as root (it enters cfg.netns); link notifications need no privilege after.
         self._linkwatch = LinkWatch(self.cfg.netns)
-        if self.cfg.run_as:
+        if who is not None:
             # Before any thread starts: capabilities are per thread, later threads inherit.
             from sennet.agent import privileges
 
-            who = privileges.parse(self.cfg.run_as)
-            # The directory and the files the agent writes; never a subdirectory (a
-            # provisioned configuration read by root may live in one).
-            mine = [p for p in self.cfg.state_dir.iterdir() if p.is_file() and not p.is_symlink()]
-            privileges.drop_to(who, [self.cfg.state_dir, *mine])
+            self.manager.persist_owned = False  # state_dir's top is root's from here on
+            privileges.drop_to(who)
             event(log, "privileges_dropped", uid=who.uid, gid=who.gid, kept="CAP_NET_ADMIN")
         drain = threading.Thread(
             target=self.consumer.run, args=(self.stop,), name="ringbuf", daemon=True

@@ -23,6 +23,7 @@ from pathlib import Path
 from sennet.agent.datapath import bcc_loader, libbpf_loader, slots, tc
 from sennet.agent.datapath.bpffs import ensure_pin_dir
 from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
+from sennet.agent.statedir import Untrusted, read_root_file, refuse
 from sennet.common.files import write_atomic
 from sennet.common.log import event
 
@@ -48,6 +49,10 @@ class DatapathManager:
     loaded: LoadedDatapath | None = None
     attached: list[Attached] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # configured, not present yet
+    # False once root is given up: clsact qdiscs created later are remembered in memory
+    # only (a restarted agent then leaves such an emptied qdisc in place).
+    persist_owned: bool = True
+    _owned_now: set[int] | None = None  # the clsact ifindexes we own, once known
     _tc: tc.TcAttacher | None = None
     _gone: set[int] = field(default_factory=set)  # ifindexes already reported missing
 
@@ -66,12 +71,25 @@ class DatapathManager:
         return self._tc
 
     def _owned(self) -> set[int]:
+        if self._owned_now is not None:
+            return set(self._owned_now)
         try:
-            return set(json.loads((self.state_dir / OWNED_FILE).read_text())["clsact_ifindexes"])
-        except (FileNotFoundError, ValueError, KeyError):
+            raw = read_root_file(self.state_dir / OWNED_FILE)
+        except Untrusted as err:
+            refuse(err)
+            raw = None
+        try:
+            found = json.loads(raw)["clsact_ifindexes"] if raw is not None else []
+            return {int(i) for i in found}
+        except (ValueError, KeyError, TypeError):
             return set()
 
     def _save_owned(self, owned: set[int]) -> None:
+        """Remember; and write the file while we may (root, before `run_as` gives root up:
+        the state directory's top is root's, and the file is read by root at the next start)."""
+        self._owned_now = set(owned)
+        if not self.persist_owned:
+            return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         blob = json.dumps({"clsact_ifindexes": sorted(owned)}).encode()
         write_atomic(self.state_dir / OWNED_FILE, blob, 0o644)

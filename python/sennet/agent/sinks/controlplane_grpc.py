@@ -12,7 +12,7 @@ carried them was acknowledged, i.e. committed by the control plane.
 While the control plane is unreachable the thread backs off exponentially
 with jitter, so a fleet that lost its control plane does not return in one
 synchronised wave. The agent enrols itself with the bootstrap token and keeps
-its own token in `state_dir/agent-token` (mode 0600). If the control plane
+its own token in `state_dir/agent/agent-token` (mode 0600). If the control plane
 rejects that token (revoked, or its database was replaced) the agent tries to
 enrol again, but the control plane lets a bootstrap token enrol an agent id it
 already knows only after an operator's `agent reset` (and never a disabled
