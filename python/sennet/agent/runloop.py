@@ -89,7 +89,8 @@ class Agent:
         self.sink: SnapshotSink | None = None
         self._threads: list[threading.Thread] = []
         self._http: Any = None
-        self._links_changed = threading.Event()
+        # Set when the loop has something to do now: a link event, or a stop signal.
+        self.wake = threading.Event()
         self._linkwatch: LinkWatch | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -126,7 +127,7 @@ class Agent:
         self._threads.append(drain)
         watch = threading.Thread(
             target=self._linkwatch.run,
-            args=(self.stop, self._links_changed),
+            args=(self.stop, self.wake),
             name="linkwatch",
             daemon=True,
         )
@@ -164,9 +165,10 @@ class Agent:
                 next_at += self.cfg.interval_s
                 if next_at < time.monotonic():  # we fell behind (suspend, slow sink): skip ahead
                     next_at = time.monotonic() + self.cfg.interval_s
-            if self._links_changed.wait(max(0.0, min(0.5, next_at - time.monotonic()))):
-                self._links_changed.clear()
-                self._reconcile()  # an interface appeared, changed or went: now, not next beat
+            if self.wake.wait(max(0.0, min(0.5, next_at - time.monotonic()))):
+                self.wake.clear()
+                if not self.stop.is_set():
+                    self._reconcile()  # an interface appeared, changed or went: now
 
     def _check_workers(self) -> None:
         workers = list(self._threads)
@@ -263,10 +265,13 @@ class Agent:
         return self.snapshot(take_recent=False)
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
+def install_signal_handlers(stop: threading.Event, wake: threading.Event) -> None:
+    """SIGTERM/SIGINT set `stop`, and `wake` so a waiting loop notices at once."""
+
     def handler(signum: int, _frame: FrameType | None) -> None:
         event(log, "signal", signal=signal.Signals(signum).name)
         stop.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -274,7 +279,7 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 def run_agent(cfg: AgentConfig, sink_factory: SinkFactory = default_sink) -> None:
     agent = Agent(cfg, sink_factory)
-    install_signal_handlers(agent.stop)
+    install_signal_handlers(agent.stop, agent.wake)
     try:
         agent.start()
         agent.run()
