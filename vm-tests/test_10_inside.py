@@ -91,6 +91,9 @@ def test_agent_runs_as_its_own_user_with_cap_net_admin_only(appliance: Appliance
         "CapAmb": 0,
     }
     assert status["NoNewPrivs"].strip() == "1"
-    # The state partition is the agent's to write (its token at enrolment, tc-owned.json).
-    owner = appliance.machine.succeed("stat -c %u:%g /var/lib/sennet").strip()
-    assert owner == f"{uid}:{gid}"
+    # The agent writes only its own directory on the state partition (its token); the top,
+    # and what root reads there at every start (identity, tc-owned.json), stay root's.
+    owners = appliance.machine.succeed(
+        "stat -c %u:%g /var/lib/sennet /var/lib/sennet/agent /var/lib/sennet/identity.json"
+    ).split()
+    assert owners == ["0:0", f"{uid}:{gid}", "0:0"]

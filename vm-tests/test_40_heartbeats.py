@@ -46,10 +46,11 @@ def test_enrolment_left_a_private_agent_token_in_the_state_partition(
         if " /var/lib/sennet " in m
     ]
     assert state and state[0][2] == "ext4"
-    tokens = [f for f in host.check_output("ls /var/lib/sennet").split() if "token" in f]
-    assert tokens, host.check_output("ls -la /var/lib/sennet")
+    mine = "/var/lib/sennet/agent"  # the dropped agent's own directory
+    tokens = [f for f in host.check_output(f"ls {mine}").split() if "token" in f]
+    assert tokens, host.check_output(f"ls -la {mine}")
     for name in tokens:
-        assert host.file(f"/var/lib/sennet/{name}").mode == 0o600
+        assert host.file(f"{mine}/{name}").mode == 0o600
 
 
 def test_counts_sent_during_a_control_plane_outage_arrive_afterwards(

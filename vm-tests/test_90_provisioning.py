@@ -82,6 +82,43 @@ def test_the_bootstrap_token_is_gone_from_proc_cmdline_yet_the_agent_enrolled(
     assert control_plane.token not in appliance.machine.console()
 
 
+# Run as the agent's user (as the dropped agent would): read the kernel log both ways a
+# process can, klogctl (busybox dmesg) and /dev/kmsg; print what each gave or its error.
+AS_AGENT_READ_KERNEL_LOG = """
+import os, pwd, subprocess
+user = pwd.getpwnam("sennet-agent")
+os.setgroups([])
+os.setresgid(user.pw_gid, user.pw_gid, user.pw_gid)
+os.setresuid(user.pw_uid, user.pw_uid, user.pw_uid)
+run = subprocess.run(["dmesg"], capture_output=True, text=True)
+print(f"dmesg exit={run.returncode} uid={os.getuid()}")
+print(run.stdout, run.stderr)
+try:
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    print("kmsg", os.read(fd, 8192))
+except OSError as exc:
+    print(f"kmsg refused: {exc.strerror}")
+"""
+
+
+def test_the_kernel_log_which_holds_the_token_is_closed_to_the_agent_user(
+    appliance: Appliance, control_plane: ControlPlane
+) -> None:
+    # The oracle that this matters: root's kernel log still holds the booted command line.
+    assert control_plane.token in appliance.machine.succeed("dmesg")
+    assert appliance.machine.succeed("cat /proc/sys/kernel/dmesg_restrict").strip() == "1"
+    # Set by the image itself, before the agent first starts, whatever the kernel's default
+    # (Debian's is CONFIG_SECURITY_DMESG_RESTRICT=y today; another kernel's may not be).
+    console = appliance.machine.console()
+    restricted = console.find("event=sysctl key=kernel.dmesg_restrict value=1")
+    assert 0 <= restricted < console.index("event=agent_start"), console[:4000]
+    out = appliance.machine.succeed(f"python3 -c '{AS_AGENT_READ_KERNEL_LOG}'")
+    assert control_plane.token not in out
+    assert "sennet.bootstrap_token" not in out
+    assert re.search(r"dmesg exit=[1-9]\d* uid=990\b", out), out
+    assert "kmsg refused: Operation not permitted" in out, out
+
+
 # Each hostile line would print a hostile_code_ran event to the console if a shell ran it.
 HOSTILE_NETWORK_ENV = b"""SENNET_MGMT_IF=eth0
 SENNET_DNS=10.0.2.3;echo sennet-hostile: event=hostile_code_ran how=semicolon >/dev/console

@@ -58,11 +58,22 @@ def _level(v: Any) -> str | None:
     return None if v in ("debug", "info", "warning", "error") else "debug, info, warning or error"
 
 
+def valid_ifname(name: str) -> bool:
+    """What the kernel accepts as a link name (dev_valid_name): 1-15 bytes, not "." or "..",
+    no "/", ":" or white space. Checked at start because a configured interface that does
+    not exist yet is waited for, and a name that can never exist would wait forever."""
+    return (
+        0 < len(name.encode()) <= 15
+        and name not in (".", "..")
+        and not any(c in "/:" or c.isspace() for c in name)
+    )
+
+
 def _ifaces(v: Any) -> str | None:
     if not v:
         return "at least one interface name"
-    bad = [n for n in v if not n or len(n) > 15 or "/" in n or " " in n]
-    return f"interface names (1-15 chars), not {bad[0]!r}" if bad else None
+    bad = [n for n in v if not valid_ifname(n)]
+    return f'interface names (1-15 bytes, no "/", ":" or spaces), not {bad[0]!r}' if bad else None
 
 
 def _priority(v: Any) -> str | None:
@@ -92,6 +103,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", "str", "info", "debug, info, warning or error", _level),
     Setting("recent_events_max", "int", 256, "events kept for the next heartbeat", _positive),
+    Setting(
+        "max_queued_event_bytes",
+        "int",
+        4 << 20,
+        "encoded bytes of events queued for the control plane at most (oldest dropped first)",
+        _positive,
+    ),
     Setting("control_plane", "str", "", 'control plane gRPC "host:port" ("" = log only)', _listen),
     Setting("bootstrap_token", "str", "", "enrolment token for the control plane", secret=True),
     Setting("tls_ca", "str", "", "CA bundle (PEM) to verify the control plane; empty = plaintext"),
@@ -130,6 +148,7 @@ class AgentConfig:
     metrics_listen: str
     log_level: str
     recent_events_max: int
+    max_queued_event_bytes: int
     control_plane: str
     bootstrap_token: str
     tls_ca: str

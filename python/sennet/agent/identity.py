@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from sennet.agent.statedir import Untrusted, read_root_file, refuse
 from sennet.common.errors import UserError
 from sennet.common.files import write_atomic
 from sennet.common.log import event
@@ -65,11 +66,14 @@ def load_or_create(state_dir: Path) -> Identity:
     raws: dict[Path, bytes] = {}
     for p in (primary, backup):
         try:
-            raws[p] = p.read_bytes()
-        except FileNotFoundError:
+            raw = read_root_file(p)  # never through a link, never a file another user owns
+        except Untrusted as err:
+            refuse(err)  # moved aside and logged; the other copy may still hold the ID
             continue
         except OSError as exc:
             raise UserError(f"cannot read {p}: {exc.strerror}") from None
+        if raw is not None:
+            raws[p] = raw
 
     if not raws:
         ident = Identity(str(uuid.uuid4()), time.time(), "")

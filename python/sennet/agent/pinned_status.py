@@ -22,7 +22,9 @@ def _ifname(ifindex: int, netns: str) -> str:
         return f"ifindex-{ifindex}"
 
 
-def read_status(pin_dir: Path, netns: str = "") -> dict[str, Any]:
+def read_status(pin_dir: Path, netns: str = "", configured: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What the pinned maps hold; `configured` interfaces without a counter slot are listed
+    as `not_attached` (an agent waits for an interface that does not exist yet)."""
     check_pinned_maps(pin_dir)
     fds = open_pinned(pin_dir)
     try:
@@ -43,9 +45,11 @@ def read_status(pin_dir: Path, netns: str = "") -> dict[str, Any]:
                 }
             )
         unmapped = reader.slot_totals(layout.UNMAPPED_SLOT)
+        registered = {i["ifname"] for i in interfaces}
         return {
             "pin_dir": str(pin_dir),
             "interfaces": interfaces,
+            "not_attached": [name for name in configured if name not in registered],
             "unmapped_packets": sum(t.packets for t in unmapped.values()),
             "events_by_kind": {k.label: v for k, v in reader.by_kind(layout.MAP_EV_COUNTS).items()},
             "ringbuf_drops_by_kind": {
@@ -68,6 +72,8 @@ def render(status: dict[str, Any]) -> str:
         )
     if not status["interfaces"]:
         lines.append("(no interfaces registered)")
+    for name in status.get("not_attached", ()):
+        lines.append(f"{name:<16}not attached (configured; attached when it appears)")
     lines.append("")
     lines.append(f"{'event kind':<16}{'detected':>12}{'ring drops':>12}")
     for kind, n in status["events_by_kind"].items():

@@ -73,13 +73,15 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def drop_to(who: Identity, writable: list[Path]) -> None:
-    """Become `who`, keeping only CAP_NET_ADMIN; `writable` paths are handed over first."""
+def drop_to(who: Identity) -> None:
+    """Become `who`, keeping only CAP_NET_ADMIN.
+
+    What `who` may write afterwards is its own directory only, handed over by
+    `statedir.prepare` before anything was read: nothing is chowned here.
+    """
     if os.geteuid() != 0:
         raise UserError("run_as needs the agent to start as root (it gives root up itself)")
     libc = _libc()
-    for path in writable:  # the token file is written after the drop, by the new owner
-        os.chown(path, who.uid, who.gid)
     last_cap = int(CAP_LAST_CAP_FILE.read_text())
     for cap in range(last_cap + 1):
         if cap != CAP_NET_ADMIN:

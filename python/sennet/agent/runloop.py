@@ -1,7 +1,11 @@
 """The agent's run loop: start the data plane, read it every interval, hand snapshots on.
 
-Start-up order fails fast on anything the operator got wrong (config, missing
-interface, no BPF support) before any hook is touched. Shutdown runs on every
+Start-up order fails fast on anything the operator got wrong (config, no BPF
+support) before any hook is touched. A configured interface that does not exist
+yet is not such a mistake (a NIC whose driver loads late, a veth made by another
+service): the agent starts with the ones present, and a netlink link watch wakes
+the loop to attach the others the moment they appear (the per-interval check is
+the fallback). Shutdown runs on every
 exit path: the consumer's last drain, a final snapshot, then detach (if
 configured) and release. SIGTERM and SIGINT only set a flag; the loop does the
 work, so a signal never interrupts a half-done netlink exchange.
@@ -19,10 +23,11 @@ from typing import Any
 
 from sennet import __version__
 from sennet.agent import identity as identity_mod
-from sennet.agent import readout
+from sennet.agent import readout, statedir
 from sennet.agent.config import AgentConfig
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
+from sennet.agent.datapath.linkwatch import LinkWatch
 from sennet.agent.datapath.loader_types import DatapathOptions
 from sennet.agent.datapath.manager import Attached, DatapathManager, kernel_release
 from sennet.agent.events import RingBufferConsumer
@@ -41,17 +46,18 @@ def default_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
     """gRPC to the control plane when one is configured, else a log line per interval."""
     if not cfg.control_plane:
         return LogSink()
-    from sennet.agent.sinks.controlplane_grpc import make_sink
+    from sennet.agent.sinks.controlplane_grpc import SinkOptions, make_sink
 
     return make_sink(
         control_plane=cfg.control_plane,
         bootstrap_token=cfg.bootstrap_token,
-        state_dir=cfg.state_dir,
+        state_dir=cfg.state_dir / statedir.AGENT_DIR,  # the only place it writes
         agent_id=agent_id,
         tls_ca=cfg.tls_ca or None,
         tls_server_name=cfg.tls_server_name or None,
         tls_cert=cfg.tls_cert or None,
         tls_key=cfg.tls_key or None,
+        options=SinkOptions(max_queued_event_bytes=cfg.max_queued_event_bytes),
     )
 
 
@@ -85,10 +91,20 @@ class Agent:
         self.sink: SnapshotSink | None = None
         self._threads: list[threading.Thread] = []
         self._http: Any = None
+        # Set when the loop has something to do now: a link event, or a stop signal.
+        self.wake = threading.Event()
+        self._linkwatch: LinkWatch | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
+        who = None
+        if self.cfg.run_as:
+            from sennet.agent import privileges
+
+            who = privileges.parse(self.cfg.run_as)
+        # Before anything in it is read: root's zone checked, the agent's own handed over.
+        statedir.prepare(self.cfg.state_dir, who.uid if who else None, who.gid if who else None)
         ident = identity_mod.load_or_create(self.cfg.state_dir)
         self.agent_id = ident.agent_id
         loaded = self.manager.load()
@@ -98,21 +114,28 @@ class Agent:
             loaded.map_fds[layout.MAP_EVENTS], loaded.ringbuf_bytes, self.cfg.recent_events_max
         )
         self.attached = self.manager.attach(self.cfg.interfaces)
-        if self.cfg.run_as:
+        # Opened as root (it enters cfg.netns); link notifications need no privilege after.
+        self._linkwatch = LinkWatch(self.cfg.netns)
+        if who is not None:
             # Before any thread starts: capabilities are per thread, later threads inherit.
             from sennet.agent import privileges
 
-            who = privileges.parse(self.cfg.run_as)
-            # The directory and the files the agent writes; never a subdirectory (a
-            # provisioned configuration read by root may live in one).
-            mine = [p for p in self.cfg.state_dir.iterdir() if p.is_file() and not p.is_symlink()]
-            privileges.drop_to(who, [self.cfg.state_dir, *mine])
+            self.manager.persist_owned = False  # state_dir's top is root's from here on
+            privileges.drop_to(who)
             event(log, "privileges_dropped", uid=who.uid, gid=who.gid, kept="CAP_NET_ADMIN")
         drain = threading.Thread(
             target=self.consumer.run, args=(self.stop,), name="ringbuf", daemon=True
         )
         drain.start()
         self._threads.append(drain)
+        watch = threading.Thread(
+            target=self._linkwatch.run,
+            args=(self.stop, self.wake),
+            name="linkwatch",
+            daemon=True,
+        )
+        watch.start()
+        self._threads.append(watch)
         if self.cfg.metrics_listen:
             self._http = readout.serve(
                 self.cfg.metrics_listen, self.snapshot_for_scrape, self.agent_id
@@ -123,6 +146,7 @@ class Agent:
             agent_id=self.agent_id,
             loader=loaded.loader,
             interfaces=",".join(a.ifname for a in self.attached),
+            waiting_for=",".join(self.manager.waiting) or "none",
             interval_s=self.cfg.interval_s,
             metrics=self.cfg.metrics_listen or "off",
             control_plane=self.cfg.control_plane or "none",
@@ -144,7 +168,10 @@ class Agent:
                 next_at += self.cfg.interval_s
                 if next_at < time.monotonic():  # we fell behind (suspend, slow sink): skip ahead
                     next_at = time.monotonic() + self.cfg.interval_s
-            self.stop.wait(max(0.0, min(0.5, next_at - time.monotonic())))
+            if self.wake.wait(max(0.0, min(0.5, next_at - time.monotonic()))):
+                self.wake.clear()
+                if not self.stop.is_set():
+                    self._reconcile()  # an interface appeared, changed or went: now
 
     def _check_workers(self) -> None:
         workers = list(self._threads)
@@ -155,11 +182,14 @@ class Agent:
                 event(log, "worker_died", logging.ERROR, thread=thread.name)
                 raise WorkerDied(thread.name)
 
-    def beat(self) -> None:
+    def _reconcile(self) -> None:
         try:
-            self.manager.reconcile()  # interfaces that came back or lost a hook
+            self.manager.reconcile()  # interfaces that appeared, came back or lost a hook
         except Exception as exc:  # never let a netlink hiccup stop the counting
             event(log, "reconcile_failed", logging.WARNING, error=repr(exc))
+
+    def beat(self) -> None:
+        self._reconcile()
         if self.sink is None:
             # Built at the first beat, not in start(): the data plane is counting
             # already, and the gRPC stack's import is the slowest part of a cold
@@ -179,6 +209,7 @@ class Agent:
             ("stop_metrics", self._stop_http),
             ("detach", self.manager.detach if self.cfg.detach_on_exit else lambda: None),
             ("close_consumer", lambda: self.consumer.close() if self.consumer else None),
+            ("close_linkwatch", lambda: self._linkwatch.close() if self._linkwatch else None),
             ("close_datapath", self.manager.close),
         ]
         for name, step in steps:
@@ -188,6 +219,7 @@ class Agent:
                 event(log, "shutdown_step_failed", logging.ERROR, step=name, error=repr(exc))
         self.sink = None
         self.consumer = None
+        self._linkwatch = None
         event(log, "agent_stopped", detached=self.cfg.detach_on_exit)
 
     def _join_threads(self) -> None:
@@ -243,10 +275,13 @@ class Agent:
         return self.snapshot(take_recent=False)
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
+def install_signal_handlers(stop: threading.Event, wake: threading.Event) -> None:
+    """SIGTERM/SIGINT set `stop`, and `wake` so a waiting loop notices at once."""
+
     def handler(signum: int, _frame: FrameType | None) -> None:
         event(log, "signal", signal=signal.Signals(signum).name)
         stop.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -254,7 +289,7 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 def run_agent(cfg: AgentConfig, sink_factory: SinkFactory = default_sink) -> None:
     agent = Agent(cfg, sink_factory)
-    install_signal_handlers(agent.stop)
+    install_signal_handlers(agent.stop, agent.wake)
     try:
         agent.start()
         agent.run()

@@ -15,7 +15,10 @@ from pathlib import Path
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data` atomically and durably; the file gets exactly `mode`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A leftover (or planted) entry at the temporary name is removed, never written
+    # through: O_EXCL|O_NOFOLLOW create a new file or fail.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask and skips existing files
         os.write(fd, data)

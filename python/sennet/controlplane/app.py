@@ -60,7 +60,7 @@ class ControlPlane:
         self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after)
         self.http = HttpServer(
             settings.http_listen,
-            HttpApp(self.calls, self.exposition, self.health),
+            HttpApp(self.calls, self.exposition, self.health, settings.body_timeout),
             tls=settings.tls,
             idle_timeout_s=settings.idle_timeout,
             max_connections=settings.http_max_connections,

@@ -9,9 +9,15 @@ becomes a `ConnectError` (JSON `{"code", "message"}` with the Connect HTTP
 status); one for load (RESOURCE_EXHAUSTED, 429) also carries `Retry-After`.
 
 Around the Connect application, plain ASGI routes answer /health and /metrics
-(no authentication, off the event loop), and a body larger than
-`max_request_bytes` is refused from its Content-Length before any of it is read;
-a chunked body is cut off while reading at the same size. uvicorn enforces the
+(no authentication, off the event loop). A body larger than `max_request_bytes`
+is refused 413 from its Content-Length before any of it is read; a chunked one
+(no Content-Length) is read up to that size and refused 413 the moment it passes
+it, never handed on cut short. The whole body must arrive within `body_timeout_s`
+of the head: a client that stalls or trickles it is answered 408 and its
+connection closed, so a slow body holds a connection for a bounded time (the
+head timeout below stops covering a connection once its head is complete).
+Either refusal closes the connection, since the rest of the body would otherwise
+be read as the next request. uvicorn enforces the
 connection cap and the largest incomplete request head; its keep-alive timeout
 covers only the wait after a response, so `_HeadTimeoutH11` also closes a
 connection whose request head is not complete within that time of it opening (or
@@ -41,7 +47,7 @@ from sennet.controlplane import codec
 from sennet.controlplane.calls import Calls, Encoding
 from sennet.controlplane.grpc_server import TlsFiles
 from sennet.controlplane.metrics import CONTENT_TYPE, Exposition, Transport
-from sennet.controlplane.refusals import RequestError, invalid
+from sennet.controlplane.refusals import Code, RequestError, invalid
 from sennet.proto.contract import HEARTBEAT, METHODS, REGISTER, Method
 from sennet.proto.sentinel.v1.sentinel_connect import SentinelServiceASGIApplication
 
@@ -116,11 +122,13 @@ class HttpApp:
         calls: Calls,
         exposition: Exposition,
         health: Callable[[], tuple[bool, dict[str, Any]]],
+        body_timeout_s: float = 10.0,
     ) -> None:
         self.calls = calls
         self.exposition = exposition
         self.health = health
         self.max_request_bytes = calls.max_request_bytes
+        self.body_timeout_s = body_timeout_s
         self._by_path = {m.path: m for m in METHODS}
         self._connect = SentinelServiceASGIApplication(
             cast(Any, _Service(calls)),
@@ -151,18 +159,40 @@ class HttpApp:
             return
         length = _content_length(scope)
         if length is not None and length > self.max_request_bytes:
-            err = invalid(
-                "request",
-                f"message of {length} bytes exceeds the limit of {self.max_request_bytes} bytes",
-            )
-            self.calls.refused(method, err)
             # the body is never read; Connection: close keeps it from becoming a request
-            doc = {"code": err.code.connect, "message": err.message}
-            await _reply(send, err.code.http, "application/json", _json(doc), close=True)
+            await self._refuse(send, method, self._too_large(length, ""))
             return
-        await self._connect(
-            cast(Any, scope), cast(Any, _capped(receive, self.max_request_bytes)), cast(Any, send)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await _read_body(receive, self.max_request_bytes)
+        except TimeoutError:
+            err = RequestError(
+                Code.DEADLINE_EXCEEDED,
+                f"request: body not received within {self.body_timeout_s:g} s (body_timeout)",
+                reason="body_timeout",
+            )
+            await self._refuse(send, method, err, status=408)
+            return
+        except _TooLarge as exc:
+            await self._refuse(send, method, self._too_large(exc.seen, "at least "))
+            return
+        except _Gone:
+            return  # the client left; there is nobody to answer
+        await self._connect(cast(Any, scope), cast(Any, _replay(body, receive)), cast(Any, send))
+
+    def _too_large(self, size: int, qualifier: str) -> RequestError:
+        limit = self.max_request_bytes
+        return invalid(
+            "request", f"message of {qualifier}{size} bytes exceeds the limit of {limit} bytes"
         )
+
+    async def _refuse(
+        self, send: Send, method: Method[Any, Any], err: RequestError, status: int = 413
+    ) -> None:
+        """Count the refusal, answer it as Connect JSON with `status`, and close the connection."""
+        self.calls.refused(method, err)
+        doc = {"code": err.code.connect, "message": err.message}
+        await _reply(send, status, "application/json", _json(doc), close=True)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -175,18 +205,45 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _capped(receive: Receive, limit: int) -> Receive:
-    """`receive` that stops a body (chunked, or lying about its length) past `limit` bytes."""
+class _TooLarge(Exception):
+    """A body passed the limit while it was read; `seen` is how much had arrived by then."""
+
+    def __init__(self, seen: int) -> None:
+        super().__init__(seen)
+        self.seen = seen
+
+
+class _Gone(Exception):
+    """The client disconnected before its body was complete."""
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, or `_TooLarge` as soon as more than `limit` bytes arrived."""
+    parts: list[bytes] = []
     seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _Gone()
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            raise _TooLarge(seen)
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` for the Connect application: the body already read, then the real channel."""
+    given = False
 
     async def inner() -> MutableMapping[str, Any]:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit + 1:  # connectrpc refuses a body past its read_max_bytes itself
-                return {"type": "http.request", "body": b"", "more_body": False}
-        return message
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
 
     return inner
 

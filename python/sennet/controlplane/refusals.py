@@ -23,6 +23,8 @@ class Code(enum.Enum):
     NOT_FOUND = (grpc.StatusCode.NOT_FOUND, "not_found", 404)
     UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, "unavailable", 503)
     INTERNAL = (grpc.StatusCode.INTERNAL, "internal", 500)
+    # A request body that did not arrive in time (HTTP only): 408 tells the client it was slow.
+    DEADLINE_EXCEEDED = (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded", 408)
 
     @property
     def grpc(self) -> grpc.StatusCode:

@@ -189,6 +189,15 @@ SETTINGS: tuple[Setting, ...] = (
         _SECONDS,
     ),
     Setting(
+        "body_timeout",
+        _number(0, above=True),
+        10.0,  # a full 1 MiB body needs only ~1 Mbit/s to arrive in this time
+        "the HTTP port answers 408 and closes a connection whose request body has not "
+        "completely arrived this long after its head (a stalled or trickled body)",
+        "a number of seconds > 0",
+        _SECONDS,
+    ),
+    Setting(
         "http_max_connections",
         _positive_int,
         4096,
@@ -286,6 +295,7 @@ class Settings:
     stale_after: float
     max_request_bytes: int
     idle_timeout: int
+    body_timeout: float
     http_max_connections: int
     max_pending_heartbeats: int
     max_concurrent_calls: int

@@ -48,13 +48,18 @@ def run_cli(
     )
 
 
-def status(netns: str, pin_dir: Path, names_from: str = "") -> dict[str, Any]:
+def status(
+    netns: str, pin_dir: Path, names_from: str = "", interfaces: Sequence[str] = ()
+) -> dict[str, Any]:
     """`sennet-agent status --json`: what the pinned maps hold, no agent needed.
 
     `names_from`: run in the root namespace (whose /sys/fs/bpf holds the pins)
     and read interface names in that namespace (`--netns`), as the appliance does.
+    `interfaces`: the configured ones, so the status lists those not attached.
     """
     extra = ["--netns", names_from] if names_from else []
+    if interfaces:
+        extra += ["--interfaces", ",".join(interfaces)]
     result = run_cli(netns, ["status", "--json", "--pin-dir", str(pin_dir), *extra])
     if result.returncode != 0:
         raise TestFailed(f"sennet-agent status exited {result.returncode}: {result.stderr}")

@@ -127,6 +127,21 @@ class VethPair:
         self._socks.clear()
 
 
+def add_veth(pair: VethPair, mtu: int = 9000) -> None:
+    """Create `pair`'s veth link in its (existing) namespaces, both ends up.
+
+    Made under random names and renamed inside the namespaces, so the final names
+    never meet the host's; the namespaces (and so the link) belong to the caller.
+    """
+    tag = uuid.uuid4().hex[:8]
+    sh(
+        "ip", "link", "add", f"sa{tag}", "mtu", str(mtu), "netns", pair.ns_a, "type", "veth",
+        "peer", "name", f"sb{tag}", "mtu", str(mtu), "netns", pair.ns_b,
+    )  # fmt: skip
+    sh("ip", "-n", pair.ns_a, "link", "set", f"sa{tag}", "name", pair.if_a, "up")
+    sh("ip", "-n", pair.ns_b, "link", "set", f"sb{tag}", "name", pair.if_b, "up")
+
+
 @contextlib.contextmanager
 def veth_pair(
     mtu: int = 9000, if_a: str = "mon0", if_b: str = "peer0", prefix: str = "sn"
@@ -134,13 +149,7 @@ def veth_pair(
     """Two fresh namespaces joined by a veth pair (`if_a` in the first, `if_b` in the second)."""
     with namespace(prefix) as ns_a, namespace(prefix) as ns_b:
         pair = VethPair(ns_a, ns_b, if_a, if_b)
-        tag = uuid.uuid4().hex[:8]
-        sh(
-            "ip", "link", "add", f"sa{tag}", "mtu", str(mtu), "netns", ns_a, "type", "veth",
-            "peer", "name", f"sb{tag}", "mtu", str(mtu), "netns", ns_b,
-        )  # fmt: skip
-        sh("ip", "-n", ns_a, "link", "set", f"sa{tag}", "name", if_a, "up")
-        sh("ip", "-n", ns_b, "link", "set", f"sb{tag}", "name", if_b, "up")
+        add_veth(pair, mtu)
         try:
             yield pair
         finally:

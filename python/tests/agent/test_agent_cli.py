@@ -112,13 +112,14 @@ def test_agent_in_the_host_namespace_attaches_inside_a_named_netns(
     assert sh("tc", "-n", net.ns_a, "filter", "show", "dev", net.if_a, "ingress").strip() == ""
 
 
-def test_missing_interface_fails_fast_and_touches_nothing(
+def test_a_name_that_cannot_be_an_interface_fails_at_start_and_touches_nothing(
     net: VethPair, pin_root: Path, tmp_path: Path
 ) -> None:
+    """A missing interface is waited for (test_reattach); one that can never exist is an error."""
     args = [
         "run",
         "--interfaces",
-        f"{net.if_a},nope0",
+        f"{net.if_a},eth0:1",
         "--pin-dir",
         str(pin_root / "s"),
         "--state-dir",
@@ -126,9 +127,9 @@ def test_missing_interface_fails_fast_and_touches_nothing(
     ]
     result = run_cli(net.ns_a, args)
     assert result.returncode == 2
-    assert (
-        "sennet-agent: error: interface 'nope0' does not exist in this network namespace"
-        in result.stderr
+    assert result.stderr.strip() == (
+        "sennet-agent: error: interfaces (from flags): expected interface names (1-15 bytes, "
+        """no "/", ":" or spaces), not 'eth0:1', got ['mon0', 'eth0:1']"""
     )
     assert "clsact" not in sh("tc", "-n", net.ns_a, "qdisc", "show", "dev", net.if_a)
 

@@ -16,6 +16,7 @@ import pytest
 
 from sennet.agent.datapath.layout import Direction, EventKind
 from sennet.agent.sinks.controlplane_grpc import GrpcSink, SinkOptions, backoff_delay, make_sink
+from sennet.agent.sinks.heartbeat_message import event_to_proto
 from sennet.agent.snapshot import Event, InterfaceCounters, Snapshot
 from sennet.common.proc import run
 from sennet.testing.controlplane import Served, cli, create_bootstrap_token, running
@@ -218,6 +219,51 @@ def test_after_an_outage_the_sink_delivers_the_latest_totals_and_bounded_events(
             assert seqs == [4, 5, 6, 7, 8]
             acked = sink.stats().heartbeats_acked
             assert stored(db, "heartbeats", agent_id) == acked == 2
+        finally:
+            sink.close()
+        cp.stop()
+
+
+def _encoded_size(snapshot: Snapshot) -> int:
+    """What one of `snapshot`'s events costs in the queue (all of them encode alike)."""
+    sizes = {event_to_proto(ev, time.time_ns()).ByteSize() + 2 for ev in snapshot.recent_events}
+    assert len(sizes) == 1, sizes  # +2: the sequence number the sink gives each (1..127)
+    return sizes.pop()
+
+
+def test_the_event_queue_is_bounded_in_bytes_too_oldest_dropped_and_counted(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "cp.db"
+    bootstrap = create_bootstrap_token(db)
+    agent_id = str(uuid.uuid4())
+    each = _encoded_size(snap(0, events=1))
+    opts = SinkOptions(
+        rpc_deadline_s=2.0,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.3,
+        max_queued_events=1000,  # the count bound never binds here: only bytes do
+        max_queued_event_bytes=5 * each + each // 2,
+    )
+    with running(db, tmp_path) as cp:
+        sink = GrpcSink(cp.target, bootstrap, tmp_path / "state", agent_id, options=opts)
+        try:
+            sink.send(snap(10))
+            assert sink.flush(10)
+            assert cp.stop() == 0
+            sink.send(snap(20, events=4))
+            sink.send(snap(30, events=4, dropped=2))  # 8 queued into bytes for 5: 3 dropped
+            assert not sink.flush(0.5)
+            stats = sink.stats()
+            assert (stats.events_queued, stats.events_queued_bytes) == (5, 5 * each)
+            assert stats.events_dropped == 5
+            cp.start(cp.grpc_port, cp.http_port)
+            assert sink.flush(15), sink.stats()
+            assert sink.stats().events_queued_bytes == 0  # acknowledged ones are released
+            assert sample(cp.samples(), "sennet_agent_events_dropped_total", agent=agent_id) == 5
+            with sqlite3.connect(db) as conn:  # the 3 oldest were dropped, the newest kept
+                seqs = [r[0] for r in conn.execute("SELECT seq FROM events ORDER BY seq")]
+            assert seqs == [4, 5, 6, 7, 8]
         finally:
             sink.close()
         cp.stop()

@@ -8,6 +8,9 @@ exact counters at the control plane and its TC filters gone after SIGTERM.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -56,7 +59,7 @@ def test_the_agent_drops_to_nobody_keeping_only_net_admin_and_still_counts_and_d
             assert int(status["CapInh"], 16) == 0 and int(status["CapAmb"], 16) == 0
             assert status["NoNewPrivs"] == "1"
             a.wait_for_log("event=enrolled")  # the token file is written by the dropped agent
-            assert (state / "agent-token").stat().st_uid == NOBODY
+            assert (state / "agent" / "agent-token").stat().st_uid == NOBODY
             agent_id = a.log().split("event=agent_ready agent_id=", 1)[1].split()[0]
             net.send_to_a([c.frame for c in batch])
             rx = {"agent": agent_id, "interface": net.if_a, "direction": "rx"}
@@ -75,7 +78,90 @@ def test_the_agent_drops_to_nobody_keeping_only_net_admin_and_still_counts_and_d
         for hook in ("ingress", "egress"):
             assert sh("tc", "-n", net.ns_a, "filter", "show", "dev", net.if_a, hook).strip() == ""
         assert cp.stop() == 0
-    assert os.stat(state).st_uid == NOBODY
+    # The agent owns its own directory only; the top, and what root reads there, stay root's.
+    assert (os.stat(state).st_uid, os.stat(state / "agent").st_uid) == (0, NOBODY)
+    assert {p.name: p.stat().st_uid for p in state.iterdir()} == {
+        "agent": NOBODY,
+        "identity.json": 0,
+        "identity.json.bak": 0,
+        "tc-owned.json": 0,
+    }
+
+
+def _start_and_stop(net: VethPair, pin_root: Path, state: Path, log: Path) -> str:
+    """Run the agent (dropping to nobody) until ready, stop it; its log."""
+    args = [
+        "--interfaces", net.if_a, "--netns", net.ns_a, "--pin-dir", str(pin_root / "sennet"),
+        "--state-dir", str(state), "--interval-s", "0.5", "--run-as", f"{NOBODY}:{NOBODY}",
+    ]  # fmt: skip
+    with agent("", args, log) as a:
+        a.wait_for_log(READY)
+        assert a.stop() == 0, a.log()
+        return a.log()
+
+
+def _agent_id(log: str) -> str:
+    return log.split("event=agent_ready agent_id=", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("layout", ["current", "older-agent-owned-top"])
+def test_root_refuses_links_and_foreign_files_planted_where_it_reads_state(
+    net: VethPair, pin_root: Path, tmp_path: Path, world_traversable: Path, layout: str
+) -> None:
+    """What a compromised agent could have left behind, tried against the next start as root.
+
+    `older-agent-owned-top`: the state directory as earlier versions left it (the agent
+    owned it all); the start takes it back before reading anything in it.
+    """
+    state = world_traversable / "state"
+    first = _agent_id(_start_and_stop(net, pin_root, state, tmp_path / "first.log"))
+    # Root's secrets, which a link would lead root to read, rewrite or hand over.
+    secret = world_traversable / "secret"
+    secret.write_text("3f1c2b7a-0000-4000-8000-00000000beef\n")  # would pass for an agent ID
+    secret.chmod(0o600)
+    victim = world_traversable / "victim"
+    victim.mkdir(mode=0o700)
+    (state / "identity.json").unlink()
+    (state / "identity.json").symlink_to(secret)
+    (state / "tc-owned.json").unlink()
+    os.link(secret, state / "tc-owned.json")  # a hard link: root's own file, two names
+    shutil.rmtree(state / "agent")
+    (state / "agent").symlink_to(victim)  # root would hand `victim` to the agent
+    backup = state / "identity.json.bak"
+    if layout == "older-agent-owned-top":
+        for path in (state, backup):
+            os.chown(path, NOBODY, NOBODY)
+        (state / "agent-token").symlink_to(secret)  # the token's place in that layout
+    else:  # a file the agent could have written, among root's: refused, never trusted
+        backup.write_text('{"agent_id": "3f1c2b7a-0000-4000-8000-00000000f00d"}\n')
+        os.chown(backup, NOBODY, NOBODY)
+
+    log = _start_and_stop(net, pin_root, state, tmp_path / "second.log")
+    refused = dict(re.findall(r"event=state_file_refused path=(\S+) why=(\S+)", log))
+    want = {
+        str(state / "identity.json"): "symbolic_link",
+        str(state / "tc-owned.json"): "hard_linked",
+        str(state / "agent"): "not_a_directory",
+    }
+    if layout == "current":
+        want[str(backup)] = f"owned_by_uid_{NOBODY}"
+    else:  # moved into the agent's directory (a rename), then refused, never chowned
+        want[str(state / "agent" / "agent-token")] = "symbolic_link"
+    assert refused == want, log
+    again = _agent_id(log)
+    assert "beef" not in again and "f00d" not in again  # nothing read through a link or foreign
+    if layout == "older-agent-owned-top":
+        assert again == first  # the agent's plain backup was data, taken back
+        assert "event=state_dir_reclaimed" in log
+    # Nothing a link pointed at was read, changed or given away.
+    assert secret.read_text().endswith("beef\n")
+    assert (secret.stat().st_uid, stat.S_IMODE(secret.stat().st_mode)) == (0, 0o600)
+    assert (state / "tc-owned.json").stat().st_nlink == 1  # root's own new file, not the link
+    assert (victim.stat().st_uid, stat.S_IMODE(victim.stat().st_mode)) == (0, 0o700)
+    assert os.stat(state).st_uid == 0
+    assert (state / "agent").is_dir() and not (state / "agent").is_symlink()
+    assert (state / "agent").stat().st_uid == NOBODY
+    assert (state / "identity.json").lstat().st_uid == 0
 
 
 @pytest.mark.parametrize(

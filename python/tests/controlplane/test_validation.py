@@ -181,7 +181,7 @@ def test_an_oversized_message_is_rejected_before_decoding(shared: Served) -> Non
     )
     status, body = shared.cp.connect(HEARTBEAT.name, blob, token)
     assert (status, body) == (
-        400,
+        413,
         {
             "code": "invalid_argument",
             "message": "request: message of 1048577 bytes exceeds the limit of 1048576 bytes",

@@ -4,6 +4,12 @@ The order matters for exact counts and for restarts: slots are assigned before
 any filter is attached (so no packet lands in the "unmapped" slot), pinned maps
 are reused (so counters continue), and filters are replaced in place (so a
 restart never leaves a hook empty or doubled).
+
+A configured interface that does not exist yet is not an error: it waits
+(`waiting_for_interface`, naming it) and is attached by `reconcile` as soon as
+it appears, which the run loop calls on every netlink link event and every
+interval. Names are checked when the configuration is read, so a name that can
+never exist still fails at start.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 from sennet.agent.datapath import bcc_loader, libbpf_loader, slots, tc
 from sennet.agent.datapath.bpffs import ensure_pin_dir
 from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
+from sennet.agent.statedir import Untrusted, read_root_file, refuse
 from sennet.common.files import write_atomic
 from sennet.common.log import event
 
@@ -41,6 +48,11 @@ class DatapathManager:
     netns: str = ""
     loaded: LoadedDatapath | None = None
     attached: list[Attached] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # configured, not present yet
+    # False once root is given up: clsact qdiscs created later are remembered in memory
+    # only (a restarted agent then leaves such an emptied qdisc in place).
+    persist_owned: bool = True
+    _owned_now: set[int] | None = None  # the clsact ifindexes we own, once known
     _tc: tc.TcAttacher | None = None
     _gone: set[int] = field(default_factory=set)  # ifindexes already reported missing
 
@@ -59,20 +71,39 @@ class DatapathManager:
         return self._tc
 
     def _owned(self) -> set[int]:
+        if self._owned_now is not None:
+            return set(self._owned_now)
         try:
-            return set(json.loads((self.state_dir / OWNED_FILE).read_text())["clsact_ifindexes"])
-        except (FileNotFoundError, ValueError, KeyError):
+            raw = read_root_file(self.state_dir / OWNED_FILE)
+        except Untrusted as err:
+            refuse(err)
+            raw = None
+        try:
+            found = json.loads(raw)["clsact_ifindexes"] if raw is not None else []
+            return {int(i) for i in found}
+        except (ValueError, KeyError, TypeError):
             return set()
 
     def _save_owned(self, owned: set[int]) -> None:
+        """Remember; and write the file while we may (root, before `run_as` gives root up:
+        the state directory's top is root's, and the file is read by root at the next start)."""
+        self._owned_now = set(owned)
+        if not self.persist_owned:
+            return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         blob = json.dumps({"clsact_ifindexes": sorted(owned)}).encode()
         write_atomic(self.state_dir / OWNED_FILE, blob, 0o644)
 
     def attach(self, ifnames: tuple[str, ...]) -> list[Attached]:
-        """Resolve every name first (fail before touching anything), then slot and attach."""
+        """Slot and attach the interfaces present now; the others wait for `reconcile`."""
         assert self.loaded is not None, "load() first"
-        indexes = {name: self.tc.ifindex(name) for name in ifnames}
+        indexes = {}
+        for name in ifnames:
+            ifindex = self.tc.lookup(name)
+            if ifindex is None:
+                self.waiting.append(name)
+            else:
+                indexes[name] = ifindex
         live = [int(link["index"]) for link in self.tc.ipr.get_links()]
         slot_of = slots.assign(
             self.loaded.map_fds["IFSLOTS"],
@@ -81,23 +112,64 @@ class DatapathManager:
             live,
         )
         owned = self._owned() & set(live)
+        self._save_owned(owned)
         for name, ifindex in indexes.items():
-            if self.tc.ensure_clsact(ifindex):
-                owned.add(ifindex)
-            self._save_owned(owned)
-            self.tc.attach(ifindex, tc.PARENT_INGRESS, self.loaded.ingress_fd, "sennet_ingress")
-            self.tc.attach(ifindex, tc.PARENT_EGRESS, self.loaded.egress_fd, "sennet_egress")
+            self._hook(ifindex)
             self.attached.append(Attached(name, ifindex, slot_of[ifindex]))
+            self._log_attached(name, ifindex, slot_of[ifindex], late=False)
+        if self.waiting:
             event(
                 log,
-                "attached",
-                ifname=name,
-                ifindex=ifindex,
-                slot=slot_of[ifindex],
-                loader=self.loaded.loader,
-                prio=self.tc_priority,
+                "waiting_for_interface",
+                logging.WARNING,
+                ifnames=",".join(self.waiting),
+                netns=self.netns or "own",
+                note="attached as soon as it appears",
             )
         return self.attached
+
+    def _hook(self, ifindex: int) -> None:
+        """Our clsact (remembered if we made it) and both filters on one interface."""
+        assert self.loaded is not None
+        if self.tc.ensure_clsact(ifindex):
+            self._save_owned(self._owned() | {ifindex})
+        self.tc.attach(ifindex, tc.PARENT_INGRESS, self.loaded.ingress_fd, "sennet_ingress")
+        self.tc.attach(ifindex, tc.PARENT_EGRESS, self.loaded.egress_fd, "sennet_egress")
+
+    def _log_attached(self, name: str, ifindex: int, slot: int, late: bool) -> None:
+        assert self.loaded is not None
+        event(
+            log,
+            "attached",
+            ifname=name,
+            ifindex=ifindex,
+            slot=slot,
+            loader=self.loaded.loader,
+            prio=self.tc_priority,
+            late=late,
+        )
+
+    def _attach_appeared(self) -> list[str]:
+        """Attach every waiting interface that exists now; the names attached."""
+        assert self.loaded is not None
+        found = {name: self.tc.lookup(name) for name in self.waiting}
+        present = {name: ifindex for name, ifindex in found.items() if ifindex is not None}
+        if not present:
+            return []
+        live = [int(link["index"]) for link in self.tc.ipr.get_links()]
+        slot_of = slots.assign(
+            self.loaded.map_fds["IFSLOTS"],
+            self.loaded.map_fds["COUNTERS"],
+            present.values(),
+            live,
+            reserved=[a.slot for a in self.attached],
+        )
+        for name, ifindex in present.items():
+            self._hook(ifindex)
+            self.attached.append(Attached(name, ifindex, slot_of[ifindex]))
+            self.waiting.remove(name)
+            self._log_attached(name, ifindex, slot_of[ifindex], late=True)
+        return list(present)
 
     def _ours(self, ifindex: int) -> bool:
         """Both of our filters are on the interface (a `tc filter del` may have taken one)."""
@@ -116,10 +188,10 @@ class DatapathManager:
         recreated) has a new ifindex: it gets its old counter slot back, so its
         counters continue under its name, and our filters again. Called every
         interval by the run loop, so a lost hook is restored within one. Returns
-        the names re-attached.
+        the names re-attached, and attaches interfaces that were waiting to appear.
         """
         assert self.loaded is not None, "load() first"
-        done = []
+        done = self._attach_appeared() if self.waiting else []
         for n, a in enumerate(self.attached):
             found = self.tc.ipr.link_lookup(ifname=a.ifname)
             if not found:
@@ -133,12 +205,7 @@ class DatapathManager:
             if ifindex == a.ifindex and self._ours(ifindex):
                 continue
             slots.move(self.loaded.map_fds["IFSLOTS"], a.ifindex, ifindex, a.slot)
-            owned = self._owned()
-            if self.tc.ensure_clsact(ifindex):
-                owned.add(ifindex)
-                self._save_owned(owned)
-            self.tc.attach(ifindex, tc.PARENT_INGRESS, self.loaded.ingress_fd, "sennet_ingress")
-            self.tc.attach(ifindex, tc.PARENT_EGRESS, self.loaded.egress_fd, "sennet_egress")
+            self._hook(ifindex)
             self.attached[n] = Attached(a.ifname, ifindex, a.slot)
             self._gone.discard(a.ifindex)
             event(log, "reattached", ifname=a.ifname, ifindex=ifindex, was=a.ifindex, slot=a.slot)

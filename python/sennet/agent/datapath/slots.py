@@ -40,12 +40,18 @@ def _zero_slot(counters_fd: int, slot: int) -> None:
 
 
 def assign(
-    ifslots_fd: int, counters_fd: int, ifindexes: Iterable[int], live: Iterable[int]
+    ifslots_fd: int,
+    counters_fd: int,
+    ifindexes: Iterable[int],
+    live: Iterable[int],
+    reserved: Iterable[int] = (),
 ) -> dict[int, int]:
     """Give every ifindex a slot, keeping existing ones; drop entries for vanished interfaces.
 
     `live` is every ifindex that exists in this namespace now: a pinned entry
     for anything else is stale (the interface was deleted while we were away).
+    `reserved` slots are never handed out: they belong to monitored interfaces
+    that are gone for the moment and keep their counters for when they return.
     """
     lb = libbpf()
     current = read_slots(ifslots_fd)
@@ -55,7 +61,7 @@ def assign(
             lb.update(ifslots_fd, struct.pack("<I", ifindex), struct.pack("<I", 0))
             del current[ifindex]
             event(log, "slot_released", ifindex=ifindex, slot=slot)
-    used = set(current.values())
+    used = set(current.values()) | set(reserved)
     result: dict[int, int] = {}
     for ifindex in ifindexes:
         if ifindex >= layout.IFINDEX_LIMIT:

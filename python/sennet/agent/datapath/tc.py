@@ -56,13 +56,19 @@ class TcAttacher:
         self.ipr.close()
 
     def ifindex(self, ifname: str) -> int:
-        found = self.ipr.link_lookup(ifname=ifname)
-        if not found:
+        """The ifindex of `ifname`, for callers that cannot wait for it (tools, benchmarks)."""
+        found = self.lookup(ifname)
+        if found is None:
             raise UserError(
                 f"interface {ifname!r} does not exist in this network namespace",
-                hint="check `ip link`; the agent attaches only to interfaces that exist at start",
+                hint="check `ip link`",
             )
-        return int(found[0])
+        return found
+
+    def lookup(self, ifname: str) -> int | None:
+        """The ifindex of `ifname` in this namespace now, or None if there is no such link."""
+        found = self.ipr.link_lookup(ifname=ifname)
+        return int(found[0]) if found else None
 
     def ifname(self, ifindex: int) -> str | None:
         try:

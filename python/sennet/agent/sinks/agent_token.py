@@ -1,6 +1,7 @@
 """The agent token: issued by the control plane at enrolment, kept across restarts.
 
-Stored beside the identity in `state_dir/agent-token` (mode 0600), together
+Stored in the agent's own directory, `state_dir/agent/agent-token` (mode 0600; the
+only file a dropped agent writes, see `sennet.agent.statedir`), together
 with the agent ID and control plane it was issued for, so a token is never
 presented to a control plane that did not issue it.
 """

@@ -3,14 +3,16 @@
 `send()` never waits on the network: it records the newest snapshot and queues
 its events, then wakes a background thread that does the RPCs. Counters are
 cumulative, so only the newest snapshot matters; an outage loses no counts.
-Events are held in a bounded queue (oldest dropped first, and counted in
-`events_dropped_by_agent`), and leave the queue only when a heartbeat that
+Events are held in a queue bounded both in count and in encoded bytes (a few
+large events must not grow the agent's memory past the count bound's intent);
+past either bound the oldest are dropped first and counted in
+`events_dropped_by_agent`. They leave the queue only when a heartbeat that
 carried them was acknowledged, i.e. committed by the control plane.
 
 While the control plane is unreachable the thread backs off exponentially
 with jitter, so a fleet that lost its control plane does not return in one
 synchronised wave. The agent enrols itself with the bootstrap token and keeps
-its own token in `state_dir/agent-token` (mode 0600). If the control plane
+its own token in `state_dir/agent/agent-token` (mode 0600). If the control plane
 rejects that token (revoked, or its database was replaced) the agent tries to
 enrol again, but the control plane lets a bootstrap token enrol an agent id it
 already knows only after an operator's `agent reset` (and never a disabled
@@ -70,6 +72,7 @@ class SinkOptions:
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     max_queued_events: int = 4096
+    max_queued_event_bytes: int = 4 << 20  # protobuf-encoded size of the queued events
     max_events_per_heartbeat: int = 256
     close_flush_s: float = 2.0
 
@@ -82,6 +85,7 @@ class SinkStats:
     enrolments: int
     enrolments_refused: int  # Register calls refused for want of an operator's action
     events_queued: int
+    events_queued_bytes: int
     events_dropped: int
     last_error: str | None
 
@@ -136,6 +140,7 @@ class GrpcSink:
         self._latest: Snapshot | None = None
         self._pending = False  # the latest snapshot has not been acknowledged yet
         self._events: deque[pb.Event] = deque()
+        self._queued_bytes = 0  # sum of ByteSize() over self._events
         # Events are numbered per sink (agent process) so the control plane can store a
         # batch it already stored once, when our previous attempt's reply was lost.
         self._stream = uuid.uuid4().hex
@@ -167,12 +172,22 @@ class GrpcSink:
             self._pending = True
             self._dropped += snapshot.recent_events_dropped
             for ev in converted:
-                if len(self._events) >= self._opts.max_queued_events:
-                    oldest = self._events.popleft()
+                self._events.append(ev)
+                self._queued_bytes += ev.ByteSize()
+                while self._events and (
+                    len(self._events) > self._opts.max_queued_events
+                    or self._queued_bytes > self._opts.max_queued_event_bytes
+                ):
+                    oldest = self._pop_oldest()
                     # one being sent right now may still arrive; the rest are lost
                     self._dropped += id(oldest) not in self._inflight
-                self._events.append(ev)
             self._wake.notify()
+
+    def _pop_oldest(self) -> pb.Event:
+        """Take the oldest queued event off, keeping the byte count true (lock held)."""
+        oldest = self._events.popleft()
+        self._queued_bytes -= oldest.ByteSize()
+        return oldest
 
     def close(self) -> None:
         """Try briefly to deliver what is pending, then stop the thread and the channel.
@@ -210,6 +225,7 @@ class GrpcSink:
                 enrolments=self._enrolments,
                 enrolments_refused=self._refusals,
                 events_queued=len(self._events),
+                events_queued_bytes=self._queued_bytes,
                 events_dropped=self._dropped,
                 last_error=self._last_error,
             )
@@ -238,7 +254,7 @@ class GrpcSink:
                     # event would block every later heartbeat (they are counted as dropped).
                     sent = {id(ev) for ev in batch}
                     while self._events and id(self._events[0]) in sent:
-                        self._events.popleft()
+                        self._pop_oldest()
                         self._dropped += refused
                 if error is None:
                     self._acked += 1
@@ -373,6 +389,7 @@ def make_sink(
     tls_server_name: str | None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    options: SinkOptions | None = None,
 ) -> SnapshotSink:
     """The sink the agent's run loop uses when `control_plane` is configured.
 
@@ -404,4 +421,5 @@ def make_sink(
         agent_id,
         credentials=credentials,
         tls_server_name=tls_server_name,
+        options=options,
     )

@@ -15,6 +15,11 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 hostname sennet
 . /usr/lib/sennet/settings.sh
 
+# The kernel log holds the boot command line, bootstrap token included (it is hidden from
+# /proc/cmdline below, but dmesg keeps the kernel's own copy): only root (CAP_SYSLOG) may
+# read it, set before the agent, which runs as its own user, ever starts.
+echo 1 > /proc/sys/kernel/dmesg_restrict && log "event=sysctl key=kernel.dmesg_restrict value=1"
+
 # partition ROLE: the device the initramfs found by this build's GPT GUID for ROLE.
 partition() {
     [ -f /run/sennet/partitions ] || return 1
