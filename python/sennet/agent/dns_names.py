@@ -39,9 +39,3 @@ def decode_name(wire: bytes) -> str | None:
         labels.append(_label_text(wire[pos + 1 : pos + 1 + length]))
         pos += 1 + length
     return None
-
-
-def encode_name(text: str) -> bytes:
-    """Wire format of a plain dotted name (tests build DNS_NAMES keys with it)."""
-    labels = [] if text in (".", "") else text.rstrip(".").split(".")
-    return b"".join(bytes([len(x)]) + x.encode() for x in labels) + b"\0"

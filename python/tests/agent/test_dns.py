@@ -109,14 +109,17 @@ def test_counts_by_type_and_rcode_latency_and_names_match_the_client(
 
     n = len(asked)
     assert (matched, pending, report.unanswered_total, report.malformed_total) == (n, [], 0, 0)
-    # Every answer was held DELAY_S by the relay; Sennet measured between the query
-    # leaving and the answer arriving, so inside the client's own round trip.
+    # Every answer was held DELAY_S by the relay (a real-time thread, so the hold is the
+    # delay on the path); Sennet measured between the query leaving and the answer
+    # arriving, so each sample lies between the relay's hold and the client's own round
+    # trip. The client's round trips themselves are not bounded here: the client is an
+    # ordinary thread, and on a busy machine it may wake late after the answer is in.
     assert len(server) == n and min(server) >= DELAY_S
     spread = ([round(a.rtt_s * 1e3, 2) for a in asked], [round(h * 1e3, 2) for h in server])
+    bounds = layout.hist_upper_bounds_s()
+    assert bounds[BUCKET - 1] <= DELAY_S < bounds[BUCKET]  # the bucket holding the delay
     assert report.latency.counts[BUCKET] == report.latency.count == n, spread
     assert sum(server) <= report.latency.sum_s <= sum(a.rtt_s for a in asked)
-    low, high = layout.hist_upper_bounds_s()[BUCKET - 1], layout.hist_upper_bounds_s()[BUCKET]
-    assert all(low <= a.rtt_s < high for a in asked), [a.rtt_s for a in asked]
 
     queried = Counter(a.name.lower() for a in asked)
     failing = Counter(a.name.lower() for a in asked if a.rcode != "NOERROR")
@@ -128,7 +131,7 @@ def test_counts_by_type_and_rcode_latency_and_names_match_the_client(
 def test_queries_never_answered_count_once_after_the_timeout(
     net: VethPair, pin_root: Path, server: list[float]
 ) -> None:
-    timeout_s = 2.0
+    timeout_s = 3.0  # well past the 4 lost queries and the 3 answered ones
     with running(net, pin_root / "p") as dp:
         loaded = dp.manager.loaded
         assert loaded is not None
