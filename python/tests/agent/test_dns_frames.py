@@ -9,33 +9,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dns.rcode
 import pytest
 
 from sennet.agent.datapath import dns_layout as dl
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.agent.dns import DnsReader
-from sennet.testing.netlab import VethPair
-from tests.datapath_harness import LOADERS, Running, running
-from tests.dns_frames import (
+from sennet.testing.dnsframes import (
+    WELL_FORMED_COUNTS,
+    WELL_FORMED_NAMES,
     malformed_cases,
     query_wire,
-    response_wire,
     udp4,
-    udp6,
+    well_formed,
 )
+from sennet.testing.netlab import VethPair
+from tests.datapath_harness import LOADERS, Running, running
 
 pytestmark = pytest.mark.kernel
 
-# Well formed: a query and its answer (the answer spells the name in other case),
-# an IPv6 query answered with EDNS (one OPT record), and a REFUSED for no query at all.
-WELL_FORMED = [
-    udp4(query_wire("WWW.Example.COM", "A", 0x1111)),
-    udp4(response_wire("www.EXAMPLE.com", "A", 0x1111, dns.rcode.NXDOMAIN), to_server=False),
-    udp6(query_wire("v6.example", "AAAA", 0x2222)),
-    udp6(response_wire("v6.example", "AAAA", 0x2222, dns.rcode.NOERROR, edns=True), False),
-    udp4(response_wire("stray.example", "TXT", 0x3333, dns.rcode.REFUSED), to_server=False),
-]
+WELL_FORMED = well_formed()
 
 
 def reader(dp: Running) -> DnsReader:
@@ -73,17 +65,9 @@ def test_well_formed_messages_are_counted_matched_and_named(
         net.send_to_a(WELL_FORMED)
         counts, names, latencies = state(dns)
         report = dns.read()
-    assert counts == {
-        "Q_A": 1,
-        "Q_AAAA": 1,
-        "R_NOERROR": 1,
-        "R_NXDOMAIN": 1,
-        "R_REFUSED": 1,
-        "SEEN": 5,
-        "MATCHED": 2,
-    }
+    assert counts == WELL_FORMED_COUNTS
     # Names folded to lower case in the kernel: the two spellings are one entry.
-    assert names == {"www.example.com": (1, 1), "v6.example": (1, 0), "stray.example": (0, 1)}
+    assert names == WELL_FORMED_NAMES
     assert latencies == 2
     assert [(n.name, n.count) for n in report.top_queried] == [
         ("v6.example", 1),

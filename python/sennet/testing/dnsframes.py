@@ -1,7 +1,8 @@
 """Hand-built DNS frames: well formed ones (dnspython writes the messages) and malformed ones.
 
 Each malformed case breaks exactly one rule of the data plane's parser
-(docs/datapath.md, DNS), so a count that is off names the rule that broke.
+(docs/datapath.md, DNS), so a count that is off names the rule that broke. The
+host tests send them over a veth pair, the VM suite into the appliance's NIC.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from tests.frames import MAC_A, MAC_B
-
+MAC_A = "02:00:00:00:00:0a"  # the monitored side, as in the other host tests
+MAC_B = "02:00:00:00:00:0b"
 CLIENT4, SERVER4 = "10.9.0.1", "10.9.0.2"
 CLIENT6, SERVER6 = "fd53::1", "fd53::2"
 CLIENT_PORT = 40000
@@ -110,3 +111,33 @@ def malformed_cases() -> list[Malformed]:
         Malformed("truncated_header_v6", udp6(good[:7])),
         Malformed("pointer_in_question_vlan", vlan4(header() + question(b"\xc0\x0c"))),
     ]  # fmt: skip
+
+
+def well_formed() -> list[bytes]:
+    """A query and its answer (the answer spells the name in other case), an IPv6 query
+    answered with EDNS (one OPT record), and a REFUSED for no query at all."""
+    return [
+        udp4(query_wire("WWW.Example.COM", "A", 0x1111)),
+        udp4(response_wire("www.EXAMPLE.com", "A", 0x1111, dns.rcode.NXDOMAIN), to_server=False),
+        udp6(query_wire("v6.example", "AAAA", 0x2222)),
+        udp6(response_wire("v6.example", "AAAA", 0x2222, dns.rcode.NOERROR, edns=True), False),
+        udp4(response_wire("stray.example", "TXT", 0x3333, dns.rcode.REFUSED), to_server=False),
+    ]
+
+
+# What well_formed() must add to the DNS counters and the names table.
+WELL_FORMED_COUNTS = {
+    "Q_A": 1,
+    "Q_AAAA": 1,
+    "R_NOERROR": 1,
+    "R_NXDOMAIN": 1,
+    "R_REFUSED": 1,
+    "SEEN": 5,
+    "MATCHED": 2,
+}
+WELL_FORMED_NAMES = {"www.example.com": (1, 1), "v6.example": (1, 0), "stray.example": (0, 1)}
+
+
+def addressed_to(frames: list[bytes], mac: str) -> list[bytes]:
+    """The same frames with another destination MAC (the appliance's monitored NIC)."""
+    return [bytes.fromhex(mac.replace(":", "")) + f[6:] for f in frames]
