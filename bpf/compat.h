@@ -38,6 +38,9 @@
 #define SENNET_MMAP_ARRAY(name, key_t, val_t, n) \
 	BPF_TABLE_PINNED7("array", key_t, val_t, name, n, SENNET_PIN_DIR "/" #name, SENNET_F_MMAPABLE)
 #define SENNET_RINGBUF(name) BPF_RINGBUF_OUTPUT(name, SENNET_RINGBUF_PAGES)
+#define SENNET_LRU_HASH(name, key_t, val_t, n) \
+	BPF_TABLE_PINNED("lru_hash", key_t, val_t, name, n, SENNET_PIN_DIR "/" #name)
+#define SENNET_SCRATCH(name, val_t) BPF_PERCPU_ARRAY(name, val_t, 1)
 
 #else
 /* --------------------------------------------------------------- libbpf */
@@ -65,6 +68,23 @@
 		__uint(max_entries, n); \
 		__uint(map_flags, SENNET_F_MMAPABLE); \
 		__type(key, key_t); \
+		__type(value, val_t); \
+	} name SEC(".maps")
+/* A hash that forgets its least recently used entry when full (pinned by the loader). */
+#define SENNET_LRU_HASH(name, key_t, val_t, n) \
+	struct { \
+		__uint(type, BPF_MAP_TYPE_LRU_HASH); \
+		__uint(max_entries, n); \
+		__type(key, key_t); \
+		__type(value, val_t); \
+	} name SEC(".maps")
+/* One per-CPU value of working memory, for what is too big for the 512-byte
+ * stack (never pinned: it holds nothing between packets). */
+#define SENNET_SCRATCH(name, val_t) \
+	struct { \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); \
+		__uint(max_entries, 1); \
+		__type(key, __u32); \
 		__type(value, val_t); \
 	} name SEC(".maps")
 /* Size is a placeholder: the loader sets max_entries before load. */

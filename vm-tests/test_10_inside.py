@@ -48,7 +48,17 @@ def test_clsact_and_both_bpf_filters_are_on_the_monitored_nic(
 
 def test_maps_are_pinned_in_bpffs(appliance: Appliance) -> None:
     listing = appliance.machine.succeed("ls /sys/fs/bpf/sennet").split()
-    assert sorted(listing) == ["COUNTERS", "EVENTS", "EV_COUNTS", "IFSLOTS", "RB_DROPS"]
+    assert sorted(listing) == [
+        "COUNTERS",
+        "DNS_COUNTERS",
+        "DNS_NAMES",
+        "DNS_PENDING",
+        "EVENTS",
+        "EV_COUNTS",
+        "HISTOGRAMS",
+        "IFSLOTS",
+        "RB_DROPS",
+    ]
 
 
 def test_only_the_expected_ports_listen(appliance: Appliance) -> None:

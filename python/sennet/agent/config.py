@@ -128,6 +128,14 @@ SETTINGS: tuple[Setting, ...] = (
         'after attaching, run as this user ("name" or "uid:gid") keeping only CAP_NET_ADMIN '
         '("" = stay root)',
     ),
+    Setting(
+        "dns_timeout",
+        "float",
+        5.0,
+        "seconds a DNS query may wait for its response before it counts as unanswered",
+        _positive,
+    ),
+    Setting("dns_top_names", "int", 10, "query names in each DNS top list", _positive),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -156,6 +164,8 @@ class AgentConfig:
     tls_cert: str
     tls_key: str
     run_as: str
+    dns_timeout: float
+    dns_top_names: int
 
     def public_view(self) -> dict[str, Any]:
         """Settings for logs and `config show`: secrets replaced."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sennet.agent.config import AgentConfig
 from sennet.agent.datapath.manager import Attached
+from sennet.agent.dns import DnsReader
 from sennet.agent.telemetry import DnsReport, FlowReport, Microburst, TcpReport
 
 
@@ -29,7 +30,8 @@ class Insights:
         self.map_fds = map_fds
         self.cfg = cfg
         self.latest = Latest()
+        self.dns = DnsReader(map_fds, cfg.dns_timeout, cfg.dns_top_names)
 
     def refresh(self, attached: Sequence[Attached]) -> None:
         """Read every feature's maps once; the interval ends now."""
-        self.latest = Latest()
+        self.latest = Latest(dns=self.dns.read())

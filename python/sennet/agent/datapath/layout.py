@@ -10,6 +10,8 @@ import enum
 
 import numpy as np
 
+from sennet.agent.datapath import dns_layout
+
 MAX_IFACES = 64
 COUNTER_SLOTS = MAX_IFACES * 2
 IFINDEX_LIMIT = 65536  # IFSLOTS is indexed by ifindex
@@ -23,7 +25,7 @@ MAP_IFSLOTS = "IFSLOTS"
 MAP_EV_COUNTS = "EV_COUNTS"  # events detected, by kind (cumulative, pinned)
 MAP_RB_DROPS = "RB_DROPS"  # events lost because the ring was full, by kind
 MAP_EVENTS = "EVENTS"
-PINNED_MAPS = (MAP_COUNTERS, MAP_IFSLOTS, MAP_EV_COUNTS, MAP_RB_DROPS)
+PINNED_MAPS: tuple[str, ...] = (MAP_COUNTERS, MAP_IFSLOTS, MAP_EV_COUNTS, MAP_RB_DROPS)
 
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
@@ -101,7 +103,7 @@ assert RECORD_DTYPE.itemsize == RECORD_SIZE
 
 # -- flows, latency histograms (sennet_tc.h) ----------------------------------
 
-MAP_HISTOGRAMS = "HISTOGRAMS"
+MAP_HISTOGRAMS = "HISTOGRAMS"  # pinned: cumulative, like the counters
 HIST_BUCKETS = 28  # bucket i: below 2**i microseconds; the last one: +Inf
 HIST_SLOTS = HIST_BUCKETS + 1  # then the sum in nanoseconds
 
@@ -116,6 +118,31 @@ class Histogram(enum.IntEnum):
 
 HISTS = len(Histogram)
 MAP_SPECS[MAP_HISTOGRAMS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, HISTS * HIST_SLOTS)
+
+# -- DNS (sennet_dns.h; details in dns_layout.py) ------------------------------
+
+BPF_MAP_TYPE_LRU_HASH = 9
+MAP_SPECS[dns_layout.MAP_DNS_COUNTERS] = (
+    BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, dns_layout.COUNTER_SLOTS,
+)  # fmt: skip
+MAP_SPECS[dns_layout.MAP_DNS_PENDING] = (
+    BPF_MAP_TYPE_LRU_HASH,
+    dns_layout.PENDING_KEY_DTYPE.itemsize,
+    dns_layout.PENDING_DTYPE.itemsize,
+    dns_layout.PENDING_ENTRIES,
+)
+MAP_SPECS[dns_layout.MAP_DNS_NAMES] = (
+    BPF_MAP_TYPE_LRU_HASH,
+    dns_layout.NAME_MAX,
+    dns_layout.NAME_COUNT_DTYPE.itemsize,
+    dns_layout.NAME_ENTRIES,
+)
+PINNED_MAPS += (
+    MAP_HISTOGRAMS,
+    dns_layout.MAP_DNS_COUNTERS,
+    dns_layout.MAP_DNS_PENDING,
+    dns_layout.MAP_DNS_NAMES,
+)
 
 
 def hist_upper_bounds_s() -> tuple[float, ...]:

@@ -200,12 +200,15 @@ class LibBpf:
         if self.lib.bpf_map_update_elem(fd, kbuf, vbuf, BPF_ANY) < 0:
             raise BpfError(ctypes.get_errno(), f"map update (fd {fd})")
 
-    def delete(self, fd: int, key: bytes) -> None:
+    def delete(self, fd: int, key: bytes) -> bool:
+        """Remove `key`; False when it was not there (someone else removed it first)."""
         kbuf = ctypes.create_string_buffer(key, len(key))
         if self.lib.bpf_map_delete_elem(fd, kbuf) < 0:
             err = ctypes.get_errno()
             if err != errno.ENOENT:
                 raise BpfError(err, f"map delete (fd {fd})")
+            return False
+        return True
 
     def keys(self, fd: int, key_size: int) -> Iterator[bytes]:
         """Iterate a hash map's keys (snapshot semantics are the kernel's)."""
