@@ -76,7 +76,7 @@ static __always_inline __u32 count(struct __sk_buff *skb, __u32 dir, __u32 segs,
 }
 
 /* One duration into a latency histogram (per CPU, no atomics). */
-static __always_inline __attribute__((unused)) void hist_observe(__u32 hist, __u64 ns)
+static __always_inline void hist_observe(__u32 hist, __u64 ns)
 {
 	__u32 key = hist * SENNET_HIST_SLOTS + hist_bucket(ns);
 	__u64 *slot = hist_at(&key);

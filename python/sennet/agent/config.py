@@ -92,6 +92,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", "str", "info", "debug, info, warning or error", _level),
     Setting("recent_events_max", "int", 256, "events kept for the next heartbeat", _positive),
+    Setting(
+        "tcp_handshake_timeout",
+        "float",
+        10.0,
+        "seconds a SYN may wait for its SYN/ACK before the attempt counts as unanswered",
+        _positive,
+    ),
     Setting("control_plane", "str", "", 'control plane gRPC "host:port" ("" = log only)', _listen),
     Setting("bootstrap_token", "str", "", "enrolment token for the control plane", secret=True),
     Setting("tls_ca", "str", "", "CA bundle (PEM) to verify the control plane; empty = plaintext"),
@@ -130,6 +137,7 @@ class AgentConfig:
     metrics_listen: str
     log_level: str
     recent_events_max: int
+    tcp_handshake_timeout: float
     control_plane: str
     bootstrap_token: str
     tls_ca: str

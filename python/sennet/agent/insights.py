@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sennet.agent.config import AgentConfig
 from sennet.agent.datapath.manager import Attached
+from sennet.agent.tcp_health import TcpHealthReader
 from sennet.agent.telemetry import DnsReport, FlowReport, Microburst, TcpReport
 
 
@@ -29,7 +30,8 @@ class Insights:
         self.map_fds = map_fds
         self.cfg = cfg
         self.latest = Latest()
+        self.tcp = TcpHealthReader(map_fds, cfg.tcp_handshake_timeout)
 
     def refresh(self, attached: Sequence[Attached]) -> None:
         """Read every feature's maps once; the interval ends now."""
-        self.latest = Latest()
+        self.latest = Latest(tcp=self.tcp.read())
