@@ -177,24 +177,38 @@ static __always_inline void seq_observe(struct sennet_flow *flow, __u32 seq, __u
 }
 
 /* Under libbpf a global function, checked once on its own like emit(): the
- * TCP paths then add nothing to the verification of every parse outcome.
- * bcc keeps it inline. Its arguments are arbitrary to the verifier, so every
- * value is checked here. (Five arguments: the most a BPF call takes.) */
+ * TCP paths then add nothing to the verification of every parse outcome
+ * (anything computed for it in handle() would: on the 6.1 verifier, one more
+ * stack value there multiplied the states past the 1M-instruction limit). bcc
+ * keeps it inline. Its arguments are arbitrary to the verifier, so every value
+ * is checked here. Five arguments, the most a BPF call takes: the segment
+ * count is read from the skb, as handle() does.
+ *
+ * An IPv6 payload length may claim more than the frame holds (IPv4's total
+ * length is already held to the frame by the parser): the payload then ends
+ * with the frame. */
 #ifdef SENNET_BCC
-static __always_inline int tcp_health(const struct sennet_event *ev, const struct sennet_l4 *l4,
-				      struct sennet_flow *flow, __u32 segs, __u64 now)
+static __always_inline int tcp_health(struct __sk_buff *skb, const struct sennet_event *ev,
+				      const struct sennet_l4 *l4, struct sennet_flow *flow, __u64 now)
 #else
-__attribute__((noinline)) int tcp_health(const struct sennet_event *ev, const struct sennet_l4 *l4,
-					 struct sennet_flow *flow, __u32 segs, __u64 now)
+__attribute__((noinline)) int tcp_health(struct __sk_buff *skb, const struct sennet_event *ev,
+					 const struct sennet_l4 *l4, struct sennet_flow *flow,
+					 __u64 now)
 #endif
 {
-	if (!ev || !l4)
+	if (!skb || !ev || !l4)
 		return 0;
 
 	__u8 f = ev->tcp_flags;
 	__u32 hdr_end = l4->hdr_end;
+	__u32 limit = l4->limit;
+	__u32 segs = skb->gso_segs;
 
-	if (hdr_end < l4->l4_off + 20 || hdr_end > l4->limit) {
+	if (segs < 1)
+		segs = 1;
+	if (limit > skb->len)
+		limit = skb->len;
+	if (hdr_end < l4->l4_off + 20 || hdr_end > limit) {
 		tcp_count(SENNET_TCP_MALFORMED, 1);
 		return 0;
 	}
@@ -217,26 +231,19 @@ __attribute__((noinline)) int tcp_health(const struct sennet_event *ev, const st
 		hs_ack(ev, now);
 	}
 	if (flow) {
-		__u32 span = l4->limit - hdr_end + !!(f & TCPF_SYN) + !!(f & TCPF_FIN);
+		__u32 span = limit - hdr_end + !!(f & TCPF_SYN) + !!(f & TCPF_FIN);
 
 		seq_observe(flow, l4->seq, span, segs);
 	}
 	return 0;
 }
 
-/* The entry point handle() calls for every TCP segment with a header. An IPv6
- * payload length may claim more than the frame holds (IPv4's total length is
- * already held to the frame by the parser): the payload ends with the frame. */
+/* The entry point handle() calls for every TCP segment with a header. */
 static __always_inline void tcp_observe(struct __sk_buff *skb, const struct sennet_event *ev,
 					const struct sennet_l4 *l4, struct sennet_flow *flow,
 					__u32 segs, __u64 now)
 {
-	struct sennet_l4 seg = *l4;
-	__u32 len = skb->len;
-
-	if (seg.limit > len)
-		seg.limit = len;
-	tcp_health(ev, &seg, flow, segs, now);
+	tcp_health(skb, ev, l4, flow, now);
 }
 
 #endif /* SENNET_TCP_HEALTH_H */
