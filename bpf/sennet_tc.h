@@ -109,8 +109,8 @@ struct sennet_flow {
 #define SENNET_TCP_SLOTS        8
 
 /* HANDSHAKES (LRU hash, pinned): one pending handshake, keyed by the
- * connection as the client sees it, on one interface (either hook: a SYN and
- * its SYN/ACK meet whichever hooks they cross). */
+ * connection as the client sees it, on one interface and VLAN (either hook: a
+ * SYN and its SYN/ACK meet whichever hooks they cross). */
 #define SENNET_TCP_HANDSHAKES 65536
 struct sennet_hs_key {
 	union sennet_addr client;  /* the SYN's source; IPv4 in the first 4 bytes, the rest zero */
@@ -118,8 +118,9 @@ struct sennet_hs_key {
 	__u32 ifindex;
 	__u16 cport;               /* host byte order */
 	__u16 sport;
+	__u16 vlan_id;             /* outer VLAN id, 0 = untagged (mirror ports carry many) */
 	__u8 ip_version;
-	__u8 _pad[3];
+	__u8 _pad;
 };
 
 #define SENNET_HS_SYN_RETRIED    0x01  /* Karn: the SYN/ACK may answer any copy, no SYN sample */

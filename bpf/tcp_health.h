@@ -67,7 +67,8 @@ static __always_inline void tcp_count(__u32 slot, __u32 n)
 
 /* The connection as its client sees it: the sender of this packet is the
  * client (`reversed` 0: a SYN, the client's ACK) or the server (1: a SYN/ACK). */
-static __always_inline void hs_key(struct sennet_hs_key *k, const struct sennet_event *ev, int reversed)
+static __always_inline void hs_key(struct sennet_hs_key *k, const struct sennet_event *ev,
+				   __u16 vlan_id, int reversed)
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	if (reversed) {
@@ -82,16 +83,18 @@ static __always_inline void hs_key(struct sennet_hs_key *k, const struct sennet_
 		k->sport = ev->dport;
 	}
 	k->ifindex = ev->ifindex;
+	k->vlan_id = vlan_id;
 	k->ip_version = ev->ip_version;
 }
 
 /* A SYN without ACK: open the entry, or note a retransmission of its SYN. */
-static __always_inline void hs_syn(const struct sennet_event *ev, __u32 seq, int have_flow, __u64 now)
+static __always_inline void hs_syn(const struct sennet_event *ev, __u16 vlan, __u32 seq, int have_flow,
+				   __u64 now)
 {
 	struct sennet_hs_key k;
 	struct sennet_hs *hs;
 
-	hs_key(&k, ev, 0);
+	hs_key(&k, ev, vlan, 0);
 	hs = hs_find(&k);
 	if (hs && hs->client_isn == seq) {
 		hs->flags |= SENNET_HS_SYN_RETRIED;
@@ -109,12 +112,13 @@ static __always_inline void hs_syn(const struct sennet_event *ev, __u32 seq, int
 }
 
 /* A SYN/ACK: the server answers a pending SYN. */
-static __always_inline void hs_synack(const struct sennet_event *ev, __u32 seq, int have_flow, __u64 now)
+static __always_inline void hs_synack(const struct sennet_event *ev, __u16 vlan, __u32 seq, int have_flow,
+				      __u64 now)
 {
 	struct sennet_hs_key k;
 	struct sennet_hs *hs;
 
-	hs_key(&k, ev, 1);
+	hs_key(&k, ev, vlan, 1);
 	hs = hs_find(&k);
 	if (!hs)
 		return;
@@ -131,12 +135,12 @@ static __always_inline void hs_synack(const struct sennet_event *ev, __u32 seq, 
 }
 
 /* An ACK from the client's side: the handshake is complete. */
-static __always_inline void hs_ack(const struct sennet_event *ev, __u64 now)
+static __always_inline void hs_ack(const struct sennet_event *ev, __u16 vlan, __u64 now)
 {
 	struct sennet_hs_key k;
 	struct sennet_hs *hs;
 
-	hs_key(&k, ev, 0);
+	hs_key(&k, ev, vlan, 0);
 	hs = hs_find(&k);
 	if (!hs)
 		return;
@@ -148,13 +152,13 @@ static __always_inline void hs_ack(const struct sennet_event *ev, __u64 now)
 }
 
 /* A RST from either side answers the attempt. */
-static __always_inline void hs_reset(const struct sennet_event *ev)
+static __always_inline void hs_reset(const struct sennet_event *ev, __u16 vlan)
 {
 	struct sennet_hs_key k;
 
-	hs_key(&k, ev, 0);
+	hs_key(&k, ev, vlan, 0);
 	hs_forget(&k);
-	hs_key(&k, ev, 1);
+	hs_key(&k, ev, vlan, 1);
 	hs_forget(&k);
 }
 
@@ -214,7 +218,7 @@ __attribute__((noinline)) int tcp_health(struct __sk_buff *skb, const struct sen
 	}
 	if (f & TCPF_RST) {
 		tcp_count(SENNET_TCP_RST_RX + (ev->direction & 1), 1);
-		hs_reset(ev);
+		hs_reset(ev, l4->vlan_id);
 		return 0;
 	}
 	if (l4->window == 0) {
@@ -224,11 +228,11 @@ __attribute__((noinline)) int tcp_health(struct __sk_buff *skb, const struct sen
 	}
 	if (f & TCPF_SYN) {
 		if (f & TCPF_ACK)
-			hs_synack(ev, l4->seq, flow != 0, now);
+			hs_synack(ev, l4->vlan_id, l4->seq, flow != 0, now);
 		else
-			hs_syn(ev, l4->seq, flow != 0, now);
+			hs_syn(ev, l4->vlan_id, l4->seq, flow != 0, now);
 	} else if ((f & TCPF_ACK) && (!flow || flow->packets <= SENNET_TCP_HANDSHAKE_PACKETS)) {
-		hs_ack(ev, now);
+		hs_ack(ev, l4->vlan_id, now);
 	}
 	if (flow) {
 		__u32 span = limit - hdr_end + !!(f & TCPF_SYN) + !!(f & TCPF_FIN);

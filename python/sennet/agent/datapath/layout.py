@@ -192,8 +192,9 @@ HS_KEY_DTYPE = np.dtype(
         ("ifindex", "<u4"),
         ("cport", "<u2"),
         ("sport", "<u2"),
+        ("vlan_id", "<u2"),
         ("ip_version", "u1"),
-        ("_pad", "u1", (3,)),
+        ("_pad", "u1"),
     ]
 )
 HS_DTYPE = np.dtype(
