@@ -111,7 +111,9 @@ struct sennet_flow {
 /* HANDSHAKES (LRU hash, pinned): one pending handshake, keyed by the
  * connection as the client sees it, on one interface and VLAN (either hook: a
  * SYN and its SYN/ACK meet whichever hooks they cross). */
-#define SENNET_TCP_HANDSHAKES 65536
+#ifndef SENNET_TCP_HANDSHAKES
+#define SENNET_TCP_HANDSHAKES 65536  /* default size; the loaders set tcp_handshakes_max */
+#endif
 struct sennet_hs_key {
 	union sennet_addr client;  /* the SYN's source; IPv4 in the first 4 bytes, the rest zero */
 	union sennet_addr server;

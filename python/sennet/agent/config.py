@@ -65,6 +65,10 @@ def _ifaces(v: Any) -> str | None:
     return f"interface names (1-15 chars), not {bad[0]!r}" if bad else None
 
 
+def _table_size(v: Any) -> str | None:
+    return None if 1024 <= v <= 1 << 24 else "1024..16777216"
+
+
 def _priority(v: Any) -> str | None:
     return None if 1 <= v <= 0xFFFF else "1..65535"
 
@@ -98,6 +102,13 @@ SETTINGS: tuple[Setting, ...] = (
         10.0,
         "seconds a SYN may wait for its SYN/ACK before the attempt counts as unanswered",
         _positive,
+    ),
+    Setting(
+        "tcp_handshakes_max",
+        "int",
+        65536,
+        "TCP handshakes in progress the data plane tracks (an LRU table, sized at load)",
+        _table_size,
     ),
     Setting("control_plane", "str", "", 'control plane gRPC "host:port" ("" = log only)', _listen),
     Setting("bootstrap_token", "str", "", "enrolment token for the control plane", secret=True),
@@ -138,6 +149,7 @@ class AgentConfig:
     log_level: str
     recent_events_max: int
     tcp_handshake_timeout: float
+    tcp_handshakes_max: int
     control_plane: str
     bootstrap_token: str
     tls_ca: str

@@ -38,11 +38,12 @@ def read_all(fd: int) -> tuple[np.ndarray, np.ndarray]:
     """Every key and value of a HANDSHAKES map, by BPF_MAP_LOOKUP_BATCH (the kernel's
     snapshot semantics: an entry added or removed meanwhile may or may not appear)."""
     lib = libbpf().lib
+    capacity = libbpf().map_info(fd).max_entries
     keys, values = [], []
     token_in = ctypes.create_string_buffer(8)  # hash maps: a bucket cursor
     token_out = ctypes.create_string_buffer(8)
     first = True
-    for _ in range(layout.TCP_HANDSHAKES // CHUNK + 2):
+    for _ in range(capacity // CHUNK + 2):
         k = np.zeros(CHUNK, dtype=layout.HS_KEY_DTYPE)
         v = np.zeros(CHUNK, dtype=layout.HS_DTYPE)
         count = ctypes.c_uint32(CHUNK)

@@ -181,7 +181,7 @@ class TcpCounter(enum.IntEnum):
 
 
 TCP_SLOTS = 8
-TCP_HANDSHAKES = 65536  # HANDSHAKES max_entries
+TCP_HANDSHAKES = 65536  # HANDSHAKES max_entries by default; set at load (tcp_handshakes_max)
 HS_SYN_RETRIED = 0x01
 HS_SYNACK_RETRIED = 0x02
 
@@ -214,3 +214,6 @@ MAP_SPECS[MAP_HANDSHAKES] = (
     HS_DTYPE.itemsize,
     TCP_HANDSHAKES,
 )
+# Maps whose max_entries is a load-time setting: a pinned one is checked against the
+# size asked for when there is one (loading), and not at all otherwise (status, check).
+SIZED_AT_LOAD = (MAP_HANDSHAKES,)
