@@ -33,14 +33,6 @@ def nstat(netns: str, *names: str) -> dict[str, int]:
     return {k: int(v) for k, v in kernel.items()}
 
 
-def netem(netns: str, ifname: str, *spec: str) -> None:
-    """Replace the root qdisc of `ifname` with netem (`delay 40ms`, `loss 2%`, ...).
-
-    The qdisc sits behind TC egress: the data plane's egress hook sees every
-    segment the stack sends, before netem delays or drops it."""
-    sh("tc", "-n", netns, "qdisc", "replace", "dev", ifname, "root", "netem", *spec)
-
-
 @contextlib.contextmanager
 def listener(
     netns: str, addr: str, port: int, rcvbuf: int | None = None
