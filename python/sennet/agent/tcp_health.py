@@ -18,6 +18,17 @@ from sennet.agent.tcp_handshakes import HandshakeExpiry
 from sennet.agent.telemetry import TcpReport
 
 
+def read_counters(fd: int, ncpus: int) -> dict[layout.TcpCounter, int]:
+    """Every TCP_COUNTERS slot, summed over CPUs (read-only: `sennet-agent status` uses it)."""
+    lb = libbpf()
+    out: dict[layout.TcpCounter, int] = {}
+    for slot in layout.TcpCounter:
+        raw = lb.lookup(fd, int(slot).to_bytes(4, "little"), 8 * ncpus)
+        per_cpu = np.frombuffer(raw, dtype="<u8", count=ncpus) if raw else np.zeros(1)
+        out[slot] = int(per_cpu.sum(dtype=np.uint64))
+    return out
+
+
 class TcpHealthReader:
     def __init__(self, map_fds: dict[str, int], handshake_timeout_s: float) -> None:
         self.counters_fd = map_fds[layout.MAP_TCP_COUNTERS]
@@ -29,13 +40,7 @@ class TcpHealthReader:
 
     def counters(self) -> dict[layout.TcpCounter, int]:
         """Every TCP_COUNTERS slot, summed over CPUs."""
-        lb = libbpf()
-        out: dict[layout.TcpCounter, int] = {}
-        for slot in layout.TcpCounter:
-            raw = lb.lookup(self.counters_fd, int(slot).to_bytes(4, "little"), 8 * self.ncpus)
-            per_cpu = np.frombuffer(raw, dtype="<u8", count=self.ncpus) if raw else np.zeros(1)
-            out[slot] = int(per_cpu.sum(dtype=np.uint64))
-        return out
+        return read_counters(self.counters_fd, self.ncpus)
 
     def read(self, now_ns: int | None = None) -> TcpReport:
         """Expire stale handshakes, then report (the expired ones are in this report)."""

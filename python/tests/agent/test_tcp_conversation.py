@@ -21,6 +21,7 @@ from scapy.packet import Packet, Raw
 
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
+from sennet.agent.pinned_status import read_status
 from sennet.agent.tcp_health import TcpHealthReader
 from sennet.testing.netlab import VethPair
 from tests.datapath_harness import LOADERS, running
@@ -95,6 +96,7 @@ def test_a_mirrored_conversation_gives_the_figures_its_frames_imply(
         report = reader.read()
         counters = reader.counters()
         pending = list(libbpf().keys(reader.expiry.handshakes_fd, layout.HS_KEY_DTYPE.itemsize))
+        status = read_status(pin_root / "p")["tcp"]
     assert report.syn_rtt.count == 5  # 40001, 40003, the IPv6 one, both VLANs
     assert report.synack_rtt.count == 5  # 40001, 40002, the IPv6 one, both VLANs
     assert report.retransmits_total == 2  # the repeated SYN and SYN/ACK
@@ -104,3 +106,13 @@ def test_a_mirrored_conversation_gives_the_figures_its_frames_imply(
     assert report.malformed_total == 2
     assert report.attempts_unanswered_total == 1
     assert pending == []
+    # `sennet-agent status` reads the same pinned counters, agent or not
+    assert status == {
+        "rst_rx": 2,
+        "rst_tx": 0,
+        "retrans": 2,
+        "zero_window": 1,
+        "unanswered": 1,
+        "malformed": 2,
+        "syn_retried": 1,
+    }
