@@ -98,6 +98,45 @@ struct sennet_flow {
 	__u16 _pad;
 };
 
+/* TCP health. TCP_COUNTERS (per CPU, pinned) slots: */
+#define SENNET_TCP_RST_RX       0  /* RST segments on the ingress hook (SENNET_TCP_RST_RX + direction) */
+#define SENNET_TCP_RST_TX       1  /* ... on the egress hook */
+#define SENNET_TCP_RETRANS      2  /* segments whose sequence did not advance */
+#define SENNET_TCP_ZERO_WINDOW  3  /* segments advertising a zero window (not RST) */
+#define SENNET_TCP_UNANSWERED   4  /* written by the agent: handshakes expired with no SYN/ACK */
+#define SENNET_TCP_MALFORMED    5  /* data offset below 5 words or past the IP packet */
+#define SENNET_TCP_SYN_RETRIED  6  /* a pending handshake's SYN seen again (same ISN) */
+#define SENNET_TCP_SLOTS        8
+
+/* HANDSHAKES (LRU hash, pinned): one pending handshake, keyed by the
+ * connection as the client sees it, on one interface and VLAN (either hook: a
+ * SYN and its SYN/ACK meet whichever hooks they cross). */
+#ifndef SENNET_TCP_HANDSHAKES
+#define SENNET_TCP_HANDSHAKES 65536  /* default size; the loaders set tcp_handshakes_max */
+#endif
+struct sennet_hs_key {
+	union sennet_addr client;  /* the SYN's source; IPv4 in the first 4 bytes, the rest zero */
+	union sennet_addr server;
+	__u32 ifindex;
+	__u16 cport;               /* host byte order */
+	__u16 sport;
+	__u16 vlan_id;             /* outer VLAN id, 0 = untagged (mirror ports carry many) */
+	__u8 ip_version;
+	__u8 _pad;
+};
+
+#define SENNET_HS_SYN_RETRIED    0x01  /* Karn: the SYN/ACK may answer any copy, no SYN sample */
+#define SENNET_HS_SYNACK_RETRIED 0x02  /* the ACK may answer any copy, no SYN/ACK sample */
+
+struct sennet_hs {
+	__u64 syn_ns;        /* first SYN (bpf_ktime_get_ns) */
+	__u64 synack_ns;     /* first SYN/ACK, 0 = none yet */
+	__u32 client_isn;
+	__u32 server_isn;
+	__u8 flags;          /* SENNET_HS_* */
+	__u8 _pad[7];
+};
+
 /* Latency histograms: fixed log2 buckets in the data plane. Bucket i counts
  * durations below 2^i microseconds (bucket 0: below 1 us); the last bucket
  * counts everything from 2^(BUCKETS-2) us on. After the buckets, one slot

@@ -76,6 +76,10 @@ def _ifaces(v: Any) -> str | None:
     return f'interface names (1-15 bytes, no "/", ":" or spaces), not {bad[0]!r}' if bad else None
 
 
+def _table_size(v: Any) -> str | None:
+    return None if 1024 <= v <= 1 << 24 else "1024..16777216"
+
+
 def _priority(v: Any) -> str | None:
     return None if 1 <= v <= 0xFFFF else "1..65535"
 
@@ -109,6 +113,20 @@ SETTINGS: tuple[Setting, ...] = (
         4 << 20,
         "encoded bytes of events queued for the control plane at most (oldest dropped first)",
         _positive,
+    ),
+    Setting(
+        "tcp_handshake_timeout",
+        "float",
+        10.0,
+        "seconds a SYN may wait for its SYN/ACK before the attempt counts as unanswered",
+        _positive,
+    ),
+    Setting(
+        "tcp_handshakes_max",
+        "int",
+        65536,
+        "TCP handshakes in progress the data plane tracks (an LRU table, sized at load)",
+        _table_size,
     ),
     Setting("control_plane", "str", "", 'control plane gRPC "host:port" ("" = log only)', _listen),
     Setting("bootstrap_token", "str", "", "enrolment token for the control plane", secret=True),
@@ -157,6 +175,8 @@ class AgentConfig:
     log_level: str
     recent_events_max: int
     max_queued_event_bytes: int
+    tcp_handshake_timeout: float
+    tcp_handshakes_max: int
     control_plane: str
     bootstrap_token: str
     tls_ca: str

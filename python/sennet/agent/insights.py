@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sennet.agent.config import AgentConfig
 from sennet.agent.datapath.manager import Attached
 from sennet.agent.dns import DnsReader
+from sennet.agent.tcp_health import TcpHealthReader
 from sennet.agent.telemetry import DnsReport, FlowReport, Microburst, TcpReport
 
 
@@ -31,7 +32,8 @@ class Insights:
         self.cfg = cfg
         self.latest = Latest()
         self.dns = DnsReader(map_fds, cfg.dns_timeout, cfg.dns_top_names)
+        self.tcp = TcpHealthReader(map_fds, cfg.tcp_handshake_timeout)
 
     def refresh(self, attached: Sequence[Attached]) -> None:
         """Read every feature's maps once; the interval ends now."""
-        self.latest = Latest(dns=self.dns.read())
+        self.latest = Latest(dns=self.dns.read(), tcp=self.tcp.read())

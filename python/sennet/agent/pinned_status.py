@@ -9,7 +9,9 @@ from typing import Any
 
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout, slots
+from sennet.agent.datapath.libbpf import libbpf
 from sennet.agent.datapath.pins import check_pinned_maps, open_pinned
+from sennet.agent.tcp_health import read_counters
 from sennet.common.netns import entered
 
 
@@ -55,6 +57,12 @@ def read_status(pin_dir: Path, netns: str = "", configured: tuple[str, ...] = ()
             "ringbuf_drops_by_kind": {
                 k.label: v for k, v in reader.by_kind(layout.MAP_RB_DROPS).items()
             },
+            "tcp": {
+                k.name.lower(): v
+                for k, v in read_counters(
+                    fds[layout.MAP_TCP_COUNTERS], libbpf().possible_cpus()
+                ).items()
+            },
         }
     finally:
         for fd in fds.values():
@@ -78,6 +86,10 @@ def render(status: dict[str, Any]) -> str:
     lines.append(f"{'event kind':<16}{'detected':>12}{'ring drops':>12}")
     for kind, n in status["events_by_kind"].items():
         lines.append(f"{kind:<16}{n:>12}{status['ringbuf_drops_by_kind'][kind]:>12}")
+    lines.append("")
+    lines.append(f"{'tcp':<16}{'total':>12}")
+    for name, n in status["tcp"].items():
+        lines.append(f"{name:<16}{n:>12}")
     if status["unmapped_packets"]:
         lines.append(f"\nwarning: {status['unmapped_packets']} packets on unregistered interfaces")
     return "\n".join(lines)

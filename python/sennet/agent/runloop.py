@@ -77,6 +77,7 @@ class Agent:
                 pin_dir=cfg.pin_dir,
                 ringbuf_bytes=cfg.ringbuf_bytes,
                 large_packet_bytes=cfg.large_packet_bytes,
+                tcp_handshakes=cfg.tcp_handshakes_max,
             ),
             loader=cfg.loader,
             tc_priority=cfg.tc_priority,

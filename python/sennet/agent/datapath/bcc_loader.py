@@ -68,13 +68,14 @@ def load(opts: DatapathOptions) -> LoadedDatapath:
             f"bcc needs kernel headers at {headers}",
             hint="install linux-headers for this kernel, or use the default libbpf loader",
         )
-    check_pinned_maps(opts.pin_dir)
+    check_pinned_maps(opts.pin_dir, sizes=opts.map_sizes())
     cflags = [
         "-DSENNET_BCC",
         f"-I{opts.assets_dir.resolve()}",
         f'-DSENNET_PIN_DIR="{opts.pin_dir}"',
         f"-DSENNET_RINGBUF_PAGES={opts.ringbuf_bytes // mmap.PAGESIZE}",
         f"-D{layout.TUNABLE_LARGE_PACKET}={opts.large_packet_bytes}",
+        f"-DSENNET_TCP_HANDSHAKES={opts.tcp_handshakes}",
     ]
     try:
         bpf: Any = BPF(text=inline_local_includes(source).encode(), cflags=cflags)

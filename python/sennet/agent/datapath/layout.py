@@ -25,10 +25,22 @@ MAP_IFSLOTS = "IFSLOTS"
 MAP_EV_COUNTS = "EV_COUNTS"  # events detected, by kind (cumulative, pinned)
 MAP_RB_DROPS = "RB_DROPS"  # events lost because the ring was full, by kind
 MAP_EVENTS = "EVENTS"
-PINNED_MAPS: tuple[str, ...] = (MAP_COUNTERS, MAP_IFSLOTS, MAP_EV_COUNTS, MAP_RB_DROPS)
+MAP_HISTOGRAMS = "HISTOGRAMS"
+MAP_TCP_COUNTERS = "TCP_COUNTERS"
+MAP_HANDSHAKES = "HANDSHAKES"
+PINNED_MAPS: tuple[str, ...] = (
+    MAP_COUNTERS,
+    MAP_IFSLOTS,
+    MAP_EV_COUNTS,
+    MAP_RB_DROPS,
+    MAP_HISTOGRAMS,
+    MAP_TCP_COUNTERS,
+    MAP_HANDSHAKES,
+)
 
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_RINGBUF = 27
 
 # name -> (type, key size, value size, max entries); checked on every pinned map we reuse.
@@ -103,7 +115,6 @@ assert RECORD_DTYPE.itemsize == RECORD_SIZE
 
 # -- flows, latency histograms (sennet_tc.h) ----------------------------------
 
-MAP_HISTOGRAMS = "HISTOGRAMS"  # pinned: cumulative, like the counters
 HIST_BUCKETS = 28  # bucket i: below 2**i microseconds; the last one: +Inf
 HIST_SLOTS = HIST_BUCKETS + 1  # then the sum in nanoseconds
 
@@ -121,7 +132,6 @@ MAP_SPECS[MAP_HISTOGRAMS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, HISTS * HIST_SLOTS
 
 # -- DNS (sennet_dns.h; details in dns_layout.py) ------------------------------
 
-BPF_MAP_TYPE_LRU_HASH = 9
 MAP_SPECS[dns_layout.MAP_DNS_COUNTERS] = (
     BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, dns_layout.COUNTER_SLOTS,
 )  # fmt: skip
@@ -138,7 +148,6 @@ MAP_SPECS[dns_layout.MAP_DNS_NAMES] = (
     dns_layout.NAME_ENTRIES,
 )
 PINNED_MAPS += (
-    MAP_HISTOGRAMS,
     dns_layout.MAP_DNS_COUNTERS,
     dns_layout.MAP_DNS_PENDING,
     dns_layout.MAP_DNS_NAMES,
@@ -180,3 +189,56 @@ FLOW_DTYPE = np.dtype(
 )
 FLOW_ENDED = 0x01  # FIN or RST seen
 FLOW_SEQ_VALID = 0x02
+
+# -- TCP health (sennet_tc.h: SENNET_TCP_*, struct sennet_hs_key, struct sennet_hs) --------
+
+
+class TcpCounter(enum.IntEnum):
+    """Slots of TCP_COUNTERS; values are SENNET_TCP_* in sennet_tc.h."""
+
+    RST_RX = 0
+    RST_TX = 1
+    RETRANS = 2
+    ZERO_WINDOW = 3
+    UNANSWERED = 4  # written by the agent, never by the programs
+    MALFORMED = 5
+    SYN_RETRIED = 6
+
+
+TCP_SLOTS = 8
+TCP_HANDSHAKES = 65536  # HANDSHAKES max_entries by default; set at load (tcp_handshakes_max)
+HS_SYN_RETRIED = 0x01
+HS_SYNACK_RETRIED = 0x02
+
+HS_KEY_DTYPE = np.dtype(
+    [
+        ("client", "u1", (16,)),
+        ("server", "u1", (16,)),
+        ("ifindex", "<u4"),
+        ("cport", "<u2"),
+        ("sport", "<u2"),
+        ("vlan_id", "<u2"),
+        ("ip_version", "u1"),
+        ("_pad", "u1"),
+    ]
+)
+HS_DTYPE = np.dtype(
+    [
+        ("syn_ns", "<u8"),
+        ("synack_ns", "<u8"),
+        ("client_isn", "<u4"),
+        ("server_isn", "<u4"),
+        ("flags", "u1"),
+        ("_pad", "u1", (7,)),
+    ]
+)
+MAP_SPECS[MAP_TCP_COUNTERS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, TCP_SLOTS)
+MAP_SPECS[MAP_HANDSHAKES] = (
+    BPF_MAP_TYPE_LRU_HASH,
+    HS_KEY_DTYPE.itemsize,
+    HS_DTYPE.itemsize,
+    TCP_HANDSHAKES,
+)
+# Maps whose max_entries is a load-time setting: a pinned one is checked against the
+# size asked for when there is one (loading), and not at all otherwise (status, check).
+SIZED_AT_LOAD = (MAP_HANDSHAKES,)

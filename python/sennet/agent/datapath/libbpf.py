@@ -141,6 +141,8 @@ class LibBpf:
             "bpf_map_update_elem": (i, [i, p, p, ctypes.c_uint64]),
             "bpf_map_delete_elem": (i, [i, p]),
             "bpf_map_get_next_key": (i, [i, p, p]),
+            "bpf_map_lookup_batch": (i, [i, p, p, p, p, ctypes.POINTER(u32), p]),
+            "bpf_map_delete_batch": (i, [i, p, ctypes.POINTER(u32), p]),
             "bpf_obj_get": (i, [ctypes.c_char_p]),
             "bpf_obj_get_info_by_fd": (i, [i, p, ctypes.POINTER(u32)]),
             "bpf_prog_test_run_opts": (i, [i, ctypes.POINTER(BpfTestRunOpts)]),

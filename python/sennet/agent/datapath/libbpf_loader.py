@@ -34,7 +34,7 @@ def load(opts: DatapathOptions, object_name: str = OBJECT_NAME) -> LoadedDatapat
             f"BPF object {path} not found",
             hint="build it with bpf/build.sh, or set bpf_dir to where the objects are",
         )
-    check_pinned_maps(opts.pin_dir, opts.ringbuf_bytes)
+    check_pinned_maps(opts.pin_dir, opts.ringbuf_bytes, opts.map_sizes())
     lb.take_log()
     obj = lb.check_ptr(lb.lib.bpf_object__open_file(str(path).encode(), None), f"open {path}")
     try:
@@ -88,6 +88,9 @@ def _configure(obj: int, opts: DatapathOptions) -> None:
     # Pinned too: events the agent had not read yet when it stopped wait for the next one.
     pin = str(opts.pin_dir / layout.MAP_EVENTS).encode()
     lb.check(lb.lib.bpf_map__set_pin_path(events, pin), "pin EVENTS")
+    for name, size in opts.map_sizes().items():
+        m = lb.check_ptr(lb.lib.bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
+        lb.check(lb.lib.bpf_map__set_max_entries(m, size), f"size of {name}")
     _set_tunables(obj, {layout.TUNABLE_LARGE_PACKET: opts.large_packet_bytes})
 
 

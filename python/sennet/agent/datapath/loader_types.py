@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sennet.agent.datapath import layout
+
 
 @dataclass(frozen=True)
 class DatapathOptions:
@@ -19,6 +21,11 @@ class DatapathOptions:
     pin_dir: Path  # on a bpf filesystem
     ringbuf_bytes: int  # power of two, multiple of the page size
     large_packet_bytes: int
+    tcp_handshakes: int = layout.TCP_HANDSHAKES  # HANDSHAKES max_entries
+
+    def map_sizes(self) -> dict[str, int]:
+        """Sizes of the maps sized at load time (layout.SIZED_AT_LOAD), by map name."""
+        return {layout.MAP_HANDSHAKES: self.tcp_handshakes}
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from sennet.agent.datapath import layout
@@ -10,17 +11,24 @@ from sennet.agent.datapath.libbpf import libbpf
 from sennet.common.errors import UserError
 
 
-def check_pinned_maps(pin_dir: Path, ringbuf_bytes: int | None = None) -> None:
+def check_pinned_maps(
+    pin_dir: Path, ringbuf_bytes: int | None = None, sizes: Mapping[str, int] | None = None
+) -> None:
     """Fail naming the map and the field if a pinned map's shape differs from this build's.
 
     Loaders would otherwise refuse with a bare EINVAL, or worse, a bcc build
     would read a map of another layout. With `ringbuf_bytes`, a pinned ring
-    buffer must also have that size (libbpf cannot resize a pinned map).
+    buffer must also have that size (libbpf cannot resize a pinned map); so must
+    the maps sized at load time, with their sizes in `sizes` (without, any size
+    is accepted for them).
     """
     lb = libbpf()
     specs = dict(layout.MAP_SPECS)
     if ringbuf_bytes is not None:
         specs[layout.MAP_EVENTS] = (layout.BPF_MAP_TYPE_RINGBUF, 0, 0, ringbuf_bytes)
+    for name in layout.SIZED_AT_LOAD:
+        mtype, key_size, value_size, _ = specs[name]
+        specs[name] = (mtype, key_size, value_size, (sizes or {}).get(name, -1))
     for name, (mtype, key_size, value_size, max_entries) in specs.items():
         path = pin_dir / name
         if not path.exists():
@@ -31,7 +39,8 @@ def check_pinned_maps(pin_dir: Path, ringbuf_bytes: int | None = None) -> None:
         finally:
             os.close(fd)
         want = {"type": mtype, "key_size": key_size, "value_size": value_size}
-        want["max_entries"] = max_entries
+        if max_entries >= 0:
+            want["max_entries"] = max_entries
         for field, expected in want.items():
             actual = getattr(info, field)
             if actual != expected:
