@@ -307,6 +307,75 @@ __attribute__((noinline)) int emit(struct sennet_event *ev, __u32 kinds)
 #include "tcp_health.h"
 #include "dns.h"
 
+/* Flows, then TCP health or DNS: everything after the counters and events. */
+static __always_inline void features(struct __sk_buff *skb, struct sennet_event *ev,
+				     struct sennet_l4 *l4, __u32 segs, __u32 bytes, __u64 now)
+{
+	if (!ev->ip_version)
+		return;
+
+	struct sennet_flow *flow = flow_account(ev, l4, segs, bytes, now);
+
+	if (ev->l4_proto == PROTO_TCP && l4->l4_off)
+		tcp_observe(skb, ev, l4, flow, segs, now);
+	else if (ev->l4_proto == PROTO_UDP && l4->l4_off)
+		dns_observe(skb, ev, l4, now);
+}
+
+#ifdef SENNET_BCC
+/* bcc inlines every function, and the verifier then walks the features once
+ * for every way the parser can end (VLAN tags, IPv4 or IPv6, extension
+ * headers): past its one-million-instruction limit. So under bcc the features
+ * are a program of their own, reached by a tail call with their arguments in
+ * per-CPU scratch memory, and verified once. libbpf gets the same effect from
+ * global functions, checked once each (see emit()). If the tail call cannot
+ * be made (the slot is empty), the packet is still counted: only the features
+ * miss it. */
+struct sennet_feature_args {
+	struct sennet_event ev;
+	struct sennet_l4 l4;
+	__u64 now;
+	__u32 segs;
+	__u32 bytes;
+};
+
+BPF_PROG_ARRAY(FEATURES, 1);
+SENNET_SCRATCH(FEATURE_ARGS, struct sennet_feature_args);
+
+static __always_inline struct sennet_feature_args *feature_args(void)
+{
+	__u32 zero = 0;
+
+	return FEATURE_ARGS.lookup(&zero);
+}
+
+static __always_inline void run_features(struct __sk_buff *skb, struct sennet_event *ev,
+					 struct sennet_l4 *l4, __u32 segs, __u32 bytes, __u64 now)
+{
+	struct sennet_feature_args *a = feature_args();
+
+	if (!a || !ev->ip_version)
+		return;
+	__builtin_memcpy(&a->ev, ev, sizeof(*ev));
+	__builtin_memcpy(&a->l4, l4, sizeof(*l4));
+	a->now = now;
+	a->segs = segs;
+	a->bytes = bytes;
+	FEATURES.call(skb, 0);
+}
+
+int sennet_features(struct __sk_buff *skb)
+{
+	struct sennet_feature_args *a = feature_args();
+
+	if (a)
+		features(skb, &a->ev, &a->l4, a->segs, a->bytes, a->now);
+	return SENNET_TC_ACT_UNSPEC;
+}
+#else
+#define run_features features
+#endif
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct sennet_event ev = {};
@@ -352,14 +421,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u64 now = bpf_ktime_get_ns();
 
 	burst_account(slot, dir, segs, bytes, now);
-	if (ev.ip_version) {
-		struct sennet_flow *flow = flow_account(&ev, &l4, segs, bytes, now);
-
-		if (ev.l4_proto == PROTO_TCP && l4.l4_off)
-			tcp_observe(skb, &ev, &l4, flow, segs, now);
-		else if (ev.l4_proto == PROTO_UDP && l4.l4_off)
-			dns_observe(skb, &ev, &l4, now);
-	}
 	ev.pkt_len = frame;
 	if (frame > cfg_large_packet_bytes)
 		kinds |= KIND(SENNET_EV_LARGE_PACKET);
@@ -367,6 +428,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ev.ts_ns = now;
 		emit(&ev, kinds);
 	}
+	/* Last: under bcc a tail call, which does not return. */
+	run_features(skb, &ev, &l4, segs, bytes, now);
 	return SENNET_TC_ACT_UNSPEC;
 }
 

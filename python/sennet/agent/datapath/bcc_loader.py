@@ -12,6 +12,7 @@ each of its own `#include "..."` headers inlined (once, in order).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import mmap
 import os
@@ -28,6 +29,7 @@ from sennet.common.log import event
 log = logging.getLogger("sennet.agent.datapath")
 
 SOURCE_NAME = "sennet_tc.bpf.c"
+PROGRAM_FEATURES = "sennet_features"  # bcc only: flows, TCP health, DNS, by tail call
 LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.]+)"[ \t]*$', re.MULTILINE)
 
 
@@ -79,6 +81,10 @@ def load(opts: DatapathOptions) -> LoadedDatapath:
     ]
     try:
         bpf: Any = BPF(text=inline_local_includes(source).encode(), cflags=cflags)
+        # The features program first: a packet the hooks see before its slot is
+        # filled is counted but skips the features (see bpf/sennet_tc.bpf.c).
+        features = bpf.load_func(PROGRAM_FEATURES.encode(), BPF.SCHED_CLS)
+        bpf[b"FEATURES"][ctypes.c_int(0)] = ctypes.c_int(features.fd)
         ingress = bpf.load_func(layout.PROGRAM_INGRESS.encode(), BPF.SCHED_CLS)
         egress = bpf.load_func(layout.PROGRAM_EGRESS.encode(), BPF.SCHED_CLS)
     except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
