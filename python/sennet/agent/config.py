@@ -65,6 +65,31 @@ def _ifaces(v: Any) -> str | None:
     return f"interface names (1-15 chars), not {bad[0]!r}" if bad else None
 
 
+def _otlp_endpoints(v: Any) -> str | None:
+    from sennet.agent.sinks.otlp.settings import parse_endpoint
+
+    for text in v:
+        try:
+            parse_endpoint(text)
+        except ValueError as exc:
+            return f"grpc://, grpcs://, http:// or https:// host:port addresses ({text!r}: {exc})"
+    return None
+
+
+def _otlp_headers(v: Any) -> str | None:
+    from sennet.agent.sinks.otlp.settings import parse_headers
+
+    try:
+        parse_headers(v)
+    except ValueError:
+        return "key=value,key2=value2"
+    return None
+
+
+def _compression(v: Any) -> str | None:
+    return None if v in ("gzip", "none") else '"gzip" or "none"'
+
+
 def _priority(v: Any) -> str | None:
     return None if 1 <= v <= 0xFFFF else "1..65535"
 
@@ -110,6 +135,41 @@ SETTINGS: tuple[Setting, ...] = (
         'after attaching, run as this user ("name" or "uid:gid") keeping only CAP_NET_ADMIN '
         '("" = stay root)',
     ),
+    Setting(
+        "otlp_endpoints",
+        "list",
+        [],
+        "OTLP collectors, in order of preference: grpc://, grpcs://, http://, https:// "
+        "host:port[/path] (empty = no OTLP export)",
+        _otlp_endpoints,
+    ),
+    Setting(
+        "otlp_headers",
+        "str",
+        "",
+        "headers sent with every OTLP export, key=value,... (backend auth; never logged)",
+        _otlp_headers,
+        secret=True,
+    ),
+    Setting("otlp_tls_ca", "str", "", "CA bundle (PEM) for grpcs:// and https:// endpoints"),
+    Setting("otlp_tls_server_name", "str", "", "expected TLS server name of OTLP endpoints"),
+    Setting("otlp_tls_cert", "str", "", "client certificate (PEM) for OTLP over mTLS"),
+    Setting("otlp_tls_key", "str", "", "private key (PEM) of otlp_tls_cert"),
+    Setting(
+        "otlp_queue_bytes",
+        "int",
+        8 << 20,
+        "bytes of encoded exports held while collectors are unreachable",
+        _positive,
+    ),
+    Setting("otlp_timeout_s", "float", 10.0, "deadline of one OTLP export call", _positive),
+    Setting(
+        "otlp_failback",
+        "bool",
+        True,
+        "return to the first OTLP endpoint once it answers again (false: stay where it works)",
+    ),
+    Setting("otlp_compression", "str", "gzip", '"gzip" or "none"', _compression),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -137,6 +197,16 @@ class AgentConfig:
     tls_cert: str
     tls_key: str
     run_as: str
+    otlp_endpoints: tuple[str, ...]
+    otlp_headers: str
+    otlp_tls_ca: str
+    otlp_tls_server_name: str
+    otlp_tls_cert: str
+    otlp_tls_key: str
+    otlp_queue_bytes: int
+    otlp_timeout_s: float
+    otlp_failback: bool
+    otlp_compression: str
 
     def public_view(self) -> dict[str, Any]:
         """Settings for logs and `config show`: secrets replaced."""
@@ -298,7 +368,8 @@ def build(
                 if src not in ("environment", "flags", "default")
                 else (f"{s.name} (from {src})")
             )
-            raise UserError(f"{where}: expected {complaint}, got {merged[s.name]!r}")
+            got = "a value (not shown: secret)" if s.secret else repr(merged[s.name])
+            raise UserError(f"{where}: expected {complaint}, got {got}")
     if merged["bootstrap_token"] and not merged["control_plane"]:
         raise UserError(
             "bootstrap_token is set but control_plane is empty", hint="set both or neither"
@@ -310,6 +381,9 @@ def build(
             "tls_cert is set but tls_ca is empty",
             hint="a client certificate is only sent over TLS: set tls_ca to verify the server",
         )
+    if bool(merged["otlp_tls_cert"]) != bool(merged["otlp_tls_key"]):
+        raise UserError("otlp_tls_cert and otlp_tls_key go together", hint="set both or neither")
+    merged["otlp_endpoints"] = tuple(merged["otlp_endpoints"])
     merged["interfaces"] = tuple(merged["interfaces"])
     if len(set(merged["interfaces"])) != len(merged["interfaces"]):
         raise UserError(f"interfaces lists a name twice: {list(merged['interfaces'])}")
