@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:  # config.py validates with this module's parsers
     from sennet.agent.config import AgentConfig
@@ -54,16 +54,22 @@ def parse_endpoint(text: str) -> Endpoint:
 
 
 def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
-    """`key=value,key2=value2` (the OTEL_EXPORTER_OTLP_HEADERS form); keys lower-cased."""
+    """`key=value,key2=value2` (the OTEL_EXPORTER_OTLP_HEADERS form: values percent-decoded,
+    so `%2C` is a comma); keys lower-cased."""
     out = []
     for item in text.split(","):
         if not item.strip():
             continue
         key, sep, value = item.partition("=")
-        key = key.strip().lower()
-        if not sep or not key or any(c in key for c in " :\r\n") or any(c in value for c in "\r\n"):
+        key, value = key.strip().lower(), unquote(value.strip())
+        if (
+            not sep
+            or not key
+            or any(c in key for c in " :\r\n")
+            or any(c in value for c in "\r\n\0")
+        ):
             raise ValueError("headers look like key=value,key2=value2")
-        out.append((key, value.strip()))
+        out.append((key, value))
     return tuple(out)
 
 
