@@ -21,16 +21,12 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sennet import __version__
-from sennet.agent.sinks.otlp.logs import (
-    Notable,
-    event_records,
-    logs_request,
-    notable_record,
-)
+from sennet.agent.sinks.otlp.logs import EventEncoder, Notable, logs_request, notable_record
 from sennet.agent.sinks.otlp.metrics import MetricsBuilder, StartTimes, data_points
 from sennet.agent.sinks.otlp.notable import NotableHandler
 from sennet.agent.sinks.otlp.queue import Batch, ExportQueue
@@ -38,7 +34,7 @@ from sennet.agent.sinks.otlp.resource import OS_RELEASE, build_resource
 from sennet.agent.sinks.otlp.settings import OtlpOptions
 from sennet.agent.sinks.otlp.transport import LOGS, METRICS, Transport, make_transport
 from sennet.agent.sinks.protocol import OwnMetric
-from sennet.agent.snapshot import Snapshot
+from sennet.agent.snapshot import Event, Snapshot
 from sennet.common.log import event
 
 log = logging.getLogger("sennet.agent.sinks.otlp")
@@ -106,6 +102,7 @@ class OtlpSink:
         self._notable: deque[Notable] = deque()
         self._agent_dropped = 0
         self._seen_ifaces: set[str] = set()
+        self._encoder = EventEncoder()
         self._handler: NotableHandler | None = None
         if capture_logs:
             self._handler = NotableHandler(self.note)
@@ -158,17 +155,21 @@ class OtlpSink:
         request = self._builder.request(snapshot, now, self.own_metrics(), self._agent_dropped)
         self._enqueue(Batch(METRICS, request.SerializeToString(), data_points(request)))
         ifnames = {c.ifindex: c.ifname for c in snapshot.interfaces}
-        self._enqueue_logs(event_records(snapshot.recent_events, ifnames, now))
+        self._enqueue_logs(snapshot.recent_events, ifnames)
 
-    def _enqueue_logs(self, records: list) -> None:  # type: ignore[type-arg]
+    def _enqueue_logs(self, events: Sequence[Event], ifnames: Mapping[int, str]) -> None:
+        """Events, then the notable moments, in batches of at most MAX_RECORDS_PER_BATCH."""
         now = time.time_ns()
         with self._lock:
             notable, self._notable = list(self._notable), deque()
-        records = records + [notable_record(n, now) for n in notable]
-        for i in range(0, len(records), MAX_RECORDS_PER_BATCH):
-            chunk = records[i : i + MAX_RECORDS_PER_BATCH]
-            request = logs_request(self._resource, self._version, chunk)
-            self._enqueue(Batch(LOGS, request.SerializeToString(), len(chunk)))
+        for i in range(0, len(events) + len(notable), MAX_RECORDS_PER_BATCH):
+            request = logs_request(self._resource, self._version, ())
+            scope = request.resource_logs[0].scope_logs[0]
+            self._encoder.add(scope, events[i : i + MAX_RECORDS_PER_BATCH], ifnames, now)
+            room = MAX_RECORDS_PER_BATCH - len(scope.log_records)
+            for n in notable[max(0, i - len(events)) :][:room]:
+                scope.log_records.append(notable_record(n, now))
+            self._enqueue(Batch(LOGS, request.SerializeToString(), len(scope.log_records)))
 
     def _enqueue(self, batch: Batch) -> None:
         dropped = self._queue.put(batch)
@@ -204,7 +205,7 @@ class OtlpSink:
         if self._handler is not None:
             logging.getLogger("sennet").removeHandler(self._handler)
         self.note(Notable("agent.stopping", time.time_ns(), logging.INFO))
-        self._enqueue_logs([])
+        self._enqueue_logs((), {})
         with self._wake:
             self._stopping = True
             self._wake.notify()
