@@ -10,6 +10,7 @@ and what was expected.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import mmap
 import os
 import tomllib
@@ -18,6 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from sennet.agent.sinks.otlp.settings import check_endpoints, check_headers
 from sennet.common.errors import UserError
 
 ENV_PREFIX = "SENNET_"
@@ -63,27 +65,6 @@ def _ifaces(v: Any) -> str | None:
         return "at least one interface name"
     bad = [n for n in v if not n or len(n) > 15 or "/" in n or " " in n]
     return f"interface names (1-15 chars), not {bad[0]!r}" if bad else None
-
-
-def _otlp_endpoints(v: Any) -> str | None:
-    from sennet.agent.sinks.otlp.settings import parse_endpoint
-
-    for text in v:
-        try:
-            parse_endpoint(text)
-        except ValueError as exc:
-            return f"grpc://, grpcs://, http:// or https:// host:port addresses ({text!r}: {exc})"
-    return None
-
-
-def _otlp_headers(v: Any) -> str | None:
-    from sennet.agent.sinks.otlp.settings import parse_headers
-
-    try:
-        parse_headers(v)
-    except ValueError:
-        return "key=value,key2=value2"
-    return None
 
 
 def _compression(v: Any) -> str | None:
@@ -141,14 +122,14 @@ SETTINGS: tuple[Setting, ...] = (
         [],
         "OTLP collectors, in order of preference: grpc://, grpcs://, http://, https:// "
         "host:port[/path] (empty = no OTLP export)",
-        _otlp_endpoints,
+        check_endpoints,
     ),
     Setting(
         "otlp_headers",
         "str",
         "",
         "headers sent with every OTLP export, key=value,... (backend auth; never logged)",
-        _otlp_headers,
+        check_headers,
         secret=True,
     ),
     Setting("otlp_tls_ca", "str", "", "CA bundle (PEM) for grpcs:// and https:// endpoints"),
@@ -383,6 +364,11 @@ def build(
         )
     if bool(merged["otlp_tls_cert"]) != bool(merged["otlp_tls_key"]):
         raise UserError("otlp_tls_cert and otlp_tls_key go together", hint="set both or neither")
+    if merged["otlp_endpoints"] and importlib.util.find_spec("opentelemetry.proto") is None:
+        raise UserError(
+            "otlp_endpoints is set but this installation has no opentelemetry-proto",
+            hint="install the agent with its dependencies, or leave otlp_endpoints empty",
+        )
     merged["otlp_endpoints"] = tuple(merged["otlp_endpoints"])
     merged["interfaces"] = tuple(merged["interfaces"])
     if len(set(merged["interfaces"])) != len(merged["interfaces"]):

@@ -11,11 +11,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sennet.agent.config import AgentConfig
-from sennet.agent.datapath import layout
 from sennet.common.log import event
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # config.py imports this package's settings: no import of it at run time
+    from sennet.agent.config import AgentConfig
     from sennet.agent.sinks.otlp.sink import OtlpSink
 
 
@@ -25,6 +24,8 @@ def pinned_start_ns(pin_dir: Path) -> int | None:
     Cumulative series start there, so an agent restart that keeps the pins
     continues the same series, and recreated maps start new ones.
     """
+    from sennet.agent.datapath import layout
+
     try:
         return (pin_dir / layout.MAP_COUNTERS).stat().st_ctime_ns
     except OSError:

@@ -10,7 +10,7 @@ exporter specification says for a base endpoint).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:  # config.py validates with this module's parsers
@@ -71,6 +71,25 @@ def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
             raise ValueError("headers look like key=value,key2=value2")
         out.append((key, value))
     return tuple(out)
+
+
+def check_endpoints(v: Any) -> str | None:
+    """The settings table's check: a complaint, or None."""
+    for text in v:
+        try:
+            parse_endpoint(text)
+        except ValueError as exc:
+            return f"grpc://, grpcs://, http:// or https:// host:port addresses ({text!r}: {exc})"
+    return None
+
+
+def check_headers(v: Any) -> str | None:
+    """The settings table's check; the value is secret, so the complaint never quotes it."""
+    try:
+        parse_headers(v)
+    except ValueError:
+        return "key=value,key2=value2"
+    return None
 
 
 @dataclass(frozen=True)
