@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sennet.agent import config
+from sennet.agent.sinks.otlp.resource import resource_attributes
 from sennet.agent.sinks.otlp.settings import from_config, parse_endpoint, parse_headers
 from sennet.common.errors import UserError
 
@@ -68,3 +69,21 @@ def test_a_client_certificate_for_otlp_needs_its_key() -> None:
     with pytest.raises(UserError) as info:
         config.build(None, {"SENNET_INTERFACES": "eth1", "SENNET_OTLP_TLS_CERT": "c.pem"})
     assert info.value.message == "otlp_tls_cert and otlp_tls_key go together"
+
+
+def test_the_resource_names_the_image_only_on_the_appliance(tmp_path: Path) -> None:
+    appliance = tmp_path / "os-release"
+    appliance.write_text(
+        'NAME="Sennet appliance"\nID=sennet\nVERSION_ID=0.1\nBUILD_ID=sha256:abc\n'
+        'PRETTY_NAME="Sennet appliance 0.1 (Debian 12 based)"\n'
+    )
+    attrs = dict(resource_attributes("id-1", "0.1.0", appliance))
+    assert attrs["sennet.image.version"] == "0.1"
+    assert attrs["sennet.image.digest"] == "sha256:abc"
+    assert attrs["os.description"] == "Sennet appliance 0.1 (Debian 12 based)"
+    host = tmp_path / "host-os-release"
+    host.write_text('ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12"\n')
+    attrs = dict(resource_attributes("id-1", "0.1.0", host))
+    assert not [k for k in attrs if k.startswith("sennet.image.")]
+    assert (attrs["host.id"], attrs["service.name"]) == ("id-1", "sennet-agent")
+    assert dict(resource_attributes("id-1", "0.1.0", tmp_path / "absent"))["os.type"] == "linux"

@@ -247,3 +247,23 @@ def test_tls_verifies_the_server_name_and_presents_a_client_certificate(
             finally:
                 sink.close()
         assert rx.value("sennet.interface.packets", **RX) == 9
+
+
+@pytest.mark.parametrize(("protocol", "fault"), [("grpc", "unavailable"), ("http", "http_503")])
+def test_a_transient_refusal_is_retried_until_the_batch_is_delivered(
+    protocol: str, fault: str
+) -> None:
+    with OtlpReceiver() as rx:
+        rx.fail(fault, times=2, signal=METRICS)
+        endpoint = rx.grpc_endpoint if protocol == "grpc" else rx.http_endpoint
+        sink = sink_for(options(endpoint))
+        try:
+            sink.send(snap(8))
+            assert sink.flush(10)
+        finally:
+            sink.close()
+        answers = [a.answer for a in rx.arrivals if a.signal == METRICS]
+        assert answers == [fault, fault, "ok"]
+        stats = sink.stats()
+        assert (stats.retries[METRICS], stats.failed[METRICS]) == (2, 0)
+        assert rx.value("sennet.interface.packets", **RX) == 8
