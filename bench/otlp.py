@@ -246,7 +246,7 @@ def sdk_figures(runs: int) -> list[Figure]:
     d_imp = Figure(
         "otlp.import.direct",
         direct * 1000,
-        "ms",
+        "ms CPU",
         "opentelemetry-proto + grpcio + http.client (what the agent uses)",
     )
     d_size = Figure(
