@@ -65,12 +65,14 @@ def test_the_agent_exports_the_kernels_counts_and_the_control_plane_gets_the_sam
     db = tmp_path / "cp.db"
     bootstrap = create_bootstrap_token(db)
     secret = "Bearer otlp-t0ken-not-for-logs"
+    port = free_port()
     with running(db, tmp_path) as cp, OtlpReceiver() as rx:
         endpoint = rx.grpc_endpoint if protocol == "grpc" else rx.http_endpoint
         args = base_args(
             net, pin_root, tmp_path,
             "--control-plane", cp.target, "--bootstrap-token", bootstrap,
             "--otlp-endpoints", endpoint, "--otlp-headers", f"authorization={secret}",
+            "--metrics-listen", f"127.0.0.1:{port}",
         )  # fmt: skip
         with agent("", args, tmp_path / "agent.log") as a:
             a.wait_for_log(READY)
@@ -96,6 +98,11 @@ def test_the_agent_exports_the_kernels_counts_and_the_control_plane_gets_the_sam
                 return got if got == kernel or last else None
 
             assert retry(control_plane_counts, 20.0, 0.2, "control plane totals") == kernel
+            m = scrape(f"http://127.0.0.1:{port}/metrics")  # both sinks behind the fan-out
+            assert (sample(m, "sennet_agent_otlp_exported_total", signal="metrics") or 0) > 0
+            for counter in ("rejected", "failed", "dropped"):
+                assert sample(m, f"sennet_agent_otlp_{counter}_total", signal="logs") == 0
+            assert sample(m, "sennet_agent_otlp_endpoint_active", endpoint=endpoint) == 1
             assert a.stop() == 0, a.log()
         assert cp.stop() == 0, cp.log()
     assert {x.headers.get("authorization") for x in rx.arrivals} == {secret}
