@@ -326,13 +326,13 @@ def _handler(rx: OtlpReceiver) -> type[BaseHTTPRequestHandler]:
                 response = (
                     ms.ExportMetricsServiceResponse(
                         partial_success=ms.ExportMetricsPartialSuccess(
-                            rejected_data_points=fault.rejected
+                            rejected_data_points=fault.rejected, error_message="told to reject"
                         )
                     )
                     if signal == METRICS
                     else ls.ExportLogsServiceResponse(
                         partial_success=ls.ExportLogsPartialSuccess(
-                            rejected_log_records=fault.rejected
+                            rejected_log_records=fault.rejected, error_message="told to reject"
                         )
                     )
                 )

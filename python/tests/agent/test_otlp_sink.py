@@ -97,23 +97,37 @@ def test_a_throttling_hint_delays_the_next_attempt_at_least_that_long(protocol: 
         assert sink.stats().retries[METRICS] == 1
 
 
-def test_resource_exhausted_without_retry_info_is_not_retried_and_counted_as_failed() -> None:
+@pytest.mark.parametrize(
+    ("protocol", "fault"), [("grpc", "exhausted"), ("grpc", "invalid"), ("http", "invalid")]
+)
+def test_a_permanent_refusal_is_not_retried_and_its_points_are_counted_as_failed(
+    protocol: str, fault: str
+) -> None:
+    """RESOURCE_EXHAUSTED without RetryInfo, INVALID_ARGUMENT, HTTP 400: dropped, counted."""
     with OtlpReceiver() as rx:
-        rx.fail("exhausted", times=1, signal=METRICS)
-        sink = sink_for(options(rx.grpc_endpoint))
+        rx.fail(fault, times=1, signal=METRICS)
+        endpoint = rx.grpc_endpoint if protocol == "grpc" else rx.http_endpoint
+        sink = sink_for(options(endpoint))
         try:
             sink.send(snap(3))
             assert sink.flush(10)
-            points = len(rx.arrivals[0].request.resource_metrics[0].scope_metrics[0].metrics)  # type: ignore[union-attr]
         finally:
             sink.close()
-        assert [a.answer for a in rx.arrivals if a.signal == METRICS] == ["exhausted"]
-        assert sink.stats().failed[METRICS] > 0 and sink.stats().retries[METRICS] == 0
-        assert points > 0
+        (refused,) = [a for a in rx.arrivals if a.signal == METRICS]
+        assert refused.answer == fault
+        points = 0
+        for rm in refused.request.resource_metrics:  # type: ignore[union-attr]
+            for m in rm.scope_metrics[0].metrics:
+                kind = m.WhichOneof("data")
+                points += len(getattr(m, kind).data_points) if kind else 0
+        assert (sink.stats().failed[METRICS], sink.stats().retries[METRICS]) == (points, 0)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_a_partial_success_is_counted_exactly_and_exported_next_time(protocol: str) -> None:
+def test_a_partial_success_is_counted_exactly_and_exported_next_time(
+    protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sennet.agent.sinks.otlp")
     with OtlpReceiver() as rx:
         rx.fail("partial", times=1, rejected=7, signal=METRICS)
         rx.fail("partial", times=1, rejected=1, signal=LOGS)
@@ -128,6 +142,9 @@ def test_a_partial_success_is_counted_exactly_and_exported_next_time(protocol: s
         finally:
             sink.close()
         assert (stats.rejected[METRICS], stats.rejected[LOGS]) == (7, 1)
+        said = [r for r in caplog.records if r.getMessage() == "otlp_partial_success"]
+        logged = [(r.fields["rejected"], r.fields["message"]) for r in said]  # type: ignore[attr-defined]
+        assert logged == [(7, "told to reject"), (1, "told to reject")]
         assert rx.value("sennet.agent.otlp.rejected", signal="metrics") == 7.0
         assert rx.value("sennet.agent.otlp.rejected", signal="logs") == 1.0
         sent_logs = 4  # two events, started, attached

@@ -341,7 +341,7 @@ class OtlpSink:
             batch.attempts += 1
             out = ep.transport.export(batch.signal, batch.body)
             if out.ok:
-                self._succeeded(i, batch, out.rejected)
+                self._succeeded(i, batch, out.rejected, out.message)
                 return True, 0.0
             if not out.retryable:
                 with self._lock:
@@ -379,7 +379,7 @@ class OtlpSink:
         soonest = min(ep.not_before for ep in self._eps)
         return False, max(0.0, soonest - time.monotonic())
 
-    def _succeeded(self, i: int, batch: Batch, rejected: int) -> None:
+    def _succeeded(self, i: int, batch: Batch, rejected: int, message: str) -> None:
         ep = self._eps[i]
         text = ep.transport.endpoint.text
         if ep.failures:
@@ -404,4 +404,5 @@ class OtlpSink:
                 signal=batch.signal,
                 rejected=rejected,
                 items=batch.items,
+                message=message,
             )

@@ -65,6 +65,7 @@ class Outcome:
     retry_after_s: float | None = None  # the server's throttling hint
     rejected: int = 0  # partial success: items the receiver refused
     error: str = ""  # short and free of secrets: a status code or "HTTP 503"
+    message: str = ""  # a partial success's error_message, from the collector
 
 
 def rejected_count(
@@ -136,8 +137,8 @@ class GrpcTransport:
                 code == grpc.StatusCode.RESOURCE_EXHAUSTED and hint is not None
             )
             return Outcome(False, retryable, hint, error=code.name)
-        rejected, _message = rejected_count(signal, response)
-        return Outcome(True, rejected=rejected)
+        rejected, message = rejected_count(signal, response)
+        return Outcome(True, rejected=rejected, message=message[:200])
 
     def close(self) -> None:
         self._channel.close()
@@ -211,10 +212,10 @@ class HttpTransport:
             if response.getheader("Content-Encoding", "") == "gzip":
                 data = gzip.decompress(data)
             try:
-                rejected, _message = rejected_count(signal, RESPONSES[signal].FromString(data))
+                rejected, message = rejected_count(signal, RESPONSES[signal].FromString(data))
             except Exception:  # a 2xx with a body we cannot read still accepted the data
-                rejected = 0
-            return Outcome(True, rejected=rejected)
+                rejected, message = 0, ""
+            return Outcome(True, rejected=rejected, message=message[:200])
         retryable = response.status in RETRYABLE_HTTP
         hint = parse_retry_after(response.getheader("Retry-After")) if retryable else None
         if response.getheader("Connection", "").lower() == "close":
