@@ -22,7 +22,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sennet import __version__
@@ -32,6 +32,7 @@ from sennet.agent.sinks.otlp.notable import NotableHandler
 from sennet.agent.sinks.otlp.queue import Batch, ExportQueue
 from sennet.agent.sinks.otlp.resource import OS_RELEASE, build_resource
 from sennet.agent.sinks.otlp.settings import OtlpOptions
+from sennet.agent.sinks.otlp.stats import OtlpStats, own_metrics
 from sennet.agent.sinks.otlp.transport import LOGS, METRICS, Transport, make_transport
 from sennet.agent.sinks.protocol import OwnMetric
 from sennet.agent.snapshot import Event, Snapshot
@@ -39,7 +40,6 @@ from sennet.common.log import event
 
 log = logging.getLogger("sennet.agent.sinks.otlp")
 
-SIGNALS = (METRICS, LOGS)
 MAX_RECORDS_PER_BATCH = 2048
 MAX_NOTABLE = 1024
 
@@ -55,17 +55,6 @@ class _Endpoint:
     transport: Transport
     failures: int = 0
     not_before: float = 0.0  # monotonic
-
-
-@dataclass
-class OtlpStats:
-    exported: Counter[str] = field(default_factory=Counter)  # items accepted
-    rejected: Counter[str] = field(default_factory=Counter)  # partial success: refused items
-    failed: Counter[str] = field(default_factory=Counter)  # items of permanently refused batches
-    dropped: Counter[str] = field(default_factory=Counter)  # items dropped by the agent
-    retries: Counter[str] = field(default_factory=Counter)  # retryable failed attempts
-    failovers: int = 0
-    active: str = ""
 
 
 class OtlpSink:
@@ -245,59 +234,9 @@ class OtlpSink:
         return self._queue
 
     def own_metrics(self) -> list[OwnMetric]:
-        s = self.stats()
-
-        def by_signal(
-            counts: Counter[str],
-        ) -> tuple[tuple[tuple[tuple[str, str], ...], float], ...]:
-            return tuple(((("signal", sig),), float(counts[sig])) for sig in SIGNALS)
-
-        def counter(name: str, help: str, counts: Counter[str]) -> OwnMetric:
-            return OwnMetric(
-                f"sennet.agent.otlp.{name}", help, "counter", "{item}", by_signal(counts)
-            )
-
-        endpoints = tuple(
-            ((("endpoint", ep.transport.endpoint.text),), float(i == self._active))
-            for i, ep in enumerate(self._eps)
-        )
-        return [
-            counter(
-                "exported", "Items (data points, log records) a collector accepted", s.exported
-            ),
-            counter("rejected", "Items a collector refused in a partial success", s.rejected),
-            counter("failed", "Items of batches refused with a permanent error", s.failed),
-            counter("dropped", "Items dropped by the agent: export queue full", s.dropped),
-            counter("retries", "Export attempts that failed and will be retried", s.retries),
-            OwnMetric(
-                "sennet.agent.otlp.failovers",
-                "Changes of the endpoint in use",
-                "counter",
-                "{change}",
-                (((), float(s.failovers)),),
-            ),
-            OwnMetric(
-                "sennet.agent.otlp.queue.size",
-                "Bytes of encoded batches waiting",
-                "gauge",
-                "By",
-                (((), float(self._queue.bytes)),),
-            ),
-            OwnMetric(
-                "sennet.agent.otlp.queue.capacity",
-                "The export queue's limit",
-                "gauge",
-                "By",
-                (((), float(self._queue.limit)),),
-            ),
-            OwnMetric(
-                "sennet.agent.otlp.endpoint.active",
-                "1 for the endpoint in use",
-                "gauge",
-                "1",
-                endpoints,
-            ),
-        ]
+        """The exporter's own figures, for the next export and the agent's /metrics."""
+        endpoints = [ep.transport.endpoint.text for ep in self._eps]
+        return own_metrics(self.stats(), self._queue, endpoints, self._active)
 
     # -- the sender thread ----------------------------------------------------------
 
