@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import socket
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -284,3 +285,17 @@ def test_a_transient_refusal_is_retried_until_the_batch_is_delivered(
         stats = sink.stats()
         assert (stats.retries[METRICS], stats.failed[METRICS]) == (2, 0)
         assert rx.value("sennet.interface.packets", **RX) == 8
+
+
+def test_close_returns_promptly_while_a_collector_never_answers() -> None:
+    """A collector that accepts the connection and then says nothing (a black hole)."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)
+        sink = sink_for(options(f"http://127.0.0.1:{hole.getsockname()[1]}", timeout_s=30.0))
+        sink.send(snap(1))
+        time.sleep(0.3)  # the sender is now waiting for an answer
+        started = time.monotonic()
+        sink.close()
+        took = time.monotonic() - started
+    assert took < 2.0 + 2.5, took  # the flush budget, then the call is cut, not waited out

@@ -202,9 +202,9 @@ class OtlpSink:
         with self._wake:
             self._abandon = True
             self._wake.notify()
-        self._thread.join(timeout=self._opts.timeout_s + 1)
-        for ep in self._eps:
+        for ep in self._eps:  # cancels a call in flight: no wait for its deadline
             ep.transport.close()
+        self._thread.join(timeout=2.0)
         if not delivered:
             event(
                 log,
