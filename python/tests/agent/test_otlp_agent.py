@@ -87,6 +87,12 @@ def test_the_agent_exports_the_kernels_counts_and_the_control_plane_gets_the_sam
                 rx.accepted("metrics")[-1].request.resource_metrics[0].resource.attributes  # type: ignore[union-attr]
             )
             agent_id = resource["host.id"]
+            # Cumulative series start when the pinned counters were created (the pin's inode).
+            pinned = (pin_root / "sennet" / "COUNTERS").stat().st_ctime_ns
+            starts = {
+                p.start_time_unix_nano for p in rx.latest_points("sennet.interface.bytes").values()
+            }
+            assert starts == {pinned}
 
             def control_plane_counts(last: bool) -> LinkStats | None:
                 s = cp.samples()
