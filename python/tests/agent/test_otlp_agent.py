@@ -10,6 +10,7 @@ agent, and the scapy frames' own fields for the event records.
 from __future__ import annotations
 
 import collections
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from opentelemetry.proto.logs.v1 import logs_pb2
 
 from sennet.common.retry import retry
-from sennet.testing.agent import READY, agent
+from sennet.testing.agent import READY, agent, run_cli
 from sennet.testing.controlplane import create_bootstrap_token, running
 from sennet.testing.linkstats import LinkStats, link_stats, settled
 from sennet.testing.netlab import VethPair
@@ -182,3 +183,34 @@ def events_of(rx: OtlpReceiver) -> list[tuple[logs_pb2.LogRecord, dict[str, Any]
         for r in rx.log_records()
         if r.event_name.startswith("sennet.event.")
     ]
+
+
+def test_a_restarted_agent_continues_the_same_series_and_a_reset_starts_new_ones(
+    net: VethPair, pin_root: Path, tmp_path: Path
+) -> None:
+    frames = [c.frame for c in cases()]
+    seen: list[tuple[int, int]] = []  # (start time, rx packets) per agent run
+    with OtlpReceiver() as rx:
+        args = base_args(net, pin_root, tmp_path, "--otlp-endpoints", rx.http_endpoint)
+        for run in range(3):
+            if run == 2:
+                result = run_cli("", ["reset", "--pin-dir", str(pin_root / "sennet")])
+                assert result.returncode == 0, result.stderr
+            with agent("", args, tmp_path / "agent.log") as a:
+                a.wait_for_log(READY, count=run + 1)
+                net.send_to_a(frames)
+                total = settled(net.ns_a, net.if_a).rx_packets
+                want = total if run < 2 else len(frames)  # after the reset: this run's only
+                rx.wait_until("this run's totals", partial(has_rx_packets, rx, net.if_a, want))
+                (point,) = [p for k, p in rx.latest_points("sennet.interface.packets").items()
+                            if ("network.io.direction", "receive") in k]  # fmt: skip
+                seen.append((point.start_time_unix_nano, point.as_int))
+                assert a.stop() == 0, a.log()
+    assert [n for _, n in seen] == [len(frames), 2 * len(frames), len(frames)]
+    assert seen[0][0] == seen[1][0]  # one series across the restart
+    assert seen[2][0] > seen[1][0]  # the maps were recreated: a new series
+
+
+def has_rx_packets(rx: OtlpReceiver, ifname: str, want: int) -> bool:
+    attrs = {"network.interface.name": ifname, "network.io.direction": "receive"}
+    return bool(rx.value("sennet.interface.packets", **attrs) == want)
