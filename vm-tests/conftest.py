@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from sennet.common import log as slog
 from sennet.testing.controlplane import ControlPlane
+from sennet.testing.otlp_receiver import OtlpReceiver
 from sennet.testing.vm.appliance import Appliance, booted
 from sennet.testing.vm.guest import agent_id
 
@@ -90,17 +91,29 @@ def control_plane(workdir: Path) -> Iterator[ControlPlane]:
         yield cp
 
 
-def provisioning(cp: ControlPlane) -> dict[str, str]:
-    return {
+def provisioning(cp: ControlPlane, otlp: OtlpReceiver | None = None) -> dict[str, str]:
+    settings = {
         "control_plane": f"10.0.2.2:{cp.grpc_port}",
         "bootstrap_token": cp.token,
         "interval_s": str(INTERVAL_S),
     }
+    if otlp is not None:  # the host's loopback, as the guest reaches it
+        settings["otlp_endpoints"] = f"grpc://10.0.2.2:{otlp.grpc_port}"
+    return settings
 
 
 @pytest.fixture(scope="session")
-def appliance(workdir: Path, ssh_key: Path, control_plane: ControlPlane) -> Iterator[Appliance]:
-    with booted("vm1", workdir, ssh_key, provisioning(control_plane)) as vm:
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """An OTLP receiver (official collector services) on the host's loopback."""
+    with OtlpReceiver() as rx:
+        yield rx
+
+
+@pytest.fixture(scope="session")
+def appliance(
+    workdir: Path, ssh_key: Path, control_plane: ControlPlane, otlp_receiver: OtlpReceiver
+) -> Iterator[Appliance]:
+    with booted("vm1", workdir, ssh_key, provisioning(control_plane, otlp_receiver)) as vm:
         settle(vm)
         (workdir / "vm1.env").write_text(
             json.dumps(

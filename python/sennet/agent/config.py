@@ -10,6 +10,7 @@ and what was expected.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import mmap
 import os
 import tomllib
@@ -18,6 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from sennet.agent.sinks.otlp.settings import check_endpoints, check_headers
 from sennet.common.errors import UserError
 
 ENV_PREFIX = "SENNET_"
@@ -78,6 +80,10 @@ def _ifaces(v: Any) -> str | None:
 
 def _table_size(v: Any) -> str | None:
     return None if 1024 <= v <= 1 << 24 else "1024..16777216"
+
+
+def _compression(v: Any) -> str | None:
+    return None if v in ("gzip", "none") else '"gzip" or "none"'
 
 
 def _priority(v: Any) -> str | None:
@@ -154,6 +160,41 @@ SETTINGS: tuple[Setting, ...] = (
         _positive,
     ),
     Setting("dns_top_names", "int", 10, "query names in each DNS top list", _positive),
+    Setting(
+        "otlp_endpoints",
+        "list",
+        [],
+        "OTLP collectors, in order of preference: grpc://, grpcs://, http://, https:// "
+        "host:port[/path] (empty = no OTLP export)",
+        check_endpoints,
+    ),
+    Setting(
+        "otlp_headers",
+        "str",
+        "",
+        "headers sent with every OTLP export, key=value,... (backend auth; never logged)",
+        check_headers,
+        secret=True,
+    ),
+    Setting("otlp_tls_ca", "str", "", "CA bundle (PEM) for grpcs:// and https:// endpoints"),
+    Setting("otlp_tls_server_name", "str", "", "expected TLS server name of OTLP endpoints"),
+    Setting("otlp_tls_cert", "str", "", "client certificate (PEM) for OTLP over mTLS"),
+    Setting("otlp_tls_key", "str", "", "private key (PEM) of otlp_tls_cert"),
+    Setting(
+        "otlp_queue_bytes",
+        "int",
+        8 << 20,
+        "bytes of encoded exports held while collectors are unreachable",
+        _positive,
+    ),
+    Setting("otlp_timeout_s", "float", 10.0, "deadline of one OTLP export call", _positive),
+    Setting(
+        "otlp_failback",
+        "bool",
+        True,
+        "return to the first OTLP endpoint once it answers again (false: stay where it works)",
+    ),
+    Setting("otlp_compression", "str", "gzip", '"gzip" or "none"', _compression),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -186,6 +227,16 @@ class AgentConfig:
     run_as: str
     dns_timeout: float
     dns_top_names: int
+    otlp_endpoints: tuple[str, ...]
+    otlp_headers: str
+    otlp_tls_ca: str
+    otlp_tls_server_name: str
+    otlp_tls_cert: str
+    otlp_tls_key: str
+    otlp_queue_bytes: int
+    otlp_timeout_s: float
+    otlp_failback: bool
+    otlp_compression: str
 
     def public_view(self) -> dict[str, Any]:
         """Settings for logs and `config show`: secrets replaced."""
@@ -347,7 +398,8 @@ def build(
                 if src not in ("environment", "flags", "default")
                 else (f"{s.name} (from {src})")
             )
-            raise UserError(f"{where}: expected {complaint}, got {merged[s.name]!r}")
+            got = "a value (not shown: secret)" if s.secret else repr(merged[s.name])
+            raise UserError(f"{where}: expected {complaint}, got {got}")
     if merged["bootstrap_token"] and not merged["control_plane"]:
         raise UserError(
             "bootstrap_token is set but control_plane is empty", hint="set both or neither"
@@ -359,6 +411,14 @@ def build(
             "tls_cert is set but tls_ca is empty",
             hint="a client certificate is only sent over TLS: set tls_ca to verify the server",
         )
+    if bool(merged["otlp_tls_cert"]) != bool(merged["otlp_tls_key"]):
+        raise UserError("otlp_tls_cert and otlp_tls_key go together", hint="set both or neither")
+    if merged["otlp_endpoints"] and importlib.util.find_spec("opentelemetry.proto") is None:
+        raise UserError(
+            "otlp_endpoints is set but this installation has no opentelemetry-proto",
+            hint="install the agent with its dependencies, or leave otlp_endpoints empty",
+        )
+    merged["otlp_endpoints"] = tuple(merged["otlp_endpoints"])
     merged["interfaces"] = tuple(merged["interfaces"])
     if len(set(merged["interfaces"])) != len(merged["interfaces"]):
         raise UserError(f"interfaces lists a name twice: {list(merged['interfaces'])}")

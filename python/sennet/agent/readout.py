@@ -14,13 +14,21 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from sennet.agent.sinks.fanout import own_metrics_of
+from sennet.agent.sinks.protocol import OwnMetric
 from sennet.agent.snapshot import Snapshot
 
 
 class SnapshotCollector(Collector):
-    def __init__(self, snapshot: Callable[[], Snapshot], agent_id: str) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        agent_id: str,
+        sink: Callable[[], object] = lambda: None,
+    ) -> None:
         self._snapshot = snapshot
         self._agent_id = agent_id
+        self._sink = sink  # its own metrics (OTLP exports, drops) are shown too
 
     def collect(self) -> Iterator[Any]:
         snap = self._snapshot()
@@ -74,11 +82,34 @@ class SnapshotCollector(Collector):
             "Events decoded by this agent process",
             value=snap.events_consumed,
         )
+        sink = self._sink()
+        yield from own_families(own_metrics_of([sink] if sink is not None else []))
 
 
-def serve(listen: str, snapshot: Callable[[], Snapshot], agent_id: str) -> tuple[Any, Any]:
+def own_families(metrics: list[OwnMetric]) -> Iterator[Any]:
+    """A sink's own metrics in Prometheus form: dots become underscores."""
+    for m in metrics:
+        name = m.name.replace(".", "_")
+        labels = sorted({k for attrs, _ in m.points for k, _ in attrs})
+        family: CounterMetricFamily | GaugeMetricFamily = (
+            CounterMetricFamily(name, m.help, labels=labels)
+            if m.kind == "counter"
+            else GaugeMetricFamily(name, m.help, labels=labels)
+        )
+        for attrs, value in m.points:
+            given = dict(attrs)
+            family.add_metric([given.get(k, "") for k in labels], value)
+        yield family
+
+
+def serve(
+    listen: str,
+    snapshot: Callable[[], Snapshot],
+    agent_id: str,
+    sink: Callable[[], object] = lambda: None,
+) -> tuple[Any, Any]:
     """Start the HTTP endpoint in a daemon thread; returns (server, thread) for shutdown."""
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot, agent_id))
+    registry.register(SnapshotCollector(snapshot, agent_id, sink))
     return start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=registry)

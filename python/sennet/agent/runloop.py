@@ -43,9 +43,20 @@ SinkFactory = Callable[[AgentConfig, str], SnapshotSink]
 
 
 def default_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
-    """gRPC to the control plane when one is configured, else a log line per interval."""
-    if not cfg.control_plane:
-        return LogSink()
+    """gRPC to the control plane and/or OTLP, as configured; else a log line per interval."""
+    sinks: list[SnapshotSink] = [_control_plane_sink(cfg, agent_id)] if cfg.control_plane else []
+    if cfg.otlp_endpoints:
+        from sennet.agent.sinks import otlp
+
+        sinks.append(otlp.make_sink(cfg, agent_id))
+    if len(sinks) == 1:
+        return sinks[0]
+    from sennet.agent.sinks.fanout import FanoutSink
+
+    return FanoutSink(sinks) if sinks else LogSink()
+
+
+def _control_plane_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
     from sennet.agent.sinks.controlplane_grpc import SinkOptions, make_sink
 
     return make_sink(
@@ -139,7 +150,7 @@ class Agent:
         self._threads.append(watch)
         if self.cfg.metrics_listen:
             self._http = readout.serve(
-                self.cfg.metrics_listen, self.snapshot_for_scrape, self.agent_id
+                self.cfg.metrics_listen, self.snapshot_for_scrape, self.agent_id, lambda: self.sink
             )
         event(
             log,

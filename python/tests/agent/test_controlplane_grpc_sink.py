@@ -18,8 +18,8 @@ from sennet.agent.datapath.layout import Direction, EventKind
 from sennet.agent.sinks.controlplane_grpc import GrpcSink, SinkOptions, backoff_delay, make_sink
 from sennet.agent.sinks.heartbeat_message import event_to_proto
 from sennet.agent.snapshot import Event, InterfaceCounters, Snapshot
-from sennet.common.proc import run
 from sennet.testing.controlplane import Served, cli, create_bootstrap_token, running
+from sennet.testing.pki import make_pki
 from sennet.testing.ports import free_port
 from sennet.testing.scrape import sample
 
@@ -292,73 +292,8 @@ def test_every_acknowledged_heartbeat_survives_a_control_plane_crash(fresh: Serv
 # -- TLS --------------------------------------------------------------------------------
 
 
-def _pki(d: Path) -> dict[str, Path]:
-    """A CA, a server certificate for controlplane.test and a client certificate (openssl)."""
-
-    def ossl(*args: str) -> None:
-        run(["openssl", *args])
-
-    p = {n: d / f"{n}.pem" for n in ("ca", "ca-key", "srv", "srv-key", "cli", "cli-key")}
-    ossl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        str(p["ca-key"]),
-        "-out",
-        str(p["ca"]),
-        "-subj",
-        "/CN=sennet test CA",
-        "-days",
-        "2",
-    )
-    for name, cn, ext in (
-        ("srv", "controlplane.test", "subjectAltName=DNS:controlplane.test"),
-        ("cli", "agent", "extendedKeyUsage=clientAuth"),
-    ):
-        csr = d / f"{name}.csr"
-        ossl(
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(p[f"{name}-key"]),
-            "-out",
-            str(csr),
-            "-subj",
-            f"/CN={cn}",
-        )
-        extfile = d / f"{name}.ext"
-        extfile.write_text(ext + "\n")
-        ossl(
-            "x509",
-            "-req",
-            "-in",
-            str(csr),
-            "-CA",
-            str(p["ca"]),
-            "-CAkey",
-            str(p["ca-key"]),
-            "-CAcreateserial",
-            "-out",
-            str(p[name]),
-            "-days",
-            "2",
-            "-extfile",
-            str(extfile),
-        )
-    return p
-
-
 def test_the_sink_talks_tls_and_verifies_the_server_name(tmp_path: Path) -> None:
-    pki = _pki(tmp_path)
+    pki = make_pki(tmp_path)
     db = tmp_path / "cp.db"
     bootstrap = create_bootstrap_token(db)
     agent_id = str(uuid.uuid4())
@@ -390,7 +325,7 @@ def test_the_sink_talks_tls_and_verifies_the_server_name(tmp_path: Path) -> None
 
 
 def test_client_certificates_are_required_when_a_client_ca_is_configured(tmp_path: Path) -> None:
-    pki = _pki(tmp_path)
+    pki = make_pki(tmp_path)
     db = tmp_path / "cp.db"
     bootstrap = create_bootstrap_token(db)
     tls = [

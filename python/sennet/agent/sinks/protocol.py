@@ -9,6 +9,7 @@ to come) implements this one protocol, so the run loop never knows which it has.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from sennet.agent.snapshot import Snapshot
@@ -21,4 +22,29 @@ class SnapshotSink(Protocol):
 
     def close(self) -> None:
         """Deliver what is pending if that is quick, then release threads and connections."""
+        ...
+
+
+Attrs = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class OwnMetric:
+    """One of a sink's own figures (exports, drops, queue size), for every read-out.
+
+    `name` is dotted as OpenTelemetry names are ("sennet.agent.otlp.dropped");
+    the agent's /metrics shows it with underscores (and `_total` for counters),
+    which is also what an OTLP-to-Prometheus conversion makes of it.
+    """
+
+    name: str
+    help: str
+    kind: str  # "counter" (cumulative since the sink started) or "gauge"
+    unit: str
+    points: tuple[tuple[Attrs, float], ...]
+
+
+class ReportsOwnMetrics(Protocol):
+    def own_metrics(self) -> list[OwnMetric]:
+        """The sink's figures now; cheap, safe to call from any thread."""
         ...

@@ -71,7 +71,8 @@ settings_from_cmdline < /proc/cmdline >> "$settings"
 # The agent's overrides (SENNET_* environment, read as data by supervise-agent).
 : > /run/sennet/agent.env
 chmod 0600 /run/sennet/agent.env
-for key in control_plane bootstrap_token interfaces tls_server_name metrics_listen log_level interval_s; do
+for key in control_plane bootstrap_token interfaces tls_server_name metrics_listen log_level interval_s \
+        otlp_endpoints; do
     v=$(setting "$key" "$settings")
     if [ -n "$v" ]; then
         upper=$(echo "$key" | tr a-z A-Z)

@@ -24,6 +24,8 @@ settings_check() {
         bootstrap_token) settings_only "$2" 'A-Za-z0-9._~+/=-' ;;
         interfaces) settings_only "$2" 'A-Za-z0-9_.,-' ;;
         tls_server_name) settings_only "$2" 'A-Za-z0-9.-' ;;
+        otlp_endpoints) settings_only "$2" 'A-Za-z0-9.:/,_-' &&
+            case "$2" in grpc://* | grpcs://* | http://* | https://*) true;; *) false;; esac ;;
         log_level) case "$2" in debug | info | warning | error | critical) true;; *) false;; esac ;;
         interval_s) settings_only "$2" '0-9.' ;;
         ssh_key) settings_only "$2" 'A-Za-z0-9+/=:@._-' ;;  # test variant's rc.test
