@@ -125,7 +125,7 @@ def test_the_agent_exports_the_kernels_counts_and_the_control_plane_gets_the_sam
 def test_after_an_outage_totals_and_every_event_arrive_with_a_bounded_queue_and_backoff(
     net: VethPair, pin_root: Path, tmp_path: Path
 ) -> None:
-    limit = 16384
+    limit = 65536  # a few metrics exports (each ~10 KB with DNS and TCP health) and the events
     port = free_port()
     with OtlpReceiver() as rx:
         rx.stop()  # down from the start: several intervals pass before it comes up
