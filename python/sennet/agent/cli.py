@@ -106,7 +106,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     ensure_pin_dir(cfg.pin_dir)
     scratch = Path(tempfile.mkdtemp(prefix="check_", dir=cfg.pin_dir))  # bpffs refuses "." in names
     manager = DatapathManager(
-        options=DatapathOptions(cfg.bpf_dir, scratch, cfg.ringbuf_bytes, cfg.large_packet_bytes),
+        options=DatapathOptions(
+            cfg.bpf_dir, scratch, cfg.ringbuf_bytes, cfg.large_packet_bytes, cfg.flow_capacity
+        ),
         loader=cfg.loader,
         tc_priority=cfg.tc_priority,
         state_dir=cfg.state_dir,

@@ -71,6 +71,7 @@ class Agent:
                 pin_dir=cfg.pin_dir,
                 ringbuf_bytes=cfg.ringbuf_bytes,
                 large_packet_bytes=cfg.large_packet_bytes,
+                flow_capacity=cfg.flow_capacity,
             ),
             loader=cfg.loader,
             tc_priority=cfg.tc_priority,

@@ -23,9 +23,15 @@ MAP_IFSLOTS = "IFSLOTS"
 MAP_EV_COUNTS = "EV_COUNTS"  # events detected, by kind (cumulative, pinned)
 MAP_RB_DROPS = "RB_DROPS"  # events lost because the ring was full, by kind
 MAP_EVENTS = "EVENTS"
-PINNED_MAPS = (MAP_COUNTERS, MAP_IFSLOTS, MAP_EV_COUNTS, MAP_RB_DROPS)
+MAP_FLOW_STATS = "FLOW_STATS"  # flows created (cumulative, pinned), packets left untracked
+MAP_FLOWS = "FLOWS"  # the flow LRU: not pinned, sized at load (flow_capacity)
+MAP_BURSTS = "BURSTS"  # microburst windows per counter slot
+MAP_BURST_EPOCH = "BURST_EPOCH"  # the agent's interval number, read by the programs
+PINNED_MAPS = (MAP_COUNTERS, MAP_IFSLOTS, MAP_EV_COUNTS, MAP_RB_DROPS, MAP_FLOW_STATS)
+FLOW_MAPS = (MAP_FLOWS, MAP_BURSTS, MAP_BURST_EPOCH)  # handed to the agent, not pinned
 
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_RINGBUF = 27
 
@@ -153,3 +159,25 @@ FLOW_DTYPE = np.dtype(
 )
 FLOW_ENDED = 0x01  # FIN or RST seen
 FLOW_SEQ_VALID = 0x02
+
+# -- flow bookkeeping and microbursts (sennet_tc.h, flows.h) -------------------
+
+FLOW_CAPACITY_DEFAULT = 262144  # SENNET_FLOW_CAPACITY; the loaders set the configured size
+FLOW_STAT_CREATED = 0
+FLOW_STAT_UNTRACKED = 1
+FLOW_STATS = 2
+MAP_SPECS[MAP_FLOW_STATS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, FLOW_STATS)
+
+BURST_WINDOWS_MS = (1, 10)
+BURST_WIN_DTYPE = np.dtype(
+    [
+        ("id", "<u8"),
+        ("packets", "<u8"),
+        ("bytes", "<u8"),
+        ("max_packets", "<u8", (2,)),  # by epoch parity
+        ("max_bytes", "<u8", (2,)),
+    ]
+)
+BURST_DTYPE = np.dtype(
+    [("lock", "<u4"), ("epoch", "<u4"), ("w1", BURST_WIN_DTYPE), ("w10", BURST_WIN_DTYPE)]
+)

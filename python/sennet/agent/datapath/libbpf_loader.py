@@ -50,7 +50,7 @@ def load(opts: DatapathOptions, object_name: str = OBJECT_NAME) -> LoadedDatapat
             )
             progs[name] = lb.check(lb.lib.bpf_program__fd(prog), f"fd of {name}")
         map_fds = {}
-        for name in (*layout.PINNED_MAPS, layout.MAP_EVENTS):
+        for name in (*layout.PINNED_MAPS, layout.MAP_EVENTS, *layout.FLOW_MAPS):
             m = lb.check_ptr(lb.lib.bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
             map_fds[name] = lb.check(lb.lib.bpf_map__fd(m), f"fd of map {name}")
     except BaseException:
@@ -88,6 +88,10 @@ def _configure(obj: int, opts: DatapathOptions) -> None:
     # Pinned too: events the agent had not read yet when it stopped wait for the next one.
     pin = str(opts.pin_dir / layout.MAP_EVENTS).encode()
     lb.check(lb.lib.bpf_map__set_pin_path(events, pin), "pin EVENTS")
+    flows = lb.check_ptr(
+        lb.lib.bpf_object__find_map_by_name(obj, layout.MAP_FLOWS.encode()), "map FLOWS"
+    )
+    lb.check(lb.lib.bpf_map__set_max_entries(flows, opts.flow_capacity), "flow capacity")
     _set_tunables(obj, {layout.TUNABLE_LARGE_PACKET: opts.large_packet_bytes})
 
 

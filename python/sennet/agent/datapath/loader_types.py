@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sennet.agent.datapath.layout import FLOW_CAPACITY_DEFAULT
+
 
 @dataclass(frozen=True)
 class DatapathOptions:
@@ -19,6 +21,7 @@ class DatapathOptions:
     pin_dir: Path  # on a bpf filesystem
     ringbuf_bytes: int  # power of two, multiple of the page size
     large_packet_bytes: int
+    flow_capacity: int = FLOW_CAPACITY_DEFAULT  # max_entries of the flow LRU
 
 
 @dataclass
