@@ -45,7 +45,7 @@ from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.agent.telemetry import FlowReport, Talker
 
-CHUNK = 8192  # entries per BPF_MAP_LOOKUP_BATCH call (about 850 KB of buffers)
+CHUNK = 32768  # entries per BPF_MAP_LOOKUP_BATCH call (about 3.4 MB of buffers)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _MIX2 = np.uint64(0xBF58476D1CE4E5B9)
 _KEY_WORDS = layout.FLOW_KEY_DTYPE.itemsize // 8
@@ -163,7 +163,7 @@ class FlowTracker:
                 self._chunk(self._keys[:count], self._vals[:count], now_ns, cutoff_ns, walk)
             if done:
                 break
-        order = np.argsort(cur.ids[: cur.n], kind="stable")
+        order = np.argsort(cur.ids[: cur.n])
         for arr in (cur.ids, cur.packets, cur.bytes):
             arr[: cur.n] = arr[: cur.n][order]
         self.evicted_total += self._prev.n - walk.matched
@@ -177,41 +177,56 @@ class FlowTracker:
         self, keys: np.ndarray, vals: np.ndarray, now_ns: int, cutoff_ns: int, walk: _Walk
     ) -> None:
         prev = self._prev
-        ids = flow_ids(keys, vals["first_ns"])
+        first_ns = vals["first_ns"]
+        ids = flow_ids(keys, first_ns)
+        # Sorted needles: searchsorted then walks prev almost in order (4x faster on 1M).
+        # Only the columns the join needs are permuted; rows are picked through `order`.
+        order = np.argsort(ids)
+        ids = ids[order]
+        packets = vals["packets"][order]
+        bytes_ = vals["bytes"][order]
         if prev.n:
-            pos = np.minimum(np.searchsorted(prev.ids[: prev.n], ids), prev.n - 1)
+            pos = np.searchsorted(prev.ids[: prev.n], ids)
+            np.minimum(pos, prev.n - 1, out=pos)
             found = prev.ids[pos] == ids
-            base_p = np.where(found, prev.packets[pos], 0)
-            base_b = np.where(found, prev.bytes[pos], 0)
+            base_p, base_b = prev.packets[pos], prev.bytes[pos]
+            base_p[~found] = 0
+            base_b[~found] = 0
+            d_packets = (packets - base_p).view(np.int64)
+            d_bytes = (bytes_ - base_b).view(np.int64)
         else:
             found = np.zeros(len(ids), bool)
-            base_p = base_b = np.zeros(len(ids), np.uint64)
-        d_packets = (vals["packets"] - base_p).astype(np.int64)
-        d_bytes = (vals["bytes"] - base_b).astype(np.int64)
-        new = ~found
-        young = new & (vals["first_ns"] >= np.uint64(cutoff_ns))
+            d_packets, d_bytes = packets.view(np.int64), bytes_.view(np.int64)
+        matched = int(np.count_nonzero(found))
+        young = int(np.count_nonzero(~found & (first_ns[order] >= np.uint64(cutoff_ns))))
         walk.read += len(ids)
-        walk.matched += int(np.count_nonzero(found))
-        walk.young += int(np.count_nonzero(young))
-        walk.appeared += int(np.count_nonzero(new)) - int(np.count_nonzero(young))
+        walk.matched += matched
+        walk.young += young
+        walk.appeared += len(ids) - matched - young
         # last_ns may be a little after now_ns (packets during the walk): compare signed.
-        idle = vals["last_ns"].astype(np.int64) + self.idle_ns < now_ns
-        remove = ((vals["state"] & layout.FLOW_ENDED) != 0) | idle
-        keep = ~remove
-        k = int(np.count_nonzero(keep))
+        idle = vals["last_ns"].view(np.int64) < now_ns - self.idle_ns
+        remove = (((vals["state"] & layout.FLOW_ENDED) != 0) | idle)[order]
         cur = self._cur
-        cur.ids[cur.n : cur.n + k] = ids[keep]
-        cur.packets[cur.n : cur.n + k] = vals["packets"][keep]
-        cur.bytes[cur.n : cur.n + k] = vals["bytes"][keep]
+        if remove.any():
+            keep = ~remove
+            k = int(np.count_nonzero(keep))
+            cur.ids[cur.n : cur.n + k] = ids[keep]
+            cur.packets[cur.n : cur.n + k] = packets[keep]
+            cur.bytes[cur.n : cur.n + k] = bytes_[keep]
+            walk.remove.append(keys[order[remove]])
+        else:
+            k = len(ids)
+            cur.ids[cur.n : cur.n + k] = ids
+            cur.packets[cur.n : cur.n + k] = packets
+            cur.bytes[cur.n : cur.n + k] = bytes_
         cur.n += k
-        if k < len(ids):
-            walk.remove.append(keys[remove].copy())
-        self._pick_top(keys, vals, d_packets, d_bytes, walk)
+        self._pick_top(keys, vals, order, d_packets, d_bytes, walk)
 
     def _pick_top(
         self,
         keys: np.ndarray,
         vals: np.ndarray,
+        order: np.ndarray,
         d_packets: np.ndarray,
         d_bytes: np.ndarray,
         walk: _Walk,
@@ -222,9 +237,8 @@ class FlowTracker:
         if len(idx) > n:
             idx = idx[np.argpartition(-d_bytes[idx], n - 1)[:n]]
         if len(idx):
-            walk.top.append(
-                (keys[idx].copy(), d_packets[idx], d_bytes[idx], vals["tcp_flags"][idx].copy())
-            )
+            rows = order[idx]
+            walk.top.append((keys[rows], d_packets[idx], d_bytes[idx], vals["tcp_flags"][rows]))
 
     def _delete(self, batches: list[np.ndarray]) -> None:
         if not batches:

@@ -157,6 +157,10 @@ class LibBpf:
                 i,
                 [i, p, p, p, p, ctypes.POINTER(u32), ctypes.POINTER(BpfMapBatchOpts)],
             ),
+            "bpf_map_update_batch": (
+                i,
+                [i, p, p, ctypes.POINTER(u32), ctypes.POINTER(BpfMapBatchOpts)],
+            ),
             "bpf_map_delete_batch": (
                 i,
                 [i, p, ctypes.POINTER(u32), ctypes.POINTER(BpfMapBatchOpts)],
@@ -251,6 +255,13 @@ class LibBpf:
                 return int(n.value), True
             raise BpfError(err, f"map lookup batch (fd {fd})")
         return int(n.value), False
+
+    def update_batch(self, fd: int, keys: Any, values: Any, count: int) -> None:
+        """BPF_MAP_UPDATE_BATCH of `count` entries (BPF_ANY); bulk set-up for benchmarks."""
+        n = ctypes.c_uint32(count)
+        opts = BpfMapBatchOpts(sz=ctypes.sizeof(BpfMapBatchOpts))
+        if self.lib.bpf_map_update_batch(fd, keys, values, ctypes.byref(n), ctypes.byref(opts)) < 0:
+            raise BpfError(ctypes.get_errno(), f"map update batch (fd {fd}, {n.value}/{count})")
 
     def delete_batch(self, fd: int, keys: Any, count: int, key_size: int) -> int:
         """BPF_MAP_DELETE_BATCH of `count` keys laid out in `keys`; returns how many were there.
