@@ -279,7 +279,10 @@ def flow_entry(dp: Running, frame: bytes) -> np.void:
     return entry
 
 
-def test_a_burst_alone_in_an_interval_is_its_window_maximum(net: VethPair, pin_root: Path) -> None:
+@pytest.mark.parametrize("loader", LOADERS)
+def test_a_burst_alone_in_an_interval_is_its_window_maximum(
+    net: VethPair, pin_root: Path, loader: str
+) -> None:
     """K frames back to back, then K/2 more of another flow at least 200 ms later.
 
     The first burst's flow holds only its K packets, so its first_ns and
@@ -290,7 +293,7 @@ def test_a_burst_alone_in_an_interval_is_its_window_maximum(net: VethPair, pin_r
     """
     k = 40
     exact_1ms = 0
-    with running(net, pin_root / "p") as dp:
+    with running(net, pin_root / "p", loader) as dp:
         fds = dp.manager.loaded.map_fds  # type: ignore[union-attr]
         reader = BurstReader(fds[layout.MAP_BURSTS], fds[layout.MAP_BURST_EPOCH])
         for attempt in range(10):
