@@ -37,7 +37,7 @@
  * window length: the window being filled and the interval's maxima, kept per
  * epoch parity (the agent reads one parity while the kernel fills the other). */
 struct sennet_burst_win {
-	__u64 id;           /* now / window length */
+	__u64 end;          /* where the window being filled ends (ns, a multiple of its length) */
 	__u64 packets;      /* in window `id` so far */
 	__u64 bytes;
 	__u64 max_packets[2];
@@ -99,12 +99,14 @@ static __always_inline void flow_stat_add(__u32 which)
 		*n += 1;
 }
 
-/* Add one packet (or aggregate) to a window; the caller holds the lock. */
-static __always_inline void burst_window(struct sennet_burst_win *w, __u64 id, __u32 parity,
-					 __u32 segs, __u32 bytes)
+/* Add one packet (or aggregate) to a window; the caller holds the lock. The
+ * window's end is kept rather than its number, so the division happens once per
+ * window, not once per packet. */
+static __always_inline void burst_window(struct sennet_burst_win *w, __u64 now, __u64 len,
+					 __u32 parity, __u32 segs, __u32 bytes)
 {
-	if (w->id != id) {
-		w->id = id;
+	if (now >= w->end) {
+		w->end = (now / len + 1) * len;
 		w->packets = 0;
 		w->bytes = 0;
 	}
@@ -143,8 +145,6 @@ static __always_inline void burst_account(__u32 slot, __u32 dir, __u32 segs, __u
 
 	__u32 epoch = *epoch_p;
 	__u32 parity = epoch & 1;
-	__u64 id1 = now / SENNET_BURST_WINDOW_1MS;
-	__u64 id10 = now / SENNET_BURST_WINDOW_10MS;
 
 	bpf_spin_lock(&b->lock);
 	if (b->epoch != epoch) {
@@ -161,8 +161,8 @@ static __always_inline void burst_account(__u32 slot, __u32 dir, __u32 segs, __u
 			b->w10.max_bytes[0] = 0;
 		}
 	}
-	burst_window(&b->w1, id1, parity, segs, bytes);
-	burst_window(&b->w10, id10, parity, segs, bytes);
+	burst_window(&b->w1, now, SENNET_BURST_WINDOW_1MS, parity, segs, bytes);
+	burst_window(&b->w10, now, SENNET_BURST_WINDOW_10MS, parity, segs, bytes);
 	bpf_spin_unlock(&b->lock);
 }
 

@@ -171,7 +171,7 @@ MAP_SPECS[MAP_FLOW_STATS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, FLOW_STATS)
 BURST_WINDOWS_MS = (1, 10)
 BURST_WIN_DTYPE = np.dtype(
     [
-        ("id", "<u8"),
+        ("end", "<u8"),  # where the window being filled ends, ns
         ("packets", "<u8"),
         ("bytes", "<u8"),
         ("max_packets", "<u8", (2,)),  # by epoch parity
