@@ -45,7 +45,7 @@ from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.agent.telemetry import FlowReport, Talker
 
-CHUNK = 32768  # entries per BPF_MAP_LOOKUP_BATCH call (about 3.4 MB of buffers)
+CHUNK = 32768  # entries per BPF_MAP_LOOKUP_BATCH call (about 3 MB of buffers)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _MIX2 = np.uint64(0xBF58476D1CE4E5B9)
 _KEY_WORDS = layout.FLOW_KEY_DTYPE.itemsize // 8
