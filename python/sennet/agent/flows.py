@@ -77,6 +77,17 @@ class _Compact:
         ids, packets, bytes_ = (np.empty(capacity, np.uint64) for _ in range(3))
         return cls(ids, packets, bytes_)
 
+    def room(self, more: int) -> None:
+        """Make room for `more` rows. A walk can meet more flows than the table holds at
+        once (entries evicted behind it, others created ahead of it): grow then."""
+        if self.n + more <= len(self.ids):
+            return
+        size = max(self.n + more, len(self.ids) * 5 // 4)
+        for name in ("ids", "packets", "bytes"):
+            grown = np.empty(size, np.uint64)
+            grown[: self.n] = getattr(self, name)[: self.n]
+            setattr(self, name, grown)
+
 
 @dataclass
 class _Walk:
@@ -207,6 +218,7 @@ class FlowTracker:
         idle = vals["last_ns"].view(np.int64) < now_ns - self.idle_ns
         remove = (((vals["state"] & layout.FLOW_ENDED) != 0) | idle)[order]
         cur = self._cur
+        cur.room(len(ids))
         if remove.any():
             keep = ~remove
             k = int(np.count_nonzero(keep))

@@ -22,7 +22,7 @@ from scapy.layers.inet6 import IPv6
 from sennet.agent import config
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
-from sennet.agent.flows import FlowTracker
+from sennet.agent.flows import FlowTracker, _Compact
 from sennet.agent.insights import Insights
 from sennet.agent.telemetry import FlowReport, Talker
 from sennet.testing.linkstats import (
@@ -291,3 +291,22 @@ def test_flow_layouts_match_the_c_header(tmp_path: Path) -> None:
         layout.FLOW_STAT_UNTRACKED,
         layout.FLOW_STATS,
     )
+
+
+def test_a_walk_that_meets_more_flows_than_its_buffers_grows_them(
+    net: VethPair, pin_root: Path
+) -> None:
+    """Under churn a walk can meet more flows than the table holds at once; the reader's
+    compact buffers (sized to the table) then grow, and the deltas stay exact."""
+    flows = mixed_flows()
+    with running(net, pin_root / "p") as dp:
+        t = tracker(dp, top_n=100)
+        t._prev, t._cur = _Compact.empty(1), _Compact.empty(1)
+        send_settled(net, interleaved(flows))
+        first = t.read(names(dp))
+        send_settled(net, interleaved(flows))
+        second = t.read(names(dp))
+    expected = {f.fid: (f.count, f.bytes) for f in flows}
+    for report in (first, second):
+        assert {fid_of(x): (x.packets, x.bytes) for x in report.top_talkers} == expected
+        assert report.active == len(flows)
