@@ -137,6 +137,14 @@ struct sennet_hs {
 	__u8 _pad[7];
 };
 
+/* Flow bookkeeping and microbursts (bpf/flows.h). FLOW_STATS is indexed by these. */
+#define SENNET_FLOW_STAT_CREATED   0  /* entries inserted by the data plane */
+#define SENNET_FLOW_STAT_UNTRACKED 1  /* packets that found no entry and could not insert one */
+#define SENNET_FLOW_STATS          2
+
+#define SENNET_BURST_WINDOW_1MS  1000000ULL
+#define SENNET_BURST_WINDOW_10MS 10000000ULL
+
 /* Latency histograms: fixed log2 buckets in the data plane. Bucket i counts
  * durations below 2^i microseconds (bucket 0: below 1 us); the last bucket
  * counts everything from 2^(BUCKETS-2) us on. After the buckets, one slot

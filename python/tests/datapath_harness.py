@@ -14,6 +14,7 @@ import numpy as np
 from sennet.agent.config import DEFAULT_ASSETS
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
+from sennet.agent.datapath.layout import FLOW_CAPACITY_DEFAULT
 from sennet.agent.datapath.loader_types import DatapathOptions
 from sennet.agent.datapath.manager import DatapathManager
 from sennet.agent.events import RingBufferConsumer, decode
@@ -60,10 +61,11 @@ def running(
     ringbuf_bytes: int = 1 << 20,
     large: int = 1000,
     detach: bool = True,
+    flow_capacity: int = FLOW_CAPACITY_DEFAULT,
 ) -> Iterator[Running]:
     state = Path(tempfile.mkdtemp(prefix="sennet-state-"))
     manager = DatapathManager(
-        options=DatapathOptions(DEFAULT_ASSETS, pin_dir, ringbuf_bytes, large),
+        options=DatapathOptions(DEFAULT_ASSETS, pin_dir, ringbuf_bytes, large, flow_capacity),
         loader=loader,
         tc_priority=1,
         state_dir=state,

@@ -112,6 +112,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             cfg.ringbuf_bytes,
             cfg.large_packet_bytes,
             tcp_handshakes=cfg.tcp_handshakes_max,
+            flow_capacity=cfg.flow_capacity,
         ),
         loader=cfg.loader,
         tc_priority=cfg.tc_priority,

@@ -86,6 +86,14 @@ def _compression(v: Any) -> str | None:
     return None if v in ("gzip", "none") else '"gzip" or "none"'
 
 
+def _flow_capacity(v: Any) -> str | None:
+    return None if 1024 <= v <= 1 << 24 else "1024..16777216"
+
+
+def _top_n(v: Any) -> str | None:
+    return None if 1 <= v <= 1000 else "1..1000"
+
+
 def _priority(v: Any) -> str | None:
     return None if 1 <= v <= 0xFFFF else "1..65535"
 
@@ -106,6 +114,21 @@ SETTINGS: tuple[Setting, ...] = (
         _positive,
     ),
     Setting("ringbuf_bytes", "int", 256 * 1024, "event ring buffer size", _ringbuf),
+    Setting(
+        "flow_capacity",
+        "int",
+        262144,
+        "flows the LRU table holds (set at load; beyond it the least recently used is evicted)",
+        _flow_capacity,
+    ),
+    Setting(
+        "flow_idle_timeout_s",
+        "float",
+        120.0,
+        "seconds without a packet after which the agent ends a flow",
+        _positive,
+    ),
+    Setting("flow_top_n", "int", 10, "top talkers (by bytes) reported per interval", _top_n),
     Setting("tc_priority", "int", 1, "TC filter priority used on both hooks", _priority),
     Setting("detach_on_exit", "bool", True, "remove the TC filters when the agent stops"),
     Setting(
@@ -210,6 +233,9 @@ class AgentConfig:
     interval_s: float
     large_packet_bytes: int
     ringbuf_bytes: int
+    flow_capacity: int
+    flow_idle_timeout_s: float
+    flow_top_n: int
     tc_priority: int
     detach_on_exit: bool
     metrics_listen: str

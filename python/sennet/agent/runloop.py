@@ -89,6 +89,7 @@ class Agent:
                 ringbuf_bytes=cfg.ringbuf_bytes,
                 large_packet_bytes=cfg.large_packet_bytes,
                 tcp_handshakes=cfg.tcp_handshakes_max,
+                flow_capacity=cfg.flow_capacity,
             ),
             loader=cfg.loader,
             tc_priority=cfg.tc_priority,

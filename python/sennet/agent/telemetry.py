@@ -58,6 +58,7 @@ class FlowReport:
     lost_total: int  # flows created and evicted by the LRU before the agent read them
     top_talkers: tuple[Talker, ...] = ()  # by bytes in the interval, at most N
     capacity: int = 0  # the table's max_entries, set at load
+    evicted_total: int = 0  # flows the agent had read, then evicted by the LRU before they ended
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,7 @@ def load(opts: DatapathOptions) -> LoadedDatapath:
         f"-DSENNET_RINGBUF_PAGES={opts.ringbuf_bytes // mmap.PAGESIZE}",
         f"-D{layout.TUNABLE_LARGE_PACKET}={opts.large_packet_bytes}",
         f"-DSENNET_TCP_HANDSHAKES={opts.tcp_handshakes}",
+        f"-DSENNET_FLOW_CAPACITY={opts.flow_capacity}",
     ]
     try:
         bpf: Any = BPF(text=inline_local_includes(source).encode(), cflags=cflags)
@@ -90,7 +91,8 @@ def load(opts: DatapathOptions) -> LoadedDatapath:
     except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
         raise UserError(f"bcc could not build {source}: {exc}") from exc
     map_fds = {
-        name: int(bpf[name.encode()].map_fd) for name in (*layout.PINNED_MAPS, layout.MAP_EVENTS)
+        name: int(bpf[name.encode()].map_fd)
+        for name in (*layout.PINNED_MAPS, layout.MAP_EVENTS, *layout.FLOW_MAPS)
     }
     event(log, "bpf_loaded", loader="bcc", source=str(source), pin_dir=str(opts.pin_dir))
     return LoadedDatapath(

@@ -28,6 +28,10 @@ MAP_EVENTS = "EVENTS"
 MAP_HISTOGRAMS = "HISTOGRAMS"
 MAP_TCP_COUNTERS = "TCP_COUNTERS"
 MAP_HANDSHAKES = "HANDSHAKES"
+MAP_FLOW_STATS = "FLOW_STATS"  # flows created (cumulative, pinned), packets left untracked
+MAP_FLOWS = "FLOWS"  # the flow LRU: not pinned, sized at load (flow_capacity)
+MAP_BURSTS = "BURSTS"  # microburst windows per counter slot
+MAP_BURST_EPOCH = "BURST_EPOCH"  # the agent's interval number, read by the programs
 PINNED_MAPS: tuple[str, ...] = (
     MAP_COUNTERS,
     MAP_IFSLOTS,
@@ -36,9 +40,12 @@ PINNED_MAPS: tuple[str, ...] = (
     MAP_HISTOGRAMS,
     MAP_TCP_COUNTERS,
     MAP_HANDSHAKES,
+    MAP_FLOW_STATS,
 )
+FLOW_MAPS = (MAP_FLOWS, MAP_BURSTS, MAP_BURST_EPOCH)  # handed to the agent, not pinned
 
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_RINGBUF = 27
@@ -242,3 +249,25 @@ MAP_SPECS[MAP_HANDSHAKES] = (
 # Maps whose max_entries is a load-time setting: a pinned one is checked against the
 # size asked for when there is one (loading), and not at all otherwise (status, check).
 SIZED_AT_LOAD = (MAP_HANDSHAKES,)
+
+# -- flow bookkeeping and microbursts (sennet_tc.h, flows.h) -------------------
+
+FLOW_CAPACITY_DEFAULT = 262144  # SENNET_FLOW_CAPACITY; the loaders set the configured size
+FLOW_STAT_CREATED = 0
+FLOW_STAT_UNTRACKED = 1
+FLOW_STATS = 2
+MAP_SPECS[MAP_FLOW_STATS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, FLOW_STATS)
+
+BURST_WINDOWS_MS = (1, 10)
+BURST_WIN_DTYPE = np.dtype(
+    [
+        ("end", "<u8"),  # where the window being filled ends, ns
+        ("packets", "<u8"),
+        ("bytes", "<u8"),
+        ("max_packets", "<u8", (2,)),  # by epoch parity
+        ("max_bytes", "<u8", (2,)),
+    ]
+)
+BURST_DTYPE = np.dtype(
+    [("lock", "<u4"), ("epoch", "<u4"), ("w1", BURST_WIN_DTYPE), ("w10", BURST_WIN_DTYPE)]
+)

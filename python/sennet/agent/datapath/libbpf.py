@@ -22,6 +22,7 @@ from typing import Any
 from sennet.common.errors import UserError
 
 BPF_ANY = 0
+BPF_F_LOCK = 4  # lookup/update of a value holding a bpf_spin_lock: taken by the kernel
 BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15
 
@@ -67,6 +68,16 @@ class BpfTestRunOpts(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("cpu", ctypes.c_uint32),
         ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class BpfMapBatchOpts(ctypes.Structure):
+    """libbpf's struct bpf_map_batch_opts."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
     ]
 
 
@@ -141,8 +152,19 @@ class LibBpf:
             "bpf_map_update_elem": (i, [i, p, p, ctypes.c_uint64]),
             "bpf_map_delete_elem": (i, [i, p]),
             "bpf_map_get_next_key": (i, [i, p, p]),
-            "bpf_map_lookup_batch": (i, [i, p, p, p, p, ctypes.POINTER(u32), p]),
-            "bpf_map_delete_batch": (i, [i, p, ctypes.POINTER(u32), p]),
+            "bpf_map_lookup_elem_flags": (i, [i, p, p, ctypes.c_uint64]),
+            "bpf_map_lookup_batch": (
+                i,
+                [i, p, p, p, p, ctypes.POINTER(u32), ctypes.POINTER(BpfMapBatchOpts)],
+            ),
+            "bpf_map_update_batch": (
+                i,
+                [i, p, p, ctypes.POINTER(u32), ctypes.POINTER(BpfMapBatchOpts)],
+            ),
+            "bpf_map_delete_batch": (
+                i,
+                [i, p, ctypes.POINTER(u32), ctypes.POINTER(BpfMapBatchOpts)],
+            ),
             "bpf_obj_get": (i, [ctypes.c_char_p]),
             "bpf_obj_get_info_by_fd": (i, [i, p, ctypes.POINTER(u32)]),
             "bpf_prog_test_run_opts": (i, [i, ctypes.POINTER(BpfTestRunOpts)]),
@@ -201,6 +223,68 @@ class LibBpf:
         vbuf = ctypes.create_string_buffer(value, len(value))
         if self.lib.bpf_map_update_elem(fd, kbuf, vbuf, BPF_ANY) < 0:
             raise BpfError(ctypes.get_errno(), f"map update (fd {fd})")
+
+    def lookup_locked(self, fd: int, key: bytes, value_size: int) -> bytes | None:
+        """lookup() of a value with a bpf_spin_lock, copied out while the kernel holds it."""
+        kbuf = ctypes.create_string_buffer(key, len(key))
+        vbuf = ctypes.create_string_buffer(value_size)
+        if self.lib.bpf_map_lookup_elem_flags(fd, kbuf, vbuf, BPF_F_LOCK) < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return None
+            raise BpfError(err, f"locked map lookup (fd {fd})")
+        return vbuf.raw
+
+    def lookup_batch(
+        self, fd: int, token: Any, keys: Any, values: Any, count: int, first: bool
+    ) -> tuple[int, bool]:
+        """BPF_MAP_LOOKUP_BATCH: up to `count` entries into the buffers `keys` and `values`.
+
+        `token` is a buffer the kernel uses to resume (at least 8 bytes, kept
+        between calls); `first` starts from the beginning. Returns (entries
+        copied, whether the map is exhausted). One syscall per chunk.
+        """
+        n = ctypes.c_uint32(count)
+        opts = BpfMapBatchOpts(sz=ctypes.sizeof(BpfMapBatchOpts))
+        rc = self.lib.bpf_map_lookup_batch(
+            fd, None if first else token, token, keys, values, ctypes.byref(n), ctypes.byref(opts)
+        )
+        if rc < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return int(n.value), True
+            raise BpfError(err, f"map lookup batch (fd {fd})")
+        return int(n.value), False
+
+    def update_batch(self, fd: int, keys: Any, values: Any, count: int) -> None:
+        """BPF_MAP_UPDATE_BATCH of `count` entries (BPF_ANY); bulk set-up for benchmarks."""
+        n = ctypes.c_uint32(count)
+        opts = BpfMapBatchOpts(sz=ctypes.sizeof(BpfMapBatchOpts))
+        if self.lib.bpf_map_update_batch(fd, keys, values, ctypes.byref(n), ctypes.byref(opts)) < 0:
+            raise BpfError(ctypes.get_errno(), f"map update batch (fd {fd}, {n.value}/{count})")
+
+    def delete_batch(self, fd: int, keys: Any, count: int, key_size: int) -> int:
+        """BPF_MAP_DELETE_BATCH of `count` keys laid out in `keys`; returns how many were there.
+
+        A key already gone (evicted since it was read) stops the kernel's walk
+        with ENOENT: it is skipped and the rest deleted, one syscall per stop.
+        """
+        base = ctypes.cast(keys, ctypes.c_void_p).value or 0
+        opts = BpfMapBatchOpts(sz=ctypes.sizeof(BpfMapBatchOpts))
+        done = deleted = 0
+        while done < count:
+            n = ctypes.c_uint32(count - done)
+            rc = self.lib.bpf_map_delete_batch(
+                fd, base + done * key_size, ctypes.byref(n), ctypes.byref(opts)
+            )
+            deleted += int(n.value)
+            done += int(n.value)
+            if rc < 0:
+                err = ctypes.get_errno()
+                if err != errno.ENOENT:
+                    raise BpfError(err, f"map delete batch (fd {fd})")
+                done += 1  # the key the kernel could not find
+        return deleted
 
     def delete(self, fd: int, key: bytes) -> bool:
         """Remove `key`; False when it was not there (someone else removed it first)."""

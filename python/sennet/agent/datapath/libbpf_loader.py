@@ -50,7 +50,7 @@ def load(opts: DatapathOptions, object_name: str = OBJECT_NAME) -> LoadedDatapat
             )
             progs[name] = lb.check(lb.lib.bpf_program__fd(prog), f"fd of {name}")
         map_fds = {}
-        for name in (*layout.PINNED_MAPS, layout.MAP_EVENTS):
+        for name in (*layout.PINNED_MAPS, layout.MAP_EVENTS, *layout.FLOW_MAPS):
             m = lb.check_ptr(lb.lib.bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
             map_fds[name] = lb.check(lb.lib.bpf_map__fd(m), f"fd of map {name}")
     except BaseException:

@@ -22,10 +22,11 @@ class DatapathOptions:
     ringbuf_bytes: int  # power of two, multiple of the page size
     large_packet_bytes: int
     tcp_handshakes: int = layout.TCP_HANDSHAKES  # HANDSHAKES max_entries
+    flow_capacity: int = layout.FLOW_CAPACITY_DEFAULT  # max_entries of the flow LRU
 
     def map_sizes(self) -> dict[str, int]:
         """Sizes of the maps sized at load time (layout.SIZED_AT_LOAD), by map name."""
-        return {layout.MAP_HANDSHAKES: self.tcp_handshakes}
+        return {layout.MAP_HANDSHAKES: self.tcp_handshakes, layout.MAP_FLOWS: self.flow_capacity}
 
 
 @dataclass
