@@ -16,8 +16,8 @@ from sennet.agent.config import AgentConfig
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.manager import Attached
 from sennet.agent.dns import DnsReader
-from sennet.agent.tcp_health import TcpHealthReader
 from sennet.agent.flows import FlowTracker
+from sennet.agent.tcp_health import TcpHealthReader
 from sennet.agent.telemetry import DnsReport, FlowReport, Microburst, TcpReport
 
 

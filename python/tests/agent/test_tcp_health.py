@@ -219,11 +219,6 @@ def test_zero_window_advertisements_equal_a_capture_of_the_same_run(
     assert report.zero_windows_total == oracle
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="per-flow sequence tracking needs the flow table: flows.h's flow_account() "
-    "returns NULL until the flows part lands, so only handshake retransmits are seen",
-)
 @pytest.mark.parametrize("loader", LOADERS)
 def test_retransmissions_under_loss_equal_the_senders_nstat(
     net: VethPair, pin_root: Path, loader: str
