@@ -65,7 +65,9 @@ def running(
 ) -> Iterator[Running]:
     state = Path(tempfile.mkdtemp(prefix="sennet-state-"))
     manager = DatapathManager(
-        options=DatapathOptions(DEFAULT_ASSETS, pin_dir, ringbuf_bytes, large, flow_capacity),
+        options=DatapathOptions(
+            DEFAULT_ASSETS, pin_dir, ringbuf_bytes, large, flow_capacity=flow_capacity
+        ),
         loader=loader,
         tc_priority=1,
         state_dir=state,
