@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from sennet.agent import insight_metrics
 from sennet.agent.snapshot import Snapshot
 
 
@@ -74,6 +75,7 @@ class SnapshotCollector(Collector):
             "Events decoded by this agent process",
             value=snap.events_consumed,
         )
+        yield from insight_metrics.families(snap)
 
 
 def serve(listen: str, snapshot: Callable[[], Snapshot], agent_id: str) -> tuple[Any, Any]:
