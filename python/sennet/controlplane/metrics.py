@@ -2,7 +2,8 @@
 
 The control plane's own counters live in a registry owned by `ServerMetrics`
 (never the process-global one). The per-agent series, and the caches that make
-rendering them fast, are in `fleet_exposition.py`; `Exposition` joins the two
+rendering them fast, are in `fleet_exposition.py` (interfaces, events) and
+`insight_exposition.py` (flows, DNS, TCP); `Exposition` joins the two
 into what GET /metrics returns and wires the export cache to the fleet.
 """
 
@@ -18,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.fleet_exposition import ExportCache, FastFleetRenderer, FleetCollector
+from sennet.controlplane.insight_exposition import InsightCollector, InsightRenderer
 from sennet.controlplane.refusals import RequestError
 from sennet.proto import contract
 
@@ -150,11 +152,16 @@ class Exposition:
         exports = ExportCache()
         fleet.subscribe(exports.warm)  # newly committed views are prepared before a scrape
         self._fast = FastFleetRenderer(stale_after_s, exports)
+        self._insights = InsightRenderer()
+        fleet.subscribe(self._insights.warm)  # flow, DNS and TCP text too
         self._plain = CollectorRegistry()
         self._plain.register(FleetCollector(fleet, stale_after_s))
+        self._plain.register(InsightCollector(fleet))
 
     def render(self, *, fast: bool = True) -> bytes:
         head = generate_latest(self._server.registry)
         if fast:
-            return head + self._fast.render(self._fleet.snapshot(), time.time()).encode()
+            views = self._fleet.snapshot()
+            body = self._fast.render(views, time.time()) + self._insights.render(views)
+            return head + body.encode()
         return head + generate_latest(self._plain)

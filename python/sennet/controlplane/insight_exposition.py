@@ -1,0 +1,279 @@
+"""The sennet_flow_*, sennet_dns_* and sennet_tcp_* families, per agent, two ways that agree.
+
+`agent_samples` turns one committed view into its samples, grouped by family:
+counter totals from the view's series (with `fleet.py`'s reset handling),
+histograms as cumulative `le` buckets in seconds with `_sum` and `_count`, and
+the gauges of the latest heartbeat (`fleet_insights.Telemetry`). Labels are
+bounded: top talkers and top names carry their rank (1..N, N capped by the
+control plane's max_talkers and max_dns_names) beside the tuple or name, so an
+agent contributes at most N series per top-list family whatever its traffic;
+DNS types (at most 32), rcodes (5) and directions (2) are closed or capped
+sets.
+
+`InsightCollector` is the prometheus-client reference path. `InsightRenderer`
+is the path /metrics serves: it renders each agent's text once, when the fleet
+installs the agent's new view (after the heartbeat's commit), so a scrape only
+joins ready strings, one family at a time. At fleet size this matters: with
+three 28-bucket histograms an agent has about 100 of these series, more than
+all its interface and event series together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple
+
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from sennet.controlplane import fleet_insights as fi
+from sennet.controlplane.fleet import AgentView, Fleet, Series, SeriesKey
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class Sample(NamedTuple):
+    suffix: str  # "" or, for histograms, "_bucket", "_count", "_sum"
+    labels: Labels  # beyond `agent`
+    value: int | float
+
+
+class Family(NamedTuple):
+    name: str  # as exposed (counters end in _total)
+    type: str
+    help: str
+
+
+_TALKER = "by bytes in the last interval (rank 1 = largest; labels: the flow's tuple)"
+FAMILIES = (
+    Family("sennet_flow_active", "gauge", "Flows in the agent's flow table at its last read."),
+    Family("sennet_flow_capacity", "gauge", "Size of the agent's flow table (max entries)."),
+    Family("sennet_flow_created_total", "counter", "Flows the agent's data plane created."),
+    Family("sennet_flow_ended_total", "counter", "Flows ended by FIN/RST or the idle timeout."),
+    Family(
+        "sennet_flow_lost_total",
+        "counter",
+        "Flows evicted by the LRU before the agent read them (lost track of).",
+    ),
+    Family("sennet_flow_top_talker_bytes", "gauge", f"Bytes of the top flows {_TALKER}."),
+    Family("sennet_flow_top_talker_packets", "gauge", f"Packets of the top flows {_TALKER}."),
+    Family(
+        "sennet_flow_microburst_max_packets",
+        "gauge",
+        "Most packets in any one window (1ms or 10ms) of the last interval.",
+    ),
+    Family(
+        "sennet_flow_microburst_max_bytes",
+        "gauge",
+        "Most bytes in any one window (1ms or 10ms) of the last interval.",
+    ),
+    Family("sennet_dns_queries_total", "counter", "DNS queries seen, by query type."),
+    Family("sennet_dns_responses_total", "counter", "DNS responses seen, by rcode."),
+    Family(
+        "sennet_dns_latency_seconds",
+        "histogram",
+        "DNS query to response, matched by client address, port and transaction id.",
+    ),
+    Family(
+        "sennet_dns_unanswered_total", "counter", "DNS queries not answered within the timeout."
+    ),
+    Family("sennet_dns_malformed_total", "counter", "DNS messages the agent's parser refused."),
+    Family("sennet_dns_top_queried", "gauge", "Most queried names (rank 1 = most)."),
+    Family(
+        "sennet_dns_top_failing",
+        "gauge",
+        "Names with the most responses other than NOERROR (rank 1 = most).",
+    ),
+    Family(
+        "sennet_tcp_syn_rtt_seconds",
+        "histogram",
+        "SYN to SYN/ACK: the path from the tap point to the server and back.",
+    ),
+    Family(
+        "sennet_tcp_synack_rtt_seconds",
+        "histogram",
+        "SYN/ACK to ACK: the path from the tap point to the client and back.",
+    ),
+    Family(
+        "sennet_tcp_attempts_unanswered_total",
+        "counter",
+        "TCP SYNs not answered by a SYN/ACK within the timeout.",
+    ),
+    Family("sennet_tcp_resets_total", "counter", "TCP RST segments, by the hook that saw them."),
+    Family(
+        "sennet_tcp_retransmits_total",
+        "counter",
+        "TCP data segments whose sequence number did not advance.",
+    ),
+    Family("sennet_tcp_zero_windows_total", "counter", "TCP zero-window advertisements."),
+    Family("sennet_tcp_malformed_total", "counter", "TCP headers the agent's parser refused."),
+)
+_INDEX = {f.name: i for i, f in enumerate(FAMILIES)}
+# counter series family -> (exposed family, label name for the series' name or "")
+_COUNTERS = {
+    "flow_created": ("sennet_flow_created_total", ""),
+    "flow_ended": ("sennet_flow_ended_total", ""),
+    "flow_lost": ("sennet_flow_lost_total", ""),
+    "dns_queries": ("sennet_dns_queries_total", "type"),
+    "dns_responses": ("sennet_dns_responses_total", "rcode"),
+    "dns_unanswered": ("sennet_dns_unanswered_total", ""),
+    "dns_malformed": ("sennet_dns_malformed_total", ""),
+    "tcp_attempts_unanswered": ("sennet_tcp_attempts_unanswered_total", ""),
+    "tcp_resets": ("sennet_tcp_resets_total", "direction"),
+    "tcp_retransmits": ("sennet_tcp_retransmits_total", ""),
+    "tcp_zero_windows": ("sennet_tcp_zero_windows_total", ""),
+    "tcp_malformed": ("sennet_tcp_malformed_total", ""),
+}
+_HISTOGRAMS = {
+    "dns_latency": "sennet_dns_latency_seconds",
+    "tcp_syn_rtt": "sennet_tcp_syn_rtt_seconds",
+    "tcp_synack_rtt": "sennet_tcp_synack_rtt_seconds",
+}
+TALKER_LABELS = ("rank", "interface", "direction", "proto", "src", "dst", "sport", "dport", "vlan")
+
+
+def _histogram(buckets: Mapping[str, int], sum_ns: int) -> list[Sample]:
+    """Cumulative buckets in `le` order, then `_count` and `_sum` (seconds)."""
+    out: list[Sample] = []
+    running = 0
+    for le in sorted(buckets, key=float):  # float("+Inf") sorts last
+        running += buckets[le]
+        out.append(Sample("_bucket", (("le", le),), running))
+    out.append(Sample("_count", (), running))
+    out.append(Sample("_sum", (), sum_ns / 1e9))
+    return out
+
+
+def agent_samples(view: AgentView) -> tuple[tuple[Sample, ...], ...]:
+    """One agent's samples, one tuple per `FAMILIES` entry (empty when it has none)."""
+    per: list[list[Sample]] = [[] for _ in FAMILIES]
+    buckets: dict[str, dict[str, int]] = {}
+    sums: dict[str, int] = {}
+    for (family, name), series in sorted(view.series.items()):
+        if family in _COUNTERS:
+            exposed, label = _COUNTERS[family]
+            labels: Labels = ((label, name),) if label else ()
+            per[_INDEX[exposed]].append(Sample("", labels, series.total))
+        elif family in _HISTOGRAMS:
+            buckets.setdefault(family, {})[name] = series.total
+        elif family.endswith(fi.SUM) and family[: -len(fi.SUM)] in _HISTOGRAMS:
+            sums[family[: -len(fi.SUM)]] = series.total
+    for family, exposed in _HISTOGRAMS.items():
+        if family in buckets:
+            per[_INDEX[exposed]] = _histogram(buckets[family], sums.get(family, 0))
+    t = view.telemetry
+    if t is not None:
+        if t.flows_active is not None:
+            per[_INDEX["sennet_flow_active"]].append(Sample("", (), t.flows_active))
+        if t.flows_capacity is not None:
+            per[_INDEX["sennet_flow_capacity"]].append(Sample("", (), t.flows_capacity))
+        for rank, r in enumerate(t.talkers, start=1):
+            values = (
+                *(rank, r.interface, r.direction, r.l4_proto, r.src_addr, r.dst_addr),
+                *(r.src_port, r.dst_port, r.vlan_id),
+            )
+            labels = tuple(zip(TALKER_LABELS, map(str, values), strict=True))
+            per[_INDEX["sennet_flow_top_talker_bytes"]].append(Sample("", labels, r.bytes))
+            per[_INDEX["sennet_flow_top_talker_packets"]].append(Sample("", labels, r.packets))
+        for b in t.bursts:
+            labels = (
+                ("interface", b.interface),
+                ("direction", b.direction),
+                ("window", f"{b.window_ms}ms"),
+            )
+            per[_INDEX["sennet_flow_microburst_max_packets"]].append(
+                Sample("", labels, b.max_packets)
+            )
+            per[_INDEX["sennet_flow_microburst_max_bytes"]].append(Sample("", labels, b.max_bytes))
+        for exposed, names in (
+            ("sennet_dns_top_queried", t.top_queried),
+            ("sennet_dns_top_failing", t.top_failing),
+        ):
+            for rank, n in enumerate(names, start=1):
+                labels = (("rank", str(rank)), ("qname", n.name))
+                per[_INDEX[exposed]].append(Sample("", labels, n.hits))
+    return tuple(tuple(samples) for samples in per)
+
+
+def _metric(family: Family) -> Metric:
+    name = family.name.removesuffix("_total") if family.type == "counter" else family.name
+    return Metric(name, family.help, family.type)
+
+
+class InsightCollector(Collector):
+    """Reference path: the same samples through prometheus-client's own exposition."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = [_metric(f) for f in FAMILIES]
+        for view in self._fleet.snapshot():
+            for family, metric, samples in zip(FAMILIES, metrics, agent_samples(view), strict=True):
+                for s in samples:
+                    labels = {"agent": view.agent_id, **dict(s.labels)}
+                    metric.add_sample(family.name + s.suffix, labels, s.value)
+        yield from metrics
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _text(agent_id: str, samples: tuple[tuple[Sample, ...], ...]) -> tuple[str, ...]:
+    agent = f'agent="{_esc(agent_id)}"'
+    out = []
+    for family, group in zip(FAMILIES, samples, strict=True):
+        lines = []
+        for s in group:
+            labels = "".join(f',{k}="{_esc(v)}"' for k, v in s.labels)
+            value = repr(s.value) if isinstance(s.value, float) else str(s.value)
+            lines.append(f"{family.name}{s.suffix}{{{agent}{labels}}} {value}\n")
+        out.append("".join(lines))
+    return tuple(out)
+
+
+class _Rendered(NamedTuple):
+    series: Mapping[SeriesKey, Series]
+    telemetry: fi.Telemetry | None
+    text: tuple[str, ...]
+
+
+class InsightRenderer:
+    """Per-agent text rendered when a view is installed; a scrape joins it by family."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_agent: dict[str, _Rendered] = {}
+
+    @staticmethod
+    def _render(view: AgentView) -> _Rendered:
+        return _Rendered(view.series, view.telemetry, _text(view.agent_id, agent_samples(view)))
+
+    def warm(self, views: Iterable[AgentView]) -> None:
+        """Render newly committed views (called by the fleet, outside its lock)."""
+        rendered = [(v.agent_id, self._render(v)) for v in views]
+        with self._lock:
+            self._by_agent.update(rendered)
+
+    def render(self, views: list[AgentView]) -> str:
+        """Every family's header and samples, agents in the order given."""
+        texts = []
+        with self._lock:
+            cache = self._by_agent
+            for v in views:
+                hit = cache.get(v.agent_id)
+                if hit is None or hit.series is not v.series or hit.telemetry is not v.telemetry:
+                    hit = self._render(v)
+                    cache[v.agent_id] = hit
+                texts.append(hit.text)
+            if len(cache) > len(views):
+                live = {v.agent_id for v in views}
+                for gone in [k for k in cache if k not in live]:
+                    del cache[gone]
+        out = []
+        for i, family in enumerate(FAMILIES):
+            out.append(f"# HELP {family.name} {family.help}\n# TYPE {family.name} {family.type}\n")
+            out.extend(t[i] for t in texts)
+        return "".join(out)
