@@ -10,25 +10,22 @@ agent contributes at most N series per top-list family whatever its traffic;
 DNS types (at most 32), rcodes (5) and directions (2) are closed or capped
 sets.
 
-`InsightCollector` is the prometheus-client reference path. `InsightRenderer`
-is the path /metrics serves: it renders each agent's text once, when the fleet
-installs the agent's new view (after the heartbeat's commit), so a scrape only
-joins ready strings, one family at a time. At fleet size this matters: with
-three 28-bucket histograms an agent has about 100 of these series, more than
-all its interface and event series together.
+`InsightCollector` is the prometheus-client reference path; the fast path
+/metrics serves is `insight_render.py`, and a test checks the two give the
+same samples.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from sennet.controlplane import fleet_insights as fi
-from sennet.controlplane.fleet import AgentView, Fleet, Series, SeriesKey
+from sennet.controlplane.fleet import AgentView, Fleet
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -109,9 +106,9 @@ FAMILIES = (
     Family("sennet_tcp_zero_windows_total", "counter", "TCP zero-window advertisements."),
     Family("sennet_tcp_malformed_total", "counter", "TCP headers the agent's parser refused."),
 )
-_INDEX = {f.name: i for i, f in enumerate(FAMILIES)}
+INDEX = {f.name: i for i, f in enumerate(FAMILIES)}
 # counter series family -> (exposed family, label name for the series' name or "")
-_COUNTERS = {
+COUNTERS = {
     "flow_created": ("sennet_flow_created_total", ""),
     "flow_ended": ("sennet_flow_ended_total", ""),
     "flow_lost": ("sennet_flow_lost_total", ""),
@@ -125,7 +122,7 @@ _COUNTERS = {
     "tcp_zero_windows": ("sennet_tcp_zero_windows_total", ""),
     "tcp_malformed": ("sennet_tcp_malformed_total", ""),
 }
-_HISTOGRAMS = {
+HISTOGRAMS = {
     "dns_latency": "sennet_dns_latency_seconds",
     "tcp_syn_rtt": "sennet_tcp_syn_rtt_seconds",
     "tcp_synack_rtt": "sennet_tcp_synack_rtt_seconds",
@@ -151,49 +148,55 @@ def agent_samples(view: AgentView) -> tuple[tuple[Sample, ...], ...]:
     buckets: dict[str, dict[str, int]] = {}
     sums: dict[str, int] = {}
     for (family, name), series in sorted(view.series.items()):
-        if family in _COUNTERS:
-            exposed, label = _COUNTERS[family]
+        if family in COUNTERS:
+            exposed, label = COUNTERS[family]
             labels: Labels = ((label, name),) if label else ()
-            per[_INDEX[exposed]].append(Sample("", labels, series.total))
-        elif family in _HISTOGRAMS:
+            per[INDEX[exposed]].append(Sample("", labels, series.total))
+        elif family in HISTOGRAMS:
             buckets.setdefault(family, {})[name] = series.total
-        elif family.endswith(fi.SUM) and family[: -len(fi.SUM)] in _HISTOGRAMS:
+        elif family.endswith(fi.SUM) and family[: -len(fi.SUM)] in HISTOGRAMS:
             sums[family[: -len(fi.SUM)]] = series.total
-    for family, exposed in _HISTOGRAMS.items():
+    for family, exposed in HISTOGRAMS.items():
         if family in buckets:
-            per[_INDEX[exposed]] = _histogram(buckets[family], sums.get(family, 0))
-    t = view.telemetry
-    if t is not None:
-        if t.flows_active is not None:
-            per[_INDEX["sennet_flow_active"]].append(Sample("", (), t.flows_active))
-        if t.flows_capacity is not None:
-            per[_INDEX["sennet_flow_capacity"]].append(Sample("", (), t.flows_capacity))
-        for rank, r in enumerate(t.talkers, start=1):
-            values = (
-                *(rank, r.interface, r.direction, r.l4_proto, r.src_addr, r.dst_addr),
-                *(r.src_port, r.dst_port, r.vlan_id),
-            )
-            labels = tuple(zip(TALKER_LABELS, map(str, values), strict=True))
-            per[_INDEX["sennet_flow_top_talker_bytes"]].append(Sample("", labels, r.bytes))
-            per[_INDEX["sennet_flow_top_talker_packets"]].append(Sample("", labels, r.packets))
-        for b in t.bursts:
-            labels = (
-                ("interface", b.interface),
-                ("direction", b.direction),
-                ("window", f"{b.window_ms}ms"),
-            )
-            per[_INDEX["sennet_flow_microburst_max_packets"]].append(
-                Sample("", labels, b.max_packets)
-            )
-            per[_INDEX["sennet_flow_microburst_max_bytes"]].append(Sample("", labels, b.max_bytes))
-        for exposed, names in (
-            ("sennet_dns_top_queried", t.top_queried),
-            ("sennet_dns_top_failing", t.top_failing),
-        ):
-            for rank, n in enumerate(names, start=1):
-                labels = (("rank", str(rank)), ("qname", n.name))
-                per[_INDEX[exposed]].append(Sample("", labels, n.hits))
+            per[INDEX[exposed]] = _histogram(buckets[family], sums.get(family, 0))
+    for index, samples in gauge_samples(view.telemetry).items():
+        per[index].extend(samples)
     return tuple(tuple(samples) for samples in per)
+
+
+def gauge_samples(t: fi.Telemetry | None) -> dict[int, list[Sample]]:
+    """The samples of the latest heartbeat's gauges, by `FAMILIES` index."""
+    per: dict[int, list[Sample]] = defaultdict(list)
+    if t is None:
+        return per
+    if t.flows_active is not None:
+        per[INDEX["sennet_flow_active"]].append(Sample("", (), t.flows_active))
+    if t.flows_capacity is not None:
+        per[INDEX["sennet_flow_capacity"]].append(Sample("", (), t.flows_capacity))
+    for rank, r in enumerate(t.talkers, start=1):
+        values = (
+            *(rank, r.interface, r.direction, r.l4_proto, r.src_addr, r.dst_addr),
+            *(r.src_port, r.dst_port, r.vlan_id),
+        )
+        labels = tuple(zip(TALKER_LABELS, map(str, values), strict=True))
+        per[INDEX["sennet_flow_top_talker_bytes"]].append(Sample("", labels, r.bytes))
+        per[INDEX["sennet_flow_top_talker_packets"]].append(Sample("", labels, r.packets))
+    for b in t.bursts:
+        labels = (
+            ("interface", b.interface),
+            ("direction", b.direction),
+            ("window", f"{b.window_ms}ms"),
+        )
+        per[INDEX["sennet_flow_microburst_max_packets"]].append(Sample("", labels, b.max_packets))
+        per[INDEX["sennet_flow_microburst_max_bytes"]].append(Sample("", labels, b.max_bytes))
+    for exposed, names in (
+        ("sennet_dns_top_queried", t.top_queried),
+        ("sennet_dns_top_failing", t.top_failing),
+    ):
+        for rank, n in enumerate(names, start=1):
+            labels = (("rank", str(rank)), ("qname", n.name))
+            per[INDEX[exposed]].append(Sample("", labels, n.hits))
+    return per
 
 
 def _metric(family: Family) -> Metric:
@@ -215,65 +218,3 @@ class InsightCollector(Collector):
                     labels = {"agent": view.agent_id, **dict(s.labels)}
                     metric.add_sample(family.name + s.suffix, labels, s.value)
         yield from metrics
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _text(agent_id: str, samples: tuple[tuple[Sample, ...], ...]) -> tuple[str, ...]:
-    agent = f'agent="{_esc(agent_id)}"'
-    out = []
-    for family, group in zip(FAMILIES, samples, strict=True):
-        lines = []
-        for s in group:
-            labels = "".join(f',{k}="{_esc(v)}"' for k, v in s.labels)
-            value = repr(s.value) if isinstance(s.value, float) else str(s.value)
-            lines.append(f"{family.name}{s.suffix}{{{agent}{labels}}} {value}\n")
-        out.append("".join(lines))
-    return tuple(out)
-
-
-class _Rendered(NamedTuple):
-    series: Mapping[SeriesKey, Series]
-    telemetry: fi.Telemetry | None
-    text: tuple[str, ...]
-
-
-class InsightRenderer:
-    """Per-agent text rendered when a view is installed; a scrape joins it by family."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_agent: dict[str, _Rendered] = {}
-
-    @staticmethod
-    def _render(view: AgentView) -> _Rendered:
-        return _Rendered(view.series, view.telemetry, _text(view.agent_id, agent_samples(view)))
-
-    def warm(self, views: Iterable[AgentView]) -> None:
-        """Render newly committed views (called by the fleet, outside its lock)."""
-        rendered = [(v.agent_id, self._render(v)) for v in views]
-        with self._lock:
-            self._by_agent.update(rendered)
-
-    def render(self, views: list[AgentView]) -> str:
-        """Every family's header and samples, agents in the order given."""
-        texts = []
-        with self._lock:
-            cache = self._by_agent
-            for v in views:
-                hit = cache.get(v.agent_id)
-                if hit is None or hit.series is not v.series or hit.telemetry is not v.telemetry:
-                    hit = self._render(v)
-                    cache[v.agent_id] = hit
-                texts.append(hit.text)
-            if len(cache) > len(views):
-                live = {v.agent_id for v in views}
-                for gone in [k for k in cache if k not in live]:
-                    del cache[gone]
-        out = []
-        for i, family in enumerate(FAMILIES):
-            out.append(f"# HELP {family.name} {family.help}\n# TYPE {family.name} {family.type}\n")
-            out.extend(t[i] for t in texts)
-        return "".join(out)

@@ -19,7 +19,8 @@ from prometheus_client.registry import Collector
 
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.fleet_exposition import ExportCache, FastFleetRenderer, FleetCollector
-from sennet.controlplane.insight_exposition import InsightCollector, InsightRenderer
+from sennet.controlplane.insight_exposition import InsightCollector
+from sennet.controlplane.insight_render import InsightRenderer
 from sennet.controlplane.refusals import RequestError
 from sennet.proto import contract
 

@@ -345,3 +345,24 @@ def test_the_fast_renderer_gives_exactly_the_reference_samples_for_every_part() 
     assert fast == plain
     assert len(exported(fast, views[0].agent_id)) == 11 + 6 + 8 + 3 + 5 + 4 + 2 + 3 * 30
     assert exported(fast, "old-agent") == {}
+    # next heartbeats, published after that scrape: the same keys (the prepared layout is
+    # reused), then a new DNS type and talker list (the layout and the gauges change)
+    for step in (1, 2):
+        later = {}
+        for v in views[:10]:
+            req = full_request(v.agent_id, 5 + step)
+            if step == 2:
+                req.dns.queries_by_type["MX"] = 3
+                del req.flows.top_talkers[1:]
+            later[v.agent_id] = v.apply(req, 1_800_000_000.0 + step)[0]
+        fleet.publish(later)
+        views = [later.get(v.agent_id, v) for v in views]
+        fast = parse_samples(expo.render(fast=True).decode())
+        assert fast == parse_samples(expo.render(fast=False).decode())
+        a = views[0].agent_id
+        assert sample(fast, "sennet_flow_created_total", agent=a) == 1000 * (5 + step)
+    assert sample(fast, "sennet_dns_queries_total", agent=a, type="MX") == 3
+    assert (
+        len([k for k in fast if k[0] == "sennet_flow_top_talker_bytes" and ("agent", a) in k[1]])
+        == 1
+    )
