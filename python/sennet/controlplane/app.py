@@ -59,7 +59,9 @@ class ControlPlane:
         limits = Limits(settings.max_talkers, settings.max_dns_names)
         self.service = SentinelService(self.identity, self.writer, self.fleet, self.auth, limits)
         self.calls = Calls(self.service, self.auth, self.metrics, settings.max_request_bytes)
-        self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after)
+        self.exposition = Exposition(
+            self.metrics, self.fleet, settings.stale_after, settings.histogram_export_step
+        )
         self.http = HttpServer(
             settings.http_listen,
             HttpApp(self.calls, self.exposition, self.health),

@@ -130,20 +130,33 @@ HISTOGRAMS = {
 TALKER_LABELS = ("rank", "interface", "direction", "proto", "src", "dst", "sport", "dport", "vlan")
 
 
-def _histogram(buckets: Mapping[str, int], sum_ns: int) -> list[Sample]:
+def exported_bucket(position: int, le: str, step: int) -> bool:
+    """Whether the bucket at `position` (in `le` order) is exported with `step`.
+
+    Every `step`-th bound and `+Inf`: the cumulative count at a bound does not
+    depend on the buckets left out, so what is exported stays exact, only coarser.
+    """
+    return le == "+Inf" or (position + 1) % step == 0
+
+
+def _histogram(buckets: Mapping[str, int], sum_ns: int, step: int) -> list[Sample]:
     """Cumulative buckets in `le` order, then `_count` and `_sum` (seconds)."""
     out: list[Sample] = []
     running = 0
-    for le in sorted(buckets, key=float):  # float("+Inf") sorts last
+    for position, le in enumerate(sorted(buckets, key=float)):  # float("+Inf") sorts last
         running += buckets[le]
-        out.append(Sample("_bucket", (("le", le),), running))
+        if exported_bucket(position, le, step):
+            out.append(Sample("_bucket", (("le", le),), running))
     out.append(Sample("_count", (), running))
     out.append(Sample("_sum", (), sum_ns / 1e9))
     return out
 
 
-def agent_samples(view: AgentView) -> tuple[tuple[Sample, ...], ...]:
-    """One agent's samples, one tuple per `FAMILIES` entry (empty when it has none)."""
+def agent_samples(view: AgentView, step: int = 1) -> tuple[tuple[Sample, ...], ...]:
+    """One agent's samples, one tuple per `FAMILIES` entry (empty when it has none).
+
+    `step` thins histogram buckets (`exported_bucket`); 1 exports every bound.
+    """
     per: list[list[Sample]] = [[] for _ in FAMILIES]
     buckets: dict[str, dict[str, int]] = {}
     sums: dict[str, int] = {}
@@ -158,7 +171,7 @@ def agent_samples(view: AgentView) -> tuple[tuple[Sample, ...], ...]:
             sums[family[: -len(fi.SUM)]] = series.total
     for family, exposed in HISTOGRAMS.items():
         if family in buckets:
-            per[INDEX[exposed]] = _histogram(buckets[family], sums.get(family, 0))
+            per[INDEX[exposed]] = _histogram(buckets[family], sums.get(family, 0), step)
     for index, samples in gauge_samples(view.telemetry).items():
         per[index].extend(samples)
     return tuple(tuple(samples) for samples in per)
@@ -207,13 +220,16 @@ def _metric(family: Family) -> Metric:
 class InsightCollector(Collector):
     """Reference path: the same samples through prometheus-client's own exposition."""
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, histogram_step: int = 1) -> None:
         self._fleet = fleet
+        self._step = histogram_step
 
     def collect(self) -> Iterator[Metric]:
         metrics = [_metric(f) for f in FAMILIES]
         for view in self._fleet.snapshot():
-            for family, metric, samples in zip(FAMILIES, metrics, agent_samples(view), strict=True):
+            for family, metric, samples in zip(
+                FAMILIES, metrics, agent_samples(view, self._step), strict=True
+            ):
                 for s in samples:
                     labels = {"agent": view.agent_id, **dict(s.labels)}
                     metric.add_sample(family.name + s.suffix, labels, s.value)

@@ -26,6 +26,7 @@ from sennet.controlplane.insight_exposition import (
     HISTOGRAMS,
     INDEX,
     Sample,
+    exported_bucket,
     gauge_samples,
 )
 
@@ -48,6 +49,7 @@ class _Group(NamedTuple):
     family: int  # index into FAMILIES
     keys: tuple[SeriesKey, ...]  # whose totals fill `fmt`, in order
     sum_key: SeriesKey | None  # histograms: the sum series (nanoseconds)
+    picks: tuple[int, ...]  # histograms: the positions in `keys` whose buckets are exported
     fmt: str
 
 
@@ -56,7 +58,7 @@ class _Layout(NamedTuple):
     groups: tuple[_Group, ...]
 
 
-def _layout(view: AgentView) -> _Layout:
+def _layout(view: AgentView, step: int) -> _Layout:
     agent = f'agent="{_esc(view.agent_id)}"'
     counters: dict[int, list[SeriesKey]] = {}
     buckets: dict[str, list[SeriesKey]] = {}
@@ -70,13 +72,15 @@ def _layout(view: AgentView) -> _Layout:
         name, label = COUNTERS[keys[0].family]
         keys.sort()
         fmt = "".join(_slot(name, agent, [(label, k.name)] if label else [], "%d") for k in keys)
-        groups.append(_Group(index, tuple(keys), None, fmt))
+        groups.append(_Group(index, tuple(keys), None, (), fmt))
     for family, keys in buckets.items():
         name = HISTOGRAMS[family]
         keys.sort(key=lambda k: float(k.name))  # float("+Inf") sorts last
-        fmt = "".join(_slot(f"{name}_bucket", agent, [("le", k.name)], "%d") for k in keys)
+        picks = tuple(i for i, k in enumerate(keys) if exported_bucket(i, k.name, step))
+        fmt = "".join(_slot(f"{name}_bucket", agent, [("le", keys[i].name)], "%d") for i in picks)
         fmt += _slot(f"{name}_count", agent, (), "%d") + _slot(f"{name}_sum", agent, (), "%r")
-        groups.append(_Group(INDEX[name], tuple(keys), SeriesKey(family + fi.SUM, ""), fmt))
+        sum_key = SeriesKey(family + fi.SUM, "")
+        groups.append(_Group(INDEX[name], tuple(keys), sum_key, picks, fmt))
     return _Layout(tuple(view.series), tuple(groups))
 
 
@@ -86,7 +90,8 @@ def _values(group: _Group, series: Mapping[SeriesKey, Series]) -> tuple[int | fl
         return tuple(totals)
     cumulative = list(accumulate(totals))
     nanos = series[group.sum_key].total if group.sum_key in series else 0
-    return (*cumulative, cumulative[-1] if cumulative else 0, nanos / 1e9)
+    count = cumulative[-1] if cumulative else 0
+    return (*(cumulative[i] for i in group.picks), count, nanos / 1e9)
 
 
 def _gauge_text(agent_id: str, telemetry: fi.Telemetry | None) -> dict[int, str]:
@@ -112,15 +117,15 @@ class _Rendered(NamedTuple):
 class InsightRenderer:
     """Per-agent text prepared when a view is installed; a scrape joins it by family."""
 
-    def __init__(self) -> None:
+    def __init__(self, histogram_step: int = 1) -> None:
+        self._step = histogram_step  # export every step-th histogram bound (exported_bucket)
         self._lock = threading.Lock()
         self._by_agent: dict[str, _Rendered] = {}
 
-    @staticmethod
-    def _render(view: AgentView, previous: _Rendered | None) -> _Rendered:
+    def _render(self, view: AgentView, previous: _Rendered | None) -> _Rendered:
         layout = previous.layout if previous is not None else None
         if layout is None or layout.keys != tuple(view.series):
-            layout = _layout(view)
+            layout = _layout(view, self._step)
         text = [""] * len(FAMILIES)
         for group in layout.groups:
             text[group.family] = group.fmt % _values(group, view.series)

@@ -147,17 +147,19 @@ class _StoreCommits(Collector):
 class Exposition:
     """What GET /metrics returns: server metrics plus fleet series, fast or plain."""
 
-    def __init__(self, server: ServerMetrics, fleet: Fleet, stale_after_s: float) -> None:
+    def __init__(
+        self, server: ServerMetrics, fleet: Fleet, stale_after_s: float, histogram_step: int = 1
+    ) -> None:
         self._server = server
         self._fleet = fleet
         exports = ExportCache()
         fleet.subscribe(exports.warm)  # newly committed views are prepared before a scrape
         self._fast = FastFleetRenderer(stale_after_s, exports)
-        self._insights = InsightRenderer()
+        self._insights = InsightRenderer(histogram_step)
         fleet.subscribe(self._insights.warm)  # flow, DNS and TCP text too
         self._plain = CollectorRegistry()
         self._plain.register(FleetCollector(fleet, stale_after_s))
-        self._plain.register(InsightCollector(fleet))
+        self._plain.register(InsightCollector(fleet, histogram_step))
 
     def render(self, *, fast: bool = True) -> bytes:
         head = generate_latest(self._server.registry)

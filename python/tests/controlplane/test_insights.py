@@ -366,3 +366,26 @@ def test_the_fast_renderer_gives_exactly_the_reference_samples_for_every_part() 
         len([k for k in fast if k[0] == "sennet_flow_top_talker_bytes" and ("agent", a) in k[1]])
         == 1
     )
+
+
+def test_a_histogram_export_step_exports_exact_counts_at_every_third_bound(tmp_path: Path) -> None:
+    db = tmp_path / "cp.db"
+    bootstrap = create_bootstrap_token(db)
+    with running(db, tmp_path, ["--histogram-export-step", "3"]) as cp:
+        agent_id, token = cp.register(bootstrap)
+        assert cp.heartbeat(token, full_request(agent_id)) == OK
+        kept = {repr((1 << i) / 1e6) for i in range(2, 27, 3)} | {"+Inf"}
+        assert len(kept) == 10
+        want = {
+            key: value
+            for key, value in expected(agent_id, full_snapshot()).items()
+            if not key[0].endswith("_bucket") or dict(key[1])["le"] in kept
+        }
+        assert len(want) == 11 + 6 + 8 + 3 + 5 + 4 + 2 + 3 * 12
+        assert exported(cp.samples(), agent_id) == want
+        cp.stop()
+    fleet = Fleet([AgentView("a").apply(full_request("a"), 1.0)[0]])
+    expo = Exposition(ServerMetrics(agents=lambda: 1), fleet, 1e12, histogram_step=3)
+    fast = parse_samples(expo.render(fast=True).decode())
+    assert fast == parse_samples(expo.render(fast=False).decode())
+    assert len(exported(fast, "a")) == len(want)
