@@ -442,9 +442,13 @@ def _timed(fn: object, repeat: int) -> tuple[float, bytes]:
     return min(times) * 1000, out  # best of `repeat`: the box is shared, noise only adds
 
 
-def bench_metrics(agents: int, repeat: int, insights: bool = True) -> list[Figure]:
+def bench_metrics(
+    agents: int, repeat: int, insights: bool = True, histogram_step: int = 1
+) -> list[Figure]:
     fleet = fleet_of(agents, insights)
-    expo = Exposition(ServerMetrics(agents=lambda: len(fleet)), fleet, stale_after_s=35.0)
+    expo = Exposition(
+        ServerMetrics(agents=lambda: len(fleet)), fleet, 35.0, histogram_step=histogram_step
+    )
     started = time.perf_counter()
     expo.render(fast=True)
     cold_ms = (time.perf_counter() - started) * 1000
@@ -496,7 +500,8 @@ def bench_metrics(agents: int, repeat: int, insights: bool = True) -> list[Figur
             round(beat_ms, 1),
             "ms",
             baseline=reference,
-            note=f"{agents} agents x 2 interfaces{' + flows, DNS, TCP' if insights else ''}, "
+            note=f"{agents} agents x 2 interfaces"
+            f"{f' + flows, DNS, TCP (histogram step {histogram_step})' if insights else ''}, "
             f"{fleet_series} fleet series, {len(fast) / 1e6:.1f} MB; every agent reported "
             "since the last scrape",
         ),
@@ -550,13 +555,24 @@ def main() -> int:
         action="store_true",
         help="agents without flow, DNS and TCP series (the figure before they existed)",
     )
+    parser.add_argument(
+        "--metrics-histogram-step",
+        type=int,
+        default=1,
+        help="the control plane's histogram_export_step for the /metrics figures",
+    )
     parser.add_argument("--serve-trivial", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_trivial:
         serve_trivial(args.serve_trivial)
         return 0
     load_before = os.getloadavg()[0]
-    figs = bench_metrics(args.metrics_agents, repeat=5, insights=not args.metrics_without_insights)
+    figs = bench_metrics(
+        args.metrics_agents,
+        repeat=5,
+        insights=not args.metrics_without_insights,
+        histogram_step=args.metrics_histogram_step,
+    )
     if not args.skip_grpc:
         with tempfile.TemporaryDirectory(prefix="sennet-bench-") as tmp:
             figs += bench_grpc(args, Path(tmp))

@@ -348,7 +348,7 @@ class Store:
                 "SELECT key, last_raw, total FROM series WHERE agent_id = ?", (agent_id,)
             )
         }
-        telemetry = store_insights.latest_telemetry(conn, [agent_id]).get(agent_id)
+        telemetry = store_insights.latest_telemetry(conn, agent_id).get(agent_id)
         return self._view(row, series, telemetry)
 
     def count(self, table: str) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections import defaultdict
+from typing import Any
 
 from sennet.controlplane import fleet_insights as fi
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
@@ -104,68 +105,67 @@ def insert(conn: sqlite3.Connection, hb_id: int, req: pb.HeartbeatRequest) -> No
 
 
 def latest_telemetry(
-    conn: sqlite3.Connection, agent_ids: Iterable[str] | None = None
+    conn: sqlite3.Connection, agent_id: str | None = None
 ) -> dict[str, fi.Telemetry]:
-    """Each agent's gauges from its newest stored heartbeat (agents with none are left out)."""
-    latest: dict[int, str] = {}
-    if agent_ids is None:
-        query = "SELECT agent_id, max(heartbeat_id) FROM heartbeats GROUP BY agent_id"
-        latest = {hb: aid for aid, hb in conn.execute(query)}
+    """Each agent's gauges from its newest stored heartbeat (agents with none are left out).
+
+    One query per table for the whole fleet (a restart or a --fleet-refresh reload
+    reads every agent), or for one agent (`agent_id`, the writer's reload).
+    """
+    if agent_id is None:
+        latest = "SELECT max(heartbeat_id) FROM heartbeats GROUP BY agent_id"
+        args: tuple[str, ...] = ()
     else:
-        for aid in agent_ids:
-            row = conn.execute(
-                "SELECT max(heartbeat_id) FROM heartbeats WHERE agent_id = ?", (aid,)
-            ).fetchone()
-            if row[0] is not None:
-                latest[int(row[0])] = aid
+        latest = "SELECT max(heartbeat_id) FROM heartbeats WHERE agent_id = ?"
+        args = (agent_id,)
+
+    def rows(sql: str) -> list[tuple[Any, ...]]:
+        return conn.execute(sql.format(latest=latest), args).fetchall()
+
+    owner = dict(
+        rows("SELECT heartbeat_id, agent_id FROM heartbeats WHERE heartbeat_id IN ({latest})")
+    )
+    flows = {
+        hb: (active, capacity)
+        for hb, active, capacity in rows(
+            "SELECT heartbeat_id, active, capacity FROM flow_samples"
+            " WHERE heartbeat_id IN ({latest})"
+        )
+    }
+    dns = {
+        hb
+        for (hb,) in rows("SELECT heartbeat_id FROM dns_samples WHERE heartbeat_id IN ({latest})")
+    }
+    talkers: dict[int, list[fi.TalkerRow]] = defaultdict(list)
+    for hb, *row in rows(
+        "SELECT heartbeat_id, interface, direction, ip_version, l4_proto, src_addr, dst_addr,"
+        " src_port, dst_port, vlan_id, packets, bytes, tcp_flags FROM talkers"
+        " WHERE heartbeat_id IN ({latest}) ORDER BY heartbeat_id, rank"
+    ):
+        talkers[hb].append(fi.TalkerRow(*row))
+    bursts: dict[int, list[fi.BurstRow]] = defaultdict(list)
+    for hb, *row in rows(
+        "SELECT heartbeat_id, interface, direction, window_ms, max_packets, max_bytes"
+        " FROM microbursts WHERE heartbeat_id IN ({latest})"
+    ):
+        bursts[hb].append(fi.BurstRow(*row))
+    names: dict[tuple[int, str], list[fi.NameRow]] = defaultdict(list)
+    for hb, which, name, count in rows(
+        "SELECT heartbeat_id, list, name, count FROM dns_names"
+        " WHERE heartbeat_id IN ({latest}) ORDER BY heartbeat_id, list, rank"
+    ):
+        names[(hb, which)].append(fi.NameRow(name, count))
     out: dict[str, fi.Telemetry] = {}
-    for hb_id, aid in latest.items():
-        telemetry = _telemetry(conn, hb_id)
-        if telemetry is not None:
-            out[aid] = telemetry
+    for hb, aid in owner.items():
+        if hb not in flows and hb not in dns and not bursts.get(hb):
+            continue  # the newest heartbeat has none of the gauges (telemetry_of: None)
+        active, capacity = flows.get(hb, (None, None))
+        out[aid] = fi.Telemetry(
+            flows_active=active,
+            flows_capacity=capacity,
+            talkers=tuple(talkers.get(hb, ())),
+            bursts=tuple(bursts.get(hb, ())),
+            top_queried=tuple(names.get((hb, "queried"), ())),
+            top_failing=tuple(names.get((hb, "failing"), ())),
+        )
     return out
-
-
-def _telemetry(conn: sqlite3.Connection, hb_id: int) -> fi.Telemetry | None:
-    flows = conn.execute(
-        "SELECT active, capacity FROM flow_samples WHERE heartbeat_id = ?", (hb_id,)
-    ).fetchone()
-    has_dns = conn.execute("SELECT 1 FROM dns_samples WHERE heartbeat_id = ?", (hb_id,)).fetchone()
-    bursts = tuple(
-        fi.BurstRow(*row)
-        for row in conn.execute(
-            "SELECT interface, direction, window_ms, max_packets, max_bytes FROM microbursts"
-            " WHERE heartbeat_id = ?",
-            (hb_id,),
-        )
-    )
-    if flows is None and has_dns is None and not bursts:
-        return None
-    talkers = tuple(
-        fi.TalkerRow(*row)
-        for row in conn.execute(
-            "SELECT interface, direction, ip_version, l4_proto, src_addr, dst_addr, src_port,"
-            " dst_port, vlan_id, packets, bytes, tcp_flags FROM talkers WHERE heartbeat_id = ?"
-            " ORDER BY rank",
-            (hb_id,),
-        )
-    )
-
-    def names(which: str) -> tuple[fi.NameRow, ...]:
-        return tuple(
-            fi.NameRow(*row)
-            for row in conn.execute(
-                "SELECT name, count FROM dns_names WHERE heartbeat_id = ? AND list = ?"
-                " ORDER BY rank",
-                (hb_id, which),
-            )
-        )
-
-    return fi.Telemetry(
-        flows_active=None if flows is None else flows[0],
-        flows_capacity=None if flows is None else flows[1],
-        talkers=talkers,
-        bursts=bursts,
-        top_queried=names("queried"),
-        top_failing=names("failing"),
-    )

@@ -20,7 +20,9 @@ import pytest
 from sennet.agent.snapshot import Snapshot
 from sennet.agent.telemetry import LatencyHistogram
 from sennet.controlplane.fleet import AgentView, Fleet
+from sennet.controlplane.fleet_insights import telemetry_of
 from sennet.controlplane.metrics import Exposition, ServerMetrics
+from sennet.controlplane.store import Store
 from sennet.proto.contract import HEARTBEAT
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.controlplane import (
@@ -312,6 +314,17 @@ def test_the_latest_gauges_and_the_totals_survive_a_control_plane_restart(fresh:
     before = exported(fresh.cp.samples(), agent_id)
     fresh.cp.restart()
     assert exported(fresh.cp.samples(), agent_id) == before == expected(agent_id, full_snapshot())
+    # both reload paths (the whole fleet at start, one agent in the writer) read the same
+    store = Store(fresh.cp.db)
+    conn = store.connect()
+    try:
+        one = store.load_agent(conn, agent_id)
+        (whole,) = [v for v in store.load_fleet() if v.agent_id == agent_id]
+        assert one is not None
+        assert one.telemetry == whole.telemetry == telemetry_of(full_request(agent_id))
+    finally:
+        conn.close()
+        store.close()
 
 
 def test_promtool_accepts_the_exposition_with_every_part(shared: Served) -> None:
