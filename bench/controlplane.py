@@ -521,7 +521,7 @@ def bench_metrics(
             "metrics_render_fast_cold",
             round(cold_ms, 1),
             "ms",
-            note="first scrape: prefixes rendered",
+            note="first scrape right after start (flow/DNS/TCP text being prepared beside it)",
         ),
         reference,
         Figure("metrics_speedup", round(plain_ms / beat_ms, 2), "ratio", baseline=reference),

@@ -58,30 +58,35 @@ class _Layout(NamedTuple):
     groups: tuple[_Group, ...]
 
 
-def _layout(view: AgentView, step: int) -> _Layout:
-    agent = f'agent="{_esc(view.agent_id)}"'
+# Stands for the agent's label in a shape's templates (a NUL never occurs in rendered text).
+_AGENT = "\x00"
+_MAX_SHAPES = 256  # distinct key sets kept; fleets share a handful (same agent versions)
+
+
+def _shape(keys: tuple[SeriesKey, ...], step: int) -> tuple[_Group, ...]:
+    """The groups for a set of flow/DNS/TCP series keys, the agent label left as `_AGENT`."""
     counters: dict[int, list[SeriesKey]] = {}
     buckets: dict[str, list[SeriesKey]] = {}
-    for key in view.series:
+    for key in keys:
         if key.family in COUNTERS:
             counters.setdefault(INDEX[COUNTERS[key.family][0]], []).append(key)
         elif key.family in HISTOGRAMS:
             buckets.setdefault(key.family, []).append(key)
     groups = []
-    for index, keys in sorted(counters.items()):
-        name, label = COUNTERS[keys[0].family]
-        keys.sort()
-        fmt = "".join(_slot(name, agent, [(label, k.name)] if label else [], "%d") for k in keys)
-        groups.append(_Group(index, tuple(keys), None, (), fmt))
-    for family, keys in buckets.items():
+    for index, group in sorted(counters.items()):
+        name, label = COUNTERS[group[0].family]
+        group.sort()
+        fmt = "".join(_slot(name, _AGENT, [(label, k.name)] if label else [], "%d") for k in group)
+        groups.append(_Group(index, tuple(group), None, (), fmt))
+    for family, group in buckets.items():
         name = HISTOGRAMS[family]
-        keys.sort(key=lambda k: float(k.name))  # float("+Inf") sorts last
-        picks = tuple(i for i, k in enumerate(keys) if exported_bucket(i, k.name, step))
-        fmt = "".join(_slot(f"{name}_bucket", agent, [("le", keys[i].name)], "%d") for i in picks)
-        fmt += _slot(f"{name}_count", agent, (), "%d") + _slot(f"{name}_sum", agent, (), "%r")
+        group.sort(key=lambda k: float(k.name))  # float("+Inf") sorts last
+        picks = tuple(i for i, k in enumerate(group) if exported_bucket(i, k.name, step))
+        fmt = "".join(_slot(f"{name}_bucket", _AGENT, [("le", group[i].name)], "%d") for i in picks)
+        fmt += _slot(f"{name}_count", _AGENT, (), "%d") + _slot(f"{name}_sum", _AGENT, (), "%r")
         sum_key = SeriesKey(family + fi.SUM, "")
-        groups.append(_Group(INDEX[name], tuple(keys), sum_key, picks, fmt))
-    return _Layout(tuple(view.series), tuple(groups))
+        groups.append(_Group(INDEX[name], tuple(group), sum_key, picks, fmt))
+    return tuple(groups)
 
 
 def _values(group: _Group, series: Mapping[SeriesKey, Series]) -> tuple[int | float, ...]:
@@ -121,11 +126,29 @@ class InsightRenderer:
         self._step = histogram_step  # export every step-th histogram bound (exported_bucket)
         self._lock = threading.Lock()
         self._by_agent: dict[str, _Rendered] = {}
+        # key set -> groups with the agent left open: laid out once for every agent that has
+        # the same flow/DNS/TCP series (the first scrape after a restart meets 10,000 agents)
+        self._shapes: dict[tuple[SeriesKey, ...], tuple[_Group, ...]] = {}
+        self._shapes_lock = threading.Lock()  # apart: a scrape lays out under self._lock
+
+    def _layout(self, view: AgentView) -> _Layout:
+        keys = tuple(k for k in view.series if k.family in fi.FAMILIES)
+        with self._shapes_lock:
+            shape = self._shapes.get(keys)
+        if shape is None:
+            shape = _shape(keys, self._step)
+            with self._shapes_lock:
+                if len(self._shapes) >= _MAX_SHAPES:
+                    self._shapes.clear()
+                self._shapes[keys] = shape
+        agent = f'agent="{_esc(view.agent_id)}"'.replace("%", "%%")
+        groups = tuple(g._replace(fmt=g.fmt.replace(_AGENT, agent)) for g in shape)
+        return _Layout(tuple(view.series), groups)
 
     def _render(self, view: AgentView, previous: _Rendered | None) -> _Rendered:
         layout = previous.layout if previous is not None else None
         if layout is None or layout.keys != tuple(view.series):
-            layout = _layout(view, self._step)
+            layout = self._layout(view)
         text = [""] * len(FAMILIES)
         for group in layout.groups:
             text[group.family] = group.fmt % _values(group, view.series)

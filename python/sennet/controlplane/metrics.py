@@ -10,6 +10,7 @@ into what GET /metrics returns and wires the export cache to the fleet.
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -157,6 +158,14 @@ class Exposition:
         self._fast = FastFleetRenderer(stale_after_s, exports)
         self._insights = InsightRenderer(histogram_step)
         fleet.subscribe(self._insights.warm)  # flow, DNS and TCP text too
+        # The agents loaded at start: prepared in the background, so the first scrape after a
+        # restart does not lay out 10,000 agents itself (a scrape meanwhile renders the rest).
+        threading.Thread(
+            target=self._insights.warm,
+            args=(fleet.snapshot(),),
+            name="sennet-metrics-warm",
+            daemon=True,
+        ).start()
         self._plain = CollectorRegistry()
         self._plain.register(FleetCollector(fleet, stale_after_s))
         self._plain.register(InsightCollector(fleet, histogram_step))
