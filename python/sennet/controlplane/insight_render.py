@@ -61,6 +61,7 @@ class _Layout(NamedTuple):
 # Stands for the agent's label in a shape's templates (a NUL never occurs in rendered text).
 _AGENT = "\x00"
 _MAX_SHAPES = 256  # distinct key sets kept; fleets share a handful (same agent versions)
+_NOTHING = ("",) * len(FAMILIES)  # the text of an agent without flow, DNS or TCP parts
 
 
 def _shape(keys: tuple[SeriesKey, ...], step: int) -> tuple[_Group, ...]:
@@ -159,7 +160,10 @@ class InsightRenderer:
         else:
             for index, gauges in _gauge_text(view.agent_id, view.telemetry).items():
                 text[index] = gauges
-        return _Rendered(view.series, view.telemetry, layout, tuple(text))
+        # agents without flow/DNS/TCP parts share one empty tuple, which a scrape skips
+        return _Rendered(
+            view.series, view.telemetry, layout, tuple(text) if any(text) else _NOTHING
+        )
 
     def warm(self, views: Iterable[AgentView]) -> None:
         """Render newly committed views (called by the fleet, outside its lock)."""
@@ -180,7 +184,8 @@ class InsightRenderer:
                 if hit is None or hit.series is not v.series or hit.telemetry is not v.telemetry:
                     hit = self._render(v, hit)
                     cache[v.agent_id] = hit
-                texts.append(hit.text)
+                if hit.text is not _NOTHING:
+                    texts.append(hit.text)
             if len(cache) > len(views):
                 live = {v.agent_id for v in views}
                 for gone in [k for k in cache if k not in live]:

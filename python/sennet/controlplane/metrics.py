@@ -174,6 +174,7 @@ class Exposition:
         head = generate_latest(self._server.registry)
         if fast:
             views = self._fleet.snapshot()
-            body = self._fast.render(views, time.time()) + self._insights.render(views)
-            return head + body.encode()
+            fleet_text = self._fast.render(views, time.time()).encode()
+            # one join: at 10,000 agents each extra concatenation copies tens of megabytes
+            return b"".join((head, fleet_text, self._insights.render(views).encode()))
         return head + generate_latest(self._plain)
