@@ -40,6 +40,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from sennet.controlplane.fleet import AgentView, Fleet, Series, SeriesKey
+from sennet.controlplane.fleet_insights import FAMILIES
 from sennet.controlplane.identity import Identity
 from sennet.controlplane.metrics import Exposition, ServerMetrics
 from sennet.controlplane.store import Store
@@ -50,7 +51,9 @@ from sennet.testing.figures import Figure, report
 from sennet.testing.ports import free_port
 from sennet.testing.process import PYTHON, LoggedProcess
 from sennet.testing.scrape import scrape
+from sennet.testing.telemetry import full_request
 
+MOVING = ("rx_", "tx_", "flow_", "dns_", "tcp_")
 KINDS = ("large_packet", "tcp_null", "tcp_syn_fin", "tcp_syn_rst", "tcp_xmas", "land")
 HEALTH = "/{}/Check".format(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
 
@@ -397,7 +400,11 @@ def bench_grpc(args: argparse.Namespace, workdir: Path) -> list[Figure]:
 # -- /metrics -------------------------------------------------------------------------------
 
 
-def fleet_of(agents: int) -> Fleet:
+def fleet_of(agents: int, insights: bool = True) -> Fleet:
+    """`agents` views; with `insights`, each also has a full heartbeat's flow, DNS and TCP
+    series (three 28-bucket histograms) and gauges (3 talkers, 4 microbursts, 4 names)."""
+    template = AgentView("template").apply(full_request("template"), time.time())[0]
+    extra = {k: s for k, s in template.series.items() if k.family in FAMILIES}
     views = []
     for n in range(agents):
         series = {}
@@ -408,6 +415,8 @@ def fleet_of(agents: int) -> Fleet:
             series[SeriesKey("events", k)] = Series(n, n)
             series[SeriesKey("ringbuf_drops", k)] = Series(0, 0)
         series[SeriesKey("agent_dropped", "")] = Series(0, 0)
+        if insights:
+            series.update(extra)
         views.append(
             AgentView(
                 agent_id=str(uuid.UUID(int=n + 1)),
@@ -418,6 +427,7 @@ def fleet_of(agents: int) -> Fleet:
                 uptime_seconds=100.0,
                 heartbeats=1,
                 series=series,
+                telemetry=template.telemetry if insights else None,
             )
         )
     return Fleet(views)
@@ -432,9 +442,13 @@ def _timed(fn: object, repeat: int) -> tuple[float, bytes]:
     return min(times) * 1000, out  # best of `repeat`: the box is shared, noise only adds
 
 
-def bench_metrics(agents: int, repeat: int) -> list[Figure]:
-    fleet = fleet_of(agents)
-    expo = Exposition(ServerMetrics(agents=lambda: len(fleet)), fleet, stale_after_s=35.0)
+def bench_metrics(
+    agents: int, repeat: int, insights: bool = True, histogram_step: int = 1
+) -> list[Figure]:
+    fleet = fleet_of(agents, insights)
+    expo = Exposition(
+        ServerMetrics(agents=lambda: len(fleet)), fleet, 35.0, histogram_step=histogram_step
+    )
     started = time.perf_counter()
     expo.render(fast=True)
     cold_ms = (time.perf_counter() - started) * 1000
@@ -446,22 +460,27 @@ def bench_metrics(agents: int, repeat: int) -> list[Figure]:
         fresh = {}
         for v in fleet.snapshot():
             # interface counters move every interval; event and drop counters rarely do
+            # interface, flow, DNS and TCP counters move every interval; events rarely do
             series = {
-                k: Series(s.last_raw + 1, s.total + 1) if k.family.startswith(("rx_", "tx_")) else s
+                k: Series(s.last_raw + 1, s.total + 1) if k.family.startswith(MOVING) else s
                 for k, s in v.series.items()
             }
             nv = replace(v, series=series, last_heartbeat=time.time())
             fresh[v.agent_id] = nv
-        fleet.publish(fresh)
+        started = time.perf_counter()
+        fleet.publish(fresh)  # the exporter prepares each view here, at write time
+        prepare.append(time.perf_counter() - started)
         started = time.perf_counter()
         out = expo.render(fast=True)
         times.append(time.perf_counter() - started)
         return out
 
     times: list[float] = []
+    prepare: list[float] = []
     for _ in range(repeat):
         after_heartbeats()
     beat_ms = min(times) * 1000
+    prepare_us = min(prepare) / agents * 1e6
     plain_ms, plain = _timed(lambda: expo.render(fast=False), repeat)
     series = sum(1 for line in fast.splitlines() if line and not line.startswith(b"#"))
     fleet_series = sum(
@@ -481,8 +500,16 @@ def bench_metrics(agents: int, repeat: int) -> list[Figure]:
             round(beat_ms, 1),
             "ms",
             baseline=reference,
-            note=f"{agents} agents x 2 interfaces, {fleet_series} fleet series, "
-            f"{len(fast) / 1e6:.1f} MB; every agent reported since the last scrape",
+            note=f"{agents} agents x 2 interfaces"
+            f"{f' + flows, DNS, TCP (histogram step {histogram_step})' if insights else ''}, "
+            f"{fleet_series} fleet series, {len(fast) / 1e6:.1f} MB; every agent reported "
+            "since the last scrape",
+        ),
+        Figure(
+            "metrics_prepare_per_heartbeat",
+            round(prepare_us, 1),
+            "us",
+            note="write-time share: an installed view's export grouping and text, per agent",
         ),
         Figure(
             "metrics_render_fast_unchanged",
@@ -494,7 +521,7 @@ def bench_metrics(agents: int, repeat: int) -> list[Figure]:
             "metrics_render_fast_cold",
             round(cold_ms, 1),
             "ms",
-            note="first scrape: prefixes rendered",
+            note="first scrape right after start (flow/DNS/TCP text being prepared beside it)",
         ),
         reference,
         Figure("metrics_speedup", round(plain_ms / beat_ms, 2), "ratio", baseline=reference),
@@ -523,13 +550,29 @@ def main() -> int:
     )
     parser.add_argument("--metrics-agents", type=int, default=10000)
     parser.add_argument("--skip-grpc", action="store_true", help="only the /metrics figures")
+    parser.add_argument(
+        "--metrics-without-insights",
+        action="store_true",
+        help="agents without flow, DNS and TCP series (the figure before they existed)",
+    )
+    parser.add_argument(
+        "--metrics-histogram-step",
+        type=int,
+        default=1,
+        help="the control plane's histogram_export_step for the /metrics figures",
+    )
     parser.add_argument("--serve-trivial", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_trivial:
         serve_trivial(args.serve_trivial)
         return 0
     load_before = os.getloadavg()[0]
-    figs = bench_metrics(args.metrics_agents, repeat=5)
+    figs = bench_metrics(
+        args.metrics_agents,
+        repeat=5,
+        insights=not args.metrics_without_insights,
+        histogram_step=args.metrics_histogram_step,
+    )
     if not args.skip_grpc:
         with tempfile.TemporaryDirectory(prefix="sennet-bench-") as tmp:
             figs += bench_grpc(args, Path(tmp))

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from sennet.agent import insight_metrics
 from sennet.agent.sinks.fanout import own_metrics_of
 from sennet.agent.sinks.protocol import OwnMetric
 from sennet.agent.snapshot import Snapshot
@@ -82,6 +83,7 @@ class SnapshotCollector(Collector):
             "Events decoded by this agent process",
             value=snap.events_consumed,
         )
+        yield from insight_metrics.families(snap)
         sink = self._sink()
         yield from own_families(own_metrics_of([sink] if sink is not None else []))
 

@@ -30,6 +30,7 @@ from sennet.controlplane.metrics import Exposition, ServerMetrics
 from sennet.controlplane.sentinel_service import SentinelService
 from sennet.controlplane.settings import Settings
 from sennet.controlplane.store import Store
+from sennet.controlplane.validate_insights import Limits
 from sennet.controlplane.writer import HeartbeatWriter
 
 log = logging.getLogger("sennet.controlplane")
@@ -55,9 +56,12 @@ class ControlPlane:
         )
         self.identity = Identity(self.store)
         self.auth = Authenticator(self.identity, cache_s=settings.agent_token_cache)
-        self.service = SentinelService(self.identity, self.writer, self.fleet, self.auth)
+        limits = Limits(settings.max_talkers, settings.max_dns_names)
+        self.service = SentinelService(self.identity, self.writer, self.fleet, self.auth, limits)
         self.calls = Calls(self.service, self.auth, self.metrics, settings.max_request_bytes)
-        self.exposition = Exposition(self.metrics, self.fleet, settings.stale_after)
+        self.exposition = Exposition(
+            self.metrics, self.fleet, settings.stale_after, settings.histogram_export_step
+        )
         self.http = HttpServer(
             settings.http_listen,
             HttpApp(self.calls, self.exposition, self.health, settings.body_timeout),

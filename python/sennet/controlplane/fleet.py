@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+from sennet.controlplane import fleet_insights
+from sennet.controlplane.fleet_insights import Telemetry
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 INTERFACE_FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
@@ -43,7 +45,8 @@ class SeriesKey(NamedTuple):
     """Which of an agent's series: a family (`rx_packets`, `events`, ...) and a name in it.
 
     The name is the interface for interface families, the event kind for
-    `events` and `ringbuf_drops`, and "" for `agent_dropped`. A tuple (compared
+    `events` and `ringbuf_drops`, "" for `agent_dropped`; for the flow, DNS
+    and TCP families see `fleet_insights.py`. A tuple (compared
     and hashed in C) rather than a dataclass, because the exporter compares
     thousands of keys per scrape.
     """
@@ -109,6 +112,8 @@ class AgentView:
     heartbeats: int = 0
     resets: int = 0
     series: Mapping[SeriesKey, Series] = field(default_factory=dict)
+    # gauges of the latest heartbeat: flows, microbursts, top names (fleet_insights.py)
+    telemetry: Telemetry | None = None
 
     def raw_readings(self, req: pb.HeartbeatRequest) -> dict[SeriesKey, int]:
         """The raw cumulative values a heartbeat carries, by series key."""
@@ -121,6 +126,8 @@ class AgentView:
         for kind, count in req.ringbuf_drops_by_kind.items():
             out[SeriesKey(RINGBUF_DROPS, kind)] = count
         out[SeriesKey(AGENT_DROPPED, "")] = req.events_dropped_by_agent
+        for family, name, raw in fleet_insights.readings(req):
+            out[SeriesKey(family, name)] = raw
         return out
 
     def apply(
@@ -154,6 +161,7 @@ class AgentView:
             heartbeats=self.heartbeats + 1,
             resets=self.resets + resets,
             series=merged,
+            telemetry=fleet_insights.telemetry_of(req),
         )
         return view, changed
 

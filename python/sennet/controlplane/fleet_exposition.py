@@ -121,7 +121,7 @@ class FleetCollector(Collector):
                     drops.add_metric([a, name], s.total)
                 elif family == AGENT_DROPPED:
                     agent_dropped.add_metric([a], s.total)
-                else:
+                elif family in INTERFACE_FIELDS:
                     direction, _, unit = family.partition("_")
                     ifs[unit].add_metric([a, name, direction], s.total)
         yield from (
@@ -151,7 +151,9 @@ Export = tuple[tuple[tuple[SeriesKey, ...], ...], tuple[tuple[int, ...], ...]]
 def _export(series: Mapping[SeriesKey, Series]) -> Export:
     groups: dict[str, list[SeriesKey]] = {g: [] for g in EXPORT_GROUPS}
     for key in series:
-        groups[_GROUP_OF[key.family]].append(key)
+        group = _GROUP_OF.get(key.family)
+        if group is not None:  # flow, DNS and TCP series: insight_exposition.py
+            groups[group].append(key)
     keys = tuple(tuple(sorted(groups[g])) for g in EXPORT_GROUPS)
     values = tuple(tuple([series[k].total for k in ks]) for ks in keys)
     return keys, values

@@ -2,13 +2,15 @@
 
 The control plane's own counters live in a registry owned by `ServerMetrics`
 (never the process-global one). The per-agent series, and the caches that make
-rendering them fast, are in `fleet_exposition.py`; `Exposition` joins the two
+rendering them fast, are in `fleet_exposition.py` (interfaces, events) and
+`insight_exposition.py` (flows, DNS, TCP); `Exposition` joins the two
 into what GET /metrics returns and wires the export cache to the fleet.
 """
 
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,6 +20,8 @@ from prometheus_client.registry import Collector
 
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.fleet_exposition import ExportCache, FastFleetRenderer, FleetCollector
+from sennet.controlplane.insight_exposition import InsightCollector
+from sennet.controlplane.insight_render import InsightRenderer
 from sennet.controlplane.refusals import RequestError
 from sennet.proto import contract
 
@@ -144,17 +148,33 @@ class _StoreCommits(Collector):
 class Exposition:
     """What GET /metrics returns: server metrics plus fleet series, fast or plain."""
 
-    def __init__(self, server: ServerMetrics, fleet: Fleet, stale_after_s: float) -> None:
+    def __init__(
+        self, server: ServerMetrics, fleet: Fleet, stale_after_s: float, histogram_step: int = 1
+    ) -> None:
         self._server = server
         self._fleet = fleet
         exports = ExportCache()
         fleet.subscribe(exports.warm)  # newly committed views are prepared before a scrape
         self._fast = FastFleetRenderer(stale_after_s, exports)
+        self._insights = InsightRenderer(histogram_step)
+        fleet.subscribe(self._insights.warm)  # flow, DNS and TCP text too
+        # The agents loaded at start: prepared in the background, so the first scrape after a
+        # restart does not lay out 10,000 agents itself (a scrape meanwhile renders the rest).
+        threading.Thread(
+            target=self._insights.warm,
+            args=(fleet.snapshot(),),
+            name="sennet-metrics-warm",
+            daemon=True,
+        ).start()
         self._plain = CollectorRegistry()
         self._plain.register(FleetCollector(fleet, stale_after_s))
+        self._plain.register(InsightCollector(fleet, histogram_step))
 
     def render(self, *, fast: bool = True) -> bytes:
         head = generate_latest(self._server.registry)
         if fast:
-            return head + self._fast.render(self._fleet.snapshot(), time.time()).encode()
+            views = self._fleet.snapshot()
+            fleet_text = self._fast.render(views, time.time()).encode()
+            # one join: at 10,000 agents each extra concatenation copies tens of megabytes
+            return b"".join((head, fleet_text, self._insights.render(views).encode()))
         return head + generate_latest(self._plain)

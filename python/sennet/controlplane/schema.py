@@ -114,6 +114,86 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE agents ADD COLUMN reset_allowed INTEGER NOT NULL DEFAULT 0
         CHECK (reset_allowed IN (0, 1));
     """,
+    # 4: flows, microbursts, DNS and TCP health, one set of rows per heartbeat (deleted with
+    #    it, so they share the heartbeats' retention). Raw readings as the agent sent them;
+    #    the monotonic totals live in `series` like the interface counters. Histograms keep
+    #    bounds and per-bucket counts as JSON arrays (exact: integers and repr floats).
+    """
+    CREATE TABLE flow_samples (
+        heartbeat_id  INTEGER PRIMARY KEY REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        active        INTEGER NOT NULL,
+        capacity      INTEGER NOT NULL,
+        created_total INTEGER NOT NULL,
+        ended_total   INTEGER NOT NULL,
+        lost_total    INTEGER NOT NULL
+    );
+    CREATE TABLE talkers (
+        heartbeat_id INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        rank         INTEGER NOT NULL,
+        interface    TEXT NOT NULL,
+        direction    TEXT NOT NULL CHECK (direction IN ('rx', 'tx')),
+        ip_version   INTEGER NOT NULL,
+        l4_proto     INTEGER NOT NULL,
+        src_addr     TEXT NOT NULL,
+        dst_addr     TEXT NOT NULL,
+        src_port     INTEGER NOT NULL,
+        dst_port     INTEGER NOT NULL,
+        vlan_id      INTEGER NOT NULL,
+        packets      INTEGER NOT NULL,
+        bytes        INTEGER NOT NULL,
+        tcp_flags    INTEGER NOT NULL,
+        PRIMARY KEY (heartbeat_id, rank)
+    ) WITHOUT ROWID;
+    CREATE TABLE microbursts (
+        heartbeat_id INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        interface    TEXT NOT NULL,
+        direction    TEXT NOT NULL CHECK (direction IN ('rx', 'tx')),
+        window_ms    INTEGER NOT NULL,
+        max_packets  INTEGER NOT NULL,
+        max_bytes    INTEGER NOT NULL,
+        PRIMARY KEY (heartbeat_id, interface, direction, window_ms)
+    ) WITHOUT ROWID;
+    CREATE TABLE dns_samples (
+        heartbeat_id     INTEGER PRIMARY KEY REFERENCES heartbeats (heartbeat_id)
+                         ON DELETE CASCADE,
+        unanswered_total INTEGER NOT NULL,
+        malformed_total  INTEGER NOT NULL
+    );
+    CREATE TABLE dns_counts (
+        heartbeat_id INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        what         TEXT NOT NULL CHECK (what IN ('qtype', 'rcode')),
+        key          TEXT NOT NULL,
+        count        INTEGER NOT NULL,
+        PRIMARY KEY (heartbeat_id, what, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE dns_names (
+        heartbeat_id INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        list         TEXT NOT NULL CHECK (list IN ('queried', 'failing')),
+        rank         INTEGER NOT NULL,
+        name         TEXT NOT NULL,
+        count        INTEGER NOT NULL,
+        PRIMARY KEY (heartbeat_id, list, rank)
+    ) WITHOUT ROWID;
+    CREATE TABLE tcp_samples (
+        heartbeat_id              INTEGER PRIMARY KEY REFERENCES heartbeats (heartbeat_id)
+                                  ON DELETE CASCADE,
+        attempts_unanswered_total INTEGER NOT NULL,
+        resets_rx                 INTEGER NOT NULL,
+        resets_tx                 INTEGER NOT NULL,
+        retransmits_total         INTEGER NOT NULL,
+        zero_windows_total        INTEGER NOT NULL,
+        malformed_total           INTEGER NOT NULL
+    );
+    CREATE TABLE histogram_samples (
+        heartbeat_id   INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        histogram      TEXT NOT NULL
+                       CHECK (histogram IN ('dns_latency', 'tcp_syn_rtt', 'tcp_synack_rtt')),
+        bounds_seconds TEXT NOT NULL,
+        counts         TEXT NOT NULL,
+        sum_seconds    REAL NOT NULL,
+        PRIMARY KEY (heartbeat_id, histogram)
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

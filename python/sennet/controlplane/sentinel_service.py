@@ -17,6 +17,7 @@ from sennet.controlplane.auth import Authenticator, Principal
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.identity import Identity
 from sennet.controlplane.refusals import Code, RequestError
+from sennet.controlplane.validate_insights import DEFAULT_LIMITS, Limits
 from sennet.controlplane.writer import HeartbeatWriter
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
@@ -25,8 +26,14 @@ log = logging.getLogger("sennet.controlplane.sentinel_service")
 
 class SentinelService:
     def __init__(
-        self, identity: Identity, writer: HeartbeatWriter, fleet: Fleet, auth: Authenticator
+        self,
+        identity: Identity,
+        writer: HeartbeatWriter,
+        fleet: Fleet,
+        auth: Authenticator,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
+        self._limits = limits
         self._auth = auth
         self._identity = identity
         self._writer = writer
@@ -82,7 +89,7 @@ class SentinelService:
         self, principal: Principal, req: pb.HeartbeatRequest
     ) -> Future[pb.HeartbeatResponse]:
         """Validate and queue a heartbeat; the future resolves once it is committed."""
-        validate.heartbeat(req)
+        validate.heartbeat(req, self._limits)
         if principal.agent_id != req.agent_id:
             raise _mismatch(req.agent_id)
         return self._writer.submit(req)

@@ -226,9 +226,41 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_series_per_agent",
         _positive_int,
-        1024,  # one heartbeat can carry at most 64 interfaces x 4 + 32 kinds x 2 + 1 = 321
-        "counter series one agent may create in total (interfaces x 4 + event kinds x 2 + 1); "
+        # one heartbeat can carry at most 64 interfaces x 4 + 32 kinds x 2 + 1 = 321, plus
+        # flows 3 + DNS (32 types + 5 rcodes + 2) + TCP (2 directions + 4) + three
+        # histograms of at most 65 buckets and a sum (198) = 567
+        1024,
+        "counter series one agent may create in total (interfaces x 4 + event kinds x 2 + 1, "
+        "plus flow, DNS and TCP counters and histogram buckets); "
         "a heartbeat that would pass it is refused INVALID_ARGUMENT",
+        "a positive integer",
+        "COUNT",
+    ),
+    Setting(
+        "max_talkers",
+        _positive_int,
+        100,
+        "top talkers one heartbeat may carry; each is a labelled series per agent in /metrics, "
+        "so this bounds their cardinality (a heartbeat with more is refused INVALID_ARGUMENT)",
+        "a positive integer",
+        "COUNT",
+    ),
+    Setting(
+        "max_dns_names",
+        _positive_int,
+        100,
+        "names in each DNS top list (queried, failing) of one heartbeat, bounding those "
+        "series per agent (a heartbeat with more is refused INVALID_ARGUMENT)",
+        "a positive integer",
+        "COUNT",
+    ),
+    Setting(
+        "histogram_export_step",
+        _positive_int,
+        1,
+        "export every Nth bucket bound of the agents' latency histograms on /metrics (and +Inf): "
+        "2 or 3 turn the agents' 28 log2 buckets into 14 or 10, 42 or 54 fewer series "
+        "per agent; the counts exported stay exact, quantiles get coarser",
         "a positive integer",
         "COUNT",
     ),
@@ -300,6 +332,9 @@ class Settings:
     max_pending_heartbeats: int
     max_concurrent_calls: int
     max_series_per_agent: int
+    max_talkers: int
+    max_dns_names: int
+    histogram_export_step: int
     reuse_port: bool
     fleet_refresh: float
     ready_file: Path | None

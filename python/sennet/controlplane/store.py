@@ -28,7 +28,9 @@ from typing import Any
 from urllib.parse import quote
 
 from sennet.common.errors import UserError
+from sennet.controlplane import store_insights
 from sennet.controlplane.fleet import AgentView, Series, SeriesKey
+from sennet.controlplane.fleet_insights import Telemetry
 from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
@@ -169,6 +171,9 @@ class Store:
             ),
         )
         hb_id = cur.lastrowid
+        if hb_id is None:
+            raise sqlite3.IntegrityError("heartbeat row has no id")
+        store_insights.insert(conn, hb_id, req)
         conn.executemany(
             "INSERT INTO interface_samples VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
@@ -292,7 +297,9 @@ class Store:
     )
 
     @staticmethod
-    def _view(row: tuple[Any, ...], series: dict[SeriesKey, Series]) -> AgentView:
+    def _view(
+        row: tuple[Any, ...], series: dict[SeriesKey, Series], telemetry: Telemetry | None = None
+    ) -> AgentView:
         return AgentView(
             agent_id=row[0],
             hostname=row[1],
@@ -304,6 +311,7 @@ class Store:
             heartbeats=row[7],
             resets=row[8],
             series=series,
+            telemetry=telemetry,
         )
 
     def load_fleet(self) -> list[AgentView]:
@@ -312,8 +320,10 @@ class Store:
         series: dict[str, dict[SeriesKey, Series]] = {}
         for agent_id, key, last_raw, total in conn.execute("SELECT * FROM series"):
             series.setdefault(agent_id, {})[SeriesKey.from_stored(key)] = Series(last_raw, total)
+        telemetry = store_insights.latest_telemetry(conn)
         return [
-            self._view(row, series.get(row[0], {})) for row in conn.execute(self._AGENT_COLUMNS)
+            self._view(row, series.get(row[0], {}), telemetry.get(row[0]))
+            for row in conn.execute(self._AGENT_COLUMNS)
         ]
 
     def heartbeat_count(self, conn: sqlite3.Connection, agent_id: str) -> int | None:
@@ -338,7 +348,8 @@ class Store:
                 "SELECT key, last_raw, total FROM series WHERE agent_id = ?", (agent_id,)
             )
         }
-        return self._view(row, series)
+        telemetry = store_insights.latest_telemetry(conn, agent_id).get(agent_id)
+        return self._view(row, series, telemetry)
 
     def count(self, table: str) -> int:
         """Row count of one of our tables (tests and /health)."""

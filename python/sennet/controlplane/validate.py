@@ -24,6 +24,7 @@ import socket
 import uuid
 from collections.abc import Mapping
 
+from sennet.controlplane import fleet_insights, validate_insights
 from sennet.controlplane.fleet import (
     AGENT_DROPPED,
     EVENTS,
@@ -35,6 +36,7 @@ from sennet.controlplane.fleet import (
     TotalOverflow,
 )
 from sennet.controlplane.refusals import RequestError, invalid
+from sennet.controlplane.validate_insights import DEFAULT_LIMITS, Limits
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 MAX_INTERFACES = 64
@@ -159,8 +161,11 @@ def register(req: pb.RegisterRequest) -> None:
     _text(req.kernel_version, "kernel_version")
 
 
-def heartbeat(req: pb.HeartbeatRequest) -> None:
-    """Reject a HeartbeatRequest with missing fields or absurd values, naming the field."""
+def heartbeat(req: pb.HeartbeatRequest, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Reject a HeartbeatRequest with missing fields or absurd values, naming the field.
+
+    `limits` caps the top lists of the flow and DNS parts (validate_insights.py).
+    """
     agent_id(req.agent_id)
     _text(req.agent_version, "agent_version")
     _text(req.kernel_version, "kernel_version")
@@ -200,6 +205,7 @@ def heartbeat(req: pb.HeartbeatRequest) -> None:
                 )
             last_seq = ev.seq
     _counter(req.events_dropped_by_agent, "events_dropped_by_agent")
+    validate_insights.heartbeat_parts(req, limits)
 
 
 def series_field(req: pb.HeartbeatRequest, key: SeriesKey) -> str:
@@ -214,6 +220,8 @@ def series_field(req: pb.HeartbeatRequest, key: SeriesKey) -> str:
         return f"ringbuf_drops_by_kind[{key.name!r}]"
     elif key.family == AGENT_DROPPED:
         return "events_dropped_by_agent"
+    elif key.family in fleet_insights.FAMILIES:
+        return validate_insights.series_field(req, key.family, key.name) or key.stored()
     return key.stored()
 
 

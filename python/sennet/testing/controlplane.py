@@ -192,6 +192,17 @@ class ControlPlane:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"{}")
 
+    def connect_proto(self, method: str | AnyMethod, body: bytes, token: str) -> tuple[int, bytes]:
+        """One Connect unary call with a binary protobuf body: (HTTP status, response body)."""
+        headers = {"Content-Type": "application/proto", "Authorization": f"Bearer {token}"}
+        url = self.http + _method(method).path
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30, context=self.http_tls) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
     # -- gRPC --------------------------------------------------------------------------------
 
     def call_raw(

@@ -31,9 +31,11 @@ import pytest
 import yaml
 
 from sennet.common.retry import retry
+from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.controlplane import Served, heartbeat_request
 from sennet.testing.ports import free_port
 from sennet.testing.process import LoggedProcess, owned
+from sennet.testing.telemetry import full_request
 
 REPO = Path(__file__).resolve().parents[3]
 DASHBOARD = REPO / "deploy/grafana/dashboards/sennet.json"
@@ -120,7 +122,8 @@ def bucket_quantile(q: float, buckets: dict[float, float]) -> float:
 
 _AGG = re.compile(r"^sum by \(([\w, ]+)\) \((rate|increase)\((\w+(?:\{[^}]*\})?)\[\d+s\]\)\)$")
 _QUANTILE = re.compile(
-    r"^histogram_quantile\(([\d.]+), sum by \(([\w, ]+)\) \(rate\((\w+)\[\d+s\]\)\)\)$"
+    r"^histogram_quantile\(([\d.]+), sum by \(([\w, ]+)\) "
+    r"\(rate\((\w+(?:\{[^}]*\})?)\[\d+s\]\)\)\)$"
 )
 _SUM = re.compile(r"^sum\((\w+\{[^}]*\})\)$")
 _AGE = re.compile(r"^time\(\) - (\w+\{[^}]*\})$")
@@ -158,9 +161,53 @@ def expected_value(prom: Prometheus, expr: str, at: float) -> dict[Labels, float
     raise AssertionError(f"the dashboard uses an expression this test cannot check: {expr}")
 
 
+def with_insights(req: pb.HeartbeatRequest, t: int) -> pb.HeartbeatRequest:
+    """Add flow, DNS and TCP parts whose totals grow with tick `t` (and fall with it at a reset).
+
+    Histograms: DNS latency 4t responses in [256, 512) us and t in [2, 4) ms; server-side
+    handshake RTT 2t in [4, 8) ms and t in [16, 32) ms; client side 3t in [64, 128) us.
+    """
+    parts = full_request(req.agent_id)  # the gauges: talkers, microbursts, top names
+    f = parts.flows
+    f.created_total, f.ended_total, f.lost_total = 50 * t, 45 * t, t // 2
+    d = parts.dns
+    d.queries_by_type.clear()
+    d.queries_by_type.update({"A": 20 * t, "AAAA": 10 * t})
+    d.responses_by_rcode.update(
+        {"NOERROR": 25 * t, "NXDOMAIN": 3 * t, "SERVFAIL": t, "REFUSED": 0, "other": 0}
+    )
+    d.unanswered_total, d.malformed_total = t // 3, 0
+
+    def hist(h: pb.LatencyHistogram, filled: dict[int, int], sum_s: float) -> None:
+        del h.counts[:]
+        h.counts.extend(filled.get(i, 0) for i in range(len(h.bounds_seconds) + 1))
+        h.sum_seconds = sum_s
+
+    hist(d.latency, {9: 4 * t, 12: t}, t * (4 * 0.0004 + 0.003))
+    tcp = parts.tcp
+    hist(tcp.syn_rtt, {13: 2 * t, 15: t}, t * (2 * 0.006 + 0.02))
+    hist(tcp.synack_rtt, {7: 3 * t}, t * 3 * 0.0001)
+    tcp.attempts_unanswered_total = t // 4
+    tcp.resets_by_direction.update({"rx": t, "tx": t // 2})
+    tcp.retransmits_total, tcp.zero_windows_total = 5 * t, t // 5
+    req.flows.CopyFrom(parts.flows)
+    req.microbursts.extend(parts.microbursts)
+    req.dns.CopyFrom(d)
+    req.tcp.CopyFrom(tcp)
+    return req
+
+
 def dashboard_exprs() -> list[tuple[str, str]]:
     dash = json.loads(DASHBOARD.read_text())
     return [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
+
+
+TOP_TALKERS = "Top talkers (bytes in the last interval)"
+
+
+def dashboard_exprs_of(title: str) -> list[str]:
+    """The queries of the panel titled `title`, in order (p50 before p99)."""
+    return [expr for t, expr in dashboard_exprs() if t == title]
 
 
 def panel_query(title: str) -> str:
@@ -236,6 +283,23 @@ def test_the_dashboard_and_its_provisioning_fit_together() -> None:
         "Events/s by kind",
         "Agent liveness",
         "Ring-buffer drops/s by kind",
+        "Top talkers (bytes in the last interval)",
+        "Active flows",
+        "New and ended flows/s",
+        "Flows lost track of",
+        "Microbursts: most bytes in one window",
+        "DNS queries/s by type",
+        "DNS responses/s by rcode",
+        "DNS latency heatmap",
+        "DNS latency quantiles",
+        "DNS queries unanswered/s",
+        "Top queried names",
+        "Top failing names",
+        "TCP handshake RTT, server side (SYN to SYN/ACK)",
+        "TCP handshake RTT, client side (SYN/ACK to ACK)",
+        "TCP retransmits/s",
+        "TCP resets/s by direction",
+        "TCP zero windows/s",
     ):
         assert must in titles
     provider = yaml.safe_load(
@@ -273,7 +337,7 @@ def test_every_dashboard_query_evaluates_to_the_expected_values(
                     drops={"large_packet": t // 4},
                     agent_dropped=dropped,
                 )
-                code, details = cp.heartbeat(token, req)
+                code, details = cp.heartbeat(token, with_insights(req, t))
                 if code != grpc.StatusCode.OK:
                     errors.append(f"{code}: {details}")
             cp.heartbeat("sb.0000000000000000." + "x" * 43, heartbeat_request(a))  # rejected
@@ -301,7 +365,7 @@ def test_every_dashboard_query_evaluates_to_the_expected_values(
             else:
                 assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (title, key)
         checked += 1
-    assert checked == len(dashboard_exprs()) == 14
+    assert checked == len(dashboard_exprs()) == 38
     p99 = prometheus.instant(grafana_to_promql(panel_query("Control plane: p99 call latency")), at)
     assert 0 < p99[(("method", "Heartbeat"),)] <= 2.5  # a real latency, inside the buckets
 
@@ -316,6 +380,23 @@ def test_every_dashboard_query_evaluates_to_the_expected_values(
         # agent's whole history at once, never negative
         assert 0 < rate <= 60, (labels, rate)
     assert prometheus.instant('sum(sennet_agent_up{agent=~".*"})', at) == {(): 2.0}
+
+    # Flows, DNS and TCP: the same monotonic export across B's restart, and figures that
+    # land where the fed histograms put them.
+    for family in ("sennet_flow_created_total", "sennet_dns_latency_seconds_bucket"):
+        assert set(prometheus.instant(f"resets({family}[1m])", at).values()) == {0.0}
+    talkers = prometheus.instant(grafana_to_promql(panel_query(TOP_TALKERS)), at)
+    assert sorted(talkers.values()) == [294, 294, 1_206, 1_206, 150_000, 150_000]
+    dns = prometheus.instant(grafana_to_promql(dashboard_exprs_of("DNS latency quantiles")[0]), at)
+    assert {k: 0.000256 <= v <= 0.000512 for k, v in dns.items()} == {
+        (("agent", a),): True,
+        (("agent", b),): True,
+    }  # the median is in the bucket holding 4 of every 5 responses
+    syn = prometheus.instant(
+        grafana_to_promql(dashboard_exprs_of("TCP handshake RTT, server side (SYN to SYN/ACK)")[0]),
+        at,
+    )
+    assert all(0.004096 <= v <= 0.008192 for v in syn.values()) and len(syn) == 2
     rejected = prometheus.instant(
         'sum(sennet_controlplane_requests_rejected_total{reason="unknown_token"})', at
     )

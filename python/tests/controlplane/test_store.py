@@ -30,6 +30,18 @@ from sennet.testing.controlplane import (
     running,
 )
 from sennet.testing.scrape import sample
+from sennet.testing.telemetry import full_request
+
+INSIGHT_TABLES = (
+    "flow_samples",
+    "talkers",
+    "microbursts",
+    "dns_samples",
+    "dns_counts",
+    "dns_names",
+    "tcp_samples",
+    "histogram_samples",
+)
 
 OK = (grpc.StatusCode.OK, "")
 
@@ -56,11 +68,11 @@ def test_the_standard_grpc_health_service_answers(fresh: Served) -> None:
 
 def test_a_new_database_is_in_wal_mode_at_the_current_schema_version(tmp_path: Path) -> None:
     store = Store(tmp_path / "new.db")
-    assert store.migrate() == SCHEMA_VERSION == 3
-    assert store.migrate() == 3  # idempotent
+    assert store.migrate() == SCHEMA_VERSION == 4
+    assert store.migrate() == 4  # idempotent
     with sqlite3.connect(tmp_path / "new.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert tables == {
         "tokens",
@@ -71,6 +83,14 @@ def test_a_new_database_is_in_wal_mode_at_the_current_schema_version(tmp_path: P
         "events",
         "series",
         "event_streams",
+        "flow_samples",
+        "talkers",
+        "microbursts",
+        "dns_samples",
+        "dns_counts",
+        "dns_names",
+        "tcp_samples",
+        "histogram_samples",
     }
 
 
@@ -80,7 +100,7 @@ def test_a_database_from_a_newer_control_plane_is_refused(tmp_path: Path) -> Non
         conn.execute("PRAGMA user_version = 7")
     with pytest.raises(UserError) as err:
         Store(db).migrate()
-    assert err.value.message == (f"{db} has schema version 7, newer than this control plane's 3")
+    assert err.value.message == (f"{db} has schema version 7, newer than this control plane's 4")
 
 
 def test_a_file_that_is_not_a_database_is_refused_naming_it(tmp_path: Path) -> None:
@@ -172,17 +192,29 @@ def test_retention_deletes_old_heartbeats_and_their_events_but_keeps_totals(tmp_
     writer = HeartbeatWriter(store, fleet, retention_s=0.3, prune_every_s=0.1)
     writer.start()
     ev = pb.Event(ts_unix_ns=1, ifindex=7, direction=pb.DIRECTION_RX, kind="land")
+
+    def insight_rows() -> int:
+        conn = store.local()
+        return sum(
+            int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            for table in INSIGHT_TABLES
+        )
+
     try:
         for n in (1, 2, 3):
-            req = heartbeat_request(agent_id, rx=(n, n * 60), recent=[ev])
+            req = full_request(agent_id, n)  # flows, microbursts, DNS and TCP ride along
+            req.MergeFrom(heartbeat_request(agent_id, rx=(n, n * 60), recent=[ev]))
+            del req.interfaces[0]  # full_request's own interface; keep the one above
             writer.submit(req).result(5)
         assert (store.count("heartbeats"), store.count("events")) == (3, 3)
+        assert insight_rows() == 3 * (1 + 3 + 4 + 1 + 8 + 4 + 1 + 3)
 
         def pruned(last: bool) -> bool | None:
             return True if store.count("heartbeats") == 0 else None
 
         retry(pruned, 5.0, interval=0.1, what="old heartbeats pruned")
         assert (store.count("events"), store.count("interface_samples")) == (0, 0)
+        assert insight_rows() == 0  # the same retention as the heartbeats they came with
     finally:
         writer.stop()
     view = Store(tmp_path / "r.db").load_fleet()[0]
@@ -196,7 +228,7 @@ def test_health_reports_ok_with_the_schema_version(fresh: Served) -> None:
     assert json.loads(body) == {
         "agents": 0,
         "status": "ok",
-        "database": {"ok": True, "path": str(fresh.cp.db), "schema_version": 3},
+        "database": {"ok": True, "path": str(fresh.cp.db), "schema_version": 4},
         "writer": {"alive": True, "commits": 0, "last_error": None},
     }
 
@@ -320,7 +352,7 @@ def test_a_version_1_database_is_migrated_keeping_its_data(tmp_path: Path) -> No
             " vlan_tags, eth_proto) VALUES (1, 'a', 5, 2, 'rx', 'land', 60, 4, 6, 1, 1,"
             " '10.0.0.1', '10.0.0.1', 2, 0, 2048)"
         )
-    assert Store(db).migrate() == 3
+    assert Store(db).migrate() == 4
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT agent_id, kind, seq FROM events").fetchall() == [
             ("a", "land", 0)

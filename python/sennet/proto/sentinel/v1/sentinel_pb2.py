@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asentinel/v1/sentinel.proto\x12\x0bsentinel.v1\"d\n\x0fRegisterRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x16\n\x0ekernel_version\x18\x04 \x01(\t\"9\n\x10RegisterResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61gent_token\x18\x02 \x01(\t\"~\n\x11InterfaceCounters\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07ifindex\x18\x02 \x01(\r\x12\x12\n\nrx_packets\x18\x03 \x01(\x04\x12\x10\n\x08rx_bytes\x18\x04 \x01(\x04\x12\x12\n\ntx_packets\x18\x05 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x06 \x01(\x04\"\xaa\x02\n\x05\x45vent\x12\x12\n\nts_unix_ns\x18\x01 \x01(\x04\x12\x0f\n\x07ifindex\x18\x02 \x01(\r\x12)\n\tdirection\x18\x03 \x01(\x0e\x32\x16.sentinel.v1.Direction\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07pkt_len\x18\x05 \x01(\r\x12\x12\n\nip_version\x18\x06 \x01(\r\x12\x10\n\x08l4_proto\x18\x07 \x01(\r\x12\x10\n\x08src_port\x18\x08 \x01(\r\x12\x10\n\x08\x64st_port\x18\t \x01(\r\x12\x10\n\x08src_addr\x18\n \x01(\t\x12\x10\n\x08\x64st_addr\x18\x0b \x01(\t\x12\x11\n\ttcp_flags\x18\x0c \x01(\r\x12\x11\n\tvlan_tags\x18\r \x01(\r\x12\x11\n\teth_proto\x18\x0e \x01(\r\x12\x0b\n\x03seq\x18\x0f \x01(\x04\"\x90\x04\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x16\n\x0ekernel_version\x18\x03 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x32\n\ninterfaces\x18\x05 \x03(\x0b\x32\x1e.sentinel.v1.InterfaceCounters\x12G\n\x0e\x65vents_by_kind\x18\x06 \x03(\x0b\x32/.sentinel.v1.HeartbeatRequest.EventsByKindEntry\x12T\n\x15ringbuf_drops_by_kind\x18\x07 \x03(\x0b\x32\x35.sentinel.v1.HeartbeatRequest.RingbufDropsByKindEntry\x12)\n\rrecent_events\x18\x08 \x03(\x0b\x32\x12.sentinel.v1.Event\x12\x1f\n\x17\x65vents_dropped_by_agent\x18\t \x01(\x04\x12\x14\n\x0c\x65vent_stream\x18\n \x01(\t\x1a\x33\n\x11\x45ventsByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x39\n\x17RingbufDropsByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"G\n\x11HeartbeatResponse\x12\x1b\n\x13server_time_unix_ns\x18\x01 \x01(\x03\x12\x15\n\revents_stored\x18\x02 \x01(\r*J\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IRECTION_RX\x10\x01\x12\x10\n\x0c\x44IRECTION_TX\x10\x02\x32\xa6\x01\n\x0fSentinelService\x12G\n\x08Register\x12\x1c.sentinel.v1.RegisterRequest\x1a\x1d.sentinel.v1.RegisterResponse\x12J\n\tHeartbeat\x12\x1d.sentinel.v1.HeartbeatRequest\x1a\x1e.sentinel.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asentinel/v1/sentinel.proto\x12\x0bsentinel.v1\"d\n\x0fRegisterRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x16\n\x0ekernel_version\x18\x04 \x01(\t\"9\n\x10RegisterResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61gent_token\x18\x02 \x01(\t\"~\n\x11InterfaceCounters\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07ifindex\x18\x02 \x01(\r\x12\x12\n\nrx_packets\x18\x03 \x01(\x04\x12\x10\n\x08rx_bytes\x18\x04 \x01(\x04\x12\x12\n\ntx_packets\x18\x05 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x06 \x01(\x04\"\xaa\x02\n\x05\x45vent\x12\x12\n\nts_unix_ns\x18\x01 \x01(\x04\x12\x0f\n\x07ifindex\x18\x02 \x01(\r\x12)\n\tdirection\x18\x03 \x01(\x0e\x32\x16.sentinel.v1.Direction\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07pkt_len\x18\x05 \x01(\r\x12\x12\n\nip_version\x18\x06 \x01(\r\x12\x10\n\x08l4_proto\x18\x07 \x01(\r\x12\x10\n\x08src_port\x18\x08 \x01(\r\x12\x10\n\x08\x64st_port\x18\t \x01(\r\x12\x10\n\x08src_addr\x18\n \x01(\t\x12\x10\n\x08\x64st_addr\x18\x0b \x01(\t\x12\x11\n\ttcp_flags\x18\x0c \x01(\r\x12\x11\n\tvlan_tags\x18\r \x01(\r\x12\x11\n\teth_proto\x18\x0e \x01(\r\x12\x0b\n\x03seq\x18\x0f \x01(\x04\"\xb3\x05\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x16\n\x0ekernel_version\x18\x03 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x32\n\ninterfaces\x18\x05 \x03(\x0b\x32\x1e.sentinel.v1.InterfaceCounters\x12G\n\x0e\x65vents_by_kind\x18\x06 \x03(\x0b\x32/.sentinel.v1.HeartbeatRequest.EventsByKindEntry\x12T\n\x15ringbuf_drops_by_kind\x18\x07 \x03(\x0b\x32\x35.sentinel.v1.HeartbeatRequest.RingbufDropsByKindEntry\x12)\n\rrecent_events\x18\x08 \x03(\x0b\x32\x12.sentinel.v1.Event\x12\x1f\n\x17\x65vents_dropped_by_agent\x18\t \x01(\x04\x12\x14\n\x0c\x65vent_stream\x18\n \x01(\t\x12\'\n\x05\x66lows\x18\x0b \x01(\x0b\x32\x18.sentinel.v1.FlowSummary\x12,\n\x0bmicrobursts\x18\x0c \x03(\x0b\x32\x17.sentinel.v1.Microburst\x12$\n\x03\x64ns\x18\r \x01(\x0b\x32\x17.sentinel.v1.DnsSummary\x12$\n\x03tcp\x18\x0e \x01(\x0b\x32\x17.sentinel.v1.TcpSummary\x1a\x33\n\x11\x45ventsByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x39\n\x17RingbufDropsByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"O\n\x10LatencyHistogram\x12\x16\n\x0e\x62ounds_seconds\x18\x01 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x04\x12\x13\n\x0bsum_seconds\x18\x03 \x01(\x01\"\xf8\x01\n\x06Talker\x12\x11\n\tinterface\x18\x01 \x01(\t\x12)\n\tdirection\x18\x02 \x01(\x0e\x32\x16.sentinel.v1.Direction\x12\x12\n\nip_version\x18\x03 \x01(\r\x12\x10\n\x08l4_proto\x18\x04 \x01(\r\x12\x10\n\x08src_addr\x18\x05 \x01(\t\x12\x10\n\x08\x64st_addr\x18\x06 \x01(\t\x12\x10\n\x08src_port\x18\x07 \x01(\r\x12\x10\n\x08\x64st_port\x18\x08 \x01(\r\x12\x0f\n\x07vlan_id\x18\t \x01(\r\x12\x0f\n\x07packets\x18\n \x01(\x04\x12\r\n\x05\x62ytes\x18\x0b \x01(\x04\x12\x11\n\ttcp_flags\x18\x0c \x01(\r\"\x99\x01\n\x0b\x46lowSummary\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x04\x12\x15\n\rcreated_total\x18\x02 \x01(\x04\x12\x13\n\x0b\x65nded_total\x18\x03 \x01(\x04\x12\x12\n\nlost_total\x18\x04 \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x04\x12(\n\x0btop_talkers\x18\x06 \x03(\x0b\x32\x13.sentinel.v1.Talker\"\x85\x01\n\nMicroburst\x12\x11\n\tinterface\x18\x01 \x01(\t\x12)\n\tdirection\x18\x02 \x01(\x0e\x32\x16.sentinel.v1.Direction\x12\x11\n\twindow_ms\x18\x03 \x01(\r\x12\x13\n\x0bmax_packets\x18\x04 \x01(\x04\x12\x11\n\tmax_bytes\x18\x05 \x01(\x04\"(\n\tNameCount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xc8\x03\n\nDnsSummary\x12\x43\n\x0fqueries_by_type\x18\x01 \x03(\x0b\x32*.sentinel.v1.DnsSummary.QueriesByTypeEntry\x12I\n\x12responses_by_rcode\x18\x02 \x03(\x0b\x32-.sentinel.v1.DnsSummary.ResponsesByRcodeEntry\x12.\n\x07latency\x18\x03 \x01(\x0b\x32\x1d.sentinel.v1.LatencyHistogram\x12\x18\n\x10unanswered_total\x18\x04 \x01(\x04\x12\x17\n\x0fmalformed_total\x18\x05 \x01(\x04\x12+\n\x0btop_queried\x18\x06 \x03(\x0b\x32\x16.sentinel.v1.NameCount\x12+\n\x0btop_failing\x18\x07 \x03(\x0b\x32\x16.sentinel.v1.NameCount\x1a\x34\n\x12QueriesByTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x37\n\x15ResponsesByRcodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xe9\x02\n\nTcpSummary\x12.\n\x07syn_rtt\x18\x01 \x01(\x0b\x32\x1d.sentinel.v1.LatencyHistogram\x12\x31\n\nsynack_rtt\x18\x02 \x01(\x0b\x32\x1d.sentinel.v1.LatencyHistogram\x12!\n\x19\x61ttempts_unanswered_total\x18\x03 \x01(\x04\x12K\n\x13resets_by_direction\x18\x04 \x03(\x0b\x32..sentinel.v1.TcpSummary.ResetsByDirectionEntry\x12\x19\n\x11retransmits_total\x18\x05 \x01(\x04\x12\x1a\n\x12zero_windows_total\x18\x06 \x01(\x04\x12\x17\n\x0fmalformed_total\x18\x07 \x01(\x04\x1a\x38\n\x16ResetsByDirectionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"G\n\x11HeartbeatResponse\x12\x1b\n\x13server_time_unix_ns\x18\x01 \x01(\x03\x12\x15\n\revents_stored\x18\x02 \x01(\r*J\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IRECTION_RX\x10\x01\x12\x10\n\x0c\x44IRECTION_TX\x10\x02\x32\xa6\x01\n\x0fSentinelService\x12G\n\x08Register\x12\x1c.sentinel.v1.RegisterRequest\x1a\x1d.sentinel.v1.RegisterResponse\x12J\n\tHeartbeat\x12\x1d.sentinel.v1.HeartbeatRequest\x1a\x1e.sentinel.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREQUEST_EVENTSBYKINDENTRY']._serialized_options = b'8\001'
   _globals['_HEARTBEATREQUEST_RINGBUFDROPSBYKINDENTRY']._loaded_options = None
   _globals['_HEARTBEATREQUEST_RINGBUFDROPSBYKINDENTRY']._serialized_options = b'8\001'
-  _globals['_DIRECTION']._serialized_start=1237
-  _globals['_DIRECTION']._serialized_end=1311
+  _globals['_DNSSUMMARY_QUERIESBYTYPEENTRY']._loaded_options = None
+  _globals['_DNSSUMMARY_QUERIESBYTYPEENTRY']._serialized_options = b'8\001'
+  _globals['_DNSSUMMARY_RESPONSESBYRCODEENTRY']._loaded_options = None
+  _globals['_DNSSUMMARY_RESPONSESBYRCODEENTRY']._serialized_options = b'8\001'
+  _globals['_TCPSUMMARY_RESETSBYDIRECTIONENTRY']._loaded_options = None
+  _globals['_TCPSUMMARY_RESETSBYDIRECTIONENTRY']._serialized_options = b'8\001'
+  _globals['_DIRECTION']._serialized_start=2889
+  _globals['_DIRECTION']._serialized_end=2963
   _globals['_REGISTERREQUEST']._serialized_start=43
   _globals['_REGISTERREQUEST']._serialized_end=143
   _globals['_REGISTERRESPONSE']._serialized_start=145
@@ -47,13 +53,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT']._serialized_start=333
   _globals['_EVENT']._serialized_end=631
   _globals['_HEARTBEATREQUEST']._serialized_start=634
-  _globals['_HEARTBEATREQUEST']._serialized_end=1162
-  _globals['_HEARTBEATREQUEST_EVENTSBYKINDENTRY']._serialized_start=1052
-  _globals['_HEARTBEATREQUEST_EVENTSBYKINDENTRY']._serialized_end=1103
-  _globals['_HEARTBEATREQUEST_RINGBUFDROPSBYKINDENTRY']._serialized_start=1105
-  _globals['_HEARTBEATREQUEST_RINGBUFDROPSBYKINDENTRY']._serialized_end=1162
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1164
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1235
-  _globals['_SENTINELSERVICE']._serialized_start=1314
-  _globals['_SENTINELSERVICE']._serialized_end=1480
+  _globals['_HEARTBEATREQUEST']._serialized_end=1325
+  _globals['_HEARTBEATREQUEST_EVENTSBYKINDENTRY']._serialized_start=1215
+  _globals['_HEARTBEATREQUEST_EVENTSBYKINDENTRY']._serialized_end=1266
+  _globals['_HEARTBEATREQUEST_RINGBUFDROPSBYKINDENTRY']._serialized_start=1268
+  _globals['_HEARTBEATREQUEST_RINGBUFDROPSBYKINDENTRY']._serialized_end=1325
+  _globals['_LATENCYHISTOGRAM']._serialized_start=1327
+  _globals['_LATENCYHISTOGRAM']._serialized_end=1406
+  _globals['_TALKER']._serialized_start=1409
+  _globals['_TALKER']._serialized_end=1657
+  _globals['_FLOWSUMMARY']._serialized_start=1660
+  _globals['_FLOWSUMMARY']._serialized_end=1813
+  _globals['_MICROBURST']._serialized_start=1816
+  _globals['_MICROBURST']._serialized_end=1949
+  _globals['_NAMECOUNT']._serialized_start=1951
+  _globals['_NAMECOUNT']._serialized_end=1991
+  _globals['_DNSSUMMARY']._serialized_start=1994
+  _globals['_DNSSUMMARY']._serialized_end=2450
+  _globals['_DNSSUMMARY_QUERIESBYTYPEENTRY']._serialized_start=2341
+  _globals['_DNSSUMMARY_QUERIESBYTYPEENTRY']._serialized_end=2393
+  _globals['_DNSSUMMARY_RESPONSESBYRCODEENTRY']._serialized_start=2395
+  _globals['_DNSSUMMARY_RESPONSESBYRCODEENTRY']._serialized_end=2450
+  _globals['_TCPSUMMARY']._serialized_start=2453
+  _globals['_TCPSUMMARY']._serialized_end=2814
+  _globals['_TCPSUMMARY_RESETSBYDIRECTIONENTRY']._serialized_start=2758
+  _globals['_TCPSUMMARY_RESETSBYDIRECTIONENTRY']._serialized_end=2814
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2816
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2887
+  _globals['_SENTINELSERVICE']._serialized_start=2966
+  _globals['_SENTINELSERVICE']._serialized_end=3132
 # @@protoc_insertion_point(module_scope)

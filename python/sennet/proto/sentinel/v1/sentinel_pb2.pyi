@@ -88,7 +88,7 @@ class Event(_message.Message):
     def __init__(self, ts_unix_ns: _Optional[int] = ..., ifindex: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., kind: _Optional[str] = ..., pkt_len: _Optional[int] = ..., ip_version: _Optional[int] = ..., l4_proto: _Optional[int] = ..., src_port: _Optional[int] = ..., dst_port: _Optional[int] = ..., src_addr: _Optional[str] = ..., dst_addr: _Optional[str] = ..., tcp_flags: _Optional[int] = ..., vlan_tags: _Optional[int] = ..., eth_proto: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("agent_id", "agent_version", "kernel_version", "uptime_seconds", "interfaces", "events_by_kind", "ringbuf_drops_by_kind", "recent_events", "events_dropped_by_agent", "event_stream")
+    __slots__ = ("agent_id", "agent_version", "kernel_version", "uptime_seconds", "interfaces", "events_by_kind", "ringbuf_drops_by_kind", "recent_events", "events_dropped_by_agent", "event_stream", "flows", "microbursts", "dns", "tcp")
     class EventsByKindEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,10 @@ class HeartbeatRequest(_message.Message):
     RECENT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_DROPPED_BY_AGENT_FIELD_NUMBER: _ClassVar[int]
     EVENT_STREAM_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    MICROBURSTS_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
+    TCP_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     agent_version: str
     kernel_version: str
@@ -123,7 +127,144 @@ class HeartbeatRequest(_message.Message):
     recent_events: _containers.RepeatedCompositeFieldContainer[Event]
     events_dropped_by_agent: int
     event_stream: str
-    def __init__(self, agent_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., kernel_version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., interfaces: _Optional[_Iterable[_Union[InterfaceCounters, _Mapping]]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., ringbuf_drops_by_kind: _Optional[_Mapping[str, int]] = ..., recent_events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., events_dropped_by_agent: _Optional[int] = ..., event_stream: _Optional[str] = ...) -> None: ...
+    flows: FlowSummary
+    microbursts: _containers.RepeatedCompositeFieldContainer[Microburst]
+    dns: DnsSummary
+    tcp: TcpSummary
+    def __init__(self, agent_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., kernel_version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., interfaces: _Optional[_Iterable[_Union[InterfaceCounters, _Mapping]]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., ringbuf_drops_by_kind: _Optional[_Mapping[str, int]] = ..., recent_events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., events_dropped_by_agent: _Optional[int] = ..., event_stream: _Optional[str] = ..., flows: _Optional[_Union[FlowSummary, _Mapping]] = ..., microbursts: _Optional[_Iterable[_Union[Microburst, _Mapping]]] = ..., dns: _Optional[_Union[DnsSummary, _Mapping]] = ..., tcp: _Optional[_Union[TcpSummary, _Mapping]] = ...) -> None: ...
+
+class LatencyHistogram(_message.Message):
+    __slots__ = ("bounds_seconds", "counts", "sum_seconds")
+    BOUNDS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SUM_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    bounds_seconds: _containers.RepeatedScalarFieldContainer[float]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    sum_seconds: float
+    def __init__(self, bounds_seconds: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[int]] = ..., sum_seconds: _Optional[float] = ...) -> None: ...
+
+class Talker(_message.Message):
+    __slots__ = ("interface", "direction", "ip_version", "l4_proto", "src_addr", "dst_addr", "src_port", "dst_port", "vlan_id", "packets", "bytes", "tcp_flags")
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    IP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    L4_PROTO_FIELD_NUMBER: _ClassVar[int]
+    SRC_ADDR_FIELD_NUMBER: _ClassVar[int]
+    DST_ADDR_FIELD_NUMBER: _ClassVar[int]
+    SRC_PORT_FIELD_NUMBER: _ClassVar[int]
+    DST_PORT_FIELD_NUMBER: _ClassVar[int]
+    VLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    TCP_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    interface: str
+    direction: Direction
+    ip_version: int
+    l4_proto: int
+    src_addr: str
+    dst_addr: str
+    src_port: int
+    dst_port: int
+    vlan_id: int
+    packets: int
+    bytes: int
+    tcp_flags: int
+    def __init__(self, interface: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., ip_version: _Optional[int] = ..., l4_proto: _Optional[int] = ..., src_addr: _Optional[str] = ..., dst_addr: _Optional[str] = ..., src_port: _Optional[int] = ..., dst_port: _Optional[int] = ..., vlan_id: _Optional[int] = ..., packets: _Optional[int] = ..., bytes: _Optional[int] = ..., tcp_flags: _Optional[int] = ...) -> None: ...
+
+class FlowSummary(_message.Message):
+    __slots__ = ("active", "created_total", "ended_total", "lost_total", "capacity", "top_talkers")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ENDED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LOST_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    TOP_TALKERS_FIELD_NUMBER: _ClassVar[int]
+    active: int
+    created_total: int
+    ended_total: int
+    lost_total: int
+    capacity: int
+    top_talkers: _containers.RepeatedCompositeFieldContainer[Talker]
+    def __init__(self, active: _Optional[int] = ..., created_total: _Optional[int] = ..., ended_total: _Optional[int] = ..., lost_total: _Optional[int] = ..., capacity: _Optional[int] = ..., top_talkers: _Optional[_Iterable[_Union[Talker, _Mapping]]] = ...) -> None: ...
+
+class Microburst(_message.Message):
+    __slots__ = ("interface", "direction", "window_ms", "max_packets", "max_bytes")
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    interface: str
+    direction: Direction
+    window_ms: int
+    max_packets: int
+    max_bytes: int
+    def __init__(self, interface: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., window_ms: _Optional[int] = ..., max_packets: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class NameCount(_message.Message):
+    __slots__ = ("name", "count")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    count: int
+    def __init__(self, name: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class DnsSummary(_message.Message):
+    __slots__ = ("queries_by_type", "responses_by_rcode", "latency", "unanswered_total", "malformed_total", "top_queried", "top_failing")
+    class QueriesByTypeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ResponsesByRcodeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    QUERIES_BY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_BY_RCODE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    UNANSWERED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MALFORMED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TOP_QUERIED_FIELD_NUMBER: _ClassVar[int]
+    TOP_FAILING_FIELD_NUMBER: _ClassVar[int]
+    queries_by_type: _containers.ScalarMap[str, int]
+    responses_by_rcode: _containers.ScalarMap[str, int]
+    latency: LatencyHistogram
+    unanswered_total: int
+    malformed_total: int
+    top_queried: _containers.RepeatedCompositeFieldContainer[NameCount]
+    top_failing: _containers.RepeatedCompositeFieldContainer[NameCount]
+    def __init__(self, queries_by_type: _Optional[_Mapping[str, int]] = ..., responses_by_rcode: _Optional[_Mapping[str, int]] = ..., latency: _Optional[_Union[LatencyHistogram, _Mapping]] = ..., unanswered_total: _Optional[int] = ..., malformed_total: _Optional[int] = ..., top_queried: _Optional[_Iterable[_Union[NameCount, _Mapping]]] = ..., top_failing: _Optional[_Iterable[_Union[NameCount, _Mapping]]] = ...) -> None: ...
+
+class TcpSummary(_message.Message):
+    __slots__ = ("syn_rtt", "synack_rtt", "attempts_unanswered_total", "resets_by_direction", "retransmits_total", "zero_windows_total", "malformed_total")
+    class ResetsByDirectionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    SYN_RTT_FIELD_NUMBER: _ClassVar[int]
+    SYNACK_RTT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_UNANSWERED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RESETS_BY_DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    RETRANSMITS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ZERO_WINDOWS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MALFORMED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    syn_rtt: LatencyHistogram
+    synack_rtt: LatencyHistogram
+    attempts_unanswered_total: int
+    resets_by_direction: _containers.ScalarMap[str, int]
+    retransmits_total: int
+    zero_windows_total: int
+    malformed_total: int
+    def __init__(self, syn_rtt: _Optional[_Union[LatencyHistogram, _Mapping]] = ..., synack_rtt: _Optional[_Union[LatencyHistogram, _Mapping]] = ..., attempts_unanswered_total: _Optional[int] = ..., resets_by_direction: _Optional[_Mapping[str, int]] = ..., retransmits_total: _Optional[int] = ..., zero_windows_total: _Optional[int] = ..., malformed_total: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("server_time_unix_ns", "events_stored")
