@@ -16,11 +16,20 @@ from prometheus_client.registry import Collector
 
 from sennet.agent.snapshot import Snapshot
 
+# The control-plane address in use, failovers and failbacks so far (None: no control plane).
+ControlPlaneStatus = Callable[[], tuple[str, int, int] | None]
+
 
 class SnapshotCollector(Collector):
-    def __init__(self, snapshot: Callable[[], Snapshot], agent_id: str) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        agent_id: str,
+        control_plane: ControlPlaneStatus = lambda: None,
+    ) -> None:
         self._snapshot = snapshot
         self._agent_id = agent_id
+        self._control_plane = control_plane
 
     def collect(self) -> Iterator[Any]:
         snap = self._snapshot()
@@ -74,11 +83,34 @@ class SnapshotCollector(Collector):
             "Events decoded by this agent process",
             value=snap.events_consumed,
         )
+        cp = self._control_plane()
+        if cp is not None:
+            address, failovers, failbacks = cp
+            yield InfoMetricFamily(
+                "sennet_agent_control_plane",
+                "The control-plane address heartbeats go to now",
+                value={"address": address},
+            )
+            yield CounterMetricFamily(
+                "sennet_agent_control_plane_failovers",
+                "Moves to the next control-plane address after a transport failure",
+                value=failovers,
+            )
+            yield CounterMetricFamily(
+                "sennet_agent_control_plane_failbacks",
+                "Returns to the first control-plane address once it answered again",
+                value=failbacks,
+            )
 
 
-def serve(listen: str, snapshot: Callable[[], Snapshot], agent_id: str) -> tuple[Any, Any]:
+def serve(
+    listen: str,
+    snapshot: Callable[[], Snapshot],
+    agent_id: str,
+    control_plane: ControlPlaneStatus = lambda: None,
+) -> tuple[Any, Any]:
     """Start the HTTP endpoint in a daemon thread; returns (server, thread) for shutdown."""
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot, agent_id))
+    registry.register(SnapshotCollector(snapshot, agent_id, control_plane))
     return start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=registry)
