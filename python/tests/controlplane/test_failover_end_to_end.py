@@ -200,6 +200,10 @@ def test_killing_the_active_replica_under_traffic_loses_nothing_and_the_agent_re
                 back_after = time.monotonic() - restarted_at
                 at_a = f"event=heartbeat_acked control_plane={a.target}"
                 proc.wait_for_log(at_a, count=proc.log().count(at_a) + 2)
+                local = scrape(f"http://{metrics}/metrics")
+                assert sample(local, "sennet_agent_control_plane_info", address=a.target) == 1
+                assert sample(local, "sennet_agent_control_plane_failovers_total") == 1
+                assert sample(local, "sennet_agent_control_plane_failbacks_total") == 1
 
             stack.close()  # the traffic stops
             kernel = settled(net.ns_a, net.if_a, quiet=0.3) - attached
