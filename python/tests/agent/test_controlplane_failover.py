@@ -9,6 +9,7 @@ refusal, which must not move the sink).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -194,3 +195,42 @@ def test_a_bad_address_in_the_list_is_a_config_error_naming_it(
         f"comma-separated list of them ({named}), got {value!r}\n"
     )
     assert not state.exists()  # refused before anything was touched
+
+
+def test_with_two_replicas_down_the_same_heartbeat_cycles_on_to_the_third(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOG)
+    db = tmp_path / "cp.db"
+    bootstrap = create_bootstrap_token(db)
+    names = ("cp-a", "cp-b", "cp-c")
+    with contextlib.ExitStack() as stack:
+        a, b, c = (stack.enter_context(running(db, tmp_path, REFRESH, name=n)) for n in names)
+        agent_id = str(uuid.uuid4())
+        targets = [a.target, b.target, c.target]
+        sink = GrpcSink(targets, bootstrap, tmp_path / "state", agent_id, options=OPTS)
+        stack.callback(sink.close)
+        sink.send(snap(1))
+        assert sink.flush(10)
+        a.stop(signal.SIGKILL)
+        b.stop(signal.SIGKILL)
+        started = time.monotonic()
+        sink.send(snap(2))
+        assert sink.flush(5)
+        took = time.monotonic() - started
+        stats = sink.stats()
+        assert (stats.control_plane, stats.failovers, stats.failures) == (c.target, 2, 2)
+        assert took < OPTS.backoff_initial_s + OPTS.rpc_deadline_s, took  # no backoff between
+        c.wait_until("C renders 2", lambda: rx_packets(c.samples(), agent_id) == 2, timeout=10)
+        # C fails too: the list wraps around to A, which is back by then.
+        a.start()
+        c.stop(signal.SIGKILL)
+        sink.send(snap(3))
+        assert sink.flush(10)
+        stats = sink.stats()
+        assert (stats.control_plane, stats.enrolments) == (a.target, 1)
+        # C -> A; and on round again if A's old channel was still waiting to reconnect.
+        moves = [(m["from"], m["to"]) for m in events_named(caplog, "control_plane_failover")]
+        assert moves[:3] == [(a.target, b.target), (b.target, c.target), (c.target, a.target)]
+        assert len(moves) == stats.failovers and moves[-1] == (c.target, a.target)
+        a.wait_until("A renders 3", lambda: rx_packets(a.samples(), agent_id) == 3, timeout=10)
