@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from sennet.agent.sinks.controlplane_grpc import GrpcSink, SinkOptions
+from sennet.agent.sinks.controlplane_grpc import GrpcSink, SinkOptions, make_sink
 from sennet.common.retry import retry
 from sennet.testing.agent import run_cli
 from sennet.testing.controlplane import ControlPlane, create_bootstrap_token, running
 from sennet.testing.scrape import matching
-from tests.agent.test_controlplane_grpc_sink import rx_packets, snap, stored
+from tests.agent.test_controlplane_grpc_sink import _pki, rx_packets, snap, stored
 
 FAILBACK_S = 1.5
 OPTS = SinkOptions(
@@ -70,6 +70,7 @@ def test_a_killed_replica_is_left_within_the_same_heartbeat_and_the_first_taken_
         sink.send(snap(2))
         assert sink.flush(5)
         took = time.monotonic() - left_at
+        print(f"killed replica: heartbeat acknowledged by the other {took:.3f} s after the kill")
         stats = sink.stats()
         assert (stats.control_plane, stats.failovers, stats.failures) == (b.target, 1, 1)
         # The retry went to B at once: no backoff, one refused connect and one call.
@@ -91,6 +92,7 @@ def test_a_killed_replica_is_left_within_the_same_heartbeat_and_the_first_taken_
             assert sink.flush(5)
             time.sleep(0.1)
         probes = len(events_named(caplog, "failback_probe_failed"))
+        print(f"failback probes while A was down {time.monotonic() - left_at:.1f} s: {probes}")
         assert 1 <= probes <= int(2.5 * FAILBACK_S / FAILBACK_S), probes
         assert sink.stats().control_plane == b.target
 
@@ -133,6 +135,7 @@ def test_a_hung_replica_is_left_when_the_call_runs_into_its_deadline(
         sink.send(snap(6))
         assert sink.flush(OPTS.rpc_deadline_s + 5)
         took = time.monotonic() - stopped_at
+        print(f"hung replica: heartbeat acknowledged by the other after {took:.3f} s")
         (moved,) = events_named(caplog, "control_plane_failover")
         assert str(moved["reason"]).startswith("DEADLINE_EXCEEDED:")
         assert OPTS.rpc_deadline_s <= took < OPTS.rpc_deadline_s + 1.0, took
@@ -234,3 +237,36 @@ def test_with_two_replicas_down_the_same_heartbeat_cycles_on_to_the_third(
         assert moves[:3] == [(a.target, b.target), (b.target, c.target), (c.target, a.target)]
         assert len(moves) == stats.failovers and moves[-1] == (c.target, a.target)
         a.wait_until("A renders 3", lambda: rx_packets(a.samples(), agent_id) == 3, timeout=10)
+
+
+def test_tls_settings_given_once_hold_for_every_replica(tmp_path: Path) -> None:
+    pki = _pki(tmp_path)
+    db = tmp_path / "cp.db"
+    bootstrap = create_bootstrap_token(db)
+    tls = [
+        "--tls-cert", str(pki["srv"]), "--tls-key", str(pki["srv-key"]),
+        "--tls-client-ca", str(pki["ca"]),
+    ]  # fmt: skip
+    with (
+        running(db, tmp_path, [*tls, *REFRESH], name="cp-a") as a,
+        running(db, tmp_path, [*tls, *REFRESH], name="cp-b") as b,
+    ):
+        agent_id = str(uuid.uuid4())
+        # Both listen on 127.0.0.1, which is not in the certificate: the name is set once.
+        sink = make_sink(
+            f"{a.target},{b.target}", bootstrap, tmp_path / "state", agent_id, str(pki["ca"]),
+            "controlplane.test", tls_cert=str(pki["cli"]), tls_key=str(pki["cli-key"]),
+            options=OPTS,
+        )  # fmt: skip
+        assert isinstance(sink, GrpcSink)
+        try:
+            sink.send(snap(1))
+            assert sink.flush(10)
+            a.stop(signal.SIGKILL)
+            sink.send(snap(2))
+            assert sink.flush(5)
+            stats = sink.stats()
+            assert (stats.control_plane, stats.failovers, stats.enrolments) == (b.target, 1, 1)
+            b.wait_until("B renders 2", lambda: rx_packets(b.samples(), agent_id) == 2)
+        finally:
+            sink.close()
