@@ -105,6 +105,10 @@ def test_cmdline_settings_are_checked_per_key_and_unknown_keys_reported(
         ("ip", "10.0.0.5", False),
         ("gw", "10.0.0.1", True),
         ("dns", "10.0.0.1 8.8.8.8", False),
+        ("control_plane", "10.0.2.2:7443", True),
+        ("control_plane", "10.0.2.2:7443,10.0.2.3:7443", True),  # replicas, in order
+        ("control_plane", "10.0.2.2:7443;reboot", False),
+        ("metrics_listen", "127.0.0.1:9101,127.0.0.2:9101", False),
         ("tls_server_name", "cp.example.net", True),
         ("tls_server_name", "cp.example.net/../", False),
         ("otlp_endpoints", "grpc://10.0.2.2:4317,https://otel.example.net:4318/v1", True),

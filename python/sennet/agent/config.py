@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from sennet.agent.sinks.endpoints import split_addresses
 from sennet.agent.sinks.otlp.settings import check_endpoints, check_headers
 from sennet.common.errors import UserError
 
@@ -50,6 +51,17 @@ def _listen(v: Any) -> str | None:
         return None
     _host, sep, port = str(v).rpartition(":")
     return None if sep and port.isdigit() and 0 < int(port) < 65536 else '"host:port" or ""'
+
+
+def _control_planes(v: Any) -> str | None:
+    """One "host:port" or several, comma-separated, in order of preference."""
+    if v == "":
+        return None
+    try:
+        split_addresses(str(v))
+    except ValueError as exc:
+        return f'"host:port" or a comma-separated list of them ({exc})'
+    return None
 
 
 def _loader(v: Any) -> str | None:
@@ -157,7 +169,22 @@ SETTINGS: tuple[Setting, ...] = (
         "TCP handshakes in progress the data plane tracks (an LRU table, sized at load)",
         _table_size,
     ),
-    Setting("control_plane", "str", "", 'control plane gRPC "host:port" ("" = log only)', _listen),
+    Setting(
+        "control_plane",
+        "str",
+        "",
+        'control plane gRPC "host:port" ("" = log only); several replicas on one database: '
+        '"a:7443,b:7443", in order of preference (a failed one is left for the next at once)',
+        _control_planes,
+    ),
+    Setting(
+        "control_plane_failback_s",
+        "float",
+        60.0,
+        "away from the first control_plane address, try it again at most this often "
+        "(and stay there once it acknowledges)",
+        _positive,
+    ),
     Setting("bootstrap_token", "str", "", "enrolment token for the control plane", secret=True),
     Setting("tls_ca", "str", "", "CA bundle (PEM) to verify the control plane; empty = plaintext"),
     Setting("tls_server_name", "str", "", "expected TLS server name, if not the host"),
@@ -245,6 +272,7 @@ class AgentConfig:
     tcp_handshake_timeout: float
     tcp_handshakes_max: int
     control_plane: str
+    control_plane_failback_s: float
     bootstrap_token: str
     tls_ca: str
     tls_server_name: str

@@ -19,6 +19,9 @@ from sennet.agent.sinks.fanout import own_metrics_of
 from sennet.agent.sinks.protocol import OwnMetric
 from sennet.agent.snapshot import Snapshot
 
+# The control-plane address in use, failovers and failbacks so far (None: no control plane).
+ControlPlaneStatus = Callable[[], tuple[str, int, int] | None]
+
 
 class SnapshotCollector(Collector):
     def __init__(
@@ -26,10 +29,12 @@ class SnapshotCollector(Collector):
         snapshot: Callable[[], Snapshot],
         agent_id: str,
         sink: Callable[[], object] = lambda: None,
+        control_plane: ControlPlaneStatus = lambda: None,
     ) -> None:
         self._snapshot = snapshot
         self._agent_id = agent_id
         self._sink = sink  # its own metrics (OTLP exports, drops) are shown too
+        self._control_plane = control_plane
 
     def collect(self) -> Iterator[Any]:
         snap = self._snapshot()
@@ -87,6 +92,25 @@ class SnapshotCollector(Collector):
         sink = self._sink()
         yield from own_families(own_metrics_of([sink] if sink is not None else []))
 
+        cp = self._control_plane()
+        if cp is not None:
+            address, failovers, failbacks = cp
+            yield InfoMetricFamily(
+                "sennet_agent_control_plane",
+                "The control-plane address heartbeats go to now",
+                value={"address": address},
+            )
+            yield CounterMetricFamily(
+                "sennet_agent_control_plane_failovers",
+                "Moves to the next control-plane address after a transport failure",
+                value=failovers,
+            )
+            yield CounterMetricFamily(
+                "sennet_agent_control_plane_failbacks",
+                "Returns to the first control-plane address once it answered again",
+                value=failbacks,
+            )
+
 
 def own_families(metrics: list[OwnMetric]) -> Iterator[Any]:
     """A sink's own metrics in Prometheus form: dots become underscores."""
@@ -109,9 +133,10 @@ def serve(
     snapshot: Callable[[], Snapshot],
     agent_id: str,
     sink: Callable[[], object] = lambda: None,
+    control_plane: ControlPlaneStatus = lambda: None,
 ) -> tuple[Any, Any]:
     """Start the HTTP endpoint in a daemon thread; returns (server, thread) for shutdown."""
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot, agent_id, sink))
+    registry.register(SnapshotCollector(snapshot, agent_id, sink, control_plane))
     return start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=registry)

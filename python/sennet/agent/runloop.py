@@ -68,7 +68,10 @@ def _control_plane_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
         tls_server_name=cfg.tls_server_name or None,
         tls_cert=cfg.tls_cert or None,
         tls_key=cfg.tls_key or None,
-        options=SinkOptions(max_queued_event_bytes=cfg.max_queued_event_bytes),
+        options=SinkOptions(
+            max_queued_event_bytes=cfg.max_queued_event_bytes,
+            failback_s=cfg.control_plane_failback_s,
+        ),
     )
 
 
@@ -151,7 +154,11 @@ class Agent:
         self._threads.append(watch)
         if self.cfg.metrics_listen:
             self._http = readout.serve(
-                self.cfg.metrics_listen, self.snapshot_for_scrape, self.agent_id, lambda: self.sink
+                self.cfg.metrics_listen,
+                self.snapshot_for_scrape,
+                self.agent_id,
+                sink=lambda: self.sink,
+                control_plane=self.control_plane_status,
             )
         event(
             log,
@@ -185,6 +192,20 @@ class Agent:
                 self.wake.clear()
                 if not self.stop.is_set():
                     self._reconcile()  # an interface appeared, changed or went: now
+
+    def control_plane_status(self) -> tuple[str, int, int] | None:
+        """The address in use, failovers and failbacks, for /metrics (None before the sink)."""
+        if not self.cfg.control_plane or self.sink is None:
+            return None
+        from sennet.agent.sinks.controlplane_grpc import GrpcSink
+        from sennet.agent.sinks.fanout import FanoutSink
+
+        sinks = self.sink.sinks if isinstance(self.sink, FanoutSink) else (self.sink,)
+        for sink in sinks:
+            if isinstance(sink, GrpcSink):  # beside OTLP, the fan-out holds it
+                stats = sink.stats()
+                return stats.control_plane, stats.failovers, stats.failbacks
+        return None
 
     def _check_workers(self) -> None:
         workers = list(self._threads)

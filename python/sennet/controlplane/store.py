@@ -111,25 +111,30 @@ class Store:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise UserError(f"{self.path}: cannot enable WAL (journal_mode is {mode})")
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise UserError(
-                    f"{self.path} has schema version {version}, newer than this control plane's "
-                    f"{SCHEMA_VERSION}",
-                    hint="run the newer control plane, or point --db at another file",
-                )
-            for number in range(version + 1, SCHEMA_VERSION + 1):
+            # Replicas may start together on one file: each migration step re-reads the
+            # version under the write lock, so a step another process applied meanwhile
+            # is skipped instead of failing on "table already exists".
+            while True:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in MIGRATIONS[number - 1].split(";"):
+                    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                    if version > SCHEMA_VERSION:
+                        raise UserError(
+                            f"{self.path} has schema version {version}, newer than this "
+                            f"control plane's {SCHEMA_VERSION}",
+                            hint="run the newer control plane, or point --db at another file",
+                        )
+                    if version == SCHEMA_VERSION:
+                        conn.execute("COMMIT")
+                        return SCHEMA_VERSION
+                    for statement in MIGRATIONS[version].split(";"):
                         if statement.strip():
                             conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {number}")
+                    conn.execute(f"PRAGMA user_version = {version + 1}")
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
-            return SCHEMA_VERSION
         except sqlite3.DatabaseError as exc:
             raise UserError(f"cannot use database {self.path}: {exc}") from exc
         finally:

@@ -190,11 +190,21 @@ class HeartbeatWriter:
         self._busy_since = time.monotonic()
         try:
             with self._store.writer_lock():
-                self._commit_locked(conn, batch)
+                stored = self._commit_locked(conn, batch)
         finally:
             self._busy_since = None
+        # Acknowledged only once the lock is released: a replica stopped (SIGSTOP, a hung
+        # VM) right after its client saw the reply must not hold every other writer back.
+        now_ns = time.time_ns()
+        for item, n in stored:
+            item.future.set_result(
+                pb.HeartbeatResponse(server_time_unix_ns=now_ns, events_stored=n)
+            )
 
-    def _commit_locked(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+    def _commit_locked(
+        self, conn: sqlite3.Connection, batch: list[_Pending]
+    ) -> list[tuple[_Pending, int]]:
+        """Write and commit the group; returns the heartbeats to acknowledge (the committed)."""
         overlay: dict[str, AgentView] = {}
         stored: list[tuple[_Pending, int]] = []
         store_error: sqlite3.Error | None = None
@@ -221,21 +231,17 @@ class HeartbeatWriter:
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(_unavailable(f"store: {exc}"))
-            return
+            return []
         if not stored:
             if store_error is not None:  # every heartbeat failed in SQLite: the store is failing
                 self._failed(store_error, len(batch))
-            return
+            return []
         if self.last_error is not None:
             event(log, "writer_recovered", previous_error=self.last_error)
         self.last_error = None
         self.commits += 1
         self._fleet.publish(overlay)
-        now_ns = time.time_ns()
-        for item, n in stored:
-            item.future.set_result(
-                pb.HeartbeatResponse(server_time_unix_ns=now_ns, events_stored=n)
-            )
+        return stored
 
     def _stage(
         self, conn: sqlite3.Connection, item: _Pending, overlay: dict[str, AgentView]

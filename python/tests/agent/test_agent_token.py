@@ -28,3 +28,14 @@ def test_a_token_is_only_offered_to_the_agent_and_control_plane_it_was_issued_fo
 def test_an_unreadable_token_file_is_ignored(tmp_path: Path) -> None:
     (tmp_path / TOKEN_FILE).write_text("not json")
     assert TokenFile(tmp_path, "agent-1", "cp:7443").load() is None
+
+
+def test_a_token_stored_for_a_replica_list_is_offered_while_the_list_shares_an_address(
+    tmp_path: Path,
+) -> None:
+    # Replicas of one database share enrolment: reordering, adding or dropping one keeps it.
+    TokenFile(tmp_path, "agent-1", ("a:7443", "b:7443")).store("sa.1.secret")
+    assert TokenFile(tmp_path, "agent-1", ("b:7443", "a:7443")).load() == "sa.1.secret"
+    assert TokenFile(tmp_path, "agent-1", ("b:7443", "c:7443")).load() == "sa.1.secret"
+    assert TokenFile(tmp_path, "agent-1", "a:7443").load() == "sa.1.secret"
+    assert TokenFile(tmp_path, "agent-1", ("c:7443", "d:7443")).load() is None

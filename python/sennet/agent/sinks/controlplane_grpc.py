@@ -11,15 +11,19 @@ carried them was acknowledged, i.e. committed by the control plane.
 
 While the control plane is unreachable the thread backs off exponentially
 with jitter, so a fleet that lost its control plane does not return in one
-synchronised wave. The agent enrols itself with the bootstrap token and keeps
-its own token in `state_dir/agent/agent-token` (mode 0600). If the control plane
-rejects that token (revoked, or its database was replaced) the agent tries to
-enrol again, but the control plane lets a bootstrap token enrol an agent id it
-already knows only after an operator's `agent reset` (and never a disabled
-one). Such a refusal, or a bootstrap token that expired or was used up, needs
-a person: it is logged once (`enrolment_refused`), and the thread keeps backing
-off and retrying while `send()` keeps the newest counters, so nothing is lost
-once the operator acts.
+synchronised wave. Enrolment and the agent token are `enrolment.Enrolment`'s:
+a token the control plane rejects leads to one attempt to enrol again, and a
+refusal that needs an operator is logged once while the thread keeps retrying.
+
+`control_plane` may list several replicas of one control plane (one database),
+in order of preference. A transport failure (UNAVAILABLE: refused, reset or
+unreachable; DEADLINE_EXCEEDED: hung) moves the sink to the next address and
+the same heartbeat goes there at once; only after every address failed in turn
+does it back off. An authentication refusal is not a transport failure: it
+means the same at every replica of one database. Replicas share enrolment, so
+a failover never enrols again. While away from the first address the sink
+tries it again at most once per `failback_s` and stays there at the first
+heartbeat it acknowledges (`endpoints.Rotation`).
 """
 
 from __future__ import annotations
@@ -31,37 +35,28 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from sennet.agent.sinks.agent_token import TokenFile
+from sennet.agent.sinks.endpoints import Rotation, split_addresses
+from sennet.agent.sinks.enrolment import Enrolment
 from sennet.agent.sinks.heartbeat_message import event_to_proto, snapshot_to_request
 from sennet.agent.sinks.protocol import SnapshotSink
+from sennet.agent.sinks.replicas import Replica, Replicas, credentials_from_files
 from sennet.agent.snapshot import Snapshot
 from sennet.common.errors import UserError
 from sennet.common.log import event
-from sennet.proto.contract import HEARTBEAT, REGISTER, Method, Req, Resp
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 log = logging.getLogger("sennet.agent.sinks.controlplane_grpc")
 
 _RE_ENROL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-# A Register refused with one of these will not succeed by retrying alone.
-_NEEDS_OPERATOR = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-
-
-def _unary(
-    channel: grpc.Channel, method: Method[Req, Resp]
-) -> grpc.UnaryUnaryMultiCallable[Req, Resp]:
-    """A callable for one RPC; path and message classes come from the compiled proto."""
-    return channel.unary_unary(
-        method.path,
-        request_serializer=method.request.SerializeToString,
-        response_deserializer=method.response.FromString,
-    )
+# The replica is gone or hung: try the next one. Nothing else moves the sink.
+_TRANSPORT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 @dataclass(frozen=True)
@@ -75,6 +70,7 @@ class SinkOptions:
     max_queued_event_bytes: int = 4 << 20  # protobuf-encoded size of the queued events
     max_events_per_heartbeat: int = 256
     close_flush_s: float = 2.0
+    failback_s: float = 60.0  # away from the first address, try it again this often at most
 
 
 @dataclass(frozen=True)
@@ -88,6 +84,17 @@ class SinkStats:
     events_queued_bytes: int
     events_dropped: int
     last_error: str | None
+    control_plane: str  # the address in use
+    failovers: int
+    failbacks: int
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    error: str | None  # None: acknowledged
+    refused: bool = False  # refused as invalid: the batch is dropped
+    transport: bool = False  # the replica did not answer: a failover reason
+    address: str = ""
 
 
 def backoff_delay(failures: int, opts: SinkOptions, rng: random.Random) -> float:
@@ -101,7 +108,7 @@ class GrpcSink:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         bootstrap_token: str,
         state_dir: Path,
         agent_id: str,
@@ -112,29 +119,16 @@ class GrpcSink:
         rng: random.Random | None = None,
         hostname: Callable[[], str] = socket.gethostname,
     ) -> None:
-        self._target = target
-        self._bootstrap = bootstrap_token
+        addresses = (target,) if isinstance(target, str) else tuple(target)
         self._agent_id = agent_id
         self._opts = options or SinkOptions()
         self._rng = rng or random.Random()
-        self._hostname = hostname
-        self._tokens = TokenFile(state_dir, agent_id, target)
-        self._token = self._tokens.load()
-        channel_options: list[tuple[str, str | int]] = [
-            # grpc's own reconnect backoff defaults to a 120 s cap; ours governs retries.
-            ("grpc.initial_reconnect_backoff_ms", 500),
-            ("grpc.min_reconnect_backoff_ms", 500),
-            ("grpc.max_reconnect_backoff_ms", 5000),
-            ("grpc.enable_retries", 0),
-        ]
-        if tls_server_name:
-            channel_options.append(("grpc.ssl_target_name_override", tls_server_name))
-        if credentials is not None:
-            self._channel = grpc.secure_channel(target, credentials, options=channel_options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=channel_options)
-        self._register = _unary(self._channel, REGISTER)
-        self._heartbeat = _unary(self._channel, HEARTBEAT)
+        tokens = TokenFile(state_dir, agent_id, addresses)
+        self._enrolment = Enrolment(
+            tokens, bootstrap_token, agent_id, hostname, self._opts.rpc_deadline_s, log
+        )
+        self._rotation = Rotation(addresses, self._opts.failback_s)
+        self._replicas = Replicas(credentials, tls_server_name)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._latest: Snapshot | None = None
@@ -150,9 +144,6 @@ class GrpcSink:
         self._acked = 0
         self._failures = 0
         self._consecutive = 0
-        self._enrolments = 0
-        self._refusals = 0
-        self._refusal_logged = False  # `enrolment_refused` is logged once per refused streak
         self._last_error: str | None = None
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="sennet-grpc-sink", daemon=True)
@@ -200,7 +191,7 @@ class GrpcSink:
         with self._lock:
             self._closing = True
             self._wake.notify()
-        self._channel.close()  # cancels a call in flight, so the agent's stop stays prompt
+        self._replicas.close()  # cancels a call in flight, so the agent's stop stays prompt
         self._thread.join(2.0)
 
     # -- for callers and tests --------------------------------------------------------
@@ -222,12 +213,15 @@ class GrpcSink:
                 heartbeats_acked=self._acked,
                 failures=self._failures,
                 consecutive_failures=self._consecutive,
-                enrolments=self._enrolments,
-                enrolments_refused=self._refusals,
+                enrolments=self._enrolment.enrolments,
+                enrolments_refused=self._enrolment.refusals,
                 events_queued=len(self._events),
                 events_queued_bytes=self._queued_bytes,
                 events_dropped=self._dropped,
                 last_error=self._last_error,
+                control_plane=self._rotation.current,
+                failovers=self._rotation.failovers,
+                failbacks=self._rotation.failbacks,
             )
 
     # -- the sender thread ------------------------------------------------------------
@@ -246,7 +240,8 @@ class GrpcSink:
                 self._inflight.update(id(ev) for ev in batch)
                 dropped = self._dropped
             assert snap is not None
-            error, refused = self._attempt(snap, batch, dropped)
+            outcome = self._deliver(snap, batch, dropped)
+            error, refused = outcome.error, outcome.refused
             with self._lock:
                 self._inflight.clear()
                 if error is None or refused:
@@ -262,26 +257,66 @@ class GrpcSink:
                     self._last_error = None
                     self._pending = self._latest is not snap or bool(self._events)
                     next_attempt = 0.0
+                    event(
+                        log,
+                        "heartbeat_acked",
+                        logging.DEBUG,
+                        control_plane=outcome.address,
+                        uptime_s=repr(snap.uptime_s),
+                        events=len(batch),
+                    )
                 else:
                     self._failures += 1
                     self._consecutive += 1
                     self._last_error = error
-                    next_attempt = time.monotonic() + backoff_delay(
-                        self._consecutive, self._opts, self._rng
-                    )
+                    rounds = self._consecutive
+                    if outcome.transport:  # 0: the same heartbeat goes to the next address now
+                        rounds = self._rotation.rounds_failed(self._consecutive)
+                    delay = backoff_delay(rounds, self._opts, self._rng) if rounds else 0.0
+                    next_attempt = time.monotonic() + delay
                 self._wake.notify_all()
 
+    def _deliver(self, snap: Snapshot, batch: list[pb.Event], dropped: int) -> _Outcome:
+        """One heartbeat to the address in use, or first to the preferred one when a
+        failback probe is due; a transport failure moves the rotation on."""
+        rot = self._rotation
+        if rot.probe_due():
+            probe = self._attempt(self._replicas.get(rot.preferred), snap, batch, dropped)
+            if probe.error is None:
+                left = rot.fail_back()
+                event(
+                    log,
+                    "control_plane_failback",
+                    logging.INFO,
+                    **{"from": left, "to": rot.preferred},
+                )
+                return probe
+            if not probe.transport:
+                return probe
+            event(log, "failback_probe_failed", logging.DEBUG, reason=probe.error)
+        outcome = self._attempt(self._replicas.get(rot.current), snap, batch, dropped)
+        if outcome.transport:
+            moved = rot.fail_over()
+            if moved is not None:
+                event(
+                    log,
+                    "control_plane_failover",
+                    logging.WARNING,
+                    **{"from": moved[0], "to": moved[1]},
+                    reason=outcome.error,
+                    failovers=rot.failovers,
+                )
+        return outcome
+
     def _attempt(
-        self, snap: Snapshot, batch: list[pb.Event], dropped: int
-    ) -> tuple[str | None, bool]:
-        """One heartbeat (enrolling first if needed): (error or None, refused as invalid)."""
+        self, replica: Replica, snap: Snapshot, batch: list[pb.Event], dropped: int
+    ) -> _Outcome:
+        """One heartbeat to `replica` (enrolling first if needed)."""
         try:
-            if self._token is None:
-                self._enrol(snap)
-            assert self._token is not None
+            token = self._enrolment.token or self._enrolment.enrol(snap, replica)
             req = snapshot_to_request(self._agent_id, snap, batch, dropped, self._stream)
             try:
-                self._call_heartbeat(req)
+                self._call_heartbeat(replica, req, token)
             except grpc.RpcError as exc:
                 if exc.code() not in _RE_ENROL:
                     raise
@@ -292,11 +327,9 @@ class GrpcSink:
                     code=exc.code().name,
                     detail=exc.details(),
                 )
-                self._tokens.discard()
-                self._token = None
-                self._enrol(snap)
-                self._call_heartbeat(req)
-            return None, False
+                self._enrolment.discard()
+                self._call_heartbeat(replica, req, self._enrolment.enrol(snap, replica))
+            return _Outcome(None, address=replica.address)
         except grpc.RpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"
             level = logging.WARNING if self._consecutive == 0 else logging.DEBUG
@@ -304,7 +337,7 @@ class GrpcSink:
                 log,
                 "heartbeat_failed",
                 level,
-                control_plane=self._target,
+                control_plane=replica.address,
                 error=reason,
                 consecutive_failures=self._consecutive + 1,
             )
@@ -317,67 +350,17 @@ class GrpcSink:
                     error=reason,
                     events_discarded=len(batch),
                 )
-            return reason, refused
+            return _Outcome(reason, refused, exc.code() in _TRANSPORT, replica.address)
         except (UserError, OSError) as exc:
             event(log, "heartbeat_failed", logging.WARNING, error=str(exc))
-            return str(exc), False
+            return _Outcome(str(exc), address=replica.address)
 
-    def _call_heartbeat(self, req: pb.HeartbeatRequest) -> None:
-        self._heartbeat(
+    def _call_heartbeat(self, replica: Replica, req: pb.HeartbeatRequest, token: str) -> None:
+        replica.heartbeat(
             req,
             timeout=self._opts.rpc_deadline_s,
-            metadata=(("authorization", f"Bearer {self._token}"),),
+            metadata=(("authorization", f"Bearer {token}"),),
         )
-
-    def _enrol(self, snap: Snapshot) -> None:
-        if not self._bootstrap:
-            raise UserError("no agent token and no bootstrap_token configured; cannot enrol")
-        try:
-            resp = self._register(
-                REGISTER.request(
-                    agent_id=self._agent_id,
-                    hostname=self._hostname()[:253],
-                    agent_version=snap.agent_version,
-                    kernel_version=snap.kernel_version,
-                ),
-                timeout=self._opts.rpc_deadline_s,
-                metadata=(("authorization", f"Bearer {self._bootstrap}"),),
-            )
-        except grpc.RpcError as exc:
-            if exc.code() in _NEEDS_OPERATOR:
-                self._refused(exc)
-            raise
-        self._tokens.store(resp.agent_token)
-        self._token = resp.agent_token
-        with self._lock:
-            self._enrolments += 1
-            self._refusal_logged = False
-        event(
-            log,
-            "enrolled",
-            control_plane=self._target,
-            agent=self._agent_id,
-            token_file=self._tokens.path,
-        )
-
-    def _refused(self, exc: grpc.RpcError) -> None:
-        """Count a refused enrolment; say so once per streak, at error level (a person must act)."""
-        with self._lock:
-            self._refusals += 1
-            first = not self._refusal_logged
-            self._refusal_logged = True
-        if first:
-            event(
-                log,
-                "enrolment_refused",
-                logging.ERROR,
-                control_plane=self._target,
-                agent=self._agent_id,
-                code=exc.code().name,
-                detail=exc.details(),
-                needs="an operator: `sennet-controlplane agent reset` (or `agent enable`) for "
-                "this agent id, or a valid bootstrap_token; retrying with backoff meanwhile",
-            )
 
 
 def make_sink(
@@ -393,33 +376,23 @@ def make_sink(
 ) -> SnapshotSink:
     """The sink the agent's run loop uses when `control_plane` is configured.
 
-    `tls_ca` is a PEM file path; when given the channel uses TLS and verifies
-    the control plane's certificate against it (`tls_server_name` overrides the
-    name checked, for addresses that are not in the certificate). `tls_cert`
-    and `tls_key` add a client certificate, for a control plane that requires
-    one (mTLS).
+    `control_plane` is one "host:port" or several, comma-separated, in order of
+    preference (replicas on one database). `tls_ca` is a PEM file path; when
+    given every channel uses TLS and verifies the replica's certificate against
+    it (`tls_server_name` overrides the name checked, for addresses that are not
+    in the certificate, and applies to every address). `tls_cert` and `tls_key`
+    add a client certificate, for a control plane that requires one (mTLS).
     """
-
-    def read(path: str, what: str) -> bytes:
-        try:
-            return Path(path).read_bytes()
-        except OSError as exc:
-            raise UserError(f"cannot read {what} {path}: {exc.strerror}") from exc
-
-    credentials = None
-    if tls_ca:
-        ca = read(tls_ca, "tls_ca")
-        key = read(tls_key, "tls_key") if tls_key else None
-        cert = read(tls_cert, "tls_cert") if tls_cert else None
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=ca, private_key=key, certificate_chain=cert
-        )
+    try:
+        addresses = split_addresses(control_plane)
+    except ValueError as exc:
+        raise UserError(f"control_plane: {exc}") from None
     return GrpcSink(
-        control_plane,
+        addresses,
         bootstrap_token,
         state_dir,
         agent_id,
-        credentials=credentials,
+        credentials=credentials_from_files(tls_ca, tls_cert, tls_key),
         tls_server_name=tls_server_name,
         options=options,
     )

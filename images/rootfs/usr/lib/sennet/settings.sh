@@ -20,7 +20,8 @@ settings_check() {
         ip) [ "$2" = dhcp ] || { settings_only "$2" '0-9./' &&
             case "$2" in [0-9]*.[0-9]*.[0-9]*.[0-9]*/[0-9]*) true;; *) false;; esac; } ;;
         gw | dns) settings_only "$2" '0-9a-fA-F.:' ;;
-        control_plane | metrics_listen) settings_only "$2" 'A-Za-z0-9.:_-' ;;
+        control_plane) settings_only "$2" 'A-Za-z0-9.:_,-' ;;  # "host:port,host:port" replicas
+        metrics_listen) settings_only "$2" 'A-Za-z0-9.:_-' ;;
         bootstrap_token) settings_only "$2" 'A-Za-z0-9._~+/=-' ;;
         interfaces) settings_only "$2" 'A-Za-z0-9_.,-' ;;
         tls_server_name) settings_only "$2" 'A-Za-z0-9.-' ;;
