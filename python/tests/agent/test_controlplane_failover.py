@@ -23,8 +23,9 @@ from sennet.agent.sinks.controlplane_grpc import GrpcSink, SinkOptions, make_sin
 from sennet.common.retry import retry
 from sennet.testing.agent import run_cli
 from sennet.testing.controlplane import ControlPlane, create_bootstrap_token, running
+from sennet.testing.pki import make_pki
 from sennet.testing.scrape import matching
-from tests.agent.test_controlplane_grpc_sink import _pki, rx_packets, snap, stored
+from tests.agent.test_controlplane_grpc_sink import rx_packets, snap, stored
 
 FAILBACK_S = 1.5
 OPTS = SinkOptions(
@@ -240,7 +241,7 @@ def test_with_two_replicas_down_the_same_heartbeat_cycles_on_to_the_third(
 
 
 def test_tls_settings_given_once_hold_for_every_replica(tmp_path: Path) -> None:
-    pki = _pki(tmp_path)
+    pki = make_pki(tmp_path)
     db = tmp_path / "cp.db"
     bootstrap = create_bootstrap_token(db)
     tls = [
