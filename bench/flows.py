@@ -144,7 +144,9 @@ def measure(pin_root: Path, rounds: int, repeat: int) -> list[Figure]:
     base = stack.enter_context(baseline_program())
     pin_dir = pin_root / "flows"
     pin_dir.mkdir()
-    dp = libbpf_loader.load(DatapathOptions(DEFAULT_ASSETS, pin_dir, 1 << 16, 1514, CAPACITY))
+    dp = libbpf_loader.load(
+        DatapathOptions(DEFAULT_ASSETS, pin_dir, 1 << 16, 1514, flow_capacity=CAPACITY)
+    )
     stack.callback(dp.close)
     flows_fd = dp.map_fds[layout.MAP_FLOWS]
     runs = 0

@@ -7,7 +7,7 @@ and the benchmarks handle a loaded data plane the same way whichever loader made
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from sennet.agent.datapath import layout
@@ -21,6 +21,7 @@ class DatapathOptions:
     pin_dir: Path  # on a bpf filesystem
     ringbuf_bytes: int  # power of two, multiple of the page size
     large_packet_bytes: int
+    _: KW_ONLY  # table sizes by name: two ints side by side are easy to swap
     tcp_handshakes: int = layout.TCP_HANDSHAKES  # HANDSHAKES max_entries
     flow_capacity: int = layout.FLOW_CAPACITY_DEFAULT  # max_entries of the flow LRU
 
