@@ -73,6 +73,11 @@ def _flows(f: FlowReport) -> Iterator[Metric]:
         "Flows evicted by the LRU before the agent read them (lost track of)",
         f.lost_total,
     )
+    yield _counter(
+        "sennet_agent_flow_evicted",
+        "Flows the agent had read, evicted by the LRU before they ended",
+        f.evicted_total,
+    )
     octets = GaugeMetricFamily(
         "sennet_agent_flow_top_talker_bytes",
         "Bytes in the last interval of the top flows by bytes (rank 1 = largest)",

@@ -32,6 +32,7 @@ FLOW_COUNTERS = {
     "flow_created": "created_total",
     "flow_ended": "ended_total",
     "flow_lost": "lost_total",
+    "flow_evicted": "evicted_total",
 }
 DNS_COUNTERS = {"dns_unanswered": "unanswered_total", "dns_malformed": "malformed_total"}
 DNS_MAPS = {"dns_queries": "queries_by_type", "dns_responses": "responses_by_rcode"}

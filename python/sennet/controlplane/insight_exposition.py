@@ -53,6 +53,11 @@ FAMILIES = (
         "counter",
         "Flows evicted by the LRU before the agent read them (lost track of).",
     ),
+    Family(
+        "sennet_flow_evicted_total",
+        "counter",
+        "Flows the agent had read, evicted by the LRU before they ended.",
+    ),
     Family("sennet_flow_top_talker_bytes", "gauge", f"Bytes of the top flows {_TALKER}."),
     Family("sennet_flow_top_talker_packets", "gauge", f"Packets of the top flows {_TALKER}."),
     Family(
@@ -112,6 +117,7 @@ COUNTERS = {
     "flow_created": ("sennet_flow_created_total", ""),
     "flow_ended": ("sennet_flow_ended_total", ""),
     "flow_lost": ("sennet_flow_lost_total", ""),
+    "flow_evicted": ("sennet_flow_evicted_total", ""),
     "dns_queries": ("sennet_dns_queries_total", "type"),
     "dns_responses": ("sennet_dns_responses_total", "rcode"),
     "dns_unanswered": ("sennet_dns_unanswered_total", ""),

@@ -125,7 +125,8 @@ MIGRATIONS: tuple[str, ...] = (
         capacity      INTEGER NOT NULL,
         created_total INTEGER NOT NULL,
         ended_total   INTEGER NOT NULL,
-        lost_total    INTEGER NOT NULL
+        lost_total    INTEGER NOT NULL,
+        evicted_total INTEGER NOT NULL
     );
     CREATE TABLE talkers (
         heartbeat_id INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,

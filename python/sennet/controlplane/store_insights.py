@@ -23,8 +23,16 @@ def insert(conn: sqlite3.Connection, hb_id: int, req: pb.HeartbeatRequest) -> No
     if req.HasField("flows"):
         f = req.flows
         conn.execute(
-            "INSERT INTO flow_samples VALUES (?, ?, ?, ?, ?, ?)",
-            (hb_id, f.active, f.capacity, f.created_total, f.ended_total, f.lost_total),
+            "INSERT INTO flow_samples VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                hb_id,
+                f.active,
+                f.capacity,
+                f.created_total,
+                f.ended_total,
+                f.lost_total,
+                f.evicted_total,
+            ),
         )
         conn.executemany(
             "INSERT INTO talkers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -123,7 +123,14 @@ def _talker(t: pb.Talker, field: str) -> None:
 
 
 def _flows(f: pb.FlowSummary, limits: Limits) -> None:
-    for name in ("active", "created_total", "ended_total", "lost_total", "capacity"):
+    for name in (
+        "active",
+        "created_total",
+        "ended_total",
+        "lost_total",
+        "evicted_total",
+        "capacity",
+    ):
         _counter(getattr(f, name), f"flows.{name}")
     if f.capacity and f.active > f.capacity:
         raise invalid("flows.active", f"{f.active} flows in a table of {f.capacity}")

@@ -61,6 +61,7 @@ def full_snapshot(scale: int = 1) -> Snapshot:
             lost_total=63 * s,
             top_talkers=TALKERS,
             capacity=65536,
+            evicted_total=29 * s,
         ),
         microbursts=(
             Microburst("eth1", "rx", 1, 17, 25_500),

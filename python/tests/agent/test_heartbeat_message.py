@@ -16,13 +16,14 @@ def test_a_snapshot_with_every_report_maps_onto_the_heartbeat_exactly() -> None:
         snapshot_to_request(AGENT, snap, [], 0).SerializeToString()
     )
     f = req.flows
-    assert (f.active, f.created_total, f.ended_total, f.lost_total, f.capacity) == (
-        37,
-        1000,
-        900,
-        63,
-        65536,
-    )
+    assert (
+        f.active,
+        f.created_total,
+        f.ended_total,
+        f.lost_total,
+        f.evicted_total,
+        f.capacity,
+    ) == (37, 1000, 900, 63, 29, 65536)
     got = [
         (
             t.interface,

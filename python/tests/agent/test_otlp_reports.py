@@ -44,7 +44,7 @@ def metric(rx: OtlpReceiver, name: str) -> mp.Metric | None:
 def test_reports_become_sums_histograms_and_gauges_and_absent_reports_add_nothing() -> None:
     talker = Talker("mon0", "rx", 4, 6, "10.0.0.1", "10.0.0.2", 40000, 443, 0, 12, 9000, 0x18)
     flows = FlowReport(active=3, created_total=10, ended_total=7, lost_total=1,
-                       top_talkers=(talker,), capacity=4096)  # fmt: skip
+                       top_talkers=(talker,), capacity=4096, evicted_total=2)  # fmt: skip
     dns = DnsReport(
         queries_by_type={"A": 5, "AAAA": 2},
         responses_by_rcode={"NOERROR": 6, "NXDOMAIN": 1},
@@ -76,6 +76,7 @@ def test_reports_become_sums_histograms_and_gauges_and_absent_reports_add_nothin
         assert created.sum.data_points[0].as_int == 10
         assert rx.value("sennet.flows.active") == 3
         assert rx.value("sennet.flows.lost") == 1
+        assert rx.value("sennet.flows.evicted") == 2
         top = {
             "network.interface.name": "mon0", "network.io.direction": "receive",
             "network.type": "ipv4", "network.transport": "tcp",

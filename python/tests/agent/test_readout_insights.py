@@ -52,6 +52,7 @@ def test_every_report_is_exported_with_its_exact_value(
     assert sample(s, "sennet_agent_flow_created_total") == 1000
     assert sample(s, "sennet_agent_flow_ended_total") == 900
     assert sample(s, "sennet_agent_flow_lost_total") == 63
+    assert sample(s, "sennet_agent_flow_evicted_total") == 29
     first = dict(
         rank="1",
         interface="eth1",

@@ -66,6 +66,7 @@ def expected(a: str, snap: Snapshot) -> dict[tuple[str, Labels], float]:
         ("sennet_flow_created_total", agent): f.created_total,
         ("sennet_flow_ended_total", agent): f.ended_total,
         ("sennet_flow_lost_total", agent): f.lost_total,
+        ("sennet_flow_evicted_total", agent): f.evicted_total,
         ("sennet_dns_unanswered_total", agent): d.unanswered_total,
         ("sennet_dns_malformed_total", agent): d.malformed_total,
         ("sennet_tcp_attempts_unanswered_total", agent): t.attempts_unanswered_total,
@@ -132,7 +133,7 @@ def stored(cp: ControlPlane, agent_id: str) -> dict[str, list[tuple[object, ...]
     """The new tables' rows of the agent's newest heartbeat, read with plain SQL."""
     (hb,) = cp.query("SELECT max(heartbeat_id) FROM heartbeats WHERE agent_id = ?", agent_id)[0]
     tables = {
-        "flow_samples": "active, capacity, created_total, ended_total, lost_total",
+        "flow_samples": "active, capacity, created_total, ended_total, lost_total, evicted_total",
         "talkers": "rank, interface, direction, ip_version, l4_proto, src_addr, dst_addr,"
         " src_port, dst_port, vlan_id, packets, bytes, tcp_flags",
         "microbursts": "interface, direction, window_ms, max_packets, max_bytes",
@@ -167,7 +168,7 @@ def test_a_heartbeat_with_every_part_is_stored_exactly(shared: Served, transport
         _hist_row("tcp_synack_rtt", snap.tcp.synack_rtt),
     ]
     assert rows == {
-        "flow_samples": [(37, 65536, 1000, 900, 63)],
+        "flow_samples": [(37, 65536, 1000, 900, 63, 29)],
         "talkers": [
             (1, "eth1", "rx", 4, 6, "10.0.0.1", "10.0.0.2", 40000, 443, 0, 120, 150_000, 0x1B),
             (2, "eth1", "tx", 6, 17, "fd00::1", "fd00::53", 5353, 53, 42, 9, 1_206, 0),
@@ -205,7 +206,7 @@ def test_every_part_is_exported_exactly_in_metrics(shared: Served, transport: st
     agent_id, token = shared.cp.register(shared.bootstrap)
     assert send(shared.cp, transport, token, full_request(agent_id)) == ("ok", "")
     want = expected(agent_id, full_snapshot())
-    assert len(want) == 11 + 6 + 8 + 3 + 5 + 4 + 2 + 3 * 30
+    assert len(want) == 12 + 6 + 8 + 3 + 5 + 4 + 2 + 3 * 30
     assert exported(shared.cp.samples(), agent_id) == want
 
 
@@ -218,6 +219,7 @@ def test_counters_that_go_backwards_are_resets_and_totals_stay_monotonic(shared:
     a = agent_id
     assert sample(s, "sennet_flow_created_total", agent=a) == 3000 + 1000 + 1000
     assert sample(s, "sennet_flow_lost_total", agent=a) == 189 + 63 + 63
+    assert sample(s, "sennet_flow_evicted_total", agent=a) == 87 + 29 + 29
     assert sample(s, "sennet_dns_queries_total", agent=a, type="A") == 120 + 40 + 40
     assert sample(s, "sennet_tcp_resets_total", agent=a, direction="rx") == 9 + 3 + 3
     # the DNS histogram's buckets reset one by one (per-bucket counts of histogram(scale)):
@@ -274,6 +276,7 @@ def _bad(agent_id: str) -> list[tuple[pb.HeartbeatRequest, str]]:
     case("flows.top_talkers[1].src_addr").flows.top_talkers[1].src_addr = "10.0.0.1"
     case("tcp.resets_by_direction['up']").tcp.resets_by_direction["up"] = 1
     case("flows.lost_total: 9223372036854775808 exceeds").flows.lost_total = 1 << 63
+    case("flows.evicted_total: 9223372036854775808 exceeds").flows.evicted_total = 1 << 63
     return cases
 
 
@@ -356,7 +359,7 @@ def test_the_fast_renderer_gives_exactly_the_reference_samples_for_every_part() 
     fast = parse_samples(expo.render(fast=True).decode())
     plain = parse_samples(expo.render(fast=False).decode())
     assert fast == plain
-    assert len(exported(fast, views[0].agent_id)) == 11 + 6 + 8 + 3 + 5 + 4 + 2 + 3 * 30
+    assert len(exported(fast, views[0].agent_id)) == 12 + 6 + 8 + 3 + 5 + 4 + 2 + 3 * 30
     assert exported(fast, "old-agent") == {}
     # next heartbeats, published after that scrape: the same keys (the prepared layout is
     # reused), then a new DNS type and talker list (the layout and the gauges change)
@@ -394,7 +397,7 @@ def test_a_histogram_export_step_exports_exact_counts_at_every_third_bound(tmp_p
             for key, value in expected(agent_id, full_snapshot()).items()
             if not key[0].endswith("_bucket") or dict(key[1])["le"] in kept
         }
-        assert len(want) == 11 + 6 + 8 + 3 + 5 + 4 + 2 + 3 * 12
+        assert len(want) == 12 + 6 + 8 + 3 + 5 + 4 + 2 + 3 * 12
         assert exported(cp.samples(), agent_id) == want
         cp.stop()
     fleet = Fleet([AgentView("a").apply(full_request("a"), 1.0)[0]])

@@ -1,9 +1,10 @@
-"""An agent built before flows, DNS and TCP health still reports, over gRPC and Connect.
+"""Agents built before a schema change still report, over gRPC and Connect.
 
-The old agent's message is compiled at test time from a frozen copy of the
-schema it was built with (`data/sentinel_before_flows.proto`) into a private
-descriptor pool, so its bytes come from the old definition, not from today's
-classes with fields left empty.
+Two old agents: one built before flows, DNS and TCP health, one built before
+FlowSummary's `evicted_total`. Each old agent's message is compiled at test time
+from a frozen copy of the schema it was built with (`data/sentinel_before_*.proto`)
+into a private descriptor pool, so its bytes come from the old definition, not
+from today's classes with fields left empty.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from grpc_tools import protoc
 
 from sennet.proto.contract import HEARTBEAT
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
-from sennet.testing.controlplane import Served
+from sennet.testing.controlplane import ControlPlane, Served
 from sennet.testing.scrape import sample
 
-OLD_PROTO = Path(__file__).parent / "data" / "sentinel_before_flows.proto"
+DATA = Path(__file__).parent / "data"
+OLD_PROTO = DATA / "sentinel_before_flows.proto"
+BEFORE_EVICTED_PROTO = DATA / "sentinel_before_evicted.proto"
 NEW_TABLES = (
     "flow_samples",
     "talkers",
@@ -36,12 +39,10 @@ NEW_TABLES = (
 )
 
 
-@pytest.fixture(scope="module")
-def old_heartbeat(tmp_path_factory: pytest.TempPathFactory) -> type[Message]:
-    """HeartbeatRequest as the old schema defines it, in a descriptor pool of its own."""
-    root = tmp_path_factory.mktemp("oldproto")
+def _compile_heartbeat(proto: Path, root: Path) -> type[Message]:
+    """HeartbeatRequest as the frozen schema `proto` defines it, in a descriptor pool of its own."""
     (root / "sentinel/v1").mkdir(parents=True)
-    shutil.copy(OLD_PROTO, root / "sentinel/v1/sentinel.proto")
+    shutil.copy(proto, root / "sentinel/v1/sentinel.proto")
     out = root / "old.pb"
     args = ["protoc", f"-I{root}", f"--descriptor_set_out={out}", "sentinel/v1/sentinel.proto"]
     assert protoc.main(args) == 0
@@ -50,8 +51,26 @@ def old_heartbeat(tmp_path_factory: pytest.TempPathFactory) -> type[Message]:
     for f in files.file:
         pool.Add(f)
     desc = pool.FindMessageTypeByName("sentinel.v1.HeartbeatRequest")
-    assert [f.number for f in desc.fields] == list(range(1, 11))  # truly the old message
     cls: type[Message] = message_factory.GetMessageClass(desc)
+    return cls
+
+
+@pytest.fixture(scope="module")
+def old_heartbeat(tmp_path_factory: pytest.TempPathFactory) -> type[Message]:
+    """HeartbeatRequest as an agent built before flows, DNS and TCP health defines it."""
+    cls = _compile_heartbeat(OLD_PROTO, tmp_path_factory.mktemp("oldproto"))
+    fields = cls.DESCRIPTOR.fields
+    assert [f.number for f in fields] == list(range(1, 11))  # truly the old message
+    return cls
+
+
+@pytest.fixture(scope="module")
+def before_evicted(tmp_path_factory: pytest.TempPathFactory) -> type[Message]:
+    """HeartbeatRequest as an agent built before FlowSummary's evicted_total defines it."""
+    cls = _compile_heartbeat(BEFORE_EVICTED_PROTO, tmp_path_factory.mktemp("beforeevicted"))
+    flows = cls.DESCRIPTOR.fields_by_name["flows"].message_type
+    assert flows is not None
+    assert [f.number for f in flows.fields] == list(range(1, 7))  # truly without field 7
     return cls
 
 
@@ -68,6 +87,17 @@ def _old_request(cls: type[Message], agent_id: str) -> bytes:
     return body
 
 
+def _send(cp: ControlPlane, transport: str, body: bytes, token: str) -> None:
+    """One raw heartbeat over `transport`, which must be accepted."""
+    if transport == "grpc":
+        code, details, out = cp.call_raw(HEARTBEAT.name, body, token)
+        assert (code, details) == (grpc.StatusCode.OK, "")
+    else:
+        status, out = cp.connect_proto(HEARTBEAT.name, body, token)
+        assert status == 200, out
+    assert HEARTBEAT.response.FromString(out).server_time_unix_ns > 0
+
+
 @pytest.mark.parametrize("transport", ["grpc", "connect"])
 def test_an_old_agents_heartbeat_is_accepted_and_stored(
     shared: Served, old_heartbeat: type[Message], transport: str
@@ -78,13 +108,7 @@ def test_an_old_agents_heartbeat_is_accepted_and_stored(
     # today's schema reads the old bytes with every new field absent
     decoded = pb.HeartbeatRequest.FromString(body)
     assert not any(decoded.HasField(f) for f in ("flows", "dns", "tcp"))
-    if transport == "grpc":
-        code, details, out = cp.call_raw(HEARTBEAT.name, body, token)
-        assert (code, details) == (grpc.StatusCode.OK, "")
-    else:
-        status, out = cp.connect_proto(HEARTBEAT.name, body, token)
-        assert status == 200, out
-    assert HEARTBEAT.response.FromString(out).server_time_unix_ns > 0
+    _send(cp, transport, body, token)
     rows = cp.query(
         "SELECT h.agent_version, h.uptime_seconds, s.ifname, s.ifindex, s.rx_packets, s.rx_bytes,"
         " s.tx_packets, s.tx_bytes FROM heartbeats h JOIN interface_samples s USING"
@@ -109,3 +133,30 @@ def test_an_old_agents_heartbeat_is_accepted_and_stored(
         if k[0].startswith(("sennet_flow_", "sennet_dns_", "sennet_tcp_"))
         and ("agent", agent_id) in k[1]
     ]
+
+
+@pytest.mark.parametrize("transport", ["grpc", "connect"])
+def test_an_agent_built_before_evicted_total_reports_its_flows_with_evicted_at_zero(
+    shared: Served, before_evicted: type[Message], transport: str
+) -> None:
+    cp = shared.cp
+    agent_id, token = cp.register(shared.bootstrap)
+    msg: Any = before_evicted(agent_id=agent_id, agent_version="0.1.0", uptime_seconds=9.0)
+    f = msg.flows
+    f.active, f.created_total, f.ended_total, f.lost_total, f.capacity = 12, 500, 471, 17, 4096
+    body: bytes = msg.SerializeToString()
+    # today's schema reads the old bytes with the new field absent
+    decoded = pb.HeartbeatRequest.FromString(body)
+    assert (decoded.flows.lost_total, decoded.flows.evicted_total) == (17, 0)
+    _send(cp, transport, body, token)
+    rows = cp.query(
+        "SELECT active, capacity, created_total, ended_total, lost_total, evicted_total"
+        " FROM flow_samples JOIN heartbeats USING (heartbeat_id) WHERE agent_id = ?",
+        agent_id,
+    )
+    assert rows == [(12, 4096, 500, 471, 17, 0)]
+    s = cp.samples()
+    assert sample(s, "sennet_flow_created_total", agent=agent_id) == 500
+    assert sample(s, "sennet_flow_ended_total", agent=agent_id) == 471
+    assert sample(s, "sennet_flow_lost_total", agent=agent_id) == 17
+    assert sample(s, "sennet_flow_evicted_total", agent=agent_id) == 0

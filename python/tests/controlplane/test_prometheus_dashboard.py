@@ -169,7 +169,7 @@ def with_insights(req: pb.HeartbeatRequest, t: int) -> pb.HeartbeatRequest:
     """
     parts = full_request(req.agent_id)  # the gauges: talkers, microbursts, top names
     f = parts.flows
-    f.created_total, f.ended_total, f.lost_total = 50 * t, 45 * t, t // 2
+    f.created_total, f.ended_total, f.lost_total, f.evicted_total = 50 * t, 45 * t, t // 2, 2 * t
     d = parts.dns
     d.queries_by_type.clear()
     d.queries_by_type.update({"A": 20 * t, "AAAA": 10 * t})
@@ -365,7 +365,7 @@ def test_every_dashboard_query_evaluates_to_the_expected_values(
             else:
                 assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (title, key)
         checked += 1
-    assert checked == len(dashboard_exprs()) == 38
+    assert checked == len(dashboard_exprs()) == 39
     p99 = prometheus.instant(grafana_to_promql(panel_query("Control plane: p99 call latency")), at)
     assert 0 < p99[(("method", "Heartbeat"),)] <= 2.5  # a real latency, inside the buckets
 
@@ -383,7 +383,11 @@ def test_every_dashboard_query_evaluates_to_the_expected_values(
 
     # Flows, DNS and TCP: the same monotonic export across B's restart, and figures that
     # land where the fed histograms put them.
-    for family in ("sennet_flow_created_total", "sennet_dns_latency_seconds_bucket"):
+    for family in (
+        "sennet_flow_created_total",
+        "sennet_flow_evicted_total",
+        "sennet_dns_latency_seconds_bucket",
+    ):
         assert set(prometheus.instant(f"resets({family}[1m])", at).values()) == {0.0}
     talkers = prometheus.instant(grafana_to_promql(panel_query(TOP_TALKERS)), at)
     assert sorted(talkers.values()) == [294, 294, 1_206, 1_206, 150_000, 150_000]

@@ -104,6 +104,7 @@ def flows_to_proto(f: FlowReport) -> pb.FlowSummary:
         created_total=f.created_total,
         ended_total=f.ended_total,
         lost_total=f.lost_total,
+        evicted_total=f.evicted_total,
         capacity=f.capacity,
         top_talkers=[talker_to_proto(t) for t in f.top_talkers],
     )

@@ -237,6 +237,7 @@ def _flows(b: _Batch, f: FlowReport) -> None:
         ("created", f.created_total, "Flows the data plane created"),
         ("ended", f.ended_total, "Flows removed after FIN/RST or the idle timeout"),
         ("lost", f.lost_total, "Flows evicted by the table before the agent read them"),
+        ("evicted", f.evicted_total, "Flows the agent had read, evicted before they ended"),
     ):
         b.sum(f"sennet.flows.{what}", help, "{flow}", [((), value)])
     talkers = []

@@ -172,20 +172,22 @@ class Talker(_message.Message):
     def __init__(self, interface: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., ip_version: _Optional[int] = ..., l4_proto: _Optional[int] = ..., src_addr: _Optional[str] = ..., dst_addr: _Optional[str] = ..., src_port: _Optional[int] = ..., dst_port: _Optional[int] = ..., vlan_id: _Optional[int] = ..., packets: _Optional[int] = ..., bytes: _Optional[int] = ..., tcp_flags: _Optional[int] = ...) -> None: ...
 
 class FlowSummary(_message.Message):
-    __slots__ = ("active", "created_total", "ended_total", "lost_total", "capacity", "top_talkers")
+    __slots__ = ("active", "created_total", "ended_total", "lost_total", "capacity", "top_talkers", "evicted_total")
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     CREATED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     ENDED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     LOST_TOTAL_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     TOP_TALKERS_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     active: int
     created_total: int
     ended_total: int
     lost_total: int
     capacity: int
     top_talkers: _containers.RepeatedCompositeFieldContainer[Talker]
-    def __init__(self, active: _Optional[int] = ..., created_total: _Optional[int] = ..., ended_total: _Optional[int] = ..., lost_total: _Optional[int] = ..., capacity: _Optional[int] = ..., top_talkers: _Optional[_Iterable[_Union[Talker, _Mapping]]] = ...) -> None: ...
+    evicted_total: int
+    def __init__(self, active: _Optional[int] = ..., created_total: _Optional[int] = ..., ended_total: _Optional[int] = ..., lost_total: _Optional[int] = ..., capacity: _Optional[int] = ..., top_talkers: _Optional[_Iterable[_Union[Talker, _Mapping]]] = ..., evicted_total: _Optional[int] = ...) -> None: ...
 
 class Microburst(_message.Message):
     __slots__ = ("interface", "direction", "window_ms", "max_packets", "max_bytes")
