@@ -34,7 +34,8 @@
 #define SENNET_DNS_MALFORMED  18  /* UDP/53 payloads that are not a DNS message we can parse */
 #define SENNET_DNS_SEEN       19  /* UDP/53 packets examined: parsed (queries + responses) + malformed */
 #define SENNET_DNS_MATCHED    20  /* responses matched to a pending query: latency observed */
-#define SENNET_DNS_COUNTERS   21
+#define SENNET_DNS_UNANSWERED 21  /* written by the agent: queries it expired with no response */
+#define SENNET_DNS_COUNTERS   22
 
 /* Table sizes (entries). Pending queries: enough for a busy resolver's
  * in-flight queries within the timeout; names: the working set the top-N

@@ -140,7 +140,11 @@ struct sennet_hs {
 /* Flow bookkeeping and microbursts (bpf/flows.h). FLOW_STATS is indexed by these. */
 #define SENNET_FLOW_STAT_CREATED   0  /* entries inserted by the data plane */
 #define SENNET_FLOW_STAT_UNTRACKED 1  /* packets that found no entry and could not insert one */
-#define SENNET_FLOW_STATS          2
+/* Written by the agent (never by the programs), so its totals survive its restarts: */
+#define SENNET_FLOW_STAT_ENDED     2  /* flows it removed after FIN/RST or the idle timeout */
+#define SENNET_FLOW_STAT_LOST      3  /* flows created and evicted before any read saw them */
+#define SENNET_FLOW_STAT_EVICTED   4  /* flows it had read that the LRU took before they ended */
+#define SENNET_FLOW_STATS          5
 
 #define SENNET_BURST_WINDOW_1MS  1000000ULL
 #define SENNET_BURST_WINDOW_10MS 10000000ULL

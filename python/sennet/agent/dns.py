@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from sennet.agent.datapath import dns_layout as dl
-from sennet.agent.datapath import layout
+from sennet.agent.datapath import layout, tally
 from sennet.agent.datapath.histograms import HistogramReader
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.agent.dns_names import decode_name
@@ -45,7 +45,6 @@ class DnsReader:
         self.top_names = top_names
         self.clock_ns = clock_ns
         self.ncpus = libbpf().possible_cpus()
-        self.unanswered_total = 0
 
     def counters(self) -> dict[dl.DnsSlot, int]:
         """Every DNS_COUNTERS slot, summed over CPUs (cumulative)."""
@@ -58,7 +57,8 @@ class DnsReader:
         return out
 
     def expire(self) -> int:
-        """Delete queries pending longer than the timeout; returns how many (added to the total)."""
+        """Delete queries pending longer than the timeout; returns how many (added to the
+        pinned UNANSWERED slot, so the total survives agent restarts)."""
         lib = libbpf()
         deadline = self.clock_ns() - self.timeout_ns
         expired = 0
@@ -71,7 +71,7 @@ class DnsReader:
             # that found the entry counts, so a query is never both answered and unanswered.
             if ts < deadline and lib.delete(self.pending_fd, key):
                 expired += 1
-        self.unanswered_total += expired
+        tally.add_to_slot(self.counters_fd, dl.DnsSlot.UNANSWERED, expired)
         return expired
 
     def names(self) -> dict[str, tuple[int, int]]:
@@ -96,7 +96,7 @@ class DnsReader:
             queries_by_type={dl.slot_label(s): counts[s] for s in dl.QUERY_SLOTS},
             responses_by_rcode={dl.slot_label(s): counts[s] for s in dl.RCODE_SLOTS},
             latency=self.histograms.read(layout.Histogram.DNS_LATENCY),
-            unanswered_total=self.unanswered_total,
+            unanswered_total=counts[dl.DnsSlot.UNANSWERED],
             malformed_total=counts[dl.DnsSlot.MALFORMED],
             top_queried=self._top(names, 0),
             top_failing=self._top(names, 1),

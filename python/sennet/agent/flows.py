@@ -13,7 +13,10 @@ evicted and the kernel created again under the same key is a new flow, not a
 continuation. Collisions of the 64-bit hash are possible in principle (about
 3e-8 for a million flows) and would merge two flows' deltas for one interval.
 
-Accounting, exact for each agent lifetime (the table is not pinned):
+Accounting, exact for each agent lifetime (the table is not pinned; the ended,
+lost and evicted totals are kept in pinned FLOW_STATS slots, so they continue
+across agent restarts like the kernel's counters, and within one lifetime
+their growth obeys):
 
     created since start = active + ended + lost + evicted
 
@@ -41,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sennet.agent.datapath import layout
+from sennet.agent.datapath import layout, tally
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.agent.telemetry import FlowReport, Talker
 
@@ -120,8 +123,7 @@ class FlowTracker:
         self._token = ctypes.create_string_buffer(64)
         self._prev = _Compact.empty(self.capacity)
         self._cur = _Compact.empty(self.capacity)
-        self.ended_total = 0
-        self.evicted_total = 0
+        self._lost_reported = 0  # lost flows of this lifetime already added to the pinned slot
         self._seen = 0  # flows seen appear, counted against the creation counter
         self._young = 0
         # The first walk reports nothing; it takes in the flows already there. Those
@@ -148,15 +150,17 @@ class FlowTracker:
         cutoff = time.monotonic_ns()  # flows first seen from here on are not in `created`
         created = self.created()
         walk = self._walk(time.monotonic_ns(), cutoff)
-        lost = created - self.created_base - self._seen
+        lost = max(created - self.created_base - self._seen, 0)
+        tally.add_to_slot(self.stats_fd, layout.FLOW_STAT_LOST, lost - self._lost_reported)
+        self._lost_reported = max(lost, self._lost_reported)
         return FlowReport(
             active=self._prev.n,  # after the swap: the flows this read kept
             created_total=created,
-            ended_total=self.ended_total,
-            lost_total=max(lost, 0),
+            ended_total=self._stat(layout.FLOW_STAT_ENDED),
+            lost_total=self._stat(layout.FLOW_STAT_LOST),
             top_talkers=self._talkers(walk, ifnames),
             capacity=self.capacity,
-            evicted_total=self.evicted_total,
+            evicted_total=self._stat(layout.FLOW_STAT_EVICTED),
         )
 
     def _walk(self, now_ns: int, cutoff_ns: int) -> _Walk:
@@ -177,7 +181,7 @@ class FlowTracker:
         order = np.argsort(cur.ids[: cur.n])
         for arr in (cur.ids, cur.packets, cur.bytes):
             arr[: cur.n] = arr[: cur.n][order]
-        self.evicted_total += self._prev.n - walk.matched
+        tally.add_to_slot(self.stats_fd, layout.FLOW_STAT_EVICTED, self._prev.n - walk.matched)
         self._seen += walk.appeared + self._young
         self._young = walk.young
         self._delete(walk.remove)
@@ -258,7 +262,7 @@ class FlowTracker:
         keys = np.concatenate(batches)
         self.lb.delete_batch(self.flows_fd, keys.ctypes.data, len(keys), keys.dtype.itemsize)
         # Counted ended even if the LRU took one in between: its final counts were read.
-        self.ended_total += len(keys)
+        tally.add_to_slot(self.stats_fd, layout.FLOW_STAT_ENDED, len(keys))
 
     def _talkers(self, walk: _Walk, ifnames: Mapping[int, str]) -> tuple[Talker, ...]:
         if not walk.top:

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import struct
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from sennet.agent.datapath import layout
+from sennet.agent.datapath import layout, tally
 from sennet.agent.datapath.libbpf import BpfError, libbpf
 
-_SLOT_UNANSWERED = struct.pack("<I", layout.TcpCounter.UNANSWERED)
 CHUNK = 8192  # entries per batched lookup: a whole table in eight system calls
 
 
@@ -100,16 +98,5 @@ class HandshakeExpiry:
         delete_all(self.handshakes_fd, np.ascontiguousarray(keys[old]))
         unanswered = int(np.count_nonzero(old & (values["synack_ns"] == 0)))
         stale = int(np.count_nonzero(old)) - unanswered
-        if unanswered:
-            self._add_unanswered(unanswered)
+        tally.add_to_slot(self.counters_fd, layout.TcpCounter.UNANSWERED, unanswered)
         return Expired(unanswered, stale)
-
-    def _add_unanswered(self, n: int) -> None:
-        """Add to CPU 0's copy of the slot; the programs never write it, so no update races."""
-        lb = libbpf()
-        raw = lb.lookup(self.counters_fd, _SLOT_UNANSWERED, 8 * self.ncpus)
-        values = np.zeros(self.ncpus, dtype="<u8")
-        if raw is not None:
-            values[:] = np.frombuffer(raw, dtype="<u8", count=self.ncpus)
-        values[0] += np.uint64(n)
-        lb.update(self.counters_fd, _SLOT_UNANSWERED, values.tobytes())

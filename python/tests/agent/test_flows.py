@@ -209,6 +209,8 @@ def test_ended_and_idle_flows_are_removed_and_counted_once(
         net.send_to_a([_tcp(100, "A")])  # a segment after the flow ended: a new flow
         settled(net.ns_a, net.if_a)
         third = t.read(names(dp))
+        # An agent restart: a new reader on the same pinned maps continues the totals.
+        restarted = tracker(dp, idle_s=1.0).read(names(dp))
     assert (first.active, first.ended_total, after_first) == (4, 5, 4)
     assert (second.active, second.ended_total, after_second) == (0, 9, 0)
     assert (third.active, third.ended_total, third.created_total) == (1, 9, 10)
@@ -216,6 +218,7 @@ def test_ended_and_idle_flows_are_removed_and_counted_once(
     assert ended == {100: 0x11, 101: 0x11, 102: 0x11, 200: 0x04, 201: 0x04}
     assert [accounted(t, r) for r in (first, second, third)] == [0, 0, 0]
     assert third.lost_total == third.evicted_total == 0
+    assert (restarted.ended_total, restarted.created_total, restarted.active) == (9, 10, 1)
 
 
 @pytest.mark.parametrize("loader", LOADERS)

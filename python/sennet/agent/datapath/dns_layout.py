@@ -43,6 +43,7 @@ class DnsSlot(enum.IntEnum):
     MALFORMED = 18
     SEEN = 19  # UDP/53 packets examined: queries + responses + malformed
     MATCHED = 20  # responses matched to their query (latency observed)
+    UNANSWERED = 21  # written by the agent: queries it expired with no response (tally.py)
 
 
 COUNTER_SLOTS = len(DnsSlot)
