@@ -348,6 +348,14 @@ class LibBpf:
             max_entries=info.max_entries,
         )
 
+    def prog_id(self, fd: int) -> int:
+        """The kernel's id of a program we hold an fd of (no privilege needed)."""
+        info = BpfProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        if self.lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) < 0:
+            raise BpfError(ctypes.get_errno(), f"program info (fd {fd})")
+        return int(info.id)
+
     def prog_name_by_id(self, prog_id: int) -> str:
         """A loaded program's name (the kernel keeps 15 characters): is it ours?"""
         fd = self.lib.bpf_prog_get_fd_by_id(prog_id)

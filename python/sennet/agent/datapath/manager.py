@@ -135,22 +135,22 @@ class DatapathManager:
         """Our clsact (remembered if we made it), the egress filter and the receive hook
         (TC ingress or XDP) on one interface; returns the receive hook.
 
-        The receive side is hooked once only: switching `attach` removes our program
-        from the other hook after the new one is in place (a packet counted twice is
-        worse than none missed while the agent restarts)."""
+        The receive side is hooked once: switching `attach` removes our program from the
+        other hook once the new one is in place (for that moment a frame may be counted
+        at both; none is missed). XDP goes first, so a refusal leaves nothing of ours."""
         assert self.loaded is not None
+        mode = ""
+        if self.attach_rx == "xdp":  # first: a refusal (someone else's program) changes nothing
+            mode = xdp.attach(self.tc.ipr, ifindex, self.loaded.xdp_fd, xdp.XdpMode(self.xdp_mode))
         if self.tc.ensure_clsact(ifindex):
             self._save_owned(self._owned() | {ifindex})
         self.tc.attach(ifindex, tc.PARENT_EGRESS, self.loaded.egress_fd, layout.PROGRAM_EGRESS)
-        if self.attach_rx != "xdp":
+        if not mode:
             self.tc.attach(
                 ifindex, tc.PARENT_INGRESS, self.loaded.ingress_fd, layout.PROGRAM_INGRESS
             )
-            xdp.detach(self.tc.ipr, ifindex, layout.PROGRAM_XDP)
+            xdp.detach(self.tc.ipr, ifindex, self.loaded.xdp_fd)
             return "tc"
-        mode = xdp.attach(
-            self.tc.ipr, ifindex, self.loaded.xdp_fd, layout.PROGRAM_XDP, xdp.XdpMode(self.xdp_mode)
-        )
         self.tc.detach(ifindex, tc.PARENT_INGRESS)
         return f"xdp-{mode}"
 
@@ -195,8 +195,8 @@ class DatapathManager:
         off` may have taken one)."""
         parents = [tc.PARENT_EGRESS]
         if self.attach_rx == "xdp":
-            now = xdp.query(self.tc.ipr, ifindex)
-            if not now.mode or xdp.program_name(now.prog_id) != layout.PROGRAM_XDP:
+            assert self.loaded is not None
+            if not xdp.ours(xdp.query(self.tc.ipr, ifindex), self.loaded.xdp_fd):
                 return False
         else:
             parents.append(tc.PARENT_INGRESS)
@@ -245,7 +245,8 @@ class DatapathManager:
         for a in self.attached:
             removed = self.tc.detach(a.ifindex, tc.PARENT_INGRESS)
             removed = self.tc.detach(a.ifindex, tc.PARENT_EGRESS) or removed
-            removed = xdp.detach(self.tc.ipr, a.ifindex, layout.PROGRAM_XDP) or removed
+            fd = self.loaded.xdp_fd if self.loaded is not None else -1
+            removed = xdp.detach(self.tc.ipr, a.ifindex, fd) or removed
             if a.ifindex in owned and self.tc.remove_clsact_if_empty(a.ifindex):
                 owned.discard(a.ifindex)
             event(log, "detached", ifname=a.ifname, ifindex=a.ifindex, removed=removed)

@@ -68,21 +68,32 @@ def query(ipr: IPRoute, ifindex: int) -> XdpState:
 
 
 def program_name(prog_id: int) -> str:
-    """The name of a loaded BPF program by id ("" when it cannot be read)."""
+    """The name of a loaded BPF program by id ("" when it cannot be read: opening a
+    program by id needs CAP_SYS_ADMIN, which an agent that gave up root lacks)."""
     try:
         return libbpf().prog_name_by_id(prog_id)
     except BpfError:
         return ""
 
 
+def ours(state: XdpState, own_fd: int) -> bool:
+    """The attached program is Sennet's: the one we loaded (known by id without any
+    privilege), or one named sennet_xdp (a previous agent's, replaced at start as root)."""
+    if not state.mode:
+        return False
+    if own_fd >= 0 and state.prog_id == libbpf().prog_id(own_fd):
+        return True
+    return program_name(state.prog_id) == layout.PROGRAM_XDP
+
+
 def _set(ipr: IPRoute, ifindex: int, fd: int, flags: int) -> None:
     ipr.link("set", index=ifindex, xdp={"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", flags)]})
 
 
-def attach(ipr: IPRoute, ifindex: int, prog_fd: int, prog_name: str, mode: XdpMode) -> str:
+def attach(ipr: IPRoute, ifindex: int, prog_fd: int, mode: XdpMode) -> str:
     """Attach (or replace ours) in the mode asked for; returns "native" or "generic"."""
     now = query(ipr, ifindex)
-    if now.mode and program_name(now.prog_id) != prog_name:
+    if now.mode and not ours(now, prog_fd):
         raise UserError(
             f"interface {ifindex} already has an XDP program (id {now.prog_id}) that is not ours",
             hint="remove it (ip link set dev IF xdp off), or use attach = tc",
@@ -104,10 +115,10 @@ def attach(ipr: IPRoute, ifindex: int, prog_fd: int, prog_name: str, mode: XdpMo
     raise UserError(f"XDP attach on interface {ifindex} failed: {errno.errorcode.get(code, code)}")
 
 
-def detach(ipr: IPRoute, ifindex: int, prog_name: str) -> bool:
+def detach(ipr: IPRoute, ifindex: int, own_fd: int) -> bool:
     """Remove the interface's XDP program if it is ours; True if one was removed."""
     now = query(ipr, ifindex)
-    if now.mode not in ("native", "generic") or program_name(now.prog_id) != prog_name:
+    if now.mode not in ("native", "generic") or not ours(now, own_fd):
         return False
     try:
         _set(ipr, ifindex, -1, _FLAGS[XdpMode(now.mode)])
@@ -122,6 +133,6 @@ def rx_hook(ipr: IPRoute, ifindex: int) -> str:
     """Where the receive side is counted on an interface, as the kernel has it now:
     "xdp-native" or "xdp-generic" when our XDP program is attached, else "tc"."""
     now = query(ipr, ifindex)
-    if now.mode and program_name(now.prog_id) == layout.PROGRAM_XDP:
+    if ours(now, -1):
         return f"xdp-{now.mode}"
     return "tc"
