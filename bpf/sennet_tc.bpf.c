@@ -418,8 +418,8 @@ static __always_inline int handle(void *ctx, const int hook, __u8 dir)
 	ev.ifindex = ifindex;
 	/* The parser never rejects a packet: whatever it finds, the packet is
 	 * counted below. It runs first only to learn the header length that
-	 * every segment of an aggregate repeats. The skb fields are read after
-	 * it, so they need not survive its helper calls on the stack. */
+	 * every segment of an aggregate repeats. The context's fields are read
+	 * after it, so they need not survive its helper calls on the stack. */
 	kinds = parse(ctx, hook, &ev, &l4);
 
 	__u32 len = pkt_len(ctx, hook);
