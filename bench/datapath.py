@@ -41,9 +41,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         epilog=(
             "Figures: cost.* = ns per program run (BPF_PROG_TEST_RUN, median of interleaved "
-            "rounds) and overhead over the empty program; throughput.* = 64-byte frames/s "
-            "received across a veth pair with the programs attached vs none (goal ratio >= "
-            "0.95); drain.* = events/s the Python consumer drains, with produced == consumed "
+            "rounds) and overhead over the empty program of the same hook (TC and XDP side by "
+            "side); throughput.* = 64-byte frames/s received across a veth pair with the "
+            "programs attached (TC ingress, or XDP native) vs none (goal ratio >= 0.95); "
+            "drain.* = events/s the Python consumer drains, with produced == consumed "
             "+ dropped checked exactly (goal >= 1,000,000/s on one core). Default run: about "
             "a minute. Needs root, trafgen (netsniff-ng) and the BPF objects (bpf/build.sh)."
         ),
@@ -60,7 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--tput-rounds",
         type=int,
         default=7,
-        help="rounds of sennet/empty/bare windows (default 7)",
+        help="rounds of sennet/xdp/empty/bare windows (default 7)",
     )
     p.add_argument(
         "--tput-window", type=float, default=1.5, help="seconds per throughput window (default 1.5)"
@@ -96,12 +97,12 @@ def run(args: argparse.Namespace) -> list[Figure]:
     figures: list[Figure] = []
     with lab.sigterm_as_interrupt(), bpffs() as pin_root:
         if "cost" in phases:
-            lab.note(f"cost: {args.cost_rounds} rounds x 8 cases x {args.cost_repeat:,} runs")
+            lab.note(f"cost: {args.cost_rounds} rounds x 12 cases x {args.cost_repeat:,} runs")
             with lab.pinned_to({1}):
                 figures += cost.measure(pin_root, args.cost_rounds, args.cost_repeat)
         if "throughput" in phases:
             lab.note(
-                f"throughput: {args.tput_rounds} rounds x 3 windows x {args.tput_window:g} s "
+                f"throughput: {args.tput_rounds} rounds x 4 windows x {args.tput_window:g} s "
                 "(trafgen on CPU 0)"
             )
             with lab.pinned_to({1}):  # trafgen and the receive softirq have CPU 0 to themselves

@@ -63,9 +63,10 @@ def close_consumer(consumer: RingBufferConsumer) -> None:
 
 
 @contextlib.contextmanager
-def empty_program() -> Iterator[int]:
-    """The do-nothing TC program (bpf/bench_empty.bpf.c): the fixed cost of running any program."""
-    fd, close = libbpf_loader.load_program(DEFAULT_ASSETS / "bench_empty.bpf.o", "sennet_empty")
+def empty_program(name: str = "sennet_empty") -> Iterator[int]:
+    """A do-nothing program (bpf/bench_empty.bpf.c: sennet_empty at TC, sennet_empty_xdp at
+    XDP): the fixed cost of running any program at that hook."""
+    fd, close = libbpf_loader.load_program(DEFAULT_ASSETS / "bench_empty.bpf.o", name)
     try:
         yield fd
     finally:

@@ -23,6 +23,10 @@ packet there only once it is queued for the receive softirq (a full backlog is
 counted as a drop, reported). With the programs attached, the COUNTERS map
 must have seen the same packets: counted/received is shown as a check.
 
+With `attach = xdp` (mode "xdp"): sennet_xdp on the receiver in native mode
+(veth takes it at MTU 1500) plus sennet_egress on TC egress, the agent's way
+too; counted the same way, against the same bare path.
+
 The sender runs for the whole phase; the modes alternate (with, bare, with,
 bare, ...) and each ratio is taken between neighbouring windows, so slow
 drifts of a shared machine cancel; the figure is the median ratio.
@@ -57,7 +61,7 @@ import lab
 import wire
 
 SETTLE_S = 0.3  # after attach/detach, before a window opens
-MODES = ("sennet", "empty", "bare")  # one window each per round, in this order
+MODES = ("sennet", "xdp", "empty", "bare")  # one window each per round, in this order
 
 
 @dataclass(frozen=True)
@@ -227,20 +231,24 @@ def measure(pin_root: Path, rounds: int, window_s: float) -> list[Figure]:
         retry(flowing, timeout=10, what="trafgen flooding the veth pair")
         empty_fd = stack.enter_context(lab.empty_program())
         windows: dict[str, list[Window]] = {mode: [] for mode in MODES}
-        coverage: list[float] = []
+        coverage: dict[str, list[float]] = {"sennet": [], "xdp": []}
         slot = 0
         for _ in range(rounds):
             for mode in MODES:
-                if mode == "sennet":
-                    slot = manager.attach((veth.if_a,))[0].slot
+                if mode in ("sennet", "xdp"):
+                    manager.attach_rx = "xdp" if mode == "xdp" else "tc"
+                    hooked = manager.attach((veth.if_a,))[0]
+                    slot = hooked.slot
+                    if mode == "xdp" and hooked.rx_hook != "xdp-native":
+                        raise UserError(f"veth gave {hooked.rx_hook}, not native XDP")
                 elif mode == "empty":
                     _attach_empty(manager, veth, empty_fd)
                 time.sleep(SETTLE_S)
                 before = reader.slot_totals(slot)[layout.Direction.RX].packets
                 w = _window(counters, clock, window_s)
                 after = reader.slot_totals(slot)[layout.Direction.RX].packets
-                if mode == "sennet":
-                    coverage.append((after - before) / max(w.packets, 1))
+                if mode in ("sennet", "xdp"):
+                    coverage[mode].append((after - before) / max(w.packets, 1))
                     manager.detach()
                 elif mode == "empty":
                     _detach_empty(manager, veth)
@@ -265,10 +273,15 @@ def _detach_empty(manager: DatapathManager, veth: VethPair) -> None:
 
 
 def _figures(
-    windows: dict[str, list[Window]], coverage: list[float], rounds: int, window_s: float
+    windows: dict[str, list[Window]], coverage: dict[str, list[float]], rounds: int, window_s: float
 ) -> list[Figure]:
     how = f"median of {rounds} windows of {window_s:g} s"
-    label = {"bare": "no qdisc", "empty": "empty program", "sennet": "sennet, both hooks"}
+    label = {
+        "bare": "no qdisc",
+        "empty": "empty program",
+        "sennet": "sennet, both hooks",
+        "xdp": "sennet_xdp native + TC egress",
+    }
     pps = {m: [w.pps for w in ws] for m, ws in windows.items()}
     cpu = {m: [w.path_ns for w in ws] for m, ws in windows.items()}
     rate = {
@@ -300,7 +313,10 @@ def _figures(
         rate["bare"],
         rate["empty"],
         rate["sennet"],
+        rate["xdp"],
         ratio("throughput.ratio", "sennet", "bare", pps, "goal >= 0.95; ", rate["bare"]),
+        ratio("throughput.xdp_ratio", "xdp", "bare", pps, "attach = xdp; ", rate["bare"]),
+        ratio("throughput.xdp_vs_tc", "xdp", "sennet", pps, "XDP vs TC ingress; ", rate["sennet"]),
         ratio("throughput.empty_ratio", "empty", "bare", pps, "TC hook alone; ", rate["bare"]),
         ratio(
             "throughput.program_ratio",
@@ -313,6 +329,7 @@ def _figures(
         path["bare"],
         path["empty"],
         path["sennet"],
+        path["xdp"],
         ratio(
             "throughput.cpu_ratio",
             "sennet",
@@ -332,7 +349,16 @@ def _figures(
             invert=True,
         ),
         Figure(
-            "throughput.counted_per_received", median(coverage), "ratio", "COUNTERS vs rx_packets"
+            "throughput.counted_per_received",
+            median(coverage["sennet"]),
+            "ratio",
+            "COUNTERS vs rx_packets",
+        ),
+        Figure(
+            "throughput.xdp.counted_per_received",
+            median(coverage["xdp"]),
+            "ratio",
+            "COUNTERS vs rx_packets (XDP native: veth counts rx at its NAPI poll)",
         ),
         Figure("throughput.drops", drops, "packets", "veth backlog drops, all windows"),
     ]

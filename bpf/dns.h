@@ -164,16 +164,12 @@ static __always_inline void dns_name_count(struct sennet_dns_scratch *s, int fai
 }
 
 /* The message at l4->hdr_end. Returns 1 when parsed, 0 when malformed. Under
- * libbpf a global function, checked by the verifier once (see emit()). */
-#ifdef SENNET_BCC
-static __always_inline int dns_parse(struct __sk_buff *skb, struct sennet_event *ev,
+ * libbpf run as a global function (dns_parse_tc/_xdp below, one per hook),
+ * checked by the verifier once (see emit()). */
+static __always_inline int dns_parse(void *ctx, const int hook, struct sennet_event *ev,
 				     struct sennet_l4 *l4, __u64 now)
-#else
-__attribute__((noinline)) int dns_parse(struct __sk_buff *skb, struct sennet_event *ev,
-					struct sennet_l4 *l4, __u64 now)
-#endif
 {
-	/* Copied with bpf_skb_load_bytes rather than read in place: no packet
+	/* Copied with pkt_load() rather than read in place: no packet
 	 * pointer, so bcc's compile of the inlined whole keeps skb->data reads
 	 * where the verifier accepts them. */
 	__u8 h[DNS_HDR_LEN];
@@ -193,7 +189,7 @@ __attribute__((noinline)) int dns_parse(struct __sk_buff *skb, struct sennet_eve
 
 	if (off > 0xFFFF || limit > 0x10000 || limit < off + DNS_HDR_LEN)
 		return 0; /* truncated header */
-	if (bpf_skb_load_bytes(skb, off, h, DNS_HDR_LEN) < 0)
+	if (pkt_load(ctx, hook, off, h, DNS_HDR_LEN) < 0)
 		return 0;
 
 	__u16 id = be16(&h[0]);
@@ -218,7 +214,7 @@ __attribute__((noinline)) int dns_parse(struct __sk_buff *skb, struct sennet_eve
 
 		if (avail < DNS_MIN_QUESTION)
 			return 0;
-		if (bpf_skb_load_bytes(skb, off, s->words, avail) < 0)
+		if (pkt_load(ctx, hook, off, s->words, avail) < 0)
 			return 0;
 		/* The length goes through memory: every exit of the label loop then
 		 * reaches what follows as one state, which the verifier checks once
@@ -231,7 +227,7 @@ __attribute__((noinline)) int dns_parse(struct __sk_buff *skb, struct sennet_eve
 		/* QTYPE and QCLASS, then room for the records the header announces. */
 		if (len + 4 > left || (__u64)records * DNS_MIN_RR > left - len - 4)
 			return 0;
-		if (bpf_skb_load_bytes(skb, off + len, h, 4) < 0)
+		if (pkt_load(ctx, hook, off + len, h, 4) < 0)
 			return 0;
 		qtype = be16(&h[0]);
 		/* Reload the name alone: the key is zero-padded past it. The size is
@@ -241,7 +237,7 @@ __attribute__((noinline)) int dns_parse(struct __sk_buff *skb, struct sennet_eve
 		__u64 n = ((len - 1) & (SENNET_DNS_NAME_MAX - 1)) + 1;
 
 		__builtin_memset(s->words, 0, sizeof(s->words));
-		if (bpf_skb_load_bytes(skb, off, s->words, n) < 0)
+		if (pkt_load(ctx, hook, off, s->words, n) < 0)
 			return 0;
 		hash = dns_fold_name(s);
 	}
@@ -285,13 +281,39 @@ __attribute__((noinline)) int dns_parse(struct __sk_buff *skb, struct sennet_eve
 	return 1;
 }
 
-static __always_inline void dns_observe(struct __sk_buff *skb, const struct sennet_event *ev,
+/* One global function per hook (a global function's context argument has
+ * one type), both around the same dns_parse() body. */
+#ifndef SENNET_BCC
+__attribute__((noinline)) int dns_parse_tc(struct __sk_buff *skb, struct sennet_event *ev,
+					   struct sennet_l4 *l4, __u64 now)
+{
+	return dns_parse(skb, SENNET_HOOK_TC, ev, l4, now);
+}
+
+__attribute__((noinline)) int dns_parse_xdp(struct xdp_md *xdp, struct sennet_event *ev,
+					    struct sennet_l4 *l4, __u64 now)
+{
+	return dns_parse(xdp, SENNET_HOOK_XDP, ev, l4, now);
+}
+#endif
+
+static __always_inline void dns_observe(void *ctx, const int hook, const struct sennet_event *ev,
 					const struct sennet_l4 *l4, __u64 now)
 {
+	int parsed;
+
 	if (ev->sport != SENNET_DNS_PORT && ev->dport != SENNET_DNS_PORT)
 		return;
 	dns_count(SENNET_DNS_SEEN);
-	if (!dns_parse(skb, (struct sennet_event *)ev, (struct sennet_l4 *)l4, now))
+#ifdef SENNET_BCC
+	parsed = dns_parse(ctx, hook, (struct sennet_event *)ev, (struct sennet_l4 *)l4, now);
+#else
+	if (hook == SENNET_HOOK_XDP)
+		parsed = dns_parse_xdp(ctx, (struct sennet_event *)ev, (struct sennet_l4 *)l4, now);
+	else
+		parsed = dns_parse_tc(ctx, (struct sennet_event *)ev, (struct sennet_l4 *)l4, now);
+#endif
+	if (!parsed)
 		dns_count(SENNET_DNS_MALFORMED);
 }
 

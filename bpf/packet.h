@@ -47,30 +47,77 @@ struct sennet_l4 {
 
 #define KIND(k) (1u << (k))
 
-/* Point at `len` bytes at `off`: straight into the packet when they lie in its
- * linear part, else copied into `buf` with bpf_skb_load_bytes (non-linear
- * skbs). NULL when the frame is too short. `off` stays small (headers only),
- * which also keeps the verifier's packet-range tracking simple. */
-static __always_inline const __u8 *header(struct __sk_buff *skb, __u32 off, __u32 len, __u8 *buf)
+/* The hook a program runs at. Every reader below takes the program's context
+ * as `void *ctx` plus this constant: the functions are inlined, so the compiler
+ * keeps only the branch of the hook at hand and the verifier never sees the
+ * other one. One parser then serves TC (struct __sk_buff) and XDP (struct
+ * xdp_md) without a copy. */
+#define SENNET_HOOK_TC 0
+#define SENNET_HOOK_XDP 1
+
+static __always_inline void *pkt_data(void *ctx, const int hook)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
+	if (hook == SENNET_HOOK_XDP)
+		return (void *)(long)((struct xdp_md *)ctx)->data;
+	return (void *)(long)((struct __sk_buff *)ctx)->data;
+}
+
+static __always_inline void *pkt_data_end(void *ctx, const int hook)
+{
+	if (hook == SENNET_HOOK_XDP)
+		return (void *)(long)((struct xdp_md *)ctx)->data_end;
+	return (void *)(long)((struct __sk_buff *)ctx)->data_end;
+}
+
+/* Bytes of the packet the program sees. At XDP the frame is one linear buffer
+ * (the program is not loaded for multi-buffer frames), so it is all there. */
+static __always_inline __u32 pkt_len(void *ctx, const int hook)
+{
+	if (hook == SENNET_HOOK_XDP)
+		return (__u32)(pkt_data_end(ctx, hook) - pkt_data(ctx, hook));
+	return ((struct __sk_buff *)ctx)->len;
+}
+
+/* Frames on the wire this packet stands for: a GRO/GSO aggregate at TC, always
+ * one at XDP (before GRO). May be 0 at TC for a plain packet. */
+static __always_inline __u32 pkt_gso_segs(void *ctx, const int hook)
+{
+	if (hook == SENNET_HOOK_XDP)
+		return 1;
+	return ((struct __sk_buff *)ctx)->gso_segs;
+}
+
+static __always_inline long pkt_load(void *ctx, const int hook, __u32 off, void *buf, __u32 len)
+{
+	if (hook == SENNET_HOOK_XDP)
+		return bpf_xdp_load_bytes((struct xdp_md *)ctx, off, buf, len);
+	return bpf_skb_load_bytes((struct __sk_buff *)ctx, off, buf, len);
+}
+
+/* Point at `len` bytes at `off`: straight into the packet when they lie in its
+ * linear part, else copied into `buf` (non-linear skbs at TC). NULL when the
+ * frame is too short. `off` stays small (headers only), which also keeps the
+ * verifier's packet-range tracking simple. */
+static __always_inline const __u8 *header(void *ctx, const int hook, __u32 off, __u32 len, __u8 *buf)
+{
+	void *data = pkt_data(ctx, hook);
+	void *end = pkt_data_end(ctx, hook);
 
 	if (off <= 255 && data + off + len <= end)
 		return (const __u8 *)data + off;
-	if (bpf_skb_load_bytes(skb, off, buf, len) < 0)
+	if (pkt_load(ctx, hook, off, buf, len) < 0)
 		return 0;
 	return buf;
 }
 
 /* header() for a header inside an IP packet that ends at `limit` (a frame
  * offset): bytes past the IP packet (Ethernet padding, a trailer) are not it. */
-static __always_inline const __u8 *inner(struct __sk_buff *skb, __u32 off, __u32 len, __u32 limit,
-					 __u8 *buf)
+static __always_inline const __u8 *inner(void *ctx, const int hook, __u32 off, __u32 len,
+					 __u32 limit, __u8 *buf)
 {
 	if (off + len > limit)
 		return 0;
-	return header(skb, off, len, buf);
+	return header(ctx, hook, off, len, buf);
 }
 
 static __always_inline __u16 be16(const __u8 *p)

@@ -2,11 +2,12 @@
 /*
  * Sennet TC data plane: counts packets and bytes per interface and direction,
  * and reports large packets and malformed or hostile headers through a ring
- * buffer.
+ * buffer. The receive side can run at XDP instead (sennet_xdp): the same
+ * handle(), given the XDP context (packet.h: SENNET_HOOK_*).
  *
- * The programs observe only. Every path returns TC_ACT_UNSPEC, so the packet
+ * The programs observe only. Every TC path returns TC_ACT_UNSPEC, so the packet
  * continues exactly as if no filter were attached (any later filter on the
- * same hook still runs). Headers are read in place from the packet's linear
+ * same hook still runs); the XDP program always returns XDP_PASS. Headers are read in place from the packet's linear
  * part when they are there (the common case, no helper call); otherwise they
  * are copied with bpf_skb_load_bytes, which works on non-linear skbs without
  * pulling them (pulling would change the skb's layout). Either way "too short"
@@ -57,9 +58,8 @@ static __always_inline __u64 *hist_at(__u32 *key) { return bpf_map_lookup_elem(&
 #endif
 
 /* Count the packet in its interface's slot; returns the slot. */
-static __always_inline __u32 count(struct __sk_buff *skb, __u32 dir, __u32 segs, __u32 bytes)
+static __always_inline __u32 count(__u32 ifindex, __u32 dir, __u32 segs, __u32 bytes)
 {
-	__u32 ifindex = skb->ifindex;
 	__u32 slot = 0;
 	__u32 *found = ifslot_of(&ifindex);
 
@@ -92,14 +92,14 @@ static __always_inline void hist_observe(__u32 hist, __u64 ns)
 /* Parse the L4 header at `off` of an IP packet ending at `limit`. Sets
  * l4->hdr_end to the end of the TCP/UDP header: the headers every segment of an
  * aggregate repeats (and where a DNS message starts). */
-static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u32 limit, __u8 proto,
+static __always_inline __u32 parse_l4(void *ctx, const int hook, __u32 off, __u32 limit, __u8 proto,
 				      struct sennet_event *ev, struct sennet_l4 *l4)
 {
 	__u8 buf[20];
 	const __u8 *h;
 
 	if (proto == PROTO_TCP) {
-		h = inner(skb, off, 20, limit, buf);
+		h = inner(ctx, hook, off, 20, limit, buf);
 		if (!h)
 			return KIND(SENNET_EV_TRUNCATED_L4);
 		l4->l4_off = off;
@@ -125,7 +125,7 @@ static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u32 li
 		return kinds;
 	}
 	if (proto == PROTO_UDP) {
-		h = inner(skb, off, 8, limit, buf);
+		h = inner(ctx, hook, off, 8, limit, buf);
 		if (!h)
 			return KIND(SENNET_EV_TRUNCATED_L4);
 		l4->l4_off = off;
@@ -137,17 +137,17 @@ static __always_inline __u32 parse_l4(struct __sk_buff *skb, __u32 off, __u32 li
 	}
 	if (proto == PROTO_ICMP || proto == PROTO_ICMPV6) {
 		/* type, code, checksum: the part every ICMP message has */
-		if (!inner(skb, off, 4, limit, buf))
+		if (!inner(ctx, hook, off, 4, limit, buf))
 			return KIND(SENNET_EV_TRUNCATED_L4);
 	}
 	return 0;
 }
 
-static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, __u32 off, struct sennet_event *ev,
+static __always_inline __u32 parse_ipv4(void *ctx, const int hook, __u32 off, struct sennet_event *ev,
 				       struct sennet_l4 *l4)
 {
 	__u8 buf[20];
-	const __u8 *ip = header(skb, off, 20, buf);
+	const __u8 *ip = header(ctx, hook, off, 20, buf);
 
 	if (!ip)
 		return KIND(SENNET_EV_TRUNCATED_L3);
@@ -164,23 +164,23 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, __u32 off, struct
 		kinds |= KIND(SENNET_EV_LAND);
 	if (ihl < 5)
 		return kinds | KIND(SENNET_EV_IPV4_BAD_IHL);
-	__u32 limit = skb->len;
+	__u32 limit = pkt_len(ctx, hook);
 
 	/* A GSO super-packet (BIG TCP) may carry tot_len 0 by design. */
-	if (tot > skb->len - off || (tot < ihl * 4 && skb->gso_segs <= 1))
+	if (tot > limit - off || (tot < ihl * 4 && pkt_gso_segs(ctx, hook) <= 1))
 		kinds |= KIND(SENNET_EV_IPV4_BAD_LEN);
 	else if (tot >= ihl * 4)
 		limit = off + tot; /* what follows the IP packet is padding */
 	if (be16(&ip[6]) & 0x1fff)
 		return kinds; /* a later fragment: no L4 header here */
-	return kinds | parse_l4(skb, off + ihl * 4, limit, ip[9], ev, l4);
+	return kinds | parse_l4(ctx, hook, off + ihl * 4, limit, ip[9], ev, l4);
 }
 
-static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct sennet_event *ev,
+static __always_inline __u32 parse_ipv6(void *ctx, const int hook, __u32 off, struct sennet_event *ev,
 				       struct sennet_l4 *l4)
 {
 	__u8 buf[40];
-	const __u8 *ip = header(skb, off, 40, buf);
+	const __u8 *ip = header(ctx, hook, off, 40, buf);
 
 	if (!ip)
 		return KIND(SENNET_EV_TRUNCATED_L3);
@@ -189,7 +189,7 @@ static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct
 	__u8 nh = ip[6];
 	__u32 plen = be16(&ip[4]);
 	/* Payload length 0 is a jumbogram or a BIG TCP aggregate: the frame bounds it. */
-	__u32 limit = plen ? off + 40 + plen : skb->len;
+	__u32 limit = plen ? off + 40 + plen : pkt_len(ctx, hook);
 
 	ev->ip_version = 6;
 	__builtin_memcpy(ev->saddr.v6, &ip[8], 16);
@@ -204,13 +204,13 @@ static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct
 		const __u8 *x;
 
 		if (nh == V6_HOPOPTS || nh == V6_ROUTING || nh == V6_DSTOPTS) {
-			x = inner(skb, off, 2, limit, xbuf);
+			x = inner(ctx, hook, off, 2, limit, xbuf);
 			if (!x)
 				return kinds | KIND(SENNET_EV_TRUNCATED_L3);
 			nh = x[0];
 			off += ((__u32)x[1] + 1) * 8;
 		} else if (nh == V6_FRAGMENT) {
-			x = inner(skb, off, 4, limit, xbuf);
+			x = inner(ctx, hook, off, 4, limit, xbuf);
 			if (!x)
 				return kinds | KIND(SENNET_EV_TRUNCATED_L3);
 			nh = x[0];
@@ -224,13 +224,14 @@ static __always_inline __u32 parse_ipv6(struct __sk_buff *skb, __u32 off, struct
 		}
 	}
 	ev->l4_proto = nh;
-	return kinds | parse_l4(skb, off, limit, nh, ev, l4);
+	return kinds | parse_l4(ctx, hook, off, limit, nh, ev, l4);
 }
 
-static __always_inline __u32 parse(struct __sk_buff *skb, struct sennet_event *ev, struct sennet_l4 *l4)
+static __always_inline __u32 parse(void *ctx, const int hook, struct sennet_event *ev,
+				   struct sennet_l4 *l4)
 {
 	__u8 buf[ETH_HDR_LEN];
-	const __u8 *eth = header(skb, 0, ETH_HDR_LEN, buf);
+	const __u8 *eth = header(ctx, hook, 0, ETH_HDR_LEN, buf);
 
 	if (!eth)
 		return 0; /* not even an Ethernet header: nothing to classify */
@@ -245,7 +246,7 @@ static __always_inline __u32 parse(struct __sk_buff *skb, struct sennet_event *e
 
 		if (proto != ETHP_8021Q && proto != ETHP_8021AD)
 			break;
-		tag = header(skb, off, 4, tbuf);
+		tag = header(ctx, hook, off, 4, tbuf);
 		if (!tag)
 			return KIND(SENNET_EV_TRUNCATED_L3);
 		if (i == 0)
@@ -256,9 +257,9 @@ static __always_inline __u32 parse(struct __sk_buff *skb, struct sennet_event *e
 	}
 	ev->eth_proto = proto;
 	if (proto == ETHP_IPV4)
-		return parse_ipv4(skb, off, ev, l4);
+		return parse_ipv4(ctx, hook, off, ev, l4);
 	if (proto == ETHP_IPV6)
-		return parse_ipv6(skb, off, ev, l4);
+		return parse_ipv6(ctx, hook, off, ev, l4);
 	return 0;
 }
 
@@ -307,8 +308,15 @@ __attribute__((noinline)) int emit(struct sennet_event *ev, __u32 kinds)
 #include "tcp_health.h"
 #include "dns.h"
 
+/* What a program returns to let the packet go on unchanged: at TC "no verdict"
+ * (a later filter still runs), at XDP "pass to the stack". */
+static __always_inline int pass(const int hook)
+{
+	return hook == SENNET_HOOK_XDP ? XDP_PASS : SENNET_TC_ACT_UNSPEC;
+}
+
 /* Flows, then TCP health or DNS: everything after the counters and events. */
-static __always_inline void features(struct __sk_buff *skb, struct sennet_event *ev,
+static __always_inline void features(void *ctx, const int hook, struct sennet_event *ev,
 				     struct sennet_l4 *l4, __u32 segs, __u32 bytes, __u64 now)
 {
 	if (!ev->ip_version)
@@ -317,9 +325,9 @@ static __always_inline void features(struct __sk_buff *skb, struct sennet_event 
 	struct sennet_flow *flow = flow_account(ev, l4, segs, bytes, now);
 
 	if (ev->l4_proto == PROTO_TCP && l4->l4_off)
-		tcp_observe(skb, ev, l4, flow, segs, now);
+		tcp_observe(ctx, hook, ev, l4, flow, segs, now);
 	else if (ev->l4_proto == PROTO_UDP && l4->l4_off)
-		dns_observe(skb, ev, l4, now);
+		dns_observe(ctx, hook, ev, l4, now);
 }
 
 #ifdef SENNET_BCC
@@ -330,7 +338,8 @@ static __always_inline void features(struct __sk_buff *skb, struct sennet_event 
  * per-CPU scratch memory, and verified once. libbpf gets the same effect from
  * global functions, checked once each (see emit()). If the tail call cannot
  * be made (the slot is empty), the packet is still counted: only the features
- * miss it. */
+ * miss it. A tail call stays within one program type, so TC and XDP each have
+ * their own target and their own program array. */
 struct sennet_feature_args {
 	struct sennet_event ev;
 	struct sennet_l4 l4;
@@ -340,6 +349,7 @@ struct sennet_feature_args {
 };
 
 BPF_PROG_ARRAY(FEATURES, 1);
+BPF_PROG_ARRAY(FEATURES_XDP, 1);
 SENNET_SCRATCH(FEATURE_ARGS, struct sennet_feature_args);
 
 static __always_inline struct sennet_feature_args *feature_args(void)
@@ -349,7 +359,7 @@ static __always_inline struct sennet_feature_args *feature_args(void)
 	return FEATURE_ARGS.lookup(&zero);
 }
 
-static __always_inline void run_features(struct __sk_buff *skb, struct sennet_event *ev,
+static __always_inline void run_features(void *ctx, const int hook, struct sennet_event *ev,
 					 struct sennet_l4 *l4, __u32 segs, __u32 bytes, __u64 now)
 {
 	struct sennet_feature_args *a = feature_args();
@@ -361,46 +371,75 @@ static __always_inline void run_features(struct __sk_buff *skb, struct sennet_ev
 	a->now = now;
 	a->segs = segs;
 	a->bytes = bytes;
-	FEATURES.call(skb, 0);
+	if (hook == SENNET_HOOK_XDP)
+		FEATURES_XDP.call(ctx, 0);
+	else
+		FEATURES.call(ctx, 0);
 }
 
-int sennet_features(struct __sk_buff *skb)
+static __always_inline int features_entry(void *ctx, const int hook)
 {
 	struct sennet_feature_args *a = feature_args();
 
 	if (a)
-		features(skb, &a->ev, &a->l4, a->segs, a->bytes, a->now);
-	return SENNET_TC_ACT_UNSPEC;
+		features(ctx, hook, &a->ev, &a->l4, a->segs, a->bytes, a->now);
+	return pass(hook);
+}
+
+int sennet_features(struct __sk_buff *skb)
+{
+	return features_entry(skb, SENNET_HOOK_TC);
+}
+
+int sennet_features_xdp(struct xdp_md *ctx)
+{
+	return features_entry(ctx, SENNET_HOOK_XDP);
 }
 #else
 #define run_features features
 #endif
 
-static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+/* The one path of every hook: parse, count, events, features. What only the
+ * skb knows (a VLAN tag kept in metadata, a GRO/GSO aggregate) is read at TC;
+ * at XDP the frame is as it arrived: any tag is still in the data, and GRO
+ * has not run, so every frame is one segment. */
+static __always_inline int handle(void *ctx, const int hook, __u8 dir)
 {
 	struct sennet_event ev = {};
 	struct sennet_l4 l4 = {};
 	__u32 kinds;
+	__u32 ifindex;
 
+	if (hook == SENNET_HOOK_XDP)
+		ifindex = ((struct xdp_md *)ctx)->ingress_ifindex;
+	else
+		ifindex = ((struct __sk_buff *)ctx)->ifindex;
 	ev.direction = dir;
-	ev.ifindex = skb->ifindex;
+	ev.ifindex = ifindex;
 	/* The parser never rejects a packet: whatever it finds, the packet is
 	 * counted below. It runs first only to learn the header length that
-	 * every segment of an aggregate repeats. The skb fields are read after
-	 * it, so they need not survive its helper calls on the stack. */
-	kinds = parse(skb, &ev, &l4);
+	 * every segment of an aggregate repeats. The context's fields are read
+	 * after it, so they need not survive its helper calls on the stack. */
+	kinds = parse(ctx, hook, &ev, &l4);
 
-	__u32 len = skb->len;
+	__u32 len = pkt_len(ctx, hook);
 	/* An outer tag kept in metadata: moved out of the data before TC ingress,
 	 * or inserted after TC egress by the driver (or the NIC). On the wire it
 	 * is in every frame. */
 	__u32 tag = 0;
+	__u32 segs = 1;
+	__u32 gso_size = 0;
 
-	if (skb->vlan_present) {
-		tag = VLAN_TAG_LEN;
-		l4.vlan_id = skb->vlan_tci & 0x0fff;
+	if (hook == SENNET_HOOK_TC) {
+		struct __sk_buff *skb = ctx;
+
+		if (skb->vlan_present) {
+			tag = VLAN_TAG_LEN;
+			l4.vlan_id = skb->vlan_tci & 0x0fff;
+		}
+		segs = skb->gso_segs;
+		gso_size = skb->gso_size;
 	}
-	__u32 segs = skb->gso_segs;
 	__u32 frame = len + tag;
 	__u32 bytes = frame;
 	__u32 hdr_end = l4.hdr_end;
@@ -412,12 +451,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		if (hdr_end > len)
 			hdr_end = 0;
 		bytes += (segs - 1) * (hdr_end + tag);
-		if (hdr_end + skb->gso_size + tag < frame)
-			frame = hdr_end + skb->gso_size + tag;
+		if (hdr_end + gso_size + tag < frame)
+			frame = hdr_end + gso_size + tag;
 	} else {
 		segs = 1;
 	}
-	__u32 slot = count(skb, dir, segs, bytes);
+	__u32 slot = count(ifindex, dir, segs, bytes);
 	__u64 now = bpf_ktime_get_ns();
 
 	burst_account(slot, dir, segs, bytes, now);
@@ -429,20 +468,28 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		emit(&ev, kinds);
 	}
 	/* Last: under bcc a tail call, which does not return. */
-	run_features(skb, &ev, &l4, segs, bytes, now);
-	return SENNET_TC_ACT_UNSPEC;
+	run_features(ctx, hook, &ev, &l4, segs, bytes, now);
+	return pass(hook);
 }
 
 SEC("tc")
 int sennet_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, SENNET_DIR_RX);
+	return handle(skb, SENNET_HOOK_TC, SENNET_DIR_RX);
 }
 
 SEC("tc")
 int sennet_egress(struct __sk_buff *skb)
 {
-	return handle(skb, SENNET_DIR_TX);
+	return handle(skb, SENNET_HOOK_TC, SENNET_DIR_TX);
+}
+
+/* The receive side at XDP instead of TC ingress (the agent's `attach = xdp`):
+ * the same counting, earlier. Always XDP_PASS: the program only observes. */
+SEC("xdp")
+int sennet_xdp(struct xdp_md *ctx)
+{
+	return handle(ctx, SENNET_HOOK_XDP, SENNET_DIR_RX);
 }
 
 SENNET_LICENSE;

@@ -180,38 +180,34 @@ static __always_inline void seq_observe(struct sennet_flow *flow, __u32 seq, __u
 		flow->next_seq = seq + span;
 }
 
-/* Under libbpf a global function, checked once on its own like emit(): the
+/* Under libbpf run as a global function (tcp_health_tc/_xdp below, one per
+ * hook), checked once on its own like emit(): the
  * TCP paths then add nothing to the verification of every parse outcome
  * (anything computed for it in handle() would: on the 6.1 verifier, one more
  * stack value there multiplied the states past the 1M-instruction limit). bcc
  * keeps it inline. Its arguments are arbitrary to the verifier, so every value
  * is checked here. Five arguments, the most a BPF call takes: the segment
- * count is read from the skb, as handle() does.
+ * count is read from the context, as handle() does.
  *
  * An IPv6 payload length may claim more than the frame holds (IPv4's total
  * length is already held to the frame by the parser): the payload then ends
  * with the frame. */
-#ifdef SENNET_BCC
-static __always_inline int tcp_health(struct __sk_buff *skb, const struct sennet_event *ev,
+static __always_inline int tcp_health(void *ctx, const int hook, const struct sennet_event *ev,
 				      const struct sennet_l4 *l4, struct sennet_flow *flow, __u64 now)
-#else
-__attribute__((noinline)) int tcp_health(struct __sk_buff *skb, const struct sennet_event *ev,
-					 const struct sennet_l4 *l4, struct sennet_flow *flow,
-					 __u64 now)
-#endif
 {
-	if (!skb || !ev || !l4)
+	if (!ctx || !ev || !l4)
 		return 0;
 
 	__u8 f = ev->tcp_flags;
 	__u32 hdr_end = l4->hdr_end;
 	__u32 limit = l4->limit;
-	__u32 segs = skb->gso_segs;
+	__u32 segs = pkt_gso_segs(ctx, hook);
+	__u32 len = pkt_len(ctx, hook);
 
 	if (segs < 1)
 		segs = 1;
-	if (limit > skb->len)
-		limit = skb->len;
+	if (limit > len)
+		limit = len;
 	if (hdr_end < l4->l4_off + 20 || hdr_end > limit) {
 		tcp_count(SENNET_TCP_MALFORMED, 1);
 		return 0;
@@ -242,12 +238,37 @@ __attribute__((noinline)) int tcp_health(struct __sk_buff *skb, const struct sen
 	return 0;
 }
 
+/* One global function per hook (a global function's context argument has
+ * one type), both around the same tcp_health() body. */
+#ifndef SENNET_BCC
+__attribute__((noinline)) int tcp_health_tc(struct __sk_buff *skb, const struct sennet_event *ev,
+					    const struct sennet_l4 *l4, struct sennet_flow *flow,
+					    __u64 now)
+{
+	return tcp_health(skb, SENNET_HOOK_TC, ev, l4, flow, now);
+}
+
+__attribute__((noinline)) int tcp_health_xdp(struct xdp_md *xdp, const struct sennet_event *ev,
+					     const struct sennet_l4 *l4, struct sennet_flow *flow,
+					     __u64 now)
+{
+	return tcp_health(xdp, SENNET_HOOK_XDP, ev, l4, flow, now);
+}
+#endif
+
 /* The entry point handle() calls for every TCP segment with a header. */
-static __always_inline void tcp_observe(struct __sk_buff *skb, const struct sennet_event *ev,
+static __always_inline void tcp_observe(void *ctx, const int hook, const struct sennet_event *ev,
 					const struct sennet_l4 *l4, struct sennet_flow *flow,
 					__u32 segs, __u64 now)
 {
-	tcp_health(skb, ev, l4, flow, now);
+#ifdef SENNET_BCC
+	tcp_health(ctx, hook, ev, l4, flow, now);
+#else
+	if (hook == SENNET_HOOK_XDP)
+		tcp_health_xdp(ctx, ev, l4, flow, now);
+	else
+		tcp_health_tc(ctx, ev, l4, flow, now);
+#endif
 }
 
 #endif /* SENNET_TCP_HEALTH_H */

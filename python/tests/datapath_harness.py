@@ -32,6 +32,7 @@ class Running:
     consumer: RingBufferConsumer
     slot: int
     batches: list[np.ndarray]
+    rx_hook: str = "tc"
 
     def totals(self) -> dict[str, tuple[int, int]]:
         t = self.reader.slot_totals(self.slot)
@@ -62,6 +63,8 @@ def running(
     large: int = 1000,
     detach: bool = True,
     flow_capacity: int = FLOW_CAPACITY_DEFAULT,
+    attach_rx: str = "tc",
+    xdp_mode: str = "auto",
 ) -> Iterator[Running]:
     state = Path(tempfile.mkdtemp(prefix="sennet-state-"))
     manager = DatapathManager(
@@ -71,6 +74,8 @@ def running(
         loader=loader,
         tc_priority=1,
         state_dir=state,
+        attach_rx=attach_rx,
+        xdp_mode=xdp_mode,
     )
     consumer = None
     try:
@@ -82,7 +87,8 @@ def running(
         consumer = RingBufferConsumer(
             loaded.map_fds[layout.MAP_EVENTS], ringbuf_bytes, 0, on_batch=batches.append
         )
-        yield Running(manager, CounterReader(loaded.map_fds), consumer, attached[0].slot, batches)
+        reader = CounterReader(loaded.map_fds)
+        yield Running(manager, reader, consumer, attached[0].slot, batches, attached[0].rx_hook)
     finally:
         if detach and manager.loaded is not None:
             manager.detach()

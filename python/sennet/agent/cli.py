@@ -116,6 +116,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         ),
         loader=cfg.loader,
         tc_priority=cfg.tc_priority,
+        attach_rx=cfg.attach,
+        xdp_mode=cfg.xdp_mode,
         state_dir=cfg.state_dir,
         netns=cfg.netns,
     )

@@ -68,6 +68,14 @@ def _loader(v: Any) -> str | None:
     return None if v in ("libbpf", "bcc") else '"libbpf" or "bcc"'
 
 
+def _attach(v: Any) -> str | None:
+    return None if v in ("tc", "xdp") else '"tc" or "xdp"'
+
+
+def _xdp_mode(v: Any) -> str | None:
+    return None if v in ("auto", "native", "generic") else '"auto", "native" or "generic"'
+
+
 def _level(v: Any) -> str | None:
     return None if v in ("debug", "info", "warning", "error") else "debug, info, warning or error"
 
@@ -142,6 +150,22 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("flow_top_n", "int", 10, "top talkers (by bytes) reported per interval", _top_n),
     Setting("tc_priority", "int", 1, "TC filter priority used on both hooks", _priority),
+    Setting(
+        "attach",
+        "str",
+        "tc",
+        'receive-side hook: "tc" (TC ingress) or "xdp" (before GRO and VLAN offload); '
+        "transmit always stays on TC egress",
+        _attach,
+    ),
+    Setting(
+        "xdp_mode",
+        "str",
+        "auto",
+        'with attach = "xdp": "auto" (native where the driver supports it, else generic), '
+        '"native" or "generic"',
+        _xdp_mode,
+    ),
     Setting("detach_on_exit", "bool", True, "remove the TC filters when the agent stops"),
     Setting(
         "metrics_listen", "str", "", 'local Prometheus endpoint "host:port" ("" = off)', _listen
@@ -264,6 +288,8 @@ class AgentConfig:
     flow_idle_timeout_s: float
     flow_top_n: int
     tc_priority: int
+    attach: str
+    xdp_mode: str
     detach_on_exit: bool
     metrics_listen: str
     log_level: str

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sennet.agent.counters import CounterReader
-from sennet.agent.datapath import layout, slots
+from sennet.agent.datapath import layout, slots, xdp
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.agent.datapath.pins import check_pinned_maps, open_pinned
 from sennet.agent.tcp_health import read_counters
@@ -24,6 +24,24 @@ def _ifname(ifindex: int, netns: str) -> str:
         return f"ifindex-{ifindex}"
 
 
+def _rx_hooks(ifindexes: list[int], netns: str) -> dict[int, str]:
+    """The receive hook of each interface (TC or XDP, and the XDP mode), from the kernel."""
+    from pyroute2 import IPRoute
+
+    with entered(netns):
+        ipr = IPRoute()
+    try:
+        out = {}
+        for ifindex in ifindexes:
+            try:
+                out[ifindex] = xdp.rx_hook(ipr, ifindex)
+            except Exception:  # gone since: netlink says so in many ways
+                out[ifindex] = "gone"
+        return out
+    finally:
+        ipr.close()
+
+
 def read_status(pin_dir: Path, netns: str = "", configured: tuple[str, ...] = ()) -> dict[str, Any]:
     """What the pinned maps hold; `configured` interfaces without a counter slot are listed
     as `not_attached` (an agent waits for an interface that does not exist yet)."""
@@ -32,13 +50,16 @@ def read_status(pin_dir: Path, netns: str = "", configured: tuple[str, ...] = ()
     try:
         reader = CounterReader(fds)
         interfaces = []
-        for ifindex, slot in sorted(slots.read_slots(fds[layout.MAP_IFSLOTS]).items()):
+        slot_of = sorted(slots.read_slots(fds[layout.MAP_IFSLOTS]).items())
+        hooks = _rx_hooks([ifindex for ifindex, _ in slot_of], netns)
+        for ifindex, slot in slot_of:
             totals = reader.slot_totals(slot)
             interfaces.append(
                 {
                     "ifname": _ifname(ifindex, netns),
                     "ifindex": ifindex,
                     "slot": slot,
+                    "rx_hook": hooks[ifindex],
                     **{
                         f"{d.label}_{field}": getattr(totals[d], field)
                         for d in layout.Direction
@@ -72,11 +93,13 @@ def read_status(pin_dir: Path, netns: str = "", configured: tuple[str, ...] = ()
 def render(status: dict[str, Any]) -> str:
     lines = [f"pinned maps: {status['pin_dir']}", ""]
     lines.append(
-        f"{'interface':<16}{'rx packets':>14}{'rx bytes':>16}{'tx packets':>14}{'tx bytes':>16}"
+        f"{'interface':<16}{'rx hook':>12}{'rx packets':>14}{'rx bytes':>16}"
+        f"{'tx packets':>14}{'tx bytes':>16}"
     )
     for i in status["interfaces"]:
         lines.append(
-            f"{i['ifname']:<16}{i['rx_packets']:>14}{i['rx_bytes']:>16}{i['tx_packets']:>14}{i['tx_bytes']:>16}"
+            f"{i['ifname']:<16}{i['rx_hook']:>12}{i['rx_packets']:>14}{i['rx_bytes']:>16}"
+            f"{i['tx_packets']:>14}{i['tx_bytes']:>16}"
         )
     if not status["interfaces"]:
         lines.append("(no interfaces registered)")

@@ -96,6 +96,8 @@ class Agent:
             ),
             loader=cfg.loader,
             tc_priority=cfg.tc_priority,
+            attach_rx=cfg.attach,
+            xdp_mode=cfg.xdp_mode,
             state_dir=cfg.state_dir,
             netns=cfg.netns,
         )

@@ -30,6 +30,7 @@ log = logging.getLogger("sennet.agent.datapath")
 
 SOURCE_NAME = "sennet_tc.bpf.c"
 PROGRAM_FEATURES = "sennet_features"  # bcc only: flows, TCP health, DNS, by tail call
+PROGRAM_FEATURES_XDP = "sennet_features_xdp"  # the same, tail-called from the XDP program
 LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.]+)"[ \t]*$', re.MULTILINE)
 
 
@@ -86,8 +87,11 @@ def load(opts: DatapathOptions) -> LoadedDatapath:
         # filled is counted but skips the features (see bpf/sennet_tc.bpf.c).
         features = bpf.load_func(PROGRAM_FEATURES.encode(), BPF.SCHED_CLS)
         bpf[b"FEATURES"][ctypes.c_int(0)] = ctypes.c_int(features.fd)
+        features_xdp = bpf.load_func(PROGRAM_FEATURES_XDP.encode(), BPF.XDP)
+        bpf[b"FEATURES_XDP"][ctypes.c_int(0)] = ctypes.c_int(features_xdp.fd)
         ingress = bpf.load_func(layout.PROGRAM_INGRESS.encode(), BPF.SCHED_CLS)
         egress = bpf.load_func(layout.PROGRAM_EGRESS.encode(), BPF.SCHED_CLS)
+        xdp = bpf.load_func(layout.PROGRAM_XDP.encode(), BPF.XDP)
     except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
         raise UserError(f"bcc could not build {source}: {exc}") from exc
     map_fds = {
@@ -102,4 +106,5 @@ def load(opts: DatapathOptions) -> LoadedDatapath:
         map_fds=map_fds,
         ringbuf_bytes=opts.ringbuf_bytes,
         close=bpf.cleanup,
+        xdp_fd=int(xdp.fd),
     )

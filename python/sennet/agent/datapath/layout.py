@@ -19,6 +19,7 @@ UNMAPPED_SLOT = 0  # packets on an ifindex the agent never registered
 
 PROGRAM_INGRESS = "sennet_ingress"
 PROGRAM_EGRESS = "sennet_egress"
+PROGRAM_XDP = "sennet_xdp"  # the receive side at XDP (attach = xdp), same handle() as ingress
 
 MAP_COUNTERS = "COUNTERS"
 MAP_IFSLOTS = "IFSLOTS"

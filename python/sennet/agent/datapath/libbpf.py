@@ -49,6 +49,26 @@ class BpfMapInfo(ctypes.Structure):
     ]
 
 
+class BpfProgInfo(ctypes.Structure):
+    """The head of the kernel's struct bpf_prog_info, up to the name (the kernel fills
+    no more than the size it is given)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
 class BpfTestRunOpts(ctypes.Structure):
     """libbpf's struct bpf_test_run_opts (libbpf 1.x layout)."""
 
@@ -167,6 +187,7 @@ class LibBpf:
             ),
             "bpf_obj_get": (i, [ctypes.c_char_p]),
             "bpf_obj_get_info_by_fd": (i, [i, p, ctypes.POINTER(u32)]),
+            "bpf_prog_get_fd_by_id": (i, [u32]),
             "bpf_prog_test_run_opts": (i, [i, ctypes.POINTER(BpfTestRunOpts)]),
             "libbpf_num_possible_cpus": (i, []),
         }
@@ -326,6 +347,28 @@ class LibBpf:
             value_size=info.value_size,
             max_entries=info.max_entries,
         )
+
+    def prog_id(self, fd: int) -> int:
+        """The kernel's id of a program we hold an fd of (no privilege needed)."""
+        info = BpfProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        if self.lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) < 0:
+            raise BpfError(ctypes.get_errno(), f"program info (fd {fd})")
+        return int(info.id)
+
+    def prog_name_by_id(self, prog_id: int) -> str:
+        """A loaded program's name (the kernel keeps 15 characters): is it ours?"""
+        fd = self.lib.bpf_prog_get_fd_by_id(prog_id)
+        if fd < 0:
+            raise BpfError(ctypes.get_errno(), f"program id {prog_id}")
+        try:
+            info = BpfProgInfo()
+            size = ctypes.c_uint32(ctypes.sizeof(info))
+            if self.lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) < 0:
+                raise BpfError(ctypes.get_errno(), f"program info (id {prog_id})")
+            return str(info.name.decode(errors="replace"))
+        finally:
+            os.close(fd)
 
     def possible_cpus(self) -> int:
         return self.check(self.lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")

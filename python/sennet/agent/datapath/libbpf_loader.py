@@ -44,7 +44,7 @@ def load(opts: DatapathOptions, object_name: str = OBJECT_NAME) -> LoadedDatapat
         except BpfError as exc:
             raise _explain(exc, path, opts.pin_dir) from exc
         progs = {}
-        for name in (layout.PROGRAM_INGRESS, layout.PROGRAM_EGRESS):
+        for name in (layout.PROGRAM_INGRESS, layout.PROGRAM_EGRESS, layout.PROGRAM_XDP):
             prog = lb.check_ptr(
                 lb.lib.bpf_object__find_program_by_name(obj, name.encode()), f"program {name}"
             )
@@ -64,6 +64,7 @@ def load(opts: DatapathOptions, object_name: str = OBJECT_NAME) -> LoadedDatapat
         map_fds=map_fds,
         ringbuf_bytes=opts.ringbuf_bytes,
         close=lambda: lb.lib.bpf_object__close(obj),
+        xdp_fd=progs[layout.PROGRAM_XDP],
     )
 
 

@@ -40,3 +40,4 @@ class LoadedDatapath:
     map_fds: dict[str, int]
     ringbuf_bytes: int
     close: Callable[[], None] = field(repr=False)
+    xdp_fd: int = -1  # sennet_xdp: the receive side when attached at XDP instead of TC

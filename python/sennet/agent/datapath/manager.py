@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sennet.agent.datapath import bcc_loader, libbpf_loader, slots, tc
+from sennet.agent.datapath import bcc_loader, layout, libbpf_loader, slots, tc, xdp
 from sennet.agent.datapath.bpffs import ensure_pin_dir
 from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
 from sennet.agent.statedir import Untrusted, read_root_file, refuse
@@ -37,6 +37,7 @@ class Attached:
     ifname: str
     ifindex: int
     slot: int
+    rx_hook: str = "tc"  # "tc", or "xdp-native" / "xdp-generic" (what the kernel gave)
 
 
 @dataclass
@@ -46,6 +47,8 @@ class DatapathManager:
     tc_priority: int
     state_dir: Path
     netns: str = ""
+    attach_rx: str = "tc"  # the `attach` setting: "tc" or "xdp" for the receive side
+    xdp_mode: str = "auto"  # the `xdp_mode` setting
     loaded: LoadedDatapath | None = None
     attached: list[Attached] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # configured, not present yet
@@ -114,9 +117,9 @@ class DatapathManager:
         owned = self._owned() & set(live)
         self._save_owned(owned)
         for name, ifindex in indexes.items():
-            self._hook(ifindex)
-            self.attached.append(Attached(name, ifindex, slot_of[ifindex]))
-            self._log_attached(name, ifindex, slot_of[ifindex], late=False)
+            hook = self._hook(ifindex)
+            self.attached.append(Attached(name, ifindex, slot_of[ifindex], hook))
+            self._log_attached(name, ifindex, slot_of[ifindex], hook, late=False)
         if self.waiting:
             event(
                 log,
@@ -128,15 +131,30 @@ class DatapathManager:
             )
         return self.attached
 
-    def _hook(self, ifindex: int) -> None:
-        """Our clsact (remembered if we made it) and both filters on one interface."""
+    def _hook(self, ifindex: int) -> str:
+        """Our clsact (remembered if we made it), the egress filter and the receive hook
+        (TC ingress or XDP) on one interface; returns the receive hook.
+
+        The receive side is hooked once: switching `attach` removes our program from the
+        other hook once the new one is in place (for that moment a frame may be counted
+        at both; none is missed). XDP goes first, so a refusal leaves nothing of ours."""
         assert self.loaded is not None
+        mode = ""
+        if self.attach_rx == "xdp":  # first: a refusal (someone else's program) changes nothing
+            mode = xdp.attach(self.tc.ipr, ifindex, self.loaded.xdp_fd, xdp.XdpMode(self.xdp_mode))
         if self.tc.ensure_clsact(ifindex):
             self._save_owned(self._owned() | {ifindex})
-        self.tc.attach(ifindex, tc.PARENT_INGRESS, self.loaded.ingress_fd, "sennet_ingress")
-        self.tc.attach(ifindex, tc.PARENT_EGRESS, self.loaded.egress_fd, "sennet_egress")
+        self.tc.attach(ifindex, tc.PARENT_EGRESS, self.loaded.egress_fd, layout.PROGRAM_EGRESS)
+        if not mode:
+            self.tc.attach(
+                ifindex, tc.PARENT_INGRESS, self.loaded.ingress_fd, layout.PROGRAM_INGRESS
+            )
+            xdp.detach(self.tc.ipr, ifindex, self.loaded.xdp_fd)
+            return "tc"
+        self.tc.detach(ifindex, tc.PARENT_INGRESS)
+        return f"xdp-{mode}"
 
-    def _log_attached(self, name: str, ifindex: int, slot: int, late: bool) -> None:
+    def _log_attached(self, name: str, ifindex: int, slot: int, hook: str, late: bool) -> None:
         assert self.loaded is not None
         event(
             log,
@@ -146,6 +164,7 @@ class DatapathManager:
             slot=slot,
             loader=self.loaded.loader,
             prio=self.tc_priority,
+            rx_hook=hook,
             late=late,
         )
 
@@ -165,15 +184,23 @@ class DatapathManager:
             reserved=[a.slot for a in self.attached],
         )
         for name, ifindex in present.items():
-            self._hook(ifindex)
-            self.attached.append(Attached(name, ifindex, slot_of[ifindex]))
+            hook = self._hook(ifindex)
+            self.attached.append(Attached(name, ifindex, slot_of[ifindex], hook))
             self.waiting.remove(name)
-            self._log_attached(name, ifindex, slot_of[ifindex], late=True)
+            self._log_attached(name, ifindex, slot_of[ifindex], hook, late=True)
         return list(present)
 
     def _ours(self, ifindex: int) -> bool:
-        """Both of our filters are on the interface (a `tc filter del` may have taken one)."""
-        for parent in (tc.PARENT_INGRESS, tc.PARENT_EGRESS):
+        """Both of our hooks are on the interface (a `tc filter del` or `ip link set xdp
+        off` may have taken one)."""
+        parents = [tc.PARENT_EGRESS]
+        if self.attach_rx == "xdp":
+            assert self.loaded is not None
+            if not xdp.ours(xdp.query(self.tc.ipr, ifindex), self.loaded.xdp_fd):
+                return False
+        else:
+            parents.append(tc.PARENT_INGRESS)
+        for parent in parents:
             if not any(
                 f.prio == self.tc_priority and f.handle == tc.HANDLE and f.name.startswith("sennet")
                 for f in self.tc.filters(ifindex, parent)
@@ -205,8 +232,8 @@ class DatapathManager:
             if ifindex == a.ifindex and self._ours(ifindex):
                 continue
             slots.move(self.loaded.map_fds["IFSLOTS"], a.ifindex, ifindex, a.slot)
-            self._hook(ifindex)
-            self.attached[n] = Attached(a.ifname, ifindex, a.slot)
+            hook = self._hook(ifindex)
+            self.attached[n] = Attached(a.ifname, ifindex, a.slot, hook)
             self._gone.discard(a.ifindex)
             event(log, "reattached", ifname=a.ifname, ifindex=ifindex, was=a.ifindex, slot=a.slot)
             done.append(a.ifname)
@@ -218,6 +245,8 @@ class DatapathManager:
         for a in self.attached:
             removed = self.tc.detach(a.ifindex, tc.PARENT_INGRESS)
             removed = self.tc.detach(a.ifindex, tc.PARENT_EGRESS) or removed
+            fd = self.loaded.xdp_fd if self.loaded is not None else -1
+            removed = xdp.detach(self.tc.ipr, a.ifindex, fd) or removed
             if a.ifindex in owned and self.tc.remove_clsact_if_empty(a.ifindex):
                 owned.discard(a.ifindex)
             event(log, "detached", ifname=a.ifname, ifindex=a.ifindex, removed=removed)
