@@ -14,7 +14,6 @@ as malformed.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import dns.exception
 import dns.message
@@ -28,19 +27,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sennet.agent.config import DEFAULT_ASSETS
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import dns_layout as dl
-from sennet.agent.datapath import layout, libbpf_loader
+from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
-from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
+from sennet.agent.datapath.loader_types import LoadedDatapath
 from sennet.agent.dns import DnsReader
 from sennet.agent.events import RingBufferConsumer
+from tests.fuzz.conftest import RING
 
 pytestmark = pytest.mark.kernel
 
 TC_ACT_UNSPEC = 0xFFFFFFFF
-RING = 1 << 20
 FUZZ = settings(
     max_examples=700,
     deadline=None,
@@ -59,20 +57,6 @@ RCODE_SLOT = {
     "SERVFAIL": dl.DnsSlot.R_SERVFAIL, "REFUSED": dl.DnsSlot.R_REFUSED,
 }  # fmt: skip
 PARSED = (*dl.QUERY_SLOTS, *dl.RCODE_SLOTS)
-
-
-@pytest.fixture(scope="module")
-def datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedDatapath]:
-    from sennet.testing.netlab import bpffs
-
-    with bpffs(tmp_path_factory.mktemp("pins")) as pins:
-        pin_dir = pins / "fuzz"
-        pin_dir.mkdir()
-        loaded = libbpf_loader.load(DatapathOptions(DEFAULT_ASSETS, pin_dir, RING, 1000))
-        try:
-            yield loaded
-        finally:
-            loaded.close()
 
 
 labels = st.text(alphabet="abcXYZ019-_", min_size=1, max_size=63)

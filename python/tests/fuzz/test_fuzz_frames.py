@@ -13,23 +13,21 @@ from __future__ import annotations
 
 import errno
 import struct
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sennet.agent.config import DEFAULT_ASSETS
 from sennet.agent.counters import CounterReader
-from sennet.agent.datapath import layout, libbpf_loader
+from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import BpfError, libbpf
-from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
+from sennet.agent.datapath.loader_types import LoadedDatapath
 from sennet.agent.events import RingBufferConsumer
+from tests.fuzz.conftest import RING
 
 pytestmark = pytest.mark.kernel
 
 TC_ACT_UNSPEC = 0xFFFFFFFF  # -1 as the u32 BPF_PROG_TEST_RUN reports
-RING = 1 << 20
 FUZZ = settings(
     max_examples=1500,
     deadline=None,
@@ -37,20 +35,6 @@ FUZZ = settings(
     print_blob=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-@pytest.fixture(scope="module")
-def datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedDatapath]:
-    from sennet.testing.netlab import bpffs
-
-    with bpffs(tmp_path_factory.mktemp("pins")) as pins:
-        pin_dir = pins / "fuzz"
-        pin_dir.mkdir()
-        loaded = libbpf_loader.load(DatapathOptions(DEFAULT_ASSETS, pin_dir, RING, 1000))
-        try:
-            yield loaded
-        finally:
-            loaded.close()
 
 
 def _ipv4(proto: int, payload: bytes, ihl: int, total: int | None, frag: int) -> bytes:

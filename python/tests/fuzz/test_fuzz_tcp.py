@@ -15,40 +15,25 @@ the sequence state earlier examples left behind.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sennet.agent.config import DEFAULT_ASSETS
-from sennet.agent.datapath import layout, libbpf_loader
+from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
-from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
+from sennet.agent.datapath.loader_types import LoadedDatapath
 from sennet.agent.events import RingBufferConsumer
 from sennet.agent.tcp_health import TcpHealthReader
-from tests.fuzz.test_fuzz_frames import FUZZ, RING, TC_ACT_UNSPEC
+from tests.fuzz.conftest import RING
+from tests.fuzz.test_fuzz_frames import FUZZ, TC_ACT_UNSPEC
 
 pytestmark = pytest.mark.kernel
 
 C = layout.TcpCounter
 ETH = 14
 SYN, RST, ACK = 0x02, 0x04, 0x10
-
-
-@pytest.fixture(scope="module")
-def datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedDatapath]:
-    from sennet.testing.netlab import bpffs
-
-    with bpffs(tmp_path_factory.mktemp("pins")) as pins:
-        pin_dir = pins / "fuzz"
-        pin_dir.mkdir()
-        loaded = libbpf_loader.load(DatapathOptions(DEFAULT_ASSETS, pin_dir, RING, 1000))
-        try:
-            yield loaded
-        finally:
-            loaded.close()
 
 
 @dataclass(frozen=True)

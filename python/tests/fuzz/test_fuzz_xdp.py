@@ -18,19 +18,12 @@ from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.agent.datapath.loader_types import LoadedDatapath
 from sennet.agent.events import RingBufferConsumer
-from tests.fuzz.test_fuzz_frames import (
-    FUZZ,
-    RING,
-    TC_ACT_UNSPEC,
-    datapath,
-    frames,
-    refused_by_test_run,
-)
+from tests.fuzz.conftest import RING
+from tests.fuzz.test_fuzz_frames import FUZZ, TC_ACT_UNSPEC, frames, refused_by_test_run
 
 pytestmark = pytest.mark.kernel
 
 XDP_PASS = 2
-__all__ = ["datapath"]  # the module-scoped fixture, shared
 
 
 def _rx(reader: CounterReader) -> tuple[int, int]:
