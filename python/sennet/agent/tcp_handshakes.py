@@ -14,14 +14,13 @@ timeout.
 from __future__ import annotations
 
 import ctypes
-import errno
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from sennet.agent.datapath import layout, tally
-from sennet.agent.datapath.libbpf import BpfError, libbpf
+from sennet.agent.datapath.libbpf import libbpf
 
 CHUNK = 8192  # entries per batched lookup: a whole table in eight system calls
 
@@ -35,48 +34,26 @@ class Expired:
 def read_all(fd: int) -> tuple[np.ndarray, np.ndarray]:
     """Every key and value of a HANDSHAKES map, by BPF_MAP_LOOKUP_BATCH (the kernel's
     snapshot semantics: an entry added or removed meanwhile may or may not appear)."""
-    lib = libbpf().lib
-    capacity = libbpf().map_info(fd).max_entries
+    lb = libbpf()
+    capacity = lb.map_info(fd).max_entries
+    token = ctypes.create_string_buffer(8)  # hash maps: a bucket cursor
     keys, values = [], []
-    token_in = ctypes.create_string_buffer(8)  # hash maps: a bucket cursor
-    token_out = ctypes.create_string_buffer(8)
-    first = True
-    for _ in range(capacity // CHUNK + 2):
+    for n in range(capacity // CHUNK + 2):
         k = np.zeros(CHUNK, dtype=layout.HS_KEY_DTYPE)
         v = np.zeros(CHUNK, dtype=layout.HS_DTYPE)
-        count = ctypes.c_uint32(CHUNK)
-        rc = lib.bpf_map_lookup_batch(
-            fd,
-            None if first else token_in,
-            token_out,
-            k.ctypes.data,
-            v.ctypes.data,
-            ctypes.byref(count),
-            None,
-        )
-        err = ctypes.get_errno() if rc < 0 else 0
-        if rc < 0 and err != errno.ENOENT:
-            raise BpfError(err, f"batched lookup (fd {fd})")
-        keys.append(k[: count.value])
-        values.append(v[: count.value])
-        if err == errno.ENOENT:
-            break  # that was the last chunk
-        ctypes.memmove(token_in, token_out, 8)
-        first = False
+        count, done = lb.lookup_batch(fd, token, k.ctypes.data, v.ctypes.data, CHUNK, n == 0)
+        keys.append(k[:count])
+        values.append(v[:count])
+        if done:
+            break
     return np.concatenate(keys), np.concatenate(values)
 
 
 def delete_all(fd: int, keys: np.ndarray) -> None:
-    """Delete `keys` in one call; if one is gone already (its handshake completed
-    meanwhile), the kernel stops there, and the rest go one by one."""
-    if len(keys) == 0:
-        return
-    lb = libbpf()
-    count = ctypes.c_uint32(len(keys))
-    if lb.lib.bpf_map_delete_batch(fd, keys.ctypes.data, ctypes.byref(count), None) == 0:
-        return
-    for key in keys[count.value :]:
-        lb.delete(fd, key.tobytes())
+    """Delete `keys` in batches; one gone already (its handshake completed meanwhile)
+    is skipped."""
+    if len(keys):
+        libbpf().delete_batch(fd, keys.ctypes.data, len(keys), keys.dtype.itemsize)
 
 
 class HandshakeExpiry:
