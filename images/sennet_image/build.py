@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sennet_image import disk, initramfs, lock, rootfs
+from sennet_image import disk, initramfs, lock, rootfs, sbom
 from sennet_image.fetch import fetch
 from sennet_image.manifest import bpf_sources
 from sennet_image.manifest import write as write_manifest
@@ -36,6 +36,18 @@ ARTEFACTS = (
     "agent.squashfs",
     "test.squashfs",
     "root.files",
+    "sbom.spdx.json",
+)
+# What the SBOM lists besides the pinned inputs: everything the disks are made of.
+SBOM_ARTEFACTS = (
+    "root.squashfs",
+    "agent.squashfs",
+    "test.squashfs",
+    "vmlinuz",
+    "initrd.img",
+    "initrd-test.img",
+    "BOOTX64.EFI",
+    "BOOTX64-test.EFI",
 )
 
 
@@ -106,14 +118,23 @@ def boot_files(
             )
 
 
-def disks(uki: Path, root: Path, agent: Path, test: Path | None, raw: Path, qcow2: Path) -> None:
+def disks(
+    uki: Path,
+    root: Path,
+    agent: Path,
+    test: Path | None,
+    raw: Path,
+    qcow2: Path,
+    sbom: Path | None = None,
+) -> None:
     """GPT disk: ESP, root, agent layer, [test layer], state (zeroed; formatted on first boot),
-    each with the GUID its variant's initramfs looks for (disk.layout)."""
+    each with the GUID its variant's initramfs looks for (disk.layout). The SBOM, if given,
+    goes on the ESP as sennet/sbom.spdx.json (the one place in the image outside what it lists)."""
     ids = disk.layout("test" if test is not None else "production", root, agent, test)
     with tempfile.TemporaryDirectory(dir=raw.parent) as tmp:
         esp = Path(tmp) / "esp.img"
         with step("esp"):
-            disk.build_esp(uki, esp)
+            disk.build_esp(uki, esp, {"sbom.spdx.json": sbom.read_bytes()} if sbom else None)
         contents = {
             "esp": (disk.ESP_TYPE, esp, disk.ESP_MIB),
             "root": (disk.ROOT_TYPE, root, disk.size_mib(root, 4)),
@@ -151,18 +172,29 @@ def build_all(out: Path) -> dict[str, Path]:
     test_debs = [paths[d.name] for d in debs if d.set == "test"]
     kernel = paths[lock.kernel_pin(debs).name]
     busybox = paths[lock.busybox_pin(debs).name]
-    with tempfile.TemporaryDirectory() as tmp:
-        with step("bpf"):
-            objs = bpf_objects(Path(tmp) / "bpf")
-        with step("base_layer"):
-            base_layer(root_debs, wheel_paths, out / "root.squashfs", out / "root.files")
-        with step("agent_layer"):
-            agent_layer(REPO / "python", objs, out / "agent.squashfs")
-        bpf_record = bpf_sources(objs)
+    bpf_dir = out / "bpf"
+    with step("bpf"):
+        objs = bpf_objects(bpf_dir)
+    with step("base_layer"):
+        base_layer(root_debs, wheel_paths, out / "root.squashfs", out / "root.files")
+    with step("agent_layer"):
+        agent_layer(REPO / "python", objs, out / "agent.squashfs")
+    bpf_record = bpf_sources(objs)
     with step("test_layer"):
         test_layer(test_debs, out / "test.squashfs")
     layers = (out / "root.squashfs", out / "agent.squashfs", out / "test.squashfs")
     boot_files(kernel, busybox, out, disk.DEFAULT_CMDLINE, layers)
+    with step("sbom"):
+        sbom.write(
+            sbom.inputs(
+                debs,
+                wheels,
+                [*paths.values(), *wheel_paths],
+                [out / n for n in SBOM_ARTEFACTS],
+                objs,
+            ),
+            out / "sbom.spdx.json",
+        )
     with step("disks"):
         disks(
             out / "BOOTX64.EFI",
@@ -171,6 +203,7 @@ def build_all(out: Path) -> dict[str, Path]:
             None,
             out / "appliance.raw",
             out / "appliance.qcow2",
+            sbom=out / "sbom.spdx.json",
         )
         disks(
             out / "BOOTX64-test.EFI",
@@ -179,6 +212,7 @@ def build_all(out: Path) -> dict[str, Path]:
             out / "test.squashfs",
             out / "appliance-test.raw",
             out / "appliance-test.qcow2",
+            sbom=out / "sbom.spdx.json",
         )
     artefacts = {n: out / n for n in ARTEFACTS}
     write_manifest(

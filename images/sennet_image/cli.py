@@ -90,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--root", type=Path, required=True)
     d.add_argument("--agent", type=Path, required=True)
     d.add_argument("--test", type=Path)
+    d.add_argument("--sbom", type=Path, help="sbom.spdx.json, shipped on the ESP")
     d.add_argument("--raw", type=Path, required=True)
     d.add_argument("--qcow2", type=Path, required=True)
     m = steps.add_parser("manifest", help="manifest.json: pins, host tools, BPF, artefacts")
@@ -98,6 +99,14 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--wheels-lock", type=Path, required=True)
     m.add_argument("--artefacts", type=Path, nargs="+", required=True)
     m.add_argument("--bpf", type=Path, nargs="+", required=True, help="the BPF objects")
+    sb = steps.add_parser("sbom", help="sbom.spdx.json: SPDX 2.3 from the locks and artefacts")
+    sb.add_argument("--out", type=Path, required=True)
+    sb.add_argument("--debian-lock", type=Path, required=True)
+    sb.add_argument("--wheels-lock", type=Path, required=True)
+    sb.add_argument("--debs", type=Path, nargs="+", required=True, help="every pinned .deb")
+    sb.add_argument("--wheels", type=Path, nargs="+", required=True)
+    sb.add_argument("--artefacts", type=Path, nargs="+", required=True)
+    sb.add_argument("--bpf", type=Path, nargs="+", required=True, help="the BPF objects")
     n = steps.add_parser("nix-image", help="the layout from nixpkgs parts (flake.nix)")
     for flag in ("closure", "python-env", "busybox", "libbpf", "kernel", "python-src", "out"):
         n.add_argument(f"--{flag}", type=Path, required=True)
@@ -136,7 +145,7 @@ def _quiet_step(args: argparse.Namespace) -> int:
 
 def _step(args: argparse.Namespace) -> int:
     """Dispatch one build step to its function in sennet_image.build (or nix, manifest)."""
-    from sennet_image import build, disk, lock, manifest
+    from sennet_image import build, disk, lock, manifest, sbom
 
     if args.step == "root-layer":
         build.base_layer(args.debs, args.wheels, args.out, args.files)
@@ -153,7 +162,9 @@ def _step(args: argparse.Namespace) -> int:
             (args.root, args.agent, args.test),
         )
     elif args.step == "disk":
-        build.disks(args.uki, args.root, args.agent, args.test, args.raw, args.qcow2)
+        build.disks(
+            args.uki, args.root, args.agent, args.test, args.raw, args.qcow2, sbom=args.sbom
+        )
     elif args.step == "nix-image":
         from sennet_image import nix
 
@@ -166,6 +177,17 @@ def _step(args: argparse.Namespace) -> int:
             python_src=args.python_src,
             bpf_objects=args.bpf,
             out=args.out,
+        )
+    elif args.step == "sbom":
+        sbom.write(
+            sbom.inputs(
+                lock.load_debs(args.debian_lock),
+                lock.load_wheels(args.wheels_lock),
+                args.debs + args.wheels,
+                args.artefacts,
+                args.bpf,
+            ),
+            args.out,
         )
     elif args.step == "manifest":
         manifest.write(
