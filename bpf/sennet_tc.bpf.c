@@ -27,6 +27,13 @@
 /* large_packet fires for frames strictly longer than this (bytes on the wire;
  * for an aggregate, its largest segment). */
 SENNET_TUNABLE(__u32, cfg_large_packet_bytes, 1514);
+/* Which features run (sennet_tc.h: SENNET_FEAT_*); the rest cost nothing. */
+SENNET_TUNABLE(__u32, cfg_features, SENNET_FEAT_ALL);
+
+static __always_inline int feature_on(__u32 feature)
+{
+	return (cfg_features & feature) != 0;
+}
 
 SENNET_PERCPU_ARRAY(COUNTERS, __u32, struct sennet_counter, SENNET_COUNTER_SLOTS);
 /* ifindex -> slot (0 = not registered). An array, not a hash: the lookup is
@@ -322,13 +329,22 @@ static __always_inline void features(void *ctx, const int hook, struct sennet_ev
 	if (!ev->ip_version)
 		return;
 
-	struct sennet_flow *flow = flow_account(ev, l4, segs, bytes, now);
+	struct sennet_flow *flow = 0;
 
-	if (ev->l4_proto == PROTO_TCP && l4->l4_off)
-		tcp_observe(ctx, hook, ev, l4, flow, segs, now);
-	else if (ev->l4_proto == PROTO_UDP && l4->l4_off)
-		dns_observe(ctx, hook, ev, l4, now);
+	if (feature_on(SENNET_FEAT_FLOWS))
+		flow = flow_account(ev, l4, segs, bytes, now);
+	if (ev->l4_proto == PROTO_TCP && l4->l4_off) {
+		if (feature_on(SENNET_FEAT_TCP))
+			tcp_observe(ctx, hook, ev, l4, flow, segs, now);
+	} else if (ev->l4_proto == PROTO_UDP && l4->l4_off) {
+		if (feature_on(SENNET_FEAT_DNS))
+			dns_observe(ctx, hook, ev, l4, now);
+	}
 }
+
+/* Features that run after the counters (flows, TCP, DNS): none, and the
+ * packet skips them (under bcc, the tail call) and the clock read. */
+#define SENNET_FEAT_AFTER (SENNET_FEAT_FLOWS | SENNET_FEAT_TCP | SENNET_FEAT_DNS)
 
 #ifdef SENNET_BCC
 /* bcc inlines every function, and the verifier then walks the features once
@@ -362,6 +378,9 @@ static __always_inline struct sennet_feature_args *feature_args(void)
 static __always_inline void run_features(void *ctx, const int hook, struct sennet_event *ev,
 					 struct sennet_l4 *l4, __u32 segs, __u32 bytes, __u64 now)
 {
+	if (!feature_on(SENNET_FEAT_AFTER))
+		return;
+
 	struct sennet_feature_args *a = feature_args();
 
 	if (!a || !ev->ip_version)
@@ -457,18 +476,24 @@ static __always_inline int handle(void *ctx, const int hook, __u8 dir)
 		segs = 1;
 	}
 	__u32 slot = count(ifindex, dir, segs, bytes);
-	__u64 now = bpf_ktime_get_ns();
 
-	burst_account(slot, dir, segs, bytes, now);
 	ev.pkt_len = frame;
 	if (frame > cfg_large_packet_bytes)
 		kinds |= KIND(SENNET_EV_LARGE_PACKET);
+	/* The clock only for what needs it: events, bursts, the features. */
+	__u64 now = 0;
+
+	if (kinds || feature_on(SENNET_FEAT_BURSTS | SENNET_FEAT_AFTER))
+		now = bpf_ktime_get_ns();
+	if (feature_on(SENNET_FEAT_BURSTS))
+		burst_account(slot, dir, segs, bytes, now);
 	if (kinds) {
 		ev.ts_ns = now;
 		emit(&ev, kinds);
 	}
 	/* Last: under bcc a tail call, which does not return. */
-	run_features(ctx, hook, &ev, &l4, segs, bytes, now);
+	if (feature_on(SENNET_FEAT_AFTER))
+		run_features(ctx, hook, &ev, &l4, segs, bytes, now);
 	return pass(hook);
 }
 
