@@ -96,6 +96,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     log_mod.setup("warning")
+    from sennet.agent.datapath import layout
     from sennet.agent.datapath.bpffs import ensure_pin_dir
     from sennet.agent.datapath.loader_types import DatapathOptions
     from sennet.agent.datapath.manager import DatapathManager
@@ -113,6 +114,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             cfg.large_packet_bytes,
             tcp_handshakes=cfg.tcp_handshakes_max,
             flow_capacity=cfg.flow_capacity,
+            features=layout.features_named(cfg.features),
         ),
         loader=cfg.loader,
         tc_priority=cfg.tc_priority,

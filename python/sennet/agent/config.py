@@ -110,6 +110,14 @@ def _flow_capacity(v: Any) -> str | None:
     return None if 1024 <= v <= 1 << 24 else "1024..16777216"
 
 
+def _features(v: Any) -> str | None:
+    bad = [n for n in v if n not in FEATURE_NAMES]
+    return f"names from {', '.join(FEATURE_NAMES)}, not {bad[0]!r}" if bad else None
+
+
+FEATURE_NAMES = ("flows", "bursts", "tcp", "dns")  # layout.Feature, by name
+
+
 def _top_n(v: Any) -> str | None:
     return None if 1 <= v <= 1000 else "1..1000"
 
@@ -134,6 +142,14 @@ SETTINGS: tuple[Setting, ...] = (
         _positive,
     ),
     Setting("ringbuf_bytes", "int", 256 * 1024, "event ring buffer size", _ringbuf),
+    Setting(
+        "features",
+        "list",
+        list(FEATURE_NAMES),
+        "what the data plane runs beyond counters and events (set at load; one left out costs "
+        "packets nothing: bench/features.py)",
+        _features,
+    ),
     Setting(
         "flow_capacity",
         "int",
@@ -284,6 +300,7 @@ class AgentConfig:
     interval_s: float
     large_packet_bytes: int
     ringbuf_bytes: int
+    features: tuple[str, ...]
     flow_capacity: int
     flow_idle_timeout_s: float
     flow_top_n: int
@@ -500,6 +517,7 @@ def build(
         )
     merged["otlp_endpoints"] = tuple(merged["otlp_endpoints"])
     merged["interfaces"] = tuple(merged["interfaces"])
+    merged["features"] = tuple(merged["features"])
     if len(set(merged["interfaces"])) != len(merged["interfaces"]):
         raise UserError(f"interfaces lists a name twice: {list(merged['interfaces'])}")
     return AgentConfig(**merged)

@@ -93,6 +93,7 @@ class Agent:
                 large_packet_bytes=cfg.large_packet_bytes,
                 tcp_handshakes=cfg.tcp_handshakes_max,
                 flow_capacity=cfg.flow_capacity,
+                features=layout.features_named(cfg.features),
             ),
             loader=cfg.loader,
             tc_priority=cfg.tc_priority,

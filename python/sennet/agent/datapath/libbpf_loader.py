@@ -92,7 +92,13 @@ def _configure(obj: int, opts: DatapathOptions) -> None:
     for name, size in opts.map_sizes().items():
         m = lb.check_ptr(lb.lib.bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
         lb.check(lb.lib.bpf_map__set_max_entries(m, size), f"size of {name}")
-    _set_tunables(obj, {layout.TUNABLE_LARGE_PACKET: opts.large_packet_bytes})
+    _set_tunables(
+        obj,
+        {
+            layout.TUNABLE_LARGE_PACKET: opts.large_packet_bytes,
+            layout.TUNABLE_FEATURES: int(opts.features),
+        },
+    )
 
 
 def _set_tunables(obj: int, values: dict[str, int]) -> None:
