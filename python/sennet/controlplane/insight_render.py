@@ -174,6 +174,15 @@ class InsightRenderer:
             with self._lock:
                 self._by_agent[v.agent_id] = rendered
 
+    def text_of(self, view: AgentView) -> tuple[str, ...]:
+        """One view's text per FAMILIES entry, reusing its previous layout (`fleet_text.py`)."""
+        with self._lock:
+            previous = self._by_agent.get(view.agent_id)
+        rendered = self._render(view, previous)
+        with self._lock:
+            self._by_agent[view.agent_id] = rendered
+        return rendered.text
+
     def render(self, views: list[AgentView]) -> str:
         """Every family's header and samples, agents in the order given."""
         texts = []
