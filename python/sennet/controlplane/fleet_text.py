@@ -20,17 +20,21 @@ path before it, still selectable, see `metrics.py`), but a scrape does less:
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Iterable
+from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
 from sennet.controlplane import fleet_exposition as fx
 from sennet.controlplane.fleet import AgentView, SeriesKey
+from sennet.controlplane.fleet_insights import FAMILIES as FLOW_DNS_TCP
 from sennet.controlplane.insight_exposition import FAMILIES
 from sennet.controlplane.insight_render import InsightRenderer
 
 _AGENT = "\x00"  # stands for the agent's label text in a shape (never in rendered text)
 _MAX_SHAPES = 256
+_LAST, _UPTIME, _RESETS = (spec[0] for spec in fx.AFTER_UP[:3])
 
 
 def _header(name: str, kind: str, help_text: str) -> bytes:
@@ -40,9 +44,8 @@ def _header(name: str, kind: str, help_text: str) -> bytes:
 _INFO_HEAD = _header(fx.INFO[0], fx.INFO[1], fx.INFO[2])
 _UP_HEAD = _header(fx.UP[0], fx.UP[1], fx.UP[2])
 # Families after `sennet_agent_up`, in output order: the fleet's, then flows, DNS, TCP.
-_REST_HEADS = tuple(_header(*spec) for spec in fx.AFTER_UP) + tuple(
-    _header(f.name, f.type, f.help) for f in FAMILIES
-)
+_FLEET_HEADS = tuple(_header(*spec) for spec in fx.AFTER_UP)
+_INSIGHT_HEADS = tuple(_header(f.name, f.type, f.help) for f in FAMILIES)
 
 
 class _Text(NamedTuple):
@@ -50,18 +53,31 @@ class _Text(NamedTuple):
     up: bytes  # the `sennet_agent_up` line when up, then when stale
     down: bytes
     info: bytes
-    rest: tuple[bytes, ...]  # per _REST_HEADS entry
+    fleet: tuple[bytes, ...]  # per fx.AFTER_UP entry
+    insights: tuple[bytes, ...] | None  # per FAMILIES entry; None: no flow, DNS or TCP parts
     keys: tuple[tuple[SeriesKey, ...], ...]  # the interface/event layout `formats` is for
     formats: tuple[str, ...]  # per EXPORT_GROUPS entry, this agent's "%d" lines
 
 
-def _shape(keys: tuple[tuple[SeriesKey, ...], ...]) -> tuple[str, ...]:
-    """Per export group, the `%d` sample lines for these keys with the agent left open."""
+class _Shape(NamedTuple):
+    """What agents whose series keys come in one order share (agents of one version)."""
+
+    keys: tuple[tuple[SeriesKey, ...], ...]  # per EXPORT_GROUPS entry, sorted
+    templates: tuple[str, ...]  # per EXPORT_GROUPS entry, "%d" lines, the agent left open
+    insights: bool  # has flow, DNS or TCP series
+
+
+def _shape(v: AgentView) -> _Shape:
+    keys, _ = fx.export_of(v.series)
     label = f'agent="{_AGENT}"'
-    return tuple(
+    templates = tuple(
         "".join(fx.series_prefix(label, k).replace("%", "%%") + "%d\n" for k in group)
         for group in keys
     )
+    return _Shape(keys, templates, any(k.family in FLOW_DNS_TCP for k in v.series))
+
+
+_FLEET = attrgetter("fleet")
 
 
 class FleetText:
@@ -72,34 +88,38 @@ class FleetText:
         self._insights = InsightRenderer(histogram_step)
         self._lock = threading.Lock()
         self._by_agent: dict[str, _Text] = {}
-        self._shapes: dict[tuple[tuple[SeriesKey, ...], ...], tuple[str, ...]] = {}
+        self._shapes: dict[tuple[SeriesKey, ...], _Shape] = {}  # by the series' key order
         self._generation = 0  # bumped whenever an agent's text changes
         # generation and agent count the joined chunks are for, and the chunks
         self._joined: tuple[int, int, list[bytes], list[bytes]] | None = None
 
     def _prepare(self, v: AgentView, previous: _Text | None) -> _Text:
-        keys, values = fx.export_of(v.series)
+        series = v.series
+        order = tuple(series)
+        shape = self._shapes.get(order)
+        if shape is None:
+            shape = _shape(v)
+            if len(self._shapes) >= _MAX_SHAPES:
+                self._shapes.clear()
+            self._shapes[order] = shape
+        keys = shape.keys
+        values = [tuple([series[k].total for k in group]) for group in keys]
         if previous is not None and previous.keys == keys:
             formats = previous.formats
         else:
-            shape = self._shapes.get(keys)
-            if shape is None:
-                shape = _shape(keys)
-                if len(self._shapes) >= _MAX_SHAPES:
-                    self._shapes.clear()
-                self._shapes[keys] = shape
             agent = fx.esc(v.agent_id).replace("%", "%%")
-            formats = tuple(f.replace(_AGENT, agent) for f in shape)
+            formats = tuple(f.replace(_AGENT, agent) for f in shape.templates)
         a = f'agent="{fx.esc(v.agent_id)}"'
         beating = v.last_heartbeat is not None
-        last, uptime, resets = (spec[0] for spec in fx.AFTER_UP[:3])
-        fleet = (
-            f"{last}{{{a}}} {v.last_heartbeat!r}\n" if beating else "",
-            f"{uptime}{{{a}}} {v.uptime_seconds!r}\n" if beating else "",
-            f"{resets}{{{a}}} {v.resets}\n",
-            *(fmt % vs for fmt, vs in zip(formats, values, strict=True)),
-        )
-        insights = self._insights.text_of(v)
+        fleet = [
+            f"{_LAST}{{{a}}} {v.last_heartbeat!r}\n" if beating else "",
+            f"{_UPTIME}{{{a}}} {v.uptime_seconds!r}\n" if beating else "",
+            f"{_RESETS}{{{a}}} {v.resets}\n",
+        ]
+        fleet += map(operator.mod, formats, values)
+        insights = None
+        if shape.insights or v.telemetry is not None:
+            insights = tuple(map(str.encode, self._insights.text_of(v)))
         return _Text(
             view=v,
             up=f"{fx.UP[0]}{{{a}}} 1\n".encode(),
@@ -109,7 +129,8 @@ class FleetText:
                 f'agent_version="{fx.esc(v.agent_version)}",'
                 f'kernel_version="{fx.esc(v.kernel_version)}"}} 1\n'
             ).encode(),
-            rest=tuple(t.encode() for t in (*fleet, *insights)),
+            fleet=tuple(map(str.encode, fleet)),
+            insights=insights,
             keys=keys,
             formats=formats,
         )
@@ -150,9 +171,13 @@ class FleetText:
             if joined is None or joined[0] != self._generation or joined[1] != len(texts):
                 info = [_INFO_HEAD, *(t.info for t in texts)]
                 rest = []
-                for i, head in enumerate(_REST_HEADS):
+                for i, head in enumerate(_FLEET_HEADS):
                     rest.append(head)
-                    rest.extend(t.rest[i] for t in texts)
+                    rest += map(itemgetter(i), map(_FLEET, texts))
+                parts = [t.insights for t in texts if t.insights is not None]
+                for i, head in enumerate(_INSIGHT_HEADS):
+                    rest.append(head)
+                    rest += map(itemgetter(i), parts)
                 joined = (self._generation, len(texts), info, rest)
                 self._joined = joined
         stale = self._stale_after_s
