@@ -91,6 +91,20 @@ def _rss_kib(pids: list[int]) -> int:
     return total
 
 
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds the processes (all their threads) have used so far.
+
+    Throughput on a shared box moves with whatever else runs; the servers' own CPU
+    time per call does much less, so both are reported.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
 @contextmanager
 def trivial_servers(procs: int, workdir: Path) -> Iterator[tuple[int, list[int]]]:
     port = free_port()
@@ -161,8 +175,9 @@ def grpc_frame(message: bytes) -> bytes:
     return struct.pack(">?I", False, len(message)) + message
 
 
-def heartbeat_body(agent_id: str) -> bytes:
-    """A realistic heartbeat: 2 interfaces, 6 event kinds, 4 recent events."""
+def heartbeat_body(agent_id: str, insights: bool = False) -> bytes:
+    """A realistic heartbeat: 2 interfaces, 6 event kinds, 4 recent events; with `insights`,
+    also the flow, DNS and TCP parts of the test snapshot (3 talkers, 3 histograms)."""
     events = [
         pb.Event(
             ts_unix_ns=time.time_ns(),
@@ -200,6 +215,12 @@ def heartbeat_body(agent_id: str) -> bytes:
         ringbuf_drops_by_kind={k: 0 for k in KINDS},
         recent_events=events,
     )
+    if insights:
+        parts = full_request(agent_id)
+        req.flows.CopyFrom(parts.flows)
+        req.dns.CopyFrom(parts.dns)
+        req.tcp.CopyFrom(parts.tcp)
+        req.microbursts.extend(parts.microbursts)
     return grpc_frame(req.SerializeToString())
 
 
@@ -306,27 +327,48 @@ def _cross_check(completed: int, accepted: float, in_flight: int) -> None:
         )
 
 
-def bench_grpc(args: argparse.Namespace, workdir: Path) -> list[Figure]:
-    figs = []
+@dataclass
+class HeartbeatRun:
+    full: LoadResult
+    paced: LoadResult
+    per_commit: float
+    rss_kib: int
+    cpu_us: float  # server CPU time per heartbeat at maximum load
+
+
+@contextmanager
+def _path(old: bool) -> Iterator[None]:
+    """Processes started inside run the path before issue 16 (`old`) or the current one."""
+    if old:
+        os.environ[old_path.ENV] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(old_path.ENV, None)
+
+
+def _heartbeats(
+    args: argparse.Namespace, workdir: Path, old: bool, insights: bool, stated: float | None
+) -> HeartbeatRun:
+    """Maximum load, then `stated` heartbeats/s (default: a fraction of this run's maximum)."""
     procs, agents = args.procs, args.agents
-    with trivial_servers(procs, workdir) as (port, _pids):
-        base = h2load(
-            port, HEALTH, [(grpc_frame(b""), None)] * agents, workdir, args.duration, args.streams
-        )
-    with control_planes(procs, workdir) as cps:
+    with _path(old), control_planes(procs, workdir) as cps:
         target = f"127.0.0.1:{cps.port}"
         enrolled = enrol(target, cps.db, agents)
-        bodies = [(heartbeat_body(aid), tok) for aid, tok in enrolled]
+        bodies = [(heartbeat_body(aid, insights), tok) for aid, tok in enrolled]
         before = cps.accepted()
         commits_before = cps.commits()
+        cpu_before = _cpu_s(cps.pids)
         full = h2load(
             cps.port, contract.HEARTBEAT.path, bodies, workdir, args.duration, args.streams
         )
+        cpu = _cpu_s(cps.pids) - cpu_before
         accepted = cps.accepted() - before
         commits = cps.commits() - commits_before
         _cross_check(full.completed, accepted, agents * args.streams)
         rss_kib = _rss_kib(cps.pids)
-        stated = max(1.0, round(full.rps * args.load_fraction / 10) * 10)
+        if stated is None:
+            stated = max(1.0, round(full.rps * args.load_fraction / 10) * 10)
         before = cps.accepted()
         paced = h2load(
             cps.port,
@@ -339,6 +381,20 @@ def bench_grpc(args: argparse.Namespace, workdir: Path) -> list[Figure]:
         )
         paced_accepted = cps.accepted() - before
         _cross_check(paced.completed, paced_accepted, agents * args.streams)
+    return HeartbeatRun(
+        full, paced, accepted / max(1.0, commits), rss_kib, cpu / max(1.0, accepted) * 1e6
+    )
+
+
+def bench_grpc(args: argparse.Namespace, workdir: Path) -> list[Figure]:
+    figs = []
+    procs, agents = args.procs, args.agents
+    with trivial_servers(procs, workdir) as (port, pids):
+        cpu_before = _cpu_s(pids)
+        base = h2load(
+            port, HEALTH, [(grpc_frame(b""), None)] * agents, workdir, args.duration, args.streams
+        )
+        base_cpu_us = (_cpu_s(pids) - cpu_before) / max(1, base.completed) * 1e6
     trivial = Figure(
         "trivial_handler_calls_per_s",
         round(base.rps, 1),
@@ -346,55 +402,97 @@ def bench_grpc(args: argparse.Namespace, workdir: Path) -> list[Figure]:
         note=f"grpc.aio health Check, {procs} processes, same port",
     )
     figs.append(trivial)
-    figs.append(
-        Figure(
-            "heartbeats_per_s",
-            round(full.rps, 1),
-            "heartbeats/s",
-            note=f"{procs} processes, {agents} agents x {args.streams} streams, "
-            "durable (group commit, synchronous=FULL)",
+    trivial_cpu = Figure(
+        "trivial_handler_cpu_per_call",
+        round(base_cpu_us, 1),
+        "us",
+        note="server processes' CPU time (user + system) per call at maximum load",
+    )
+    figs.append(trivial_cpu)
+    variants = [("", False)] + ([("_insights", True)] if args.heartbeat_insights else [])
+    for suffix, insights in variants:
+        what = "with flow, DNS and TCP parts" if insights else "interfaces, events"
+        old = _heartbeats(args, workdir, True, insights, None)
+        new = _heartbeats(args, workdir, False, insights, None)
+        for tag, run in (("_old_path", old), ("", new)):
+            name = f"heartbeats{suffix}"
+            note = (
+                f"{what}; {procs} processes, {agents} agents x {args.streams} streams, "
+                "durable (group commit, synchronous=FULL)"
+            )
+            if tag:
+                note += "; SENNET_CONTROLPLANE_OLD_PATH=1"
+            figs.append(Figure(f"{name}_per_s{tag}", round(run.full.rps, 1), "heartbeats/s", note))
+            figs.append(
+                Figure(
+                    f"{name}_vs_trivial_handler{tag}",
+                    round(run.full.rps / base.rps, 3),
+                    "ratio",
+                    baseline=trivial,
+                )
+            )
+            figs.append(
+                Figure(
+                    f"{name}_cpu_per_heartbeat{tag}",
+                    round(run.cpu_us, 1),
+                    "us",
+                    note="server processes' CPU time per heartbeat at maximum load",
+                )
+            )
+            figs.append(
+                Figure(
+                    f"{name}_vs_trivial_handler_by_cpu{tag}",
+                    round(base_cpu_us / run.cpu_us, 3),
+                    "ratio",
+                    baseline=trivial_cpu,
+                    note="trivial CPU per call / heartbeat CPU per call: the ratio on an idle box",
+                )
+            )
+            figs.append(
+                Figure(f"{name}_per_commit{tag}", round(run.per_commit, 1), "heartbeats/commit")
+            )
+            figs.append(
+                Figure(f"{name}_p99_at_max_load{tag}", round(run.full.percentile(0.99), 2), "ms")
+            )
+            figs.append(
+                Figure(
+                    f"{name}_stated_load{tag}",
+                    round(run.paced.rps, 1),
+                    "heartbeats/s",
+                    note=f"{args.load_fraction:.0%} of that path's measured maximum",
+                )
+            )
+            figs.append(
+                Figure(
+                    f"{name}_p50_at_stated_load{tag}",
+                    round(run.paced.percentile(0.50), 2),
+                    "ms",
+                )
+            )
+            figs.append(
+                Figure(
+                    f"{name}_p99_at_stated_load{tag}",
+                    round(run.paced.percentile(0.99), 2),
+                    "ms",
+                )
+            )
+            figs.append(
+                Figure(
+                    f"{name}_server_rss{tag}",
+                    round(run.rss_kib / 1024, 1),
+                    "MiB",
+                    note=f"sum over {procs} processes after the run",
+                )
+            )
+        per_proc = new.full.rps / procs
+        figs.append(
+            Figure(
+                f"processes_for_10000_per_s{suffix}",
+                float(-(-10000 // max(1, int(per_proc)))),
+                "processes",
+                note=f"at {per_proc:.0f}/s per process measured here",
+            )
         )
-    )
-    figs.append(
-        Figure(
-            "heartbeats_vs_trivial_handler",
-            round(full.rps / base.rps, 3),
-            "ratio",
-            baseline=trivial,
-        )
-    )
-    figs.append(
-        Figure("heartbeats_per_commit", round(accepted / max(1.0, commits), 1), "heartbeats/commit")
-    )
-    figs.append(Figure("p50_at_max_load", round(full.percentile(0.50), 2), "ms"))
-    figs.append(Figure("p99_at_max_load", round(full.percentile(0.99), 2), "ms"))
-    figs.append(
-        Figure(
-            "stated_load",
-            round(paced.rps, 1),
-            "heartbeats/s",
-            note=f"{args.load_fraction:.0%} of the measured maximum",
-        )
-    )
-    figs.append(Figure("p50_at_stated_load", round(paced.percentile(0.50), 2), "ms"))
-    figs.append(Figure("p99_at_stated_load", round(paced.percentile(0.99), 2), "ms"))
-    figs.append(
-        Figure(
-            "server_rss",
-            round(rss_kib / 1024, 1),
-            "MiB",
-            note=f"sum over {procs} processes after the run",
-        )
-    )
-    per_proc = full.rps / procs
-    figs.append(
-        Figure(
-            "processes_for_10000_per_s",
-            float(-(-10000 // max(1, int(per_proc)))),
-            "processes",
-            note=f"at {per_proc:.0f}/s per process measured here",
-        )
-    )
     return figs
 
 
@@ -619,6 +717,14 @@ def main() -> int:
     parser.add_argument("--metrics-repeat", type=int, default=5, help="best of N renders")
     parser.add_argument("--skip-grpc", action="store_true", help="only the /metrics figures")
     parser.add_argument(
+        "--skip-metrics", action="store_true", help="only the heartbeat (gRPC) figures"
+    )
+    parser.add_argument(
+        "--heartbeat-insights",
+        action="store_true",
+        help="also heartbeats that carry flow, DNS and TCP parts",
+    )
+    parser.add_argument(
         "--metrics-without-insights",
         action="store_true",
         help="agents without flow, DNS and TCP series (the figure before they existed)",
@@ -635,12 +741,14 @@ def main() -> int:
         serve_trivial(args.serve_trivial)
         return 0
     load_before = os.getloadavg()[0]
-    figs = bench_metrics(
-        args.metrics_agents,
-        repeat=args.metrics_repeat,
-        insights=not args.metrics_without_insights,
-        histogram_step=args.metrics_histogram_step,
-    )
+    figs = []
+    if not args.skip_metrics:
+        figs += bench_metrics(
+            args.metrics_agents,
+            repeat=args.metrics_repeat,
+            insights=not args.metrics_without_insights,
+            histogram_step=args.metrics_histogram_step,
+        )
     if not args.skip_grpc:
         with tempfile.TemporaryDirectory(prefix="sennet-bench-") as tmp:
             figs += bench_grpc(args, Path(tmp))
