@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from controlplane import heartbeat_body
-
 from sennet.controlplane import codec, validate
 from sennet.controlplane.auth import Authenticator
 from sennet.controlplane.fleet import AgentView
@@ -98,9 +97,7 @@ def stages(insights: bool, group: int, rounds: int, workdir: Path) -> list[Figur
         "validate": _best_us(lambda: validate.heartbeat(req), per, rounds),
         "fold": _best_us(lambda: view.apply(later, time.time()), per, rounds),
         "rows": _best_us(write_group, max(1, per // group), rounds) / group,
-        "metrics_prepare": _best_us(
-            lambda: text._prepare(applied, None), per, rounds  # noqa: SLF001
-        ),
+        "metrics_prepare": _best_us(lambda: text._prepare(applied, None), per, rounds),
     }
     walls = []
     for _ in range(rounds):
