@@ -85,8 +85,14 @@ class TooManySeries(ValueError):
         self.limit = limit
 
 
-@dataclass(frozen=True)
-class Series:
+class Series(NamedTuple):
+    """One counter series: the last raw reading and the monotonic total.
+
+    A tuple (built in C) rather than a frozen dataclass: a heartbeat with flow,
+    DNS and TCP parts makes about 150 of these, and the dataclass's
+    constructor was a tenth of the writer's time per heartbeat.
+    """
+
     last_raw: int
     total: int
 
@@ -141,16 +147,27 @@ class AgentView:
         merged = dict(self.series)
         changed: dict[SeriesKey, Series] = {}
         resets = 0
+        # `advance`, inlined: this loop runs for every series of every heartbeat
         for key, raw in self.raw_readings(req).items():
             prev = merged.get(key)
-            new, was_reset = advance(prev, raw)
-            if new.total > MAX_TOTAL:
-                raise TotalOverflow(key, 0 if prev is None else prev.total, raw)
-            if prev is None and max_series is not None and len(merged) >= max_series:
-                raise TooManySeries(key, len(merged) + 1, max_series)
-            resets += was_reset
-            if prev != new:
-                changed[key] = new
+            if prev is None:
+                new = Series(raw, raw)
+                if raw > MAX_TOTAL:
+                    raise TotalOverflow(key, 0, raw)
+                if max_series is not None and len(merged) >= max_series:
+                    raise TooManySeries(key, len(merged) + 1, max_series)
+            else:
+                last_raw, total = prev
+                if raw == last_raw:
+                    continue  # unchanged: nothing to store
+                if raw > last_raw:
+                    new = Series(raw, total + raw - last_raw)
+                else:
+                    new = Series(raw, total + raw)
+                    resets += 1
+                if new.total > MAX_TOTAL:
+                    raise TotalOverflow(key, total, raw)
+            changed[key] = new
             merged[key] = new
         view = replace(
             self,

@@ -337,6 +337,17 @@ class Store:
         ).fetchone()
         return None if row is None else int(row[0])
 
+    def heartbeat_counts(self, conn: sqlite3.Connection, agent_ids: set[str]) -> dict[str, int]:
+        """`heartbeat_count` of several agents in one query (the writer's group, at its start)."""
+        ids = sorted(agent_ids)
+        marks = ",".join("?" * len(ids))
+        return {
+            agent_id: int(n)
+            for agent_id, n in conn.execute(
+                f"SELECT agent_id, heartbeats FROM agents WHERE agent_id IN ({marks})", ids
+            )
+        }
+
     def load_agent(self, conn: sqlite3.Connection, agent_id: str) -> AgentView | None:
         """One agent's committed state, read inside the caller's write transaction.
 
