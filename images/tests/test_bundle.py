@@ -217,3 +217,23 @@ def test_a_key_that_is_not_ed25519_is_refused(image_dir: Path, tmp_path: Path) -
     with pytest.raises(UserError):
         bundle.make(image_dir, tmp_path / "x.bundle", key=rsa)
     assert not (tmp_path / "x.bundle").exists()
+
+
+@pytest.mark.integration
+def test_a_bundle_of_the_real_build_carries_its_ukis_and_layers_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    """make-bundle rebuilds the UKIs from the kernel and initramfs: with no override they are
+    the build's own uki-a.efi and uki-b.efi, and the digest is the build's image.json's."""
+    built = Path(__file__).resolve().parent.parent.parent / "bazel-bin" / "images"
+    if not (built / "image.json").is_file():
+        pytest.skip("no built image: bazel build //images:appliance")
+    out = tmp_path / "real.bundle"
+    data = bundle.make(built, out, key=bundle.DEV_KEY)
+    files = _members(out)
+    ident = json.loads((built / "image.json").read_text())
+    assert (data["version"], data["image_digest"]) == (ident["version"], ident["image_digest"])
+    assert files["uki-a.efi"] == (built / "uki-a.efi").read_bytes()
+    assert files["uki-b.efi"] == (built / "uki-b.efi").read_bytes()
+    assert files["root.img"] == (built / "root.squashfs").read_bytes()
+    assert files["agent.img"] == (built / "agent.squashfs").read_bytes()
