@@ -125,6 +125,8 @@ def make(
 ) -> dict[str, object]:
     """The signed bundle of the build in `image_dir` (layers optionally replaced); returns
     the manifest as data."""
+    if not out.parent.is_dir():
+        die(f"--out {out}: directory {out.parent} does not exist")
     root = root or image_dir / "root.squashfs"
     agent = agent or image_dir / "agent.squashfs"
     initrd = image_dir / build.INITRDS[compatible(variant).rsplit("/", 1)[-1]]

@@ -204,6 +204,15 @@ def test_bad_input_is_one_clear_error(
     assert not out.exists()
 
 
+def test_an_output_in_a_missing_directory_is_one_clear_error(
+    image_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "nowhere" / "x.bundle"
+    with pytest.raises(UserError) as e:
+        bundle.make(image_dir, out, key=bundle.DEV_KEY)
+    assert e.value.message == f"--out {out}: directory {out.parent} does not exist"
+
+
 def test_a_key_that_is_not_ed25519_is_refused(image_dir: Path, tmp_path: Path) -> None:
     rsa = tmp_path / "rsa.key"
     subprocess.run(
