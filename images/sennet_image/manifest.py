@@ -40,10 +40,12 @@ def tool_version(argv: list[str]) -> str:
 
 
 def host_tools() -> dict[str, str]:
-    """Versions of the host tools, and the EFI stub's Debian package version."""
+    """Versions of the host tools, and the Debian package version of the EFI stub and of
+    systemd-boot (both from systemd-boot-efi)."""
     tools = {name: tool_version(argv) for name, argv in HOST_TOOLS.items()}
     stub = run(["dpkg-query", "-W", "-f", "${Version}", EFI_STUB_PACKAGE], check=False)
-    tools[f"{EFI_STUB_PACKAGE} (linuxx64.efi.stub)"] = stub.stdout.decode() or "unknown"
+    efi = f"{EFI_STUB_PACKAGE} (linuxx64.efi.stub, systemd-bootx64.efi)"
+    tools[efi] = stub.stdout.decode() or "unknown"
     for pkg in HOST_PACKAGES:
         res = run(["dpkg-query", "-W", "-f", "${Version}", pkg], check=False)
         tools[f"{pkg} (headers)"] = res.stdout.decode() or "unknown"

@@ -224,7 +224,7 @@ def test_the_built_images_sbom_lists_every_pin_and_artefact_and_ships_on_the_esp
     for w in lock.load_wheels():
         assert pkgs[w.name]["checksums"][0]["checksumValue"] == w.sha256
         assert pkgs[w.name]["licenseDeclared"] != "NOASSERTION", w.name
-    for name in ("root.squashfs", "agent.squashfs", "vmlinuz", "BOOTX64.EFI"):
+    for name in ("root.squashfs", "agent.squashfs", "vmlinuz", "uki-a.efi", "uki-test-b.efi"):
         assert pkgs[name]["checksums"][0]["checksumValue"] == _sha(images / name)
     assert pkgs["sennet_tc.bpf.o"]["primaryPackagePurpose"] == "FILE"
     for raw in ("appliance.raw", "appliance-test.raw"):
