@@ -227,26 +227,21 @@ def phases(lines: list[Line]) -> Boot:
     return Boot(out, rss)
 
 
-def figures_for(label: str, mode: str, boots: list[Boot], base: list[Boot] | None) -> list[Figure]:
+def figures_for(mode: str, boots: list[Boot], base: list[Boot] | None) -> list[Figure]:
+    """Medians per phase; with a baseline, its median on the row before, and as the
+    image figure's `baseline` (same run, same machine)."""
     figs: list[Figure] = []
-    keys = [*PHASES, "to_counting", "to_ready", "to_heartbeat"]
-    for key in keys:
+    for key in (*PHASES, "to_counting", "to_ready", "to_heartbeat"):
         values = [b.phases[key] for b in boots if key in b.phases]
-        if not values:
-            continue
-        prefix = f"boot.{mode}.{label}." if label else f"boot.{mode}."
-        fig = Figure(prefix + key, round(median(values), 2), "s", NOTES.get(key, ""))
-        if base is not None:
-            old = [b.phases[key] for b in base if key in b.phases]
-            if old:
-                fig = Figure(
-                    fig.name,
-                    fig.value,
-                    "s",
-                    fig.note,
-                    Figure(f"boot.{mode}.baseline.{key}", round(median(old), 2), "s"),
-                )
-        figs.append(fig)
+        old = [b.phases[key] for b in base or [] if key in b.phases]
+        ref = None
+        if old:
+            ref = Figure(f"boot.{mode}.baseline.{key}", round(median(old), 2), "s", "baseline")
+            figs.append(ref)
+        if values:
+            figs.append(
+                Figure(f"boot.{mode}.{key}", round(median(values), 2), "s", NOTES[key], ref)
+            )
     rss = [b.rss_kib for b in boots if b.rss_kib is not None]
     if rss:
         figs.append(
@@ -258,6 +253,28 @@ def figures_for(label: str, mode: str, boots: list[Boot], base: list[Boot] | Non
             )
         )
     return figs
+
+
+def run_all(
+    images: dict[str, Path], modes: list[str], cp: ControlPlane, args: argparse.Namespace
+) -> dict[tuple[str, str], list[Boot]]:
+    """Every boot, the images interleaved within each round so drifts hit both."""
+    results: dict[tuple[str, str], list[Boot]] = {}
+    for mode in modes:
+        for i in range(args.boots):
+            for label, image in images.items():
+                name = f"{mode}-{label or 'image'}-{i + 1}"
+                print(f"boot {name}", file=sys.stderr)
+                lines = run_boot(image, mode, cp, args)
+                if args.consoles is not None:
+                    args.consoles.mkdir(parents=True, exist_ok=True)
+                    (args.consoles / f"{name}.log").write_text(
+                        "".join(f"{x.at:9.3f} {x.text}\n" for x in lines)
+                    )
+                boot = phases(lines)
+                results.setdefault((mode, label), []).append(boot)
+                print(f"  {boot.phases} rss_kib={boot.rss_kib}", file=sys.stderr)
+    return results
 
 
 def main(argv: list[str]) -> int:
@@ -272,6 +289,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--interval", type=int, default=2, help="the agent's interval_s")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds per boot")
     p.add_argument("--json", action="store_true", help="one JSON object per figure")
+    p.add_argument("--consoles", type=Path, help="keep each boot's stamped console here")
     args = p.parse_args(argv)
     images = {"": args.image, **({"baseline": args.baseline} if args.baseline else {})}
     for image in images.values():
@@ -282,21 +300,12 @@ def main(argv: list[str]) -> int:
         print("boot.py: error: needs root (the control plane's database, QEMU)", file=sys.stderr)
         return 2
     modes = args.mode or ["direct", "uefi"]
-    results: dict[tuple[str, str], list[Boot]] = {}
     with tempfile.TemporaryDirectory(prefix="sennet-bootbench-cp-") as tmp:
         cp = ControlPlane(Path(tmp) / "cp.db", Path(tmp), name="cp")
         cp.create_token("boot-bench")
         cp.start()
         try:
-            for mode in modes:
-                for i in range(args.boots):
-                    for label, image in images.items():  # interleaved: drifts hit both
-                        print(
-                            f"boot {mode} {label or 'image'} {i + 1}/{args.boots}", file=sys.stderr
-                        )
-                        boot = phases(run_boot(image, mode, cp, args))
-                        results.setdefault((mode, label), []).append(boot)
-                        print(f"  {boot.phases} rss_kib={boot.rss_kib}", file=sys.stderr)
+            results = run_all(images, modes, cp, args)
         except Failed as exc:
             print(f"boot.py: harness error: {exc}", file=sys.stderr)
             return 3
@@ -305,7 +314,7 @@ def main(argv: list[str]) -> int:
     figs: list[Figure] = []
     for mode in modes:
         base = results.get((mode, "baseline"))
-        figs += figures_for("", mode, results[(mode, "")], base)
+        figs += figures_for(mode, results[(mode, "")], base)
     print(report(figs, args.json))
     return 0
 
