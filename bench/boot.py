@@ -61,7 +61,7 @@ MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 PHASES = ("firmware", *(m for m, _ in MARKERS), "ready", "first_heartbeat")
 NOTES = {
-    "firmware": "QEMU start to the kernel's t=0 (SeaBIOS or OVMF, kernel load)",
+    "firmware": "QEMU start to the kernel's clock: firmware, kernel load and decompression",
     "kernel": "kernel init and initramfs unpack, to the initramfs's first line",
     "modules": "initramfs insmod of /etc/modules",
     "root_mount": "GPT scan, squashfs mounts",
@@ -287,7 +287,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--boots", type=int, default=3, help="boots per mode and image (median)")
     p.add_argument("--accel", choices=("tcg", "kvm"), default="tcg")
     p.add_argument("--interval", type=int, default=2, help="the agent's interval_s")
-    p.add_argument("--timeout", type=float, default=240.0, help="seconds per boot")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per boot")
     p.add_argument("--json", action="store_true", help="one JSON object per figure")
     p.add_argument("--consoles", type=Path, help="keep each boot's stamped console here")
     args = p.parse_args(argv)
