@@ -48,24 +48,6 @@ MODULES = (
     "net/sched/sch_ingress",
     "net/sched/cls_bpf",
 )
-# How init loads them: each chain in order (its dependencies earlier in it), the chains
-# in parallel. Stage 1 is what mounting the root needs (the disk, squashfs) and is waited
-# for; stage 2 starts then and runs beside the GPT scan and the mounts (it may depend
-# on stage 1), waited for just before switch_root: the NICs, the state partition's ext4,
-# the ESP's vfat and TC's clsact/cls_bpf are first used by rc.boot and the agent.
-CHAINS: dict[str, tuple[int, str]] = {
-    **dict.fromkeys(
-        ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev"), (1, "disk")
-    ),
-    **dict.fromkeys(("virtio_pci", "virtio_blk"), (1, "disk")),
-    "squashfs": (1, "squashfs"),
-    **dict.fromkeys(("failover", "net_failover", "virtio_net"), (2, "net")),
-    **dict.fromkeys(
-        ("crc32c_generic", "libcrc32c", "crc16", "mbcache", "jbd2", "ext4"), (2, "ext4")
-    ),
-    **dict.fromkeys(("fat", "vfat", "nls_cp437", "nls_ascii"), (2, "vfat")),
-    **dict.fromkeys(("sch_ingress", "cls_bpf"), (2, "tc")),
-}
 
 
 @dataclass(frozen=True)
@@ -117,19 +99,6 @@ def _depends(ko: bytes) -> list[str]:
     return [d for d in m.group(1).decode().split(",") if d] if m else []
 
 
-def _check_chain(name: str, depends: list[str], before: list[str]) -> None:
-    """A dependency is loaded earlier in the module's own chain or in stage 1 (which init
-    waits for before stage 2 starts); otherwise parallel loading could race it."""
-    if name not in CHAINS:
-        die(f"module {name} has no chain: add it to CHAINS")
-    stage, chain = CHAINS[name]
-    for dep in (d.replace("-", "_") for d in depends):
-        dep_stage, dep_chain = CHAINS.get(dep, (0, ""))
-        same = dep_chain == chain and dep in before
-        if not same and not (stage == 2 and dep_stage == 1):
-            die(f"module {name} ({chain}) depends on {dep} ({dep_chain or 'no chain'}): fix CHAINS")
-
-
 def build(kernel_deb: Path, busybox_deb: Path, initrds: dict[Path, str], out_vmlinuz: Path) -> str:
     """From the pinned debs: write the kernel and one initramfs per `initrds` entry (path ->
     its `etc/partitions`, see disk.partition_table); return the kernel release."""
@@ -166,7 +135,7 @@ def build_from_tree(
     entries.append(Entry("bin/busybox", 0o100755, busybox.read_bytes()))
     entries.append(Entry("bin/sh", 0o120777, b"busybox"))
     loaded: set[str] = set()
-    names: list[str] = []
+    names = []
     for rel in MODULES:
         base = modules_dir / "kernel" / rel
         if (base.parent / f"{base.name}.ko").is_file():
@@ -182,12 +151,10 @@ def build_from_tree(
         missing = [d for d in _depends(ko) if d.replace("-", "_") not in loaded]
         if missing:
             die(f"module {name} depends on {missing}, not loaded before it: fix MODULES order")
-        _check_chain(name, _depends(ko), names)
         loaded.add(name.replace("-", "_"))
         names.append(name)
         entries.append(Entry(f"lib/modules/{name}.ko", 0o100644, ko))
-    lines = [f"{CHAINS[n][0]} {CHAINS[n][1]} {n}" for n in names]
-    entries.append(Entry("etc/modules", 0o100644, ("\n".join(lines) + "\n").encode()))
+    entries.append(Entry("etc/modules", 0o100644, ("\n".join(names) + "\n").encode()))
     entries.append(Entry("init", 0o100755, (IMAGES_DIR / "initramfs/init").read_bytes()))
     for out_initrd, table in initrds.items():
         blob = newc(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
-from sennet.common.errors import UserError
 from sennet_image import initramfs
 from sennet_image.initramfs import Entry, newc
 
@@ -49,28 +47,3 @@ def test_module_order_loads_virtio_before_its_users_and_tc_last() -> None:
     assert names.index("net_failover") < names.index("virtio_net")
     assert names.index("jbd2") < names.index("ext4")
     assert names[-2:] == ["sch_ingress", "cls_bpf"]
-
-
-def test_every_module_has_a_chain_and_stage_one_is_what_the_root_needs() -> None:
-    names = [m.rsplit("/", 1)[-1] for m in initramfs.MODULES]
-    assert sorted(initramfs.CHAINS) == sorted(names)
-    stage1 = [n for n in names if initramfs.CHAINS[n][0] == 1]
-    assert stage1 == [
-        "virtio_ring",
-        "virtio",
-        "virtio_pci_modern_dev",
-        "virtio_pci_legacy_dev",
-        "virtio_pci",
-        "virtio_blk",
-        "squashfs",
-    ]
-
-
-def test_a_dependency_in_another_parallel_chain_stops_the_build() -> None:
-    # ext4 (stage 2, chain ext4) on virtio_blk (stage 1): fine, stage 1 is waited for.
-    initramfs._check_chain("ext4", ["jbd2", "mbcache", "virtio_blk"], ["jbd2", "mbcache"])
-    # jbd2 needs its own chain's module loaded earlier, not a sibling chain's.
-    with pytest.raises(UserError):
-        initramfs._check_chain("jbd2", ["fat"], [])
-    with pytest.raises(UserError):
-        initramfs._check_chain("virtio_blk", ["squashfs"], [])  # stage 1, parallel chains
