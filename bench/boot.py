@@ -30,6 +30,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -300,6 +301,8 @@ def main(argv: list[str]) -> int:
         print("boot.py: error: needs root (the control plane's database, QEMU)", file=sys.stderr)
         return 2
     modes = args.mode or ["direct", "uefi"]
+    # SIGTERM unwinds like Ctrl-C: the finally blocks stop QEMU and the control plane.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="sennet-bootbench-cp-") as tmp:
         cp = ControlPlane(Path(tmp) / "cp.db", Path(tmp), name="cp")
         cp.create_token("boot-bench")
