@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -75,6 +76,15 @@ def _load_config(args: argparse.Namespace, require_interfaces: bool = True) -> A
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     log_mod.setup(cfg.log_level)
+    from sennet.agent import marks
+
+    # The boot benchmark's mark: the interpreter and the CLI's imports are done.
+    log_mod.event(
+        logging.getLogger("sennet.agent"),
+        "agent_starting",
+        uptime=marks.uptime(),
+        process_started=marks.process_started(),
+    )
     from sennet.agent.runloop import WorkerDied, run_agent
 
     try:

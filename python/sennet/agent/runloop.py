@@ -19,11 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sennet import __version__
 from sennet.agent import identity as identity_mod
-from sennet.agent import readout, statedir
+from sennet.agent import marks, statedir
 from sennet.agent.config import AgentConfig
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
@@ -31,11 +31,13 @@ from sennet.agent.datapath.linkwatch import LinkWatch
 from sennet.agent.datapath.loader_types import DatapathOptions
 from sennet.agent.datapath.manager import Attached, DatapathManager, kernel_release
 from sennet.agent.events import RingBufferConsumer
-from sennet.agent.insights import Insights
 from sennet.agent.sinks.log_sink import LogSink
 from sennet.agent.sinks.protocol import SnapshotSink
 from sennet.agent.snapshot import InterfaceCounters, Snapshot
 from sennet.common.log import event
+
+if TYPE_CHECKING:  # imported once counting: flows, DNS, TCP readers and /metrics wait for it
+    from sennet.agent.insights import Insights
 
 log = logging.getLogger("sennet.agent")
 
@@ -113,6 +115,7 @@ class Agent:
         # Set when the loop has something to do now: a link event, or a stop signal.
         self.wake = threading.Event()
         self._linkwatch: LinkWatch | None = None
+        self._beats = 0
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -126,13 +129,25 @@ class Agent:
         statedir.prepare(self.cfg.state_dir, who.uid if who else None, who.gid if who else None)
         ident = identity_mod.load_or_create(self.cfg.state_dir)
         self.agent_id = ident.agent_id
+        # Counting first: load and attach, nothing else in between. What is counted
+        # meanwhile waits in the maps (counters, flows) and the ring (events) for the
+        # readers set up after it; the ring holds events until the consumer starts.
+        event(log, "datapath_loading", uptime=marks.uptime())
         loaded = self.manager.load()
+        self.attached = self.manager.attach(self.cfg.interfaces)
+        event(
+            log,
+            "counting",
+            interfaces=",".join(a.ifname for a in self.attached),
+            uptime=marks.uptime(),
+        )
+        from sennet.agent.insights import Insights
+
         self.reader = CounterReader(loaded.map_fds)
         self.insights = Insights(loaded.map_fds, self.cfg)
         self.consumer = RingBufferConsumer(
             loaded.map_fds[layout.MAP_EVENTS], loaded.ringbuf_bytes, self.cfg.recent_events_max
         )
-        self.attached = self.manager.attach(self.cfg.interfaces)
         # Opened as root (it enters cfg.netns); link notifications need no privilege after.
         self._linkwatch = LinkWatch(self.cfg.netns)
         if who is not None:
@@ -156,6 +171,8 @@ class Agent:
         watch.start()
         self._threads.append(watch)
         if self.cfg.metrics_listen:
+            from sennet.agent import readout  # prometheus_client: after counting
+
             self._http = readout.serve(
                 self.cfg.metrics_listen,
                 self.snapshot_for_scrape,
@@ -173,6 +190,7 @@ class Agent:
             interval_s=self.cfg.interval_s,
             metrics=self.cfg.metrics_listen or "off",
             control_plane=self.cfg.control_plane or "none",
+            uptime=marks.uptime(),
         )
 
     def run(self) -> None:
@@ -235,6 +253,9 @@ class Agent:
         if self.insights is not None:
             self.insights.refresh(self.attached)
         self.sink.send(self.snapshot(take_recent=True))
+        self._beats += 1
+        if self._beats == 2:  # idle by now, with the sink (gRPC: its stack) loaded
+            event(log, "footprint", rss_kib=marks.rss_kib(), uptime=marks.uptime())
 
     def shutdown(self) -> None:
         """Idempotent, runs every step even if an earlier one fails, logs each failure."""

@@ -13,6 +13,7 @@ import logging
 import struct
 from pathlib import Path
 
+from sennet.agent import marks
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import BpfError, libbpf
 from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
@@ -56,7 +57,14 @@ def load(opts: DatapathOptions, object_name: str = OBJECT_NAME) -> LoadedDatapat
     except BaseException:
         lb.lib.bpf_object__close(obj)
         raise
-    event(log, "bpf_loaded", loader="libbpf", object=str(path), pin_dir=str(opts.pin_dir))
+    event(
+        log,
+        "bpf_loaded",
+        loader="libbpf",
+        object=str(path),
+        pin_dir=str(opts.pin_dir),
+        uptime=marks.uptime(),
+    )
     return LoadedDatapath(
         loader="libbpf",
         ingress_fd=progs[layout.PROGRAM_INGRESS],
