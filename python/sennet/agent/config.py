@@ -269,6 +269,32 @@ SETTINGS: tuple[Setting, ...] = (
         "return to the first OTLP endpoint once it answers again (false: stay where it works)",
     ),
     Setting("otlp_compression", "str", "gzip", '"gzip" or "none"', _compression),
+    Setting(
+        "image_env",
+        "path",
+        Path("/run/sennet/image.env"),
+        "the booted image's version, digest and slot (written at boot; absent = not reported)",
+    ),
+    Setting(
+        "update_status",
+        "path",
+        Path("/var/lib/sennet/update/status.json"),
+        "the updater's status file; its last_outcome rides the heartbeat (absent = none)",
+    ),
+    Setting(
+        "update_max_bytes",
+        "int",
+        1 << 30,
+        "largest update bundle the agent fetches when the control plane offers one",
+        _positive,
+    ),
+    Setting(
+        "control_plane_http",
+        "str",
+        "",
+        'where offered bundles are fetched: "http(s)://host:port" ("" = the gRPC host in use '
+        "and the port the offer names; https when tls_ca is set)",
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -317,6 +343,10 @@ class AgentConfig:
     otlp_timeout_s: float
     otlp_failback: bool
     otlp_compression: str
+    image_env: Path
+    update_status: Path
+    update_max_bytes: int
+    control_plane_http: str
 
     def public_view(self) -> dict[str, Any]:
         """Settings for logs and `config show`: secrets replaced."""

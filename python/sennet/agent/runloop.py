@@ -31,6 +31,7 @@ from sennet.agent.datapath.linkwatch import LinkWatch
 from sennet.agent.datapath.loader_types import DatapathOptions
 from sennet.agent.datapath.manager import Attached, DatapathManager, kernel_release
 from sennet.agent.events import RingBufferConsumer
+from sennet.agent.image_state import ImageStateReader
 from sennet.agent.insights import Insights
 from sennet.agent.sinks.log_sink import LogSink
 from sennet.agent.sinks.protocol import SnapshotSink
@@ -58,7 +59,19 @@ def default_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
 
 def _control_plane_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
     from sennet.agent.sinks.controlplane_grpc import SinkOptions, make_sink
+    from sennet.agent.update_fetch import FetchOptions, UpdateFetcher
 
+    fetcher = UpdateFetcher(
+        cfg.state_dir / statedir.AGENT_DIR,
+        FetchOptions(
+            max_bytes=cfg.update_max_bytes,
+            base_url=cfg.control_plane_http,
+            tls_ca=cfg.tls_ca,
+            tls_cert=cfg.tls_cert,
+            tls_key=cfg.tls_key,
+            tls_server_name=cfg.tls_server_name,
+        ),
+    )
     return make_sink(
         control_plane=cfg.control_plane,
         bootstrap_token=cfg.bootstrap_token,
@@ -72,6 +85,7 @@ def _control_plane_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
             max_queued_event_bytes=cfg.max_queued_event_bytes,
             failback_s=cfg.control_plane_failback_s,
         ),
+        offers=fetcher.offered,  # offered bundles are fetched for the updater, never applied
     )
 
 
@@ -106,6 +120,7 @@ class Agent:
         self.reader: CounterReader | None = None
         self.consumer: RingBufferConsumer | None = None
         self.insights: Insights | None = None
+        self.image_state = ImageStateReader(cfg.image_env, cfg.update_status)
         self.sink: SnapshotSink | None = None
         self._threads: list[threading.Thread] = []
         self._http: Any = None
@@ -305,6 +320,7 @@ class Agent:
             microbursts=latest.microbursts if latest else (),
             dns=latest.dns if latest else None,
             tcp=latest.tcp if latest else None,
+            image_state=self.image_state.read(),
         )
 
     def snapshot_for_scrape(self) -> Snapshot:

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.fleet_exposition import ExportCache, FastFleetRenderer, FleetCollector
+from sennet.controlplane.image_exposition import ImageCollector, render_image
 from sennet.controlplane.insight_exposition import InsightCollector
 from sennet.controlplane.insight_render import InsightRenderer
 from sennet.controlplane.refusals import RequestError
@@ -168,6 +169,7 @@ class Exposition:
         ).start()
         self._plain = CollectorRegistry()
         self._plain.register(FleetCollector(fleet, stale_after_s))
+        self._plain.register(ImageCollector(fleet))
         self._plain.register(InsightCollector(fleet, histogram_step))
 
     def render(self, *, fast: bool = True) -> bytes:
@@ -176,5 +178,6 @@ class Exposition:
             views = self._fleet.snapshot()
             fleet_text = self._fast.render(views, time.time()).encode()
             # one join: at 10,000 agents each extra concatenation copies tens of megabytes
-            return b"".join((head, fleet_text, self._insights.render(views).encode()))
+            image_text = render_image(views).encode()
+            return b"".join((head, fleet_text, image_text, self._insights.render(views).encode()))
         return head + generate_latest(self._plain)
