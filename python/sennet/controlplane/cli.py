@@ -179,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
         "--apply-at",
         default="now",
         metavar="WHEN",
-        help='"now" (default) or a daily window "HH:MM-HH:MM" in the appliance\'s local time',
+        help='"now" (default) or a daily window "HH:MM-HH:MM" in UTC (may cross midnight)',
     )
     uls = usub.add_parser("list", help="list offers not withdrawn, newest first")
     uls.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -41,7 +41,7 @@ _COPY_CHUNK = 1 << 20
 
 
 def check_apply_at(value: str) -> str:
-    """ "now" or a daily window "HH:MM-HH:MM" (device local time; may cross midnight)."""
+    """ "now" or a daily window "HH:MM-HH:MM" (UTC, as the updater reads it; may cross midnight)."""
     if value == "now" or _WINDOW_RE.match(value):
         return value
     raise UserError(f'--apply-at: {value!r} is not "now" or a daily window "HH:MM-HH:MM"')
