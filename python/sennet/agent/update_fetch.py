@@ -3,10 +3,13 @@
 The agent never installs anything (it runs without the privileges to): it
 downloads the offered bundle into `state_dir/agent/updates/<sha256>.part` in
 bounded pieces (`Range` requests of `chunk_bytes`), checks the whole file's
-sha256 against the offer, writes `<sha256>.request.json` ({"apply_at": ...})
-and then renames the part to `<sha256>.bundle`. The bundle's appearance is the
-updater's signal, so it never sees a bundle without its request; it verifies
-the signature and everything else itself, and reads these files as data only.
+sha256 against the offer, renames the part to `<sha256>.bundle` and only then
+writes `<sha256>.request.json` ({"apply_at": ...}). The request is the
+updater's signal (it rejects a request whose bundle is missing), so it never
+sees a request before its bundle is complete; it takes both away, verifies the
+signature and everything else itself, and reads these files as data only. A
+bundle handed over is not fetched again by this agent process, even though the
+offer keeps coming until the new version runs.
 
 A cut connection, a control plane that went away or an agent restart leaves
 the part file where it is; the next offer (every heartbeat carries it while the
@@ -118,6 +121,7 @@ class UpdateFetcher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._given_up: set[str] = set()  # offers refused by this process: not tried again
+        self._handed_over: set[str] = set()  # fetched and left for the updater
         self._bytes = 0
         self._completed = 0
         self._refused = 0
@@ -130,7 +134,7 @@ class UpdateFetcher:
     def offered(self, offer: pb.UpdateOffer, grpc_address: str, token: str) -> None:
         """Start (or resume) fetching `offer` unless it is done, refused or already running."""
         with self._lock:
-            if offer.sha256 in self._given_up:
+            if offer.sha256 in self._given_up or offer.sha256 in self._handed_over:
                 return
             if self._thread is not None and self._thread.is_alive():
                 return
@@ -234,17 +238,18 @@ class UpdateFetcher:
         if digest != offer.sha256:
             part.unlink()
             raise FetchRefused("sha256_mismatch", f"got {digest}, offered {offer.sha256}")
+        bundle = self.dir / f"{offer.sha256}.bundle"
+        os.replace(part, bundle)
+        _fsync_dir(self.dir)
         request = {"apply_at": offer.apply_at, "version": offer.version, "size": offer.size}
-        write_atomic(
+        write_atomic(  # last: the updater's signal that the bundle beside it is complete
             self.dir / f"{offer.sha256}.request.json",
             json.dumps(request, sort_keys=True).encode() + b"\n",
             mode=0o640,
         )
-        bundle = self.dir / f"{offer.sha256}.bundle"
-        os.replace(part, bundle)
-        _fsync_dir(self.dir)
         with self._lock:
             self._completed += 1
+            self._handed_over.add(offer.sha256)
         event(
             log,
             "update_fetched",

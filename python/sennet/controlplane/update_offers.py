@@ -9,8 +9,12 @@ does not verify the bundle's signature: the device does, against the keys baked
 into its image, before it writes a byte, so nothing here is trusted by the device.
 
 A heartbeat whose image version differs from the newest offer for that agent
-gets the offer in its answer. Agents that report no image (an agent on an
-ordinary host) are never offered one: there is no updater to hand it to.
+gets the offer in its answer, unless the appliance reports that an attempt at
+that version since the offer was published did not commit (rolled back,
+refused, failed): offering it again would loop, so the operator decides (a new
+`publish` of the same bundle is a new offer, and is tried). Agents that report
+no image (an agent on an ordinary host) are never offered one: there is no
+updater to hand it to.
 Offers are read from the database at most every `cache_s` seconds, so an offer
 published from the command line (another process) reaches agents within that.
 """
@@ -165,6 +169,22 @@ def active(conn: sqlite3.Connection) -> list[Offer]:
     ]
 
 
+def _failed_since(req: pb.HeartbeatRequest, offer: Offer) -> bool:
+    """The appliance reports an attempt at this version, after the offer, that did not commit.
+
+    Offering it again would loop: fetch, install, roll back, boot the old slot, be
+    offered again. Publishing the bundle again (a newer offer) is the operator's retry.
+    """
+    if not req.HasField("last_update"):
+        return False
+    last = req.last_update
+    return (
+        last.to_version == offer.version
+        and last.result != "committed"
+        and last.at_unix >= offer.published_at
+    )
+
+
 class OfferBook:
     """Which offer (if any) a heartbeat's answer carries; reads the database every `cache_s`."""
 
@@ -195,6 +215,8 @@ class OfferBook:
                 continue
             if offer.version == req.image.version:
                 return None  # the newest offer for it is what it runs: nothing to do
+            if _failed_since(req, offer):
+                return None  # tried since it was published and not committed: no retry loop
             return pb.UpdateOffer(
                 version=offer.version,
                 sha256=offer.sha256,

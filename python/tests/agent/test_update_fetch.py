@@ -72,6 +72,13 @@ def test_a_bundle_is_fetched_in_pieces_verified_and_handed_over_with_its_request
         f"{offer.sha256}.request.json",
     ]
     assert f.stats().bytes_fetched == offer.size
+    # the updater takes both away; the offer keeps coming until the new version runs, and
+    # this agent process does not fetch what it handed over again
+    for p in bundle.parent.iterdir():
+        p.unlink()
+    f.offered(offer, f"127.0.0.1:{cp.grpc_port}", token)
+    assert f.wait(10)
+    assert (list(bundle.parent.iterdir()), f.stats().bytes_fetched) == ([], offer.size)
 
 
 def test_a_cut_connection_is_resumed_from_the_partial_file(

@@ -97,6 +97,40 @@ def test_a_published_bundle_is_offered_to_appliances_running_another_version_onl
     assert not beat(cp, old_id, old_token, "0.1.0").HasField("update_offer")
 
 
+def test_an_appliance_that_rolled_back_that_version_is_not_offered_it_again_until_republished(
+    fresh: Served, tmp_path: Path
+) -> None:
+    cp = fresh.cp
+    agent_id, token = cp.register(fresh.bootstrap)
+    bundle = tmp_path / "b.bundle"
+    make_bundle(bundle, "0.2.0")
+    publish(cp, bundle)
+    time.sleep(2.1)
+
+    def after(result: str, at: float) -> pb.HeartbeatResponse:
+        req = heartbeat_request(agent_id)
+        req.image.CopyFrom(pb.ImageIdentity(version="0.1.0", digest=DIGEST, slot="a"))
+        req.last_update.CopyFrom(
+            pb.UpdateOutcome(
+                result=result,
+                reason="health_check_failed",
+                from_version="0.1.0",
+                to_version="0.2.0",
+                at_unix=at,
+            )
+        )
+        code, details, out = cp.call_raw(contract.HEARTBEAT, req.SerializeToString(), token)
+        assert code == grpc.StatusCode.OK, details
+        return pb.HeartbeatResponse.FromString(out)
+
+    before_offer = time.time() - 3600
+    assert after("rolled_back", before_offer).HasField("update_offer")  # an older attempt
+    assert not after("rolled_back", time.time()).HasField("update_offer")
+    publish(cp, bundle)  # the operator's retry: a newer offer
+    time.sleep(2.1)
+    assert after("rolled_back", time.time() - 5).update_offer.version == "0.2.0"
+
+
 def test_an_offer_for_named_agents_reaches_only_them(fresh: Served, tmp_path: Path) -> None:
     cp = fresh.cp
     chosen_id, chosen_token = cp.register(fresh.bootstrap)
