@@ -1,21 +1,25 @@
 """The appliance image and last update outcome of each agent on /metrics, two ways.
 
-`ImageCollector` is the prometheus-client reference; `render_image` writes the
-same samples as text for the fast path (at most three lines per agent, so no
-cache is needed). Only agents that reported an image or an outcome appear: an
-agent on an ordinary host has neither, and a missing series says so better than
+`ImageCollector` is the prometheus-client reference; `ImageRenderer` writes the
+same samples as text for the fast path, keeping each agent's three lines while
+its report is the same object (`image_report.of_request` keeps an unchanged
+report's identity), so a scrape of 10,000 appliances joins cached strings.
+Only agents that reported an image or an outcome appear: an agent on an
+ordinary host has neither, and a missing series says so better than
 a series with empty labels. The `agent` label is the one every other per-agent
 family uses, so the two join in PromQL (`... * on (agent) group_left ...`).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sennet.controlplane.fleet import AgentView, Fleet
+from sennet.controlplane.image_report import ImageReport
 
 IMAGE = (
     "sennet_agent_image_info",
@@ -77,28 +81,42 @@ def _line(name: str, labels: tuple[str, ...], values: tuple[str, ...], value: st
     return f"{name}{{{pairs}}} {value}\n"
 
 
-def render_image(views: list[AgentView]) -> str:
-    """The same samples as `ImageCollector`, as exposition text (format 0.0.4)."""
-    out: list[str] = []
-    for (name, help_text), kind_lines in (
-        (IMAGE, [(_IMAGE_LABELS, _image_values(v), "1") for v in views]),
-        (
-            OUTCOME,
-            [(_OUTCOME_LABELS, _outcome_values(v), "1") for v in views],
-        ),
-        (
-            OUTCOME_AT,
-            [
-                (("agent",), (v.agent_id,), repr(v.image.at_unix))
-                for v in views
-                if v.image is not None and v.image.result
-            ],
-        ),
-    ):
-        out.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
-        out.extend(
-            _line(name, labels, values, value)
-            for labels, values, value in kind_lines
-            if values is not None
-        )
-    return "".join(out)
+def _lines(v: AgentView) -> tuple[str, str, str]:
+    """One agent's line in each of the three families ("" where it has none)."""
+    image = _image_values(v)
+    outcome = _outcome_values(v)
+    at = repr(v.image.at_unix) if v.image is not None else ""
+    return (
+        "" if image is None else _line(IMAGE[0], _IMAGE_LABELS, image, "1"),
+        "" if outcome is None else _line(OUTCOME[0], _OUTCOME_LABELS, outcome, "1"),
+        "" if outcome is None else _line(OUTCOME_AT[0], ("agent",), (v.agent_id,), at),
+    )
+
+
+class ImageRenderer:
+    """The same samples as `ImageCollector`, as exposition text (format 0.0.4), cached."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # concurrent scrapes share the cache
+        self._cache: dict[str, tuple[ImageReport, tuple[str, str, str]]] = {}
+
+    def render(self, views: list[AgentView]) -> str:
+        with self._lock:
+            rows = []
+            for v in views:
+                if v.image is None:
+                    continue
+                hit = self._cache.get(v.agent_id)
+                if hit is None or hit[0] is not v.image:
+                    hit = (v.image, _lines(v))
+                    self._cache[v.agent_id] = hit
+                rows.append(hit[1])
+            if len(self._cache) > len(rows):
+                live = {v.agent_id for v in views}
+                for gone in [k for k in self._cache if k not in live]:
+                    del self._cache[gone]
+        out: list[str] = []
+        for index, (name, help_text) in enumerate((IMAGE, OUTCOME, OUTCOME_AT)):
+            out.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
+            out.extend(row[index] for row in rows)
+        return "".join(out)

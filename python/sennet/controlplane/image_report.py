@@ -107,7 +107,8 @@ def of_request(req: pb.HeartbeatRequest, previous: ImageReport | None) -> ImageR
             o.to_version,
             o.at_unix,
         )
-    return base
+    # The same report as before stays the same object: renderers cache by identity.
+    return previous if base == previous else base
 
 
 def save(conn: sqlite3.Connection, agent_id: str, report: ImageReport | None) -> None:

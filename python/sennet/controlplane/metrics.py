@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.fleet_exposition import ExportCache, FastFleetRenderer, FleetCollector
-from sennet.controlplane.image_exposition import ImageCollector, render_image
+from sennet.controlplane.image_exposition import ImageCollector, ImageRenderer
 from sennet.controlplane.insight_exposition import InsightCollector
 from sennet.controlplane.insight_render import InsightRenderer
 from sennet.controlplane.refusals import RequestError
@@ -158,6 +158,7 @@ class Exposition:
         fleet.subscribe(exports.warm)  # newly committed views are prepared before a scrape
         self._fast = FastFleetRenderer(stale_after_s, exports)
         self._insights = InsightRenderer(histogram_step)
+        self._images = ImageRenderer()
         fleet.subscribe(self._insights.warm)  # flow, DNS and TCP text too
         # The agents loaded at start: prepared in the background, so the first scrape after a
         # restart does not lay out 10,000 agents itself (a scrape meanwhile renders the rest).
@@ -178,6 +179,6 @@ class Exposition:
             views = self._fleet.snapshot()
             fleet_text = self._fast.render(views, time.time()).encode()
             # one join: at 10,000 agents each extra concatenation copies tens of megabytes
-            image_text = render_image(views).encode()
+            image_text = self._images.render(views).encode()
             return b"".join((head, fleet_text, image_text, self._insights.render(views).encode()))
         return head + generate_latest(self._plain)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -33,10 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sennet.common.errors import UserError
+from sennet.common.log import event
 from sennet.controlplane.image_report import VERSION_RE
 from sennet.controlplane.store import Store
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
+log = logging.getLogger("sennet.controlplane.update_offers")
 BUNDLE_FORMAT = "sennet-bundle/1"
 MAX_MANIFEST_BYTES = 64 << 10
 _WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
@@ -201,7 +204,15 @@ class OfferBook:
         with self._lock:
             if now - self._read_at < self._cache_s:
                 return self._offers
-        offers = active(self._store.local())
+        try:
+            offers = active(self._store.local())
+        except (sqlite3.Error, UserError) as exc:
+            # A failing store must not fail heartbeats here (the writer answers for the
+            # store); the offers last read stay, and the next read is `cache_s` away.
+            event(log, "offers_unreadable", logging.WARNING, error=str(exc))
+            with self._lock:
+                self._read_at = now
+                return self._offers
         with self._lock:
             self._offers, self._read_at = offers, now
         return offers

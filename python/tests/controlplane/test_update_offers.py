@@ -17,7 +17,10 @@ from email.message import Message
 from pathlib import Path
 
 import grpc
+import pytest
 
+from sennet.controlplane.store import Store
+from sennet.controlplane.update_offers import OfferBook
 from sennet.proto import contract
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.bundles import make_bundle
@@ -190,3 +193,18 @@ def test_bundles_are_served_with_the_agent_token_and_ranges(fresh: Served, tmp_p
         assert (status, headers.get("Content-Range")) == (416, f"bytes */{size}"), bad
     assert get(cp, "/updates/" + "0" * 64 + ".bundle", token)[0] == 404
     assert get(cp, "/updates/../cp.db", token)[0] == 404
+
+
+def test_an_unreadable_offer_table_never_fails_a_heartbeat(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path / "cp.db")
+    store.migrate()
+    book = OfferBook(store, cache_s=0)
+    store.local().execute("DROP TABLE update_offers")  # a store that cannot answer
+    req = heartbeat_request("0b1c2d3e-0000-4000-8000-000000000001")
+    req.image.CopyFrom(pb.ImageIdentity(version="0.1.0", digest=DIGEST, slot="a"))
+    assert book.offer_for(req) is None
+    (said,) = [r for r in caplog.records if r.getMessage() == "offers_unreadable"]
+    assert "no such table: update_offers" in getattr(said, "fields", {})["error"]
+    store.close()

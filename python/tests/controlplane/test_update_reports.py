@@ -175,3 +175,20 @@ def test_the_fast_text_gives_the_same_image_samples_as_the_prometheus_client_pat
     images = [k for k in fast if k[0] == "sennet_agent_image_info"]
     outcomes = [k for k in fast if k[0] == "sennet_agent_update_last_outcome"]
     assert (len(images), len(outcomes)) == (13, 7)
+
+
+def test_the_fast_text_follows_a_changed_report_and_drops_a_gone_agent() -> None:
+    aid = str(uuid.UUID(int=7))
+    view, _ = AgentView(aid).apply(with_image(heartbeat_request(aid)), 1_800_000_000.0)
+    fleet = Fleet([view])
+    expo = Exposition(ServerMetrics(agents=lambda: len(fleet)), fleet, stale_after_s=1e12)
+    expo.render(fast=True)
+    same, _ = view.apply(with_image(heartbeat_request(aid)), 1_800_000_010.0)
+    assert same.image is view.image  # unchanged report, same object: the cached text is reused
+    newer, _ = same.apply(with_image(heartbeat_request(aid), outcome=COMMITTED), 1_800_000_020.0)
+    fleet.publish({aid: newer})
+    fast = parse_samples(expo.render(fast=True).decode())
+    assert fast == parse_samples(expo.render(fast=False).decode())
+    assert sample(fast, "sennet_agent_update_last_outcome_timestamp_seconds", agent=aid) == (
+        1_795_000_000.5
+    )
