@@ -72,9 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument(
         "--min-free-mib",
         type=int,
-        default=64,
+        default=16,
         metavar="MIB",
-        help="free space wanted on state_dir's filesystem (default 64 MiB)",
+        help="free space wanted on state_dir's filesystem (default 16 MiB; fetching an "
+        "offered update needs about twice the bundle's size: the download and the "
+        "updater's copy)",
     )
     cf = sub.add_parser(
         "config",
