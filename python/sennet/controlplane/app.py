@@ -74,7 +74,7 @@ class ControlPlane:
                 self.exposition,
                 self.health,
                 settings.body_timeout,
-                BundleDownloads(self.auth, settings.db),
+                BundleDownloads(self.auth, settings.db, self.offers),
             ),
             tls=settings.tls,
             idle_timeout_s=settings.idle_timeout,

@@ -4,7 +4,9 @@ Agents fetch a bundle in bounded pieces (`Range: bytes=START-END`) and resume
 after a cut connection from where their partial file ends, so a flaky link
 never starts a large download over. Only an agent's own token opens the door
 (the same check a heartbeat passes; a bootstrap token is refused), because a
-bundle is a site's software and need not be public. One byte range per request:
+bundle is a site's software and need not be public; and only a bundle in an
+offer not withdrawn is served (404 otherwise), so `update withdraw` also stops
+downloads under way, within the offer cache's 2 s. One byte range per request:
 a multi-range or unsatisfiable range is answered 416 with `Content-Range:
 bytes */SIZE`, a syntactically broken Range header too (an agent never sends
 one, so it is a bug worth seeing, not something to paper over with a 200).
@@ -20,7 +22,7 @@ from typing import Any
 
 from sennet.controlplane.auth import Authenticator
 from sennet.controlplane.refusals import RequestError
-from sennet.controlplane.update_offers import bundle_path
+from sennet.controlplane.update_offers import OfferBook, bundle_path
 from sennet.proto.contract import HEARTBEAT
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -54,9 +56,10 @@ def _header(scope: MutableMapping[str, Any], name: bytes) -> str | None:
 class BundleDownloads:
     """Serves stored bundles to agents; `handles(path)` says whether a path is ours."""
 
-    def __init__(self, auth: Authenticator, db: Path) -> None:
+    def __init__(self, auth: Authenticator, db: Path, offers: OfferBook) -> None:
         self._auth = auth
         self._db = db
+        self._offers = offers
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -75,7 +78,8 @@ class BundleDownloads:
             )
             return
         m = PATH_RE.match(scope["path"])
-        path = bundle_path(self._db, m.group(1)) if m else None
+        offered = m is not None and await asyncio.to_thread(self._offers.offered, m.group(1))
+        path = bundle_path(self._db, m.group(1)) if m and offered else None
         if path is None:
             await _plain(send, 404, b"no such bundle\n")
             return

@@ -183,7 +183,7 @@ def parser() -> argparse.ArgumentParser:
     )
     uls = usub.add_parser("list", help="list offers not withdrawn, newest first")
     uls.add_argument("--json", action="store_true", help="one JSON object per line")
-    wd = usub.add_parser("withdraw", help="stop offering a bundle (agents already fetching stop)")
+    wd = usub.add_parser("withdraw", help="stop offering a bundle; its downloads stop too (404)")
     wd.add_argument("offer_id", type=int, help="the id shown by `update list`")
     return p
 

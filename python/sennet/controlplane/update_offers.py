@@ -217,6 +217,10 @@ class OfferBook:
             self._offers, self._read_at = offers, now
         return offers
 
+    def offered(self, sha256: str) -> bool:
+        """Whether a bundle is in an offer not withdrawn (only those are served)."""
+        return any(offer.sha256 == sha256 for offer in self._current())
+
     def offer_for(self, req: pb.HeartbeatRequest) -> pb.UpdateOffer | None:
         """The newest offer for this agent, unless it runs that version; as the reply carries it."""
         if not req.HasField("image"):

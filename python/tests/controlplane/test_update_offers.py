@@ -193,6 +193,10 @@ def test_bundles_are_served_with_the_agent_token_and_ranges(fresh: Served, tmp_p
         assert (status, headers.get("Content-Range")) == (416, f"bytes */{size}"), bad
     assert get(cp, "/updates/" + "0" * 64 + ".bundle", token)[0] == 404
     assert get(cp, "/updates/../cp.db", token)[0] == 404
+    # withdrawn: no longer served, though the file stays in the bundles directory
+    assert cli(cp.db, "update", "withdraw", "1").returncode == 0
+    time.sleep(2.1)
+    assert get(cp, path, token)[0] == 404
 
 
 def test_an_unreadable_offer_table_never_fails_a_heartbeat(
