@@ -100,6 +100,20 @@ class ImageRenderer:
         self._lock = threading.Lock()  # concurrent scrapes share the cache
         self._cache: dict[str, tuple[ImageReport, tuple[str, str, str]]] = {}
 
+    def warm(self, views: list[AgentView]) -> None:
+        """Lay out the lines of newly installed views (the fleet calls this after a commit)."""
+        with self._lock:
+            stale = [v for v in views if v.image is not None and not self._fresh(v)]
+        computed = [(v.agent_id, v.image, _lines(v)) for v in stale]
+        with self._lock:
+            for agent_id, image, lines in computed:
+                if image is not None:
+                    self._cache[agent_id] = (image, lines)
+
+    def _fresh(self, v: AgentView) -> bool:
+        hit = self._cache.get(v.agent_id)
+        return hit is not None and hit[0] is v.image
+
     def render(self, views: list[AgentView]) -> str:
         with self._lock:
             rows = []

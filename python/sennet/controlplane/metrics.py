@@ -159,6 +159,7 @@ class Exposition:
         self._fast = FastFleetRenderer(stale_after_s, exports)
         self._insights = InsightRenderer(histogram_step)
         self._images = ImageRenderer()
+        fleet.subscribe(self._images.warm)  # image and outcome lines laid out at commit
         fleet.subscribe(self._insights.warm)  # flow, DNS and TCP text too
         # The agents loaded at start: prepared in the background, so the first scrape after a
         # restart does not lay out 10,000 agents itself (a scrape meanwhile renders the rest).
