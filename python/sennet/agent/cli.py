@@ -1,4 +1,4 @@
-"""`sennet-agent`: run the agent, inspect its counters, check or reset its set-up."""
+"""`sennet-agent`: run the agent, inspect its counters, check or reset its set-up, doctor."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ examples:
   sennet-agent run --config /etc/sennet/agent.toml
   sennet-agent status --json
   sennet-agent check --config /etc/sennet/agent.toml
+  sennet-agent doctor --json
 """
 
 
