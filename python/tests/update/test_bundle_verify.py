@@ -10,6 +10,7 @@ import pytest
 
 from sennet.update import bundle
 from sennet.update.errors import Refused
+from sennet.update.manifest import IMAGES
 from tests.update.bundles import COMPATIBLE, Images, make_bundle, manifest, sign, write_tar
 from tests.update.conftest import Keys
 
@@ -55,7 +56,7 @@ def test_tampered_manifest_is_refused(tmp_path: Path, keys: Keys) -> None:
     tampered = signed.replace(b'"min_from_version": "0.1.0"', b'"min_from_version": "0.0.1"')
     assert tampered != signed and len(tampered) == len(signed)
     members = [("manifest.json", tampered), ("manifest.sig", sig)]
-    members += [(n, images.content(k)) for k, n in bundle.manifest_mod.IMAGES.items()]
+    members += [(n, images.content(k)) for k, n in IMAGES.items()]
     reason, _ = refusal(write_tar(tmp_path / "b.bundle", members), policy(keys))
     assert reason == "signature"
 
@@ -134,7 +135,7 @@ def test_members_out_of_order_are_malformed(tmp_path: Path, keys: Keys) -> None:
     raw = json.dumps(manifest(images), sort_keys=True).encode()
     sig = sign(keys.good, raw, tmp_path)
     members = [("manifest.sig", sig), ("manifest.json", raw)]
-    members += [(n, images.content(k)) for k, n in bundle.manifest_mod.IMAGES.items()]
+    members += [(n, images.content(k)) for k, n in IMAGES.items()]
     reason, _ = refusal(write_tar(tmp_path / "b.bundle", members), policy(keys))
     assert reason == "malformed"
 
