@@ -85,7 +85,7 @@ def device(role: str, partitions: Path, sys_block: Path = Path("/sys/class/block
         table = _env_lines(partitions.read_text())
     except OSError:
         table = {}
-    dev = table.get(role, "")
+    dev = table.get(role.replace("-", "_"), "") or table.get(role, "")  # the initramfs: root_b=
     if dev.startswith("/"):
         return Path(dev)
     return _by_partname(sys_block, role)

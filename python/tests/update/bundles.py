@@ -129,7 +129,7 @@ def fake_device(root: Path, keyring: Path, slot: str = "a", version: str = "0.1.
     table = []
     for role in ("root-a", "agent-a", "root-b", "agent-b"):
         (parts / role).write_bytes(bytes(PART_BYTES))
-        table.append(f"{role}={parts / role}")
+        table.append(f"{role.replace('-', '_')}={parts / role}")  # as the initramfs writes it
     (root / "partitions").write_text("\n".join(table) + "\n")
     esp_dir = root / "esp" / "EFI" / "Linux"
     esp_dir.mkdir(parents=True)
