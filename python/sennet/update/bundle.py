@@ -107,6 +107,7 @@ def _check_policy(m: manifest_mod.Manifest, policy: Policy) -> None:
     if m.compatible != policy.compatible:
         raise Refused("incompatible", f"bundle is for {m.compatible}, this is {policy.compatible}")
     new, running = versions.parse(m.version), versions.parse(policy.running_version)
+    running_text = policy.running_version
     if running < versions.parse(m.min_from_version):
         raise Refused(
             "incompatible",
@@ -119,6 +120,9 @@ def _check_policy(m: manifest_mod.Manifest, policy: Policy) -> None:
         )
     if new == running:
         raise Refused("same_version", f"bundle {m.version} is the running version")
+    if new < running:
+        # systemd-boot boots the newest version first: an older trial would never be tried
+        raise Refused("downgrade", f"bundle {m.version} is older than the running {running_text}")
 
 
 def _check_images(f: BinaryIO, m: manifest_mod.Manifest, found: dict[str, Member]) -> None:

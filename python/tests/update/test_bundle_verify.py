@@ -117,6 +117,15 @@ def test_below_the_configured_minimum_is_a_downgrade(tmp_path: Path, keys: Keys)
     )
 
 
+def test_older_than_the_running_version_is_a_downgrade(tmp_path: Path, keys: Keys) -> None:
+    """Above the floor but older than what runs: systemd-boot would never try it first."""
+    path = make_bundle(tmp_path / "b.bundle", keys.good, images=Images(version="0.1.5"))
+    assert refusal(path, policy(keys, running="0.2.0")) == (
+        "downgrade",
+        "bundle 0.1.5 is older than the running 0.2.0",
+    )
+
+
 def test_the_running_version_is_refused(tmp_path: Path, keys: Keys) -> None:
     path = make_bundle(tmp_path / "b.bundle", keys.good)
     assert refusal(path, policy(keys, running="0.2.0"))[0] == "same_version"
