@@ -174,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.geteuid() != 0 and args.command != "status":
         raise UserError(f"{args.command} writes slots and the ESP: run it as root")
-    return body()
+    try:
+        return body()
+    except UpdateFailed as exc:  # the ESP would not remount, a rename failed: one line
+        print(f"{PROG}: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

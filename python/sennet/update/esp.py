@@ -75,7 +75,11 @@ def writable(esp: Path) -> Iterator[None]:
     """Remount the ESP read-write for the block, read-only after (a no-op if not a mount point)."""
     mounted = os.path.ismount(esp)
     if mounted:
-        subprocess.run(["mount", "-o", "remount,rw", str(esp)], check=True, capture_output=True)
+        done = subprocess.run(
+            ["mount", "-o", "remount,rw", str(esp)], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise UpdateFailed(f"cannot remount {esp} read-write: {done.stderr.strip()}")
     try:
         yield
     finally:
