@@ -3,10 +3,10 @@
 The agent (its own user) leaves `<sha256>.bundle` and `<sha256>.request.json`
 ({"apply_at": "now" | "HH:MM-HH:MM"}) in `/var/lib/sennet/agent/updates/`.
 Root reads them as data only: never through a link, regular files only, size
-bounded, and copies the bundle into its own spool while hashing it; a copy
-whose sha256 is not its name is dropped. The copy is what gets installed (and
-verified again from scratch by `install`), so the agent cannot change the bytes
-after the check. The originals are removed once taken.
+bounded. The bundle is moved (renamed: the state partition has no room for a
+second copy) into root's own spool and made root's; one whose sha256 is not its
+name is dropped. What gets installed is verified again from scratch by
+`install`, and hashed once more as it is written. The request is removed once taken.
 """
 
 from __future__ import annotations
@@ -50,26 +50,38 @@ def due(apply_at: str, now: time.struct_time) -> bool:
     return start <= minute < end if start <= end else (minute >= start or minute < end)
 
 
-def _copy(src: Path, dst: Path, sha256: str) -> bool:
-    """Copy without following links, hashing; True if the copy's sha256 is `sha256`."""
-    try:
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP):
-            return False
-        raise
+def _take(src: Path, dst: Path, sha256: str) -> bool:
+    """Move the agent's file into root's spool and make it root's; True if its sha256 is
+    `sha256`. A rename moves the name, never follows a link; what arrives must be a regular
+    file with one name (not a hard link to something else), at most MAX_BUNDLE_BYTES.
+    No second copy: a bundle is as large as the state partition allows once, not twice.
+    (A writer that kept the file open could still change it: `install` hashes every byte
+    again as it writes, so changed bytes are never booted.)"""
     tmp = dst.with_name(dst.name + ".tmp")
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BUNDLE_BYTES:
+        os.rename(src, tmp)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
             return False
+        raise
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ELOOP:
+            return False
+        raise
+    try:
+        st = os.fstat(fd)
+        plain = stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+        if not plain or st.st_size > MAX_BUNDLE_BYTES:
+            tmp.unlink()
+            return False
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o600)
         h = hashlib.sha256()
-        with open(tmp, "wb") as out:
-            while data := os.read(fd, 1024 * 1024):
-                h.update(data)
-                out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+        while data := os.read(fd, 1024 * 1024):
+            h.update(data)
         if h.hexdigest() != sha256:
             tmp.unlink()
             return False
@@ -102,7 +114,7 @@ def take(inbox: Path, spool: Path) -> tuple[list[Spooled], list[str]]:
         except (ValueError, AttributeError):
             apply_at = None
         src = inbox / f"{sha}.bundle"
-        if valid_apply_at(apply_at) and _copy(src, spool / f"{sha}.bundle", sha):
+        if valid_apply_at(apply_at) and _take(src, spool / f"{sha}.bundle", sha):
             (spool / f"{sha}.apply_at").write_text(str(apply_at))
             taken.append(Spooled(spool / f"{sha}.bundle", str(apply_at)))
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -76,6 +77,28 @@ def test_a_linked_bundle_is_not_followed(tmp_path: Path, keys: Keys, device: Dev
     (device.inbox / f"{sha}.request.json").write_text('{"apply_at": "now"}')
     assert inbox.take(device.inbox, device.spool) == ([], [f"{sha}.request.json"])
     assert bundle.exists()  # the link's target is left alone
+
+
+def test_a_hard_link_to_another_file_is_not_taken(
+    tmp_path: Path, keys: Keys, device: Device
+) -> None:
+    secret = tmp_path / "roots-file"
+    secret.write_bytes(b"root's data")
+    sha = hashlib.sha256(b"root's data").hexdigest()
+    device.inbox.mkdir(parents=True)
+    os.link(secret, device.inbox / f"{sha}.bundle")
+    (device.inbox / f"{sha}.request.json").write_text('{"apply_at": "now"}')
+    assert inbox.take(device.inbox, device.spool) == ([], [f"{sha}.request.json"])
+    assert secret.read_bytes() == b"root's data" and secret.stat().st_nlink == 1
+    assert list(device.spool.iterdir()) == []
+
+
+def test_a_taken_bundle_is_roots_and_private(tmp_path: Path, keys: Keys, device: Device) -> None:
+    sha = drop(device, make_bundle(tmp_path / "b.bundle", keys.good), "02:00-03:00")
+    os.chown(device.inbox / f"{sha}.bundle", 990, 990)  # as the agent leaves it
+    taken, _ = inbox.take(device.inbox, device.spool)
+    st = taken[0].bundle.stat()
+    assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (0, 0, "0o600")
 
 
 def test_a_refused_fetched_bundle_is_recorded_and_dropped(
