@@ -151,7 +151,7 @@ def test_production_boot_ignores_a_test_disk_and_runs_no_provisioning_as_code(
         mounted = re.search(r"event=root_mounted root=(\S+) agent=(\S+) test=(\S+)", console)
         assert mounted is not None and mounted.groups() == ("/dev/vda2", "/dev/vda3", "none")
         assert "sennet-init: event=esp_mounted dev=/dev/vda1" in console
-        assert "sennet-init: event=state_mounted dev=/dev/vda4" in console
+        assert "sennet-init: event=state_mounted dev=/dev/vda6" in console
         # No test code ran: no test hook, no SSH server.
         assert "event=test_hook_started" not in console
         assert "event=ssh_started" not in console

@@ -7,15 +7,16 @@ for a build without Bazel.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sennet_image import disk, initramfs, lock, rootfs
+from sennet_image import disk, initramfs, lock, rootfs, slots
 from sennet_image.fetch import fetch
 from sennet_image.manifest import bpf_sources
 from sennet_image.manifest import write as write_manifest
-from sennet_image.proc import log, run, step
+from sennet_image.proc import die, log, run, step
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -30,8 +31,11 @@ ARTEFACTS = (
     "initrd.img",
     "initrd-test.img",
     "cmdline",
-    "BOOTX64.EFI",
-    "BOOTX64-test.EFI",
+    "image.json",
+    "uki-a.efi",
+    "uki-b.efi",
+    "uki-test-a.efi",
+    "uki-test-b.efi",
     "root.squashfs",
     "agent.squashfs",
     "test.squashfs",
@@ -72,11 +76,13 @@ def test_layer(debs: list[Path], out: Path) -> None:
         rootfs.mksquashfs(tree, out)
 
 
-# Per variant: its initramfs and UKI (they differ only in the partition GUIDs they mount).
-BOOT_NAMES = {
-    "production": ("initrd.img", "BOOTX64.EFI"),
-    "test": ("initrd-test.img", "BOOTX64-test.EFI"),
-}
+# Per variant: its initramfs, and one UKI per slot (they differ only in `sennet.slot=`).
+INITRDS = {"production": "initrd.img", "test": "initrd-test.img"}
+
+
+def uki_name(variant: str, slot: str) -> str:
+    """The build artefact holding `variant`'s UKI for `slot` (uki-a.efi, uki-test-b.efi)."""
+    return f"uki-{'test-' if variant == 'test' else ''}{slots.check_slot(slot)}.efi"
 
 
 def boot_files(
@@ -84,45 +90,75 @@ def boot_files(
     busybox_deb: Path,
     outdir: Path,
     cmdline: str,
-    layers: tuple[Path, Path, Path],
+    layers: tuple[Path, Path],
 ) -> None:
-    """Kernel, command line, and per variant an initramfs and the UKI (BOOTX64*.EFI) from
-    them; `layers` (root, agent, test squashfs) fix the partition GUIDs each one mounts."""
-    root, agent, test = layers
-    tables = {
-        outdir / BOOT_NAMES[v][0]: disk.partition_table(
-            disk.layout(v, root, agent, test if v == "test" else None)
-        )
-        for v in disk.VARIANTS
-    }
+    """Kernel, per variant an initramfs and a UKI per slot, `cmdline` (slot a's, for direct
+    boot) and image.json; `layers` (root, agent squashfs) give the image digest."""
+    ident = slots.identity(*layers)
+    tables = {outdir / INITRDS[v]: disk.partition_table(disk.layout(v)) for v in disk.VARIANTS}
     with step("initramfs"):
         release = initramfs.build(kernel_deb, busybox_deb, tables, outdir / "vmlinuz")
-    (outdir / "cmdline").write_text(cmdline + "\n")
+    (outdir / "cmdline").write_text(ident.cmdline(cmdline, "a") + "\n")
     (outdir / "kernel-release").write_text(release + "\n")
-    with step("uki"):
-        for initrd, uki in BOOT_NAMES.values():
-            disk.build_uki(
-                outdir / "vmlinuz", outdir / initrd, cmdline, rootfs.os_release(), outdir / uki
-            )
+    write_identity(ident, outdir / "image.json")
+    osrel = slots.osrel(rootfs.os_release(), ident.version)
+    with step("uki", version=ident.version):
+        for variant, initrd in INITRDS.items():
+            for slot in slots.SLOTS:
+                disk.build_uki(
+                    outdir / "vmlinuz",
+                    outdir / initrd,
+                    ident.cmdline(cmdline, slot),
+                    osrel,
+                    outdir / uki_name(variant, slot),
+                )
 
 
-def disks(uki: Path, root: Path, agent: Path, test: Path | None, raw: Path, qcow2: Path) -> None:
-    """GPT disk: ESP, root, agent layer, [test layer], state (zeroed; formatted on first boot),
-    each with the GUID its variant's initramfs looks for (disk.layout)."""
-    ids = disk.layout("test" if test is not None else "production", root, agent, test)
+def write_identity(ident: slots.Identity, out: Path) -> None:
+    """image.json: {version, image_digest}, what make-bundle and the tests read."""
+    data = {"version": ident.version, "image_digest": ident.image_digest}
+    out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_identity(path: Path) -> slots.Identity:
+    """A build's image.json, checked."""
+    try:
+        data = json.loads(path.read_text())
+        version, digest = data["version"], data["image_digest"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        die(f"{path}: not a build's image.json ({e})")
+    if not isinstance(version, str) or not isinstance(digest, str) or len(digest) != 64:
+        die(f"{path}: version or image_digest malformed")
+    return slots.Identity(slots.check_version(version, str(path)), digest)
+
+
+def disks(
+    uki: Path,
+    image_json: Path,
+    layers: tuple[Path, Path, Path | None],
+    raw: Path,
+    qcow2: Path,
+) -> None:
+    """GPT disk: ESP (systemd-boot + slot a's UKI, committed), slot a = the layers, slot b
+    zeroed, [test layer], state (zeroed; formatted on first boot), each with the GUID its
+    variant's initramfs looks for (disk.layout)."""
+    root, agent, test = layers
+    ident = read_identity(image_json)
+    ids = disk.layout("test" if test is not None else "production")
     with tempfile.TemporaryDirectory(dir=raw.parent) as tmp:
         esp = Path(tmp) / "esp.img"
         with step("esp"):
-            disk.build_esp(uki, esp)
-        contents = {
+            disk.build_esp({slots.entry_name("a", ident.version): uki}, esp)
+        contents: dict[str, tuple[str, Path | None, int]] = {
             "esp": (disk.ESP_TYPE, esp, disk.ESP_MIB),
-            "root": (disk.ROOT_TYPE, root, disk.size_mib(root, 4)),
-            # slack so an agent change keeps the root partition at the same offset
-            "agent": (disk.DATA_TYPE, agent, disk.size_mib(agent, 2)),
+            "root-a": (disk.ROOT_TYPE, root, disk.ROOT_SLOT_MIB),
+            "agent-a": (disk.DATA_TYPE, agent, disk.AGENT_SLOT_MIB),
+            "root-b": (disk.ROOT_TYPE, None, disk.ROOT_SLOT_MIB),
+            "agent-b": (disk.DATA_TYPE, None, disk.AGENT_SLOT_MIB),
             "state": (disk.DATA_TYPE, None, disk.STATE_MIB),
         }
         if test is not None:
-            contents["test"] = (disk.DATA_TYPE, test, disk.size_mib(test, 1))
+            contents["test"] = (disk.DATA_TYPE, test, disk.TEST_MIB)
         parts = [
             disk.Partition(disk.PARTITION_NAMES[r], t, c, mib, ids[r])
             for r in disk.ROLES
@@ -161,22 +197,20 @@ def build_all(out: Path) -> dict[str, Path]:
         bpf_record = bpf_sources(objs)
     with step("test_layer"):
         test_layer(test_debs, out / "test.squashfs")
-    layers = (out / "root.squashfs", out / "agent.squashfs", out / "test.squashfs")
-    boot_files(kernel, busybox, out, disk.DEFAULT_CMDLINE, layers)
+    root, agent = out / "root.squashfs", out / "agent.squashfs"
+    boot_files(kernel, busybox, out, disk.DEFAULT_CMDLINE, (root, agent))
     with step("disks"):
         disks(
-            out / "BOOTX64.EFI",
-            out / "root.squashfs",
-            out / "agent.squashfs",
-            None,
+            out / "uki-a.efi",
+            out / "image.json",
+            (root, agent, None),
             out / "appliance.raw",
             out / "appliance.qcow2",
         )
         disks(
-            out / "BOOTX64-test.EFI",
-            out / "root.squashfs",
-            out / "agent.squashfs",
-            out / "test.squashfs",
+            out / "uki-test-a.efi",
+            out / "image.json",
+            (root, agent, out / "test.squashfs"),
             out / "appliance-test.raw",
             out / "appliance-test.qcow2",
         )

@@ -4,6 +4,8 @@ build        every artefact without Bazel, into build/image (what images/build r
 boot         boot the built image under QEMU (images/boot)
 repro        two clean builds compared byte for byte (images/check-reproducible)
 lock-update  re-pin the image's inputs (images/lock-update)
+bundle       a build's slot images as a signed update bundle (images/make-bundle)
+flash        write an image to a disk or file and verify it (images/flash)
 step         one build step, as Bazel's genrules run them one by one
 
 Operator errors print one `sennet_image: error: ...` line and exit 2 (Sennet's
@@ -27,7 +29,7 @@ PROG = "sennet_image"
 
 def parser() -> argparse.ArgumentParser:
     """Every subcommand's flags; `--help` on each explains it."""
-    from sennet_image import boot, repro
+    from sennet_image import boot, bundle, flash, repro
 
     p = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,6 +62,20 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="CI: rewrite only if a pinned package left the registry, loudly",
     )
+    bu = sub.add_parser(
+        "bundle",
+        help="a build's slot images as one signed update bundle",
+        description=bundle.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bundle.add_arguments(bu)
+    fl = sub.add_parser(
+        "flash",
+        help="write an image to a block device or file, verify by reading back",
+        description=flash.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    flash.add_arguments(fl)
     st = sub.add_parser(
         "step",
         help="one build step (what Bazel's genrules run)",
@@ -79,14 +95,15 @@ def parser() -> argparse.ArgumentParser:
     t = steps.add_parser("test-layer", help="test-only extras (dropbear) -> test.squashfs")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--debs", type=Path, nargs="+", required=True)
-    k = steps.add_parser("boot-files", help="kernel, initramfs, cmdline and the UKI")
+    k = steps.add_parser("boot-files", help="kernel, initramfs, cmdline and a UKI per slot")
     k.add_argument("--kernel-deb", type=Path, required=True)
     k.add_argument("--busybox-deb", type=Path, required=True)
     k.add_argument("--outdir", type=Path, required=True)
-    for layer in ("root", "agent", "test"):
-        k.add_argument(f"--{layer}", type=Path, required=True, help=f"{layer}.squashfs (GUIDs)")
-    d = steps.add_parser("disk", help="GPT disk (raw and qcow2) from the UKI and layers")
-    d.add_argument("--uki", type=Path, required=True)
+    for layer in ("root", "agent"):
+        k.add_argument(f"--{layer}", type=Path, required=True, help=f"{layer}.squashfs (digest)")
+    d = steps.add_parser("disk", help="GPT disk (raw and qcow2) from slot a's UKI and layers")
+    d.add_argument("--uki", type=Path, required=True, help="slot a's UKI")
+    d.add_argument("--image-json", type=Path, required=True, help="the build's image.json")
     d.add_argument("--root", type=Path, required=True)
     d.add_argument("--agent", type=Path, required=True)
     d.add_argument("--test", type=Path)
@@ -150,10 +167,12 @@ def _step(args: argparse.Namespace) -> int:
             args.busybox_deb,
             args.outdir,
             disk.DEFAULT_CMDLINE,
-            (args.root, args.agent, args.test),
+            (args.root, args.agent),
         )
     elif args.step == "disk":
-        build.disks(args.uki, args.root, args.agent, args.test, args.raw, args.qcow2)
+        build.disks(
+            args.uki, args.image_json, (args.root, args.agent, args.test), args.raw, args.qcow2
+        )
     elif args.step == "nix-image":
         from sennet_image import nix
 
@@ -194,6 +213,14 @@ def _run(args: argparse.Namespace) -> int:
         return lockupdate.update(
             refresh=args.refresh, check=args.check, only_if_gone=args.only_if_gone
         )
+    if args.command == "bundle":
+        from sennet_image import bundle
+
+        return bundle.main(args)
+    if args.command == "flash":
+        from sennet_image import flash
+
+        return flash.main(args)
     if args.command == "step":
         return _quiet_step(args)
     from sennet_image import build

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sennet_image import build, disk, initramfs, rootfs
+from sennet_image import build, disk, initramfs, rootfs, slots
 from sennet_image.fsutil import prune_empty_dirs
 
 
@@ -71,27 +71,29 @@ def image(
         rootfs.mksquashfs(tree, out / "root.squashfs")
     build.agent_layer(python_src, bpf_objects, out / "agent.squashfs")
     modules = next((kernel / "lib/modules").iterdir())
-    ids = disk.layout("production", out / "root.squashfs", out / "agent.squashfs", None)
+    root, agent = out / "root.squashfs", out / "agent.squashfs"
     initramfs.build_from_tree(
         kernel / "bzImage",
         modules,
         busybox / "bin/busybox",
-        {out / "initrd.img": disk.partition_table(ids)},
+        {out / "initrd.img": disk.partition_table(disk.layout("production"))},
         out / "vmlinuz",
     )
-    (out / "cmdline").write_text(disk.DEFAULT_CMDLINE + "\n")
-    disk.build_uki(
-        out / "vmlinuz",
-        out / "initrd.img",
-        disk.DEFAULT_CMDLINE,
-        rootfs.os_release(),
-        out / "BOOTX64.EFI",
-    )
+    ident = slots.identity(root, agent)
+    build.write_identity(ident, out / "image.json")
+    (out / "cmdline").write_text(ident.cmdline(disk.DEFAULT_CMDLINE, "a") + "\n")
+    for slot in slots.SLOTS:
+        disk.build_uki(
+            out / "vmlinuz",
+            out / "initrd.img",
+            ident.cmdline(disk.DEFAULT_CMDLINE, slot),
+            slots.osrel(rootfs.os_release(), ident.version),
+            out / build.uki_name("production", slot),
+        )
     build.disks(
-        out / "BOOTX64.EFI",
-        out / "root.squashfs",
-        out / "agent.squashfs",
-        None,
+        out / "uki-a.efi",
+        out / "image.json",
+        (root, agent, None),
         out / "appliance.raw",
         out / "appliance.qcow2",
     )

@@ -33,8 +33,11 @@ LAYERS = (
     "initrd.img",
     "initrd-test.img",
     "vmlinuz",
-    "BOOTX64.EFI",
-    "BOOTX64-test.EFI",
+    "uki-a.efi",
+    "uki-b.efi",
+    "uki-test-a.efi",
+    "uki-test-b.efi",
+    "image.json",
     "root.files",
     "cmdline",
 )

@@ -14,7 +14,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from sennet_image import debs
+from sennet_image import debs, keyring
 from sennet_image.fsutil import file_list, normalize_times, prune_empty_dirs
 from sennet_image.proc import die, run, source_date_epoch, step
 
@@ -222,6 +222,7 @@ def build_base(root: Path, debs_list: list[Path], wheels: list[Path]) -> list[st
     (root / "etc/hostname").write_text("sennet\n")
     (root / "etc/os-release").symlink_to("../usr/lib/os-release")
     (root / "usr/lib/os-release").write_text(os_release())
+    keyring.install(root)
     prune_empty_dirs(root)
     make_mount_points(root)
     with step("compile_pyc"):

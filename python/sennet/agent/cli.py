@@ -76,8 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         default=16,
         metavar="MIB",
         help="free space wanted on state_dir's filesystem (default 16 MiB; fetching an "
-        "offered update needs about twice the bundle's size: the download and the "
-        "updater's copy)",
+        "offered update needs the bundle's size there too: the updater takes it by rename)",
     )
     cf = sub.add_parser(
         "config",

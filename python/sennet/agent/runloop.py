@@ -249,6 +249,29 @@ class Agent:
         if self.insights is not None:
             self.insights.refresh(self.attached)
         self.sink.send(self.snapshot(take_recent=True))
+        self._write_health()
+
+    def _write_health(self) -> None:
+        """health.json for the root updater (the agent's side of the update health check)."""
+        from sennet.agent import health_file
+
+        acks: list[float | None] = []
+        if self.cfg.control_plane:  # the gRPC stack is imported only where it is used
+            from sennet.agent.sinks.controlplane_grpc import GrpcSink
+            from sennet.agent.sinks.fanout import FanoutSink
+
+            sinks = self.sink.sinks if isinstance(self.sink, FanoutSink) else (self.sink,)
+            acks = [s.stats().last_ack_unix for s in sinks if isinstance(s, GrpcSink)]
+        try:
+            health_file.write(
+                self.cfg.state_dir / statedir.AGENT_DIR,
+                self.cfg.interfaces,
+                [a.ifname for a in self.attached],
+                acks[0] if acks else None,
+                bool(self.cfg.control_plane),
+            )
+        except OSError as exc:  # a full state partition must not stop the counting
+            event(log, "health_file_failed", logging.WARNING, error=repr(exc))
 
     def shutdown(self) -> None:
         """Idempotent, runs every step even if an earlier one fails, logs each failure."""

@@ -20,7 +20,7 @@ from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$")
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-_REASON_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_REASON = 200  # the updater's reason: a code, sometimes with detail ("agent_not_attached: eth1")
 SLOTS = ("a", "b")
 RESULTS = ("committed", "rolled_back", "refused", "failed")
 _MAX_AT = 32503680000.0  # year 3000: past it a timestamp is corruption, not a clock
@@ -66,8 +66,12 @@ def check(req: pb.HeartbeatRequest) -> None:
         o = req.last_update
         if o.result not in RESULTS:
             raise invalid("last_update.result", f"{o.result[:32]!r} is not one of {RESULTS}")
-        if o.reason and not _REASON_RE.match(o.reason):
-            raise invalid("last_update.reason", "must match [a-z][a-z0-9_]{0,63}")
+        if len(o.reason) > MAX_REASON:
+            raise invalid(
+                "last_update.reason", f"is {len(o.reason)} characters, at most {MAX_REASON}"
+            )
+        if any(ord(c) < 32 or ord(c) == 127 for c in o.reason):
+            raise invalid("last_update.reason", "contains control characters")
         _version(o.from_version, "last_update.from_version", False)
         _version(o.to_version, "last_update.to_version", False)
         if not math.isfinite(o.at_unix) or not 0 <= o.at_unix <= _MAX_AT:

@@ -127,7 +127,7 @@ def test_bad_image_and_outcome_fields_are_refused_naming_the_field(shared: Serve
         (
             with_image(
                 heartbeat_request(agent_id),
-                outcome=pb.UpdateOutcome(result="failed", reason="Bad Reason"),
+                outcome=pb.UpdateOutcome(result="failed", reason="bad\nreason"),
             ),
             "last_update.reason",
         ),

@@ -90,6 +90,7 @@ class SinkStats:
     control_plane: str  # the address in use
     failovers: int
     failbacks: int
+    last_ack_unix: float | None = None  # wall clock of the last acknowledged heartbeat
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class GrpcSink:
         self._inflight: set[int] = set()  # ids of queued events in the heartbeat being sent
         self._dropped = 0
         self._acked = 0
+        self._last_ack_unix: float | None = None
         self._failures = 0
         self._consecutive = 0
         self._last_error: str | None = None
@@ -227,6 +229,7 @@ class GrpcSink:
                 control_plane=self._rotation.current,
                 failovers=self._rotation.failovers,
                 failbacks=self._rotation.failbacks,
+                last_ack_unix=self._last_ack_unix,
             )
 
     # -- the sender thread ------------------------------------------------------------
@@ -258,6 +261,7 @@ class GrpcSink:
                         self._dropped += refused
                 if error is None:
                     self._acked += 1
+                    self._last_ack_unix = time.time()
                     self._consecutive = 0
                     self._last_error = None
                     self._pending = self._latest is not snap or bool(self._events)
