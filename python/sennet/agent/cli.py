@@ -1,4 +1,4 @@
-"""`sennet-agent`: run the agent, inspect its counters, check or reset its set-up."""
+"""`sennet-agent`: run the agent, inspect its counters, check or reset its set-up, doctor."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ examples:
   sennet-agent run --config /etc/sennet/agent.toml
   sennet-agent status --json
   sennet-agent check --config /etc/sennet/agent.toml
+  sennet-agent doctor --json
 """
 
 
@@ -57,6 +58,27 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     with_config("check", "validate the settings and load the programs without attaching")
     with_config("reset", "unpin the maps: counters start from zero at the next run")
+    dr = with_config(
+        "doctor",
+        "check what the agent needs (kernel BTF, bpffs, ring buffer, program load, clsact, "
+        "capabilities, clock, free space on state_dir): PASS/FAIL with a fix each; exit 1 if "
+        "any fails",
+    )
+    out = dr.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object")
+    out.add_argument(
+        "--metrics",
+        action="store_true",
+        help="Prometheus text: sennet_agent_doctor_check{check} 0|1",
+    )
+    dr.add_argument(
+        "--min-free-mib",
+        type=int,
+        default=16,
+        metavar="MIB",
+        help="free space wanted on state_dir's filesystem (default 16 MiB; fetching an "
+        "offered update needs the bundle's size there too: the updater takes it by rename)",
+    )
     cf = sub.add_parser(
         "config",
         help="show the settings table, or the merged settings with --config",
@@ -149,6 +171,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from sennet.agent import doctor
+
+    cfg = _load_config(args, require_interfaces=False)
+    results = doctor.run_checks(cfg.pin_dir, cfg.state_dir, args.min_free_mib << 20)
+    if args.json:
+        sys.stdout.write(doctor.as_json(results))
+    elif args.metrics:
+        sys.stdout.write(doctor.as_metrics(results))
+    else:
+        sys.stdout.write(doctor.as_text(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
 def _cmd_reset(args: argparse.Namespace) -> int:
     from sennet.agent.datapath.pins import remove_pins
 
@@ -172,6 +208,7 @@ COMMANDS = {
     "status": _cmd_status,
     "check": _cmd_check,
     "reset": _cmd_reset,
+    "doctor": _cmd_doctor,
     "config": _cmd_config,
 }
 

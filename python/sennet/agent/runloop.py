@@ -31,6 +31,7 @@ from sennet.agent.datapath.linkwatch import LinkWatch
 from sennet.agent.datapath.loader_types import DatapathOptions
 from sennet.agent.datapath.manager import Attached, DatapathManager, kernel_release
 from sennet.agent.events import RingBufferConsumer
+from sennet.agent.image_state import ImageStateReader
 from sennet.agent.sinks.log_sink import LogSink
 from sennet.agent.sinks.protocol import SnapshotSink
 from sennet.agent.snapshot import InterfaceCounters, Snapshot
@@ -60,7 +61,19 @@ def default_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
 
 def _control_plane_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
     from sennet.agent.sinks.controlplane_grpc import SinkOptions, make_sink
+    from sennet.agent.update_fetch import FetchOptions, UpdateFetcher
 
+    fetcher = UpdateFetcher(
+        cfg.state_dir / statedir.AGENT_DIR,
+        FetchOptions(
+            max_bytes=cfg.update_max_bytes,
+            base_url=cfg.control_plane_http,
+            tls_ca=cfg.tls_ca,
+            tls_cert=cfg.tls_cert,
+            tls_key=cfg.tls_key,
+            tls_server_name=cfg.tls_server_name,
+        ),
+    )
     return make_sink(
         control_plane=cfg.control_plane,
         bootstrap_token=cfg.bootstrap_token,
@@ -74,6 +87,7 @@ def _control_plane_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
             max_queued_event_bytes=cfg.max_queued_event_bytes,
             failback_s=cfg.control_plane_failback_s,
         ),
+        offers=fetcher.offered,  # offered bundles are fetched for the updater, never applied
     )
 
 
@@ -109,6 +123,7 @@ class Agent:
         self.reader: CounterReader | None = None
         self.consumer: RingBufferConsumer | None = None
         self.insights: Insights | None = None
+        self.image_state = ImageStateReader(cfg.image_env, cfg.update_status)
         self.sink: SnapshotSink | None = None
         self._threads: list[threading.Thread] = []
         self._http: Any = None
@@ -256,6 +271,29 @@ class Agent:
         self._beats += 1
         if self._beats == 2:  # idle by now, with the sink (gRPC: its stack) loaded
             event(log, "footprint", rss_kib=marks.rss_kib(), uptime=marks.uptime())
+        self._write_health()
+
+    def _write_health(self) -> None:
+        """health.json for the root updater (the agent's side of the update health check)."""
+        from sennet.agent import health_file
+
+        acks: list[float | None] = []
+        if self.cfg.control_plane:  # the gRPC stack is imported only where it is used
+            from sennet.agent.sinks.controlplane_grpc import GrpcSink
+            from sennet.agent.sinks.fanout import FanoutSink
+
+            sinks = self.sink.sinks if isinstance(self.sink, FanoutSink) else (self.sink,)
+            acks = [s.stats().last_ack_unix for s in sinks if isinstance(s, GrpcSink)]
+        try:
+            health_file.write(
+                self.cfg.state_dir / statedir.AGENT_DIR,
+                self.cfg.interfaces,
+                [a.ifname for a in self.attached],
+                acks[0] if acks else None,
+                bool(self.cfg.control_plane),
+            )
+        except OSError as exc:  # a full state partition must not stop the counting
+            event(log, "health_file_failed", logging.WARNING, error=repr(exc))
 
     def shutdown(self) -> None:
         """Idempotent, runs every step even if an earlier one fails, logs each failure."""
@@ -327,6 +365,7 @@ class Agent:
             microbursts=latest.microbursts if latest else (),
             dns=latest.dns if latest else None,
             tcp=latest.tcp if latest else None,
+            image_state=self.image_state.read(),
         )
 
     def snapshot_for_scrape(self) -> Snapshot:

@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from sennet.controlplane import fleet_insights
+from sennet.controlplane import fleet_insights, image_report
 from sennet.controlplane.fleet_insights import Telemetry
+from sennet.controlplane.image_report import ImageReport
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 INTERFACE_FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
@@ -120,6 +121,8 @@ class AgentView:
     series: Mapping[SeriesKey, Series] = field(default_factory=dict)
     # gauges of the latest heartbeat: flows, microbursts, top names (fleet_insights.py)
     telemetry: Telemetry | None = None
+    # the appliance image and last update outcome, as last reported (image_report.py)
+    image: ImageReport | None = None
 
     def raw_readings(self, req: pb.HeartbeatRequest) -> dict[SeriesKey, int]:
         """The raw cumulative values a heartbeat carries, by series key."""
@@ -179,6 +182,7 @@ class AgentView:
             resets=self.resets + resets,
             series=merged,
             telemetry=fleet_insights.telemetry_of(req),
+            image=image_report.of_request(req, self.image),
         )
         return view, changed
 

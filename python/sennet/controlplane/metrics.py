@@ -22,6 +22,7 @@ from sennet.controlplane import old_path
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.fleet_exposition import ExportCache, FastFleetRenderer, FleetCollector
 from sennet.controlplane.fleet_text import FleetText
+from sennet.controlplane.image_exposition import ImageCollector, ImageRenderer
 from sennet.controlplane.insight_exposition import InsightCollector
 from sennet.controlplane.insight_render import InsightRenderer
 from sennet.controlplane.refusals import RequestError
@@ -156,6 +157,8 @@ class Exposition:
         self._server = server
         self._fleet = fleet
         self._text: FleetText | None = None
+        self._images = ImageRenderer()
+        fleet.subscribe(self._images.warm)  # image and outcome lines laid out at commit
         if not old_path.selected():
             # each committed view's bytes are prepared as the fleet installs it
             self._text = FleetText(stale_after_s, histogram_step)
@@ -164,6 +167,7 @@ class Exposition:
             self._old_path(fleet, stale_after_s, histogram_step)
         self._plain = CollectorRegistry()
         self._plain.register(FleetCollector(fleet, stale_after_s))
+        self._plain.register(ImageCollector(fleet))
         self._plain.register(InsightCollector(fleet, histogram_step))
 
     def _old_path(self, fleet: Fleet, stale_after_s: float, histogram_step: int) -> None:
@@ -172,6 +176,8 @@ class Exposition:
         fleet.subscribe(exports.warm)  # newly committed views are prepared before a scrape
         self._fast = FastFleetRenderer(stale_after_s, exports)
         self._insights = InsightRenderer(histogram_step)
+        self._images = ImageRenderer()
+        fleet.subscribe(self._images.warm)  # image and outcome lines laid out at commit
         fleet.subscribe(self._insights.warm)  # flow, DNS and TCP text too
         # The agents loaded at start: prepared in the background, so the first scrape after a
         # restart does not lay out 10,000 agents itself (a scrape meanwhile renders the rest).
@@ -191,5 +197,6 @@ class Exposition:
             views = self._fleet.snapshot()
             fleet_text = self._fast.render(views, time.time()).encode()
             # one join: at 10,000 agents each extra concatenation copies tens of megabytes
-            return b"".join((head, fleet_text, self._insights.render(views).encode()))
+            image_text = self._images.render(views).encode()
+            return b"".join((head, fleet_text, image_text, self._insights.render(views).encode()))
         return head + generate_latest(self._plain)

@@ -24,7 +24,7 @@ import socket
 import uuid
 from collections.abc import Mapping
 
-from sennet.controlplane import fleet_insights, validate_insights
+from sennet.controlplane import fleet_insights, image_report, validate_insights
 from sennet.controlplane.fleet import (
     AGENT_DROPPED,
     EVENTS,
@@ -251,6 +251,7 @@ def heartbeat(req: pb.HeartbeatRequest, limits: Limits = DEFAULT_LIMITS) -> None
             last_seq = ev.seq
     _counter(req.events_dropped_by_agent, "events_dropped_by_agent")
     validate_insights.heartbeat_parts(req, limits)
+    image_report.check(req)
 
 
 def series_field(req: pb.HeartbeatRequest, key: SeriesKey) -> str:
