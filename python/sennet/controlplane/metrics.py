@@ -176,8 +176,6 @@ class Exposition:
         fleet.subscribe(exports.warm)  # newly committed views are prepared before a scrape
         self._fast = FastFleetRenderer(stale_after_s, exports)
         self._insights = InsightRenderer(histogram_step)
-        self._images = ImageRenderer()
-        fleet.subscribe(self._images.warm)  # image and outcome lines laid out at commit
         fleet.subscribe(self._insights.warm)  # flow, DNS and TCP text too
         # The agents loaded at start: prepared in the background, so the first scrape after a
         # restart does not lay out 10,000 agents itself (a scrape meanwhile renders the rest).
@@ -191,12 +189,15 @@ class Exposition:
     def render(self, *, fast: bool = True) -> bytes:
         head = generate_latest(self._server.registry)
         if fast and self._text is not None:
+            views = self._fleet.snapshot()
+            images = self._images.render(views).encode()
             # one copy of the body: the chunks are joined with the head once
-            return b"".join([head, *self._text.render(self._fleet.snapshot(), time.time())])
+            return b"".join([head, *self._text.render(views, time.time()), images])
         if fast:  # the old path
             views = self._fleet.snapshot()
             fleet_text = self._fast.render(views, time.time()).encode()
             # one join: at 10,000 agents each extra concatenation copies tens of megabytes
-            image_text = self._images.render(views).encode()
-            return b"".join((head, fleet_text, image_text, self._insights.render(views).encode()))
+            insights = self._insights.render(views).encode()
+            images = self._images.render(views).encode()
+            return b"".join((head, fleet_text, insights, images))
         return head + generate_latest(self._plain)
