@@ -40,7 +40,8 @@ ESP_MIB = 48
 ROOT_SLOT_MIB = 60
 AGENT_SLOT_MIB = 4
 TEST_MIB = 4
-STATE_MIB = 64
+# room for an offered bundle (its slot images: ~50 MiB today, up to ~90) beside the state
+STATE_MIB = 192
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"  # Linux root (x86-64)
 DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"  # Linux filesystem data
