@@ -27,6 +27,8 @@ BUILDROOT_DEBS = [
     "@tool_libattr1//file:libattr1_2.5.1-4_amd64.deb",
     "@tool_libbinutils//file:libbinutils_2.40-2_amd64.deb",
     "@tool_libblkid1//file:libblkid1_2.38.1-5+deb12u3_amd64.deb",
+    "@tool_libbpf_dev//file:libbpf-dev_1.1.2-0+deb12u1_amd64.deb",
+    "@tool_libbpf1//file:libbpf1_1.1.2-0+deb12u1_amd64.deb",
     "@tool_libbrotli1//file:libbrotli1_1.0.9-2+deb12u1_amd64.deb",
     "@tool_libbsd0//file:libbsd0_0.11.7-2_amd64.deb",
     "@tool_libbz2_1_0//file:libbz2-1.0_1.0.8-5+b1_amd64.deb",
@@ -46,6 +48,8 @@ BUILDROOT_DEBS = [
     "@tool_libdb5_3//file:libdb5.3_5.3.28+dfsg2-1_amd64.deb",
     "@tool_libdevmapper1_02_1//file:libdevmapper1.02.1_1.02.185-2_amd64.deb",
     "@tool_libedit2//file:libedit2_3.1-20221030-2_amd64.deb",
+    "@tool_libelf_dev//file:libelf-dev_0.188-2.1_amd64.deb",
+    "@tool_libelf1//file:libelf1_0.188-2.1_amd64.deb",
     "@tool_libexpat1//file:libexpat1_2.5.0-1+deb12u5_amd64.deb",
     "@tool_libfdisk1//file:libfdisk1_2.38.1-5+deb12u3_amd64.deb",
     "@tool_libffi8//file:libffi8_3.4.4-1_amd64.deb",
@@ -141,6 +145,7 @@ BUILDROOT_DEBS = [
     "@tool_tar//file:tar_1.34+dfsg-1.2+deb12u1_amd64.deb",
     "@tool_xz_utils//file:xz-utils_5.4.1-1+deb12u2_amd64.deb",
     "@tool_zlib1g//file:zlib1g_1.2.13.dfsg-1_amd64.deb",
+    "@tool_zlib1g_dev//file:zlib1g-dev_1.2.13.dfsg-1_amd64.deb",
 ]
 
 def sennet_buildroot_inputs():
@@ -168,6 +173,8 @@ def sennet_buildroot_inputs():
     sennet_input(name = "tool_libattr1", kind = "deb", archive = "debian", path = "pool/main/a/attr/libattr1_2.5.1-4_amd64.deb", filename = "libattr1_2.5.1-4_amd64.deb", sha256 = "c4945123d66d0503ba42e2fc0585abc76d0838978c6d277b9cc37a4da25d1a34")
     sennet_input(name = "tool_libbinutils", kind = "deb", archive = "debian", path = "pool/main/b/binutils/libbinutils_2.40-2_amd64.deb", filename = "libbinutils_2.40-2_amd64.deb", sha256 = "fcf55b99e5f8a78f3c8ce9b6957f1024f394cf20c196b100d308a57e43547710")
     sennet_input(name = "tool_libblkid1", kind = "deb", archive = "debian", path = "pool/main/u/util-linux/libblkid1_2.38.1-5+deb12u3_amd64.deb", filename = "libblkid1_2.38.1-5+deb12u3_amd64.deb", sha256 = "5a083377f29191cafcdf0f91ec124349b4a7895b531556633a136e43c6d53943")
+    sennet_input(name = "tool_libbpf_dev", kind = "deb", archive = "debian", path = "pool/main/libb/libbpf/libbpf-dev_1.1.2-0+deb12u1_amd64.deb", filename = "libbpf-dev_1.1.2-0+deb12u1_amd64.deb", sha256 = "0100eea9fdf5cc925b9073b47684bba85b531657610e634be8bf90264a32b552")
+    sennet_input(name = "tool_libbpf1", kind = "deb", archive = "debian", path = "pool/main/libb/libbpf/libbpf1_1.1.2-0+deb12u1_amd64.deb", filename = "libbpf1_1.1.2-0+deb12u1_amd64.deb", sha256 = "5e7505ef77ebc84ad0203411e4afdeb8a98f40fb7f78f013aa4dd8710e49f8ed")
     sennet_input(name = "tool_libbrotli1", kind = "deb", archive = "debian-security", path = "pool/updates/main/b/brotli/libbrotli1_1.0.9-2+deb12u1_amd64.deb", filename = "libbrotli1_1.0.9-2+deb12u1_amd64.deb", sha256 = "e27b3d655fa6fadd7a56f706687e94573c0af68b7d6df394a32a381a3a6c6d8b")
     sennet_input(name = "tool_libbsd0", kind = "deb", archive = "debian", path = "pool/main/libb/libbsd/libbsd0_0.11.7-2_amd64.deb", filename = "libbsd0_0.11.7-2_amd64.deb", sha256 = "bb31cc8b40f962a85b2cec970f7f79cc704a1ae4bad24257a822055404b2c60b")
     sennet_input(name = "tool_libbz2_1_0", kind = "deb", archive = "debian", path = "pool/main/b/bzip2/libbz2-1.0_1.0.8-5+b1_amd64.deb", filename = "libbz2-1.0_1.0.8-5+b1_amd64.deb", sha256 = "54149da3f44b22d523b26b692033b84503d822cc5122fed606ea69cc83ca5aeb")
@@ -187,6 +194,8 @@ def sennet_buildroot_inputs():
     sennet_input(name = "tool_libdb5_3", kind = "deb", archive = "debian", path = "pool/main/d/db5.3/libdb5.3_5.3.28+dfsg2-1_amd64.deb", filename = "libdb5.3_5.3.28+dfsg2-1_amd64.deb", sha256 = "7dc5127b8dd0da80e992ba594954c005ae4359d839a24eb65d0d8129b5235c84")
     sennet_input(name = "tool_libdevmapper1_02_1", kind = "deb", archive = "debian", path = "pool/main/l/lvm2/libdevmapper1.02.1_1.02.185-2_amd64.deb", filename = "libdevmapper1.02.1_1.02.185-2_amd64.deb", sha256 = "aaa78ca236055fedccf637eacf7bda02bf1980b2db668dccd202b04d0d2cfe04")
     sennet_input(name = "tool_libedit2", kind = "deb", archive = "debian", path = "pool/main/libe/libedit/libedit2_3.1-20221030-2_amd64.deb", filename = "libedit2_3.1-20221030-2_amd64.deb", sha256 = "1cf14abf2716d3279db12d0657a5737cf70074a1e71d3bdf73206625e3c89ce6")
+    sennet_input(name = "tool_libelf_dev", kind = "deb", archive = "debian", path = "pool/main/e/elfutils/libelf-dev_0.188-2.1_amd64.deb", filename = "libelf-dev_0.188-2.1_amd64.deb", sha256 = "79cb66b55021bd0130308369524bac5240d0b5463cb252cd44be6a1500fdebec")
+    sennet_input(name = "tool_libelf1", kind = "deb", archive = "debian", path = "pool/main/e/elfutils/libelf1_0.188-2.1_amd64.deb", filename = "libelf1_0.188-2.1_amd64.deb", sha256 = "619add379c606b3ac6c1a175853b918e6939598a83d8ebadf3bdfd50d10b3c8c")
     sennet_input(name = "tool_libexpat1", kind = "deb", archive = "debian-security", path = "pool/updates/main/e/expat/libexpat1_2.5.0-1+deb12u5_amd64.deb", filename = "libexpat1_2.5.0-1+deb12u5_amd64.deb", sha256 = "cae5ded666d8573dd33060bc66fbac21eea8b101a6b56e2af8bd590fcfa65d79")
     sennet_input(name = "tool_libfdisk1", kind = "deb", archive = "debian", path = "pool/main/u/util-linux/libfdisk1_2.38.1-5+deb12u3_amd64.deb", filename = "libfdisk1_2.38.1-5+deb12u3_amd64.deb", sha256 = "8af145cff6ca72529f63e0bf6d9c68c8512387e67f64e66d00e36f72bed99160")
     sennet_input(name = "tool_libffi8", kind = "deb", archive = "debian", path = "pool/main/libf/libffi/libffi8_3.4.4-1_amd64.deb", filename = "libffi8_3.4.4-1_amd64.deb", sha256 = "6d9f6c25c30efccce6d4bceaa48ea86c329a3432abb360a141f76ac223a4c34a")
@@ -282,4 +291,5 @@ def sennet_buildroot_inputs():
     sennet_input(name = "tool_tar", kind = "deb", archive = "debian", path = "pool/main/t/tar/tar_1.34+dfsg-1.2+deb12u1_amd64.deb", filename = "tar_1.34+dfsg-1.2+deb12u1_amd64.deb", sha256 = "24fb92e98c2969171f81a8b589263d705f6b1670f95d121cd74c810d4605acc3")
     sennet_input(name = "tool_xz_utils", kind = "deb", archive = "debian-security", path = "pool/updates/main/x/xz-utils/xz-utils_5.4.1-1+deb12u2_amd64.deb", filename = "xz-utils_5.4.1-1+deb12u2_amd64.deb", sha256 = "f99fc3fe4b4e5baecf5fd8b53853a82e1e71cb5ec187b36b0ddcf227a8961c8f")
     sennet_input(name = "tool_zlib1g", kind = "deb", archive = "debian", path = "pool/main/z/zlib/zlib1g_1.2.13.dfsg-1_amd64.deb", filename = "zlib1g_1.2.13.dfsg-1_amd64.deb", sha256 = "d7dd1d1411fedf27f5e27650a6eff20ef294077b568f4c8c5e51466dc7c08ce4")
+    sennet_input(name = "tool_zlib1g_dev", kind = "deb", archive = "debian", path = "pool/main/z/zlib/zlib1g-dev_1.2.13.dfsg-1_amd64.deb", filename = "zlib1g-dev_1.2.13.dfsg-1_amd64.deb", sha256 = "f9ce531f60cbd5df37996af9370e0171be96902a17ec2bdbd8d62038c354094f")
     sennet_buildroot(name = "sennet_buildroot", debs = BUILDROOT_DEBS)
