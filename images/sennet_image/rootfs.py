@@ -269,7 +269,14 @@ def build_agent(tree: Path, python_src: Path, bpf_objects: list[Path]) -> list[s
         src,
         lib / "sennet",
         ignore=shutil.ignore_patterns(
-            "__pycache__", "*.pyc", "controlplane", "testing", "assets", "*.bpf.o"
+            # only what //python:agent_sources globs (sennet/**/*.py): no .pyi stubs
+            "__pycache__",
+            "*.pyc",
+            "*.pyi",
+            "controlplane",
+            "testing",
+            "assets",
+            "*.bpf.o",
         ),
     )
     (tree / "bpf").mkdir()
