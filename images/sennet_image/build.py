@@ -190,9 +190,30 @@ def disks(
         disk.to_qcow2(raw, qcow2)
 
 
+BPF_PROGRAMS = ("sennet_tc", "bench_empty")
+
+
 def bpf_objects(outdir: Path) -> list[Path]:
-    """Compile the BPF programs exactly as bpf/build.sh does (the plain build's path)."""
-    run([REPO / "bpf" / "build.sh", outdir])
+    """Compile the BPF programs exactly as //bpf:objects does (flags from bpf/cflags, from
+    the repository root, its path mapped to `.`), so both builds make the same objects."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    lines = (REPO / "bpf" / "cflags").read_text().splitlines()
+    flags = " ".join(line for line in lines if not line.startswith("#")).split()
+    for name in BPF_PROGRAMS:
+        run(
+            [
+                "clang",
+                *flags,
+                "-I/usr/include/x86_64-linux-gnu",
+                "-Ibpf",
+                f"-fdebug-prefix-map={REPO}=.",
+                "-c",
+                f"bpf/{name}.bpf.c",
+                "-o",
+                outdir / f"{name}.bpf.o",
+            ],
+            cwd=REPO,
+        )
     return sorted(outdir.glob("*.bpf.o"))
 
 

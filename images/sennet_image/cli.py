@@ -6,6 +6,8 @@ repro        two clean builds compared byte for byte (images/check-reproducible)
 lock-update  re-pin the image's inputs (images/lock-update)
 bundle       a build's slot images as a signed update bundle (images/make-bundle)
 flash        write an image to a disk or file and verify it (images/flash)
+kit          the air-gap kit: images, wheels, inputs, source, signed sums (images/airgap-kit)
+run          one command inside the pinned build root (what each step's tools run in)
 step         one build step, as Bazel's genrules run them one by one
 
 Operator errors print one `sennet_image: error: ...` line and exit 2 (Sennet's
@@ -29,7 +31,7 @@ PROG = "sennet_image"
 
 def parser() -> argparse.ArgumentParser:
     """Every subcommand's flags; `--help` on each explains it."""
-    from sennet_image import boot, bundle, flash, repro
+    from sennet_image import boot, bundle, flash, kit, repro
 
     p = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -135,6 +137,20 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("--out", type=Path, default=REPO / "build" / "image")
+    ki = sub.add_parser(
+        "kit",
+        help="the air-gap kit (images, wheels, pinned inputs, source, signed SHA256SUMS)",
+        description=kit.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kit.add_arguments(ki)
+    ru = sub.add_parser(
+        "run",
+        help="run one command inside the pinned build root",
+        description=_doc("buildroot"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ru.add_argument("argv", nargs="+", metavar="COMMAND", help="the command and its arguments")
     return p
 
 
@@ -246,12 +262,37 @@ def _run(args: argparse.Namespace) -> int:
         from sennet_image import flash
 
         return flash.main(args)
+    if args.command == "kit":
+        from sennet_image import kit
+
+        return kit.main(args)
     if args.command == "step":
+        from sennet_image import buildroot
+        from sennet_image.proc import build_root
+
+        root = build_root()
+        if root is not None:  # Bazel's steps (a step run by hand uses the host's tools)
+            buildroot.activate(root)
         return _quiet_step(args)
+    _use_build_root()
+    if args.command == "run":
+        from sennet_image.proc import run
+
+        return run(args.argv, capture=False, check=False).returncode
     from sennet_image import build
 
     build.build_all(args.out.resolve())
     return 0
+
+
+def _use_build_root() -> None:
+    """The build root Bazel names (@sennet_buildroot's stamp in SENNET_BUILD_ROOT), else the
+    one for the current lock, unpacked once under build/buildroot/; every tool the build
+    runs then runs inside it."""
+    from sennet_image import buildroot
+    from sennet_image.proc import build_root
+
+    buildroot.activate(build_root() or buildroot.ensure())
 
 
 def main(argv: list[str]) -> int:

@@ -28,10 +28,24 @@ from pathlib import Path
 from sennet_image.fsutil import sha256_file
 from sennet_image.proc import die, run, source_date_epoch, step
 
-EFI_STUB = Path(os.environ.get("SENNET_EFI_STUB", "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"))
-SYSTEMD_BOOT = Path(
-    os.environ.get("SENNET_SYSTEMD_BOOT", "/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
-)
+EFI_DIR = "usr/lib/systemd/boot/efi"
+
+
+def efi_binary(name: str) -> Path:
+    """systemd-boot-efi's `name` (the UKI stub, systemd-boot): from the build root when the
+    build runs in one (read when used, so it does not matter when this module was imported),
+    else the host's; SENNET_EFI_STUB / SENNET_SYSTEMD_BOOT name another file."""
+    override = {
+        "linuxx64.efi.stub": "SENNET_EFI_STUB",
+        "systemd-bootx64.efi": "SENNET_SYSTEMD_BOOT",
+    }
+    explicit = os.environ.get(override[name], "")
+    if explicit:
+        return Path(explicit)
+    root = os.environ.get("SENNET_BUILD_ROOT", "")
+    return Path(root or "/") / EFI_DIR / name
+
+
 MIB = 1 << 20
 # Fixed sizes, so every version's layers land at the same offsets. Measured (0.1.0): UKI
 # 9.8 MiB, root layer 38.1 MiB, agent layer 0.33 MiB, test layer 2.2 MiB. The ESP holds
@@ -102,8 +116,9 @@ def build_uki(vmlinuz: Path, initrd: Path, cmdline: str, osrel: str, out: Path) 
     """A PE image the firmware runs directly: stub + .osrel, .cmdline, .linux, .initrd."""
     if vmlinuz.stat().st_size >= 16 * MIB:
         die(f"{vmlinuz.name} is {vmlinuz.stat().st_size} bytes; the .linux section holds < 16 MiB")
-    if not EFI_STUB.is_file():
-        die(f"EFI stub missing: {EFI_STUB}", hint="apt-get install systemd-boot-efi")
+    stub = efi_binary("linuxx64.efi.stub")
+    if not stub.is_file():
+        die(f"EFI stub missing: {stub}", hint="apt-get install systemd-boot-efi")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "cmdline").write_text(cmdline + "\0")
         (Path(tmp) / "osrel").write_text(osrel)
@@ -126,7 +141,7 @@ def build_uki(vmlinuz: Path, initrd: Path, cmdline: str, osrel: str, out: Path) 
                 f".initrd={initrd}",
                 "--change-section-vma",
                 ".initrd=0x3000000",
-                EFI_STUB,
+                stub,
                 out,
             ]
         )
@@ -162,8 +177,9 @@ def build_esp(ukis: dict[str, Path], out: Path, extra: dict[str, bytes] | None =
     """FAT16 ESP: systemd-boot as \\EFI\\BOOT\\BOOTX64.EFI, \\loader\\loader.conf, each UKI
     in `ukis` (entry file name -> file) under \\EFI\\Linux, an empty \\sennet for
     provisioning (plus `extra` files there)."""
-    if not SYSTEMD_BOOT.is_file():
-        die(f"systemd-boot missing: {SYSTEMD_BOOT}", hint="apt-get install systemd-boot-efi")
+    systemd_boot = efi_binary("systemd-bootx64.efi")
+    if not systemd_boot.is_file():
+        die(f"systemd-boot missing: {systemd_boot}", hint="apt-get install systemd-boot-efi")
     out.unlink(missing_ok=True)
     vol_id = derived_uuid("esp", *(f"{n} {sha256_file(u)}" for n, u in sorted(ukis.items())))[:8]
     run(
@@ -186,7 +202,7 @@ def build_esp(ukis: dict[str, Path], out: Path, extra: dict[str, bytes] | None =
     run(["mmd", "-i", out, *dirs], env=env)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "BOOTX64.EFI"
-        shutil.copyfile(SYSTEMD_BOOT, staged)
+        shutil.copyfile(systemd_boot, staged)
         (Path(tmp) / "loader.conf").write_text(LOADER_CONF)
         files = [
             (staged, "::/EFI/BOOT/BOOTX64.EFI"),

@@ -289,12 +289,21 @@ def build_agent(tree: Path, python_src: Path, bpf_objects: list[Path]) -> list[s
         src,
         lib / "sennet",
         ignore=shutil.ignore_patterns(
-            "__pycache__", "*.pyc", "controlplane", "testing", "assets", "*.bpf.o"
+            # only what //python:agent_sources globs (sennet/**/*.py): no .pyi stubs
+            "__pycache__",
+            "*.pyc",
+            "*.pyi",
+            "controlplane",
+            "testing",
+            "assets",
+            "*.bpf.o",
         ),
     )
     (tree / "bpf").mkdir()
     for obj in bpf_objects:
-        shutil.copy(obj, tree / "bpf" / obj.name)
+        # data, 0644, whatever mode the builder left (Bazel's outputs are 0555)
+        shutil.copyfile(obj, tree / "bpf" / obj.name)
+        (tree / "bpf" / obj.name).chmod(0o644)
     compile_pyc(tree, ["lib"], "/opt/sennet")
     return file_list(tree)
 
