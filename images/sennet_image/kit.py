@@ -4,7 +4,7 @@
 
 Layout of DIR:
     image/         the built artefacts, manifest.json (and sbom.spdx.json if the build made one)
-    update/        the signed update bundle, when one is given (--bundle, made by make-bundle)
+    update/        the build's signed update bundle (make-bundle's; --bundle carries another)
     wheels/        the control plane (sennet) and every dependency at the pinned constraints
     deploy/        the Prometheus and Grafana files
     distdir/       the build's repository cache, flat by file name: every pinned deb and
@@ -125,11 +125,18 @@ def make(out: Path, image_dir: Path | None, key: Path, python: str, bundle: Path
     if out.exists() and any(out.iterdir()):
         die(f"{out} is not empty", hint="give a new directory to --out")
     out.mkdir(parents=True, exist_ok=True)
+    images = _image_dir(image_dir)
     with step("kit_image"):
-        copy_image(_image_dir(image_dir), out / "image")
+        copy_image(images, out / "image")
+    (out / "update").mkdir()
     if bundle is not None:
-        (out / "update").mkdir()
         shutil.copyfile(bundle, out / "update" / bundle.name)
+    else:  # the build's own: what a site flashes, it can also update to
+        from sennet_image import bundle as bundles
+
+        with step("kit_bundle"):
+            made = out / "update" / "sennet-production.bundle"
+            bundles.make(images, made, key=key)
     with step("kit_inputs"):
         count = copy_inputs(out / "distdir")
     with step("kit_wheels"):

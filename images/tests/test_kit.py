@@ -11,9 +11,11 @@ with nothing but `lo`; every artefact must be byte-identical to the original.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
+import tarfile
 import time
 import urllib.request
 from pathlib import Path
@@ -40,9 +42,17 @@ def kit_dir(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_kit_is_complete_and_its_sums_verify_under_the_signature(kit_dir: Path) -> None:
-    for path in ("image/appliance.raw", "image/manifest.json", "source.tar", "README.md",
+    for path in ("image/appliance.raw", "image/manifest.json", "image/sbom.spdx.json",
+                 "update/sennet-production.bundle", "source.tar", "README.md",
                  "deploy/README.md", "SHA256SUMS", "SHA256SUMS.sig"):  # fmt: skip
         assert (kit_dir / path).is_file(), path
+    # the bundle is the build's: its manifest names the image digest the build recorded
+    with tarfile.open(kit_dir / "update/sennet-production.bundle") as bundle:
+        member = bundle.extractfile("manifest.json")
+        assert member is not None
+        manifest = json.load(member)
+    built = json.loads((kit_dir / "image/image.json").read_text())
+    assert manifest["image_digest"] == built["image_digest"]
     assert len((kit_dir / "SHA256SUMS.sig").read_bytes()) == 64  # raw Ed25519
     assert list((kit_dir / "wheels").glob("sennet-*.whl"))
     assert list((kit_dir / "wheels").glob("grpcio-*.whl"))
