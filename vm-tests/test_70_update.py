@@ -29,7 +29,9 @@ from pathlib import Path
 
 import pytest
 from sennet.testing.controlplane import ControlPlane
+from sennet.testing.scrape import matching
 from sennet.testing.vm.appliance import Appliance, image_dir
+from sennet.testing.vm.guest import agent_id
 from sennet.testing.vm.machine import Machine
 from sennet.testing.vm.uefi import uefi_booted
 
@@ -289,7 +291,9 @@ def test_update_a_to_b_is_committed_and_stays(uvm: Appliance, bundles: Bundles) 
     )
 
 
-def test_an_agent_that_cannot_attach_rolls_back_by_itself(uvm: Appliance, bundles: Bundles) -> None:
+def test_an_agent_that_cannot_attach_rolls_back_by_itself(
+    uvm: Appliance, bundles: Bundles, control_plane: ControlPlane
+) -> None:
     m = uvm.machine
     m.copy_to(bundles.broken, "/tmp/broken.bundle")
     out = m.succeed(f"{UPDATE} install /tmp/broken.bundle", timeout=600)
@@ -309,3 +313,19 @@ def test_an_agent_that_cannot_attach_rolls_back_by_itself(uvm: Appliance, bundle
         "0.3.0",
     )
     assert outcome["reason"] == "no_health_report"
+    # ... and the agent on the good slot tells the control plane, which shows it in /metrics
+    agent = agent_id(m)
+
+    def reported() -> bool:
+        found = matching(control_plane.samples(), "sennet_agent_update_last_outcome", agent=agent)
+        return any(dict(k)["result"] == "rolled_back" for k in found)
+
+    control_plane.wait_until("rolled_back in /metrics", reported, timeout=120)
+    (labels,) = matching(control_plane.samples(), "sennet_agent_update_last_outcome", agent=agent)
+    assert dict(labels) == {
+        "agent": agent,
+        "result": "rolled_back",
+        "reason": "no_health_report",
+        "from_version": "0.2.0",
+        "to_version": "0.3.0",
+    }
