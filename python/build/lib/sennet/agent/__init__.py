@@ -1,1 +1,0 @@
-"""The Sennet agent: drives the eBPF data plane and reports what it sees."""

@@ -1,1 +1,0 @@
-"""Where snapshots go: one `SnapshotSink` protocol, one module per destination."""

@@ -1,1 +1,0 @@
-"""Small utilities shared by the agent and the control plane (never each other's code)."""

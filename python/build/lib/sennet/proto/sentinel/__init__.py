@@ -1,1 +1,0 @@
-"""Generated protobuf bindings (see sennet/proto/generate.py)."""
