@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sennet_image import disk, initramfs, lock, rootfs
+from sennet_image import disk, initramfs, lock, rootfs, signing, verity
 from sennet_image.fetch import fetch
 from sennet_image.manifest import bpf_sources
 from sennet_image.manifest import write as write_manifest
@@ -33,7 +33,9 @@ ARTEFACTS = (
     "BOOTX64.EFI",
     "BOOTX64-test.EFI",
     "root.squashfs",
+    "root.roothash",
     "agent.squashfs",
+    "agent.roothash",
     "test.squashfs",
     "root.files",
 )
@@ -47,21 +49,30 @@ class Disks:
     qcow2: Path
 
 
-def base_layer(debs: list[Path], wheels: list[Path], out: Path, files_out: Path) -> None:
-    """Root debs + wheels + overlay -> root.squashfs and its file list."""
+def verity_layer(tree: Path, out: Path, roothash_out: Path) -> None:
+    """squashfs of `tree` with its dm-verity hash tree appended; the root hash beside it."""
+    rootfs.mksquashfs(tree, out)
+    with step("verity", out=out.name):
+        roothash_out.write_text(verity.format_layer(out) + "\n")
+
+
+def base_layer(
+    debs: list[Path], wheels: list[Path], out: Path, files_out: Path, roothash_out: Path
+) -> None:
+    """Root debs + wheels + overlay -> root.squashfs (+ verity tree), its root hash, file list."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tree = Path(tmp) / "root"
         files = rootfs.build_base(tree, sorted(debs, key=lambda p: p.name), sorted(wheels))
-        rootfs.mksquashfs(tree, out)
+        verity_layer(tree, out, roothash_out)
     files_out.write_text("\n".join(files) + "\n")
 
 
-def agent_layer(python_src: Path, bpf_objects: list[Path], out: Path) -> None:
-    """python/sennet + BPF objects -> agent.squashfs (mounted at /opt/sennet)."""
+def agent_layer(python_src: Path, bpf_objects: list[Path], out: Path, roothash_out: Path) -> None:
+    """python/sennet + BPF objects -> agent.squashfs (+ verity tree; mounted at /opt/sennet)."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tree = Path(tmp) / "agent"
         rootfs.build_agent(tree, python_src, sorted(bpf_objects))
-        rootfs.mksquashfs(tree, out)
+        verity_layer(tree, out, roothash_out)
 
 
 def test_layer(debs: list[Path], out: Path) -> None:
@@ -82,13 +93,19 @@ BOOT_NAMES = {
 def boot_files(
     kernel_deb: Path,
     busybox_deb: Path,
+    lib_debs: list[Path],
     outdir: Path,
     cmdline: str,
     layers: tuple[Path, Path, Path],
+    root_hashes: tuple[Path, Path],
 ) -> None:
-    """Kernel, command line, and per variant an initramfs and the UKI (BOOTX64*.EFI) from
-    them; `layers` (root, agent, test squashfs) fix the partition GUIDs each one mounts."""
+    """Kernel, command line, and per variant an initramfs and the signed UKI (BOOTX64*.EFI)
+    from them; `layers` (root, agent, test squashfs) fix the partition GUIDs each one mounts,
+    `root_hashes` (root, agent) go on the command line; `lib_debs` hold dmsetup and its
+    libraries for the initramfs."""
     root, agent, test = layers
+    hashes = dict(zip(verity.ROLES, map(verity.read_root_hash, root_hashes), strict=True))
+    cmdline = f"{cmdline} {verity.cmdline_args(hashes)}"
     tables = {
         outdir / BOOT_NAMES[v][0]: disk.partition_table(
             disk.layout(v, root, agent, test if v == "test" else None)
@@ -96,7 +113,7 @@ def boot_files(
         for v in disk.VARIANTS
     }
     with step("initramfs"):
-        release = initramfs.build(kernel_deb, busybox_deb, tables, outdir / "vmlinuz")
+        release = initramfs.build(kernel_deb, busybox_deb, lib_debs, tables, outdir / "vmlinuz")
     (outdir / "cmdline").write_text(cmdline + "\n")
     (outdir / "kernel-release").write_text(release + "\n")
     with step("uki"):
@@ -104,6 +121,9 @@ def boot_files(
             disk.build_uki(
                 outdir / "vmlinuz", outdir / initrd, cmdline, rootfs.os_release(), outdir / uki
             )
+    with step("sign", key=signing.signing_key().source):
+        for _initrd, uki in BOOT_NAMES.values():
+            signing.sign(outdir / uki)
 
 
 def disks(uki: Path, root: Path, agent: Path, test: Path | None, raw: Path, qcow2: Path) -> None:
@@ -148,6 +168,7 @@ def build_all(out: Path) -> dict[str, Path]:
         paths = {p.name: fetch(p) for p in debs}
         wheel_paths = [fetch(w) for w in wheels]
     root_debs = [paths[d.name] for d in debs if d.set == "root"]
+    lib_debs = [paths[d.name] for d in debs if d.set in ("root", "test", "initramfs")]
     test_debs = [paths[d.name] for d in debs if d.set == "test"]
     kernel = paths[lock.kernel_pin(debs).name]
     busybox = paths[lock.busybox_pin(debs).name]
@@ -155,14 +176,16 @@ def build_all(out: Path) -> dict[str, Path]:
         with step("bpf"):
             objs = bpf_objects(Path(tmp) / "bpf")
         with step("base_layer"):
-            base_layer(root_debs, wheel_paths, out / "root.squashfs", out / "root.files")
+            layer, files = out / "root.squashfs", out / "root.files"
+            base_layer(root_debs, wheel_paths, layer, files, out / "root.roothash")
         with step("agent_layer"):
-            agent_layer(REPO / "python", objs, out / "agent.squashfs")
+            agent_layer(REPO / "python", objs, out / "agent.squashfs", out / "agent.roothash")
         bpf_record = bpf_sources(objs)
     with step("test_layer"):
         test_layer(test_debs, out / "test.squashfs")
     layers = (out / "root.squashfs", out / "agent.squashfs", out / "test.squashfs")
-    boot_files(kernel, busybox, out, disk.DEFAULT_CMDLINE, layers)
+    hashes = (out / "root.roothash", out / "agent.roothash")
+    boot_files(kernel, busybox, lib_debs, out, disk.DEFAULT_CMDLINE, layers, hashes)
     with step("disks"):
         disks(
             out / "BOOTX64.EFI",

@@ -20,7 +20,7 @@ DEBIAN_LOCK = IMAGES_DIR / "debian.lock.json"
 WHEELS_LOCK = IMAGES_DIR / "wheels.lock.json"
 DEPS_BZL = IMAGES_DIR / "deps.bzl"
 
-SETS = ("root", "kernel", "test")
+SETS = ("root", "kernel", "test", "initramfs")
 BUSYBOX_PREFIX = "busybox"  # busybox-static: the initramfs's shell and tools
 
 

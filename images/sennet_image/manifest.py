@@ -13,6 +13,7 @@ from pathlib import Path
 from sennet_image.fsutil import sha256_file
 from sennet_image.lock import DebPin, WheelPin
 from sennet_image.proc import run, source_date_epoch
+from sennet_image.signing import signer
 
 # Host tools that still run in the build (Bazel's sandbox gives them only declared inputs).
 HOST_TOOLS = {
@@ -25,6 +26,9 @@ HOST_TOOLS = {
     "mtools": ["mtools", "--version"],
     "sfdisk": ["sfdisk", "--version"],
     "qemu-img": ["qemu-img", "--version"],
+    "veritysetup": ["veritysetup", "--version"],
+    "sbsign": ["sbsign", "--version"],
+    "faketime": ["dpkg-query", "-W", "-f", "${Version}", "faketime"],
 }
 EFI_STUB_PACKAGE = "systemd-boot-efi"
 # Debian packages on the host whose files actions read (the BPF build's UAPI headers).
@@ -84,6 +88,10 @@ def write(
         "artefacts": {
             name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for name, p in sorted(artefacts.items())
+        },
+        # Who signed each EFI binary, read back from its signature (sbverify --list).
+        "secure_boot_signers": {
+            name: signer(p) for name, p in sorted(artefacts.items()) if name.endswith(".EFI")
         },
         **extra,
     }

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sennet_image import build, disk, initramfs, rootfs
+from sennet_image import build, disk, initramfs, rootfs, verity
 from sennet_image.fsutil import prune_empty_dirs
 
 
@@ -68,8 +68,11 @@ def image(
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         tree = Path(tmp) / "root"
         root_tree(tree, store_paths, python_env, busybox, libbpf)
-        rootfs.mksquashfs(tree, out / "root.squashfs")
-    build.agent_layer(python_src, bpf_objects, out / "agent.squashfs")
+        build.verity_layer(tree, out / "root.squashfs", out / "root.roothash")
+    build.agent_layer(python_src, bpf_objects, out / "agent.squashfs", out / "agent.roothash")
+    hashes = {r: verity.read_root_hash(out / f"{r}.roothash") for r in verity.ROLES}
+    # dmsetup is not yet taken from nixpkgs (lvm2) for this initramfs: never built here.
+    cmdline = f"{disk.DEFAULT_CMDLINE} {verity.cmdline_args(hashes)}"
     modules = next((kernel / "lib/modules").iterdir())
     ids = disk.layout("production", out / "root.squashfs", out / "agent.squashfs", None)
     initramfs.build_from_tree(
@@ -79,11 +82,11 @@ def image(
         {out / "initrd.img": disk.partition_table(ids)},
         out / "vmlinuz",
     )
-    (out / "cmdline").write_text(disk.DEFAULT_CMDLINE + "\n")
+    (out / "cmdline").write_text(cmdline + "\n")
     disk.build_uki(
         out / "vmlinuz",
         out / "initrd.img",
-        disk.DEFAULT_CMDLINE,
+        cmdline,
         rootfs.os_release(),
         out / "BOOTX64.EFI",
     )
