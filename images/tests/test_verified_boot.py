@@ -103,7 +103,7 @@ def _secure(work: Path) -> qemu.UefiBoot:
 def test_secure_boot_runs_the_signed_uki_and_the_verified_layers(image_dir: Path) -> None:
     args = cli.parser().parse_args(
         ["boot", "--image", str(image_dir), "--mode", "uefi", "--secure-boot",
-         "--until-ready", "--timeout", "300", "--quiet"]
+         "--until-ready", "--timeout", "480", "--quiet"]
     )  # fmt: skip
     result = boot.boot(args)
     assert result.ready_s is not None, result.console[-3000:]
