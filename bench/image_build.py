@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
             "appliance.qcow2",
             "root.squashfs",
             "agent.squashfs",
-            "BOOTX64.EFI",
+            "uki-a.efi",
         ):
             figures.append(
                 Figure(f"size_{name}", round((bin_dir / name).stat().st_size / 2**20, 1), "MiB")

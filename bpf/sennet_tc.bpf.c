@@ -10,8 +10,10 @@
  * same hook still runs); the XDP program always returns XDP_PASS. Headers are read in place from the packet's linear
  * part when they are there (the common case, no helper call); otherwise they
  * are copied with bpf_skb_load_bytes, which works on non-linear skbs without
- * pulling them (pulling would change the skb's layout). Either way "too short"
- * is one check per header.
+ * pulling them (pulling would change the skb's layout): an IPv4 header and the
+ * TCP/UDP header after it in one call (a frame sent through a PACKET_MMAP ring
+ * arrives with only its Ethernet header linear). Either way "too short" is one
+ * check per header.
  *
  * Counts are what crossed the wire, the same as the interface's own counters
  * on a NIC: an outer VLAN tag the stack keeps in skb metadata (moved there at
@@ -27,6 +29,13 @@
 /* large_packet fires for frames strictly longer than this (bytes on the wire;
  * for an aggregate, its largest segment). */
 SENNET_TUNABLE(__u32, cfg_large_packet_bytes, 1514);
+/* Which features run (sennet_tc.h: SENNET_FEAT_*); the rest cost nothing. */
+SENNET_TUNABLE(__u32, cfg_features, SENNET_FEAT_ALL);
+
+static __always_inline int feature_on(__u32 feature)
+{
+	return (cfg_features & feature) != 0;
+}
 
 SENNET_PERCPU_ARRAY(COUNTERS, __u32, struct sennet_counter, SENNET_COUNTER_SLOTS);
 /* ifindex -> slot (0 = not registered). An array, not a hash: the lookup is
@@ -89,17 +98,32 @@ static __always_inline void hist_observe(__u32 hist, __u64 ns)
 		*slot += ns;
 }
 
+/* The L4 header from `pre` (bytes at `off` already copied by the IPv4 parser,
+ * `pre_len` of them) when it holds `len` bytes, else from the packet. Either
+ * way bounded by the IP packet's end. */
+static __always_inline const __u8 *l4_header(void *ctx, const int hook, __u32 off, __u32 len,
+					     __u32 limit, const __u8 *pre, __u32 pre_len, __u8 *buf)
+{
+	if (pre && len <= pre_len) {
+		if (off + len > limit)
+			return 0;
+		return pre;
+	}
+	return inner(ctx, hook, off, len, limit, buf);
+}
+
 /* Parse the L4 header at `off` of an IP packet ending at `limit`. Sets
  * l4->hdr_end to the end of the TCP/UDP header: the headers every segment of an
- * aggregate repeats (and where a DNS message starts). */
+ * aggregate repeats (and where a DNS message starts). `pre`: see l4_header(). */
 static __always_inline __u32 parse_l4(void *ctx, const int hook, __u32 off, __u32 limit, __u8 proto,
-				      struct sennet_event *ev, struct sennet_l4 *l4)
+				      struct sennet_event *ev, struct sennet_l4 *l4,
+				      const __u8 *pre, __u32 pre_len)
 {
 	__u8 buf[20];
 	const __u8 *h;
 
 	if (proto == PROTO_TCP) {
-		h = inner(ctx, hook, off, 20, limit, buf);
+		h = l4_header(ctx, hook, off, 20, limit, pre, pre_len, buf);
 		if (!h)
 			return KIND(SENNET_EV_TRUNCATED_L4);
 		l4->l4_off = off;
@@ -125,7 +149,7 @@ static __always_inline __u32 parse_l4(void *ctx, const int hook, __u32 off, __u3
 		return kinds;
 	}
 	if (proto == PROTO_UDP) {
-		h = inner(ctx, hook, off, 8, limit, buf);
+		h = l4_header(ctx, hook, off, 8, limit, pre, pre_len, buf);
 		if (!h)
 			return KIND(SENNET_EV_TRUNCATED_L4);
 		l4->l4_off = off;
@@ -137,18 +161,36 @@ static __always_inline __u32 parse_l4(void *ctx, const int hook, __u32 off, __u3
 	}
 	if (proto == PROTO_ICMP || proto == PROTO_ICMPV6) {
 		/* type, code, checksum: the part every ICMP message has */
-		if (!inner(ctx, hook, off, 4, limit, buf))
+		if (!l4_header(ctx, hook, off, 4, limit, pre, pre_len, buf))
 			return KIND(SENNET_EV_TRUNCATED_L4);
 	}
 	return 0;
 }
 
+/* Bytes the IPv4 parser copies in one helper call when the IP header is not in
+ * the skb's linear part: an option-less IPv4 header and a TCP header without
+ * options. A frame written through a PACKET_MMAP ring (and any skb whose head
+ * holds only the Ethernet header) then pays one bpf_skb_load_bytes, not two. */
+#define IPV4_PRELOAD 40
+
 static __always_inline __u32 parse_ipv4(void *ctx, const int hook, __u32 off, struct sennet_event *ev,
 				       struct sennet_l4 *l4)
 {
-	__u8 buf[20];
-	const __u8 *ip = header(ctx, hook, off, 20, buf);
+	__u8 buf[IPV4_PRELOAD];
+	const __u8 *ip;
+	__u32 pre_len = 0; /* bytes after the IP header already in buf */
+	void *data = pkt_data(ctx, hook);
 
+	if (off <= 255 && data + off + 20 <= pkt_data_end(ctx, hook)) {
+		ip = (const __u8 *)data + off;
+	} else if (pkt_len(ctx, hook) >= off + IPV4_PRELOAD) {
+		if (pkt_load(ctx, hook, off, buf, IPV4_PRELOAD) < 0)
+			return KIND(SENNET_EV_TRUNCATED_L3);
+		ip = buf;
+		pre_len = IPV4_PRELOAD - 20;
+	} else {
+		ip = header(ctx, hook, off, 20, buf);
+	}
 	if (!ip)
 		return KIND(SENNET_EV_TRUNCATED_L3);
 
@@ -173,7 +215,10 @@ static __always_inline __u32 parse_ipv4(void *ctx, const int hook, __u32 off, st
 		limit = off + tot; /* what follows the IP packet is padding */
 	if (be16(&ip[6]) & 0x1fff)
 		return kinds; /* a later fragment: no L4 header here */
-	return kinds | parse_l4(ctx, hook, off + ihl * 4, limit, ip[9], ev, l4);
+	/* The copy holds the L4 header only after an option-less IP header. */
+	if (ihl != 5)
+		pre_len = 0;
+	return kinds | parse_l4(ctx, hook, off + ihl * 4, limit, ip[9], ev, l4, buf + 20, pre_len);
 }
 
 static __always_inline __u32 parse_ipv6(void *ctx, const int hook, __u32 off, struct sennet_event *ev,
@@ -224,7 +269,7 @@ static __always_inline __u32 parse_ipv6(void *ctx, const int hook, __u32 off, st
 		}
 	}
 	ev->l4_proto = nh;
-	return kinds | parse_l4(ctx, hook, off, limit, nh, ev, l4);
+	return kinds | parse_l4(ctx, hook, off, limit, nh, ev, l4, 0, 0);
 }
 
 static __always_inline __u32 parse(void *ctx, const int hook, struct sennet_event *ev,
@@ -322,13 +367,22 @@ static __always_inline void features(void *ctx, const int hook, struct sennet_ev
 	if (!ev->ip_version)
 		return;
 
-	struct sennet_flow *flow = flow_account(ev, l4, segs, bytes, now);
+	struct sennet_flow *flow = 0;
 
-	if (ev->l4_proto == PROTO_TCP && l4->l4_off)
-		tcp_observe(ctx, hook, ev, l4, flow, segs, now);
-	else if (ev->l4_proto == PROTO_UDP && l4->l4_off)
-		dns_observe(ctx, hook, ev, l4, now);
+	if (feature_on(SENNET_FEAT_FLOWS))
+		flow = flow_account(ev, l4, segs, bytes, now);
+	if (ev->l4_proto == PROTO_TCP && l4->l4_off) {
+		if (feature_on(SENNET_FEAT_TCP))
+			tcp_observe(ctx, hook, ev, l4, flow, segs, now);
+	} else if (ev->l4_proto == PROTO_UDP && l4->l4_off) {
+		if (feature_on(SENNET_FEAT_DNS))
+			dns_observe(ctx, hook, ev, l4, now);
+	}
 }
+
+/* Features that run after the counters (flows, TCP, DNS): none, and the
+ * packet skips them (under bcc, the tail call) and the clock read. */
+#define SENNET_FEAT_AFTER (SENNET_FEAT_FLOWS | SENNET_FEAT_TCP | SENNET_FEAT_DNS)
 
 #ifdef SENNET_BCC
 /* bcc inlines every function, and the verifier then walks the features once
@@ -362,6 +416,9 @@ static __always_inline struct sennet_feature_args *feature_args(void)
 static __always_inline void run_features(void *ctx, const int hook, struct sennet_event *ev,
 					 struct sennet_l4 *l4, __u32 segs, __u32 bytes, __u64 now)
 {
+	if (!feature_on(SENNET_FEAT_AFTER))
+		return;
+
 	struct sennet_feature_args *a = feature_args();
 
 	if (!a || !ev->ip_version)
@@ -457,18 +514,24 @@ static __always_inline int handle(void *ctx, const int hook, __u8 dir)
 		segs = 1;
 	}
 	__u32 slot = count(ifindex, dir, segs, bytes);
-	__u64 now = bpf_ktime_get_ns();
 
-	burst_account(slot, dir, segs, bytes, now);
 	ev.pkt_len = frame;
 	if (frame > cfg_large_packet_bytes)
 		kinds |= KIND(SENNET_EV_LARGE_PACKET);
+	/* The clock only for what needs it: events, bursts, the features. */
+	__u64 now = 0;
+
+	if (kinds || feature_on(SENNET_FEAT_BURSTS | SENNET_FEAT_AFTER))
+		now = bpf_ktime_get_ns();
+	if (feature_on(SENNET_FEAT_BURSTS))
+		burst_account(slot, dir, segs, bytes, now);
 	if (kinds) {
 		ev.ts_ns = now;
 		emit(&ev, kinds);
 	}
 	/* Last: under bcc a tail call, which does not return. */
-	run_features(ctx, hook, &ev, &l4, segs, bytes, now);
+	if (feature_on(SENNET_FEAT_AFTER))
+		run_features(ctx, hook, &ev, &l4, segs, bytes, now);
 	return pass(hook);
 }
 

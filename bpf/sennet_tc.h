@@ -17,6 +17,17 @@
  * and the agent refuses to attach to them. */
 #define SENNET_IFINDEX_LIMIT 65536
 
+/* Features after the counters and events, each on (bit set) or off: the
+ * load-time tunable cfg_features. libbpf writes it into .rodata before load,
+ * so the verifier drops the code of a feature that is off and its packets pay
+ * nothing for it; bcc gets it as -Dcfg_features=N. The counters and events
+ * are always on. */
+#define SENNET_FEAT_FLOWS  0x1  /* the flow table (FLOWS, FLOW_STATS) */
+#define SENNET_FEAT_BURSTS 0x2  /* microburst windows (BURSTS) */
+#define SENNET_FEAT_TCP    0x4  /* TCP health (HANDSHAKES, TCP_COUNTERS, two histograms) */
+#define SENNET_FEAT_DNS    0x8  /* DNS (its maps, one histogram) */
+#define SENNET_FEAT_ALL    0xf
+
 #define SENNET_DIR_RX 0 /* TC ingress */
 #define SENNET_DIR_TX 1 /* TC egress */
 

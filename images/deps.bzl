@@ -32,6 +32,7 @@ DEBS_ROOT = [
     "@deb_libtinfo6//file",
     "@deb_libtirpc3//file",
     "@deb_libuuid1//file",
+    "@deb_openssl//file",
     "@deb_python3_11_minimal//file",
     "@deb_zlib1g//file",
 ]
@@ -120,6 +121,7 @@ DEBS = {
     "libuuid1": "@deb_libuuid1//file",
     "libxtables12": "@deb_libxtables12//file",
     "linux-image-6.1.0-50-amd64": "@deb_linux_image_6_1_0_50_amd64//file",
+    "openssl": "@deb_openssl//file",
     "python3.11-minimal": "@deb_python3_11_minimal//file",
     "zlib1g": "@deb_zlib1g//file",
 }
@@ -176,6 +178,7 @@ def sennet_inputs():
     sennet_input(name = "deb_libuuid1", kind = "deb", archive = "debian", path = "pool/main/u/util-linux/libuuid1_2.38.1-5+deb12u3_amd64.deb", filename = "libuuid1_2.38.1-5+deb12u3_amd64.deb", sha256 = "5fff398321da62d28a842bcbabd193d72ae21724962c029dc32b1dc6b2deaeaf")
     sennet_input(name = "deb_libxtables12", kind = "deb", archive = "debian", path = "pool/main/i/iptables/libxtables12_1.8.9-2_amd64.deb", filename = "libxtables12_1.8.9-2_amd64.deb", sha256 = "cb841d66950a43af4a398625313d2f3da9065299c9738538de6c2c3495857040")
     sennet_input(name = "deb_linux_image_6_1_0_50_amd64", kind = "deb", archive = "debian", path = "pool/main/l/linux-signed-amd64/linux-image-6.1.0-50-amd64_6.1.176-1_amd64.deb", filename = "linux-image-6.1.0-50-amd64_6.1.176-1_amd64.deb", sha256 = "7b5597492a0a65aee61985a492e6bcc3f2cde830072a0e3b3d8c7e1b90279bd3")
+    sennet_input(name = "deb_openssl", kind = "deb", archive = "debian-security", path = "pool/updates/main/o/openssl/openssl_3.0.22-1~deb12u2_amd64.deb", filename = "openssl_3.0.22-1~deb12u2_amd64.deb", sha256 = "5cdf0b735b1c8a96ae0bf83ed328c83c2170f8320dedb035e98705b60b2d0cfe")
     sennet_input(name = "deb_python3_11_minimal", kind = "deb", archive = "debian-security", path = "pool/updates/main/p/python3.11/python3.11-minimal_3.11.2-6+deb12u9_amd64.deb", filename = "python3.11-minimal_3.11.2-6+deb12u9_amd64.deb", sha256 = "b5f855ab922dfcd5d1a3223b2118c3dae13ffc7751b0cd5dc24740386323a33a")
     sennet_input(name = "deb_zlib1g", kind = "deb", archive = "debian", path = "pool/main/z/zlib/zlib1g_1.2.13.dfsg-1_amd64.deb", filename = "zlib1g_1.2.13.dfsg-1_amd64.deb", sha256 = "d7dd1d1411fedf27f5e27650a6eff20ef294077b568f4c8c5e51466dc7c08ce4")
     sennet_input(name = "whl_googleapis_common_protos", kind = "wheel", archive = "googleapis-common-protos", path = "", filename = "googleapis_common_protos-1.76.0-py3-none-any.whl", sha256 = "59e13344a9f3651aa201a03e2bee815a3bf43a4baf1f9ff8a9b62a840ce25fac")

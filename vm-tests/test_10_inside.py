@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import subprocess
+from pathlib import Path
 
 from sennet.agent.datapath import layout
 from sennet.testing.vm.appliance import Appliance, image_dir
@@ -100,3 +103,58 @@ def test_agent_runs_as_its_own_user_with_cap_net_admin_only(appliance: Appliance
         "stat -c %u:%g /var/lib/sennet /var/lib/sennet/agent /var/lib/sennet/identity.json"
     ).split()
     assert owners == ["0:0", f"{uid}:{gid}", "0:0"]
+
+
+def test_the_booted_slot_and_its_identity_are_in_run_sennet(appliance: Appliance) -> None:
+    """The factory image boots slot a; rc.boot writes the UKI's identity for the agent, and
+    the initramfs lists both slots' devices for the updater (test variant: vda6 = test)."""
+    ident = json.loads((image_dir() / "image.json").read_text())
+    host = appliance.machine.host
+    env = host.file("/run/sennet/image.env")
+    assert env.mode == 0o644
+    assert env.content_string == (
+        f"SENNET_SLOT=a\nSENNET_IMAGE_VERSION={ident['version']}\n"
+        f"SENNET_IMAGE_DIGEST={ident['image_digest']}\n"
+    )
+    parts = dict(
+        line.split("=", 1) for line in host.file("/run/sennet/partitions").content_string.split()
+    )
+    assert parts == {
+        "esp": "/dev/vda1",
+        "state": "/dev/vda7",
+        "slot": "a",
+        "root_a": "/dev/vda2",
+        "agent_a": "/dev/vda3",
+        "root_b": "/dev/vda4",
+        "agent_b": "/dev/vda5",
+    }
+
+
+def test_the_image_openssl_verifies_a_bundle_signature_with_the_baked_keyring(
+    appliance: Appliance, tmp_path: Path
+) -> None:
+    """Signed on the host with the development key (as images/make-bundle signs), checked
+    in the guest by Debian's openssl against /usr/share/sennet/update-keys: what the
+    updater relies on."""
+    keys = appliance.machine.host.check_output("ls /usr/share/sennet/update-keys").split()
+    assert keys == ["update.pem"]
+    message = tmp_path / "manifest.json"
+    message.write_bytes(b'{"format": "sennet-bundle/1"}\n')
+    key = Path(__file__).resolve().parent.parent / "images" / "keys" / "dev" / "update.key"
+    sig = subprocess.run(
+        ["openssl", "pkeyutl", "-sign", "-inkey", str(key), "-rawin", "-in", str(message)],
+        capture_output=True,
+        check=True,
+    ).stdout
+    verify = (
+        "openssl pkeyutl -verify -pubin -inkey /usr/share/sennet/update-keys/update.pem"
+        " -rawin -in /tmp/m -sigfile /tmp/s"
+    )
+    setup = (
+        f"printf %s {base64.b64encode(message.read_bytes()).decode()} | openssl base64 -d -A"
+        f" > /tmp/m && printf %s {base64.b64encode(sig).decode()} | openssl base64 -d -A > /tmp/s"
+    )
+    host = appliance.machine.host
+    assert host.run(f"{setup} && {verify}").rc == 0
+    # one byte changed: refused
+    assert host.run(f"{setup} && echo x >> /tmp/m && {verify}").rc != 0

@@ -154,7 +154,7 @@ def test_production_boot_ignores_a_test_disk_and_runs_no_provisioning_as_code(
         assert mounted is not None
         assert mounted.groups() == ("/dev/mapper/sennet-root", "/dev/mapper/sennet-agent", "none")
         assert "sennet-init: event=esp_mounted dev=/dev/vda1" in console
-        assert "sennet-init: event=state_mounted dev=/dev/vda4" in console
+        assert "sennet-init: event=state_mounted dev=/dev/vda6" in console
         # No test code ran: no test hook, no SSH server.
         assert "event=test_hook_started" not in console
         assert "event=ssh_started" not in console

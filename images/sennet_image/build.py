@@ -7,15 +7,16 @@ for a build without Bazel.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sennet_image import disk, initramfs, lock, rootfs, signing, verity
+from sennet_image import disk, initramfs, lock, rootfs, sbom, signing, slots, verity
 from sennet_image.fetch import fetch
 from sennet_image.manifest import bpf_sources
 from sennet_image.manifest import write as write_manifest
-from sennet_image.proc import log, run, step
+from sennet_image.proc import die, log, run, step
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -30,14 +31,31 @@ ARTEFACTS = (
     "initrd.img",
     "initrd-test.img",
     "cmdline",
-    "BOOTX64.EFI",
-    "BOOTX64-test.EFI",
+    "image.json",
+    "uki-a.efi",
+    "uki-b.efi",
+    "uki-test-a.efi",
+    "uki-test-b.efi",
     "root.squashfs",
     "root.roothash",
     "agent.squashfs",
     "agent.roothash",
     "test.squashfs",
     "root.files",
+    "sbom.spdx.json",
+)
+# What the SBOM lists besides the pinned inputs: everything the disks are made of.
+SBOM_ARTEFACTS = (
+    "root.squashfs",
+    "agent.squashfs",
+    "test.squashfs",
+    "vmlinuz",
+    "initrd.img",
+    "initrd-test.img",
+    "uki-a.efi",
+    "uki-b.efi",
+    "uki-test-a.efi",
+    "uki-test-b.efi",
 )
 
 
@@ -83,11 +101,13 @@ def test_layer(debs: list[Path], out: Path) -> None:
         rootfs.mksquashfs(tree, out)
 
 
-# Per variant: its initramfs and UKI (they differ only in the partition GUIDs they mount).
-BOOT_NAMES = {
-    "production": ("initrd.img", "BOOTX64.EFI"),
-    "test": ("initrd-test.img", "BOOTX64-test.EFI"),
-}
+# Per variant: its initramfs, and one UKI per slot (they differ only in `sennet.slot=`).
+INITRDS = {"production": "initrd.img", "test": "initrd-test.img"}
+
+
+def uki_name(variant: str, slot: str) -> str:
+    """The build artefact holding `variant`'s UKI for `slot` (uki-a.efi, uki-test-b.efi)."""
+    return f"uki-{'test-' if variant == 'test' else ''}{slots.check_slot(slot)}.efi"
 
 
 def boot_files(
@@ -96,53 +116,97 @@ def boot_files(
     lib_debs: list[Path],
     outdir: Path,
     cmdline: str,
-    layers: tuple[Path, Path, Path],
+    layers: tuple[Path, Path],
     root_hashes: tuple[Path, Path],
 ) -> None:
-    """Kernel, command line, and per variant an initramfs and the signed UKI (BOOTX64*.EFI)
-    from them; `layers` (root, agent, test squashfs) fix the partition GUIDs each one mounts,
-    `root_hashes` (root, agent) go on the command line; `lib_debs` hold dmsetup and its
-    libraries for the initramfs."""
-    root, agent, test = layers
-    hashes = dict(zip(verity.ROLES, map(verity.read_root_hash, root_hashes), strict=True))
-    cmdline = f"{cmdline} {verity.cmdline_args(hashes)}"
-    tables = {
-        outdir / BOOT_NAMES[v][0]: disk.partition_table(
-            disk.layout(v, root, agent, test if v == "test" else None)
-        )
-        for v in disk.VARIANTS
-    }
+    """Kernel, per variant an initramfs and a signed UKI per slot, `cmdline` (slot a's, for
+    direct boot) and image.json; `layers` (root, agent squashfs, verity trees appended) give
+    the image digest, `root_hashes` (root, agent) go on every command line; `lib_debs` hold
+    dmsetup and its libraries for the initramfs."""
+    ident = slots.identity(*layers)
+    cmdline = f"{cmdline} {verity_args(*root_hashes)}"
+    tables = {outdir / INITRDS[v]: disk.partition_table(disk.layout(v)) for v in disk.VARIANTS}
     with step("initramfs"):
         release = initramfs.build(kernel_deb, busybox_deb, lib_debs, tables, outdir / "vmlinuz")
-    (outdir / "cmdline").write_text(cmdline + "\n")
+    (outdir / "cmdline").write_text(ident.cmdline(cmdline, "a") + "\n")
     (outdir / "kernel-release").write_text(release + "\n")
-    with step("uki"):
-        for initrd, uki in BOOT_NAMES.values():
-            disk.build_uki(
-                outdir / "vmlinuz", outdir / initrd, cmdline, rootfs.os_release(), outdir / uki
-            )
+    write_identity(ident, outdir / "image.json")
+    osrel = slots.osrel(rootfs.os_release(), ident.version)
+    with step("uki", version=ident.version):
+        for variant, initrd in INITRDS.items():
+            for slot in slots.SLOTS:
+                disk.build_uki(
+                    outdir / "vmlinuz",
+                    outdir / initrd,
+                    ident.cmdline(cmdline, slot),
+                    osrel,
+                    outdir / uki_name(variant, slot),
+                )
     with step("sign", key=signing.signing_key().source):
-        for _initrd, uki in BOOT_NAMES.values():
-            signing.sign(outdir / uki)
+        for variant in INITRDS:
+            for slot in slots.SLOTS:
+                signing.sign(outdir / uki_name(variant, slot))
 
 
-def disks(uki: Path, root: Path, agent: Path, test: Path | None, raw: Path, qcow2: Path) -> None:
-    """GPT disk: ESP, root, agent layer, [test layer], state (zeroed; formatted on first boot),
-    each with the GUID its variant's initramfs looks for (disk.layout)."""
-    ids = disk.layout("test" if test is not None else "production", root, agent, test)
+def verity_args(root_hash: Path, agent_hash: Path) -> str:
+    """`sennet.verity.root=HEX sennet.verity.agent=HEX` from the layers' .roothash files."""
+    hashes = dict(
+        zip(verity.ROLES, map(verity.read_root_hash, (root_hash, agent_hash)), strict=True)
+    )
+    return verity.cmdline_args(hashes)
+
+
+def write_identity(ident: slots.Identity, out: Path) -> None:
+    """image.json: {version, image_digest}, what make-bundle and the tests read."""
+    data = {"version": ident.version, "image_digest": ident.image_digest}
+    out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_identity(path: Path) -> slots.Identity:
+    """A build's image.json, checked."""
+    try:
+        data = json.loads(path.read_text())
+        version, digest = data["version"], data["image_digest"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        die(f"{path}: not a build's image.json ({e})")
+    if not isinstance(version, str) or not isinstance(digest, str) or len(digest) != 64:
+        die(f"{path}: version or image_digest malformed")
+    return slots.Identity(slots.check_version(version, str(path)), digest)
+
+
+def disks(
+    uki: Path,
+    image_json: Path,
+    layers: tuple[Path, Path, Path | None],
+    raw: Path,
+    qcow2: Path,
+    sbom: Path | None = None,
+) -> None:
+    """GPT disk: ESP (systemd-boot + slot a's UKI, committed), slot a = the layers, slot b
+    zeroed, [test layer], state (zeroed; formatted on first boot), each with the GUID its
+    variant's initramfs looks for (disk.layout). The SBOM, if given, goes on the ESP as
+    sennet/sbom.spdx.json (the one place in the image outside what it lists)."""
+    root, agent, test = layers
+    ident = read_identity(image_json)
+    ids = disk.layout("test" if test is not None else "production")
     with tempfile.TemporaryDirectory(dir=raw.parent) as tmp:
         esp = Path(tmp) / "esp.img"
         with step("esp"):
-            disk.build_esp(uki, esp)
-        contents = {
+            disk.build_esp(
+                {slots.entry_name("a", ident.version): uki},
+                esp,
+                {"sbom.spdx.json": sbom.read_bytes()} if sbom else None,
+            )
+        contents: dict[str, tuple[str, Path | None, int]] = {
             "esp": (disk.ESP_TYPE, esp, disk.ESP_MIB),
-            "root": (disk.ROOT_TYPE, root, disk.size_mib(root, 4)),
-            # slack so an agent change keeps the root partition at the same offset
-            "agent": (disk.DATA_TYPE, agent, disk.size_mib(agent, 2)),
+            "root-a": (disk.ROOT_TYPE, root, disk.ROOT_SLOT_MIB),
+            "agent-a": (disk.DATA_TYPE, agent, disk.AGENT_SLOT_MIB),
+            "root-b": (disk.ROOT_TYPE, None, disk.ROOT_SLOT_MIB),
+            "agent-b": (disk.DATA_TYPE, None, disk.AGENT_SLOT_MIB),
             "state": (disk.DATA_TYPE, None, disk.STATE_MIB),
         }
         if test is not None:
-            contents["test"] = (disk.DATA_TYPE, test, disk.size_mib(test, 1))
+            contents["test"] = (disk.DATA_TYPE, test, disk.TEST_MIB)
         parts = [
             disk.Partition(disk.PARTITION_NAMES[r], t, c, mib, ids[r])
             for r in disk.ROLES
@@ -154,9 +218,30 @@ def disks(uki: Path, root: Path, agent: Path, test: Path | None, raw: Path, qcow
         disk.to_qcow2(raw, qcow2)
 
 
+BPF_PROGRAMS = ("sennet_tc", "bench_empty")
+
+
 def bpf_objects(outdir: Path) -> list[Path]:
-    """Compile the BPF programs exactly as bpf/build.sh does (the plain build's path)."""
-    run([REPO / "bpf" / "build.sh", outdir])
+    """Compile the BPF programs exactly as //bpf:objects does (flags from bpf/cflags, from
+    the repository root, its path mapped to `.`), so both builds make the same objects."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    lines = (REPO / "bpf" / "cflags").read_text().splitlines()
+    flags = " ".join(line for line in lines if not line.startswith("#")).split()
+    for name in BPF_PROGRAMS:
+        run(
+            [
+                "clang",
+                *flags,
+                "-I/usr/include/x86_64-linux-gnu",
+                "-Ibpf",
+                f"-fdebug-prefix-map={REPO}=.",
+                "-c",
+                f"bpf/{name}.bpf.c",
+                "-o",
+                outdir / f"{name}.bpf.o",
+            ],
+            cwd=REPO,
+        )
     return sorted(outdir.glob("*.bpf.o"))
 
 
@@ -172,36 +257,47 @@ def build_all(out: Path) -> dict[str, Path]:
     test_debs = [paths[d.name] for d in debs if d.set == "test"]
     kernel = paths[lock.kernel_pin(debs).name]
     busybox = paths[lock.busybox_pin(debs).name]
-    with tempfile.TemporaryDirectory() as tmp:
-        with step("bpf"):
-            objs = bpf_objects(Path(tmp) / "bpf")
-        with step("base_layer"):
-            layer, files = out / "root.squashfs", out / "root.files"
-            base_layer(root_debs, wheel_paths, layer, files, out / "root.roothash")
-        with step("agent_layer"):
-            agent_layer(REPO / "python", objs, out / "agent.squashfs", out / "agent.roothash")
-        bpf_record = bpf_sources(objs)
+    bpf_dir = out / "bpf"
+    with step("bpf"):
+        objs = bpf_objects(bpf_dir)
+    with step("base_layer"):
+        layer, files = out / "root.squashfs", out / "root.files"
+        base_layer(root_debs, wheel_paths, layer, files, out / "root.roothash")
+    with step("agent_layer"):
+        agent_layer(REPO / "python", objs, out / "agent.squashfs", out / "agent.roothash")
+    bpf_record = bpf_sources(objs)
     with step("test_layer"):
         test_layer(test_debs, out / "test.squashfs")
-    layers = (out / "root.squashfs", out / "agent.squashfs", out / "test.squashfs")
+    root, agent = out / "root.squashfs", out / "agent.squashfs"
     hashes = (out / "root.roothash", out / "agent.roothash")
-    boot_files(kernel, busybox, lib_debs, out, disk.DEFAULT_CMDLINE, layers, hashes)
+    boot_files(kernel, busybox, lib_debs, out, disk.DEFAULT_CMDLINE, (root, agent), hashes)
+    with step("sbom"):
+        sbom.write(
+            sbom.inputs(
+                debs,
+                wheels,
+                [*paths.values(), *wheel_paths],
+                [out / n for n in SBOM_ARTEFACTS],
+                objs,
+            ),
+            out / "sbom.spdx.json",
+        )
     with step("disks"):
         disks(
-            out / "BOOTX64.EFI",
-            out / "root.squashfs",
-            out / "agent.squashfs",
-            None,
+            out / "uki-a.efi",
+            out / "image.json",
+            (root, agent, None),
             out / "appliance.raw",
             out / "appliance.qcow2",
+            sbom=out / "sbom.spdx.json",
         )
         disks(
-            out / "BOOTX64-test.EFI",
-            out / "root.squashfs",
-            out / "agent.squashfs",
-            out / "test.squashfs",
+            out / "uki-test-a.efi",
+            out / "image.json",
+            (root, agent, out / "test.squashfs"),
             out / "appliance-test.raw",
             out / "appliance-test.qcow2",
+            sbom=out / "sbom.spdx.json",
         )
     artefacts = {n: out / n for n in ARTEFACTS}
     write_manifest(

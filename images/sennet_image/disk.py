@@ -1,16 +1,17 @@
-"""Boot artefacts: the unified kernel image, the EFI system partition and the GPT disk.
+"""Boot artefacts: the unified kernel images, the EFI system partition and the GPT disk.
 
-No loop devices and no root: `objcopy` builds the UKI on systemd-boot's stub
+No loop devices and no root: `objcopy` builds each UKI on systemd-boot's stub
 (Debian 12 has no ukify), `mkfs.fat` + mtools fill the ESP inside a file,
 `sfdisk` partitions a file. Every identifier that tools would randomise (FAT
-volume id, disk and partition GUIDs) is derived from the content's sha256.
+volume id, disk GUID) is derived from the content's sha256.
 
 Partitions are found at boot by their unique GPT GUIDs, not by name: `layout()`
-derives each variant's GUIDs from the variant and the layers' sha256, the
-initramfs of that variant carries them (`partition_table()`), and `build_disk`
-writes the same GUIDs. A production initramfs therefore knows no test
-partition at all, and the test image's partitions (other GUIDs) are strangers
-to it.
+derives each variant's GUIDs from (variant, role, slot) only, so they stay the
+same from one version to the next (a new version's initramfs finds the slots
+an older one wrote). The initramfs of a variant carries them
+(`partition_table()`) and `build_disk` writes the same GUIDs. A production
+initramfs knows no test partition at all, and the test image's partitions
+(other GUIDs) are strangers to it.
 """
 
 from __future__ import annotations
@@ -24,13 +25,38 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from sennet_image import signing
 from sennet_image.fsutil import sha256_file
 from sennet_image.proc import die, run, source_date_epoch, step
 
-EFI_STUB = Path(os.environ.get("SENNET_EFI_STUB", "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"))
+EFI_DIR = "usr/lib/systemd/boot/efi"
+
+
+def efi_binary(name: str) -> Path:
+    """systemd-boot-efi's `name` (the UKI stub, systemd-boot): from the build root when the
+    build runs in one (read when used, so it does not matter when this module was imported),
+    else the host's; SENNET_EFI_STUB / SENNET_SYSTEMD_BOOT name another file."""
+    override = {
+        "linuxx64.efi.stub": "SENNET_EFI_STUB",
+        "systemd-bootx64.efi": "SENNET_SYSTEMD_BOOT",
+    }
+    explicit = os.environ.get(override[name], "")
+    if explicit:
+        return Path(explicit)
+    root = os.environ.get("SENNET_BUILD_ROOT", "")
+    return Path(root or "/") / EFI_DIR / name
+
+
 MIB = 1 << 20
-ESP_MIB = 32
-STATE_MIB = 64
+# Fixed sizes, so every version's layers land at the same offsets. Measured (0.1.0): UKI
+# 9.8 MiB, root layer 38.1 MiB, agent layer 0.33 MiB, test layer 2.2 MiB. The ESP holds
+# systemd-boot, two UKIs and, while an update writes, a third; the slots ~1.5x the layers.
+ESP_MIB = 48
+ROOT_SLOT_MIB = 60
+AGENT_SLOT_MIB = 4
+TEST_MIB = 4
+# room for an offered bundle (its slot images: ~50 MiB today, up to ~90) beside the state
+STATE_MIB = 192
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"  # Linux root (x86-64)
 DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"  # Linux filesystem data
@@ -39,11 +65,13 @@ DEFAULT_CMDLINE = "console=ttyS0,115200 quiet panic=10"
 
 VARIANTS = ("production", "test")
 # Roles the boot looks up, in the order the partitions sit on the disk.
-ROLES = ("esp", "root", "agent", "test", "state")
+ROLES = ("esp", "root-a", "agent-a", "root-b", "agent-b", "test", "state")
 PARTITION_NAMES = {
     "esp": "esp",
-    "root": "sennet-root",
-    "agent": "sennet-agent",
+    "root-a": "sennet-root-a",
+    "agent-a": "sennet-agent-a",
+    "root-b": "sennet-root-b",
+    "agent-b": "sennet-agent-b",
     "test": "sennet-test",
     "state": "sennet-state",
 }
@@ -66,19 +94,17 @@ def derived_uuid(*parts: str) -> str:
     return str(uuid.UUID(bytes=digest[:16], version=4)).upper()
 
 
-def layout(variant: str, root: Path, agent: Path, test: Path | None) -> dict[str, str]:
-    """Each role's unique partition GUID for `variant`, from the layers' content.
+def layout(variant: str) -> dict[str, str]:
+    """Each role's unique partition GUID for `variant`, in disk order.
 
-    Same layers, same GUIDs (so two builds of one lock agree byte for byte); the
-    variant is an input, so no GUID of the test image equals one of production's.
+    From (variant, role, slot) only: every version of a variant has the same
+    GUIDs (an update writes the other slot in place), and no GUID of the test
+    image equals one of production's.
     """
     if variant not in VARIANTS:
         die(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
-    if (test is not None) != (variant == "test"):
-        die(f"the {variant} variant {'needs' if variant == 'test' else 'has no'} test layer")
-    hashes = [sha256_file(p) for p in (root, agent, *([test] if test else []))]
-    roles = [r for r in ROLES if r != "test" or test is not None]
-    return {r: derived_uuid("sennet-partition", variant, r, *hashes) for r in roles}
+    roles = [r for r in ROLES if r != "test" or variant == "test"]
+    return {r: derived_uuid("sennet-partition/2", variant, *r.split("-")) for r in roles}
 
 
 def partition_table(uuids: dict[str, str]) -> str:
@@ -91,8 +117,9 @@ def build_uki(vmlinuz: Path, initrd: Path, cmdline: str, osrel: str, out: Path) 
     """A PE image the firmware runs directly: stub + .osrel, .cmdline, .linux, .initrd."""
     if vmlinuz.stat().st_size >= 16 * MIB:
         die(f"{vmlinuz.name} is {vmlinuz.stat().st_size} bytes; the .linux section holds < 16 MiB")
-    if not EFI_STUB.is_file():
-        die(f"EFI stub missing: {EFI_STUB}", hint="apt-get install systemd-boot-efi")
+    stub = efi_binary("linuxx64.efi.stub")
+    if not stub.is_file():
+        die(f"EFI stub missing: {stub}", hint="apt-get install systemd-boot-efi")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "cmdline").write_text(cmdline + "\0")
         (Path(tmp) / "osrel").write_text(osrel)
@@ -115,7 +142,7 @@ def build_uki(vmlinuz: Path, initrd: Path, cmdline: str, osrel: str, out: Path) 
                 f".initrd={initrd}",
                 "--change-section-vma",
                 ".initrd=0x3000000",
-                EFI_STUB,
+                stub,
                 out,
             ]
         )
@@ -142,10 +169,20 @@ def pe_set_timestamp(path: Path, epoch: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def build_esp(uki: Path, out: Path, extra: dict[str, bytes] | None = None) -> None:
-    """FAT16 ESP with the UKI at \\EFI\\BOOT\\BOOTX64.EFI and an empty \\sennet for provisioning."""
+# systemd-boot's configuration: boot the first entry at once (no menu unless a key is held),
+# no command-line editor (the UKI's command line is the image's), no automatic entries.
+LOADER_CONF = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n"
+
+
+def build_esp(ukis: dict[str, Path], out: Path, extra: dict[str, bytes] | None = None) -> None:
+    """FAT16 ESP: systemd-boot as \\EFI\\BOOT\\BOOTX64.EFI, \\loader\\loader.conf, each UKI
+    in `ukis` (entry file name -> file) under \\EFI\\Linux, an empty \\sennet for
+    provisioning (plus `extra` files there)."""
+    systemd_boot = efi_binary("systemd-bootx64.efi")
+    if not systemd_boot.is_file():
+        die(f"systemd-boot missing: {systemd_boot}", hint="apt-get install systemd-boot-efi")
     out.unlink(missing_ok=True)
-    vol_id = derived_uuid("esp", sha256_file(uki))[:8]
+    vol_id = derived_uuid("esp", *(f"{n} {sha256_file(u)}" for n, u in sorted(ukis.items())))[:8]
     run(
         [
             "mkfs.fat",
@@ -162,11 +199,21 @@ def build_esp(uki: Path, out: Path, extra: dict[str, bytes] | None = None) -> No
         ]
     )
     env = {"MTOOLS_SKIP_CHECK": "1"}
-    run(["mmd", "-i", out, "::/EFI", "::/EFI/BOOT", "::/sennet"], env=env)
+    dirs = ["::/EFI", "::/EFI/BOOT", "::/EFI/Linux", "::/loader", "::/sennet"]
+    run(["mmd", "-i", out, *dirs], env=env)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "BOOTX64.EFI"
-        shutil.copyfile(uki, staged)
-        files = [(staged, "::/EFI/BOOT/BOOTX64.EFI")]
+        shutil.copyfile(systemd_boot, staged)
+        signing.sign(staged)  # Secure Boot: the firmware checks the loader, it the UKIs
+        (Path(tmp) / "loader.conf").write_text(LOADER_CONF)
+        files = [
+            (staged, "::/EFI/BOOT/BOOTX64.EFI"),
+            (Path(tmp) / "loader.conf", "::/loader/loader.conf"),
+        ]
+        for i, (name, uki) in enumerate(sorted(ukis.items())):
+            (Path(tmp) / f"uki{i}").mkdir()
+            shutil.copyfile(uki, Path(tmp) / f"uki{i}" / name)
+            files.append((Path(tmp) / f"uki{i}" / name, f"::/EFI/Linux/{name}"))
         for name, data in sorted((extra or {}).items()):
             (Path(tmp) / name).write_bytes(data)
             files.append((Path(tmp) / name, f"::/sennet/{name}"))

@@ -44,6 +44,7 @@ class Inputs:
     requirements: tuple[str, ...]
     python_version: str
     platforms: tuple[str, ...]
+    tools: tuple[str, ...] = ()
 
 
 def load_inputs(path: Path = lock.IMAGES_DIR / "inputs.toml") -> Inputs:
@@ -62,6 +63,7 @@ def load_inputs(path: Path = lock.IMAGES_DIR / "inputs.toml") -> Inputs:
             requirements=tuple(py["requirements"]),
             python_version=py["python_version"],
             platforms=tuple(py["platforms"]),
+            tools=tuple(data.get("buildroot", {}).get("tools", [])),
         )
     except KeyError as exc:
         die(f"{path}: missing key {exc}")
@@ -162,6 +164,50 @@ def resolve_debs(inputs: Inputs) -> list[DebPin]:
     return sorted(pins)
 
 
+def _apt_show_all(specs: list[str]) -> dict[str, dict[str, str]]:
+    """`apt-cache show` for many `name=version` at once (one run, not one per package:
+    the build root has ~150), keyed by package name."""
+    out = run(["apt-cache", "show", "--no-all-versions", *specs]).stdout.decode()
+    found: dict[str, dict[str, str]] = {}
+    for para in out.split("\n\n"):
+        fields = {}
+        for line in para.splitlines():
+            key, sep, value = line.partition(": ")
+            if sep and not line.startswith(" "):
+                fields[key] = value
+        if "Package" in fields:
+            found.setdefault(fields["Package"], fields)
+    return found
+
+
+def resolve_tools(inputs: Inputs) -> list[DebPin]:
+    """Pin the build root: the tools and their dependency closure, as on an empty system."""
+    archives = apt_bases()
+    with tempfile.TemporaryDirectory() as tmp:
+        closure = _apt_closure(inputs.tools, Path(tmp))
+    shown = _apt_show_all([f"{n}={v}" for n, (v, _) in sorted(closure.items())])
+    pins = []
+    for name, (_, url) in sorted(closure.items()):
+        f = shown[name]
+        archive = next((a for a, base in archives.items() if url.startswith(base + "/")), "")
+        if not archive:
+            die(f"{name}: {url} matches no apt source")
+        pins.append(
+            DebPin(
+                name=name,
+                version=f["Version"],
+                arch=f["Architecture"],
+                archive=archive,
+                path=f["Filename"],
+                sha256=f["SHA256"],
+                size=int(f["Size"]),
+                set="build",
+            )
+        )
+    log("lock_tools_resolved", packages=len(pins))
+    return sorted(pins)
+
+
 def resolve_wheels(inputs: Inputs) -> list[WheelPin]:
     """Pin the wheels pip would install for the image's interpreter and platform."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -245,8 +291,9 @@ def update(*, refresh: bool, check: bool, only_if_gone: bool) -> int:
         run(["apt-get", "update", "-qq"])
     old_debs = lock.load_debs() if lock.DEBIAN_LOCK.exists() else []
     old_wheels = lock.load_wheels() if lock.WHEELS_LOCK.exists() else []
+    old_tools = lock.load_debs(lock.BUILDROOT_LOCK) if lock.BUILDROOT_LOCK.exists() else []
     if only_if_gone:
-        missing = gone(old_debs)
+        missing = gone(old_debs + old_tools)
         if not missing:
             log("lock_current", packages=len(old_debs))
             return 0
@@ -255,7 +302,9 @@ def update(*, refresh: bool, check: bool, only_if_gone: bool) -> int:
     inputs = load_inputs()
     debs = resolve_debs(inputs)
     wheels = resolve_wheels(inputs) if not only_if_gone else old_wheels
+    tools = resolve_tools(inputs)
     changes = diff(old_debs, debs) + diff(old_wheels, wheels)
+    changes += [f"{line} (build root)" for line in diff(old_tools, tools)]
     for line in changes:
         print(line)
     if not changes:
@@ -265,7 +314,9 @@ def update(*, refresh: bool, check: bool, only_if_gone: bool) -> int:
     lock.save_debs(debs)
     lock.save_wheels(wheels)
     lock.DEPS_BZL.write_text(lock.render_deps_bzl(debs, wheels))
+    lock.save_debs(tools, lock.BUILDROOT_LOCK)
+    lock.BUILDROOT_BZL.write_text(lock.render_buildroot_bzl(tools))
     if only_if_gone and changes:
         print("!!! LOCKS REWRITTEN IN THE WORK TREE (pins moved); commit them for a release build")
-    log("lock_written", debs=len(debs), wheels=len(wheels), changes=len(changes))
+    log("lock_written", debs=len(debs), wheels=len(wheels), tools=len(tools), changes=len(changes))
     return 0

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sennet_image import build, disk, initramfs, rootfs, verity
+from sennet_image import build, disk, initramfs, rootfs, slots, verity
 from sennet_image.fsutil import prune_empty_dirs
 
 
@@ -72,29 +72,31 @@ def image(
     build.agent_layer(python_src, bpf_objects, out / "agent.squashfs", out / "agent.roothash")
     hashes = {r: verity.read_root_hash(out / f"{r}.roothash") for r in verity.ROLES}
     # dmsetup is not yet taken from nixpkgs (lvm2) for this initramfs: never built here.
-    cmdline = f"{disk.DEFAULT_CMDLINE} {verity.cmdline_args(hashes)}"
+    base = f"{disk.DEFAULT_CMDLINE} {verity.cmdline_args(hashes)}"
     modules = next((kernel / "lib/modules").iterdir())
-    ids = disk.layout("production", out / "root.squashfs", out / "agent.squashfs", None)
+    root, agent = out / "root.squashfs", out / "agent.squashfs"
     initramfs.build_from_tree(
         kernel / "bzImage",
         modules,
         busybox / "bin/busybox",
-        {out / "initrd.img": disk.partition_table(ids)},
+        {out / "initrd.img": disk.partition_table(disk.layout("production"))},
         out / "vmlinuz",
     )
-    (out / "cmdline").write_text(cmdline + "\n")
-    disk.build_uki(
-        out / "vmlinuz",
-        out / "initrd.img",
-        cmdline,
-        rootfs.os_release(),
-        out / "BOOTX64.EFI",
-    )
+    ident = slots.identity(root, agent)
+    build.write_identity(ident, out / "image.json")
+    (out / "cmdline").write_text(ident.cmdline(base, "a") + "\n")
+    for slot in slots.SLOTS:
+        disk.build_uki(
+            out / "vmlinuz",
+            out / "initrd.img",
+            ident.cmdline(base, slot),
+            slots.osrel(rootfs.os_release(), ident.version),
+            out / build.uki_name("production", slot),
+        )
     build.disks(
-        out / "BOOTX64.EFI",
-        out / "root.squashfs",
-        out / "agent.squashfs",
-        None,
+        out / "uki-a.efi",
+        out / "image.json",
+        (root, agent, None),
         out / "appliance.raw",
         out / "appliance.qcow2",
     )

@@ -37,6 +37,32 @@ def source_date_epoch() -> int:
     return int(raw) if raw.isdigit() else SOURCE_DATE_EPOCH_DEFAULT
 
 
+# Set in the environment, every build tool runs inside this pinned build root (see
+# buildroot.py): a root directory, or its stamp file (a Bazel action's input).
+BUILD_ROOT_ENV = "SENNET_BUILD_ROOT"
+# Enter the root: its /etc then its /usr over the host's in a private mount namespace
+# (/etc first: `mount` itself comes from the host's /usr), then exec the tool from it.
+_ENTER = 'mount --bind "$0/etc" /etc && mount --bind "$0/usr" /usr && exec "$@"'
+
+
+def build_root() -> Path | None:
+    """The build root the tools run in, if one is set (SENNET_BUILD_ROOT)."""
+    raw = os.environ.get(BUILD_ROOT_ENV, "")
+    if not raw:
+        return None
+    path = Path(raw).resolve()
+    return path.parent if path.is_file() else path
+
+
+def enter_argv(root: Path, argv: Sequence[str]) -> list[str]:
+    """`argv` run inside `root`. As root only a mount namespace is needed; anyone else
+    needs unprivileged user namespaces (`unshare --map-root-user`)."""
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        unshare.append("--map-root-user")
+    return [*unshare, "/bin/sh", "-c", _ENTER, str(root), *argv]
+
+
 def build_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A small, fixed environment for build tools: no locale, UTC, the fixed epoch."""
     env = {
@@ -59,9 +85,15 @@ def run(
     input_bytes: bytes | None = None,
     capture: bool = True,
     check: bool = True,
+    host: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a command; on failure raise UserError with the command line, the cause and stderr."""
-    args = [str(a) for a in argv]
+    """Run a command; on failure raise UserError with the command line, the cause and stderr.
+
+    With a build root set, the command runs inside it, unless `host` (the bootstrap:
+    unpacking the root itself, or a step that needs the host, such as booting QEMU)."""
+    shown = [str(a) for a in argv]
+    root = None if host else build_root()
+    args = shown if root is None else enter_argv(root, shown)
     if os.environ.get("SENNET_IMAGE_DEBUG"):
         log("run", cmd=shlex.join(args))
     try:
@@ -76,12 +108,13 @@ def run(
             check=False,
         )
     except FileNotFoundError:
-        die(f"command not found: {args[0]}", hint="install the host tools listed in images/README")
+        die(f"command not found: {shown[0]}", hint="install the host tools listed in images/README")
     if check and result.returncode != 0:
         code = result.returncode
         why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         err = (result.stderr or b"").decode(errors="replace").strip()
-        die(f"`{shlex.join(args)}` failed ({why})" + (f": {err[-2000:]}" if err else ""))
+        where = "" if root is None else f" in the build root {root}"
+        die(f"`{shlex.join(shown)}`{where} failed ({why})" + (f": {err[-2000:]}" if err else ""))
     return result
 
 

@@ -4,15 +4,28 @@ Both builds use one snapshot of the source tree (copied first, so edits made
 meanwhile in the work tree cannot leak into one build and not the other).
 Each build gets a fresh Bazel output base (nothing reused but the repository
 cache, which holds only sha256-verified downloads), or with --plain a fresh
-output directory of the build without Bazel. Prints the sha256 of every
-artefact from both builds; on a difference names the file and shows what
-differs inside it (diffoscope).
+output directory of the build without Bazel (sharing build/cache, the
+sha256-keyed download cache, and nothing else: its build root is unpacked
+again). Prints the sha256 of every artefact from both builds; on a difference
+names the file and shows what differs inside it (diffoscope).
+
+`--against DIR` (the test command's form) takes an existing build as the first
+(`bazel-bin/images`, just built by Bazel) and makes only the second: a build
+without Bazel from the snapshot. So one extra build checks both that a clean
+build repeats and that the two build paths agree; manifest.json is left out of
+that comparison, since it names which builder made it.
+
+The air-gap kit's check adds `--source source.tar --distdir DIR --offline`: the
+second build starts from the kit's `git archive` (a fresh clone's files, nothing
+else), takes every pinned input from the kit's flat distdir, and runs in a new
+network namespace holding only a loopback interface, so nothing can be fetched.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -33,8 +46,11 @@ LAYERS = (
     "initrd.img",
     "initrd-test.img",
     "vmlinuz",
-    "BOOTX64.EFI",
-    "BOOTX64-test.EFI",
+    "uki-a.efi",
+    "uki-b.efi",
+    "uki-test-a.efi",
+    "uki-test-b.efi",
+    "image.json",
     "root.files",
     "cmdline",
 )
@@ -82,18 +98,36 @@ def bazel_build(src: Path, output_base: Path, dest: Path) -> float:
     return time.monotonic() - start
 
 
-def plain_build(src: Path, dest: Path) -> float:
-    """One build without Bazel (the snapshot's own images/build) into an empty directory."""
+def unpack(tarball: Path, dest: Path) -> Path:
+    """A source tree from a `git archive` tarball (the kit's source.tar)."""
+    dest.mkdir(parents=True)
+    with tarfile.open(tarball) as tar:
+        tar.extractall(dest)  # our own `git archive`: regular files and dirs only
+    return dest
+
+
+def plain_build(src: Path, dest: Path, distdir: Path | None = None, offline: bool = False) -> float:
+    """One build without Bazel (the snapshot's own images/build) into an empty directory:
+    pinned inputs from `distdir` if given, else through the download cache build/cache;
+    `offline`, in a network namespace of its own with only `lo`."""
     start = time.monotonic()
-    run([src / "images" / "build", "--out", dest], capture=False)
+    cache = REPO / "build" / "cache"
+    if distdir is None and cache.is_dir() and not (src / "build" / "cache").exists():
+        (src / "build").mkdir(exist_ok=True)
+        (src / "build" / "cache").symlink_to(cache)
+    argv: list[str | Path] = [src / "images" / "build", "--out", dest]
+    if offline:
+        argv = ["unshare", "--net", "--", *argv]
+    env = {"SENNET_DISTDIR": str(distdir)} if distdir else None
+    run(argv, capture=False, env=env, host=True)
     return time.monotonic() - start
 
 
-def compare(a: Path, b: Path) -> list[str]:
+def compare(a: Path, b: Path, names: tuple[str, ...] = ARTEFACTS) -> list[str]:
     """Print both hashes per artefact; return the names that differ."""
     differ = []
     print(f"{'artefact':<22} {'build 1 sha256':<64}  {'build 2 sha256':<64}")
-    for name in ARTEFACTS:
+    for name in names:
         ha, hb = sha256_file(a / name), sha256_file(b / name)
         mark = "" if ha == hb else "  DIFFERS"
         print(f"{name:<22} {ha}  {hb}{mark}")
@@ -116,6 +150,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The reproducibility check's flags (`sennet_image repro`)."""
     p.add_argument("--plain", action="store_true", help="the build without Bazel, not Bazel's")
     p.add_argument("--keep", type=Path, help="keep both builds' artefacts under this directory")
+    p.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="an existing build (e.g. bazel-bin/images) as build 1; only build 2 runs (plain)",
+    )
+    p.add_argument("--source", type=Path, help="build from this `git archive` tarball instead")
+    p.add_argument("--distdir", type=Path, help="pinned inputs from this flat directory only")
+    p.add_argument("--offline", action="store_true", help="build in a netns with only lo")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -126,24 +169,31 @@ def main(args: argparse.Namespace) -> int:
     scratch.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sennet-repro-", dir=scratch) as tmp:
         root = args.keep or Path(tmp)
-        src = snapshot(Path(tmp) / "src")
+        src = (
+            unpack(args.source.resolve(), Path(tmp) / "src")
+            if args.source
+            else snapshot(Path(tmp) / "src")
+        )
+        distdir = args.distdir.resolve() if args.distdir else None
         times = []
-        for i in (1, 2):
-            log("repro_build", n=i, kind="plain" if args.plain else "bazel")
+        first = args.against.resolve() if args.against else root / "build1"
+        for i in (1, 2) if args.against is None else (2,):
+            log("repro_build", n=i, kind="plain" if args.plain or args.against else "bazel")
             dest = root / f"build{i}"
             shutil.rmtree(dest, ignore_errors=True)
-            if args.plain:
-                times.append(plain_build(src, dest))
+            if args.plain or args.against:
+                times.append(plain_build(src, dest, distdir, args.offline))
             else:
                 times.append(bazel_build(src, Path(tmp) / f"output_base{i}", dest))
-        differ = compare(root / "build1", root / "build2")
+        names = build.ARTEFACTS if args.against else ARTEFACTS
+        differ = compare(first, root / "build2", names)
         inner = [n for n in LAYERS if n in differ]
         for name in inner or differ:
-            explain(root / "build1", root / "build2", name)
+            explain(first, root / "build2", name)
         for i in (1, 2):
             if not args.plain:
                 shutil.rmtree(Path(tmp) / f"output_base{i}", ignore_errors=True)
-    print(f"build times: {times[0]:.0f} s, {times[1]:.0f} s")
+    print("build times: " + ", ".join(f"{t:.0f} s" for t in times))
     print(
         "REPRODUCIBLE: all artefacts byte-identical"
         if not differ

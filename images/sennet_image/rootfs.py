@@ -14,7 +14,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from sennet_image import debs
+from sennet_image import debs, keyring, prune
 from sennet_image.fsutil import file_list, normalize_times, prune_empty_dirs
 from sennet_image.proc import die, run, source_date_epoch, step
 
@@ -147,12 +147,22 @@ def install_wheel(wheel: Path, site: Path) -> None:
             target.chmod(0o755 if mode & 0o111 else 0o644)
 
 
-def compile_pyc(root: Path, dirs: list[str], prefix: str, python: list[str] | None = None) -> None:
+def compile_pyc(
+    root: Path,
+    dirs: list[str],
+    prefix: str,
+    python: list[str] | None = None,
+    sourceless: bool = False,
+) -> None:
     """Byte-compile with hash-based .pyc (no mtimes) so the read-only root starts fast.
 
     `python` is the interpreter to use: for the base layer the image's own
     python3.11, run through the image's own dynamic loader (so the host's
     Python plays no part); paths recorded inside are the image's, not the build's.
+    `sourceless`: each module's .pyc beside it (legacy layout, which Python imports
+    without the source) and the .py removed: the root then carries each module once,
+    not twice (16 MB of .py beside 19 MB of .pyc). Tracebacks from these modules
+    show file and line but not the line's text; the agent layer keeps its sources.
     """
     targets = [str(root / d) for d in dirs if (root / d).exists()]
     run(
@@ -170,6 +180,7 @@ def compile_pyc(root: Path, dirs: list[str], prefix: str, python: list[str] | No
             "1",
             "--invalidation-mode",
             "unchecked-hash",
+            *(["-b"] if sourceless else []),
             "-s",
             str(root),
             "-p",
@@ -177,6 +188,11 @@ def compile_pyc(root: Path, dirs: list[str], prefix: str, python: list[str] | No
             *targets,
         ]
     )
+    if sourceless:
+        for target in targets:
+            for py in sorted(Path(target).rglob("*.py")):
+                if py.with_suffix(".pyc").is_file():  # what failed to compile keeps its source
+                    py.unlink()
 
 
 def image_python(root: Path) -> list[str]:
@@ -222,10 +238,14 @@ def build_base(root: Path, debs_list: list[Path], wheels: list[Path]) -> list[st
     (root / "etc/hostname").write_text("sennet\n")
     (root / "etc/os-release").symlink_to("../usr/lib/os-release")
     (root / "usr/lib/os-release").write_text(os_release())
+    keyring.install(root)
+    with step("prune"):
+        removed = prune.prune(root)
+        prune.check_needed(root, removed)
     prune_empty_dirs(root)
     make_mount_points(root)
     with step("compile_pyc"):
-        compile_pyc(root, [f"usr/lib/{PY}", SITE], "/", image_python(root))
+        compile_pyc(root, [f"usr/lib/{PY}", SITE], "/", image_python(root), sourceless=True)
     return file_list(root)
 
 
@@ -269,12 +289,21 @@ def build_agent(tree: Path, python_src: Path, bpf_objects: list[Path]) -> list[s
         src,
         lib / "sennet",
         ignore=shutil.ignore_patterns(
-            "__pycache__", "*.pyc", "controlplane", "testing", "assets", "*.bpf.o"
+            # only what //python:agent_sources globs (sennet/**/*.py): no .pyi stubs
+            "__pycache__",
+            "*.pyc",
+            "*.pyi",
+            "controlplane",
+            "testing",
+            "assets",
+            "*.bpf.o",
         ),
     )
     (tree / "bpf").mkdir()
     for obj in bpf_objects:
-        shutil.copy(obj, tree / "bpf" / obj.name)
+        # data, 0644, whatever mode the builder left (Bazel's outputs are 0555)
+        shutil.copyfile(obj, tree / "bpf" / obj.name)
+        (tree / "bpf" / obj.name).chmod(0o644)
     compile_pyc(tree, ["lib"], "/opt/sennet")
     return file_list(tree)
 

@@ -61,12 +61,17 @@ def sign(image: Path, key: SigningKey | None = None) -> None:
     key = key or signing_key()
     frozen = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(source_date_epoch()))
     with tempfile.TemporaryDirectory() as tmp:
-        signed, private = Path(tmp) / image.name, key.key
+        # Copies: the tools run in the build root, which has its own /usr (no ovmf there).
+        signed, private, cert = (Path(tmp) / n for n in (image.name, "signing.key", "cert.pem"))
+        shutil.copyfile(key.cert, cert)
         if key.source == SNAKEOIL_SOURCE:  # encrypted with a published passphrase
-            private = Path(tmp) / "snakeoil.key"
-            run(["openssl", "pkey", "-in", key.key, "-passin", "pass:snakeoil", "-out", private])
-        argv: list[str | Path] = ["faketime", "-f", frozen, "sbsign", "--key", private]
-        run([*argv, "--cert", key.cert, "--output", signed, image])
+            shutil.copyfile(key.key, Path(tmp) / "snakeoil.key")
+            argv: list[str | Path] = ["-in", Path(tmp) / "snakeoil.key", "-passin", "pass:snakeoil"]
+            run(["openssl", "pkey", *argv, "-out", private])
+        else:
+            shutil.copyfile(key.key, private)
+        sbsign: list[str | Path] = ["faketime", "-f", frozen, "sbsign", "--key", private]
+        run([*sbsign, "--cert", cert, "--output", signed, image])
         shutil.copyfile(signed, image)
 
 
@@ -80,4 +85,8 @@ def signer(image: Path) -> str:
 
 def verify(image: Path, cert: Path) -> bool:
     """True if `image` carries a valid signature by `cert` (sbverify)."""
-    return run(["sbverify", "--cert", cert, image], check=False).returncode == 0
+    with tempfile.TemporaryDirectory() as tmp:  # a copy the build root's sbverify can read
+        shutil.copyfile(cert, Path(tmp) / "cert.pem")
+        return (
+            run(["sbverify", "--cert", Path(tmp) / "cert.pem", image], check=False).returncode == 0
+        )

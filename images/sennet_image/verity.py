@@ -60,6 +60,33 @@ def format_layer(image: Path) -> str:
     return m.group(1)
 
 
+def squashfs_bytes(image: Path) -> int:
+    """Bytes of the squashfs at the start of `image` (its superblock's bytes_used)."""
+    with image.open("rb") as f:
+        head = f.read(96)
+    if len(head) < 96 or head[:4] != b"hsqs":
+        die(f"{image}: not a squashfs layer (no hsqs superblock)")
+    used = int.from_bytes(head[40:48], "little")
+    if used > image.stat().st_size:
+        die(f"{image}: squashfs of {used} bytes in a {image.stat().st_size}-byte file (truncated)")
+    return used
+
+
+def reformat_layer(image: Path, out: Path) -> str:
+    """`out` = the squashfs of `image` (a layer with or without a tree), zero-padded to whole
+    blocks as mksquashfs pads it, with its own tree appended; return the root hash. The salt
+    and UUID follow the data, so a build's layer comes out byte for byte as the build made
+    it, and a plain squashfs gets the tree the build would have given it."""
+    left = squashfs_bytes(image)
+    with image.open("rb") as src, out.open("wb") as dst:
+        while left:
+            chunk = src.read(min(left, 1 << 20))
+            dst.write(chunk)
+            left -= len(chunk)
+        dst.write(bytes(-dst.tell() % BLOCK))
+    return format_layer(out)
+
+
 def cmdline_args(root_hashes: dict[str, str]) -> str:
     """`sennet.verity.root=HEX sennet.verity.agent=HEX` for the kernel command line."""
     missing = [r for r in ROLES if r not in root_hashes]

@@ -7,3 +7,6 @@ import pytest
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: builds or boots the real image (slow)")
+    config.addinivalue_line(
+        "markers", "kit: the air-gap kit and the offline rebuild (images/check-reproducible)"
+    )

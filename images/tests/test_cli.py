@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sennet_image import cli
 
-COMMANDS = ("build", "boot", "repro", "lock-update", "step")
+COMMANDS = ("build", "boot", "repro", "lock-update", "bundle", "flash", "step")
 
 
 def test_every_subcommand_is_listed_and_explains_itself(
@@ -68,8 +68,8 @@ def test_a_successful_step_writes_nothing_to_stderr(tmp_path: Path) -> None:
 
 def test_a_failing_step_shows_its_held_back_log_then_the_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.deb"
-    layers = []
-    for name in ("root", "agent", "test"):
+    layers: list[str | Path] = []
+    for name in ("root", "agent"):
         (tmp_path / f"{name}.squashfs").write_bytes(name.encode())
         layers += [f"--{name}", tmp_path / f"{name}.squashfs"]
     for name in ("root", "agent"):

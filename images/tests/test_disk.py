@@ -52,34 +52,25 @@ def test_disk_has_named_partitions_at_the_expected_offsets(tmp_path: Path) -> No
         assert f.read(4096) == b"R" * 4096
 
 
-def _layers(tmp_path: Path) -> tuple[Path, Path, Path]:
-    paths = (tmp_path / "root.squashfs", tmp_path / "agent.squashfs", tmp_path / "test.squashfs")
-    for p in paths:
-        p.write_bytes(p.name.encode() * 100)
-    return paths
+def test_partition_guids_depend_on_variant_role_and_slot_only() -> None:
+    prod = disk.layout("production")
+    assert prod == disk.layout("production")
+    assert list(prod) == ["esp", "root-a", "agent-a", "root-b", "agent-b", "state"]
+    assert list(disk.layout("test")) == [
+        "esp",
+        "root-a",
+        "agent-a",
+        "root-b",
+        "agent-b",
+        "test",
+        "state",
+    ]
+    # one GUID per role: slot a's and slot b's partitions are told apart
+    assert len(set(prod.values())) == len(prod)
 
 
-def test_partition_guids_are_the_same_for_the_same_layers(tmp_path: Path) -> None:
-    root, agent, test = _layers(tmp_path)
-    assert disk.layout("production", root, agent, None) == disk.layout(
-        "production", root, agent, None
-    )
-    assert disk.layout("test", root, agent, test) == disk.layout("test", root, agent, test)
-    assert list(disk.layout("production", root, agent, None)) == ["esp", "root", "agent", "state"]
-
-
-def test_partition_guids_follow_the_layers_content(tmp_path: Path) -> None:
-    root, agent, _ = _layers(tmp_path)
-    before = disk.layout("production", root, agent, None)
-    agent.write_bytes(b"another agent")
-    after = disk.layout("production", root, agent, None)
-    assert set(before.values()).isdisjoint(after.values())
-
-
-def test_no_test_variant_guid_is_one_production_looks_for(tmp_path: Path) -> None:
-    root, agent, test = _layers(tmp_path)
-    prod = disk.layout("production", root, agent, None)
-    test_ids = disk.layout("test", root, agent, test)
+def test_no_test_variant_guid_is_one_production_looks_for() -> None:
+    prod, test_ids = disk.layout("production"), disk.layout("test")
     assert "test" not in prod
     assert set(prod.values()).isdisjoint(test_ids.values())
     assert len(set(test_ids.values())) == len(test_ids)
@@ -92,12 +83,14 @@ def test_partition_table_lists_each_guid_as_gpt_stores_it() -> None:
 
 
 def test_disk_partitions_carry_the_guids_the_initramfs_looks_for(tmp_path: Path) -> None:
-    root, agent, _ = _layers(tmp_path)
-    ids = disk.layout("production", root, agent, None)
+    root = tmp_path / "root.squashfs"
+    root.write_bytes(b"root" * 100)
+    ids = disk.layout("production")
     raw = tmp_path / "d.raw"
     disk.build_disk(
         [
-            disk.Partition("sennet-root", disk.ROOT_TYPE, root, 1, ids["root"]),
+            disk.Partition("sennet-root-a", disk.ROOT_TYPE, root, 1, ids["root-a"]),
+            disk.Partition("sennet-root-b", disk.ROOT_TYPE, None, 1, ids["root-b"]),
             disk.Partition("sennet-state", disk.DATA_TYPE, None, 1, ids["state"]),
         ],
         raw,
@@ -105,9 +98,12 @@ def test_disk_partitions_carry_the_guids_the_initramfs_looks_for(tmp_path: Path)
     table = json.loads(
         subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, check=True).stdout
     )["partitiontable"]
-    assert [p["uuid"] for p in table["partitions"]] == [ids["root"], ids["state"]]
-    # the on-disk bytes of entry 1's unique GUID are what etc/partitions lists for root
+    assert [p["uuid"] for p in table["partitions"]] == [ids["root-a"], ids["root-b"], ids["state"]]
+    # the on-disk bytes of entry 1's and 2's unique GUIDs are what etc/partitions lists
     with raw.open("rb") as f:
         f.seek(1024 + 16)
-        entry_guid = f.read(16).hex()
-    assert f"root {entry_guid}\n" in disk.partition_table(ids)
+        guid_a = f.read(16).hex()
+        f.seek(1024 + 128 + 16)
+        guid_b = f.read(16).hex()
+    assert f"root-a {guid_a}\n" in disk.partition_table(ids)
+    assert f"root-b {guid_b}\n" in disk.partition_table(ids)

@@ -20,10 +20,11 @@ SNAKEOIL_SUBJECT = "/C=US/ST=Colorado/L=Fort Collins/O=SnakeOil"
 
 @pytest.fixture
 def efi(tmp_path: Path) -> Path:
-    if not disk.EFI_STUB.is_file():
-        pytest.fail(f"EFI stub missing: {disk.EFI_STUB} (scripts/bootstrap.sh installs it)")
+    stub = disk.efi_binary("linuxx64.efi.stub")
+    if not stub.is_file():
+        pytest.fail(f"EFI stub missing: {stub} (scripts/bootstrap.sh installs it)")
     path = tmp_path / "stub.efi"
-    shutil.copyfile(disk.EFI_STUB, path)
+    shutil.copyfile(stub, path)
     return path
 
 

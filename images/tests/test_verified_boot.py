@@ -1,10 +1,12 @@
 """The verified boot chain under QEMU (integration): Secure Boot, dm-verity, tampering.
 
 Each tampering test changes a copy of the built disk (never the artefacts) and boots it:
-a byte flipped in a data block of the root or agent squashfs, a wrong or missing root hash
-on the command line, a UKI changed after signing. A refused boot ends at the initramfs's
-`event=fatal why=verity_...` line or, for the UKI, at the firmware's Secure Boot refusal;
-the console is read until one of those (or agent_ready) and QEMU is stopped.
+a byte flipped in a data block of slot a's root or agent squashfs, a wrong or missing root
+hash on the command line, slot a's UKI or systemd-boot changed after signing. A refused boot
+ends at the initramfs's `event=fatal why=verity_...` line or, for an EFI binary, at the
+Secure Boot refusal (OVMF's for systemd-boot, systemd-boot's report of the firmware's
+LoadImage refusal for a UKI); the console is read until one of those (or agent_ready) and
+QEMU is stopped.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sennet_image import boot, cli, qemu
+from sennet_image import boot, build, cli, qemu, slots
 from sennet_image.disk import MIB
 
 REPO = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.integration
 # The end of a boot, whichever way it goes (OVMF prints "Access Denied" when the image's
-# signature is not in db; the initramfs prints event=fatal; the agent event=agent_ready).
-OUTCOME = re.compile(r"event=fatal .*|event=agent_ready\b.*|.*Access Denied.*")
+# signature is not in db, systemd-boot "Access denied" when LoadImage refuses a UKI; the
+# initramfs prints event=fatal; the agent event=agent_ready).
+OUTCOME = re.compile(r"event=fatal .*|event=agent_ready\b.*|.*Access [Dd]enied.*")
 LINK = ("vmlinuz", "initrd.img", "cmdline", "appliance.raw")
 
 
@@ -113,8 +116,8 @@ def test_secure_boot_runs_the_signed_uki_and_the_verified_layers(image_dir: Path
     assert "root=/dev/mapper/sennet-root agent=/dev/mapper/sennet-agent" in result.console
 
 
-@pytest.mark.parametrize(("layer", "partition"), [("root", "sennet-root"),
-                                                  ("agent", "sennet-agent")])  # fmt: skip
+@pytest.mark.parametrize(("layer", "partition"), [("root", "sennet-root-a"),
+                                                  ("agent", "sennet-agent-a")])  # fmt: skip
 def test_a_byte_flipped_in_a_layers_data_stops_the_boot(
     image_dir: Path, tmp_path: Path, layer: str, partition: str
 ) -> None:
@@ -145,19 +148,44 @@ def test_a_wrong_or_missing_root_hash_on_the_command_line_stops_the_boot(
         assert "event=root_mounted" not in console
 
 
+def _replace_on_esp(raw: Path, data: bytes, esp_path: str, tmp: Path) -> None:
+    """Write `data` over the ESP file `esp_path` (mtools on the raw disk, ESP at 1 MiB)."""
+    (tmp / "replacement.efi").write_bytes(data)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    subprocess.run(["mcopy", "-o", "-i", f"{raw}@@{MIB}", tmp / "replacement.efi", esp_path],
+                   check=True, env=env)  # fmt: skip
+
+
 def test_a_uki_changed_after_signing_is_refused_by_the_firmware(
     image_dir: Path, tmp_path: Path
 ) -> None:
+    """systemd-boot (signed, accepted) picks slot a's entry; the firmware's LoadImage
+    checks that UKI against db and refuses it, so no kernel starts."""
     work = _tampered_copy(image_dir, tmp_path / "img")
     raw = work / "appliance.raw"
-    uki = tmp_path / "BOOTX64.EFI"
-    shutil.copyfile(image_dir / "BOOTX64.EFI", uki)
-    data = uki.read_bytes()
+    data = (image_dir / "uki-a.efi").read_bytes()
     at = data.index(b"console=ttyS0")  # the .cmdline section: what an attacker would change
-    uki.write_bytes(data[:at] + b"console=ttyS1" + data[at + len(b"console=ttyS0") :])
+    data = data[:at] + b"console=ttyS1" + data[at + len(b"console=ttyS0") :]
+    version = build.read_identity(image_dir / "image.json").version
+    _replace_on_esp(raw, data, f"::/EFI/Linux/{slots.entry_name('a', version)}", tmp_path)
+    console = _boot_until_outcome(raw, _secure(work))
+    assert re.search(r"Access [Dd]enied", console), console[-3000:]
+    assert "sennet-initramfs" not in console
+    assert "event=agent_ready" not in console
+
+
+def test_systemd_boot_changed_after_signing_is_refused_by_the_firmware(
+    image_dir: Path, tmp_path: Path
+) -> None:
+    """The first link: BOOTX64.EFI (systemd-boot) with one byte of its code changed."""
+    work = _tampered_copy(image_dir, tmp_path / "img")
+    raw = work / "appliance.raw"
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    subprocess.run(["mcopy", "-o", "-i", f"{raw}@@{MIB}", uki, "::/EFI/BOOT/BOOTX64.EFI"],
-                   check=True, env=env)  # fmt: skip
+    loader = subprocess.run(["mtype", "-i", f"{raw}@@{MIB}", "::/EFI/BOOT/BOOTX64.EFI"],
+                            capture_output=True, check=True, env=env).stdout  # fmt: skip
+    at = loader.index(b"systemd-boot")  # a string in its data: the code still runs unsigned
+    tampered = loader[:at] + b"Systemd-boot" + loader[at + len(b"systemd-boot") :]
+    _replace_on_esp(raw, tampered, "::/EFI/BOOT/BOOTX64.EFI", tmp_path)
     console = _boot_until_outcome(raw, _secure(work))
     assert "Access Denied" in console, console[-3000:]
     assert "sennet-initramfs" not in console

@@ -65,11 +65,17 @@ def running(
     flow_capacity: int = FLOW_CAPACITY_DEFAULT,
     attach_rx: str = "tc",
     xdp_mode: str = "auto",
+    features: layout.Feature = layout.FEATURES_ALL,
 ) -> Iterator[Running]:
     state = Path(tempfile.mkdtemp(prefix="sennet-state-"))
     manager = DatapathManager(
         options=DatapathOptions(
-            DEFAULT_ASSETS, pin_dir, ringbuf_bytes, large, flow_capacity=flow_capacity
+            DEFAULT_ASSETS,
+            pin_dir,
+            ringbuf_bytes,
+            large,
+            flow_capacity=flow_capacity,
+            features=features,
         ),
         loader=loader,
         tc_priority=1,

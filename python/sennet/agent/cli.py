@@ -1,9 +1,10 @@
-"""`sennet-agent`: run the agent, inspect its counters, check or reset its set-up."""
+"""`sennet-agent`: run the agent, inspect its counters, check or reset its set-up, doctor."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -32,6 +33,7 @@ examples:
   sennet-agent run --config /etc/sennet/agent.toml
   sennet-agent status --json
   sennet-agent check --config /etc/sennet/agent.toml
+  sennet-agent doctor --json
 """
 
 
@@ -56,6 +58,27 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     with_config("check", "validate the settings and load the programs without attaching")
     with_config("reset", "unpin the maps: counters start from zero at the next run")
+    dr = with_config(
+        "doctor",
+        "check what the agent needs (kernel BTF, bpffs, ring buffer, program load, clsact, "
+        "capabilities, clock, free space on state_dir): PASS/FAIL with a fix each; exit 1 if "
+        "any fails",
+    )
+    out = dr.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object")
+    out.add_argument(
+        "--metrics",
+        action="store_true",
+        help="Prometheus text: sennet_agent_doctor_check{check} 0|1",
+    )
+    dr.add_argument(
+        "--min-free-mib",
+        type=int,
+        default=16,
+        metavar="MIB",
+        help="free space wanted on state_dir's filesystem (default 16 MiB; fetching an "
+        "offered update needs the bundle's size there too: the updater takes it by rename)",
+    )
     cf = sub.add_parser(
         "config",
         help="show the settings table, or the merged settings with --config",
@@ -75,6 +98,15 @@ def _load_config(args: argparse.Namespace, require_interfaces: bool = True) -> A
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     log_mod.setup(cfg.log_level)
+    from sennet.agent import marks
+
+    # The boot benchmark's mark: the interpreter and the CLI's imports are done.
+    log_mod.event(
+        logging.getLogger("sennet.agent"),
+        "agent_starting",
+        uptime=marks.uptime(),
+        process_started=marks.process_started(),
+    )
     from sennet.agent.runloop import WorkerDied, run_agent
 
     try:
@@ -96,6 +128,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     log_mod.setup("warning")
+    from sennet.agent.datapath import layout
     from sennet.agent.datapath.bpffs import ensure_pin_dir
     from sennet.agent.datapath.loader_types import DatapathOptions
     from sennet.agent.datapath.manager import DatapathManager
@@ -113,6 +146,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             cfg.large_packet_bytes,
             tcp_handshakes=cfg.tcp_handshakes_max,
             flow_capacity=cfg.flow_capacity,
+            features=layout.features_named(cfg.features),
         ),
         loader=cfg.loader,
         tc_priority=cfg.tc_priority,
@@ -135,6 +169,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if missing:  # not an error: `run` waits for them and attaches each when it appears
         print(f"not present yet (run waits for them): {', '.join(missing)}")
     return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from sennet.agent import doctor
+
+    cfg = _load_config(args, require_interfaces=False)
+    results = doctor.run_checks(cfg.pin_dir, cfg.state_dir, args.min_free_mib << 20)
+    if args.json:
+        sys.stdout.write(doctor.as_json(results))
+    elif args.metrics:
+        sys.stdout.write(doctor.as_metrics(results))
+    else:
+        sys.stdout.write(doctor.as_text(results))
+    return 0 if all(r.ok for r in results) else 1
 
 
 def _cmd_reset(args: argparse.Namespace) -> int:
@@ -160,6 +208,7 @@ COMMANDS = {
     "status": _cmd_status,
     "check": _cmd_check,
     "reset": _cmd_reset,
+    "doctor": _cmd_doctor,
     "config": _cmd_config,
 }
 

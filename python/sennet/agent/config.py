@@ -37,6 +37,12 @@ class Setting:
     secret: bool = False
 
 
+def _version(v: Any) -> str | None:
+    parts = v.split(".") if isinstance(v, str) else []
+    ok = 1 <= len(parts) <= 4 and all(p.isascii() and p.isdigit() for p in parts)
+    return None if ok else 'a dotted version of digits, e.g. "0.2.0"'
+
+
 def _positive(v: Any) -> str | None:
     return None if v > 0 else "a positive number"
 
@@ -110,6 +116,14 @@ def _flow_capacity(v: Any) -> str | None:
     return None if 1024 <= v <= 1 << 24 else "1024..16777216"
 
 
+def _features(v: Any) -> str | None:
+    bad = [n for n in v if n not in FEATURE_NAMES]
+    return f"names from {', '.join(FEATURE_NAMES)}, not {bad[0]!r}" if bad else None
+
+
+FEATURE_NAMES = ("flows", "bursts", "tcp", "dns")  # layout.Feature, by name
+
+
 def _top_n(v: Any) -> str | None:
     return None if 1 <= v <= 1000 else "1..1000"
 
@@ -134,6 +148,14 @@ SETTINGS: tuple[Setting, ...] = (
         _positive,
     ),
     Setting("ringbuf_bytes", "int", 256 * 1024, "event ring buffer size", _ringbuf),
+    Setting(
+        "features",
+        "list",
+        list(FEATURE_NAMES),
+        "what the data plane runs beyond counters and events (set at load; one left out costs "
+        "packets nothing: bench/features.py)",
+        _features,
+    ),
     Setting(
         "flow_capacity",
         "int",
@@ -269,6 +291,54 @@ SETTINGS: tuple[Setting, ...] = (
         "return to the first OTLP endpoint once it answers again (false: stay where it works)",
     ),
     Setting("otlp_compression", "str", "gzip", '"gzip" or "none"', _compression),
+    Setting(
+        "image_env",
+        "path",
+        Path("/run/sennet/image.env"),
+        "the booted image's version, digest and slot (written at boot; absent = not reported)",
+    ),
+    Setting(
+        "update_status",
+        "path",
+        Path("/var/lib/sennet/update/status.json"),
+        "the updater's status file; its last_outcome rides the heartbeat (absent = none)",
+    ),
+    Setting(
+        "update_max_bytes",
+        "int",
+        1 << 30,
+        "largest update bundle the agent fetches when the control plane offers one",
+        _positive,
+    ),
+    Setting(
+        "control_plane_http",
+        "str",
+        "",
+        'where offered bundles are fetched: "http(s)://host:port" ("" = the gRPC host in use '
+        "and the port the offer names; https when tls_ca is set)",
+    ),
+    # Read by the root updater (python -m sennet.update.cli), not by the agent itself.
+    Setting(
+        "update_min_version",
+        "str",
+        "0.0.0",
+        "updates: refuse a bundle older than this version (downgrade floor)",
+        _version,
+    ),
+    Setting(
+        "update_health_timeout_s",
+        "float",
+        90.0,
+        "updates: seconds a slot on trial has to pass its health check before rollback",
+        _positive,
+    ),
+    Setting(
+        "update_tries",
+        "int",
+        2,
+        "updates: boots a new slot gets (systemd-boot counter) before it counts as bad",
+        _positive,
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -284,6 +354,7 @@ class AgentConfig:
     interval_s: float
     large_packet_bytes: int
     ringbuf_bytes: int
+    features: tuple[str, ...]
     flow_capacity: int
     flow_idle_timeout_s: float
     flow_top_n: int
@@ -317,6 +388,13 @@ class AgentConfig:
     otlp_timeout_s: float
     otlp_failback: bool
     otlp_compression: str
+    image_env: Path
+    update_status: Path
+    update_max_bytes: int
+    control_plane_http: str
+    update_min_version: str = "0.0.0"
+    update_health_timeout_s: float = 90.0
+    update_tries: int = 2
 
     def public_view(self) -> dict[str, Any]:
         """Settings for logs and `config show`: secrets replaced."""
@@ -500,6 +578,7 @@ def build(
         )
     merged["otlp_endpoints"] = tuple(merged["otlp_endpoints"])
     merged["interfaces"] = tuple(merged["interfaces"])
+    merged["features"] = tuple(merged["features"])
     if len(set(merged["interfaces"])) != len(merged["interfaces"]):
         raise UserError(f"interfaces lists a name twice: {list(merged['interfaces'])}")
     return AgentConfig(**merged)

@@ -38,6 +38,7 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         snap = self._snapshot()
+        image = snap.image_state.image
         info = InfoMetricFamily("sennet_agent", "Agent identity and build")
         info.add_metric(
             [],
@@ -46,6 +47,10 @@ class SnapshotCollector(Collector):
                 "version": snap.agent_version,
                 "kernel": snap.kernel_version,
                 "loader": snap.loader,
+                # the appliance image ("" on an ordinary host)
+                "image_version": image.version if image else "",
+                "image_digest": image.digest if image else "",
+                "slot": image.slot if image else "",
             },
         )
         yield info

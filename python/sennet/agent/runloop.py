@@ -19,11 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sennet import __version__
 from sennet.agent import identity as identity_mod
-from sennet.agent import readout, statedir
+from sennet.agent import marks, statedir
 from sennet.agent.config import AgentConfig
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
@@ -31,11 +31,14 @@ from sennet.agent.datapath.linkwatch import LinkWatch
 from sennet.agent.datapath.loader_types import DatapathOptions
 from sennet.agent.datapath.manager import Attached, DatapathManager, kernel_release
 from sennet.agent.events import RingBufferConsumer
-from sennet.agent.insights import Insights
+from sennet.agent.image_state import ImageStateReader
 from sennet.agent.sinks.log_sink import LogSink
 from sennet.agent.sinks.protocol import SnapshotSink
 from sennet.agent.snapshot import InterfaceCounters, Snapshot
 from sennet.common.log import event
+
+if TYPE_CHECKING:  # imported once counting: flows, DNS, TCP readers and /metrics wait for it
+    from sennet.agent.insights import Insights
 
 log = logging.getLogger("sennet.agent")
 
@@ -58,7 +61,19 @@ def default_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
 
 def _control_plane_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
     from sennet.agent.sinks.controlplane_grpc import SinkOptions, make_sink
+    from sennet.agent.update_fetch import FetchOptions, UpdateFetcher
 
+    fetcher = UpdateFetcher(
+        cfg.state_dir / statedir.AGENT_DIR,
+        FetchOptions(
+            max_bytes=cfg.update_max_bytes,
+            base_url=cfg.control_plane_http,
+            tls_ca=cfg.tls_ca,
+            tls_cert=cfg.tls_cert,
+            tls_key=cfg.tls_key,
+            tls_server_name=cfg.tls_server_name,
+        ),
+    )
     return make_sink(
         control_plane=cfg.control_plane,
         bootstrap_token=cfg.bootstrap_token,
@@ -72,6 +87,7 @@ def _control_plane_sink(cfg: AgentConfig, agent_id: str) -> SnapshotSink:
             max_queued_event_bytes=cfg.max_queued_event_bytes,
             failback_s=cfg.control_plane_failback_s,
         ),
+        offers=fetcher.offered,  # offered bundles are fetched for the updater, never applied
     )
 
 
@@ -93,6 +109,7 @@ class Agent:
                 large_packet_bytes=cfg.large_packet_bytes,
                 tcp_handshakes=cfg.tcp_handshakes_max,
                 flow_capacity=cfg.flow_capacity,
+                features=layout.features_named(cfg.features),
             ),
             loader=cfg.loader,
             tc_priority=cfg.tc_priority,
@@ -106,12 +123,14 @@ class Agent:
         self.reader: CounterReader | None = None
         self.consumer: RingBufferConsumer | None = None
         self.insights: Insights | None = None
+        self.image_state = ImageStateReader(cfg.image_env, cfg.update_status)
         self.sink: SnapshotSink | None = None
         self._threads: list[threading.Thread] = []
         self._http: Any = None
         # Set when the loop has something to do now: a link event, or a stop signal.
         self.wake = threading.Event()
         self._linkwatch: LinkWatch | None = None
+        self._beats = 0
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -125,13 +144,25 @@ class Agent:
         statedir.prepare(self.cfg.state_dir, who.uid if who else None, who.gid if who else None)
         ident = identity_mod.load_or_create(self.cfg.state_dir)
         self.agent_id = ident.agent_id
+        # Counting first: load and attach, nothing else in between. What is counted
+        # meanwhile waits in the maps (counters, flows) and the ring (events) for the
+        # readers set up after it; the ring holds events until the consumer starts.
+        event(log, "datapath_loading", uptime=marks.uptime())
         loaded = self.manager.load()
+        self.attached = self.manager.attach(self.cfg.interfaces)
+        event(
+            log,
+            "counting",
+            interfaces=",".join(a.ifname for a in self.attached),
+            uptime=marks.uptime(),
+        )
+        from sennet.agent.insights import Insights
+
         self.reader = CounterReader(loaded.map_fds)
         self.insights = Insights(loaded.map_fds, self.cfg)
         self.consumer = RingBufferConsumer(
             loaded.map_fds[layout.MAP_EVENTS], loaded.ringbuf_bytes, self.cfg.recent_events_max
         )
-        self.attached = self.manager.attach(self.cfg.interfaces)
         # Opened as root (it enters cfg.netns); link notifications need no privilege after.
         self._linkwatch = LinkWatch(self.cfg.netns)
         if who is not None:
@@ -155,6 +186,8 @@ class Agent:
         watch.start()
         self._threads.append(watch)
         if self.cfg.metrics_listen:
+            from sennet.agent import readout  # prometheus_client: after counting
+
             self._http = readout.serve(
                 self.cfg.metrics_listen,
                 self.snapshot_for_scrape,
@@ -172,6 +205,7 @@ class Agent:
             interval_s=self.cfg.interval_s,
             metrics=self.cfg.metrics_listen or "off",
             control_plane=self.cfg.control_plane or "none",
+            uptime=marks.uptime(),
         )
 
     def run(self) -> None:
@@ -234,6 +268,32 @@ class Agent:
         if self.insights is not None:
             self.insights.refresh(self.attached)
         self.sink.send(self.snapshot(take_recent=True))
+        self._beats += 1
+        if self._beats == 2:  # idle by now, with the sink (gRPC: its stack) loaded
+            event(log, "footprint", rss_kib=marks.rss_kib(), uptime=marks.uptime())
+        self._write_health()
+
+    def _write_health(self) -> None:
+        """health.json for the root updater (the agent's side of the update health check)."""
+        from sennet.agent import health_file
+
+        acks: list[float | None] = []
+        if self.cfg.control_plane:  # the gRPC stack is imported only where it is used
+            from sennet.agent.sinks.controlplane_grpc import GrpcSink
+            from sennet.agent.sinks.fanout import FanoutSink
+
+            sinks = self.sink.sinks if isinstance(self.sink, FanoutSink) else (self.sink,)
+            acks = [s.stats().last_ack_unix for s in sinks if isinstance(s, GrpcSink)]
+        try:
+            health_file.write(
+                self.cfg.state_dir / statedir.AGENT_DIR,
+                self.cfg.interfaces,
+                [a.ifname for a in self.attached],
+                acks[0] if acks else None,
+                bool(self.cfg.control_plane),
+            )
+        except OSError as exc:  # a full state partition must not stop the counting
+            event(log, "health_file_failed", logging.WARNING, error=repr(exc))
 
     def shutdown(self) -> None:
         """Idempotent, runs every step even if an earlier one fails, logs each failure."""
@@ -305,6 +365,7 @@ class Agent:
             microbursts=latest.microbursts if latest else (),
             dns=latest.dns if latest else None,
             tcp=latest.tcp if latest else None,
+            image_state=self.image_state.read(),
         )
 
     def snapshot_for_scrape(self) -> Snapshot:

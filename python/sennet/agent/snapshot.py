@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sennet.agent.datapath.layout import Direction, EventKind
+from sennet.agent.image_state import NO_IMAGE, ImageState
 from sennet.agent.telemetry import DnsReport, FlowReport, Microburst, TcpReport
 
 
@@ -62,3 +63,5 @@ class Snapshot:
     microbursts: tuple[Microburst, ...] = ()
     dns: DnsReport | None = None
     tcp: TcpReport | None = None
+    # The appliance image and the last update outcome (unset on an ordinary host).
+    image_state: ImageState = NO_IMAGE

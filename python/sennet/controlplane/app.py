@@ -21,6 +21,7 @@ from typing import Any
 from sennet.common.files import write_atomic
 from sennet.common.log import event
 from sennet.controlplane.auth import Authenticator
+from sennet.controlplane.bundle_http import BundleDownloads
 from sennet.controlplane.calls import Calls
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.grpc_server import GrpcServer
@@ -30,6 +31,7 @@ from sennet.controlplane.metrics import Exposition, ServerMetrics
 from sennet.controlplane.sentinel_service import SentinelService
 from sennet.controlplane.settings import Settings
 from sennet.controlplane.store import Store
+from sennet.controlplane.update_offers import OfferBook
 from sennet.controlplane.validate_insights import Limits
 from sennet.controlplane.writer import HeartbeatWriter
 
@@ -57,18 +59,28 @@ class ControlPlane:
         self.identity = Identity(self.store)
         self.auth = Authenticator(self.identity, cache_s=settings.agent_token_cache)
         limits = Limits(settings.max_talkers, settings.max_dns_names)
-        self.service = SentinelService(self.identity, self.writer, self.fleet, self.auth, limits)
+        self.offers = OfferBook(self.store)
+        self.service = SentinelService(
+            self.identity, self.writer, self.fleet, self.auth, limits, self.offers
+        )
         self.calls = Calls(self.service, self.auth, self.metrics, settings.max_request_bytes)
         self.exposition = Exposition(
             self.metrics, self.fleet, settings.stale_after, settings.histogram_export_step
         )
         self.http = HttpServer(
             settings.http_listen,
-            HttpApp(self.calls, self.exposition, self.health, settings.body_timeout),
+            HttpApp(
+                self.calls,
+                self.exposition,
+                self.health,
+                settings.body_timeout,
+                BundleDownloads(self.auth, settings.db, self.offers),
+            ),
             tls=settings.tls,
             idle_timeout_s=settings.idle_timeout,
             max_connections=settings.http_max_connections,
         )
+        self.offers.http_port = self.http.port  # bound already; offers name it
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy when the database file opens and reads and the writer is alive and committing.

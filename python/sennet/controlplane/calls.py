@@ -21,11 +21,12 @@ from typing import Any
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
-from sennet.controlplane import codec
+from sennet.controlplane import codec, old_path
 from sennet.controlplane.auth import Authenticator, Principal
 from sennet.controlplane.metrics import ServerMetrics, Transport
 from sennet.controlplane.refusals import RequestError
 from sennet.controlplane.sentinel_service import SentinelService
+from sennet.controlplane.wakeups import Wakeups
 from sennet.proto.contract import BY_NAME, HEARTBEAT, REGISTER, Method
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
@@ -51,6 +52,8 @@ class Calls:
         self._auth = authenticator
         self._metrics = metrics
         self._max = max_request_bytes
+        # one loop wake-up per committed group, not per heartbeat (wakeups.py)
+        self._wakeups = None if old_path.selected() else Wakeups()
         # What "accepted" means per method: an enrolment, or a stored heartbeat.
         self._accepted: dict[str, Counter] = {
             REGISTER.name: metrics.registrations,
@@ -77,7 +80,10 @@ class Calls:
             if isinstance(req, REGISTER.request):
                 # one committed transaction: blocking, so off the event loop
                 return await asyncio.to_thread(self._service.register, principal, req)
-            return await asyncio.wrap_future(self._service.heartbeat(principal, _heartbeat(req)))
+            stored = self._service.heartbeat(principal, _heartbeat(req))
+            if self._wakeups is None:
+                return await asyncio.wrap_future(stored)
+            return await self._wakeups.wait(stored)
 
     def refused(self, method: Method[Any, Any], err: RequestError) -> None:
         """Count a refusal a transport decided before it had a body (e.g. Content-Length)."""

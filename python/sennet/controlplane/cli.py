@@ -1,4 +1,4 @@
-"""`sennet-controlplane`: serve, manage bootstrap tokens, and manage agents' standing.
+"""`sennet-controlplane`: serve, manage bootstrap tokens, agents' standing and update offers.
 
     sennet-controlplane --db /var/lib/sennet/controlplane.db serve
     sennet-controlplane token create --name rack-12      # prints the token once; 24h
@@ -7,6 +7,9 @@
     sennet-controlplane token revoke 3f2a9c0d1e4b5a6f
     sennet-controlplane agent list
     sennet-controlplane agent reset|disable|enable AGENT_ID
+    sennet-controlplane update publish sennet-0.2.0.bundle --apply-at 02:00-04:00
+    sennet-controlplane update list
+    sennet-controlplane update withdraw 3
 
 Operator mistakes (bad flags, unreadable files, a busy port) print one
 `sennet-controlplane: error:` line and exit 2 (`sennet.common.errors.run_main`);
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from sennet.common import log as slog
 from sennet.common.errors import UserError, run_main
-from sennet.controlplane import settings, tokens
+from sennet.controlplane import settings, tokens, update_offers, validate
 from sennet.controlplane.app import ControlPlane
 from sennet.controlplane.identity import (
     DEFAULT_BOOTSTRAP_LIFETIME_S,
@@ -149,6 +152,39 @@ def parser() -> argparse.ArgumentParser:
     ):
         act = asub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         act.add_argument("agent_id", help="the id shown by `agent list`")
+
+    u = sub.add_parser(
+        "update",
+        help="offer an update bundle to appliances; list or withdraw offers",
+        description="Offer a signed update bundle (made by images/make-bundle) to appliances. "
+        "`publish` copies it into the bundles directory beside the database and reads its "
+        "version from its manifest; every appliance (or only the --agent ones) whose "
+        "heartbeat reports another running version is offered the newest offer in the "
+        "heartbeat's answer, fetches it from the HTTP port (GET /updates/SHA256.bundle with "
+        "its agent token, resumable with Range) and hands it to its updater, which checks "
+        "the signature against the keys in its image and applies it at --apply-at. A "
+        "running control plane sees a new offer within 2 s.",
+    )
+    usub = u.add_subparsers(dest="update_command", required=True, metavar="ACTION")
+    pub = usub.add_parser("publish", help="offer a bundle (prints the offer)")
+    pub.add_argument("bundle", type=Path, help="the bundle file (a .bundle tar)")
+    pub.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="offer only to this agent id (repeat for several; default: every appliance)",
+    )
+    pub.add_argument(
+        "--apply-at",
+        default="now",
+        metavar="WHEN",
+        help='"now" (default) or a daily window "HH:MM-HH:MM" in UTC (may cross midnight)',
+    )
+    uls = usub.add_parser("list", help="list offers not withdrawn, newest first")
+    uls.add_argument("--json", action="store_true", help="one JSON object per line")
+    wd = usub.add_parser("withdraw", help="stop offering a bundle; its downloads stop too (404)")
+    wd.add_argument("offer_id", type=int, help="the id shown by `update list`")
     return p
 
 
@@ -272,6 +308,49 @@ def _agent_command(args: argparse.Namespace, db: Path) -> int:
     return 0
 
 
+def _update_command(args: argparse.Namespace, db: Path) -> int:
+    store = Store(db)
+    store.migrate()
+    now = time.time()
+    if args.update_command == "publish":
+        for agent in args.agent:
+            validate.agent_id(agent, "--agent")
+        offer = update_offers.publish(store, args.bundle, tuple(args.agent), args.apply_at, now)
+        print(
+            f"offer {offer.offer_id}: version {offer.version} sha256 {offer.sha256} "
+            f"size {offer.size} apply_at {offer.apply_at} "
+            f"agents {','.join(offer.targets) or 'all'}"
+        )
+        return 0
+    if args.update_command == "list":
+        for offer in update_offers.active(store.local()):
+            doc = {
+                "offer_id": offer.offer_id,
+                "version": offer.version,
+                "sha256": offer.sha256,
+                "size": offer.size,
+                "apply_at": offer.apply_at,
+                "agents": list(offer.targets),
+                "published_at": offer.published_at,
+            }
+            if args.json:
+                print(json.dumps(doc))
+            else:
+                agents = ",".join(offer.targets) or "all"
+                print(
+                    f"{offer.offer_id:<6} {offer.version:16} {offer.sha256[:16]}  "
+                    f"{offer.size:>12}  {offer.apply_at:11}  {_ts(offer.published_at):20}  {agents}"
+                )
+        return 0
+    if not update_offers.withdraw(store, args.offer_id, now):
+        raise UserError(
+            f"no active offer with id {args.offer_id}",
+            hint="`sennet-controlplane update list` shows the ids",
+        )
+    print(f"withdrew offer {args.offer_id}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     asyncio.run(ControlPlane(settings.build(args, os.environ)).run())
     return 0
@@ -286,6 +365,8 @@ def _main(argv: list[str] | None) -> int:
             return _serve(args)
         if args.command == "agent":
             return _agent_command(args, common["db"])
+        if args.command == "update":
+            return _update_command(args, common["db"])
         return _token_command(args, common["db"])
     except sqlite3.DatabaseError as exc:
         raise UserError(

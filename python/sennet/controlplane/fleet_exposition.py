@@ -71,9 +71,12 @@ _AGENT_DROPPED = (
     "Events the agent decoded but could not deliver (its queue overflowed).",
 )
 _IF_FAMILIES = {"packets": _PACKETS, "bytes": _BYTES}
+# (name, type, help) of every per-agent family, in output order (shared with fleet_text.py)
+INFO, UP = _INFO, _UP
+AFTER_UP = (_LAST, _UPTIME, _RESETS, _PACKETS, _BYTES, _EVENTS, _RB, _AGENT_DROPPED)
 
 
-def _esc(value: str) -> str:
+def esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
@@ -148,7 +151,7 @@ _GROUP_OF = {
 Export = tuple[tuple[tuple[SeriesKey, ...], ...], tuple[tuple[int, ...], ...]]
 
 
-def _export(series: Mapping[SeriesKey, Series]) -> Export:
+def export_of(series: Mapping[SeriesKey, Series]) -> Export:
     groups: dict[str, list[SeriesKey]] = {g: [] for g in EXPORT_GROUPS}
     for key in series:
         group = _GROUP_OF.get(key.family)
@@ -174,7 +177,7 @@ class ExportCache:
         self._by_agent: dict[str, tuple[Mapping[SeriesKey, Series], Export]] = {}
 
     def warm(self, views: Iterable[AgentView]) -> None:
-        computed = [(v.agent_id, v.series, _export(v.series)) for v in views]
+        computed = [(v.agent_id, v.series, export_of(v.series)) for v in views]
         with self._lock:
             for agent_id, series, export in computed:
                 self._by_agent[agent_id] = (series, export)
@@ -187,7 +190,7 @@ class ExportCache:
             for v in views:
                 hit = cache.get(v.agent_id)
                 if hit is None or hit[0] is not v.series:
-                    hit = (v.series, _export(v.series))
+                    hit = (v.series, export_of(v.series))
                     cache[v.agent_id] = hit
                 out.append(hit[1])
             if len(cache) > len(views):
@@ -221,16 +224,16 @@ class _Layout:
         return text
 
 
-def _series_prefix(agent_label: str, key: SeriesKey) -> str:
+def series_prefix(agent_label: str, key: SeriesKey) -> str:
     family, name = key
     if family in (EVENTS, RINGBUF_DROPS):
         metric = _EVENTS[0] if family == EVENTS else _RB[0]
-        return f'{metric}{{{agent_label},kind="{_esc(name)}"}} '
+        return f'{metric}{{{agent_label},kind="{esc(name)}"}} '
     if family == AGENT_DROPPED:
         return f"{_AGENT_DROPPED[0]}{{{agent_label}}} "
     direction, _, unit = family.partition("_")
     metric = _IF_FAMILIES[unit][0]
-    return f'{metric}{{{agent_label},interface="{_esc(name)}",direction="{direction}"}} '
+    return f'{metric}{{{agent_label},interface="{esc(name)}",direction="{direction}"}} '
 
 
 class FastFleetRenderer:
@@ -247,17 +250,17 @@ class FastFleetRenderer:
         cached = self._layouts.get(v.agent_id)
         if cached is not None and cached.signature == signature:
             return cached
-        a = f'agent="{_esc(v.agent_id)}"'
+        a = f'agent="{esc(v.agent_id)}"'
         formats = tuple(
-            "".join(_series_prefix(a, k).replace("%", "%%") + "%d\n" for k in group)
+            "".join(series_prefix(a, k).replace("%", "%%") + "%d\n" for k in group)
             for group in keys
         )
         layout = _Layout(
             signature=signature,
             info=(
-                f'{_INFO[0]}{{{a},hostname="{_esc(v.hostname)}",'
-                f'agent_version="{_esc(v.agent_version)}",'
-                f'kernel_version="{_esc(v.kernel_version)}"}} 1\n'
+                f'{_INFO[0]}{{{a},hostname="{esc(v.hostname)}",'
+                f'agent_version="{esc(v.agent_version)}",'
+                f'kernel_version="{esc(v.kernel_version)}"}} 1\n'
             ),
             up=f"{_UP[0]}{{{a}}} ",
             last=f"{_LAST[0]}{{{a}}} ",

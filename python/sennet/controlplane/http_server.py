@@ -1,4 +1,4 @@
-"""The HTTP port: GET /health, GET /metrics, and Connect (JSON, proto, gRPC-Web) to SentinelService.
+"""The HTTP port: /health, /metrics, /updates/ (bundles), and Connect to SentinelService.
 
 Connect is served by the official `connectrpc` ASGI application generated from
 the .proto (`sentinel_connect.py`), under uvicorn. The generated application
@@ -44,6 +44,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from sennet.common.errors import UserError
 from sennet.common.log import event
 from sennet.controlplane import codec
+from sennet.controlplane.bundle_http import BundleDownloads
 from sennet.controlplane.calls import Calls, Encoding
 from sennet.controlplane.grpc_server import TlsFiles
 from sennet.controlplane.metrics import CONTENT_TYPE, Exposition, Transport
@@ -123,8 +124,10 @@ class HttpApp:
         exposition: Exposition,
         health: Callable[[], tuple[bool, dict[str, Any]]],
         body_timeout_s: float = 10.0,
+        downloads: BundleDownloads | None = None,
     ) -> None:
         self.calls = calls
+        self.downloads = downloads
         self.exposition = exposition
         self.health = health
         self.max_request_bytes = calls.max_request_bytes
@@ -147,6 +150,9 @@ class HttpApp:
         if scope["method"] == "GET" and path == "/metrics":
             body = await asyncio.to_thread(self.exposition.render)
             await _reply(send, 200, CONTENT_TYPE, body)
+            return
+        if self.downloads is not None and self.downloads.handles(path):
+            await self.downloads.serve(scope, send)  # offered update bundles (bundle_http.py)
             return
         method = self._by_path.get(path)
         if method is None:

@@ -131,6 +131,7 @@ class InsightRenderer:
         # the same flow/DNS/TCP series (the first scrape after a restart meets 10,000 agents)
         self._shapes: dict[tuple[SeriesKey, ...], tuple[_Group, ...]] = {}
         self._shapes_lock = threading.Lock()  # apart: a scrape lays out under self._lock
+        self._text_only = False  # set by text_of: the cache holds gauge text only
 
     def _layout(self, view: AgentView) -> _Layout:
         keys = tuple(k for k in view.series if k.family in fi.FAMILIES)
@@ -174,8 +175,28 @@ class InsightRenderer:
             with self._lock:
                 self._by_agent[v.agent_id] = rendered
 
+    def text_of(self, view: AgentView) -> tuple[str, ...]:
+        """One view's text per FAMILIES entry, reusing its previous layout (`fleet_text.py`).
+
+        Only the gauge families' text is kept for the next heartbeat (the rest is
+        formatted afresh each time anyway): the caller keeps the whole text, as bytes,
+        and a second copy of 155 series per agent would cost tens of MiB at fleet
+        size. An instance used this way does not also `render`.
+        """
+        self._text_only = True
+        with self._lock:
+            previous = self._by_agent.get(view.agent_id)
+        rendered = self._render(view, previous)
+        pairs = zip(FAMILIES, rendered.text, strict=True)
+        kept = tuple(t if f.type == "gauge" else "" for f, t in pairs)
+        with self._lock:
+            self._by_agent[view.agent_id] = rendered._replace(text=kept)
+        return rendered.text
+
     def render(self, views: list[AgentView]) -> str:
         """Every family's header and samples, agents in the order given."""
+        if self._text_only:
+            raise RuntimeError("this InsightRenderer keeps only gauge text (text_of)")
         texts = []
         with self._lock:
             cache = self._by_agent

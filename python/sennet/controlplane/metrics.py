@@ -18,8 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sennet.controlplane import old_path
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.fleet_exposition import ExportCache, FastFleetRenderer, FleetCollector
+from sennet.controlplane.fleet_text import FleetText
+from sennet.controlplane.image_exposition import ImageCollector, ImageRenderer
 from sennet.controlplane.insight_exposition import InsightCollector
 from sennet.controlplane.insight_render import InsightRenderer
 from sennet.controlplane.refusals import RequestError
@@ -153,6 +156,22 @@ class Exposition:
     ) -> None:
         self._server = server
         self._fleet = fleet
+        self._text: FleetText | None = None
+        self._images = ImageRenderer()
+        fleet.subscribe(self._images.warm)  # image and outcome lines laid out at commit
+        if not old_path.selected():
+            # each committed view's bytes are prepared as the fleet installs it
+            self._text = FleetText(stale_after_s, histogram_step)
+            fleet.subscribe(self._text.warm)
+        else:
+            self._old_path(fleet, stale_after_s, histogram_step)
+        self._plain = CollectorRegistry()
+        self._plain.register(FleetCollector(fleet, stale_after_s))
+        self._plain.register(ImageCollector(fleet))
+        self._plain.register(InsightCollector(fleet, histogram_step))
+
+    def _old_path(self, fleet: Fleet, stale_after_s: float, histogram_step: int) -> None:
+        """The renderers before issue 16 (text per family at scrape time), for the benchmark."""
         exports = ExportCache()
         fleet.subscribe(exports.warm)  # newly committed views are prepared before a scrape
         self._fast = FastFleetRenderer(stale_after_s, exports)
@@ -166,15 +185,19 @@ class Exposition:
             name="sennet-metrics-warm",
             daemon=True,
         ).start()
-        self._plain = CollectorRegistry()
-        self._plain.register(FleetCollector(fleet, stale_after_s))
-        self._plain.register(InsightCollector(fleet, histogram_step))
 
     def render(self, *, fast: bool = True) -> bytes:
         head = generate_latest(self._server.registry)
-        if fast:
+        if fast and self._text is not None:
+            views = self._fleet.snapshot()
+            images = self._images.render(views).encode()
+            # one copy of the body: the chunks are joined with the head once
+            return b"".join([head, *self._text.render(views, time.time()), images])
+        if fast:  # the old path
             views = self._fleet.snapshot()
             fleet_text = self._fast.render(views, time.time()).encode()
             # one join: at 10,000 agents each extra concatenation copies tens of megabytes
-            return b"".join((head, fleet_text, self._insights.render(views).encode()))
+            insights = self._insights.render(views).encode()
+            images = self._images.render(views).encode()
+            return b"".join((head, fleet_text, insights, images))
         return head + generate_latest(self._plain)

@@ -195,6 +195,28 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (heartbeat_id, histogram)
     ) WITHOUT ROWID;
     """,
+    # 5: appliance updates. The agent's running image and last update outcome (latest only,
+    #    on its row: image_report.py), and the bundles an operator offered (update_offers.py).
+    """
+    ALTER TABLE agents ADD COLUMN image_version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE agents ADD COLUMN image_digest TEXT NOT NULL DEFAULT '';
+    ALTER TABLE agents ADD COLUMN image_slot TEXT NOT NULL DEFAULT '';
+    ALTER TABLE agents ADD COLUMN update_result TEXT NOT NULL DEFAULT '';
+    ALTER TABLE agents ADD COLUMN update_reason TEXT NOT NULL DEFAULT '';
+    ALTER TABLE agents ADD COLUMN update_from_version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE agents ADD COLUMN update_to_version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE agents ADD COLUMN update_at REAL NOT NULL DEFAULT 0;
+    CREATE TABLE update_offers (
+        offer_id     INTEGER PRIMARY KEY,
+        version      TEXT NOT NULL,
+        sha256       TEXT NOT NULL,
+        size         INTEGER NOT NULL,
+        apply_at     TEXT NOT NULL,
+        targets      TEXT NOT NULL DEFAULT '',
+        published_at REAL NOT NULL,
+        withdrawn_at REAL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -17,6 +17,7 @@ from sennet.controlplane.auth import Authenticator, Principal
 from sennet.controlplane.fleet import Fleet
 from sennet.controlplane.identity import Identity
 from sennet.controlplane.refusals import Code, RequestError
+from sennet.controlplane.update_offers import OfferBook
 from sennet.controlplane.validate_insights import DEFAULT_LIMITS, Limits
 from sennet.controlplane.writer import HeartbeatWriter
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
@@ -32,8 +33,10 @@ class SentinelService:
         fleet: Fleet,
         auth: Authenticator,
         limits: Limits = DEFAULT_LIMITS,
+        offers: OfferBook | None = None,
     ) -> None:
         self._limits = limits
+        self._offers = offers
         self._auth = auth
         self._identity = identity
         self._writer = writer
@@ -92,7 +95,34 @@ class SentinelService:
         validate.heartbeat(req, self._limits)
         if principal.agent_id != req.agent_id:
             raise _mismatch(req.agent_id)
-        return self._writer.submit(req)
+        stored = self._writer.submit(req)
+        offer = self._offers.offer_for(req) if self._offers is not None else None
+        return stored if offer is None else _with_offer(stored, offer)
+
+
+def _with_offer(
+    stored: Future[pb.HeartbeatResponse], offer: pb.UpdateOffer
+) -> Future[pb.HeartbeatResponse]:
+    """The acknowledgement with the offer added, resolved when `stored` is (never before)."""
+    out: Future[pb.HeartbeatResponse] = Future()
+
+    def done(f: Future[pb.HeartbeatResponse]) -> None:
+        if out.done():  # the caller gave up meanwhile
+            return
+        if f.cancelled():
+            out.cancel()
+            return
+        exc = f.exception()
+        if exc is not None:
+            out.set_exception(exc)
+            return
+        answer = f.result()
+        answer.update_offer.CopyFrom(offer)
+        out.set_result(answer)
+
+    out.add_done_callback(lambda f: stored.cancel() if f.cancelled() else None)
+    stored.add_done_callback(done)
+    return out
 
 
 def _mismatch(agent_id: str) -> RequestError:

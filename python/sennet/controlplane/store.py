@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sennet.common.errors import UserError
-from sennet.controlplane import store_insights
+from sennet.controlplane import image_report, store_insights
 from sennet.controlplane.fleet import AgentView, Series, SeriesKey
 from sennet.controlplane.fleet_insights import Telemetry
 from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
@@ -243,6 +243,8 @@ class Store:
         )
         if cur.rowcount != 1:
             raise sqlite3.IntegrityError(f"agent {req.agent_id} is not enrolled")
+        if req.HasField("image") or req.HasField("last_update"):
+            image_report.save(conn, req.agent_id, view.image)
         return len(events)
 
     @staticmethod
@@ -303,7 +305,10 @@ class Store:
 
     @staticmethod
     def _view(
-        row: tuple[Any, ...], series: dict[SeriesKey, Series], telemetry: Telemetry | None = None
+        row: tuple[Any, ...],
+        series: dict[SeriesKey, Series],
+        telemetry: Telemetry | None = None,
+        image: image_report.ImageReport | None = None,
     ) -> AgentView:
         return AgentView(
             agent_id=row[0],
@@ -317,6 +322,7 @@ class Store:
             resets=row[8],
             series=series,
             telemetry=telemetry,
+            image=image,
         )
 
     def load_fleet(self) -> list[AgentView]:
@@ -326,8 +332,9 @@ class Store:
         for agent_id, key, last_raw, total in conn.execute("SELECT * FROM series"):
             series.setdefault(agent_id, {})[SeriesKey.from_stored(key)] = Series(last_raw, total)
         telemetry = store_insights.latest_telemetry(conn)
+        images = image_report.load(conn)
         return [
-            self._view(row, series.get(row[0], {}), telemetry.get(row[0]))
+            self._view(row, series.get(row[0], {}), telemetry.get(row[0]), images.get(row[0]))
             for row in conn.execute(self._AGENT_COLUMNS)
         ]
 
@@ -336,6 +343,17 @@ class Store:
             "SELECT heartbeats FROM agents WHERE agent_id = ?", (agent_id,)
         ).fetchone()
         return None if row is None else int(row[0])
+
+    def heartbeat_counts(self, conn: sqlite3.Connection, agent_ids: set[str]) -> dict[str, int]:
+        """`heartbeat_count` of several agents in one query (the writer's group, at its start)."""
+        ids = sorted(agent_ids)
+        marks = ",".join("?" * len(ids))
+        return {
+            agent_id: int(n)
+            for agent_id, n in conn.execute(
+                f"SELECT agent_id, heartbeats FROM agents WHERE agent_id IN ({marks})", ids
+            )
+        }
 
     def load_agent(self, conn: sqlite3.Connection, agent_id: str) -> AgentView | None:
         """One agent's committed state, read inside the caller's write transaction.
@@ -354,7 +372,8 @@ class Store:
             )
         }
         telemetry = store_insights.latest_telemetry(conn, agent_id).get(agent_id)
-        return self._view(row, series, telemetry)
+        image = image_report.load(conn, agent_id).get(agent_id)
+        return self._view(row, series, telemetry, image)
 
     def count(self, table: str) -> int:
         """Row count of one of our tables (tests and /health)."""

@@ -9,6 +9,7 @@ what it showed before, as it does for the counters.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections import defaultdict
@@ -107,9 +108,16 @@ def insert(conn: sqlite3.Connection, hb_id: int, req: pb.HeartbeatRequest) -> No
     for name, (summary, field) in fi.HISTOGRAMS.items():
         if req.HasField(summary) and getattr(req, summary).HasField(field):
             h = getattr(getattr(req, summary), field)
-            bounds, counts = json.dumps(list(h.bounds_seconds)), json.dumps(list(h.counts))
+            bounds = _json_floats(tuple(h.bounds_seconds))
+            counts = "[" + ", ".join(map(str, h.counts)) + "]"  # what json.dumps gives for ints
             rows.append((hb_id, name, bounds, counts, h.sum_seconds))
     conn.executemany("INSERT INTO histogram_samples VALUES (?, ?, ?, ?, ?)", rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _json_floats(values: tuple[float, ...]) -> str:
+    """JSON of a bound list; memoized, as a fleet sends the same few lists every heartbeat."""
+    return json.dumps(list(values))
 
 
 def latest_telemetry(

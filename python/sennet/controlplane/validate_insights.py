@@ -81,9 +81,10 @@ def _most(items: int, field: str, limit: int, setting: str = "") -> None:
         raise invalid(field, f"has {items} entries, at most {limit} allowed{why}")
 
 
-def histogram(h: pb.LatencyHistogram, field: str) -> None:
-    """Bounds finite, positive, strictly increasing; one more count than bounds; a sane sum."""
-    bounds = list(h.bounds_seconds)
+_GOOD_BOUNDS: set[tuple[float, ...]] = set()  # bound lists that passed `_bounds`
+
+
+def _bounds(bounds: tuple[float, ...], field: str) -> None:
     _most(len(bounds), f"{field}.bounds_seconds", MAX_BOUNDS)
     last = 0.0
     for i, b in enumerate(bounds):
@@ -93,14 +94,25 @@ def histogram(h: pb.LatencyHistogram, field: str) -> None:
                 f"{b} is not finite, positive and above the previous bound ({last})",
             )
         last = b
+
+
+def histogram(h: pb.LatencyHistogram, field: str) -> None:
+    """Bounds finite, positive, strictly increasing; one more count than bounds; a sane sum."""
+    bounds = tuple(h.bounds_seconds)
+    if bounds not in _GOOD_BOUNDS:  # a fleet sends the same few bound lists every heartbeat
+        _bounds(bounds, field)
+        if len(_GOOD_BOUNDS) >= 64:
+            _GOOD_BOUNDS.clear()
+        _GOOD_BOUNDS.add(bounds)
     if len(h.counts) != len(bounds) + 1:
         raise invalid(
             f"{field}.counts",
             f"has {len(h.counts)} entries for {len(bounds)} bounds; want bounds + 1 "
             "(the last bucket is above the last bound)",
         )
-    for i, c in enumerate(h.counts):
-        _counter(c, f"{field}.counts[{i}]")
+    if max(h.counts) > MAX_COUNTER:  # field names are only spelled out for the offender
+        for i, c in enumerate(h.counts):
+            _counter(c, f"{field}.counts[{i}]")
     s = h.sum_seconds
     if not math.isfinite(s) or s < 0 or s * 1e9 > MAX_COUNTER:
         raise invalid(f"{field}.sum_seconds", f"{s} is not a finite sum in 0..{MAX_COUNTER}e-9")

@@ -38,7 +38,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from sennet.common.log import event
-from sennet.controlplane import validate
+from sennet.controlplane import old_path, validate
 from sennet.controlplane.fleet import AgentView, Fleet, TooManySeries, TotalOverflow
 from sennet.controlplane.refusals import Code, RequestError, overloaded
 from sennet.controlplane.store import Store
@@ -85,6 +85,9 @@ class HeartbeatWriter:
         self.last_error: str | None = None  # set while the store is failing; None once it commits
         self.commits = 0
         self._busy_since: float | None = None  # monotonic start of the commit or probe running
+        # the stored heartbeat count of each agent in the group being written, read once
+        self._group_counts = not old_path.selected()
+        self._counts: dict[str, int] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -211,6 +214,10 @@ class HeartbeatWriter:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if self._group_counts:  # one query for the group, not one per heartbeat
+                    self._counts = self._store.heartbeat_counts(
+                        conn, {item.req.agent_id for item in batch}
+                    )
                 for item in batch:
                     try:
                         stored.append((item, self._stage(conn, item, overlay)))
@@ -297,8 +304,13 @@ class HeartbeatWriter:
         heartbeats since; `heartbeats` only grows, so equal counts mean equal state.
         """
         cached = self._fleet.get(agent_id)
-        if cached is not None and self._store.heartbeat_count(conn, agent_id) == cached.heartbeats:
-            return cached
+        if cached is not None:
+            if self._group_counts:
+                count = self._counts.get(agent_id)
+            else:
+                count = self._store.heartbeat_count(conn, agent_id)
+            if count == cached.heartbeats:
+                return cached
         return self._store.load_agent(conn, agent_id) or AgentView(agent_id)
 
     def _prune(self, conn: sqlite3.Connection) -> None:

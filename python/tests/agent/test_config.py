@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sennet.agent import config
+from sennet.agent.datapath import layout
 from sennet.common.errors import UserError
 
 
@@ -143,3 +144,18 @@ def test_a_client_certificate_needs_its_key_and_a_ca(env: dict[str, str], messag
     with pytest.raises(UserError) as info:
         config.build(None, {"SENNET_INTERFACES": "eth1", **env})
     assert info.value.message == message
+
+
+def test_features_default_to_all_and_name_a_wrong_one(tmp_path: Path) -> None:
+    cfg = config.build(write(tmp_path, 'interfaces = ["eth1"]\n'), {}, {})
+    assert cfg.features == ("flows", "bursts", "tcp", "dns")
+    assert layout.features_named(cfg.features) == layout.FEATURES_ALL
+    cfg = config.build(None, {"SENNET_FEATURES": "flows,dns", "SENNET_INTERFACES": "eth1"}, {})
+    assert layout.features_named(cfg.features) == layout.Feature.FLOWS | layout.Feature.DNS
+    cfg = config.build(write(tmp_path, 'interfaces = ["eth1"]\nfeatures = []\n'), {}, {})
+    assert layout.features_named(cfg.features) == layout.Feature(0)
+    path = write(tmp_path, 'interfaces = ["eth1"]\nfeatures = ["flows", "burst"]\n')
+    assert error_of(path) == (
+        f"{path}: key 'features': expected names from flows, bursts, tcp, dns, not 'burst', "
+        "got ['flows', 'burst']"
+    )

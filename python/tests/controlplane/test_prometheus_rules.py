@@ -70,3 +70,60 @@ def test_the_flow_table_alert_fires_for_lost_and_for_evicted_flows_and_not_other
             }
         ],
     )
+
+
+def test_the_update_alert_fires_for_a_recent_rollback_or_failure_only(tmp_path: Path) -> None:
+    """a rolled back 10 minutes ago, b failed, c committed, d rolled back two days ago."""
+    name = "SennetUpdateNotCommitted"
+    rule = _rule(name)
+    labels = rule["labels"]
+    assert isinstance(labels, dict)
+    outcomes = {
+        "a": ("rolled_back", "health_check_failed", "600"),
+        "b": ("failed", "write_error", "0"),
+        "c": ("committed", "", "0"),
+        "d": ("rolled_back", "health_check_failed", "-172800"),
+    }
+    inputs = []
+    for agent, (result, reason, at) in outcomes.items():
+        outcome = (
+            f'sennet_agent_update_last_outcome{{agent="{agent}",result="{result}",'
+            f'reason="{reason}",from_version="0.1.0",to_version="0.2.0"}}'
+        )
+        inputs.append({"series": outcome, "values": "1x30"})
+        inputs.append(
+            {
+                "series": f'sennet_agent_update_last_outcome_timestamp_seconds{{agent="{agent}"}}',
+                "values": f"{at}x30",
+            }
+        )
+
+    def alert(agent: str) -> dict[str, object]:
+        result, reason, _ = outcomes[agent]
+        return {
+            "exp_labels": {
+                "agent": agent,
+                "result": result,
+                "reason": reason,
+                "from_version": "0.1.0",
+                "to_version": "0.2.0",
+                **labels,
+            },
+            "exp_annotations": {
+                "summary": f"The update of appliance {agent} to 0.2.0 ended {result} ({reason})"
+                " in the last day"
+            },
+        }
+
+    _promtool_test(
+        tmp_path,
+        [
+            {
+                "interval": "1m",
+                "input_series": inputs,
+                "alert_rule_test": [
+                    {"eval_time": "20m", "alertname": name, "exp_alerts": [alert("a"), alert("b")]}
+                ],
+            }
+        ],
+    )

@@ -78,6 +78,7 @@ def load(opts: DatapathOptions) -> LoadedDatapath:
         f'-DSENNET_PIN_DIR="{opts.pin_dir}"',
         f"-DSENNET_RINGBUF_PAGES={opts.ringbuf_bytes // mmap.PAGESIZE}",
         f"-D{layout.TUNABLE_LARGE_PACKET}={opts.large_packet_bytes}",
+        f"-D{layout.TUNABLE_FEATURES}={int(opts.features)}",
         f"-DSENNET_TCP_HANDSHAKES={opts.tcp_handshakes}",
         f"-DSENNET_FLOW_CAPACITY={opts.flow_capacity}",
     ]

@@ -58,6 +58,31 @@ MAP_SPECS: dict[str, tuple[int, int, int, int]] = {
 }
 
 TUNABLE_LARGE_PACKET = "cfg_large_packet_bytes"
+TUNABLE_FEATURES = "cfg_features"
+
+
+class Feature(enum.IntFlag):
+    """What runs after the counters and events (bpf/sennet_tc.h: SENNET_FEAT_*).
+
+    A load-time switch: a feature that is off is dropped by the verifier, so
+    its packets pay nothing for it (bench/features.py shows the price of each).
+    """
+
+    FLOWS = 0x1
+    BURSTS = 0x2
+    TCP = 0x4
+    DNS = 0x8
+
+
+FEATURES_ALL = Feature.FLOWS | Feature.BURSTS | Feature.TCP | Feature.DNS
+
+
+def features_named(names: tuple[str, ...] | list[str]) -> Feature:
+    """The switch for the config's `features` names ("flows", "bursts", "tcp", "dns")."""
+    out = Feature(0)
+    for name in names:
+        out |= Feature[name.upper()]
+    return out
 
 
 class Direction(enum.IntEnum):

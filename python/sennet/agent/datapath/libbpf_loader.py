@@ -13,6 +13,7 @@ import logging
 import struct
 from pathlib import Path
 
+from sennet.agent import marks
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import BpfError, libbpf
 from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
@@ -56,7 +57,14 @@ def load(opts: DatapathOptions, object_name: str = OBJECT_NAME) -> LoadedDatapat
     except BaseException:
         lb.lib.bpf_object__close(obj)
         raise
-    event(log, "bpf_loaded", loader="libbpf", object=str(path), pin_dir=str(opts.pin_dir))
+    event(
+        log,
+        "bpf_loaded",
+        loader="libbpf",
+        object=str(path),
+        pin_dir=str(opts.pin_dir),
+        uptime=marks.uptime(),
+    )
     return LoadedDatapath(
         loader="libbpf",
         ingress_fd=progs[layout.PROGRAM_INGRESS],
@@ -92,7 +100,13 @@ def _configure(obj: int, opts: DatapathOptions) -> None:
     for name, size in opts.map_sizes().items():
         m = lb.check_ptr(lb.lib.bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
         lb.check(lb.lib.bpf_map__set_max_entries(m, size), f"size of {name}")
-    _set_tunables(obj, {layout.TUNABLE_LARGE_PACKET: opts.large_packet_bytes})
+    _set_tunables(
+        obj,
+        {
+            layout.TUNABLE_LARGE_PACKET: opts.large_packet_bytes,
+            layout.TUNABLE_FEATURES: int(opts.features),
+        },
+    )
 
 
 def _set_tunables(obj: int, values: dict[str, int]) -> None:

@@ -24,6 +24,7 @@ class DatapathOptions:
     _: KW_ONLY  # table sizes by name: two ints side by side are easy to swap
     tcp_handshakes: int = layout.TCP_HANDSHAKES  # HANDSHAKES max_entries
     flow_capacity: int = layout.FLOW_CAPACITY_DEFAULT  # max_entries of the flow LRU
+    features: layout.Feature = layout.FEATURES_ALL  # cfg_features: what runs after the counters
 
     def map_sizes(self) -> dict[str, int]:
         """Sizes of the maps sized at load time (layout.SIZED_AT_LOAD), by map name."""

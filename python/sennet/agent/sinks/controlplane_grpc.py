@@ -54,6 +54,9 @@ from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 log = logging.getLogger("sennet.agent.sinks.controlplane_grpc")
 
+# Told of an update offer in an acknowledged heartbeat: (offer, gRPC address, agent token).
+OfferHandler = Callable[[pb.UpdateOffer, str, str], None]
+
 _RE_ENROL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 # The replica is gone or hung: try the next one. Nothing else moves the sink.
 _TRANSPORT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -87,6 +90,7 @@ class SinkStats:
     control_plane: str  # the address in use
     failovers: int
     failbacks: int
+    last_ack_unix: float | None = None  # wall clock of the last acknowledged heartbeat
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,10 @@ class GrpcSink:
         options: SinkOptions | None = None,
         rng: random.Random | None = None,
         hostname: Callable[[], str] = socket.gethostname,
+        offers: OfferHandler | None = None,
     ) -> None:
         addresses = (target,) if isinstance(target, str) else tuple(target)
+        self._offers = offers
         self._agent_id = agent_id
         self._opts = options or SinkOptions()
         self._rng = rng or random.Random()
@@ -142,6 +148,7 @@ class GrpcSink:
         self._inflight: set[int] = set()  # ids of queued events in the heartbeat being sent
         self._dropped = 0
         self._acked = 0
+        self._last_ack_unix: float | None = None
         self._failures = 0
         self._consecutive = 0
         self._last_error: str | None = None
@@ -222,6 +229,7 @@ class GrpcSink:
                 control_plane=self._rotation.current,
                 failovers=self._rotation.failovers,
                 failbacks=self._rotation.failbacks,
+                last_ack_unix=self._last_ack_unix,
             )
 
     # -- the sender thread ------------------------------------------------------------
@@ -253,6 +261,7 @@ class GrpcSink:
                         self._dropped += refused
                 if error is None:
                     self._acked += 1
+                    self._last_ack_unix = time.time()
                     self._consecutive = 0
                     self._last_error = None
                     self._pending = self._latest is not snap or bool(self._events)
@@ -316,7 +325,7 @@ class GrpcSink:
             token = self._enrolment.token or self._enrolment.enrol(snap, replica)
             req = snapshot_to_request(self._agent_id, snap, batch, dropped, self._stream)
             try:
-                self._call_heartbeat(replica, req, token)
+                answer = self._call_heartbeat(replica, req, token)
             except grpc.RpcError as exc:
                 if exc.code() not in _RE_ENROL:
                     raise
@@ -328,7 +337,10 @@ class GrpcSink:
                     detail=exc.details(),
                 )
                 self._enrolment.discard()
-                self._call_heartbeat(replica, req, self._enrolment.enrol(snap, replica))
+                token = self._enrolment.enrol(snap, replica)
+                answer = self._call_heartbeat(replica, req, token)
+            if self._offers is not None and answer.HasField("update_offer"):
+                self._offers(answer.update_offer, replica.address, token)
             return _Outcome(None, address=replica.address)
         except grpc.RpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"
@@ -355,8 +367,10 @@ class GrpcSink:
             event(log, "heartbeat_failed", logging.WARNING, error=str(exc))
             return _Outcome(str(exc), address=replica.address)
 
-    def _call_heartbeat(self, replica: Replica, req: pb.HeartbeatRequest, token: str) -> None:
-        replica.heartbeat(
+    def _call_heartbeat(
+        self, replica: Replica, req: pb.HeartbeatRequest, token: str
+    ) -> pb.HeartbeatResponse:
+        return replica.heartbeat(
             req,
             timeout=self._opts.rpc_deadline_s,
             metadata=(("authorization", f"Bearer {token}"),),
@@ -373,6 +387,7 @@ def make_sink(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     options: SinkOptions | None = None,
+    offers: OfferHandler | None = None,
 ) -> SnapshotSink:
     """The sink the agent's run loop uses when `control_plane` is configured.
 
@@ -395,4 +410,5 @@ def make_sink(
         credentials=credentials_from_files(tls_ca, tls_cert, tls_key),
         tls_server_name=tls_server_name,
         options=options,
+        offers=offers,
     )

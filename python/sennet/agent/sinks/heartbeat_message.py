@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from sennet.agent.image_state import ImageIdentity, UpdateOutcome
 from sennet.agent.snapshot import Event, Snapshot
 from sennet.agent.telemetry import (
     DnsReport,
@@ -73,6 +74,26 @@ def snapshot_to_request(
         microbursts=[microburst_to_proto(m) for m in snap.microbursts],
         dns=dns_to_proto(snap.dns) if snap.dns is not None else None,
         tcp=tcp_to_proto(snap.tcp) if snap.tcp is not None else None,
+        image=image_to_proto(snap.image_state.image),
+        last_update=outcome_to_proto(snap.image_state.last_update),
+    )
+
+
+def image_to_proto(i: ImageIdentity | None) -> pb.ImageIdentity | None:
+    """The booted image; None (field unset) on a host that is not an appliance."""
+    return None if i is None else pb.ImageIdentity(version=i.version, digest=i.digest, slot=i.slot)
+
+
+def outcome_to_proto(o: UpdateOutcome | None) -> pb.UpdateOutcome | None:
+    """The updater's last outcome; None (field unset) before the first update."""
+    if o is None:
+        return None
+    return pb.UpdateOutcome(
+        result=o.result,
+        reason=o.reason,
+        from_version=o.from_version,
+        to_version=o.to_version,
+        at_unix=o.at_unix,
     )
 
 

@@ -115,6 +115,15 @@ class Machine:
         self._proc = None
         self._host = None
 
+    def wait_exit(self, timeout: float) -> None:
+        """Wait for QEMU to end by itself (a guest reboot under -no-reboot), then clean up."""
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise TestFailed(f"{self.name}: QEMU still running after {timeout} s") from None
+        self.crash()
+
     def shutdown(self) -> None:
         """Ask the guest to power off, then make sure QEMU is gone."""
         if self.running:
@@ -221,6 +230,19 @@ class Machine:
         if r.returncode != 0:
             raise TestFailed(f"{self.name}: cannot read {path}: {r.stderr.decode()}")
         return r.stdout
+
+    def copy_to(self, src: Path, dest: str, timeout: float = 300) -> None:
+        """Copy a host file into the guest over SSH (the test variant's way in for a file)."""
+        with src.open("rb") as data:
+            r = subprocess.run(
+                self._ssh(f"cat > {shlex.quote(dest)}"),
+                stdin=data,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        if r.returncode != 0:
+            raise TestFailed(f"{self.name}: cannot write {dest}: {r.stderr.decode()}")
 
     # -- testinfra -------------------------------------------------------------
 

@@ -82,6 +82,15 @@ for key in control_plane bootstrap_token interfaces tls_server_name metrics_list
     fi
 done
 
+# This boot's image identity, for the agent's heartbeat and the updater: the slot the
+# initramfs mounted, the version and digest the booted UKI's command line carries.
+booted=$(setting slot /run/sennet/partitions 2>/dev/null)
+case "$booted" in a | b) ;; *) booted=$(setting slot "$settings"); booted=${booted:-a};; esac
+printf 'SENNET_SLOT=%s\nSENNET_IMAGE_VERSION=%s\nSENNET_IMAGE_DIGEST=%s\n' "$booted" \
+    "$(setting version "$settings")" "$(setting image_digest "$settings")" > /run/sennet/image.env.tmp &&
+    chmod 0644 /run/sennet/image.env.tmp && mv /run/sennet/image.env.tmp /run/sennet/image.env &&
+    log "event=image slot=$booted version=$(setting version "$settings")"
+
 # The bootstrap token now sits only in /run/sennet/agent.env (0600): /proc/cmdline, readable
 # by every process, shows a copy without it for the rest of this boot.
 set -f

@@ -88,7 +88,7 @@ class Event(_message.Message):
     def __init__(self, ts_unix_ns: _Optional[int] = ..., ifindex: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., kind: _Optional[str] = ..., pkt_len: _Optional[int] = ..., ip_version: _Optional[int] = ..., l4_proto: _Optional[int] = ..., src_port: _Optional[int] = ..., dst_port: _Optional[int] = ..., src_addr: _Optional[str] = ..., dst_addr: _Optional[str] = ..., tcp_flags: _Optional[int] = ..., vlan_tags: _Optional[int] = ..., eth_proto: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("agent_id", "agent_version", "kernel_version", "uptime_seconds", "interfaces", "events_by_kind", "ringbuf_drops_by_kind", "recent_events", "events_dropped_by_agent", "event_stream", "flows", "microbursts", "dns", "tcp")
+    __slots__ = ("agent_id", "agent_version", "kernel_version", "uptime_seconds", "interfaces", "events_by_kind", "ringbuf_drops_by_kind", "recent_events", "events_dropped_by_agent", "event_stream", "flows", "microbursts", "dns", "tcp", "image", "last_update")
     class EventsByKindEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,8 @@ class HeartbeatRequest(_message.Message):
     MICROBURSTS_FIELD_NUMBER: _ClassVar[int]
     DNS_FIELD_NUMBER: _ClassVar[int]
     TCP_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPDATE_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     agent_version: str
     kernel_version: str
@@ -131,7 +133,33 @@ class HeartbeatRequest(_message.Message):
     microbursts: _containers.RepeatedCompositeFieldContainer[Microburst]
     dns: DnsSummary
     tcp: TcpSummary
-    def __init__(self, agent_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., kernel_version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., interfaces: _Optional[_Iterable[_Union[InterfaceCounters, _Mapping]]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., ringbuf_drops_by_kind: _Optional[_Mapping[str, int]] = ..., recent_events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., events_dropped_by_agent: _Optional[int] = ..., event_stream: _Optional[str] = ..., flows: _Optional[_Union[FlowSummary, _Mapping]] = ..., microbursts: _Optional[_Iterable[_Union[Microburst, _Mapping]]] = ..., dns: _Optional[_Union[DnsSummary, _Mapping]] = ..., tcp: _Optional[_Union[TcpSummary, _Mapping]] = ...) -> None: ...
+    image: ImageIdentity
+    last_update: UpdateOutcome
+    def __init__(self, agent_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., kernel_version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., interfaces: _Optional[_Iterable[_Union[InterfaceCounters, _Mapping]]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., ringbuf_drops_by_kind: _Optional[_Mapping[str, int]] = ..., recent_events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., events_dropped_by_agent: _Optional[int] = ..., event_stream: _Optional[str] = ..., flows: _Optional[_Union[FlowSummary, _Mapping]] = ..., microbursts: _Optional[_Iterable[_Union[Microburst, _Mapping]]] = ..., dns: _Optional[_Union[DnsSummary, _Mapping]] = ..., tcp: _Optional[_Union[TcpSummary, _Mapping]] = ..., image: _Optional[_Union[ImageIdentity, _Mapping]] = ..., last_update: _Optional[_Union[UpdateOutcome, _Mapping]] = ...) -> None: ...
+
+class ImageIdentity(_message.Message):
+    __slots__ = ("version", "digest", "slot")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    digest: str
+    slot: str
+    def __init__(self, version: _Optional[str] = ..., digest: _Optional[str] = ..., slot: _Optional[str] = ...) -> None: ...
+
+class UpdateOutcome(_message.Message):
+    __slots__ = ("result", "reason", "from_version", "to_version", "at_unix")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    result: str
+    reason: str
+    from_version: str
+    to_version: str
+    at_unix: float
+    def __init__(self, result: _Optional[str] = ..., reason: _Optional[str] = ..., from_version: _Optional[str] = ..., to_version: _Optional[str] = ..., at_unix: _Optional[float] = ...) -> None: ...
 
 class LatencyHistogram(_message.Message):
     __slots__ = ("bounds_seconds", "counts", "sum_seconds")
@@ -269,9 +297,27 @@ class TcpSummary(_message.Message):
     def __init__(self, syn_rtt: _Optional[_Union[LatencyHistogram, _Mapping]] = ..., synack_rtt: _Optional[_Union[LatencyHistogram, _Mapping]] = ..., attempts_unanswered_total: _Optional[int] = ..., resets_by_direction: _Optional[_Mapping[str, int]] = ..., retransmits_total: _Optional[int] = ..., zero_windows_total: _Optional[int] = ..., malformed_total: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("server_time_unix_ns", "events_stored")
+    __slots__ = ("server_time_unix_ns", "events_stored", "update_offer")
     SERVER_TIME_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_STORED_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_OFFER_FIELD_NUMBER: _ClassVar[int]
     server_time_unix_ns: int
     events_stored: int
-    def __init__(self, server_time_unix_ns: _Optional[int] = ..., events_stored: _Optional[int] = ...) -> None: ...
+    update_offer: UpdateOffer
+    def __init__(self, server_time_unix_ns: _Optional[int] = ..., events_stored: _Optional[int] = ..., update_offer: _Optional[_Union[UpdateOffer, _Mapping]] = ...) -> None: ...
+
+class UpdateOffer(_message.Message):
+    __slots__ = ("version", "sha256", "size", "download_path", "download_port", "apply_at")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_PATH_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_PORT_FIELD_NUMBER: _ClassVar[int]
+    APPLY_AT_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    sha256: str
+    size: int
+    download_path: str
+    download_port: int
+    apply_at: str
+    def __init__(self, version: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., download_path: _Optional[str] = ..., download_port: _Optional[int] = ..., apply_at: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The Sennet agent: drives the eBPF data plane and reports what it sees."""

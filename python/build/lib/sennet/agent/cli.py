@@ -1,0 +1,182 @@
+"""`sennet-agent`: run the agent, inspect its counters, check or reset its set-up."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from sennet import __version__
+from sennet.agent import config as config_mod
+from sennet.agent.config import AgentConfig
+from sennet.common import log as log_mod
+from sennet.common.errors import EXIT_FAILED, UserError, run_main
+
+DESCRIPTION = """\
+Sennet agent: counts packets and bytes per interface and direction with eBPF
+programs on the TC ingress/egress hooks, streams large-packet and anomaly
+events through a BPF ring buffer, and reports them every interval (to a
+control plane, or to the log and an optional local /metrics endpoint).
+
+Settings come from a TOML file (--config), then SENNET_<KEY> environment
+variables, then flags; `sennet-agent config --help` lists every key.
+Needs root (BPF, TC) on a kernel with BTF and clsact.
+"""
+
+EPILOG = """\
+examples:
+  sennet-agent run --interfaces eth1 --metrics-listen 127.0.0.1:9101
+  sennet-agent run --config /etc/sennet/agent.toml
+  sennet-agent status --json
+  sennet-agent check --config /etc/sennet/agent.toml
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sennet-agent",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"sennet-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
+        config_mod.add_flags(sp)
+        return sp
+
+    with_config("run", "attach to the interfaces and report until SIGTERM/SIGINT")
+    st = with_config("status", "print the pinned counters and event totals (agent need not run)")
+    st.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    with_config("check", "validate the settings and load the programs without attaching")
+    with_config("reset", "unpin the maps: counters start from zero at the next run")
+    cf = sub.add_parser(
+        "config",
+        help="show the settings table, or the merged settings with --config",
+        description="Settings: key, type, default, description, environment variable.\n\n"
+        + config_mod.describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cf.add_argument("--config", type=Path, metavar="FILE", help="show this file merged with env")
+    return p
+
+
+def _load_config(args: argparse.Namespace, require_interfaces: bool = True) -> AgentConfig:
+    flags = config_mod.read_flags(args)
+    return config_mod.build(args.config, os.environ, flags, require_interfaces)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    log_mod.setup(cfg.log_level)
+    from sennet.agent.runloop import WorkerDied, run_agent
+
+    try:
+        run_agent(cfg)
+    except WorkerDied:
+        return EXIT_FAILED  # logged as worker_died; the supervisor restarts the agent
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from sennet.agent.pinned_status import read_status, render
+
+    cfg = _load_config(args, require_interfaces=False)
+    status = read_status(cfg.pin_dir, cfg.netns, cfg.interfaces)
+    print(json.dumps(status, indent=1, sort_keys=True) if args.json else render(status))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    log_mod.setup("warning")
+    from sennet.agent.datapath.bpffs import ensure_pin_dir
+    from sennet.agent.datapath.loader_types import DatapathOptions
+    from sennet.agent.datapath.manager import DatapathManager
+    from sennet.agent.datapath.pins import check_pinned_maps, remove_pins
+
+    if cfg.pin_dir.exists():
+        check_pinned_maps(cfg.pin_dir)
+    ensure_pin_dir(cfg.pin_dir)
+    scratch = Path(tempfile.mkdtemp(prefix="check_", dir=cfg.pin_dir))  # bpffs refuses "." in names
+    manager = DatapathManager(
+        options=DatapathOptions(
+            cfg.bpf_dir,
+            scratch,
+            cfg.ringbuf_bytes,
+            cfg.large_packet_bytes,
+            tcp_handshakes=cfg.tcp_handshakes_max,
+            flow_capacity=cfg.flow_capacity,
+        ),
+        loader=cfg.loader,
+        tc_priority=cfg.tc_priority,
+        attach_rx=cfg.attach,
+        xdp_mode=cfg.xdp_mode,
+        state_dir=cfg.state_dir,
+        netns=cfg.netns,
+    )
+    try:
+        loaded = manager.load()
+        missing = [n for n in cfg.interfaces if not manager.tc.ipr.link_lookup(ifname=n)]
+    finally:
+        manager.close()
+        remove_pins(scratch)  # also removes the emptied scratch directory
+    present = [n for n in cfg.interfaces if n not in missing]
+    print(
+        f"ok: {loaded.loader} loaded sennet_ingress and sennet_egress; "
+        f"interfaces {', '.join(present) or 'none'} exist; pin_dir {cfg.pin_dir} usable"
+    )
+    if missing:  # not an error: `run` waits for them and attaches each when it appears
+        print(f"not present yet (run waits for them): {', '.join(missing)}")
+    return 0
+
+
+def _cmd_reset(args: argparse.Namespace) -> int:
+    from sennet.agent.datapath.pins import remove_pins
+
+    cfg = _load_config(args, require_interfaces=False)
+    removed = remove_pins(cfg.pin_dir)
+    print(f"unpinned {', '.join(removed) or 'nothing'} in {cfg.pin_dir}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    if args.config is None:
+        print(config_mod.describe())
+        return 0
+    cfg = config_mod.build(args.config, os.environ, {}, require_interfaces=False)
+    print(json.dumps(cfg.public_view(), indent=1))
+    return 0
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "check": _cmd_check,
+    "reset": _cmd_reset,
+    "config": _cmd_config,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, dispatch, and exit by the rule every Sennet command shares (`run_main`)."""
+    args = _parser().parse_args(argv)
+
+    def body() -> int:
+        try:
+            return COMMANDS[args.command](args)
+        except PermissionError as exc:
+            # Not a bug but the commonest operator mistake: say what is needed, exit 2.
+            raise UserError(f"{exc} (BPF and TC need root)") from exc
+
+    return run_main("sennet-agent", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

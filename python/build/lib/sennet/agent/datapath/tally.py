@@ -1,0 +1,43 @@
+"""Totals the agent keeps in a slot of a pinned per-CPU counter map.
+
+Some cumulative figures are counted by the agent, not by the programs: handshakes
+and DNS queries it expired as unanswered, flows it removed as ended, flows the
+LRU took. Kept in the agent's memory they would start again from 0 with every
+agent restart, a reset the control plane and Prometheus would see; kept in a
+slot of a pinned map they continue like the kernel's own counters. The programs
+never write these slots, so the agent adds to CPU 0's copy without racing them,
+and readers sum over CPUs as for every other slot.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from sennet.agent.datapath.libbpf import libbpf
+
+
+def read_slot(fd: int, slot: int) -> int:
+    """The slot summed over CPUs (0 if absent)."""
+    lb = libbpf()
+    ncpus = lb.possible_cpus()
+    raw = lb.lookup(fd, struct.pack("<I", slot), 8 * ncpus)
+    if raw is None:
+        return 0
+    return int(np.frombuffer(raw, dtype="<u8", count=ncpus).sum(dtype=np.uint64))
+
+
+def add_to_slot(fd: int, slot: int, n: int) -> None:
+    """Add `n` (>= 0) to the slot; only the agent writes it, from one thread."""
+    if n <= 0:
+        return
+    lb = libbpf()
+    ncpus = lb.possible_cpus()
+    key = struct.pack("<I", slot)
+    raw = lb.lookup(fd, key, 8 * ncpus)
+    values = np.zeros(ncpus, dtype="<u8")
+    if raw is not None:
+        values[:] = np.frombuffer(raw, dtype="<u8", count=ncpus)
+    values[0] += np.uint64(n)
+    lb.update(fd, key, values.tobytes())

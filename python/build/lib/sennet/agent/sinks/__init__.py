@@ -1,0 +1,1 @@
+"""Where snapshots go: one `SnapshotSink` protocol, one module per destination."""

@@ -1,0 +1,200 @@
+"""The SQLite schema as an ordered list of migrations.
+
+`PRAGMA user_version` records how many migrations a database has had. Opening
+applies the missing ones in one transaction each, and refuses a database from
+a newer control plane rather than guessing. Append migrations; never edit one
+that has shipped.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: tokens, agents, heartbeats (time series of cumulative counters), events,
+    #    and the monotonic export totals (see fleet.py) kept with each heartbeat.
+    """
+    CREATE TABLE tokens (
+        token_id     TEXT PRIMARY KEY,
+        kind         TEXT NOT NULL CHECK (kind IN ('bootstrap', 'agent')),
+        digest       TEXT NOT NULL,
+        agent_id     TEXT,
+        name         TEXT NOT NULL DEFAULT '',
+        created_at   REAL NOT NULL,
+        revoked_at   REAL,
+        last_used_at REAL
+    );
+    CREATE INDEX tokens_by_agent ON tokens (agent_id) WHERE agent_id IS NOT NULL;
+    CREATE TABLE agents (
+        agent_id          TEXT PRIMARY KEY,
+        hostname          TEXT NOT NULL DEFAULT '',
+        agent_version     TEXT NOT NULL DEFAULT '',
+        kernel_version    TEXT NOT NULL DEFAULT '',
+        registered_at     REAL NOT NULL,
+        last_heartbeat_at REAL,
+        uptime_seconds    REAL NOT NULL DEFAULT 0,
+        heartbeats        INTEGER NOT NULL DEFAULT 0,
+        resets            INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE heartbeats (
+        heartbeat_id            INTEGER PRIMARY KEY,
+        agent_id                TEXT NOT NULL REFERENCES agents (agent_id),
+        received_at             REAL NOT NULL,
+        uptime_seconds          REAL NOT NULL,
+        agent_version           TEXT NOT NULL,
+        kernel_version          TEXT NOT NULL,
+        events_dropped_by_agent INTEGER NOT NULL
+    );
+    CREATE INDEX heartbeats_by_time ON heartbeats (received_at);
+    CREATE INDEX heartbeats_by_agent ON heartbeats (agent_id, received_at);
+    CREATE TABLE interface_samples (
+        heartbeat_id INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        ifname       TEXT NOT NULL,
+        ifindex      INTEGER NOT NULL,
+        rx_packets   INTEGER NOT NULL,
+        rx_bytes     INTEGER NOT NULL,
+        tx_packets   INTEGER NOT NULL,
+        tx_bytes     INTEGER NOT NULL,
+        PRIMARY KEY (heartbeat_id, ifname)
+    ) WITHOUT ROWID;
+    CREATE TABLE kind_samples (
+        heartbeat_id  INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        kind          TEXT NOT NULL,
+        events        INTEGER NOT NULL,
+        ringbuf_drops INTEGER NOT NULL,
+        PRIMARY KEY (heartbeat_id, kind)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        event_id     INTEGER PRIMARY KEY,
+        heartbeat_id INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        agent_id     TEXT NOT NULL,
+        ts_unix_ns   INTEGER NOT NULL,
+        ifindex      INTEGER NOT NULL,
+        direction    TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        pkt_len      INTEGER NOT NULL,
+        ip_version   INTEGER NOT NULL,
+        l4_proto     INTEGER NOT NULL,
+        src_port     INTEGER NOT NULL,
+        dst_port     INTEGER NOT NULL,
+        src_addr     TEXT NOT NULL,
+        dst_addr     TEXT NOT NULL,
+        tcp_flags    INTEGER NOT NULL,
+        vlan_tags    INTEGER NOT NULL,
+        eth_proto    INTEGER NOT NULL
+    );
+    CREATE INDEX events_by_heartbeat ON events (heartbeat_id);
+    CREATE TABLE series (
+        agent_id TEXT NOT NULL REFERENCES agents (agent_id),
+        key      TEXT NOT NULL,
+        last_raw INTEGER NOT NULL,
+        total    INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, key)
+    ) WITHOUT ROWID;
+    """,
+    # 2: event streams, so a resent batch (lost acknowledgement) is stored once.
+    """
+    CREATE TABLE event_streams (
+        agent_id   TEXT NOT NULL,
+        stream     TEXT NOT NULL,
+        max_seq    INTEGER NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (agent_id, stream)
+    ) WITHOUT ROWID;
+    ALTER TABLE events ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 3: identity. Bootstrap tokens gain an expiry and an optional use limit (NULL: none;
+    #    tokens made before this migration keep never expiring, as they were created).
+    #    Agents gain a state: `disabled` refuses the agent's tokens and its re-enrolment;
+    #    `reset_allowed` lets one bootstrap enrolment take over an existing agent id.
+    """
+    ALTER TABLE tokens ADD COLUMN expires_at REAL;
+    ALTER TABLE tokens ADD COLUMN max_uses INTEGER CHECK (max_uses IS NULL OR max_uses > 0);
+    ALTER TABLE tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN state TEXT NOT NULL DEFAULT 'active'
+        CHECK (state IN ('active', 'disabled'));
+    ALTER TABLE agents ADD COLUMN reset_allowed INTEGER NOT NULL DEFAULT 0
+        CHECK (reset_allowed IN (0, 1));
+    """,
+    # 4: flows, microbursts, DNS and TCP health, one set of rows per heartbeat (deleted with
+    #    it, so they share the heartbeats' retention). Raw readings as the agent sent them;
+    #    the monotonic totals live in `series` like the interface counters. Histograms keep
+    #    bounds and per-bucket counts as JSON arrays (exact: integers and repr floats).
+    """
+    CREATE TABLE flow_samples (
+        heartbeat_id  INTEGER PRIMARY KEY REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        active        INTEGER NOT NULL,
+        capacity      INTEGER NOT NULL,
+        created_total INTEGER NOT NULL,
+        ended_total   INTEGER NOT NULL,
+        lost_total    INTEGER NOT NULL,
+        evicted_total INTEGER NOT NULL
+    );
+    CREATE TABLE talkers (
+        heartbeat_id INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        rank         INTEGER NOT NULL,
+        interface    TEXT NOT NULL,
+        direction    TEXT NOT NULL CHECK (direction IN ('rx', 'tx')),
+        ip_version   INTEGER NOT NULL,
+        l4_proto     INTEGER NOT NULL,
+        src_addr     TEXT NOT NULL,
+        dst_addr     TEXT NOT NULL,
+        src_port     INTEGER NOT NULL,
+        dst_port     INTEGER NOT NULL,
+        vlan_id      INTEGER NOT NULL,
+        packets      INTEGER NOT NULL,
+        bytes        INTEGER NOT NULL,
+        tcp_flags    INTEGER NOT NULL,
+        PRIMARY KEY (heartbeat_id, rank)
+    ) WITHOUT ROWID;
+    CREATE TABLE microbursts (
+        heartbeat_id INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        interface    TEXT NOT NULL,
+        direction    TEXT NOT NULL CHECK (direction IN ('rx', 'tx')),
+        window_ms    INTEGER NOT NULL,
+        max_packets  INTEGER NOT NULL,
+        max_bytes    INTEGER NOT NULL,
+        PRIMARY KEY (heartbeat_id, interface, direction, window_ms)
+    ) WITHOUT ROWID;
+    CREATE TABLE dns_samples (
+        heartbeat_id     INTEGER PRIMARY KEY REFERENCES heartbeats (heartbeat_id)
+                         ON DELETE CASCADE,
+        unanswered_total INTEGER NOT NULL,
+        malformed_total  INTEGER NOT NULL
+    );
+    CREATE TABLE dns_counts (
+        heartbeat_id INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        what         TEXT NOT NULL CHECK (what IN ('qtype', 'rcode')),
+        key          TEXT NOT NULL,
+        count        INTEGER NOT NULL,
+        PRIMARY KEY (heartbeat_id, what, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE dns_names (
+        heartbeat_id INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        list         TEXT NOT NULL CHECK (list IN ('queried', 'failing')),
+        rank         INTEGER NOT NULL,
+        name         TEXT NOT NULL,
+        count        INTEGER NOT NULL,
+        PRIMARY KEY (heartbeat_id, list, rank)
+    ) WITHOUT ROWID;
+    CREATE TABLE tcp_samples (
+        heartbeat_id              INTEGER PRIMARY KEY REFERENCES heartbeats (heartbeat_id)
+                                  ON DELETE CASCADE,
+        attempts_unanswered_total INTEGER NOT NULL,
+        resets_rx                 INTEGER NOT NULL,
+        resets_tx                 INTEGER NOT NULL,
+        retransmits_total         INTEGER NOT NULL,
+        zero_windows_total        INTEGER NOT NULL,
+        malformed_total           INTEGER NOT NULL
+    );
+    CREATE TABLE histogram_samples (
+        heartbeat_id   INTEGER NOT NULL REFERENCES heartbeats (heartbeat_id) ON DELETE CASCADE,
+        histogram      TEXT NOT NULL
+                       CHECK (histogram IN ('dns_latency', 'tcp_syn_rtt', 'tcp_synack_rtt')),
+        bounds_seconds TEXT NOT NULL,
+        counts         TEXT NOT NULL,
+        sum_seconds    REAL NOT NULL,
+        PRIMARY KEY (heartbeat_id, histogram)
+    ) WITHOUT ROWID;
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
