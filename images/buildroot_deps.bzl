@@ -17,6 +17,7 @@ BUILDROOT_DEBS = [
     "@tool_dmsetup//file:dmsetup_1.02.185-2_amd64.deb",
     "@tool_dosfstools//file:dosfstools_4.2-1_amd64.deb",
     "@tool_dpkg//file:dpkg_1.21.23_amd64.deb",
+    "@tool_faketime//file:faketime_0.9.10-2.1_amd64.deb",
     "@tool_fdisk//file:fdisk_2.38.1-5+deb12u3_amd64.deb",
     "@tool_gcc_12_base//file:gcc-12-base_12.2.0-14+deb12u1_amd64.deb",
     "@tool_libacl1//file:libacl1_2.3.1-3_amd64.deb",
@@ -51,6 +52,7 @@ BUILDROOT_DEBS = [
     "@tool_libelf_dev//file:libelf-dev_0.188-2.1_amd64.deb",
     "@tool_libelf1//file:libelf1_0.188-2.1_amd64.deb",
     "@tool_libexpat1//file:libexpat1_2.5.0-1+deb12u5_amd64.deb",
+    "@tool_libfaketime//file:libfaketime_0.9.10-2.1_amd64.deb",
     "@tool_libfdisk1//file:libfdisk1_2.38.1-5+deb12u3_amd64.deb",
     "@tool_libffi8//file:libffi8_3.4.4-1_amd64.deb",
     "@tool_libfuse3_3//file:libfuse3-3_3.14.0-4_amd64.deb",
@@ -163,6 +165,7 @@ def sennet_buildroot_inputs():
     sennet_input(name = "tool_dmsetup", kind = "deb", archive = "debian", path = "pool/main/l/lvm2/dmsetup_1.02.185-2_amd64.deb", filename = "dmsetup_1.02.185-2_amd64.deb", sha256 = "c73fc490b93c83550ed272de69ec96c5da30d4456b889f9e93c7fd8e53860b85")
     sennet_input(name = "tool_dosfstools", kind = "deb", archive = "debian", path = "pool/main/d/dosfstools/dosfstools_4.2-1_amd64.deb", filename = "dosfstools_4.2-1_amd64.deb", sha256 = "71b0471242f7bb777264cdab55c141f1fc043b443105633a38708e125f90c4ea")
     sennet_input(name = "tool_dpkg", kind = "deb", archive = "debian", path = "pool/main/d/dpkg/dpkg_1.21.23_amd64.deb", filename = "dpkg_1.21.23_amd64.deb", sha256 = "f89e9f8d1a4a50ade44be3ed59a6ec55460fce205d2f8520c5c492137c5b609b")
+    sennet_input(name = "tool_faketime", kind = "deb", archive = "debian", path = "pool/main/f/faketime/faketime_0.9.10-2.1_amd64.deb", filename = "faketime_0.9.10-2.1_amd64.deb", sha256 = "442409fd6b11f13118767a3b18b1ba4d19775ea68fe0d9af002429df2b4c45c0")
     sennet_input(name = "tool_fdisk", kind = "deb", archive = "debian", path = "pool/main/u/util-linux/fdisk_2.38.1-5+deb12u3_amd64.deb", filename = "fdisk_2.38.1-5+deb12u3_amd64.deb", sha256 = "a7bf5a6fee968c3bebeb37b13396ed195c59459e4631271bb3acac0d9cf42491")
     sennet_input(name = "tool_gcc_12_base", kind = "deb", archive = "debian", path = "pool/main/g/gcc-12/gcc-12-base_12.2.0-14+deb12u1_amd64.deb", filename = "gcc-12-base_12.2.0-14+deb12u1_amd64.deb", sha256 = "1896a2aacf4ad681ff5eacc24a5b0ca4d5d9c9b9c9e4b6de5197bc1e116ea619")
     sennet_input(name = "tool_libacl1", kind = "deb", archive = "debian", path = "pool/main/a/acl/libacl1_2.3.1-3_amd64.deb", filename = "libacl1_2.3.1-3_amd64.deb", sha256 = "8be9df5795114bfe90e2be3d208ef47a5edd3fc7b3e20d387a597486d444e5e2")
@@ -197,6 +200,7 @@ def sennet_buildroot_inputs():
     sennet_input(name = "tool_libelf_dev", kind = "deb", archive = "debian", path = "pool/main/e/elfutils/libelf-dev_0.188-2.1_amd64.deb", filename = "libelf-dev_0.188-2.1_amd64.deb", sha256 = "79cb66b55021bd0130308369524bac5240d0b5463cb252cd44be6a1500fdebec")
     sennet_input(name = "tool_libelf1", kind = "deb", archive = "debian", path = "pool/main/e/elfutils/libelf1_0.188-2.1_amd64.deb", filename = "libelf1_0.188-2.1_amd64.deb", sha256 = "619add379c606b3ac6c1a175853b918e6939598a83d8ebadf3bdfd50d10b3c8c")
     sennet_input(name = "tool_libexpat1", kind = "deb", archive = "debian-security", path = "pool/updates/main/e/expat/libexpat1_2.5.0-1+deb12u5_amd64.deb", filename = "libexpat1_2.5.0-1+deb12u5_amd64.deb", sha256 = "cae5ded666d8573dd33060bc66fbac21eea8b101a6b56e2af8bd590fcfa65d79")
+    sennet_input(name = "tool_libfaketime", kind = "deb", archive = "debian", path = "pool/main/f/faketime/libfaketime_0.9.10-2.1_amd64.deb", filename = "libfaketime_0.9.10-2.1_amd64.deb", sha256 = "b09481e7690680966005330c3f907bba4b5eefc35e1faaea4783cc55655d1150")
     sennet_input(name = "tool_libfdisk1", kind = "deb", archive = "debian", path = "pool/main/u/util-linux/libfdisk1_2.38.1-5+deb12u3_amd64.deb", filename = "libfdisk1_2.38.1-5+deb12u3_amd64.deb", sha256 = "8af145cff6ca72529f63e0bf6d9c68c8512387e67f64e66d00e36f72bed99160")
     sennet_input(name = "tool_libffi8", kind = "deb", archive = "debian", path = "pool/main/libf/libffi/libffi8_3.4.4-1_amd64.deb", filename = "libffi8_3.4.4-1_amd64.deb", sha256 = "6d9f6c25c30efccce6d4bceaa48ea86c329a3432abb360a141f76ac223a4c34a")
     sennet_input(name = "tool_libfuse3_3", kind = "deb", archive = "debian", path = "pool/main/f/fuse3/libfuse3-3_3.14.0-4_amd64.deb", filename = "libfuse3-3_3.14.0-4_amd64.deb", sha256 = "bf535cec5e965823fd03199b4029f9e9f3952111eb12824b5d2b96c8cca1a918")

@@ -56,6 +56,12 @@ DEBS_TEST = [
     "@deb_libxtables12//file",
 ]
 
+DEBS_INITRAMFS = [
+    "@deb_dmsetup//file",
+    "@deb_libdevmapper1_02_1//file",
+    "@deb_libudev1//file",
+]
+
 WHEELS = [
     "@whl_googleapis_common_protos//file",
     "@whl_grpcio//file",
@@ -71,6 +77,7 @@ WHEELS = [
 # By package name, for steps that need one package (the kernel, busybox).
 DEBS = {
     "busybox-static": "@deb_busybox_static//file",
+    "dmsetup": "@deb_dmsetup//file",
     "dropbear-bin": "@deb_dropbear_bin//file",
     "gcc-12-base": "@deb_gcc_12_base//file",
     "iproute2": "@deb_iproute2//file",
@@ -82,6 +89,7 @@ DEBS = {
     "libcom-err2": "@deb_libcom_err2//file",
     "libcrypt1": "@deb_libcrypt1//file",
     "libdb5.3": "@deb_libdb5_3//file",
+    "libdevmapper1.02.1": "@deb_libdevmapper1_02_1//file",
     "libelf1": "@deb_libelf1//file",
     "libexpat1": "@deb_libexpat1//file",
     "libffi8": "@deb_libffi8//file",
@@ -109,6 +117,7 @@ DEBS = {
     "libtirpc3": "@deb_libtirpc3//file",
     "libtomcrypt1": "@deb_libtomcrypt1//file",
     "libtommath1": "@deb_libtommath1//file",
+    "libudev1": "@deb_libudev1//file",
     "libuuid1": "@deb_libuuid1//file",
     "libxtables12": "@deb_libxtables12//file",
     "linux-image-6.1.0-50-amd64": "@deb_linux_image_6_1_0_50_amd64//file",
@@ -125,6 +134,7 @@ BUSYBOX_DEB = "@deb_busybox_static//file"
 def sennet_inputs():
     """Declare every pinned input of the image."""
     sennet_input(name = "deb_busybox_static", kind = "deb", archive = "debian", path = "pool/main/b/busybox/busybox-static_1.35.0-4+deb12u1+b1_amd64.deb", filename = "busybox-static_1.35.0-4+deb12u1+b1_amd64.deb", sha256 = "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744")
+    sennet_input(name = "deb_dmsetup", kind = "deb", archive = "debian", path = "pool/main/l/lvm2/dmsetup_1.02.185-2_amd64.deb", filename = "dmsetup_1.02.185-2_amd64.deb", sha256 = "c73fc490b93c83550ed272de69ec96c5da30d4456b889f9e93c7fd8e53860b85")
     sennet_input(name = "deb_dropbear_bin", kind = "deb", archive = "debian", path = "pool/main/d/dropbear/dropbear-bin_2022.83-1+deb12u3_amd64.deb", filename = "dropbear-bin_2022.83-1+deb12u3_amd64.deb", sha256 = "44ac9aaae0105bca66ea4d457852bf97020ccab33d5c088b0e5c8668891290a0")
     sennet_input(name = "deb_gcc_12_base", kind = "deb", archive = "debian", path = "pool/main/g/gcc-12/gcc-12-base_12.2.0-14+deb12u1_amd64.deb", filename = "gcc-12-base_12.2.0-14+deb12u1_amd64.deb", sha256 = "1896a2aacf4ad681ff5eacc24a5b0ca4d5d9c9b9c9e4b6de5197bc1e116ea619")
     sennet_input(name = "deb_iproute2", kind = "deb", archive = "debian", path = "pool/main/i/iproute2/iproute2_6.1.0-3_amd64.deb", filename = "iproute2_6.1.0-3_amd64.deb", sha256 = "1204b29e916e836267096d0b9d778106752f821ebde0d281539008b4386d9070")
@@ -136,6 +146,7 @@ def sennet_inputs():
     sennet_input(name = "deb_libcom_err2", kind = "deb", archive = "debian", path = "pool/main/e/e2fsprogs/libcom-err2_1.47.0-2+b2_amd64.deb", filename = "libcom-err2_1.47.0-2+b2_amd64.deb", sha256 = "a2bac7015e78fbc0c504df3e441f3a22292f1d2d77f9ccda760057f3690e22f2")
     sennet_input(name = "deb_libcrypt1", kind = "deb", archive = "debian", path = "pool/main/libx/libxcrypt/libcrypt1_4.4.33-2_amd64.deb", filename = "libcrypt1_4.4.33-2_amd64.deb", sha256 = "f5f60a5cdfd4e4eaa9438ade5078a57741a7a78d659fcb0c701204f523e8bd29")
     sennet_input(name = "deb_libdb5_3", kind = "deb", archive = "debian", path = "pool/main/d/db5.3/libdb5.3_5.3.28+dfsg2-1_amd64.deb", filename = "libdb5.3_5.3.28+dfsg2-1_amd64.deb", sha256 = "7dc5127b8dd0da80e992ba594954c005ae4359d839a24eb65d0d8129b5235c84")
+    sennet_input(name = "deb_libdevmapper1_02_1", kind = "deb", archive = "debian", path = "pool/main/l/lvm2/libdevmapper1.02.1_1.02.185-2_amd64.deb", filename = "libdevmapper1.02.1_1.02.185-2_amd64.deb", sha256 = "aaa78ca236055fedccf637eacf7bda02bf1980b2db668dccd202b04d0d2cfe04")
     sennet_input(name = "deb_libelf1", kind = "deb", archive = "debian", path = "pool/main/e/elfutils/libelf1_0.188-2.1_amd64.deb", filename = "libelf1_0.188-2.1_amd64.deb", sha256 = "619add379c606b3ac6c1a175853b918e6939598a83d8ebadf3bdfd50d10b3c8c")
     sennet_input(name = "deb_libexpat1", kind = "deb", archive = "debian-security", path = "pool/updates/main/e/expat/libexpat1_2.5.0-1+deb12u5_amd64.deb", filename = "libexpat1_2.5.0-1+deb12u5_amd64.deb", sha256 = "cae5ded666d8573dd33060bc66fbac21eea8b101a6b56e2af8bd590fcfa65d79")
     sennet_input(name = "deb_libffi8", kind = "deb", archive = "debian", path = "pool/main/libf/libffi/libffi8_3.4.4-1_amd64.deb", filename = "libffi8_3.4.4-1_amd64.deb", sha256 = "6d9f6c25c30efccce6d4bceaa48ea86c329a3432abb360a141f76ac223a4c34a")
@@ -163,6 +174,7 @@ def sennet_inputs():
     sennet_input(name = "deb_libtirpc3", kind = "deb", archive = "debian", path = "pool/main/libt/libtirpc/libtirpc3_1.3.3+ds-1_amd64.deb", filename = "libtirpc3_1.3.3+ds-1_amd64.deb", sha256 = "2a46d5a5e9486da11ffeff5740931740d6deae4f92cd6098df060dc5dff1e1c7")
     sennet_input(name = "deb_libtomcrypt1", kind = "deb", archive = "debian", path = "pool/main/libt/libtomcrypt/libtomcrypt1_1.18.2-6_amd64.deb", filename = "libtomcrypt1_1.18.2-6_amd64.deb", sha256 = "dc5e1105c6428277dc2d90263295c8409141541f4e30f55fe490207fdb8df645")
     sennet_input(name = "deb_libtommath1", kind = "deb", archive = "debian", path = "pool/main/libt/libtommath/libtommath1_1.2.0-6+deb12u1_amd64.deb", filename = "libtommath1_1.2.0-6+deb12u1_amd64.deb", sha256 = "9ee19bf48bd80f903cd1ad64c1231198b1b1e5e2d3c2427fcd946916644424fa")
+    sennet_input(name = "deb_libudev1", kind = "deb", archive = "debian", path = "pool/main/s/systemd/libudev1_252.39-1~deb12u2_amd64.deb", filename = "libudev1_252.39-1~deb12u2_amd64.deb", sha256 = "6f7e08f11c4809d2e5998c775f7b423ab5ec2ce0309494b4a2615037052245e2")
     sennet_input(name = "deb_libuuid1", kind = "deb", archive = "debian", path = "pool/main/u/util-linux/libuuid1_2.38.1-5+deb12u3_amd64.deb", filename = "libuuid1_2.38.1-5+deb12u3_amd64.deb", sha256 = "5fff398321da62d28a842bcbabd193d72ae21724962c029dc32b1dc6b2deaeaf")
     sennet_input(name = "deb_libxtables12", kind = "deb", archive = "debian", path = "pool/main/i/iptables/libxtables12_1.8.9-2_amd64.deb", filename = "libxtables12_1.8.9-2_amd64.deb", sha256 = "cb841d66950a43af4a398625313d2f3da9065299c9738538de6c2c3495857040")
     sennet_input(name = "deb_linux_image_6_1_0_50_amd64", kind = "deb", archive = "debian", path = "pool/main/l/linux-signed-amd64/linux-image-6.1.0-50-amd64_6.1.176-1_amd64.deb", filename = "linux-image-6.1.0-50-amd64_6.1.176-1_amd64.deb", sha256 = "7b5597492a0a65aee61985a492e6bcc3f2cde830072a0e3b3d8c7e1b90279bd3")

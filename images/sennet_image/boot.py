@@ -80,6 +80,8 @@ def boot(args: argparse.Namespace) -> BootResult:
         extra.append(
             "sennet.ssh_key=" + args.ssh_key.read_text().split("\n")[0].strip().replace(" ", ":")
         )
+    if args.secure_boot and args.mode != "uefi":
+        die("--secure-boot needs --mode uefi", hint="the firmware checks the signatures")
     if extra and args.mode == "uefi":
         die(
             "kernel command-line provisioning needs --mode direct",
@@ -90,8 +92,8 @@ def boot(args: argparse.Namespace) -> BootResult:
         disk = prepare_disk(image_dir, args.variant, work, args.provision, args.state)
         how: qemu.DirectBoot | qemu.UefiBoot
         if args.mode == "uefi":
-            how = qemu.UefiBoot(vars_file=work / "OVMF_VARS.fd")
-            shutil.copyfile(qemu.OVMF_VARS, how.vars_file)
+            how = qemu.UefiBoot(vars_file=work / "OVMF_VARS.fd", secure_boot=args.secure_boot)
+            shutil.copyfile(qemu.vars_template(args.secure_boot), how.vars_file)
         else:
             cmdline = (image_dir / "cmdline").read_text().strip()
             how = qemu.DirectBoot(
@@ -138,6 +140,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The boot command's flags (`sennet_image boot`)."""
     p.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="directory of artefacts")
     p.add_argument("--mode", choices=("direct", "uefi"), default="direct")
+    p.add_argument(
+        "--secure-boot",
+        action="store_true",
+        help="UEFI with Secure Boot enforced (OVMF secboot firmware, snakeoil keys enrolled)",
+    )
     p.add_argument("--variant", choices=("production", "test"), default="production")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     p.add_argument("--control-plane", help="host:port (direct mode: kernel command line)")

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sennet_image import disk, initramfs, lock, rootfs, sbom, slots
+from sennet_image import disk, initramfs, lock, rootfs, sbom, signing, slots, verity
 from sennet_image.fetch import fetch
 from sennet_image.manifest import bpf_sources
 from sennet_image.manifest import write as write_manifest
@@ -37,7 +37,9 @@ ARTEFACTS = (
     "uki-test-a.efi",
     "uki-test-b.efi",
     "root.squashfs",
+    "root.roothash",
     "agent.squashfs",
+    "agent.roothash",
     "test.squashfs",
     "root.files",
     "sbom.spdx.json",
@@ -65,21 +67,30 @@ class Disks:
     qcow2: Path
 
 
-def base_layer(debs: list[Path], wheels: list[Path], out: Path, files_out: Path) -> None:
-    """Root debs + wheels + overlay -> root.squashfs and its file list."""
+def verity_layer(tree: Path, out: Path, roothash_out: Path) -> None:
+    """squashfs of `tree` with its dm-verity hash tree appended; the root hash beside it."""
+    rootfs.mksquashfs(tree, out)
+    with step("verity", out=out.name):
+        roothash_out.write_text(verity.format_layer(out) + "\n")
+
+
+def base_layer(
+    debs: list[Path], wheels: list[Path], out: Path, files_out: Path, roothash_out: Path
+) -> None:
+    """Root debs + wheels + overlay -> root.squashfs (+ verity tree), its root hash, file list."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tree = Path(tmp) / "root"
         files = rootfs.build_base(tree, sorted(debs, key=lambda p: p.name), sorted(wheels))
-        rootfs.mksquashfs(tree, out)
+        verity_layer(tree, out, roothash_out)
     files_out.write_text("\n".join(files) + "\n")
 
 
-def agent_layer(python_src: Path, bpf_objects: list[Path], out: Path) -> None:
-    """python/sennet + BPF objects -> agent.squashfs (mounted at /opt/sennet)."""
+def agent_layer(python_src: Path, bpf_objects: list[Path], out: Path, roothash_out: Path) -> None:
+    """python/sennet + BPF objects -> agent.squashfs (+ verity tree; mounted at /opt/sennet)."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tree = Path(tmp) / "agent"
         rootfs.build_agent(tree, python_src, sorted(bpf_objects))
-        rootfs.mksquashfs(tree, out)
+        verity_layer(tree, out, roothash_out)
 
 
 def test_layer(debs: list[Path], out: Path) -> None:
@@ -102,16 +113,21 @@ def uki_name(variant: str, slot: str) -> str:
 def boot_files(
     kernel_deb: Path,
     busybox_deb: Path,
+    lib_debs: list[Path],
     outdir: Path,
     cmdline: str,
     layers: tuple[Path, Path],
+    root_hashes: tuple[Path, Path],
 ) -> None:
-    """Kernel, per variant an initramfs and a UKI per slot, `cmdline` (slot a's, for direct
-    boot) and image.json; `layers` (root, agent squashfs) give the image digest."""
+    """Kernel, per variant an initramfs and a signed UKI per slot, `cmdline` (slot a's, for
+    direct boot) and image.json; `layers` (root, agent squashfs, verity trees appended) give
+    the image digest, `root_hashes` (root, agent) go on every command line; `lib_debs` hold
+    dmsetup and its libraries for the initramfs."""
     ident = slots.identity(*layers)
+    cmdline = f"{cmdline} {verity_args(*root_hashes)}"
     tables = {outdir / INITRDS[v]: disk.partition_table(disk.layout(v)) for v in disk.VARIANTS}
     with step("initramfs"):
-        release = initramfs.build(kernel_deb, busybox_deb, tables, outdir / "vmlinuz")
+        release = initramfs.build(kernel_deb, busybox_deb, lib_debs, tables, outdir / "vmlinuz")
     (outdir / "cmdline").write_text(ident.cmdline(cmdline, "a") + "\n")
     (outdir / "kernel-release").write_text(release + "\n")
     write_identity(ident, outdir / "image.json")
@@ -126,6 +142,18 @@ def boot_files(
                     osrel,
                     outdir / uki_name(variant, slot),
                 )
+    with step("sign", key=signing.signing_key().source):
+        for variant in INITRDS:
+            for slot in slots.SLOTS:
+                signing.sign(outdir / uki_name(variant, slot))
+
+
+def verity_args(root_hash: Path, agent_hash: Path) -> str:
+    """`sennet.verity.root=HEX sennet.verity.agent=HEX` from the layers' .roothash files."""
+    hashes = dict(
+        zip(verity.ROLES, map(verity.read_root_hash, (root_hash, agent_hash)), strict=True)
+    )
+    return verity.cmdline_args(hashes)
 
 
 def write_identity(ident: slots.Identity, out: Path) -> None:
@@ -225,6 +253,7 @@ def build_all(out: Path) -> dict[str, Path]:
         paths = {p.name: fetch(p) for p in debs}
         wheel_paths = [fetch(w) for w in wheels]
     root_debs = [paths[d.name] for d in debs if d.set == "root"]
+    lib_debs = [paths[d.name] for d in debs if d.set in ("root", "test", "initramfs")]
     test_debs = [paths[d.name] for d in debs if d.set == "test"]
     kernel = paths[lock.kernel_pin(debs).name]
     busybox = paths[lock.busybox_pin(debs).name]
@@ -232,14 +261,16 @@ def build_all(out: Path) -> dict[str, Path]:
     with step("bpf"):
         objs = bpf_objects(bpf_dir)
     with step("base_layer"):
-        base_layer(root_debs, wheel_paths, out / "root.squashfs", out / "root.files")
+        layer, files = out / "root.squashfs", out / "root.files"
+        base_layer(root_debs, wheel_paths, layer, files, out / "root.roothash")
     with step("agent_layer"):
-        agent_layer(REPO / "python", objs, out / "agent.squashfs")
+        agent_layer(REPO / "python", objs, out / "agent.squashfs", out / "agent.roothash")
     bpf_record = bpf_sources(objs)
     with step("test_layer"):
         test_layer(test_debs, out / "test.squashfs")
     root, agent = out / "root.squashfs", out / "agent.squashfs"
-    boot_files(kernel, busybox, out, disk.DEFAULT_CMDLINE, (root, agent))
+    hashes = (out / "root.roothash", out / "agent.roothash")
+    boot_files(kernel, busybox, lib_debs, out, disk.DEFAULT_CMDLINE, (root, agent), hashes)
     with step("sbom"):
         sbom.write(
             sbom.inputs(

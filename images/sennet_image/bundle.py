@@ -13,6 +13,9 @@ The slot is chosen on the device, so the bundle carries both UKIs, each with
 its slot and the bundle's identity (version, image digest) on its command
 line; they are made here from the build's kernel and initramfs, so a
 `--version` or a replaced layer gives UKIs that name what the bundle holds.
+Each UKI also carries the dm-verity root hashes of the bundle's layers (a
+replaced layer is given its hash tree here) and is signed for Secure Boot
+with the build's key (signing.py) before the manifest records its sha256.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from sennet_image import build, disk, rootfs, slots
+from sennet_image import build, disk, rootfs, signing, slots, verity
 from sennet_image.fsutil import sha256_file
 from sennet_image.proc import die, log, run, source_date_epoch
 
@@ -134,24 +137,31 @@ def make(
         if not need.is_file():
             die(f"{need} missing", hint="build first (bazel build //images:appliance)")
     built = build.read_identity(image_dir / "image.json")
-    ident = slots.Identity(
-        slots.check_version(version, "--version") if version else built.version,
-        slots.image_digest(root, agent),
-    )
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         work = Path(tmp)
-        images: dict[str, Path] = {}
+        images: dict[str, Path] = {"root": work / "root.img", "agent": work / "agent.img"}
+        # Each layer as the device opens it: its squashfs with its dm-verity tree (a given
+        # plain squashfs gets one here; the build's own come out byte for byte the same).
+        hashes = {
+            r: verity.reformat_layer(src, images[r])
+            for r, src in zip(verity.ROLES, (root, agent), strict=True)
+        }
+        ident = slots.Identity(
+            slots.check_version(version, "--version") if version else built.version,
+            slots.image_digest(images["root"], images["agent"]),
+        )
+        base = f"{disk.DEFAULT_CMDLINE} {verity.cmdline_args(hashes)}"
         for slot in slots.SLOTS:
             uki = work / f"uki-{slot}.efi"
             disk.build_uki(
                 image_dir / "vmlinuz",
                 initrd,
-                ident.cmdline(disk.DEFAULT_CMDLINE, slot),
+                ident.cmdline(base, slot),
                 slots.osrel(rootfs.os_release(), ident.version),
                 uki,
             )
+            signing.sign(uki)  # before the manifest takes its sha256
             images[f"uki-{slot}"] = uki
-        images["root"], images["agent"] = root, agent
         (work / "manifest.json").write_bytes(manifest(variant, ident, min_from, images))
         sign(work / "manifest.json", key, work / "manifest.sig")
         write_tar(

@@ -88,10 +88,12 @@ def parser() -> argparse.ArgumentParser:
     r = steps.add_parser("root-layer", help="root debs + wheels + overlay -> root.squashfs")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--files", type=Path, required=True)
+    r.add_argument("--root-hash", type=Path, required=True, help="out: dm-verity root hash")
     r.add_argument("--debs", type=Path, nargs="+", required=True)
     r.add_argument("--wheels", type=Path, nargs="+", required=True)
     a = steps.add_parser("agent-layer", help="python/sennet + BPF objects -> agent.squashfs")
     a.add_argument("--out", type=Path, required=True)
+    a.add_argument("--root-hash", type=Path, required=True, help="out: dm-verity root hash")
     a.add_argument("--python-src", type=Path, required=True, help="directory holding sennet/")
     a.add_argument("--bpf", type=Path, nargs="+", required=True)
     t = steps.add_parser("test-layer", help="test-only extras (dropbear) -> test.squashfs")
@@ -103,6 +105,10 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--outdir", type=Path, required=True)
     for layer in ("root", "agent"):
         k.add_argument(f"--{layer}", type=Path, required=True, help=f"{layer}.squashfs (digest)")
+        k.add_argument(f"--{layer}-hash", type=Path, required=True, help=f"{layer}.roothash")
+    k.add_argument(
+        "--lib-debs", type=Path, nargs="+", required=True, help="dmsetup and its libraries' debs"
+    )
     d = steps.add_parser("disk", help="GPT disk (raw and qcow2) from slot a's UKI and layers")
     d.add_argument("--uki", type=Path, required=True, help="slot a's UKI")
     d.add_argument("--image-json", type=Path, required=True, help="the build's image.json")
@@ -181,18 +187,20 @@ def _step(args: argparse.Namespace) -> int:
     from sennet_image import build, disk, lock, manifest, sbom
 
     if args.step == "root-layer":
-        build.base_layer(args.debs, args.wheels, args.out, args.files)
+        build.base_layer(args.debs, args.wheels, args.out, args.files, args.root_hash)
     elif args.step == "agent-layer":
-        build.agent_layer(args.python_src, args.bpf, args.out)
+        build.agent_layer(args.python_src, args.bpf, args.out, args.root_hash)
     elif args.step == "test-layer":
         build.test_layer(args.debs, args.out)
     elif args.step == "boot-files":
         build.boot_files(
             args.kernel_deb,
             args.busybox_deb,
+            args.lib_debs,
             args.outdir,
             disk.DEFAULT_CMDLINE,
             (args.root, args.agent),
+            (args.root_hash, args.agent_hash),
         )
     elif args.step == "disk":
         build.disks(

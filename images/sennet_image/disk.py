@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from sennet_image import signing
 from sennet_image.fsutil import sha256_file
 from sennet_image.proc import die, run, source_date_epoch, step
 
@@ -203,6 +204,7 @@ def build_esp(ukis: dict[str, Path], out: Path, extra: dict[str, bytes] | None =
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "BOOTX64.EFI"
         shutil.copyfile(systemd_boot, staged)
+        signing.sign(staged)  # Secure Boot: the firmware checks the loader, it the UKIs
         (Path(tmp) / "loader.conf").write_text(LOADER_CONF)
         files = [
             (staged, "::/EFI/BOOT/BOOTX64.EFI"),

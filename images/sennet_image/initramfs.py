@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
+import os
 import re
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sennet_image import debs
-from sennet_image.proc import die, source_date_epoch
+from sennet_image.proc import die, run, source_date_epoch
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent
 
@@ -45,9 +46,19 @@ MODULES = (
     "fs/fat/vfat",
     "fs/nls/nls_cp437",
     "fs/nls/nls_ascii",
+    # dm-verity for the root and agent layers (the command line carries their root hashes)
+    "drivers/md/dm-mod",
+    "drivers/md/dm-bufio",
+    "lib/reed_solomon/reed_solomon",
+    "drivers/md/dm-verity",
     "net/sched/sch_ingress",
     "net/sched/cls_bpf",
 )
+# dmsetup (Debian's, with its shared libraries from the pinned debs) sets up the verity
+# targets: a smaller closure than veritysetup's (no libcryptsetup, OpenSSL, argon2, json-c).
+DMSETUP = ("sbin/dmsetup", "usr/sbin/dmsetup")
+LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+INTERPRETER = "ld-linux-x86-64.so.2"
 
 
 @dataclass(frozen=True)
@@ -99,9 +110,74 @@ def _depends(ko: bytes) -> list[str]:
     return [d for d in m.group(1).decode().split(",") if d] if m else []
 
 
-def build(kernel_deb: Path, busybox_deb: Path, initrds: dict[Path, str], out_vmlinuz: Path) -> str:
+def _needed(elf: Path) -> list[str]:
+    """The DT_NEEDED sonames of an ELF file (objdump, binutils)."""
+    out = run(["objdump", "-p", elf]).stdout.decode()
+    return re.findall(r"^\s+NEEDED\s+(\S+)$", out, re.MULTILINE)
+
+
+def _inside(tree: Path, path: Path) -> Path:
+    """`path` with symlinks followed inside `tree` (absolute links point into the tree)."""
+    for _ in range(16):
+        if not path.is_symlink():
+            return path
+        target = Path(os.readlink(path))
+        path = tree / target.relative_to("/") if target.is_absolute() else path.parent / target
+    die(f"symlink loop at {path}")
+
+
+def _lib(tree: Path, soname: str) -> Path:
+    found = next((tree / d / soname for d in LIB_DIRS if (tree / d / soname).exists()), None)
+    if found is None:
+        die(f"{soname} is in no unpacked initramfs deb", hint="add its package to inputs.toml")
+    return _inside(tree, found)
+
+
+def elf_closure(tree: Path, program: Path, dest: str) -> list[Entry]:
+    """`program` (unpacked in `tree`) at `dest`, its shared libraries (DT_NEEDED, followed
+    transitively) in /lib/x86_64-linux-gnu, and the dynamic loader at /lib64."""
+    entries = [
+        Entry(d, 0o040755) for d in ("lib64", "lib/x86_64-linux-gnu", dest.rsplit("/", 1)[0])
+    ]
+    entries.append(Entry(dest, 0o100755, program.read_bytes()))
+    seen: set[str] = set()
+    todo = _needed(program)
+    while todo:
+        soname = todo.pop(0)
+        if soname in seen:
+            continue
+        seen.add(soname)
+        lib = _lib(tree, soname)
+        entries.append(Entry(f"lib/x86_64-linux-gnu/{soname}", 0o100755, lib.read_bytes()))
+        todo += _needed(lib)
+    loader = _lib(tree, INTERPRETER).read_bytes()
+    entries.append(Entry(f"lib64/{INTERPRETER}", 0o100755, loader))
+    return entries
+
+
+def dmsetup_entries(lib_debs: list[Path]) -> list[Entry]:
+    """dmsetup and its libraries from the pinned debs (dmsetup, libdevmapper, libc, ...)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp)
+        for deb in sorted(lib_debs, key=lambda p: p.name):
+            debs.unpack(deb, tree, only=(*LIB_DIRS, *DMSETUP))
+        program = next((tree / p for p in DMSETUP if (tree / p).is_file()), None)
+        if program is None:
+            die("no sbin/dmsetup in the initramfs debs", hint="pin dmsetup in inputs.toml")
+        return elf_closure(tree, program, "sbin/dmsetup")
+
+
+def build(
+    kernel_deb: Path,
+    busybox_deb: Path,
+    lib_debs: list[Path],
+    initrds: dict[Path, str],
+    out_vmlinuz: Path,
+) -> str:
     """From the pinned debs: write the kernel and one initramfs per `initrds` entry (path ->
-    its `etc/partitions`, see disk.partition_table); return the kernel release."""
+    its `etc/partitions`, see disk.partition_table); return the kernel release. `lib_debs`
+    hold dmsetup and its shared libraries."""
+    extra = dmsetup_entries(lib_debs)
     with tempfile.TemporaryDirectory() as tmp:
         kroot, broot = Path(tmp) / "k", Path(tmp) / "b"
         debs.unpack(kernel_deb, kroot, only=("boot/vmlinuz-", "lib/modules/"))
@@ -115,12 +191,19 @@ def build(kernel_deb: Path, busybox_deb: Path, initrds: dict[Path, str], out_vml
         )
         if bb is None:
             die(f"{busybox_deb.name}: no busybox binary inside")
-        build_from_tree(vmlinuz[0], kroot / "lib/modules" / release, bb, initrds, out_vmlinuz)
+        build_from_tree(
+            vmlinuz[0], kroot / "lib/modules" / release, bb, initrds, out_vmlinuz, extra
+        )
     return release
 
 
 def build_from_tree(
-    vmlinuz: Path, modules_dir: Path, busybox: Path, initrds: dict[Path, str], out_vmlinuz: Path
+    vmlinuz: Path,
+    modules_dir: Path,
+    busybox: Path,
+    initrds: dict[Path, str],
+    out_vmlinuz: Path,
+    extra: list[Entry] | None = None,
 ) -> None:
     """From an unpacked kernel (Debian's or nixpkgs'): modules may be .ko or .ko.xz.
 
@@ -155,6 +238,7 @@ def build_from_tree(
         names.append(name)
         entries.append(Entry(f"lib/modules/{name}.ko", 0o100644, ko))
     entries.append(Entry("etc/modules", 0o100644, ("\n".join(names) + "\n").encode()))
+    entries += extra or []
     entries.append(Entry("init", 0o100755, (IMAGES_DIR / "initramfs/init").read_bytes()))
     for out_initrd, table in initrds.items():
         blob = newc(

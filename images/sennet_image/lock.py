@@ -24,8 +24,8 @@ DEPS_BZL = IMAGES_DIR / "deps.bzl"
 BUILDROOT_LOCK = IMAGES_DIR / "buildroot.lock.json"
 BUILDROOT_BZL = IMAGES_DIR / "buildroot_deps.bzl"
 
-SETS = ("root", "kernel", "test", "build")
-IMAGE_SETS = ("root", "kernel", "test")
+SETS = ("root", "kernel", "test", "initramfs", "build")
+IMAGE_SETS = ("root", "kernel", "test", "initramfs")
 BUSYBOX_PREFIX = "busybox"  # busybox-static: the initramfs's shell and tools
 
 

@@ -37,6 +37,7 @@ class Inputs:
     root: tuple[str, ...]
     kernel: str
     test: tuple[str, ...]
+    initramfs: tuple[str, ...]
     exclude: frozenset[str]
     test_exclude: frozenset[str]
     constraints: Path
@@ -55,6 +56,7 @@ def load_inputs(path: Path = lock.IMAGES_DIR / "inputs.toml") -> Inputs:
             root=tuple(deb["root"]),
             kernel=deb["kernel"],
             test=tuple(deb.get("test", [])),
+            initramfs=tuple(deb.get("initramfs", [])),
             exclude=frozenset(deb.get("exclude", {})),
             test_exclude=frozenset(deb.get("test_exclude", {})),
             constraints=(path.parent / py["constraints"]).resolve(),
@@ -134,11 +136,13 @@ def _deb_pin(name: str, version: str, url: str, pin_set: str, archives: dict[str
 
 
 def resolve_debs(inputs: Inputs) -> list[DebPin]:
-    """Pin the root closure, the kernel alone, and the test extras not already in the root."""
+    """Pin the root closure, the kernel alone, and the test and initramfs extras not already
+    in the root."""
     archives = apt_bases()
     with tempfile.TemporaryDirectory() as tmp:
         root = _apt_closure(inputs.root, Path(tmp))
         test = _apt_closure(inputs.root + inputs.test, Path(tmp))
+        early = _apt_closure(inputs.initramfs, Path(tmp)) if inputs.initramfs else {}
         kernel = _apt_closure((inputs.kernel,), Path(tmp))[inputs.kernel]
     pins = [
         _deb_pin(n, v, u, "root", archives) for n, (v, u) in root.items() if n not in inputs.exclude
@@ -148,6 +152,12 @@ def resolve_debs(inputs: Inputs) -> list[DebPin]:
         for n, (v, u) in test.items()
         # not already pinned in the root; the root's exclusions do not apply (libbsd0 needs libmd0)
         if n not in inputs.test_exclude and (n not in root or n in inputs.exclude)
+    ]
+    pinned = {p.name for p in pins}
+    pins += [
+        _deb_pin(n, v, u, "initramfs", archives)
+        for n, (v, u) in early.items()
+        if n not in pinned  # one pin per package: libc6 is the root's (sets are disjoint)
     ]
     pins.append(_deb_pin(inputs.kernel, kernel[0], kernel[1], "kernel", archives))
     log("lock_debs_resolved", packages=len(pins))

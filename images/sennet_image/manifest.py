@@ -14,6 +14,7 @@ from pathlib import Path
 from sennet_image.fsutil import sha256_file
 from sennet_image.lock import DebPin, WheelPin
 from sennet_image.proc import build_root, run, source_date_epoch
+from sennet_image.signing import signer
 
 # The build's tools. With a build root (always, in Bazel's build and images/build) they
 # run from it, pinned by buildroot.lock.json; their versions are recorded as measured there.
@@ -27,6 +28,9 @@ HOST_TOOLS = {
     "mtools": ["mtools", "--version"],
     "sfdisk": ["sfdisk", "--version"],
     "qemu-img": ["qemu-img", "--version"],
+    "veritysetup": ["veritysetup", "--version"],
+    "sbsign": ["sbsign", "--version"],
+    "faketime": ["dpkg-query", "-W", "-f", "${Version}", "faketime"],
 }
 EFI_STUB_PACKAGE = "systemd-boot-efi"
 # Debian packages on the host whose files actions read (the BPF build's UAPI headers).
@@ -112,6 +116,12 @@ def write(
         "artefacts": {
             name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for name, p in sorted(artefacts.items())
+        },
+        # Who signed each EFI binary, read back from its signature (sbverify --list).
+        "secure_boot_signers": {
+            name: signer(p)
+            for name, p in sorted(artefacts.items())
+            if name.lower().endswith(".efi")
         },
         **extra,
     }

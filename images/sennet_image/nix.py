@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sennet_image import build, disk, initramfs, rootfs, slots
+from sennet_image import build, disk, initramfs, rootfs, slots, verity
 from sennet_image.fsutil import prune_empty_dirs
 
 
@@ -68,8 +68,11 @@ def image(
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         tree = Path(tmp) / "root"
         root_tree(tree, store_paths, python_env, busybox, libbpf)
-        rootfs.mksquashfs(tree, out / "root.squashfs")
-    build.agent_layer(python_src, bpf_objects, out / "agent.squashfs")
+        build.verity_layer(tree, out / "root.squashfs", out / "root.roothash")
+    build.agent_layer(python_src, bpf_objects, out / "agent.squashfs", out / "agent.roothash")
+    hashes = {r: verity.read_root_hash(out / f"{r}.roothash") for r in verity.ROLES}
+    # dmsetup is not yet taken from nixpkgs (lvm2) for this initramfs: never built here.
+    base = f"{disk.DEFAULT_CMDLINE} {verity.cmdline_args(hashes)}"
     modules = next((kernel / "lib/modules").iterdir())
     root, agent = out / "root.squashfs", out / "agent.squashfs"
     initramfs.build_from_tree(
@@ -81,12 +84,12 @@ def image(
     )
     ident = slots.identity(root, agent)
     build.write_identity(ident, out / "image.json")
-    (out / "cmdline").write_text(ident.cmdline(disk.DEFAULT_CMDLINE, "a") + "\n")
+    (out / "cmdline").write_text(ident.cmdline(base, "a") + "\n")
     for slot in slots.SLOTS:
         disk.build_uki(
             out / "vmlinuz",
             out / "initrd.img",
-            ident.cmdline(disk.DEFAULT_CMDLINE, slot),
+            ident.cmdline(base, slot),
             slots.osrel(rootfs.os_release(), ident.version),
             out / build.uki_name("production", slot),
         )

@@ -26,6 +26,11 @@ from pathlib import Path
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Secure Boot: Debian's SMM-protected firmware build, and a variable store with the snakeoil
+# key (/usr/share/ovmf/PkKek-1-snakeoil.pem) enrolled as PK, KEK and db: it runs only EFI
+# binaries that key signed (the build's default signing key, sennet_image.signing).
+OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_VARS_SNAKEOIL = Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd")
 MGMT_MAC = "52:54:00:00:00:01"
 MONITORED_MAC = "52:54:00:00:00:02"
 # Under TCG: Nehalem is x86-64-v2, which numpy (in the agent) needs, and is cheaper to
@@ -48,10 +53,18 @@ class DirectBoot:
 class UefiBoot:
     """OVMF firmware boots the disk's ESP as a flashed machine would (q35 chipset).
 
-    `vars_file` is a writable copy of the OVMF variable store, owned by the caller.
+    `vars_file` is a writable copy of the OVMF variable store, owned by the caller
+    (`vars_template` says which). With `secure_boot`, the SMM firmware enforces
+    signatures against the keys enrolled in that store.
     """
 
     vars_file: Path
+    secure_boot: bool = False
+
+
+def vars_template(secure_boot: bool) -> Path:
+    """The variable store to copy for a UEFI boot: with the snakeoil keys for Secure Boot."""
+    return OVMF_VARS_SNAKEOIL if secure_boot else OVMF_VARS
 
 
 def cpu_model(accel: str) -> str:
@@ -117,6 +130,13 @@ def qemu_argv(
         argv += ["-drive", f"file={extra},if=virtio,format={fmt},readonly=on"]
     if isinstance(boot, DirectBoot):
         argv += ["-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", boot.cmdline]
+    elif boot.secure_boot:
+        argv += [
+            "-machine", "q35,smm=on",
+            "-global", "driver=cfi.pflash01,property=secure,value=on",
+            "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE_SECBOOT}",
+            "-drive", f"if=pflash,format=raw,file={boot.vars_file}",
+        ]  # fmt: skip
     else:
         argv += [
             "-machine", "q35",

@@ -208,7 +208,13 @@ def document(inp: Inputs) -> dict[str, Any]:
                 comment=f"archive path {pin.path}",
             )
         )
-        container = {"root": "root.squashfs", "test": "test.squashfs", "kernel": "vmlinuz"}[pin.set]
+        containers = {
+            "root": "root.squashfs",
+            "test": "test.squashfs",
+            "kernel": "vmlinuz",
+            "initramfs": "initrd.img",  # dmsetup and its libraries (both variants' initramfs)
+        }
+        container = containers[pin.set]
         if container in layer_ids:
             rel = "GENERATED_FROM" if pin.set == "kernel" else "CONTAINS"
             rels.append((layer_ids[container], rel, ident))

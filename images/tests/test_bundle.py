@@ -1,8 +1,9 @@
 """The update bundle: member order, reproducible bytes, right digests, an openssl signature.
 
-Real objcopy (on systemd-boot's stub), real openssl and real tar headers; the
-kernel, initramfs and layers are small stand-in files (the bundle treats them as
-opaque bytes), so this runs in seconds without a build.
+Real objcopy (on systemd-boot's stub), real openssl, sbsign and veritysetup, and
+real tar headers; the kernel and initramfs are small stand-in files (the bundle
+treats them as opaque bytes) and the layers small real squashfs images, so this
+runs in seconds without a build.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from sennet.common.errors import UserError
-from sennet_image import bundle, cli
+from sennet_image import build, bundle, cli, signing
 
 DEV_PEM = Path(bundle.__file__).resolve().parent.parent / "keys" / "dev" / "update.pem"
 ORDER = ["manifest.json", "manifest.sig", "uki-a.efi", "uki-b.efi", "root.img", "agent.img"]
@@ -33,10 +34,42 @@ def image_dir(tmp_path: Path) -> Path:
     (d / "vmlinuz").write_bytes(b"MZ kernel stand-in " * 1000)
     (d / "initrd.img").write_bytes(b"production initramfs " * 500)
     (d / "initrd-test.img").write_bytes(b"test initramfs " * 500)
-    (d / "root.squashfs").write_bytes(b"root layer " * 3000)
-    (d / "agent.squashfs").write_bytes(b"agent layer " * 700)
+    for layer, text in (("root", b"root layer " * 3000), ("agent", b"agent layer " * 700)):
+        # as the build makes them: a squashfs with its dm-verity tree, the root hash beside
+        _tree(tmp_path / layer, text)
+        build.verity_layer(tmp_path / layer, d / f"{layer}.squashfs", d / f"{layer}.roothash")
     (d / "image.json").write_text('{"image_digest": "' + "0" * 64 + '", "version": "0.1.0"}\n')
     return d
+
+
+def _tree(path: Path, text: bytes) -> Path:
+    path.mkdir()
+    (path / "file").write_bytes(text)
+    return path
+
+
+def _verity_ok(image: Path, root_hash: str) -> bool:
+    """veritysetup's own check of `image`'s appended tree against `root_hash`."""
+    offset = (image.stat().st_size // 4096 - _tree_blocks(image)) * 4096
+    res = subprocess.run(
+        [
+            *("veritysetup", "verify", f"--hash-offset={offset}", str(image), str(image)),
+            root_hash,
+        ],
+        capture_output=True,
+        check=False,
+    )
+    return res.returncode == 0
+
+
+def _tree_blocks(image: Path) -> int:
+    """Blocks after the squashfs (its padded bytes_used): the superblock and the tree."""
+    used = int.from_bytes(image.read_bytes()[40:48], "little")
+    return image.stat().st_size // 4096 - -(-used // 4096)
+
+
+def _cmdarg(cmdline: str, name: str) -> str:
+    return next(w.split("=", 1)[1] for w in cmdline.split() if w.startswith(name + "="))
 
 
 def _members(path: Path) -> dict[str, bytes]:
@@ -101,11 +134,18 @@ def test_manifest_names_each_member_by_sha256_and_size(image_dir: Path, tmp_path
             "agent": {"sha256": _sha(agent), "size": len(agent)},
         },
     }
+    # the build's layers (tree appended) go in byte for byte
     assert files["root.img"] == root and files["agent.img"] == agent
-    # each UKI boots its own slot and names what the bundle holds
+    hashes = {r: (image_dir / f"{r}.roothash").read_text().strip() for r in ("root", "agent")}
+    # each UKI boots its own slot, names what the bundle holds and carries the layers'
+    # verity root hashes, and is signed with the build's Secure Boot key (snakeoil here)
     for slot in ("a", "b"):
+        uki = tmp_path / f"uki-{slot}.efi"
+        uki.write_bytes(files[f"uki-{slot}.efi"])
+        assert signing.verify(uki, signing.SNAKEOIL_CERT)
         cmdline = _section(files[f"uki-{slot}.efi"], ".cmdline", tmp_path)
         assert cmdline.endswith(
+            f" sennet.verity.root={hashes['root']} sennet.verity.agent={hashes['agent']}"
             f" sennet.slot={slot} sennet.version=0.2.0 sennet.image_digest={digest}"
         )
         osrel = _section(files[f"uki-{slot}.efi"], ".osrel", tmp_path)
@@ -160,17 +200,35 @@ def test_signature_verifies_with_openssl_and_fails_with_another_key(
 def test_a_replaced_layer_changes_its_digest_and_the_image_digest(
     image_dir: Path, tmp_path: Path
 ) -> None:
+    # a plain squashfs (no hash tree), as a test or a site makes one with mksquashfs
     broken = tmp_path / "broken-agent.squashfs"
-    broken.write_bytes(b"an agent that cannot attach")
+    src = _tree(tmp_path / "broken", b"an agent that cannot attach")
+    subprocess.run(
+        ["mksquashfs", str(src), str(broken), "-noappend", "-quiet", "-all-root", "-no-progress"],
+        check=True,
+    )
     good, bad = tmp_path / "good.bundle", tmp_path / "bad.bundle"
     bundle.make(image_dir, good, key=bundle.DEV_KEY)
     bundle.make(image_dir, bad, key=bundle.DEV_KEY, agent=broken)
     g = json.loads(_members(good)["manifest.json"])
     b = json.loads(_members(bad)["manifest.json"])
-    assert b["images"]["agent"] == {"sha256": _sha(broken.read_bytes()), "size": 27}
+    agent = _members(bad)["agent.img"]
+    assert b["images"]["agent"] == {"sha256": _sha(agent), "size": len(agent)}
     assert b["images"]["root"] == g["images"]["root"]
     assert b["image_digest"] != g["image_digest"]
-    assert _members(bad)["agent.img"] == broken.read_bytes()
+    # the bundle's agent.img is that squashfs with a verity tree appended, and the UKIs carry
+    # its root hash (veritysetup checks the tree against it), not the build's agent's
+    plain = broken.read_bytes()
+    assert agent[: len(plain)] == plain and len(agent) > len(plain)
+    (tmp_path / "agent.img").write_bytes(agent)
+    for slot in ("a", "b"):
+        cmdline = _section(_members(bad)[f"uki-{slot}.efi"], ".cmdline", tmp_path)
+        agent_hash = _cmdarg(cmdline, "sennet.verity.agent")
+        assert agent_hash != (image_dir / "agent.roothash").read_text().strip()
+        assert _verity_ok(tmp_path / "agent.img", agent_hash)
+        assert not _verity_ok(tmp_path / "agent.img", "0" * 64)
+        root_hash = (image_dir / "root.roothash").read_text().strip()
+        assert _cmdarg(cmdline, "sennet.verity.root") == root_hash
 
 
 def test_test_variant_bundle_carries_the_test_initramfs(image_dir: Path, tmp_path: Path) -> None:

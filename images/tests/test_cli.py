@@ -72,9 +72,12 @@ def test_a_failing_step_shows_its_held_back_log_then_the_error(tmp_path: Path) -
     for name in ("root", "agent"):
         (tmp_path / f"{name}.squashfs").write_bytes(name.encode())
         layers += [f"--{name}", tmp_path / f"{name}.squashfs"]
+    for name in ("root", "agent"):
+        (tmp_path / f"{name}.roothash").write_text("ab" * 32 + "\n")
+        layers += [f"--{name}-hash", tmp_path / f"{name}.roothash"]
     res = _step(
         "boot-files", "--kernel-deb", missing, "--busybox-deb", missing, "--outdir", tmp_path,
-        *layers,
+        "--lib-debs", missing, *layers,
     )  # fmt: skip
     assert res.returncode == 2
     lines = res.stderr.splitlines()

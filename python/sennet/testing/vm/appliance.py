@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sennet_image.qemu import DirectBoot, qemu_argv, tap_netdev
+from sennet_image.qemu import DirectBoot, UefiBoot, qemu_argv, tap_netdev, vars_template
 
 from sennet.testing.errors import HarnessError
 from sennet.testing.netlab import Tap, tap
@@ -85,20 +85,28 @@ def booted(
     esp_files: dict[str, bytes] | None = None,
     extra_disks: Sequence[Path] = (),
     extra_cmdline: Sequence[str] = (),
+    secure_boot: bool = False,
 ) -> Iterator[Appliance]:
     """Boot a fresh copy-on-write disk of the image; tear everything down on exit.
 
     The test variant (SSH with `ssh_key`) by default; `variant="production"` boots the
     shipped image, which has no SSH: watch it through `machine.wait_for_console`.
     `extra_disks` are attached read-only after the boot disk; `extra_cmdline` words go
-    after the `sennet.*` provisioning words.
+    after the `sennet.*` provisioning words. With `secure_boot` the firmware boots the disk's
+    signed UKI under enforced Secure Boot; its command line is fixed (signed), so settings
+    come only from `esp_files` (sennet/agent.toml) and the SSH key goes to the ESP.
     """
     images = image_dir()
     test = variant == "test"
     if test and ssh_key is None:
         raise HarnessError("the test variant needs an SSH key")
+    if secure_boot and (provisioning or extra_cmdline):
+        raise HarnessError("a Secure Boot boot takes no command line: provision by esp_files")
+    esp_files = dict(esp_files or {})
+    if secure_boot and test and ssh_key is not None:
+        esp_files["authorized_keys"] = ssh_key.with_suffix(".pub").read_bytes()
     base = "appliance-test.raw" if test else "appliance.raw"
-    overlay = _disk(images, workdir, name, base, esp_files or {})
+    overlay = _disk(images, workdir, name, base, esp_files)
     cmdline = (images / "cmdline").read_text().strip().split()
     cmdline += [f"sennet.{k}={v}" for k, v in provisioning.items()]
     if test and ssh_key is not None:
@@ -111,14 +119,18 @@ def booted(
     machine = None
     try:
         ssh_port = free_port() if test else None
+        how: DirectBoot | UefiBoot = DirectBoot(
+            kernel=images / "vmlinuz",
+            initrd=images / ("initrd-test.img" if test else "initrd.img"),
+            cmdline=" ".join(cmdline),
+        )
+        if secure_boot:
+            how = UefiBoot(vars_file=workdir / f"{name}.OVMF_VARS.fd", secure_boot=True)
+            shutil.copyfile(vars_template(True), how.vars_file)
         argv = qemu_argv(
             accel=accel,
             disk=overlay,
-            boot=DirectBoot(
-                kernel=images / "vmlinuz",
-                initrd=images / ("initrd-test.img" if test else "initrd.img"),
-                cmdline=" ".join(cmdline),
-            ),
+            boot=how,
             memory_mib=768,
             smp=1,
             monitored_netdev=tap_netdev(monitored.fd),
@@ -131,7 +143,8 @@ def booted(
         machine = Machine(name, argv, [monitored.fd], workdir, ssh_port, ssh_key if test else None)
         with step(f"{name}: boot ({accel})"):
             machine.start()
-            machine.wait_for_console(r"event=agent_ready", timeout=180)
+            # firmware (SMM, signature checks) costs minutes more under TCG
+            machine.wait_for_console(r"event=agent_ready", timeout=480 if secure_boot else 180)
         yield Appliance(machine, monitored, accel)
     finally:
         if machine is not None:

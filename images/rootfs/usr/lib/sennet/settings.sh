@@ -51,7 +51,8 @@ settings_accept() {
 # settings_from_cmdline < /proc/cmdline: the sennet.KEY=VALUE words, checked.
 settings_from_cmdline() {
     tr ' \t' '\n\n' | while IFS= read -r w; do
-        case "$w" in sennet.*) ;; *) continue;; esac
+        # sennet.verity.*: the layers' root hashes, the initramfs's (not settings)
+        case "$w" in sennet.verity.*) continue;; sennet.*) ;; *) continue;; esac
         key=${w#sennet.}
         key=${key%%=*}
         case "$w" in *=*) ;; *) key="";; esac
