@@ -43,6 +43,15 @@ def _boot(image_dir: Path, *extra: str, timeout: int = 110) -> boot.BootResult:
     return boot.boot(args)
 
 
+def _mounted_through_verity(console: str, slot: str) -> None:
+    """The slot's raw partitions were opened through dm-verity and the mapped devices mounted."""
+    root, agent = {"a": ("/dev/vda2", "/dev/vda3"), "b": ("/dev/vda4", "/dev/vda5")}[slot]
+    assert f"event=verity_ok layer=root dev={root} " in console
+    assert f"event=verity_ok layer=agent dev={agent} " in console
+    mounted = "root=/dev/mapper/sennet-root agent=/dev/mapper/sennet-agent test=none"
+    assert f"event=root_mounted {mounted} slot={slot} " in console
+
+
 def test_direct_boot_attaches_the_agent_to_the_monitored_nic_and_hides_the_token(
     image_dir: Path,
 ) -> None:
@@ -53,7 +62,7 @@ def test_direct_boot_attaches_the_agent_to_the_monitored_nic_and_hides_the_token
     # direct boot: the cmdline artefact names slot a and this build's identity
     ident = json.loads((image_dir / "image.json").read_text())
     assert f"sennet-init: event=image slot=a version={ident['version']}" in result.console
-    assert "event=root_mounted root=/dev/vda2 agent=/dev/vda3 test=none slot=a" in result.console
+    _mounted_through_verity(result.console, "a")
     assert (
         "event=provisioned source=cmdline key=control_plane value=10.0.2.2:7443" in result.console
     )
@@ -77,7 +86,7 @@ def test_uefi_boot_from_the_raw_disk_takes_provisioning_from_the_esp(
     ready = result.console.split("event=agent_ready", 1)[1].splitlines()[0]
     assert "control_plane=10.0.2.2:9443" in ready and "metrics=off" in ready
     # systemd-boot chose slot a's UKI, the only entry of the factory image
-    assert "event=root_mounted root=/dev/vda2 agent=/dev/vda3 test=none slot=a" in result.console
+    _mounted_through_verity(result.console, "a")
 
 
 def _esp_entries(disk: Path, work: Path) -> list[str]:
@@ -139,14 +148,14 @@ def test_uefi_boots_a_trial_slot_while_it_has_tries_then_the_committed_one(
     # two UEFI boots under TCG on a shared machine: more time than the single boots above
     trial = _boot(work, "--mode", "uefi", "--state", str(state), timeout=300)
     assert trial.ready_s is not None, trial.console[-3000:]
-    assert "event=root_mounted root=/dev/vda4 agent=/dev/vda5 test=none slot=b" in trial.console
+    _mounted_through_verity(trial.console, "b")
     assert "sennet-init: event=image slot=b version=0.2.0" in trial.console
     committed = f"sennet-a-{ident['version']}.efi"
     assert _esp_entries(state, tmp_path) == sorted([committed, "sennet-b-0.2.0+0-1.efi"])
 
     fallback = _boot(work, "--mode", "uefi", "--state", str(state), timeout=300)
     assert fallback.ready_s is not None, fallback.console[-3000:]
-    assert "event=root_mounted root=/dev/vda2 agent=/dev/vda3 test=none slot=a" in fallback.console
+    _mounted_through_verity(fallback.console, "a")
     assert f"sennet-init: event=image slot=a version={ident['version']}" in fallback.console
     # an entry with no tries left is not booted, and not counted any further
     assert _esp_entries(state, tmp_path) == sorted([committed, "sennet-b-0.2.0+0-1.efi"])
