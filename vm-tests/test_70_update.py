@@ -160,8 +160,21 @@ def agent_toml(cp: ControlPlane) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def uvm(workdir: Path, ssh_key: Path, control_plane: ControlPlane) -> Iterator[Appliance]:
-    with uefi_booted("upd", workdir, ssh_key, {"agent.toml": agent_toml(control_plane)}) as vm:
+def own_cp(workdir: Path) -> Iterator[ControlPlane]:
+    """A control plane of this module's own: the appliances updated here must not join the
+    shared one's fleet (other tests count its agents)."""
+    cp = ControlPlane(workdir / "update-cp.db", workdir, name="update-cp")
+    cp.create_token("vm-tests")
+    cp.start()
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="module")
+def uvm(workdir: Path, ssh_key: Path, own_cp: ControlPlane) -> Iterator[Appliance]:
+    with uefi_booted("upd", workdir, ssh_key, {"agent.toml": agent_toml(own_cp)}) as vm:
         vm.machine.wait_for_ssh()
         yield vm
 
@@ -292,7 +305,7 @@ def test_update_a_to_b_is_committed_and_stays(uvm: Appliance, bundles: Bundles) 
 
 
 def test_an_agent_that_cannot_attach_rolls_back_by_itself(
-    uvm: Appliance, bundles: Bundles, control_plane: ControlPlane
+    uvm: Appliance, bundles: Bundles, own_cp: ControlPlane
 ) -> None:
     m = uvm.machine
     m.copy_to(bundles.broken, "/tmp/broken.bundle")
@@ -317,11 +330,11 @@ def test_an_agent_that_cannot_attach_rolls_back_by_itself(
     agent = agent_id(m)
 
     def reported() -> bool:
-        found = matching(control_plane.samples(), "sennet_agent_update_last_outcome", agent=agent)
+        found = matching(own_cp.samples(), "sennet_agent_update_last_outcome", agent=agent)
         return any(dict(k)["result"] == "rolled_back" for k in found)
 
-    control_plane.wait_until("rolled_back in /metrics", reported, timeout=120)
-    (labels,) = matching(control_plane.samples(), "sennet_agent_update_last_outcome", agent=agent)
+    own_cp.wait_until("rolled_back in /metrics", reported, timeout=120)
+    (labels,) = matching(own_cp.samples(), "sennet_agent_update_last_outcome", agent=agent)
     assert dict(labels) == {
         "agent": agent,
         "result": "rolled_back",

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from sennet.testing.controlplane import ControlPlane, cli
 from sennet.testing.scrape import matching
 from sennet.testing.vm.appliance import Appliance, image_dir
@@ -75,10 +77,23 @@ def image_of(cp: ControlPlane, agent: str) -> dict[str, str] | None:
     return dict(labels)
 
 
+@pytest.fixture(scope="module")
+def own_cp(workdir: Path) -> Iterator[ControlPlane]:
+    """A control plane of this module's own: the appliances updated here must not join the
+    shared one's fleet (other tests count its agents)."""
+    cp = ControlPlane(workdir / "offer-cp.db", workdir, name="offer-cp")
+    cp.create_token("vm-tests")
+    cp.start()
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
 def test_an_update_offered_by_the_control_plane_is_fetched_applied_and_reported(
-    workdir: Path, ssh_key: Path, control_plane: ControlPlane
+    workdir: Path, ssh_key: Path, own_cp: ControlPlane
 ) -> None:
-    cp = control_plane
+    cp = own_cp
     bundle = workdir / "offered-0.2.0.bundle"
     argv = [str(REPO / "images" / "make-bundle"), "--image", str(image_dir()), "--out", str(bundle)]
     argv += ["--variant", "test", "--version", "0.2.0", "--key", str(DEV_KEY)]
