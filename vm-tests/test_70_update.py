@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import host_control_plane
 from sennet.testing.controlplane import ControlPlane
 from sennet.testing.scrape import matching
 from sennet.testing.vm.appliance import Appliance, image_dir
@@ -163,13 +164,8 @@ def agent_toml(cp: ControlPlane) -> bytes:
 def own_cp(workdir: Path) -> Iterator[ControlPlane]:
     """A control plane of this module's own: the appliances updated here must not join the
     shared one's fleet (other tests count its agents)."""
-    cp = ControlPlane(workdir / "update-cp.db", workdir, name="update-cp")
-    cp.create_token("vm-tests")
-    cp.start()
-    try:
+    with host_control_plane(workdir, "update-cp") as cp:
         yield cp
-    finally:
-        cp.stop()
 
 
 @pytest.fixture(scope="module")

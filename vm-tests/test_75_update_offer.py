@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import host_control_plane
 from sennet.testing.controlplane import ControlPlane, cli
 from sennet.testing.scrape import matching
 from sennet.testing.vm.appliance import Appliance, image_dir
@@ -81,13 +82,8 @@ def image_of(cp: ControlPlane, agent: str) -> dict[str, str] | None:
 def own_cp(workdir: Path) -> Iterator[ControlPlane]:
     """A control plane of this module's own: the appliances updated here must not join the
     shared one's fleet (other tests count its agents)."""
-    cp = ControlPlane(workdir / "offer-cp.db", workdir, name="offer-cp")
-    cp.create_token("vm-tests")
-    cp.start()
-    try:
+    with host_control_plane(workdir, "offer-cp") as cp:
         yield cp
-    finally:
-        cp.stop()
 
 
 def test_an_update_offered_by_the_control_plane_is_fetched_applied_and_reported(
