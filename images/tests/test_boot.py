@@ -21,18 +21,6 @@ REPO = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def image_dir() -> Path:
-    for candidate in (
-        os.environ.get("SENNET_IMAGE_DIR"),
-        REPO / "build/image",
-        REPO / "bazel-bin/images",
-    ):
-        if candidate and (Path(candidate) / "appliance.qcow2").is_file():
-            return Path(candidate)
-    pytest.skip("no built image: run images/build or bazel build //images:appliance")
-
-
 def _boot(image_dir: Path, *extra: str, timeout: int = 110) -> boot.BootResult:
     args = cli.parser().parse_args(
         [

@@ -31,18 +31,6 @@ OUTCOME = re.compile(r"event=fatal .*|event=agent_ready\b.*|.*Access [Dd]enied.*
 LINK = ("vmlinuz", "initrd.img", "cmdline", "appliance.raw")
 
 
-@pytest.fixture(scope="module")
-def image_dir() -> Path:
-    for candidate in (
-        os.environ.get("SENNET_IMAGE_DIR"),
-        REPO / "build/image",
-        REPO / "bazel-bin/images",
-    ):
-        if candidate and (Path(candidate) / "appliance.qcow2").is_file():
-            return Path(candidate)
-    pytest.skip("no built image: run images/build or bazel build //images:appliance")
-
-
 def _partition_offset(raw: Path, name: str) -> int:
     table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True,
                                       check=True).stdout)["partitiontable"]  # fmt: skip
