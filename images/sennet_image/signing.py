@@ -12,7 +12,11 @@ code puts a signingTime attribute (the current time) among the signed
 attributes, and sbsign has no option to leave it out; so it runs under Debian's
 libfaketime with the clock frozen at SOURCE_DATE_EPOCH, and the same image and
 key give the same bytes (tests/test_signing.py signs twice and compares). The
-manifest records who signed each binary, read back from the signature.
+library is preloaded directly, not through the `faketime` wrapper: the wrapper
+creates a POSIX semaphore named after its PID in the shared /dev/shm, and two
+signing steps in parallel Bazel sandboxes (each its own PID namespace, so the same
+small PIDs) collide on it ("sem_open: File exists"). The manifest records who
+signed each binary, read back from the signature.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from sennet_image.proc import die, run, source_date_epoch
 SNAKEOIL_KEY = Path("/usr/share/ovmf/PkKek-1-snakeoil.key")
 SNAKEOIL_CERT = Path("/usr/share/ovmf/PkKek-1-snakeoil.pem")
 SNAKEOIL_SOURCE = "ovmf-snakeoil (development and tests only)"
+# Debian's libfaketime (package libfaketime), in the build root or on the host.
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,9 @@ def sign(image: Path, key: SigningKey | None = None) -> None:
             run(["openssl", "pkey", *argv, "-out", private])
         else:
             shutil.copyfile(key.key, private)
-        sbsign: list[str | Path] = ["faketime", "-f", frozen, "sbsign", "--key", private]
+        # `env` sets the preload for sbsign alone, inside the build root when there is one.
+        faked = ["env", f"LD_PRELOAD={LIBFAKETIME}", f"FAKETIME={frozen}"]
+        sbsign: list[str | Path] = [*faked, "sbsign", "--key", private]
         run([*sbsign, "--cert", cert, "--output", signed, image])
         shutil.copyfile(signed, image)
 

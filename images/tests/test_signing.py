@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +48,30 @@ def test_signing_twice_gives_the_same_bytes_and_sbverify_accepts_the_snakeoil_ke
     assert signing.verify(efi, signing.SNAKEOIL_CERT)
     assert signing.signer(efi) == SNAKEOIL_SUBJECT
     assert signing.signing_key().source.startswith("ovmf-snakeoil")
+
+
+def test_signings_in_parallel_pid_namespaces_do_not_collide(efi: Path, tmp_path: Path) -> None:
+    """Bazel runs the disk and bundle steps at once, each in a sandbox with its own PID
+    namespace; the `faketime` wrapper's per-PID semaphore in the shared /dev/shm made
+    the second fail ("sem_open: File exists"). Both signings must succeed, identically."""
+    copies = [tmp_path / f"p{i}.efi" for i in range(3)]
+    for copy in copies:
+        shutil.copyfile(efi, copy)
+    code = (
+        "import sys; from pathlib import Path; from sennet_image import signing; "
+        "signing.sign(Path(sys.argv[1]))"
+    )
+    procs = [
+        subprocess.Popen(
+            ["unshare", "--pid", "--fork", sys.executable, "-c", code, str(copy)],
+            stderr=subprocess.PIPE,
+        )
+        for copy in copies
+    ]
+    errors = [p.communicate()[1].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert copies[0].read_bytes() == copies[1].read_bytes() == copies[2].read_bytes()
+    assert signing.signer(copies[0]) == SNAKEOIL_SUBJECT
 
 
 def test_a_byte_changed_after_signing_fails_sbverify(efi: Path) -> None:
