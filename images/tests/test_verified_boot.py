@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 # signature is not in db, systemd-boot "Access denied" when LoadImage refuses a UKI; the
 # initramfs prints event=fatal; the agent event=agent_ready).
 OUTCOME = re.compile(r"event=fatal .*|event=agent_ready\b.*|.*Access [Dd]enied.*")
+NEVER = re.compile(r"(?!)")
 LINK = ("vmlinuz", "initrd.img", "cmdline", "appliance.raw")
 
 
@@ -58,6 +59,18 @@ def _tampered_copy(image_dir: Path, work: Path) -> Path:
 def _boot_until_outcome(
     disk_raw: Path, how: qemu.DirectBoot | qemu.UefiBoot, timeout: float = 240
 ) -> str:
+    return _boot(disk_raw, how, timeout, OUTCOME)[0]
+
+
+def _boot(
+    disk_raw: Path,
+    how: qemu.DirectBoot | qemu.UefiBoot,
+    timeout: float,
+    until: re.Pattern[str],
+    then_s: float = 0.0,
+) -> tuple[str, int | None]:
+    """The console up to `until` (or QEMU's own exit) and `then_s` seconds more, and QEMU's
+    exit status if it ended by itself (-no-reboot: a guest reboot ends QEMU)."""
     overlay = disk_raw.with_suffix(".overlay.qcow2")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", disk_raw,
                     overlay], check=True)  # fmt: skip
@@ -74,7 +87,14 @@ def _boot_until_outcome(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        return qemu.read_until(proc, OUTCOME, timeout, echo=False)
+        console = qemu.read_until(proc, until, timeout, echo=False)
+        if then_s:
+            console += qemu.read_until(proc, NEVER, then_s, echo=False)
+        try:
+            ended = proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            ended = None
+        return console, ended
     finally:
         proc.kill()
         proc.wait()
@@ -128,10 +148,19 @@ def test_a_wrong_or_missing_root_hash_on_the_command_line_stops_the_boot(
 ) -> None:
     work = _tampered_copy(image_dir, tmp_path / "img")
     raw = work / "appliance.raw"
-    wrong = _boot_until_outcome(raw, _direct(work, "sennet.verity.root=" + "ab" * 32))
+    # Read to the end: a stopped boot reboots by itself (here QEMU's -no-reboot ends it), so
+    # a trial slot that fails here goes back to systemd-boot, which counts the try.
+    wrong, ended = _boot(raw, _direct(work, "sennet.verity.root=" + "ab" * 32), 240, NEVER)
     assert "event=fatal why=verity_mismatch layer=root" in wrong, wrong[-3000:]
-    missing = _boot_until_outcome(raw, _direct(work, "sennet.verity.agent="))
+    assert "event=rebooting in_s=10" in wrong.split("event=fatal", 1)[1], wrong[-3000:]
+    assert ended == 0, f"QEMU did not end by the guest's reboot: {ended}"
+    # A developer's direct boot may ask for a shell instead: nothing reboots, QEMU stays up.
+    missing, ended = _boot(
+        raw, _direct(work, "sennet.verity.agent=", "sennet.on_fatal=shell"), 240, OUTCOME, 13
+    )
     assert "event=fatal why=verity_no_root_hash layer=agent" in missing, missing[-3000:]
+    assert "event=rebooting" not in missing
+    assert ended is None
     for console in (wrong, missing):
         assert "event=root_mounted" not in console
 
