@@ -9,7 +9,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 say() { printf '\033[1m==> %s (%s)\033[0m\n' "$*" "$(date +%H:%M:%S)"; }
 venv="$repo/.venv/bin"
-pytest() { "$venv/python" -m pytest -q -p no:cacheprovider "$@"; }
+# --durations: the slowest tests named in every log, to keep the suite inside its time.
+pytest() { "$venv/python" -m pytest -q -p no:cacheprovider --durations=15 "$@"; }
 
 say "ruff"
 (cd python && "$venv/ruff" check --output-format concise sennet tests && "$venv/ruff" format --check -q sennet tests)
