@@ -17,7 +17,7 @@ BUILDROOT_DEBS = [
     "@tool_dmsetup//file:dmsetup_1.02.185-2_amd64.deb",
     "@tool_dosfstools//file:dosfstools_4.2-1_amd64.deb",
     "@tool_dpkg//file:dpkg_1.21.23_amd64.deb",
-    "@tool_faketime//file:faketime_0.9.10-2.1_amd64.deb",
+    "@tool_e2fsprogs//file:e2fsprogs_1.47.0-2+b2_amd64.deb",
     "@tool_fdisk//file:fdisk_2.38.1-5+deb12u3_amd64.deb",
     "@tool_gcc_12_base//file:gcc-12-base_12.2.0-14+deb12u1_amd64.deb",
     "@tool_libacl1//file:libacl1_2.3.1-3_amd64.deb",
@@ -52,6 +52,7 @@ BUILDROOT_DEBS = [
     "@tool_libelf_dev//file:libelf-dev_0.188-2.1_amd64.deb",
     "@tool_libelf1//file:libelf1_0.188-2.1_amd64.deb",
     "@tool_libexpat1//file:libexpat1_2.5.0-1+deb12u5_amd64.deb",
+    "@tool_libext2fs2//file:libext2fs2_1.47.0-2+b2_amd64.deb",
     "@tool_libfaketime//file:libfaketime_0.9.10-2.1_amd64.deb",
     "@tool_libfdisk1//file:libfdisk1_2.38.1-5+deb12u3_amd64.deb",
     "@tool_libffi8//file:libffi8_3.4.4-1_amd64.deb",
@@ -108,6 +109,7 @@ BUILDROOT_DEBS = [
     "@tool_libselinux1//file:libselinux1_3.4-1+b6_amd64.deb",
     "@tool_libsmartcols1//file:libsmartcols1_2.38.1-5+deb12u3_amd64.deb",
     "@tool_libsqlite3_0//file:libsqlite3-0_3.40.1-2+deb12u2_amd64.deb",
+    "@tool_libss2//file:libss2_1.47.0-2+b2_amd64.deb",
     "@tool_libssh2_1//file:libssh2-1_1.10.0-3+deb12u1_amd64.deb",
     "@tool_libssl3//file:libssl3_3.0.22-1~deb12u2_amd64.deb",
     "@tool_libstdc___12_dev//file:libstdc++-12-dev_12.2.0-14+deb12u1_amd64.deb",
@@ -132,6 +134,7 @@ BUILDROOT_DEBS = [
     "@tool_llvm_14_linker_tools//file:llvm-14-linker-tools_14.0.6-12_amd64.deb",
     "@tool_llvm_14_runtime//file:llvm-14-runtime_14.0.6-12_amd64.deb",
     "@tool_llvm_runtime//file:llvm-runtime_14.0-55.7~deb12u1_amd64.deb",
+    "@tool_logsave//file:logsave_1.47.0-2+b2_amd64.deb",
     "@tool_media_types//file:media-types_10.0.0_all.deb",
     "@tool_mtools//file:mtools_4.0.33-1+really4.0.32-1_amd64.deb",
     "@tool_nss_plugin_pem//file:nss-plugin-pem_1.0.8+1-1_amd64.deb",
@@ -165,7 +168,7 @@ def sennet_buildroot_inputs():
     sennet_input(name = "tool_dmsetup", kind = "deb", archive = "debian", path = "pool/main/l/lvm2/dmsetup_1.02.185-2_amd64.deb", filename = "dmsetup_1.02.185-2_amd64.deb", sha256 = "c73fc490b93c83550ed272de69ec96c5da30d4456b889f9e93c7fd8e53860b85")
     sennet_input(name = "tool_dosfstools", kind = "deb", archive = "debian", path = "pool/main/d/dosfstools/dosfstools_4.2-1_amd64.deb", filename = "dosfstools_4.2-1_amd64.deb", sha256 = "71b0471242f7bb777264cdab55c141f1fc043b443105633a38708e125f90c4ea")
     sennet_input(name = "tool_dpkg", kind = "deb", archive = "debian", path = "pool/main/d/dpkg/dpkg_1.21.23_amd64.deb", filename = "dpkg_1.21.23_amd64.deb", sha256 = "f89e9f8d1a4a50ade44be3ed59a6ec55460fce205d2f8520c5c492137c5b609b")
-    sennet_input(name = "tool_faketime", kind = "deb", archive = "debian", path = "pool/main/f/faketime/faketime_0.9.10-2.1_amd64.deb", filename = "faketime_0.9.10-2.1_amd64.deb", sha256 = "442409fd6b11f13118767a3b18b1ba4d19775ea68fe0d9af002429df2b4c45c0")
+    sennet_input(name = "tool_e2fsprogs", kind = "deb", archive = "debian", path = "pool/main/e/e2fsprogs/e2fsprogs_1.47.0-2+b2_amd64.deb", filename = "e2fsprogs_1.47.0-2+b2_amd64.deb", sha256 = "fedd424691c08ef0739729026be298e7be8236337bf8e031b3c7ec66794e6fc2")
     sennet_input(name = "tool_fdisk", kind = "deb", archive = "debian", path = "pool/main/u/util-linux/fdisk_2.38.1-5+deb12u3_amd64.deb", filename = "fdisk_2.38.1-5+deb12u3_amd64.deb", sha256 = "a7bf5a6fee968c3bebeb37b13396ed195c59459e4631271bb3acac0d9cf42491")
     sennet_input(name = "tool_gcc_12_base", kind = "deb", archive = "debian", path = "pool/main/g/gcc-12/gcc-12-base_12.2.0-14+deb12u1_amd64.deb", filename = "gcc-12-base_12.2.0-14+deb12u1_amd64.deb", sha256 = "1896a2aacf4ad681ff5eacc24a5b0ca4d5d9c9b9c9e4b6de5197bc1e116ea619")
     sennet_input(name = "tool_libacl1", kind = "deb", archive = "debian", path = "pool/main/a/acl/libacl1_2.3.1-3_amd64.deb", filename = "libacl1_2.3.1-3_amd64.deb", sha256 = "8be9df5795114bfe90e2be3d208ef47a5edd3fc7b3e20d387a597486d444e5e2")
@@ -200,6 +203,7 @@ def sennet_buildroot_inputs():
     sennet_input(name = "tool_libelf_dev", kind = "deb", archive = "debian", path = "pool/main/e/elfutils/libelf-dev_0.188-2.1_amd64.deb", filename = "libelf-dev_0.188-2.1_amd64.deb", sha256 = "79cb66b55021bd0130308369524bac5240d0b5463cb252cd44be6a1500fdebec")
     sennet_input(name = "tool_libelf1", kind = "deb", archive = "debian", path = "pool/main/e/elfutils/libelf1_0.188-2.1_amd64.deb", filename = "libelf1_0.188-2.1_amd64.deb", sha256 = "619add379c606b3ac6c1a175853b918e6939598a83d8ebadf3bdfd50d10b3c8c")
     sennet_input(name = "tool_libexpat1", kind = "deb", archive = "debian-security", path = "pool/updates/main/e/expat/libexpat1_2.5.0-1+deb12u5_amd64.deb", filename = "libexpat1_2.5.0-1+deb12u5_amd64.deb", sha256 = "cae5ded666d8573dd33060bc66fbac21eea8b101a6b56e2af8bd590fcfa65d79")
+    sennet_input(name = "tool_libext2fs2", kind = "deb", archive = "debian", path = "pool/main/e/e2fsprogs/libext2fs2_1.47.0-2+b2_amd64.deb", filename = "libext2fs2_1.47.0-2+b2_amd64.deb", sha256 = "dff731f2318df99da4b8bf5f330f415f95b94c609bac29e7b2edba0a38f22a98")
     sennet_input(name = "tool_libfaketime", kind = "deb", archive = "debian", path = "pool/main/f/faketime/libfaketime_0.9.10-2.1_amd64.deb", filename = "libfaketime_0.9.10-2.1_amd64.deb", sha256 = "b09481e7690680966005330c3f907bba4b5eefc35e1faaea4783cc55655d1150")
     sennet_input(name = "tool_libfdisk1", kind = "deb", archive = "debian", path = "pool/main/u/util-linux/libfdisk1_2.38.1-5+deb12u3_amd64.deb", filename = "libfdisk1_2.38.1-5+deb12u3_amd64.deb", sha256 = "8af145cff6ca72529f63e0bf6d9c68c8512387e67f64e66d00e36f72bed99160")
     sennet_input(name = "tool_libffi8", kind = "deb", archive = "debian", path = "pool/main/libf/libffi/libffi8_3.4.4-1_amd64.deb", filename = "libffi8_3.4.4-1_amd64.deb", sha256 = "6d9f6c25c30efccce6d4bceaa48ea86c329a3432abb360a141f76ac223a4c34a")
@@ -256,6 +260,7 @@ def sennet_buildroot_inputs():
     sennet_input(name = "tool_libselinux1", kind = "deb", archive = "debian", path = "pool/main/libs/libselinux/libselinux1_3.4-1+b6_amd64.deb", filename = "libselinux1_3.4-1+b6_amd64.deb", sha256 = "2b07f5287b9105f40158b56e4d70cc1652dac56a408f3507b4ab3d061eed425f")
     sennet_input(name = "tool_libsmartcols1", kind = "deb", archive = "debian", path = "pool/main/u/util-linux/libsmartcols1_2.38.1-5+deb12u3_amd64.deb", filename = "libsmartcols1_2.38.1-5+deb12u3_amd64.deb", sha256 = "84088c6895fc07538fc51624899f3f71835188e0d38ebc3812097ac13da523b0")
     sennet_input(name = "tool_libsqlite3_0", kind = "deb", archive = "debian", path = "pool/main/s/sqlite3/libsqlite3-0_3.40.1-2+deb12u2_amd64.deb", filename = "libsqlite3-0_3.40.1-2+deb12u2_amd64.deb", sha256 = "a8d78b40e9b4e422224aeebfe0e4dfc243f6acf3532490b0c05480d4283d41e2")
+    sennet_input(name = "tool_libss2", kind = "deb", archive = "debian", path = "pool/main/e/e2fsprogs/libss2_1.47.0-2+b2_amd64.deb", filename = "libss2_1.47.0-2+b2_amd64.deb", sha256 = "24115749c09b4e259acff1f799faccd1748ff322bd638b09d820729cb3b24579")
     sennet_input(name = "tool_libssh2_1", kind = "deb", archive = "debian-security", path = "pool/updates/main/libs/libssh2/libssh2-1_1.10.0-3+deb12u1_amd64.deb", filename = "libssh2-1_1.10.0-3+deb12u1_amd64.deb", sha256 = "fff72a194e493f88e100a2567e22472bb4ab828d429c2956965c6f2f134f1b3a")
     sennet_input(name = "tool_libssl3", kind = "deb", archive = "debian-security", path = "pool/updates/main/o/openssl/libssl3_3.0.22-1~deb12u2_amd64.deb", filename = "libssl3_3.0.22-1~deb12u2_amd64.deb", sha256 = "cb4784740daa9b3b0eaea2b444bbefa686794afbbf3d678d238c1fd9875f2efd")
     sennet_input(name = "tool_libstdc___12_dev", kind = "deb", archive = "debian", path = "pool/main/g/gcc-12/libstdc++-12-dev_12.2.0-14+deb12u1_amd64.deb", filename = "libstdc++-12-dev_12.2.0-14+deb12u1_amd64.deb", sha256 = "d28def6c23630432b57cb38a4c2fd67a79d4e0484027386ca6e8d6005c3d7a73")
@@ -280,6 +285,7 @@ def sennet_buildroot_inputs():
     sennet_input(name = "tool_llvm_14_linker_tools", kind = "deb", archive = "debian", path = "pool/main/l/llvm-toolchain-14/llvm-14-linker-tools_14.0.6-12_amd64.deb", filename = "llvm-14-linker-tools_14.0.6-12_amd64.deb", sha256 = "6aa497a334836a9bfa7e2cc6d24edea553467482b6f6493154f766bbb697e846")
     sennet_input(name = "tool_llvm_14_runtime", kind = "deb", archive = "debian", path = "pool/main/l/llvm-toolchain-14/llvm-14-runtime_14.0.6-12_amd64.deb", filename = "llvm-14-runtime_14.0.6-12_amd64.deb", sha256 = "d9284f6434963a5d338c0851967adfb383182f513f0b1c8135b26cd7af5b2834")
     sennet_input(name = "tool_llvm_runtime", kind = "deb", archive = "debian", path = "pool/main/l/llvm-defaults/llvm-runtime_14.0-55.7~deb12u1_amd64.deb", filename = "llvm-runtime_14.0-55.7~deb12u1_amd64.deb", sha256 = "21af65560d807606d42540f845b5666b69d8fecca3c77661917db55d674c0a55")
+    sennet_input(name = "tool_logsave", kind = "deb", archive = "debian", path = "pool/main/e/e2fsprogs/logsave_1.47.0-2+b2_amd64.deb", filename = "logsave_1.47.0-2+b2_amd64.deb", sha256 = "12e051fb0d931c510d464ba93e87b937aa41a08f286735e0538d9f9e73efa3d0")
     sennet_input(name = "tool_media_types", kind = "deb", archive = "debian", path = "pool/main/m/media-types/media-types_10.0.0_all.deb", filename = "media-types_10.0.0_all.deb", sha256 = "aaa46dcb3b39948ae2e0fdb72cfcb2f48c0b59f19785a3da8045c05eb19955dd")
     sennet_input(name = "tool_mtools", kind = "deb", archive = "debian", path = "pool/main/m/mtools/mtools_4.0.33-1+really4.0.32-1_amd64.deb", filename = "mtools_4.0.33-1+really4.0.32-1_amd64.deb", sha256 = "972e0857ff43dbfc4c9255844c97b5d2cb0287720216d04c95b4e7fa483aec99")
     sennet_input(name = "tool_nss_plugin_pem", kind = "deb", archive = "debian", path = "pool/main/n/nss-pem/nss-plugin-pem_1.0.8+1-1_amd64.deb", filename = "nss-plugin-pem_1.0.8+1-1_amd64.deb", sha256 = "5097968e9c8e70d5a1cb30daec2896ed0a9b5c4fc4664066975cb1813b267c5c")

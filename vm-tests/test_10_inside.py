@@ -25,6 +25,16 @@ def test_root_filesystem_is_read_only_squashfs(appliance: Appliance) -> None:
     assert host.run("touch /sennet-write-probe").rc != 0
 
 
+def test_the_state_partition_is_journaled_ext4(appliance: Appliance) -> None:
+    """What must survive a power cut lives on a journaled file system (made by the build)."""
+    host = appliance.machine.host
+    mounts = [line.split() for line in host.file("/proc/mounts").content_string.splitlines()]
+    (state,) = [m for m in mounts if m[1] == "/var/lib/sennet"]
+    assert state[0] == "/dev/vda7" and state[2] == "ext4", state
+    # jbd2 runs a journal per journaled file system, named after its device
+    assert host.file("/proc/fs/jbd2/vda7-8/info").exists
+
+
 def test_agent_runs_under_its_supervisor(appliance: Appliance) -> None:
     _pid, ppid, _args = agent_process(appliance.machine)
     parents = [p for p in processes(appliance.machine) if p[0] == ppid]

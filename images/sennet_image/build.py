@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sennet_image import disk, initramfs, lock, rootfs, sbom, signing, slots, verity
+from sennet_image import disk, initramfs, lock, rootfs, sbom, signing, slots, statefs, verity
 from sennet_image.fetch import fetch
 from sennet_image.manifest import bpf_sources
 from sennet_image.manifest import write as write_manifest
@@ -183,7 +183,7 @@ def disks(
     sbom: Path | None = None,
 ) -> None:
     """GPT disk: ESP (systemd-boot + slot a's UKI, committed), slot a = the layers, slot b
-    zeroed, [test layer], state (zeroed; formatted on first boot), each with the GUID its
+    zeroed, [test layer], state (an empty ext4 with a journal), each with the GUID its
     variant's initramfs looks for (disk.layout). The SBOM, if given, goes on the ESP as
     sennet/sbom.spdx.json (the one place in the image outside what it lists)."""
     root, agent, test = layers
@@ -197,13 +197,16 @@ def disks(
                 esp,
                 {"sbom.spdx.json": sbom.read_bytes()} if sbom else None,
             )
+        state = Path(tmp) / "state.img"
+        with step("state"):
+            statefs.build_state(state, disk.STATE_MIB, disk.derived_uuid("state-fs", ids["state"]))
         contents: dict[str, tuple[str, Path | None, int]] = {
             "esp": (disk.ESP_TYPE, esp, disk.ESP_MIB),
             "root-a": (disk.ROOT_TYPE, root, disk.ROOT_SLOT_MIB),
             "agent-a": (disk.DATA_TYPE, agent, disk.AGENT_SLOT_MIB),
             "root-b": (disk.ROOT_TYPE, None, disk.ROOT_SLOT_MIB),
             "agent-b": (disk.DATA_TYPE, None, disk.AGENT_SLOT_MIB),
-            "state": (disk.DATA_TYPE, None, disk.STATE_MIB),
+            "state": (disk.DATA_TYPE, state, disk.STATE_MIB),
         }
         if test is not None:
             contents["test"] = (disk.DATA_TYPE, test, disk.TEST_MIB)

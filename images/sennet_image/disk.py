@@ -83,7 +83,7 @@ class Partition:
 
     name: str
     type_guid: str
-    content: Path | None  # None: left zeroed (formatted on first boot)
+    content: Path | None  # None: left zeroed
     size_mib: int
     uuid: str = ""  # "" = derived from the name and content (partitions nobody looks up)
 

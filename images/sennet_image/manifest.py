@@ -30,7 +30,8 @@ HOST_TOOLS = {
     "qemu-img": ["qemu-img", "--version"],
     "veritysetup": ["veritysetup", "--version"],
     "sbsign": ["sbsign", "--version"],
-    "faketime": ["dpkg-query", "-W", "-f", "${Version}", "faketime"],
+    "libfaketime": ["dpkg-query", "-W", "-f", "${Version}", "libfaketime"],
+    "mke2fs": ["mke2fs", "-V"],
 }
 EFI_STUB_PACKAGE = "systemd-boot-efi"
 # Debian packages on the host whose files actions read (the BPF build's UAPI headers).

@@ -46,7 +46,9 @@ def test_direct_boot_attaches_the_agent_to_the_monitored_nic_and_hides_the_token
     result = _boot(image_dir, "--control-plane", "10.0.2.2:7443", "--bootstrap-token", "tok-s3cret")
     assert result.ready_s is not None, result.console[-3000:]
     assert result.attached == ("eth1",)
-    assert "sennet-init: event=state_format dev=/dev/vda6 first_boot=1" in result.console
+    # the build made the state partition's ext4 (with its journal): nothing to format
+    assert "sennet-init: event=state_mounted dev=/dev/vda6" in result.console
+    assert "event=state_format" not in result.console
     # direct boot: the cmdline artefact names slot a and this build's identity
     ident = json.loads((image_dir / "image.json").read_text())
     assert f"sennet-init: event=image slot=a version={ident['version']}" in result.console
@@ -116,6 +118,9 @@ def test_uefi_boots_a_trial_slot_while_it_has_tries_then_the_committed_one(
         for part, layer in (("sennet-root-b", "root"), ("sennet-agent-b", "agent")):
             disk.seek(start[part])
             disk.write((image_dir / f"{layer}.squashfs").read_bytes())
+        # and a state partition wiped in the field: the first boot formats it again
+        disk.seek(start["sennet-state"])
+        disk.write(bytes(64 << 10))
     bundle.make(image_dir, tmp_path / "u.bundle", key=bundle.DEV_KEY, version="0.2.0")
     with tarfile.open(tmp_path / "u.bundle") as tar:
         member = tar.extractfile("uki-b.efi")
@@ -138,6 +143,7 @@ def test_uefi_boots_a_trial_slot_while_it_has_tries_then_the_committed_one(
     assert trial.ready_s is not None, trial.console[-3000:]
     _mounted_through_verity(trial.console, "b")
     assert "sennet-init: event=image slot=b version=0.2.0" in trial.console
+    assert "sennet-init: event=state_format dev=/dev/vda6 first_boot=1" in trial.console
     committed = f"sennet-a-{ident['version']}.efi"
     assert _esp_entries(state, tmp_path) == sorted([committed, "sennet-b-0.2.0+0-1.efi"])
 
@@ -145,5 +151,7 @@ def test_uefi_boots_a_trial_slot_while_it_has_tries_then_the_committed_one(
     assert fallback.ready_s is not None, fallback.console[-3000:]
     _mounted_through_verity(fallback.console, "a")
     assert f"sennet-init: event=image slot=a version={ident['version']}" in fallback.console
+    assert "sennet-init: event=state_mounted dev=/dev/vda6" in fallback.console
+    assert "event=state_format" not in fallback.console  # formatted once, kept
     # an entry with no tries left is not booted, and not counted any further
     assert _esp_entries(state, tmp_path) == sorted([committed, "sennet-b-0.2.0+0-1.efi"])
