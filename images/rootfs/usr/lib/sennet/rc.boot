@@ -34,7 +34,8 @@ if esp=$(partition esp) && mount -t vfat -o ro,nodev,nosuid,noexec,fmask=0177,dm
     log "event=esp_mounted dev=$esp"
 fi
 
-# Writable state partition, formatted on first boot.
+# Writable state partition: the build made it ext4 with a journal; one found wiped is
+# formatted again (as ext2: busybox mke2fs makes no journal).
 if state=$(partition state); then
     magic=$(dd if="$state" bs=1 skip=1080 count=2 2>/dev/null | hexdump -e '1/2 "%04x"')
     if [ "$magic" != "ef53" ]; then
