@@ -41,6 +41,18 @@ def test_agent_runs_under_its_supervisor(appliance: Appliance) -> None:
     assert len(parents) == 1 and "supervise-agent" in parents[0][2], parents
 
 
+def test_the_updater_runs_below_the_agents_priority(appliance: Appliance) -> None:
+    """On one core the updater's start-up must not take turns with the agent's."""
+    m = appliance.machine
+    agent_pid = agent_process(m)[0]
+    (updater,) = [p for p in processes(m) if "sennet.update.cli daemon" in p[2]]
+
+    def nice(pid: int) -> int:  # field 19 of /proc/PID/stat (after the parenthesised name)
+        return int(m.succeed(f"cat /proc/{pid}/stat").rsplit(")", 1)[1].split()[16])
+
+    assert (nice(agent_pid), nice(updater[0])) == (0, 10)
+
+
 def test_clsact_and_both_bpf_filters_are_on_the_monitored_nic(
     appliance: Appliance,
 ) -> None:

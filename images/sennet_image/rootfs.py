@@ -55,6 +55,7 @@ APPLETS = [
     "mknod",
     "mount",
     "mv",
+    "nice",
     "pidof",
     "poweroff",
     "ps",
