@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-from sennet.common.netns import entered
+from sennet.common.netns import enter_for_good
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -56,22 +56,18 @@ class NetnsRunner:
 
     def _serve(self, entering: _Call) -> None:
         try:
-            ctx = entered(self.netns)
-            ctx.__enter__()
+            enter_for_good(self.netns)  # no way back once root is given up; none needed
         except BaseException as exc:  # reported to the constructor, which raises it
             entering.error = exc
             entering.done.set()
             return
         entering.done.set()
-        try:
-            while (call := self._calls.get()) is not None:
-                try:
-                    call.result = call.fn()
-                except BaseException as exc:  # handed to the caller, raised there
-                    call.error = exc
-                call.done.set()
-        finally:
-            ctx.__exit__(None, None, None)
+        while (call := self._calls.get()) is not None:
+            try:
+                call.result = call.fn()
+            except BaseException as exc:  # handed to the caller, raised there
+                call.error = exc
+            call.done.set()
 
     def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """fn(*args, **kwargs) in the namespace; its exception is raised here."""
