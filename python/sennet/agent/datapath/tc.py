@@ -28,10 +28,8 @@ from sennet.common.log import event
 
 log = logging.getLogger("sennet.agent.tc")
 
-TC_H_CLSACT = 0xFFFFFFF1
 PARENT_INGRESS = 0xFFFFFFF2
 PARENT_EGRESS = 0xFFFFFFF3
-ETH_P_ALL = 0x0003
 HANDLE = 1
 _POINT = {PARENT_INGRESS: nl.BPF_TC_INGRESS, PARENT_EGRESS: nl.BPF_TC_EGRESS}
 _GONE = (errno.ENOENT, errno.EINVAL, errno.ENODEV)
@@ -108,7 +106,8 @@ class TcAttacher:
         return self.ns.run(tcdump.filters, ifindex, parent)
 
     def attach(self, ifindex: int, parent: int, prog_fd: int, prog_name: str) -> None:
-        """Install (or replace in place) our filter at our priority on one hook."""
+        """Install (or replace in place) our filter at our priority on one hook, matching
+        every protocol (libbpf names it after the program: "<name>:[<id>]")."""
         for f in self.filters(ifindex, parent):
             if f.prio == self.priority and f.handle == HANDLE and not f.name.startswith("sennet"):
                 raise UserError(
