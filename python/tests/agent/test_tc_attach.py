@@ -82,3 +82,20 @@ def test_someone_elses_filter_at_our_priority_is_refused_and_left_in_place(
     finally:
         attacher.close()
     assert "clsact" in sh("tc", "-n", net.ns_a, "qdisc", "show", "dev", net.if_a)
+
+
+def test_calls_run_in_the_namespace_named_and_a_missing_one_is_one_clear_error(
+    net: VethPair,
+) -> None:
+    """The namespace thread: lookups see the pair's namespace, not the caller's."""
+    attacher = tc.TcAttacher(1, net.ns_a)
+    try:
+        assert attacher.lookup(net.if_a) == net.ifindex_a
+        assert attacher.ifname(net.ifindex_a) == net.if_a
+        assert attacher.lookup(net.if_b) is None  # the peer lives in the other namespace
+        assert net.ifindex_a in attacher.live()
+    finally:
+        attacher.close()
+    with pytest.raises(UserError) as info:
+        tc.TcAttacher(1, "sennet-no-such-netns")
+    assert info.value.message == "network namespace 'sennet-no-such-netns' does not exist"
