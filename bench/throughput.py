@@ -211,11 +211,10 @@ def measure(pin_root: Path, rounds: int, window_s: float) -> list[Figure]:
             loader="libbpf",
             tc_priority=1,
             state_dir=work / "state",
+            netns=veth.ns_a,  # attach in the receiver's namespace
         )
         stack.callback(manager.close)
         loaded = manager.load()
-        with entered(veth.ns_a):
-            _ = manager.tc  # the netlink socket binds to the receiver's namespace
         counters = Counters(veth)
         stack.callback(counters.close)
         reader = CounterReader(loaded.map_fds)

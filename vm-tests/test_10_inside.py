@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -66,10 +67,13 @@ def test_clsact_and_both_bpf_filters_are_on_the_monitored_nic(
     )
     qdiscs, filters = json.loads(out)
     assert "clsact" in qdiscs
-    assert filters == {
+    # libbpf names a filter "<program>:[<program id>]"
+    names = {p: [re.sub(r":\[\d+\]$", "", n) for n in fs] for p, fs in filters.items()}
+    assert names == {
         str(0xFFFFFFF2): ["sennet_ingress"],
         str(0xFFFFFFF3): ["sennet_egress"],
     }
+    assert all(re.fullmatch(r"sennet_\w+:\[\d+\]", n) for fs in filters.values() for n in fs)
 
 
 def test_maps_are_pinned_in_bpffs(appliance: Appliance) -> None:

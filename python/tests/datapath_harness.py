@@ -19,7 +19,6 @@ from sennet.agent.datapath.loader_types import DatapathOptions
 from sennet.agent.datapath.manager import DatapathManager
 from sennet.agent.events import RingBufferConsumer, decode
 from sennet.agent.snapshot import Event
-from sennet.common.netns import entered
 from sennet.testing.netlab import VethPair
 
 LOADERS = ("libbpf", "bcc")
@@ -80,14 +79,13 @@ def running(
         loader=loader,
         tc_priority=1,
         state_dir=state,
+        netns=net.ns_a,  # the TC/XDP calls run in the monitored namespace
         attach_rx=attach_rx,
         xdp_mode=xdp_mode,
     )
     consumer = None
     try:
         loaded = manager.load()
-        with entered(net.ns_a):
-            _ = manager.tc  # the netlink socket binds to the monitored namespace
         attached = manager.attach((net.if_a,))
         batches: list[np.ndarray] = []
         consumer = RingBufferConsumer(

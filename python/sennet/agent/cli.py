@@ -157,7 +157,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     )
     try:
         loaded = manager.load()
-        missing = [n for n in cfg.interfaces if not manager.tc.ipr.link_lookup(ifname=n)]
+        missing = [n for n in cfg.interfaces if manager.tc.lookup(n) is None]
     finally:
         manager.close()
         remove_pins(scratch)  # also removes the emptied scratch directory

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -154,12 +155,11 @@ def _clsact_in_private_netns() -> str | None:
             if libc.unshare(_CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-            from pyroute2 import IPRoute
+            from sennet.agent.datapath import netlink_attach
 
-            with IPRoute() as ipr:
-                lo = ipr.link_lookup(ifname="lo")[0]
-                ipr.tc("add", "clsact", index=lo)
-                ipr.tc("del", "clsact", index=lo)
+            lo = socket.if_nametoindex("lo")
+            netlink_attach.tc_hook_create(lo)
+            netlink_attach.tc_hook_destroy(lo)
         except Exception as exc:
             message = str(exc).encode() or type(exc).__name__.encode()
         os.write(write_end, message)

@@ -24,22 +24,18 @@ def _ifname(ifindex: int, netns: str) -> str:
         return f"ifindex-{ifindex}"
 
 
+def _rx_hook(ifindex: int) -> str:
+    try:
+        socket.if_indextoname(ifindex)  # libbpf's query reports "no XDP" for a missing link
+        return xdp.rx_hook(ifindex)
+    except OSError:  # gone since
+        return "gone"
+
+
 def _rx_hooks(ifindexes: list[int], netns: str) -> dict[int, str]:
     """The receive hook of each interface (TC or XDP, and the XDP mode), from the kernel."""
-    from pyroute2 import IPRoute
-
     with entered(netns):
-        ipr = IPRoute()
-    try:
-        out = {}
-        for ifindex in ifindexes:
-            try:
-                out[ifindex] = xdp.rx_hook(ipr, ifindex)
-            except Exception:  # gone since: netlink says so in many ways
-                out[ifindex] = "gone"
-        return out
-    finally:
-        ipr.close()
+        return {ifindex: _rx_hook(ifindex) for ifindex in ifindexes}
 
 
 def read_status(pin_dir: Path, netns: str = "", configured: tuple[str, ...] = ()) -> dict[str, Any]:

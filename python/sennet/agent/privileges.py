@@ -4,13 +4,15 @@ Loading BPF programs, pinning maps and attaching TC filters need root; what
 the agent does for the rest of its life does not: it reads maps and the ring
 through file descriptors and mappings it already holds, talks to the control
 plane over ordinary sockets, and serves /metrics on a port above 1024. It
-keeps one capability, CAP_NET_ADMIN, so its netlink socket can still remove
-(and later re-add) its TC filters. The bounding set is cut to that one too
+keeps one capability, CAP_NET_ADMIN, so it can still remove (and later re-add)
+its TC filters over netlink. The bounding set is cut to that one too
 and no_new_privs is set, so nothing it could exec gets any of it back.
 
 Capabilities and the bounding set are per thread in Linux: this runs on the
-main thread before any other thread exists, and every thread started later
-inherits the reduced sets. (glibc applies setresuid/setresgid to every thread.)
+main thread before any other thread starts, and every thread started later
+inherits the reduced sets. The one thread that may exist already (it holds the
+monitored network namespace, see `datapath.nsthread`) is reduced the same way
+through `others`. (glibc applies setresuid/setresgid to every thread.)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,25 +76,43 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def drop_to(who: Identity) -> None:
-    """Become `who`, keeping only CAP_NET_ADMIN.
-
-    What `who` may write afterwards is its own directory only, handed over by
-    `statedir.prepare` before anything was read: nothing is chowned here.
-    """
-    if os.geteuid() != 0:
-        raise UserError("run_as needs the agent to start as root (it gives root up itself)")
+def _limit_this_thread() -> None:
+    """Cut this thread's bounding set to CAP_NET_ADMIN; keep capabilities across setresuid."""
     libc = _libc()
     last_cap = int(CAP_LAST_CAP_FILE.read_text())
     for cap in range(last_cap + 1):
         if cap != CAP_NET_ADMIN:
             _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap}")
     _check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "PR_SET_KEEPCAPS")
-    os.setgroups([])
-    os.setresgid(who.gid, who.gid, who.gid)
-    os.setresuid(who.uid, who.uid, who.uid)
+
+
+def _keep_net_admin_on_this_thread() -> None:
+    """After setresuid: this thread holds CAP_NET_ADMIN only, and can never regain more."""
+    libc = _libc()
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     keep = 1 << CAP_NET_ADMIN
     data = (_CapData * 2)(_CapData(keep, keep, 0), _CapData(0, 0, 0))
     _check(libc.syscall(126, ctypes.byref(header), data), "capset")  # SYS_capset on x86-64
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+
+
+def drop_to(who: Identity, others: Sequence[Callable[[Callable[[], None]], None]] = ()) -> None:
+    """Become `who`, keeping only CAP_NET_ADMIN.
+
+    `others` run a function on each thread that already exists (the one that holds
+    the monitored network namespace): the per-thread steps run there too, so no
+    thread keeps more than this one. The ids change in every thread at once (glibc).
+    What `who` may write afterwards is its own directory only, handed over by
+    `statedir.prepare` before anything was read: nothing is chowned here.
+    """
+    if os.geteuid() != 0:
+        raise UserError("run_as needs the agent to start as root (it gives root up itself)")
+    for run in others:
+        run(_limit_this_thread)
+    _limit_this_thread()
+    os.setgroups([])
+    os.setresgid(who.gid, who.gid, who.gid)
+    os.setresuid(who.uid, who.uid, who.uid)
+    for run in others:
+        run(_keep_net_admin_on_this_thread)
+    _keep_net_admin_on_this_thread()

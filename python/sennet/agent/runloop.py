@@ -166,11 +166,12 @@ class Agent:
         # Opened as root (it enters cfg.netns); link notifications need no privilege after.
         self._linkwatch = LinkWatch(self.cfg.netns)
         if who is not None:
-            # Before any thread starts: capabilities are per thread, later threads inherit.
+            # Before any thread starts: capabilities are per thread, later threads inherit;
+            # the namespace thread, if any, is reduced through other_threads().
             from sennet.agent import privileges
 
             self.manager.persist_owned = False  # state_dir's top is root's from here on
-            privileges.drop_to(who)
+            privileges.drop_to(who, self.manager.other_threads())
             event(log, "privileges_dropped", uid=who.uid, gid=who.gid, kept="CAP_NET_ADMIN")
         drain = threading.Thread(
             target=self.consumer.run, args=(self.stop,), name="ringbuf", daemon=True

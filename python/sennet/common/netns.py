@@ -19,9 +19,17 @@ from sennet.common.errors import UserError
 CLONE_NEWNET = 0x40000000
 
 
+def enter_for_good(name: str) -> None:
+    """Switch the calling thread into /run/netns/NAME for the rest of its life: for a
+    thread that stays there after the agent gave up the right to switch back."""
+    with entered(name, back=False):
+        pass
+
+
 @contextlib.contextmanager
-def entered(name: str | None) -> Iterator[None]:
-    """Switch the calling thread into /run/netns/NAME (no-op for None or ""); always switch back."""
+def entered(name: str | None, back: bool = True) -> Iterator[None]:
+    """Switch the calling thread into /run/netns/NAME (no-op for None or ""); switch back
+    at the end unless `back` is False."""
     if not name:
         yield
         return
@@ -41,7 +49,7 @@ def entered(name: str | None) -> Iterator[None]:
         try:
             yield
         finally:
-            if libc.setns(home, CLONE_NEWNET) != 0:
+            if back and libc.setns(home, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "cannot return to the original network namespace")
     finally:
         os.close(target)

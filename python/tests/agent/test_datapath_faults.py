@@ -76,8 +76,7 @@ def test_restarted_datapath_continues_the_same_counters(net: VethPair, pin_root:
         assert dp.totals()["rx"] == (5, 5 * 60)
         net.send_to_a([frame])
         assert dp.totals()["rx"] == (6, 6 * 60)
-        with entered(net.ns_a):
-            attacher = tc.TcAttacher(priority=1)
+        attacher = tc.TcAttacher(priority=1, netns=net.ns_a)
         try:
             ifindex = net.ifindex_a
             for parent in (tc.PARENT_INGRESS, tc.PARENT_EGRESS):

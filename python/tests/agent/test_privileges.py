@@ -29,7 +29,12 @@ CAP_NET_ADMIN = 1 << 12
 
 
 def proc_status(pid: int) -> dict[str, str]:
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return proc_status_of(Path(f"/proc/{pid}"))
+
+
+def proc_status_of(task: Path) -> dict[str, str]:
+    """/proc/PID/status or /proc/PID/task/TID/status, by field."""
+    lines = (task / "status").read_text().splitlines()
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
@@ -58,6 +63,15 @@ def test_the_agent_drops_to_nobody_keeping_only_net_admin_and_still_counts_and_d
                 assert int(status[field], 16) == CAP_NET_ADMIN, (field, status[field])
             assert int(status["CapInh"], 16) == 0 and int(status["CapAmb"], 16) == 0
             assert status["NoNewPrivs"] == "1"
+            # The thread that holds --netns for the TC/XDP calls existed before the drop:
+            # it is reduced the same way (it alone sits in the monitored namespace).
+            monitored = os.stat(f"/run/netns/{net.ns_a}").st_ino
+            tasks = Path(f"/proc/{a.proc.pid}/task").iterdir()
+            inside = [t for t in tasks if (t / "ns" / "net").stat().st_ino == monitored]
+            assert len(inside) == 1, inside
+            t = proc_status_of(inside[0])
+            assert [int(t[f], 16) for f in ("CapEff", "CapPrm", "CapBnd")] == [CAP_NET_ADMIN] * 3
+            assert (t["NoNewPrivs"], t["Uid"].split()) == ("1", [str(NOBODY)] * 4)
             a.wait_for_log("event=enrolled")  # the token file is written by the dropped agent
             assert (state / "agent" / "agent-token").stat().st_uid == NOBODY
             agent_id = a.log().split("event=agent_ready agent_id=", 1)[1].split()[0]

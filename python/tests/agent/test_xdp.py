@@ -229,9 +229,9 @@ def test_xdp_generic_on_request_and_detach_leaves_no_program(
     net = net1500
     with running(net, pin_root / "p", attach_rx="xdp", xdp_mode="generic") as dp:
         assert dp.rx_hook == "xdp-generic"
-        ipr = dp.manager.tc.ipr
-        assert xdp.rx_hook(ipr, net.ifindex_a) == "xdp-generic"
+        run = dp.manager.tc.run  # in the pair's namespace
+        assert run(xdp.rx_hook, net.ifindex_a) == "xdp-generic"
         # TC ingress holds no filter of ours: the receive side is counted once.
         assert dp.manager.tc.filters(net.ifindex_a, 0xFFFFFFF2) == []
         dp.manager.detach()
-        assert xdp.query(ipr, net.ifindex_a).mode == ""
+        assert run(xdp.query, net.ifindex_a).mode == ""

@@ -4,8 +4,8 @@ The run loop re-checks its interfaces every interval anyway (`reconcile`); this
 watch only makes that prompt. It listens on an rtnetlink socket subscribed to
 RTMGRP_LINK, opened in the monitored namespace, and sets an event on every
 RTM_NEWLINK/RTM_DELLINK (or when the kernel says it dropped some of them, since
-then anything may have changed). It never touches TC or the maps itself, so the
-netlink socket that attaches stays owned by the run loop's thread. The socket
+then anything may have changed). It never touches TC or the maps itself: attaching
+stays with the run loop (through libbpf, see `tc`). The socket
 is opened while the agent is still root (entering a namespace needs it);
 receiving link notifications needs no privilege, so the watch keeps working
 after `run_as`.

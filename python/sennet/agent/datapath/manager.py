@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,13 @@ class DatapathManager:
             self._tc = tc.TcAttacher(self.tc_priority, self.netns)
         return self._tc
 
+    def other_threads(self) -> list[Callable[[Callable[[], None]], None]]:
+        """How to run a function on each thread of ours that holds a namespace (for
+        `run_as`, which must reduce every thread that exists when it runs)."""
+        if self._tc is not None and self._tc.ns.on_own_thread:
+            return [self._tc.ns.run]
+        return []
+
     def _owned(self) -> set[int]:
         if self._owned_now is not None:
             return set(self._owned_now)
@@ -107,7 +115,7 @@ class DatapathManager:
                 self.waiting.append(name)
             else:
                 indexes[name] = ifindex
-        live = [int(link["index"]) for link in self.tc.ipr.get_links()]
+        live = self.tc.live()
         slot_of = slots.assign(
             self.loaded.map_fds["IFSLOTS"],
             self.loaded.map_fds["COUNTERS"],
@@ -141,7 +149,8 @@ class DatapathManager:
         assert self.loaded is not None
         mode = ""
         if self.attach_rx == "xdp":  # first: a refusal (someone else's program) changes nothing
-            mode = xdp.attach(self.tc.ipr, ifindex, self.loaded.xdp_fd, xdp.XdpMode(self.xdp_mode))
+            want = xdp.XdpMode(self.xdp_mode)
+            mode = self.tc.run(xdp.attach, ifindex, self.loaded.xdp_fd, want)
         if self.tc.ensure_clsact(ifindex):
             self._save_owned(self._owned() | {ifindex})
         self.tc.attach(ifindex, tc.PARENT_EGRESS, self.loaded.egress_fd, layout.PROGRAM_EGRESS)
@@ -149,7 +158,7 @@ class DatapathManager:
             self.tc.attach(
                 ifindex, tc.PARENT_INGRESS, self.loaded.ingress_fd, layout.PROGRAM_INGRESS
             )
-            xdp.detach(self.tc.ipr, ifindex, self.loaded.xdp_fd)
+            self.tc.run(xdp.detach, ifindex, self.loaded.xdp_fd)
             return "tc"
         self.tc.detach(ifindex, tc.PARENT_INGRESS)
         return f"xdp-{mode}"
@@ -175,7 +184,7 @@ class DatapathManager:
         present = {name: ifindex for name, ifindex in found.items() if ifindex is not None}
         if not present:
             return []
-        live = [int(link["index"]) for link in self.tc.ipr.get_links()]
+        live = self.tc.live()
         slot_of = slots.assign(
             self.loaded.map_fds["IFSLOTS"],
             self.loaded.map_fds["COUNTERS"],
@@ -196,7 +205,7 @@ class DatapathManager:
         parents = [tc.PARENT_EGRESS]
         if self.attach_rx == "xdp":
             assert self.loaded is not None
-            if not xdp.ours(xdp.query(self.tc.ipr, ifindex), self.loaded.xdp_fd):
+            if not xdp.ours(self.tc.run(xdp.query, ifindex), self.loaded.xdp_fd):
                 return False
         else:
             parents.append(tc.PARENT_INGRESS)
@@ -220,15 +229,15 @@ class DatapathManager:
         assert self.loaded is not None, "load() first"
         done = self._attach_appeared() if self.waiting else []
         for n, a in enumerate(self.attached):
-            found = self.tc.ipr.link_lookup(ifname=a.ifname)
-            if not found:
+            found = self.tc.lookup(a.ifname)
+            if found is None:
                 if a.ifindex not in self._gone:
                     self._gone.add(a.ifindex)
                     event(
                         log, "interface_gone", logging.WARNING, ifname=a.ifname, ifindex=a.ifindex
                     )
                 continue
-            ifindex = int(found[0])
+            ifindex = found
             if ifindex == a.ifindex and self._ours(ifindex):
                 continue
             slots.move(self.loaded.map_fds["IFSLOTS"], a.ifindex, ifindex, a.slot)
@@ -246,7 +255,7 @@ class DatapathManager:
             removed = self.tc.detach(a.ifindex, tc.PARENT_INGRESS)
             removed = self.tc.detach(a.ifindex, tc.PARENT_EGRESS) or removed
             fd = self.loaded.xdp_fd if self.loaded is not None else -1
-            removed = xdp.detach(self.tc.ipr, a.ifindex, fd) or removed
+            removed = self.tc.run(xdp.detach, a.ifindex, fd) or removed
             if a.ifindex in owned and self.tc.remove_clsact_if_empty(a.ifindex):
                 owned.discard(a.ifindex)
             event(log, "detached", ifname=a.ifname, ifindex=a.ifindex, removed=removed)

@@ -1,4 +1,4 @@
-"""XDP attachment through netlink (pyroute2): the receive side at XDP instead of TC ingress.
+"""XDP attachment through libbpf: the receive side at XDP instead of TC ingress.
 
 An interface holds one XDP program per mode. Native (driver) mode runs in the
 driver before any skb exists; generic mode runs in the stack on the skb, on any
@@ -9,6 +9,9 @@ the same frames (before GRO and VLAN offload) but cost differently.
 Like the TC filters, attaching replaces our own program in place (no window
 without a hook); a program of someone else's on the interface is refused, not
 replaced, and detach removes only a program that is ours.
+
+Every call works in the calling thread's network namespace (the manager runs
+them through its `TcAttacher.run`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,9 @@ import errno
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from sennet.agent.datapath import layout
+from sennet.agent.datapath import netlink_attach as nl
 from sennet.agent.datapath.libbpf import BpfError, libbpf
 from sennet.common.errors import UserError
 from sennet.common.log import event
@@ -31,8 +31,6 @@ log = logging.getLogger("sennet.agent.xdp")
 
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
-# IFLA_XDP_ATTACHED values (include/uapi/linux/if_link.h)
-_ATTACHED = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
 
 
 class XdpMode(StrEnum):
@@ -54,17 +52,10 @@ class XdpState:
     prog_id: int
 
 
-def query(ipr: IPRoute, ifindex: int) -> XdpState:
-    """The interface's XDP mode and program id, from the kernel's link message."""
-    links: Any = ipr.get_links(ifindex)
-    nest = links[0].get_attr("IFLA_XDP") if links else None
-    if nest is None:
-        return XdpState("", 0)
-    attached = nest.get_attr("IFLA_XDP_ATTACHED")
-    raw = {None: 0, "xdp": 1, "xdpgeneric": 2, "xdpoffload": 3, "xdpmulti": 4}.get(attached, 0)
-    if isinstance(attached, int):
-        raw = attached
-    return XdpState(_ATTACHED.get(raw, ""), int(nest.get_attr("IFLA_XDP_PROG_ID") or 0))
+def query(ifindex: int) -> XdpState:
+    """The interface's XDP mode and program id, as the kernel reports them."""
+    mode, prog_id = nl.xdp_query(ifindex)
+    return XdpState(mode, prog_id)
 
 
 def program_name(prog_id: int) -> str:
@@ -86,13 +77,9 @@ def ours(state: XdpState, own_fd: int) -> bool:
     return program_name(state.prog_id) == layout.PROGRAM_XDP
 
 
-def _set(ipr: IPRoute, ifindex: int, fd: int, flags: int) -> None:
-    ipr.link("set", index=ifindex, xdp={"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", flags)]})
-
-
-def attach(ipr: IPRoute, ifindex: int, prog_fd: int, mode: XdpMode) -> str:
+def attach(ifindex: int, prog_fd: int, mode: XdpMode) -> str:
     """Attach (or replace ours) in the mode asked for; returns "native" or "generic"."""
-    now = query(ipr, ifindex)
+    now = query(ifindex)
     if now.mode and not ours(now, prog_fd):
         raise UserError(
             f"interface {ifindex} already has an XDP program (id {now.prog_id}) that is not ours",
@@ -102,37 +89,39 @@ def attach(ipr: IPRoute, ifindex: int, prog_fd: int, mode: XdpMode) -> str:
     if now.mode in ("native", "generic") and mode == XdpMode.AUTO:
         # Ours already: keep the mode it has (the kernel allows one mode at a time).
         tries = [XdpMode(now.mode)]
-    last: NetlinkError | None = None
+    last: BpfError | None = None
     for want in tries:
         try:
-            _set(ipr, ifindex, prog_fd, _FLAGS[want])
-        except NetlinkError as err:
+            nl.xdp_attach(ifindex, prog_fd, _FLAGS[want])
+        except BpfError as err:
             last = err
-            event(log, "xdp_mode_refused", logging.INFO, ifindex=ifindex, mode=want, error=err.code)
+            event(
+                log, "xdp_mode_refused", logging.INFO, ifindex=ifindex, mode=want, error=err.errno
+            )
             continue
         return str(want)
-    code = last.code if last is not None else errno.EINVAL
+    code = last.errno if last is not None and last.errno else errno.EINVAL
     raise UserError(f"XDP attach on interface {ifindex} failed: {errno.errorcode.get(code, code)}")
 
 
-def detach(ipr: IPRoute, ifindex: int, own_fd: int) -> bool:
+def detach(ifindex: int, own_fd: int) -> bool:
     """Remove the interface's XDP program if it is ours; True if one was removed."""
-    now = query(ipr, ifindex)
+    now = query(ifindex)
     if now.mode not in ("native", "generic") or not ours(now, own_fd):
         return False
     try:
-        _set(ipr, ifindex, -1, _FLAGS[XdpMode(now.mode)])
-    except NetlinkError as err:
-        if err.code == errno.ENODEV:
+        nl.xdp_detach(ifindex, _FLAGS[XdpMode(now.mode)])
+    except BpfError as err:
+        if err.errno == errno.ENODEV:
             return False
         raise
     return True
 
 
-def rx_hook(ipr: IPRoute, ifindex: int) -> str:
+def rx_hook(ifindex: int) -> str:
     """Where the receive side is counted on an interface, as the kernel has it now:
     "xdp-native" or "xdp-generic" when our XDP program is attached, else "tc"."""
-    now = query(ipr, ifindex)
+    now = query(ifindex)
     if ours(now, -1):
         return f"xdp-{now.mode}"
     return "tc"
