@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sennet.agent.datapath import layout
 from sennet.testing.vm.appliance import Appliance, image_dir
-from sennet.testing.vm.guest import agent_process, processes, pyroute2
+from sennet.testing.vm.guest import agent_process, processes, tc_state
 
 
 def test_guest_runs_the_pinned_kernel(appliance: Appliance) -> None:
@@ -57,22 +57,11 @@ def test_the_updater_runs_below_the_agents_priority(appliance: Appliance) -> Non
 def test_clsact_and_both_bpf_filters_are_on_the_monitored_nic(
     appliance: Appliance,
 ) -> None:
-    out = pyroute2(
-        appliance.machine,
-        "import json; i = ipr.link_lookup(ifname='eth1')[0]; "
-        "q = [m.get_attr('TCA_KIND') for m in ipr.get_qdiscs(index=i)]; "
-        "f = {p: sorted(m.get_attr('TCA_OPTIONS').get_attr('TCA_BPF_NAME') "
-        "for m in ipr.get_filters(index=i, parent=p) if m['handle']) "
-        "for p in (0xFFFFFFF2, 0xFFFFFFF3)}; print(json.dumps([q, f]))",
-    )
-    qdiscs, filters = json.loads(out)
+    qdiscs, filters = tc_state(appliance.machine, "eth1")
     assert "clsact" in qdiscs
     # libbpf names a filter "<program>:[<program id>]"
     names = {p: [re.sub(r":\[\d+\]$", "", n) for n in fs] for p, fs in filters.items()}
-    assert names == {
-        str(0xFFFFFFF2): ["sennet_ingress"],
-        str(0xFFFFFFF3): ["sennet_egress"],
-    }
+    assert names == {"ingress": ["sennet_ingress"], "egress": ["sennet_egress"]}
     assert all(re.fullmatch(r"sennet_\w+:\[\d+\]", n) for fs in filters.values() for n in fs)
 
 

@@ -17,12 +17,12 @@ from sennet.testing.controlplane import ControlPlane
 from sennet.testing.vm.appliance import Appliance
 from sennet.testing.vm.guest import (
     PY,
+    TOOLS,
     agent_id,
     counters,
     event_totals,
     nic_counters,
     plus_rx,
-    pyroute2,
     reported,
     wait_counters,
 )
@@ -140,19 +140,14 @@ def test_mirrored_frames_for_other_hosts_are_counted(
 @contextlib.contextmanager
 def addressed_monitor_port(appliance: Appliance) -> Iterator[None]:
     """Give eth1 an address and a static neighbour (no ARP), so the guest answers pings."""
-    pyroute2(
-        appliance.machine,
-        "i = ipr.link_lookup(ifname='eth1')[0]; "
-        "ipr.addr('add', index=i, address='192.0.2.1', prefixlen=24); "
-        f"ipr.neigh('add', dst='192.0.2.2', lladdr='{HOST_MAC}', ifindex=i, state=128)",
+    appliance.machine.succeed(
+        f"{TOOLS}/ip addr add 192.0.2.1/24 dev eth1 && "
+        f"{TOOLS}/ip neigh add 192.0.2.2 lladdr {HOST_MAC} dev eth1 nud permanent"
     )
     try:
         yield
     finally:
-        pyroute2(
-            appliance.machine,
-            "i = ipr.link_lookup(ifname='eth1')[0]; ipr.flush_addr(index=i)",
-        )
+        appliance.machine.succeed(f"{TOOLS}/ip addr flush dev eth1")
 
 
 def test_echo_replies_are_counted_as_tx(

@@ -19,8 +19,8 @@ from sennet.testing.vm.guest import (
     agent_process,
     counters,
     plus_rx,
-    pyroute2,
     wait_counters,
+    xdp_mode,
 )
 from sennet.testing.vm.traffic import mixed
 
@@ -34,15 +34,6 @@ def restart_agent(appliance: Appliance) -> str:
     machine.succeed(f"kill -9 {agent_process(machine)[0]}")
     machine.wait_for_console(r"(?s)" + r"event=agent_ready.*" * (ready_before + 1), timeout=120)
     return machine.console().rsplit("event=agent_start ", 1)[1]
-
-
-def xdp_attached(appliance: Appliance) -> str:
-    """IFLA_XDP_ATTACHED of eth1 as the guest kernel reports it ("None": no program)."""
-    return pyroute2(
-        appliance.machine,
-        "x = ipr.get_links(ipr.link_lookup(ifname='eth1')[0])[0].get_attr('IFLA_XDP'); "
-        "print(x.get_attr('IFLA_XDP_ATTACHED') if x else None)",
-    ).strip()
 
 
 def rx_hook(console: str) -> str:
@@ -68,7 +59,7 @@ def test_attach_xdp_on_the_appliance_counts_exactly_and_switching_back_leaves_no
         assert hook in ("xdp-native", "xdp-generic")
         # Native refused is logged, never silent.
         assert (hook == "xdp-generic") == ("event=xdp_mode_refused" in console)
-        assert xdp_attached(appliance) == ("xdpgeneric" if hook == "xdp-generic" else "xdp")
+        assert xdp_mode(machine, "eth1") == ("xdpgeneric" if hook == "xdp-generic" else "xdp")
         before = counters(control_plane, agent)
         frames = mixed()
         appliance.tap.send(frames)
@@ -78,4 +69,4 @@ def test_attach_xdp_on_the_appliance_counts_exactly_and_switching_back_leaves_no
         machine.succeed(f"rm -f {PROVISIONED}")
         console = restart_agent(appliance)
     assert rx_hook(console) == "tc"
-    assert xdp_attached(appliance) == "None"
+    assert xdp_mode(machine, "eth1") is None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Sequence
+from typing import Any
 
 from sennet.testing.controlplane import ControlPlane
 from sennet.testing.errors import TestFailed
@@ -102,8 +102,36 @@ def agent_process(machine: Machine) -> tuple[int, int, str]:
     return agents[0]
 
 
-def pyroute2(machine: Machine, code: str) -> str:
-    """Run a pyroute2 snippet in the guest (busybox has no tc; the agent's Python has pyroute2)."""
-    return machine.succeed(
-        f"{PY} -c " + shlex.quote("from pyroute2 import IPRoute; ipr = IPRoute(); " + code)
-    )
+# iproute2 in the test layer (the production root has none): wrappers that find its libraries.
+TOOLS = "/opt/sennet-test/tools"
+# IFLA_XDP_ATTACHED as `ip -j` reports it (mode), by the name `ip link` prints for it.
+XDP_MODES = {1: "xdp", 2: "xdpgeneric", 3: "xdpoffload"}
+
+
+def guest_json(machine: Machine, command: str) -> list[dict[str, Any]]:
+    """The JSON an iproute2 command (`ip -j ...`, `tc -j ...`) prints in the guest."""
+    out = machine.succeed(f"{TOOLS}/{command}").strip()
+    rows: list[dict[str, Any]] = json.loads(out) if out else []
+    return rows
+
+
+def tc_state(machine: Machine, ifname: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The qdisc kinds on `ifname`, and the BPF filter names on its ingress and egress hooks
+    (the guest kernel's view, through iproute2's tc)."""
+    kinds = [q["kind"] for q in guest_json(machine, f"tc -j qdisc show dev {ifname}")]
+    filters = {
+        hook: sorted(
+            f["options"]["bpf_name"]
+            for f in guest_json(machine, f"tc -j filter show dev {ifname} {hook}")
+            if f.get("kind") == "bpf" and "options" in f
+        )
+        for hook in ("ingress", "egress")
+    }
+    return kinds, filters
+
+
+def xdp_mode(machine: Machine, ifname: str) -> str | None:
+    """How an XDP program is attached to `ifname` ("xdp", "xdpgeneric"), None if none is."""
+    (link,) = guest_json(machine, f"ip -j link show dev {ifname}")
+    xdp = link.get("xdp")
+    return XDP_MODES[int(xdp["mode"])] if xdp else None
