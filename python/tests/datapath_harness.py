@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from sennet.agent.config import DEFAULT_ASSETS
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
@@ -31,7 +29,7 @@ class Running:
     reader: CounterReader
     consumer: RingBufferConsumer
     slot: int
-    batches: list[np.ndarray]
+    batches: list[bytes]
     rx_hook: str = "tc"
 
     def totals(self) -> dict[str, tuple[int, int]]:
@@ -42,7 +40,7 @@ class Running:
         self.consumer.drain()
         if not self.batches:
             return []
-        return decode(np.concatenate(self.batches))
+        return decode(b"".join(self.batches))
 
     def kinds(self) -> Counter[str]:
         return Counter(e.kind.label for e in self.events())
@@ -89,7 +87,7 @@ def running(
         with entered(net.ns_a):
             _ = manager.tc  # the netlink socket binds to the monitored namespace
         attached = manager.attach((net.if_a,))
-        batches: list[np.ndarray] = []
+        batches: list[bytes] = []
         consumer = RingBufferConsumer(
             loaded.map_fds[layout.MAP_EVENTS], ringbuf_bytes, 0, on_batch=batches.append
         )
