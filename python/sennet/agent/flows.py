@@ -67,7 +67,7 @@ assert [layout.FLOW.offset(f) // 8 for f in ("packets", "bytes", "first_ns", "la
     0, 1, 2, 3,
 ]  # fmt: skip
 _FLAGS_AT, _STATE_AT = layout.FLOW.offset("tcp_flags"), layout.FLOW.offset("state")
-_KEY_BYTES = struct.Struct(f"{_KS}s")
+_KEY_BYTES = struct.Struct(f"{_KS}s")  # a key as a 1-tuple of bytes, for hashing
 _ENDED_TABLE = bytes(1 if b & layout.FLOW_ENDED else 0 for b in range(256))
 
 
@@ -78,13 +78,10 @@ class _Compact:
     One more row than flows: the last row is zeros, the base that new flows join to.
     """
 
-    ids: array[int]
+    ids: array[int]  # emptied once a walk has put them in its index
     packets: array[int]
     bytes: array[int]
-
-    @property
-    def n(self) -> int:
-        return len(self.ids)
+    n: int = 0
 
     @classmethod
     def empty(cls, capacity: int = 0) -> _Compact:
@@ -98,6 +95,7 @@ class _Compact:
         self.ids = array("q")
         self.packets = array("Q")
         self.bytes = array("Q")
+        self.n = 0
 
 
 @dataclass
@@ -177,6 +175,7 @@ class FlowTracker:
         walk = _Walk()
         self._cur.clear()
         self._index = dict(zip(self._prev.ids, range(self._prev.n), strict=True))
+        self._prev.ids = array("q")  # the index holds them now
         keys_at, vals_at = _address(self._keys), _address(self._vals)
         first = True
         try:
@@ -192,6 +191,7 @@ class FlowTracker:
         finally:
             self._index = {}
         cur = self._cur
+        cur.n = len(cur.ids)
         cur.packets.append(0)  # the zero row new flows join to in the next walk
         cur.bytes.append(0)
         tally.add_to_slot(self.stats_fd, layout.FLOW_STAT_EVICTED, self._prev.n - walk.matched)
@@ -206,11 +206,9 @@ class FlowTracker:
         raw_keys = memoryview(self._keys)[: count * _KS]
         vals = memoryview(self._vals)[: count * _VS]
         words = vals.cast("Q")  # x86: native order is the kernel's
-        packets = words[0::_WORDS].tolist()
         bytes_ = words[1::_WORDS].tolist()
         first_ns = words[2::_WORDS].tolist()
-        keys = list(map(operator.itemgetter(0), _KEY_BYTES.iter_unpack(raw_keys)))
-        ids = list(map(hash, zip(keys, first_ns, strict=True)))
+        ids = list(map(hash, zip(_KEY_BYTES.iter_unpack(raw_keys), first_ns, strict=True)))
         missing = prev.n  # the zero row
         rows = list(map(self._index.get, ids, repeat(missing, count)))
         new = rows.count(missing)
@@ -230,21 +228,23 @@ class FlowTracker:
         idle_before = now_ns - self.idle_ns
         if states.count(1) or min(last_ns) < idle_before:
             keep = [s == 0 and t >= idle_before for s, t in zip(states, last_ns, strict=True)]
-            walk.remove += compress(keys, map(operator.not_, keep))
+            walk.remove += (
+                bytes(raw_keys[i * _KS : (i + 1) * _KS]) for i, k in enumerate(keep) if not k
+            )
             cur.ids.extend(compress(ids, keep))
-            cur.packets.extend(compress(packets, keep))
+            cur.packets.extend(compress(words[0::_WORDS].tolist(), keep))
             cur.bytes.extend(compress(bytes_, keep))
         else:
-            cur.ids.extend(ids)
-            cur.packets.extend(packets)
-            cur.bytes.extend(bytes_)
-        self._pick_top(vals, keys, packets, rows, d_bytes, walk)
+            cur.ids.fromlist(ids)
+            cur.packets.frombytes(words[0::_WORDS].tobytes())
+            cur.bytes.frombytes(words[1::_WORDS].tobytes())
+        self._pick_top(vals, raw_keys, words, rows, d_bytes, walk)
 
     def _pick_top(
         self,
         vals: memoryview,
-        keys: list[bytes],
-        packets: list[int],
+        raw_keys: memoryview,
+        words: memoryview,
         rows: list[int],
         d_bytes: list[int],
         walk: _Walk,
@@ -255,8 +255,9 @@ class FlowTracker:
         for i in best:
             if d_bytes[i] <= 0:
                 break
-            d_packets = packets[i] - base_packets[rows[i]]
-            walk.top.append((d_bytes[i], d_packets, keys[i], vals[i * _VS + _FLAGS_AT]))
+            d_packets = words[i * _WORDS] - base_packets[rows[i]]
+            key = bytes(raw_keys[i * _KS : (i + 1) * _KS])
+            walk.top.append((d_bytes[i], d_packets, key, vals[i * _VS + _FLAGS_AT]))
 
     def _delete(self, keys: list[bytes]) -> None:
         if not keys:
