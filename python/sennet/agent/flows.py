@@ -53,7 +53,7 @@ import time
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 
 from sennet.agent.datapath import layout, tally
 from sennet.agent.datapath.libbpf import libbpf
@@ -67,6 +67,8 @@ assert [layout.FLOW.offset(f) // 8 for f in ("packets", "bytes", "first_ns", "la
     0, 1, 2, 3,
 ]  # fmt: skip
 _FLAGS_AT, _STATE_AT = layout.FLOW.offset("tcp_flags"), layout.FLOW.offset("state")
+_ZERO_ROW = bytes(8)
+_Raw = bytes  # `_Compact` has a field named bytes
 _KEY_BYTES = struct.Struct(f"{_KS}s")  # a key as a 1-tuple of bytes, for hashing
 _ENDED_TABLE = bytes(1 if b & layout.FLOW_ENDED else 0 for b in range(256))
 
@@ -75,27 +77,42 @@ _ENDED_TABLE = bytes(1 if b & layout.FLOW_ENDED else 0 for b in range(256))
 class _Compact:
     """Identities and cumulative counters of the flows kept after one read, in walk order.
 
-    One more row than flows: the last row is zeros, the base that new flows join to.
+    A walk adds them a chunk at a time (pieces, joined once at the end: growing one
+    array chunk by chunk copied it again and again). Counters are u64 rows, read
+    through a memoryview; one more row than flows: the last row is zeros, the base
+    that new flows join to.
     """
 
-    ids: array[int]  # emptied once a walk has put them in its index
-    packets: array[int]
-    bytes: array[int]
+    ids: list[array[int]]  # one array per chunk; emptied once a walk has indexed them
+    packets: memoryview
+    bytes: memoryview
     n: int = 0
+    _pieces: tuple[list[_Raw], list[_Raw]] = field(default_factory=lambda: ([], []))
 
     @classmethod
     def empty(cls, capacity: int = 0) -> _Compact:
-        """Arrays grow as flows come (a walk can meet more flows than the table holds at once,
-        entries evicted behind it, others created ahead of it); `capacity` is only a hint."""
+        """No flows. A walk can meet more flows than the table holds at once (entries
+        evicted behind it, others created ahead of it): nothing is sized by `capacity`."""
         del capacity
-        return cls(array("q"), array("Q", [0]), array("Q", [0]))
+        return cls([], _u64(_ZERO_ROW), _u64(_ZERO_ROW))
 
-    def clear(self) -> None:
-        """Empty, zero row included: a walk fills the rows, then appends the zero row."""
-        self.ids = array("q")
-        self.packets = array("Q")
-        self.bytes = array("Q")
-        self.n = 0
+    def start(self) -> None:
+        self.ids, self.n, self._pieces = [], 0, ([], [])
+
+    def add(self, ids: array[int], packets: _Raw, bytes_: _Raw) -> None:
+        self.ids.append(ids)
+        self._pieces[0].append(packets)
+        self._pieces[1].append(bytes_)
+        self.n += len(ids)
+
+    def finish(self) -> None:
+        self.packets = _u64(b"".join([*self._pieces[0], _ZERO_ROW]))
+        self.bytes = _u64(b"".join([*self._pieces[1], _ZERO_ROW]))
+        self._pieces = ([], [])
+
+
+def _u64(raw: _Raw) -> memoryview:
+    return memoryview(raw).cast("Q")  # x86: native order
 
 
 @dataclass
@@ -173,9 +190,10 @@ class FlowTracker:
 
     def _walk(self, now_ns: int, cutoff_ns: int) -> _Walk:
         walk = _Walk()
-        self._cur.clear()
-        self._index = dict(zip(self._prev.ids, range(self._prev.n), strict=True))
-        self._prev.ids = array("q")  # the index holds them now
+        self._cur.start()
+        prev = self._prev
+        self._index = dict(zip(chain.from_iterable(prev.ids), range(prev.n), strict=True))
+        prev.ids = []  # the index holds them now
         keys_at, vals_at = _address(self._keys), _address(self._vals)
         first = True
         try:
@@ -191,9 +209,7 @@ class FlowTracker:
         finally:
             self._index = {}
         cur = self._cur
-        cur.n = len(cur.ids)
-        cur.packets.append(0)  # the zero row new flows join to in the next walk
-        cur.bytes.append(0)
+        cur.finish()
         tally.add_to_slot(self.stats_fd, layout.FLOW_STAT_EVICTED, self._prev.n - walk.matched)
         self._seen += walk.appeared + self._young
         self._young = walk.young
@@ -231,13 +247,13 @@ class FlowTracker:
             walk.remove += (
                 bytes(raw_keys[i * _KS : (i + 1) * _KS]) for i, k in enumerate(keep) if not k
             )
-            cur.ids.extend(compress(ids, keep))
-            cur.packets.extend(compress(words[0::_WORDS].tolist(), keep))
-            cur.bytes.extend(compress(bytes_, keep))
+            cur.add(
+                array("q", compress(ids, keep)),
+                array("Q", compress(words[0::_WORDS].tolist(), keep)).tobytes(),
+                array("Q", compress(bytes_, keep)).tobytes(),
+            )
         else:
-            cur.ids.fromlist(ids)
-            cur.packets.frombytes(words[0::_WORDS].tobytes())
-            cur.bytes.frombytes(words[1::_WORDS].tobytes())
+            cur.add(array("q", ids), words[0::_WORDS].tobytes(), words[1::_WORDS].tobytes())
         self._pick_top(vals, raw_keys, words, rows, d_bytes, walk)
 
     def _pick_top(
