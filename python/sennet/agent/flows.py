@@ -51,9 +51,10 @@ import operator
 import struct
 import time
 from array import array
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import chain, compress, repeat
+from itertools import compress, repeat
 
 from sennet.agent.datapath import layout, tally
 from sennet.agent.datapath.libbpf import libbpf
@@ -67,52 +68,48 @@ assert [layout.FLOW.offset(f) // 8 for f in ("packets", "bytes", "first_ns", "la
     0, 1, 2, 3,
 ]  # fmt: skip
 _FLAGS_AT, _STATE_AT = layout.FLOW.offset("tcp_flags"), layout.FLOW.offset("state")
-_ZERO_ROW = bytes(8)
-_Raw = bytes  # `_Compact` has a field named bytes
 _KEY_BYTES = struct.Struct(f"{_KS}s")  # a key as a 1-tuple of bytes, for hashing
 _ENDED_TABLE = bytes(1 if b & layout.FLOW_ENDED else 0 for b in range(256))
 
 
 @dataclass
 class _Compact:
-    """Identities and cumulative counters of the flows kept after one read, in walk order.
+    """The flows kept after the last read: identity -> slot, and per slot the cumulative
+    counters that read saw and the number of the walk that last met the flow.
 
-    A walk adds them a chunk at a time (pieces, joined once at the end: growing one
-    array chunk by chunk copied it again and again). Counters are u64 rows, read
-    through a memoryview; one more row than flows: the last row is zeros, the base
-    that new flows join to.
+    A flow keeps its slot from read to read until it ends or the LRU takes it, so a walk
+    updates the counters in place (C loops over the chunk) instead of building the
+    whole table again. Slot 0 is never a flow's: its zeros are the base new flows join
+    to. Arrays grow as flows come (a walk can meet more flows than the table holds at
+    once: entries evicted behind it, others created ahead of it).
     """
 
-    ids: list[array[int]]  # one array per chunk; emptied once a walk has indexed them
-    packets: memoryview
-    bytes: memoryview
-    n: int = 0
-    _pieces: tuple[list[_Raw], list[_Raw]] = field(default_factory=lambda: ([], []))
+    index: dict[int, int]
+    packets: array[int]
+    bytes: array[int]
+    walked: array[int]
+    free: list[int]
 
     @classmethod
     def empty(cls, capacity: int = 0) -> _Compact:
-        """No flows. A walk can meet more flows than the table holds at once (entries
-        evicted behind it, others created ahead of it): nothing is sized by `capacity`."""
-        del capacity
-        return cls([], _u64(_ZERO_ROW), _u64(_ZERO_ROW))
+        del capacity  # nothing is sized ahead: the arrays grow with the flows met
+        return cls({}, array("Q", [0]), array("Q", [0]), array("Q", [0]), [])
 
-    def start(self) -> None:
-        self.ids, self.n, self._pieces = [], 0, ([], [])
+    @property
+    def n(self) -> int:
+        return len(self.index)
 
-    def add(self, ids: array[int], packets: _Raw, bytes_: _Raw) -> None:
-        self.ids.append(ids)
-        self._pieces[0].append(packets)
-        self._pieces[1].append(bytes_)
-        self.n += len(ids)
-
-    def finish(self) -> None:
-        self.packets = _u64(b"".join([*self._pieces[0], _ZERO_ROW]))
-        self.bytes = _u64(b"".join([*self._pieces[1], _ZERO_ROW]))
-        self._pieces = ([], [])
-
-
-def _u64(raw: _Raw) -> memoryview:
-    return memoryview(raw).cast("Q")  # x86: native order
+    def slots_for(self, count: int) -> list[int]:
+        """`count` slots for new flows: freed ones first, then new rows (zeros)."""
+        reuse = min(count, len(self.free))
+        out = self.free[len(self.free) - reuse :]
+        del self.free[len(self.free) - reuse :]
+        grow = count - reuse
+        if grow:
+            out += range(len(self.packets), len(self.packets) + grow)
+            for column in (self.packets, self.bytes, self.walked):
+                column.frombytes(bytes(8 * grow))
+        return out
 
 
 @dataclass
@@ -146,8 +143,7 @@ class FlowTracker:
         self._vals = bytearray(chunk * _VS)
         self._token = ctypes.create_string_buffer(64)
         self._prev = _Compact.empty()
-        self._cur = _Compact.empty()
-        self._index: dict[int, int] = {}  # the previous read's identity -> row, during a walk
+        self._walks = 0
         self._lost_reported = 0  # lost flows of this lifetime already added to the pinned slot
         self._seen = 0  # flows seen appear, counted against the creation counter
         self._young = 0
@@ -190,46 +186,44 @@ class FlowTracker:
 
     def _walk(self, now_ns: int, cutoff_ns: int) -> _Walk:
         walk = _Walk()
-        self._cur.start()
-        prev = self._prev
-        self._index = dict(zip(chain.from_iterable(prev.ids), range(prev.n), strict=True))
-        prev.ids = []  # the index holds them now
+        table = self._prev
+        known = table.n
+        self._walks += 1
         keys_at, vals_at = _address(self._keys), _address(self._vals)
         first = True
-        try:
-            while True:
-                count, done = self.lb.lookup_batch(
-                    self.flows_fd, self._token, keys_at, vals_at, self.chunk, first
-                )
-                first = False
-                if count:
-                    self._chunk(count, now_ns, cutoff_ns, walk)
-                if done:
-                    break
-        finally:
-            self._index = {}
-        cur = self._cur
-        cur.finish()
-        tally.add_to_slot(self.stats_fd, layout.FLOW_STAT_EVICTED, self._prev.n - walk.matched)
+        while True:
+            count, done = self.lb.lookup_batch(
+                self.flows_fd, self._token, keys_at, vals_at, self.chunk, first
+            )
+            first = False
+            if count:
+                self._chunk(count, now_ns, cutoff_ns, walk)
+            if done:
+                break
+        evicted = known - walk.matched  # read before, not met now, not removed: the LRU's
+        if evicted > 0:
+            w, walked = self._walks, table.walked
+            for fid in [f for f, slot in table.index.items() if walked[slot] != w]:
+                table.free.append(table.index.pop(fid))
+        tally.add_to_slot(self.stats_fd, layout.FLOW_STAT_EVICTED, evicted)
         self._seen += walk.appeared + self._young
         self._young = walk.young
         self._delete(walk.remove)
-        self._prev, self._cur = cur, self._prev
         return walk
 
     def _chunk(self, count: int, now_ns: int, cutoff_ns: int, walk: _Walk) -> None:
-        prev, cur = self._prev, self._cur
+        table = self._prev
         raw_keys = memoryview(self._keys)[: count * _KS]
         vals = memoryview(self._vals)[: count * _VS]
         words = vals.cast("Q")  # x86: native order is the kernel's
+        packets = words[0::_WORDS].tolist()
         bytes_ = words[1::_WORDS].tolist()
         first_ns = words[2::_WORDS].tolist()
         ids = list(map(hash, zip(_KEY_BYTES.iter_unpack(raw_keys), first_ns, strict=True)))
-        missing = prev.n  # the zero row
-        rows = list(map(self._index.get, ids, repeat(missing, count)))
-        new = rows.count(missing)
+        slots = list(map(table.index.get, ids, repeat(0, count)))  # 0: not kept last time
+        new = slots.count(0)
         young = (
-            sum(1 for r, f in zip(rows, first_ns, strict=True) if r == missing and f >= cutoff_ns)
+            sum(1 for s, f in zip(slots, first_ns, strict=True) if not s and f >= cutoff_ns)
             if new
             else 0
         )
@@ -237,41 +231,52 @@ class FlowTracker:
         walk.matched += count - new
         walk.young += young
         walk.appeared += new - young
-        d_bytes = list(map(operator.sub, bytes_, map(prev.bytes.__getitem__, rows)))
+        d_bytes = list(map(operator.sub, bytes_, map(table.bytes.__getitem__, slots)))
+        self._pick_top(vals, raw_keys, packets, slots, d_bytes, walk)
+        # In place, for every flow met (new ones write slot 0, reset below): no per-flow bytecode.
+        w = self._walks
+        deque(map(table.packets.__setitem__, slots, packets), maxlen=0)
+        deque(map(table.bytes.__setitem__, slots, bytes_), maxlen=0)
+        deque(map(table.walked.__setitem__, slots, repeat(w, count)), maxlen=0)
+        table.packets[0] = table.bytes[0] = table.walked[0] = 0
         # last_ns may be a little after now_ns (packets during the walk): compare signed.
         last_ns = vals.cast("q")[3::_WORDS].tolist()
         states = vals[_STATE_AT::_VS].tobytes().translate(_ENDED_TABLE)
         idle_before = now_ns - self.idle_ns
+        keep: list[bool] | None = None
         if states.count(1) or min(last_ns) < idle_before:
             keep = [s == 0 and t >= idle_before for s, t in zip(states, last_ns, strict=True)]
-            walk.remove += (
-                bytes(raw_keys[i * _KS : (i + 1) * _KS]) for i, k in enumerate(keep) if not k
-            )
-            cur.add(
-                array("q", compress(ids, keep)),
-                array("Q", compress(words[0::_WORDS].tolist(), keep)).tobytes(),
-                array("Q", compress(bytes_, keep)).tobytes(),
-            )
-        else:
-            cur.add(array("q", ids), words[0::_WORDS].tobytes(), words[1::_WORDS].tobytes())
-        self._pick_top(vals, raw_keys, words, rows, d_bytes, walk)
+            for i in [i for i, k in enumerate(keep) if not k]:
+                walk.remove.append(bytes(raw_keys[i * _KS : (i + 1) * _KS]))
+                if slots[i]:
+                    table.free.append(table.index.pop(ids[i]))
+        if new:
+            is_new = list(map(operator.not_, slots))
+            if keep is not None:
+                is_new = list(map(operator.and_, is_new, keep))
+            fresh = table.slots_for(sum(is_new))
+            deque(map(table.packets.__setitem__, fresh, compress(packets, is_new)), maxlen=0)
+            deque(map(table.bytes.__setitem__, fresh, compress(bytes_, is_new)), maxlen=0)
+            deque(map(table.walked.__setitem__, fresh, repeat(w)), maxlen=0)
+            table.index.update(zip(compress(ids, is_new), fresh, strict=True))
 
     def _pick_top(
         self,
         vals: memoryview,
         raw_keys: memoryview,
-        words: memoryview,
-        rows: list[int],
+        packets: list[int],
+        slots: list[int],
         d_bytes: list[int],
         walk: _Walk,
     ) -> None:
-        """Keep the chunk's N largest by interval bytes (a heap, not a full sort)."""
+        """Keep the chunk's N largest by interval bytes (a heap, not a full sort); before the
+        counters of this read replace the last read's."""
         best = heapq.nlargest(self.top_n, range(len(d_bytes)), key=d_bytes.__getitem__)
         base_packets = self._prev.packets
         for i in best:
             if d_bytes[i] <= 0:
                 break
-            d_packets = words[i * _WORDS] - base_packets[rows[i]]
+            d_packets = packets[i] - base_packets[slots[i]]
             key = bytes(raw_keys[i * _KS : (i + 1) * _KS])
             walk.top.append((d_bytes[i], d_packets, key, vals[i * _VS + _FLAGS_AT]))
 

@@ -304,7 +304,7 @@ def test_a_walk_that_meets_more_flows_than_its_buffers_grows_them(
     flows = mixed_flows()
     with running(net, pin_root / "p") as dp:
         t = tracker(dp, top_n=100)
-        t._prev, t._cur = _Compact.empty(1), _Compact.empty(1)
+        t._prev = _Compact.empty(1)
         send_settled(net, interleaved(flows))
         first = t.read(names(dp))
         send_settled(net, interleaved(flows))
