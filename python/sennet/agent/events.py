@@ -49,11 +49,6 @@ _KIND_AT = layout.RINGBUF_HDR_SIZE + layout.EVENT.offset("kind")  # within a rec
 _KIND_BYTES = {kind: bytes([kind]) for kind in layout.EventKind}
 _LEN_BYTES = tuple(bytes([b]) for b in struct.pack("<I", layout.EVENT_SIZE))  # committed, kept
 BATCH_MAX = 4096  # records copied out of the ring at a time (about 300 KB)
-_EVENT = struct.Struct(
-    "<QIIBBBBHHHBB4x16s16s"  # layout.EVENT; checked against it at import below
-)
-assert _EVENT.size == layout.EVENT_SIZE
-assert layout.EVENT.offset("saddr") == 32 and layout.EVENT.offset("vlan_tags") == 27
 _STRIP_HEADERS = struct.Struct(f"<{layout.RINGBUF_HDR_SIZE}x{layout.EVENT_SIZE}s")
 assert _STRIP_HEADERS.size == layout.RECORD_SIZE
 
@@ -75,8 +70,8 @@ def decode(events: bytes | bytearray | memoryview) -> list[Event]:
     out = []
     for (
         ts_ns, ifindex, pkt_len, direction, kind_v, version, l4_proto,
-        sport, dport, eth_proto, tcp_flags, vlan_tags, saddr_b, daddr_b,
-    ) in _EVENT.iter_unpack(events):  # fmt: skip
+        sport, dport, eth_proto, tcp_flags, vlan_tags, _pad, saddr_b, daddr_b,
+    ) in layout.EVENT.struct.iter_unpack(events):  # fmt: skip
         saddr = daddr = None
         if version == 4:
             saddr = str(ipaddress.IPv4Address(saddr_b[:4]))
