@@ -2,7 +2,7 @@
 
 Started by bench/flows.py with the FLOWS and FLOW_STATS map fds inherited, so
 what it measures is the reader as the agent runs it (FlowTracker: batched
-lookups, numpy joins, top talkers) without the benchmark's own table-filling
+lookups, the join against the previous read, top talkers) without the benchmark's own table-filling
 buffers in its memory. Between timed reads it bumps every flow's counters in
 chunks (untimed), so every read finds a million deltas, not an idle table.
 Prints one JSON object on stdout.
@@ -15,9 +15,8 @@ import json
 import resource
 import sys
 import time
+from array import array
 from pathlib import Path
-
-import numpy as np
 
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
@@ -27,23 +26,39 @@ from sennet.agent.flows import CHUNK, FlowTracker
 def bump(fd: int, round_no: int) -> int:
     """Add traffic to every flow, chunk by chunk (memory bounded like the reader's own)."""
     lb = libbpf()
-    keys = np.zeros(CHUNK, layout.FLOW_KEY_DTYPE)
-    vals = np.zeros(CHUNK, layout.FLOW_DTYPE)
+    keys = bytearray(CHUNK * layout.FLOW_KEY.itemsize)
+    vals = bytearray(CHUNK * layout.FLOW.itemsize)
+    keys_at, vals_at = _address(keys), _address(vals)
+    words = memoryview(vals).cast("Q")  # struct sennet_flow as u64 words
+    stride = layout.FLOW.itemsize // 8
+    at = {f: layout.FLOW.offset(f) // 8 for f in ("packets", "bytes", "last_ns")}
     token = ctypes.create_string_buffer(64)
     first, total = True, 0
     now = time.monotonic_ns()
     while True:
-        n, done = lb.lookup_batch(fd, token, keys.ctypes.data, vals.ctypes.data, CHUNK, first)
+        n, done = lb.lookup_batch(fd, token, keys_at, vals_at, CHUNK, first)
         first = False
         if n:
-            spread = (np.arange(n, dtype=np.uint64) * np.uint64(7919) + np.uint64(total)) % 1000
-            vals["packets"][:n] += np.uint64(1)
-            vals["bytes"][:n] += np.uint64(64) + spread + np.uint64(round_no)
-            vals["last_ns"][:n] = now
-            lb.update_batch(fd, keys.ctypes.data, vals.ctypes.data, n)
+            end = n * stride
+            col = {f: slice(a, end, stride) for f, a in at.items()}
+            words[col["packets"]] = array("Q", [p + 1 for p in words[col["packets"]].tolist()])
+            words[col["bytes"]] = array(
+                "Q",
+                [
+                    b + 64 + (i * 7919 + total) % 1000 + round_no
+                    for i, b in enumerate(words[col["bytes"]].tolist())
+                ],
+            )
+            words[col["last_ns"]] = array("Q", [now]) * n
+            lb.update_batch(fd, keys_at, vals_at, n)
             total += n
         if done:
             return total
+
+
+def _address(buf: bytearray) -> int:
+    """Where `buf`'s bytes are, for the kernel (the bytearray is not resized meanwhile)."""
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
 
 
 def rss_kib() -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import subprocess
@@ -34,7 +35,6 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -94,30 +94,36 @@ def fill(fd: int, start: int, stop: int) -> None:
     """Insert flows start..stop-1 (distinct source addresses) in chunks."""
     lb = libbpf()
     now = time.monotonic_ns()
+    key = layout.FLOW_KEY.struct
+    daddr = bytes((10, 255, 0, 1)).ljust(16, b"\0")
+    value = layout.FLOW.pack(packets=1, bytes=100, first_ns=now, last_ns=now)
     for lo in range(start, stop, FILL_CHUNK):
-        idx = np.arange(lo, min(stop, lo + FILL_CHUNK), dtype=np.uint32)
-        keys = np.zeros(len(idx), layout.FLOW_KEY_DTYPE)
-        keys["saddr"][:, 0] = 10
-        keys["saddr"][:, 1] = (idx >> 16) & 0xFF
-        keys["saddr"][:, 2] = (idx >> 8) & 0xFF
-        keys["saddr"][:, 3] = idx & 0xFF
-        keys["daddr"][:, :4] = (10, 255, 0, 1)
-        keys["sport"], keys["dport"] = 1024 + (idx & 0x7FFF), 80
-        keys["ifindex"], keys["ip_version"], keys["l4_proto"] = 1, 4, 6
-        vals = np.zeros(len(idx), layout.FLOW_DTYPE)
-        vals["packets"], vals["bytes"], vals["first_ns"], vals["last_ns"] = 1, 100, now, now
-        lb.update_batch(fd, keys.ctypes.data, vals.ctypes.data, len(idx))
+        idx = range(lo, min(stop, lo + FILL_CHUNK))
+        keys = bytearray().join(
+            key.pack(
+                bytes((10, i >> 16 & 0xFF, i >> 8 & 0xFF, i & 0xFF)),  # padded to 16 by "16s"
+                daddr, 1, 1024 + (i & 0x7FFF), 80, 0, 4, 6, 0, b"",
+            )
+            for i in idx
+        )  # fmt: skip
+        vals = bytearray(value * len(idx))
+        lb.update_batch(fd, _address(keys), _address(vals), len(idx))
+
+
+def _address(buf: bytearray) -> int:
+    """Where `buf`'s bytes are, for the kernel (the bytearray is not resized meanwhile)."""
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
 
 
 def count_flows(fd: int) -> int:
     lb = libbpf()
-    keys = np.zeros(FILL_CHUNK, layout.FLOW_KEY_DTYPE)
-    vals = np.zeros(FILL_CHUNK, layout.FLOW_DTYPE)
+    keys = bytearray(FILL_CHUNK * layout.FLOW_KEY.itemsize)
+    vals = bytearray(FILL_CHUNK * layout.FLOW.itemsize)
     token = bytearray(64)
-    buf = (np.frombuffer(token, np.uint8)).ctypes.data
+    buf = _address(token)
     first, total = True, 0
     while True:
-        n, done = lb.lookup_batch(fd, buf, keys.ctypes.data, vals.ctypes.data, FILL_CHUNK, first)
+        n, done = lb.lookup_batch(fd, buf, _address(keys), _address(vals), FILL_CHUNK, first)
         first, total = False, total + n
         if done:
             return total
@@ -125,13 +131,17 @@ def count_flows(fd: int) -> int:
 
 def own_flow_packets(fd: int, frame: bytes) -> int:
     """Packets in the measured segment's flow, looked up by its exact key."""
-    key = np.zeros(1, layout.FLOW_KEY_DTYPE)
-    key["saddr"][0][:4] = list(frame[26:30])
-    key["daddr"][0][:4] = list(frame[30:34])
-    key["sport"], key["dport"] = int.from_bytes(frame[34:36]), int.from_bytes(frame[36:38])
-    key["ifindex"], key["ip_version"], key["l4_proto"] = 1, 4, 6  # test runs use lo
-    raw = libbpf().lookup(fd, key.tobytes(), layout.FLOW_DTYPE.itemsize)
-    return 0 if raw is None else int(np.frombuffer(raw, layout.FLOW_DTYPE)[0]["packets"])
+    key = layout.FLOW_KEY.pack(
+        saddr=frame[26:30].ljust(16, b"\0"),
+        daddr=frame[30:34].ljust(16, b"\0"),
+        sport=int.from_bytes(frame[34:36]),
+        dport=int.from_bytes(frame[36:38]),
+        ifindex=1,  # test runs use lo
+        ip_version=4,
+        l4_proto=6,
+    )
+    raw = libbpf().lookup(fd, key, layout.FLOW.itemsize)
+    return 0 if raw is None else int(layout.FLOW.unpack(raw)["packets"])  # type: ignore[arg-type]
 
 
 def measure(pin_root: Path, rounds: int, repeat: int) -> list[Figure]:

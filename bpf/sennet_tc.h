@@ -3,7 +3,7 @@
  * Layouts shared between the TC programs and user space.
  *
  * Fixed-width fields only, explicit padding, no bitfields: the Python side
- * mirrors these with a numpy dtype / struct format, and a unit test compiles
+ * mirrors these with struct formats (datapath/record.py), and a unit test compiles
  * a probe against this header to check that offsets and sizes agree.
  */
 #ifndef SENNET_TC_H

@@ -166,7 +166,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cpu",
         help=f"QEMU CPU model (default: {qemu.KVM_CPU} under KVM; under TCG {qemu.TCG_CPU},\n"
-        "x86-64-v2 as numpy needs, cheaper to emulate than -cpu max)",
+        "x86-64-v2, cheaper to emulate than -cpu max)",
     )
     p.add_argument("--smp", type=int, default=2, help="guest CPUs")
     p.add_argument("--until-ready", action="store_true", help="exit once the agent is ready")

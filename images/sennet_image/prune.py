@@ -1,7 +1,7 @@
 """Weight the appliance carries but nothing on it uses: removed from the base root.
 
 Each entry says why it is dead on the appliance. What decides "nothing uses it": the
-agent and every package it imports (numpy, grpc, protobuf, prometheus_client, pyroute2,
+agent and every package it imports (grpc, protobuf, prometheus_client, pyroute2,
 opentelemetry-proto) run in the VM suite without it, and `check_needed` proves no ELF
 file left in the root links a removed library (a dlopen'ed library, like libbpf for
 ctypes, is never in this list). The audit table with sizes is in images/README.md.
@@ -25,14 +25,6 @@ LIBDIR = "usr/lib/x86_64-linux-gnu"
 # Not here although they look unused: unittest and sqlite3 (pyroute2 imports both at
 # `import pyroute2`), wsgiref (prometheus_client's exposition imports it).
 PRUNE: dict[str, str] = {
-    # `import numpy` (2.x) loads none of these; they load only on attribute access,
-    # and the agent uses numpy for record dtypes and array arithmetic alone.
-    f"{SITE}/numpy/random": "random generators (2.8 MB with its .so files)",
-    f"{SITE}/numpy/distutils": "build-time helper for C extensions",
-    f"{SITE}/numpy/fft": "FFT, unused",
-    f"{SITE}/numpy/polynomial": "polynomial classes, unused",
-    f"{SITE}/numpy/ma": "masked arrays, unused",
-    f"{SITE}/numpy/testing": "numpy's test helpers",
     # The standard library's test, REPL, GUI and database parts.
     f"{STDLIB}/doctest.py": "test runner",
     f"{STDLIB}/pydoc.py": "interactive help (no REPL)",

@@ -33,7 +33,7 @@ OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 OVMF_VARS_SNAKEOIL = Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd")
 MGMT_MAC = "52:54:00:00:00:01"
 MONITORED_MAC = "52:54:00:00:00:02"
-# Under TCG: Nehalem is x86-64-v2, which numpy (in the agent) needs, and is cheaper to
+# Under TCG: Nehalem (x86-64-v2, the baseline the image is tested on) is cheaper to
 # emulate than `-cpu max`, whose wider vector paths TCG runs slowly. Under KVM the
 # host's own CPU costs nothing to expose.
 TCG_CPU = "Nehalem"

@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from sennet.agent.config import DEFAULT_ASSETS
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
@@ -30,7 +28,7 @@ class Running:
     reader: CounterReader
     consumer: RingBufferConsumer
     slot: int
-    batches: list[np.ndarray]
+    batches: list[bytes]
     rx_hook: str = "tc"
 
     def totals(self) -> dict[str, tuple[int, int]]:
@@ -41,7 +39,7 @@ class Running:
         self.consumer.drain()
         if not self.batches:
             return []
-        return decode(np.concatenate(self.batches))
+        return decode(b"".join(self.batches))
 
     def kinds(self) -> Counter[str]:
         return Counter(e.kind.label for e in self.events())
@@ -87,7 +85,7 @@ def running(
     try:
         loaded = manager.load()
         attached = manager.attach((net.if_a,))
-        batches: list[np.ndarray] = []
+        batches: list[bytes] = []
         consumer = RingBufferConsumer(
             loaded.map_fds[layout.MAP_EVENTS], ringbuf_bytes, 0, on_batch=batches.append
         )

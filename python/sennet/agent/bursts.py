@@ -18,8 +18,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-import numpy as np
-
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.agent.datapath.manager import Attached
@@ -47,7 +45,7 @@ class BurstReader:
         for a in attached:
             for direction in layout.Direction:
                 key = struct.pack("<I", a.slot * 2 + direction)
-                raw = self.lb.lookup_locked(self.bursts_fd, key, layout.BURST_DTYPE.itemsize)
+                raw = self.lb.lookup_locked(self.bursts_fd, key, layout.BURST.itemsize)
                 maxima = self._maxima(raw, ended)
                 for ms, (packets, bytes_) in zip(layout.BURST_WINDOWS_MS, maxima, strict=True):
                     out.append(Microburst(a.ifname, direction.label, ms, packets, bytes_))
@@ -57,11 +55,13 @@ class BurstReader:
         """(packets, bytes) per window length for epoch `ended`, from one locked copy."""
         if raw is None:
             return [(0, 0) for _ in layout.BURST_WINDOWS_MS]
-        value = np.frombuffer(raw, layout.BURST_DTYPE)[0]
-        if int(value["epoch"]) not in (ended, self.epoch):
+        value = layout.BURST.unpack(raw)
+        if value["epoch"] not in (ended, self.epoch):
             return [(0, 0) for _ in layout.BURST_WINDOWS_MS]  # no packet in this interval
         parity = ended & 1
-        return [
-            (int(value[w]["max_packets"][parity]), int(value[w]["max_bytes"][parity]))
-            for w in ("w1", "w10")
-        ]
+        out = []
+        for ms in layout.BURST_WINDOWS_MS:
+            packets, bytes_ = value[f"w{ms}_max_packets"], value[f"w{ms}_max_bytes"]
+            assert isinstance(packets, tuple) and isinstance(bytes_, tuple)
+            out.append((packets[parity], bytes_[parity]))
+        return out

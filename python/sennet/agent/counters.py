@@ -9,10 +9,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import numpy as np
-
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
+from sennet.agent.datapath.record import U64_MASK
 
 
 @dataclass(frozen=True)
@@ -28,29 +27,25 @@ class CounterReader:
         self.fds = map_fds
         self.ncpus = libbpf().possible_cpus()
 
-    def _percpu(self, name: str, key: int, dtype: np.dtype[np.generic]) -> np.ndarray:
-        size = dtype.itemsize
-        raw = libbpf().lookup(self.fds[name], struct.pack("<I", key), size * self.ncpus)
+    def _percpu(self, name: str, key: int, words: int) -> tuple[int, ...]:
+        """The value of `key` on every CPU, as u64 words (`words` per CPU; zeros if absent)."""
+        raw = libbpf().lookup(self.fds[name], struct.pack("<I", key), 8 * words * self.ncpus)
         if raw is None:
-            return np.zeros(1, dtype=dtype)
-        return np.frombuffer(raw, dtype=dtype, count=self.ncpus)
+            return (0,) * words
+        return struct.unpack_from(f"<{words * self.ncpus}Q", raw)
 
     def slot_totals(self, slot: int) -> dict[layout.Direction, DirectionTotals]:
-        """Totals for one interface slot, summed over CPUs."""
+        """Totals for one interface slot, summed over CPUs (struct sennet_counter: packets,
+        bytes), wrapping at 2**64 like the kernel's counters."""
         out = {}
-        pair = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
         for direction in layout.Direction:
-            values = self._percpu(layout.MAP_COUNTERS, slot * 2 + direction, pair)
+            values = self._percpu(layout.MAP_COUNTERS, slot * 2 + direction, 2)
             out[direction] = DirectionTotals(
-                packets=int(values["packets"].sum(dtype=np.uint64)),
-                bytes=int(values["bytes"].sum(dtype=np.uint64)),
+                packets=sum(values[0::2]) & U64_MASK,
+                bytes=sum(values[1::2]) & U64_MASK,
             )
         return out
 
     def by_kind(self, map_name: str) -> dict[layout.EventKind, int]:
         """Per-kind totals from EV_COUNTS (detected) or RB_DROPS (ring full)."""
-        u64 = np.dtype("<u8")
-        return {
-            kind: int(self._percpu(map_name, kind, u64).sum(dtype=np.uint64))
-            for kind in layout.EventKind
-        }
+        return {kind: sum(self._percpu(map_name, kind, 1)) & U64_MASK for kind in layout.EventKind}

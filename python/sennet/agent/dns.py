@@ -15,17 +15,20 @@ to the name that sorts first, so the output is the same for the same table.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
-
-import numpy as np
 
 from sennet.agent.datapath import dns_layout as dl
 from sennet.agent.datapath import layout, tally
 from sennet.agent.datapath.histograms import HistogramReader
 from sennet.agent.datapath.libbpf import libbpf
+from sennet.agent.datapath.record import u64_sum
 from sennet.agent.dns_names import decode_name
 from sennet.agent.telemetry import DnsReport, NameCount
+
+_TS_NS = struct.Struct("<Q")
+_COUNTS = struct.Struct("<QQ")  # struct sennet_dns_name_count: queries, failures
 
 
 class DnsReader:
@@ -52,8 +55,7 @@ class DnsReader:
         out = {}
         for slot in dl.DnsSlot:
             raw = lib.lookup(self.counters_fd, int(slot).to_bytes(4, "little"), 8 * self.ncpus)
-            total = 0 if raw is None else int(np.frombuffer(raw, "<u8", self.ncpus).sum())
-            out[slot] = total
+            out[slot] = u64_sum(raw, self.ncpus)
         return out
 
     def expire(self) -> int:
@@ -62,11 +64,11 @@ class DnsReader:
         lib = libbpf()
         deadline = self.clock_ns() - self.timeout_ns
         expired = 0
-        for key in list(lib.keys(self.pending_fd, dl.PENDING_KEY_DTYPE.itemsize)):
-            raw = lib.lookup(self.pending_fd, key, dl.PENDING_DTYPE.itemsize)
+        for key in list(lib.keys(self.pending_fd, dl.PENDING_KEY.itemsize)):
+            raw = lib.lookup(self.pending_fd, key, dl.PENDING.itemsize)
             if raw is None:
                 continue  # answered since the key list was taken
-            ts = int(np.frombuffer(raw, dl.PENDING_DTYPE, 1)[0]["ts_ns"])
+            ts = _TS_NS.unpack_from(raw, dl.PENDING.offset("ts_ns"))[0]
             # The kernel may match it between the read and the delete: only a delete
             # that found the entry counts, so a query is never both answered and unanswered.
             if ts < deadline and lib.delete(self.pending_fd, key):
@@ -79,12 +81,12 @@ class DnsReader:
         lib = libbpf()
         out: dict[str, tuple[int, int]] = {}
         for key in list(lib.keys(self.names_fd, dl.NAME_MAX)):
-            raw = lib.lookup(self.names_fd, key, dl.NAME_COUNT_DTYPE.itemsize)
+            raw = lib.lookup(self.names_fd, key, dl.NAME_COUNT.itemsize)
             name = decode_name(key)
             if raw is None or name is None:
                 continue
-            rec = np.frombuffer(raw, dl.NAME_COUNT_DTYPE, 1)[0]
-            out[name] = (int(rec["queries"]), int(rec["failures"]))
+            queries, failures = _COUNTS.unpack_from(raw)
+            out[name] = (queries, failures)
         return out
 
     def read(self) -> DnsReport:

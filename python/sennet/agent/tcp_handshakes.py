@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import ctypes
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 from sennet.agent.datapath import layout, tally
 from sennet.agent.datapath.libbpf import libbpf
 
 CHUNK = 8192  # entries per batched lookup: a whole table in eight system calls
+_VALUE_WORDS = layout.HS.itemsize // 8  # struct sennet_hs as u64 words: syn_ns, synack_ns, ...
+assert (layout.HS.offset("syn_ns"), layout.HS.offset("synack_ns")) == (0, 8)
 
 
 @dataclass(frozen=True)
@@ -31,29 +32,35 @@ class Expired:
     stale: int  # SYN/ACK seen, the client's ACK never was (the tap missed it, or the client died)
 
 
-def read_all(fd: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every key and value of a HANDSHAKES map, by BPF_MAP_LOOKUP_BATCH (the kernel's
-    snapshot semantics: an entry added or removed meanwhile may or may not appear)."""
+def read_all(fd: int) -> tuple[list[bytes], bytes]:
+    """Every key of a HANDSHAKES map (one bytes each) and every value (packed, in the same
+    order), by BPF_MAP_LOOKUP_BATCH (the kernel's snapshot semantics: an entry added or
+    removed meanwhile may or may not appear)."""
     lb = libbpf()
     capacity = lb.map_info(fd).max_entries
+    ks, vs = layout.HS_KEY.itemsize, layout.HS.itemsize
     token = ctypes.create_string_buffer(8)  # hash maps: a bucket cursor
-    keys, values = [], []
+    kbuf, vbuf = ctypes.create_string_buffer(CHUNK * ks), ctypes.create_string_buffer(CHUNK * vs)
+    keys: list[bytes] = []
+    values: list[bytes] = []
     for n in range(capacity // CHUNK + 2):
-        k = np.zeros(CHUNK, dtype=layout.HS_KEY_DTYPE)
-        v = np.zeros(CHUNK, dtype=layout.HS_DTYPE)
-        count, done = lb.lookup_batch(fd, token, k.ctypes.data, v.ctypes.data, CHUNK, n == 0)
-        keys.append(k[:count])
-        values.append(v[:count])
+        count, done = lb.lookup_batch(
+            fd, token, ctypes.addressof(kbuf), ctypes.addressof(vbuf), CHUNK, n == 0
+        )
+        raw = kbuf.raw[: count * ks]
+        keys += [raw[i : i + ks] for i in range(0, len(raw), ks)]
+        values.append(vbuf.raw[: count * vs])
         if done:
             break
-    return np.concatenate(keys), np.concatenate(values)
+    return keys, b"".join(values)
 
 
-def delete_all(fd: int, keys: np.ndarray) -> None:
+def delete_all(fd: int, keys: Sequence[bytes]) -> None:
     """Delete `keys` in batches; one gone already (its handshake completed meanwhile)
     is skipped."""
-    if len(keys):
-        libbpf().delete_batch(fd, keys.ctypes.data, len(keys), keys.dtype.itemsize)
+    if keys:
+        packed = ctypes.create_string_buffer(b"".join(keys))
+        libbpf().delete_batch(fd, packed, len(keys), layout.HS_KEY.itemsize)
 
 
 class HandshakeExpiry:
@@ -70,10 +77,13 @@ class HandshakeExpiry:
         """
         now = time.monotonic_ns() if now_ns is None else now_ns
         keys, values = read_all(self.handshakes_fd)
-        syn = values["syn_ns"].astype(np.int64)
-        old = (syn <= now) & (now - syn >= self.timeout_ns)
-        delete_all(self.handshakes_fd, np.ascontiguousarray(keys[old]))
-        unanswered = int(np.count_nonzero(old & (values["synack_ns"] == 0)))
-        stale = int(np.count_nonzero(old)) - unanswered
+        # Signed, as the clock is (x86: native order is the kernel's).
+        words = memoryview(values).cast("q")
+        syn, synack = words[0::_VALUE_WORDS].tolist(), words[1::_VALUE_WORDS].tolist()
+        timeout = self.timeout_ns
+        old = [i for i, t in enumerate(syn) if t <= now and now - t >= timeout]
+        delete_all(self.handshakes_fd, [keys[i] for i in old])
+        unanswered = sum(1 for i in old if synack[i] == 0)
+        stale = len(old) - unanswered
         tally.add_to_slot(self.counters_fd, layout.TcpCounter.UNANSWERED, unanswered)
         return Expired(unanswered, stale)

@@ -9,11 +9,10 @@ handshakes past the timeout, so it runs once per interval (Insights.refresh).
 
 from __future__ import annotations
 
-import numpy as np
-
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.histograms import HistogramReader
 from sennet.agent.datapath.libbpf import libbpf
+from sennet.agent.datapath.record import u64_sum
 from sennet.agent.tcp_handshakes import HandshakeExpiry
 from sennet.agent.telemetry import TcpReport
 
@@ -23,9 +22,7 @@ def read_counters(fd: int, ncpus: int) -> dict[layout.TcpCounter, int]:
     lb = libbpf()
     out: dict[layout.TcpCounter, int] = {}
     for slot in layout.TcpCounter:
-        raw = lb.lookup(fd, int(slot).to_bytes(4, "little"), 8 * ncpus)
-        per_cpu = np.frombuffer(raw, dtype="<u8", count=ncpus) if raw else np.zeros(1)
-        out[slot] = int(per_cpu.sum(dtype=np.uint64))
+        out[slot] = u64_sum(lb.lookup(fd, int(slot).to_bytes(4, "little"), 8 * ncpus), ncpus)
     return out
 
 

@@ -98,7 +98,7 @@ def test_counts_by_type_and_rcode_latency_and_names_match_the_client(
         asked = [ask(net.ns_a, SERVER, name, rdtype) for name, rdtype in QUESTIONS]
         report = reader.read()
         matched = reader.counters()[dl.DnsSlot.MATCHED]
-        pending = list(libbpf().keys(reader.pending_fd, dl.PENDING_KEY_DTYPE.itemsize))
+        pending = list(libbpf().keys(reader.pending_fd, dl.PENDING_KEY.itemsize))
 
     assert all(a.rcode is not None for a in asked), "the server answered every question"
     by_type, by_rcode = expected_report(asked)

@@ -99,7 +99,7 @@ def test_both_loaders_give_identical_dns_counts_names_and_pending_queries(
             dns = reader(dp)
             net.send_to_a(frames)
             net.send_from_a(frames[-3:])  # the same queries again, on egress
-            pending = sorted(libbpf().keys(dns.pending_fd, dl.PENDING_KEY_DTYPE.itemsize))
+            pending = sorted(libbpf().keys(dns.pending_fd, dl.PENDING_KEY.itemsize))
             results[loader] = (state(dns), pending)
     assert results["libbpf"] == results["bcc"]
     (counts, names, _), pending = results["libbpf"]

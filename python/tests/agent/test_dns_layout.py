@@ -1,7 +1,7 @@
 """bpf/sennet_dns.h and sennet/agent/datapath/dns_layout.py describe the same bytes.
 
 A C probe compiled against the header prints every slot, size and offset; the
-test compares them with the Python enum and numpy dtypes the agent reads with.
+test compares them with the Python enum and struct layouts the agent reads with.
 """
 
 from __future__ import annotations
@@ -9,21 +9,20 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import numpy as np
-
 from sennet.agent.datapath import dns_layout as dl
 from sennet.agent.datapath import layout
+from sennet.agent.datapath.record import Layout
 from tests.conftest import REPO
 
 SLOT_MACROS = {s.name: f"SENNET_DNS_{s.name}" for s in dl.DnsSlot}
 STRUCTS = {
-    "pending_key": ("struct sennet_dns_pending_key", dl.PENDING_KEY_DTYPE),
-    "pending": ("struct sennet_dns_pending", dl.PENDING_DTYPE),
-    "name_count": ("struct sennet_dns_name_count", dl.NAME_COUNT_DTYPE),
+    "pending_key": ("struct sennet_dns_pending_key", dl.PENDING_KEY),
+    "pending": ("struct sennet_dns_pending", dl.PENDING),
+    "name_count": ("struct sennet_dns_name_count", dl.NAME_COUNT),
 }
 
 
-def _fields(dtype: np.dtype) -> list[str]:
+def _fields(dtype: Layout) -> list[str]:
     return [n for n in dtype.names or () if not n.startswith("_")]
 
 

@@ -10,9 +10,9 @@ event).
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import IP, TCP, UDP
@@ -58,11 +58,12 @@ def burst_packets(dp: Running) -> int:
     """The busiest 10 ms window of the monitored slot so far (rx), in packets: how many of the
     8 frames share one window depends on the sender's timing, so only "none" is exact."""
     fd = dp.manager.loaded.map_fds[layout.MAP_BURSTS]  # type: ignore[union-attr]
-    key = np.uint32(dp.slot * 2 + layout.Direction.RX).tobytes()
-    raw = libbpf().lookup_locked(fd, key, layout.BURST_DTYPE.itemsize)
+    key = struct.pack("<I", dp.slot * 2 + layout.Direction.RX)
+    raw = libbpf().lookup_locked(fd, key, layout.BURST.itemsize)
     assert raw is not None
-    w10 = np.frombuffer(raw, layout.BURST_DTYPE)[0]["w10"]
-    return int(w10["max_packets"].max())
+    max_packets = layout.BURST.unpack(raw)["w10_max_packets"]
+    assert isinstance(max_packets, tuple)
+    return max(max_packets)
 
 
 def observed(dp: Running, net: VethPair) -> dict[str, int]:
@@ -74,11 +75,11 @@ def observed(dp: Running, net: VethPair) -> dict[str, int]:
     assert dp.detected() == {"large_packet": 1} and dp.kinds() == {"large_packet": 1}
     assert dp.drops() == {}
     return {
-        "flows": hash_entries(dp, layout.MAP_FLOWS, layout.FLOW_KEY_DTYPE.itemsize),
+        "flows": hash_entries(dp, layout.MAP_FLOWS, layout.FLOW_KEY.itemsize),
         "bursts": min(burst_packets(dp), 1),  # 1: some window counted the traffic
-        "handshakes": hash_entries(dp, layout.MAP_HANDSHAKES, layout.HS_KEY_DTYPE.itemsize),
+        "handshakes": hash_entries(dp, layout.MAP_HANDSHAKES, layout.HS_KEY.itemsize),
         "dns_pending": hash_entries(
-            dp, dns_layout.MAP_DNS_PENDING, dns_layout.PENDING_KEY_DTYPE.itemsize
+            dp, dns_layout.MAP_DNS_PENDING, dns_layout.PENDING_KEY.itemsize
         ),
     }
 

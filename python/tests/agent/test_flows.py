@@ -89,7 +89,7 @@ def fid_of(t: Talker) -> FlowId:
 def table_size(dp: Running) -> int:
     """Entries in FLOWS by the kernel's own key walk (one syscall per key: test only)."""
     fd = dp.manager.loaded.map_fds[layout.MAP_FLOWS]  # type: ignore[union-attr]
-    return sum(1 for _ in libbpf().keys(fd, layout.FLOW_KEY_DTYPE.itemsize))
+    return sum(1 for _ in libbpf().keys(fd, layout.FLOW_KEY.itemsize))
 
 
 def accounted(t: FlowTracker, r: FlowReport) -> int:
@@ -232,7 +232,7 @@ def test_a_million_entry_table_loads_and_counts(net: VethPair, pin_root: Path, l
         report = t.read(names(dp))
         bursts = libbpf().map_info(dp.manager.loaded.map_fds[layout.MAP_BURSTS])  # type: ignore[union-attr]
     assert (info.type, info.max_entries) == (layout.BPF_MAP_TYPE_LRU_HASH, 1_000_000)
-    assert bursts.value_size == layout.BURST_DTYPE.itemsize  # the kernel's view of the layout
+    assert bursts.value_size == layout.BURST.itemsize  # the kernel's view of the layout
     assert (report.capacity, report.active, report.created_total) == (1_000_000, 6, 6)
 
 
@@ -263,12 +263,12 @@ def test_a_real_tcp_transfer_is_two_flows_that_add_up_to_the_interface_counters(
 
 
 def test_flow_layouts_match_the_c_header(tmp_path: Path) -> None:
-    """FLOW_KEY_DTYPE, FLOW_DTYPE and the FLOW_STATS indexes against sennet_tc.h (a C probe)."""
+    """FLOW_KEY, FLOW and the FLOW_STATS indexes against sennet_tc.h (a C probe)."""
     lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/types.h>"]
     lines += ['#include "sennet_tc.h"', "int main(void) {"]
     for struct_name, dtype in (
-        ("sennet_flow_key", layout.FLOW_KEY_DTYPE),
-        ("sennet_flow", layout.FLOW_DTYPE),
+        ("sennet_flow_key", layout.FLOW_KEY),
+        ("sennet_flow", layout.FLOW),
     ):
         lines.append(f'  printf("{struct_name}.size %zu\\n", sizeof(struct {struct_name}));')
         for name in dtype.names or ():
@@ -283,12 +283,12 @@ def test_flow_layouts_match_the_c_header(tmp_path: Path) -> None:
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
     c = {k: int(v) for k, v in (line.split() for line in out.splitlines())}
     for struct_name, dtype in (
-        ("sennet_flow_key", layout.FLOW_KEY_DTYPE),
-        ("sennet_flow", layout.FLOW_DTYPE),
+        ("sennet_flow_key", layout.FLOW_KEY),
+        ("sennet_flow", layout.FLOW),
     ):
         assert c[f"{struct_name}.size"] == dtype.itemsize
         for name in dtype.names or ():
-            assert c[f"{struct_name}.{name}"] == dtype.fields[name][1], (struct_name, name)  # type: ignore[index]
+            assert c[f"{struct_name}.{name}"] == dtype.fields[name][1], (struct_name, name)
     assert (c["FLOW_STAT_CREATED"], c["FLOW_STAT_UNTRACKED"], c["FLOW_STATS"]) == (
         layout.FLOW_STAT_CREATED,
         layout.FLOW_STAT_UNTRACKED,
@@ -304,7 +304,7 @@ def test_a_walk_that_meets_more_flows_than_its_buffers_grows_them(
     flows = mixed_flows()
     with running(net, pin_root / "p") as dp:
         t = tracker(dp, top_n=100)
-        t._prev, t._cur = _Compact.empty(1), _Compact.empty(1)
+        t._prev = _Compact.empty(1)
         send_settled(net, interleaved(flows))
         first = t.read(names(dp))
         send_settled(net, interleaved(flows))

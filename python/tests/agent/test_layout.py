@@ -1,7 +1,7 @@
 """bpf/sennet_tc.h and sennet/agent/datapath/layout.py describe the same bytes.
 
 A C probe compiled against the header prints sizes, offsets and constants;
-the test compares them with the numpy dtype and the Python enums.
+the test compares them with the struct layout and the Python enums.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from sennet.agent.datapath import layout
 from tests.conftest import REPO
 
-FIELDS = [name for name in layout.EVENT_DTYPE.names or () if name != "_pad"]
+FIELDS = [name for name in layout.EVENT.names or () if name != "_pad"]
 KINDS = {
     "LARGE_PACKET": "SENNET_EV_LARGE_PACKET",
     "TCP_NULL": "SENNET_EV_TCP_NULL",
@@ -57,7 +57,7 @@ def test_event_layout_matches_the_c_header(tmp_path: Path) -> None:
     c = probe(tmp_path)
     assert c["size"] == layout.EVENT_SIZE == 64
     assert c["counter"] == 16
-    py_fields = layout.EVENT_DTYPE.fields
+    py_fields = layout.EVENT.fields
     assert py_fields is not None
     assert {f: c[f"off_{f}"] for f in FIELDS} == {f: py_fields[f][1] for f in FIELDS}
 

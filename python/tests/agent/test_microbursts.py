@@ -11,7 +11,6 @@ import math
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
@@ -19,6 +18,7 @@ from scapy.layers.l2 import Ether
 from sennet.agent.bursts import BurstReader
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
+from sennet.agent.datapath.record import Value
 from sennet.agent.telemetry import Microburst
 from sennet.testing.netlab import VethPair
 from tests.datapath_harness import LOADERS, Running, running
@@ -37,19 +37,23 @@ def _by_window(
     }
 
 
-def flow_entry(dp: Running, frame: bytes) -> np.void:
+def flow_entry(dp: Running, frame: bytes) -> dict[str, Value]:
     """The FLOWS entry of a frame's IPv4 UDP flow on the monitored interface (rx), by exact key."""
     ip = Ether(frame)[IP]
-    key = np.zeros(1, layout.FLOW_KEY_DTYPE)
-    key["saddr"][0][:4] = list(socket.inet_aton(ip.src))
-    key["daddr"][0][:4] = list(socket.inet_aton(ip.dst))
-    key["ifindex"], key["sport"], key["dport"] = dp.manager.attached[0].ifindex, ip.sport, ip.dport
-    key["ip_version"], key["l4_proto"], key["direction"] = 4, 17, layout.Direction.RX
+    key = layout.FLOW_KEY.pack(
+        saddr=socket.inet_aton(ip.src).ljust(16, b"\0"),
+        daddr=socket.inet_aton(ip.dst).ljust(16, b"\0"),
+        ifindex=dp.manager.attached[0].ifindex,
+        sport=ip.sport,
+        dport=ip.dport,
+        ip_version=4,
+        l4_proto=17,
+        direction=layout.Direction.RX,
+    )
     fd = dp.manager.loaded.map_fds[layout.MAP_FLOWS]  # type: ignore[union-attr]
-    raw = libbpf().lookup(fd, key.tobytes(), layout.FLOW_DTYPE.itemsize)
+    raw = libbpf().lookup(fd, key, layout.FLOW.itemsize)
     assert raw is not None
-    entry: np.void = np.frombuffer(raw, layout.FLOW_DTYPE)[0]
-    return entry
+    return layout.FLOW.unpack(raw)
 
 
 @pytest.mark.parametrize("loader", LOADERS)
@@ -77,8 +81,9 @@ def test_a_burst_alone_in_an_interval_is_its_window_maximum(
             entry = flow_entry(dp, big)
             second = send_settled(net, [small] * (k // 2))
             bursts = reader.read(dp.manager.attached)
-            assert (int(entry["packets"]), first.rx_packets, second.rx_packets) == (k, k, k // 2)
-            first_ns, last_ns = int(entry["first_ns"]), int(entry["last_ns"])
+            assert (entry["packets"], first.rx_packets, second.rx_packets) == (k, k, k // 2)
+            first_ns, last_ns = entry["first_ns"], entry["last_ns"]
+            assert isinstance(first_ns, int) and isinstance(last_ns, int)
             rx = _by_window(bursts, net.if_a, "rx")
             assert _by_window(bursts, net.if_a, "tx") == {1: (0, 0), 10: (0, 0)}
             for ms in (1, 10):

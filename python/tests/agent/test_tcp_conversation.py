@@ -95,7 +95,7 @@ def test_a_mirrored_conversation_gives_the_figures_its_frames_imply(
         time.sleep(0.3)  # the unanswered SYN is now older than the timeout
         report = reader.read()
         counters = reader.counters()
-        pending = list(libbpf().keys(reader.expiry.handshakes_fd, layout.HS_KEY_DTYPE.itemsize))
+        pending = list(libbpf().keys(reader.expiry.handshakes_fd, layout.HS_KEY.itemsize))
         status = read_status(pin_root / "p")["tcp"]
     assert report.syn_rtt.count == 5  # 40001, 40003, the IPv6 one, both VLANs
     assert report.synack_rtt.count == 5  # 40001, 40002, the IPv6 one, both VLANs

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from sennet.agent.config import DEFAULT_ASSETS
@@ -37,17 +36,15 @@ def datapath(pin_root: Path) -> Iterator[LoadedDatapath]:
         loaded.close()
 
 
-def fill(fd: int, first: int, count: int, syn_ns: int, synack_ns: int) -> np.ndarray:
+def fill(fd: int, first: int, count: int, syn_ns: int, synack_ns: int) -> list[bytes]:
     """`count` entries with client ports from `first` on; returns their keys."""
-    keys = np.zeros(count, dtype=layout.HS_KEY_DTYPE)
-    keys["ip_version"] = 4
-    keys["sport"] = 443
-    keys["cport"] = (first + np.arange(count)) & 0xFFFF
-    keys["ifindex"] = (first + np.arange(count)) >> 16
-    value = np.zeros(1, dtype=layout.HS_DTYPE)
-    value["syn_ns"], value["synack_ns"] = syn_ns, synack_ns
+    keys = [
+        layout.HS_KEY.pack(ip_version=4, sport=443, cport=i & 0xFFFF, ifindex=i >> 16)
+        for i in range(first, first + count)
+    ]
+    value = layout.HS.pack(syn_ns=syn_ns, synack_ns=synack_ns)
     for key in keys:
-        libbpf().update(fd, key.tobytes(), value.tobytes())
+        libbpf().update(fd, key, value)
     return keys
 
 
@@ -61,7 +58,7 @@ def test_only_entries_past_the_timeout_expire_and_only_unanswered_ones_count(
     fresh = fill(fd, 8_000, 12_000, NOW - 9 * S, 0)  # younger than the timeout
     assert reader.expiry.expire(NOW) == Expired(unanswered=5_000, stale=3_000)
     left, _ = read_all(fd)
-    assert sorted(k.tobytes() for k in left) == sorted(k.tobytes() for k in fresh)
+    assert sorted(left) == sorted(fresh)
     assert reader.expiry.expire(NOW) == Expired(0, 0)
     assert reader.counters()[layout.TcpCounter.UNANSWERED] == 5_000
     assert reader.read(NOW + 1 * S).attempts_unanswered_total == 5_000 + 12_000
@@ -73,6 +70,6 @@ def test_a_batch_delete_that_meets_a_vanished_key_deletes_the_rest(
 ) -> None:
     fd = datapath.map_fds[layout.MAP_HANDSHAKES]
     keys = fill(fd, 0, 100, NOW, 0)
-    libbpf().delete(fd, keys[40].tobytes())  # completed between the read and the delete
+    libbpf().delete(fd, keys[40])  # completed between the read and the delete
     delete_all(fd, keys)
     assert len(read_all(fd)[0]) == 0

@@ -61,7 +61,7 @@ class Tcp:
 
     def pending_handshakes(self) -> int:
         fd = self.reader.expiry.handshakes_fd
-        return sum(1 for _ in libbpf().keys(fd, layout.HS_KEY_DTYPE.itemsize))
+        return sum(1 for _ in libbpf().keys(fd, layout.HS_KEY.itemsize))
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 A C probe compiled against the header prints the sizes and offsets of the
 handshake key and value and the TCP_COUNTERS slot numbers; they must match
-the numpy dtypes and the Python enum the agent reads the maps with.
+the struct layouts and the Python enum the agent reads the maps with.
 """
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import numpy as np
-
 from sennet.agent.datapath import layout
+from sennet.agent.datapath.record import Layout
 from tests.conftest import REPO
 
-STRUCTS = {"sennet_hs_key": layout.HS_KEY_DTYPE, "sennet_hs": layout.HS_DTYPE}
+STRUCTS = {"sennet_hs_key": layout.HS_KEY, "sennet_hs": layout.HS}
 SLOTS = {
     "RST_RX": "SENNET_TCP_RST_RX",
     "RST_TX": "SENNET_TCP_RST_TX",
@@ -33,7 +32,7 @@ CONSTANTS = {
 }
 
 
-def _fields(dtype: np.dtype) -> list[str]:
+def _fields(dtype: Layout) -> list[str]:
     return [n for n in dtype.names or () if n != "_pad"]
 
 

@@ -30,8 +30,8 @@ def test_the_handshake_table_has_the_size_asked_for_at_load(pin_root: Path, load
         loaded.close()
     assert (info.type, info.max_entries) == (layout.BPF_MAP_TYPE_LRU_HASH, 4096)
     assert (info.key_size, info.value_size) == (
-        layout.HS_KEY_DTYPE.itemsize,
-        layout.HS_DTYPE.itemsize,
+        layout.HS_KEY.itemsize,
+        layout.HS.itemsize,
     )
 
 

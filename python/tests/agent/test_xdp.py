@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -106,10 +105,10 @@ def flows(dp: Running) -> dict[bytes, tuple[int, ...]]:
     """The flow table, key by key, without the timestamps (they differ by nature)."""
     lb, fd = libbpf(), dp.manager.loaded.map_fds[layout.MAP_FLOWS]  # type: ignore[union-attr]
     out = {}
-    for key in lb.keys(fd, layout.FLOW_KEY_DTYPE.itemsize):
-        raw = lb.lookup(fd, key, layout.FLOW_DTYPE.itemsize)
+    for key in lb.keys(fd, layout.FLOW_KEY.itemsize):
+        raw = lb.lookup(fd, key, layout.FLOW.itemsize)
         assert raw is not None
-        f = np.frombuffer(raw, layout.FLOW_DTYPE)[0]
+        f = dict(zip(layout.FLOW.names, layout.FLOW.struct.unpack(raw), strict=True))
         names = ("packets", "bytes", "next_seq", "retrans", "zero_windows", "tcp_flags", "state")
         out[key] = tuple(int(f[n]) for n in names)
     return out

@@ -96,7 +96,7 @@ def test_hostile_tcp_headers_move_the_counters_exactly_as_their_fields_say(
     @FUZZ
     @given(s=segments())
     def one(s: Segment) -> None:
-        for key in list(lib.keys(hs_fd, layout.HS_KEY_DTYPE.itemsize)):
+        for key in list(lib.keys(hs_fd, layout.HS_KEY.itemsize)):
             lib.delete(hs_fd, key)  # each example starts with no pending handshake
         want, handshake = expected(s)
         syn_alone = handshake and s.frame[s.l4_off + 13] & (SYN | ACK | RST) == SYN

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-import numpy as np
+from sennet.agent.datapath.record import Layout
 
 MAP_DNS_COUNTERS = "DNS_COUNTERS"  # per CPU, cumulative (pinned)
 MAP_DNS_PENDING = "DNS_PENDING"  # queries waiting for a response (LRU, pinned)
@@ -57,16 +57,14 @@ def slot_label(slot: DnsSlot) -> str:
     return "other" if name == "OTHER" else name
 
 
-PENDING_KEY_DTYPE = np.dtype(
+PENDING_KEY = Layout(
     [
-        ("client", "u1", (16,)),
-        ("client_port", "<u2"),
-        ("id", "<u2"),
-        ("ip_version", "u1"),
-        ("_pad", "u1", (3,)),
+        ("client", "16s"),
+        ("client_port", "H"),
+        ("id", "H"),
+        ("ip_version", "B"),
+        ("_pad", "3s"),
     ]
 )
-PENDING_DTYPE = np.dtype(
-    [("ts_ns", "<u8"), ("name_hash", "<u4"), ("qtype", "<u2"), ("_pad", "<u2")]
-)
-NAME_COUNT_DTYPE = np.dtype([("queries", "<u8"), ("failures", "<u8")])
+PENDING = Layout([("ts_ns", "Q"), ("name_hash", "I"), ("qtype", "H"), ("_pad", "H")])
+NAME_COUNT = Layout([("queries", "Q"), ("failures", "Q")])

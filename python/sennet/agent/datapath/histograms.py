@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import struct
 
-import numpy as np
-
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
+from sennet.agent.datapath.record import u64_sum
 from sennet.agent.telemetry import LatencyHistogram
 
 
@@ -32,6 +31,4 @@ class HistogramReader:
 
     def _slot(self, key: int) -> int:
         raw = libbpf().lookup(self.fd, struct.pack("<I", key), 8 * self.ncpus)
-        if raw is None:
-            return 0
-        return int(np.frombuffer(raw, dtype="<u8", count=self.ncpus).sum(dtype=np.uint64))
+        return u64_sum(raw, self.ncpus)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import enum
 
-import numpy as np
-
 from sennet.agent.datapath import dns_layout
+from sennet.agent.datapath.record import Layout
 
 MAX_IFACES = 64
 COUNTER_SLOTS = MAX_IFACES * 2
@@ -119,32 +118,30 @@ EVENT_KINDS = len(EventKind) + 1  # SENNET_EV_KINDS: index 0 unused
 MAP_SPECS[MAP_EV_COUNTS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, EVENT_KINDS)
 MAP_SPECS[MAP_RB_DROPS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, EVENT_KINDS)
 
-EVENT_DTYPE = np.dtype(
+EVENT = Layout(
     [
-        ("ts_ns", "<u8"),
-        ("ifindex", "<u4"),
-        ("pkt_len", "<u4"),
-        ("direction", "u1"),
-        ("kind", "u1"),
-        ("ip_version", "u1"),
-        ("l4_proto", "u1"),
-        ("sport", "<u2"),
-        ("dport", "<u2"),
-        ("eth_proto", "<u2"),
-        ("tcp_flags", "u1"),
-        ("vlan_tags", "u1"),
-        ("_pad", "<u4"),
-        ("saddr", "u1", (16,)),
-        ("daddr", "u1", (16,)),
+        ("ts_ns", "Q"),
+        ("ifindex", "I"),
+        ("pkt_len", "I"),
+        ("direction", "B"),
+        ("kind", "B"),
+        ("ip_version", "B"),
+        ("l4_proto", "B"),
+        ("sport", "H"),
+        ("dport", "H"),
+        ("eth_proto", "H"),
+        ("tcp_flags", "B"),
+        ("vlan_tags", "B"),
+        ("_pad", "I"),
+        ("saddr", "16s"),
+        ("daddr", "16s"),
     ]
 )
-EVENT_SIZE = EVENT_DTYPE.itemsize  # 64
+EVENT_SIZE = EVENT.itemsize  # 64
 
-# A ring-buffer record: the kernel's 8-byte header, then the event, 8-byte aligned.
+# A ring-buffer record: the kernel's 8-byte header (len, pg_off), then the event, 8-byte aligned.
 RINGBUF_HDR_SIZE = 8
-RECORD_DTYPE = np.dtype([("len", "<u4"), ("pg_off", "<u4"), ("ev", EVENT_DTYPE)])
 RECORD_SIZE = (RINGBUF_HDR_SIZE + EVENT_SIZE + 7) & ~7
-assert RECORD_DTYPE.itemsize == RECORD_SIZE
 
 # -- flows, latency histograms (sennet_tc.h) ----------------------------------
 
@@ -170,14 +167,14 @@ MAP_SPECS[dns_layout.MAP_DNS_COUNTERS] = (
 )  # fmt: skip
 MAP_SPECS[dns_layout.MAP_DNS_PENDING] = (
     BPF_MAP_TYPE_LRU_HASH,
-    dns_layout.PENDING_KEY_DTYPE.itemsize,
-    dns_layout.PENDING_DTYPE.itemsize,
+    dns_layout.PENDING_KEY.itemsize,
+    dns_layout.PENDING.itemsize,
     dns_layout.PENDING_ENTRIES,
 )
 MAP_SPECS[dns_layout.MAP_DNS_NAMES] = (
     BPF_MAP_TYPE_LRU_HASH,
     dns_layout.NAME_MAX,
-    dns_layout.NAME_COUNT_DTYPE.itemsize,
+    dns_layout.NAME_COUNT.itemsize,
     dns_layout.NAME_ENTRIES,
 )
 PINNED_MAPS += (
@@ -192,32 +189,32 @@ def hist_upper_bounds_s() -> tuple[float, ...]:
     return tuple((1 << i) / 1e6 for i in range(HIST_BUCKETS - 1))
 
 
-FLOW_KEY_DTYPE = np.dtype(
+FLOW_KEY = Layout(
     [
-        ("saddr", "u1", (16,)),
-        ("daddr", "u1", (16,)),
-        ("ifindex", "<u4"),
-        ("sport", "<u2"),
-        ("dport", "<u2"),
-        ("vlan_id", "<u2"),
-        ("ip_version", "u1"),
-        ("l4_proto", "u1"),
-        ("direction", "u1"),
-        ("_pad", "u1", (3,)),
+        ("saddr", "16s"),
+        ("daddr", "16s"),
+        ("ifindex", "I"),
+        ("sport", "H"),
+        ("dport", "H"),
+        ("vlan_id", "H"),
+        ("ip_version", "B"),
+        ("l4_proto", "B"),
+        ("direction", "B"),
+        ("_pad", "3s"),
     ]
 )
-FLOW_DTYPE = np.dtype(
+FLOW = Layout(
     [
-        ("packets", "<u8"),
-        ("bytes", "<u8"),
-        ("first_ns", "<u8"),
-        ("last_ns", "<u8"),
-        ("next_seq", "<u4"),
-        ("retrans", "<u4"),
-        ("zero_windows", "<u4"),
-        ("tcp_flags", "u1"),
-        ("state", "u1"),
-        ("_pad", "<u2"),
+        ("packets", "Q"),
+        ("bytes", "Q"),
+        ("first_ns", "Q"),
+        ("last_ns", "Q"),
+        ("next_seq", "I"),
+        ("retrans", "I"),
+        ("zero_windows", "I"),
+        ("tcp_flags", "B"),
+        ("state", "B"),
+        ("_pad", "H"),
     ]
 )
 FLOW_ENDED = 0x01  # FIN or RST seen
@@ -243,33 +240,33 @@ TCP_HANDSHAKES = 65536  # HANDSHAKES max_entries by default; set at load (tcp_ha
 HS_SYN_RETRIED = 0x01
 HS_SYNACK_RETRIED = 0x02
 
-HS_KEY_DTYPE = np.dtype(
+HS_KEY = Layout(
     [
-        ("client", "u1", (16,)),
-        ("server", "u1", (16,)),
-        ("ifindex", "<u4"),
-        ("cport", "<u2"),
-        ("sport", "<u2"),
-        ("vlan_id", "<u2"),
-        ("ip_version", "u1"),
-        ("_pad", "u1"),
+        ("client", "16s"),
+        ("server", "16s"),
+        ("ifindex", "I"),
+        ("cport", "H"),
+        ("sport", "H"),
+        ("vlan_id", "H"),
+        ("ip_version", "B"),
+        ("_pad", "B"),
     ]
 )
-HS_DTYPE = np.dtype(
+HS = Layout(
     [
-        ("syn_ns", "<u8"),
-        ("synack_ns", "<u8"),
-        ("client_isn", "<u4"),
-        ("server_isn", "<u4"),
-        ("flags", "u1"),
-        ("_pad", "u1", (7,)),
+        ("syn_ns", "Q"),
+        ("synack_ns", "Q"),
+        ("client_isn", "I"),
+        ("server_isn", "I"),
+        ("flags", "B"),
+        ("_pad", "7s"),
     ]
 )
 MAP_SPECS[MAP_TCP_COUNTERS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, TCP_SLOTS)
 MAP_SPECS[MAP_HANDSHAKES] = (
     BPF_MAP_TYPE_LRU_HASH,
-    HS_KEY_DTYPE.itemsize,
-    HS_DTYPE.itemsize,
+    HS_KEY.itemsize,
+    HS.itemsize,
     TCP_HANDSHAKES,
 )
 # Maps whose max_entries is a load-time setting: a pinned one is checked against the
@@ -288,15 +285,17 @@ FLOW_STATS = 5
 MAP_SPECS[MAP_FLOW_STATS] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, FLOW_STATS)
 
 BURST_WINDOWS_MS = (1, 10)
-BURST_WIN_DTYPE = np.dtype(
-    [
-        ("end", "<u8"),  # where the window being filled ends, ns
-        ("packets", "<u8"),
-        ("bytes", "<u8"),
-        ("max_packets", "<u8", (2,)),  # by epoch parity
-        ("max_bytes", "<u8", (2,)),
-    ]
+# struct sennet_burst: a lock, the epoch, then one struct sennet_burst_win per window length
+# (end: where the window being filled ends, ns; packets, bytes; max_packets and max_bytes by
+# epoch parity), flattened here as w1_* and w10_*.
+BURST_WIN_FIELDS = (
+    ("end", "Q"),
+    ("packets", "Q"),
+    ("bytes", "Q"),
+    ("max_packets", "2Q"),
+    ("max_bytes", "2Q"),
 )
-BURST_DTYPE = np.dtype(
-    [("lock", "<u4"), ("epoch", "<u4"), ("w1", BURST_WIN_DTYPE), ("w10", BURST_WIN_DTYPE)]
+BURST = Layout(
+    [("lock", "I"), ("epoch", "I")]
+    + [(f"w{ms}_{name}", code) for ms in BURST_WINDOWS_MS for name, code in BURST_WIN_FIELDS]
 )

@@ -14,8 +14,6 @@ import mmap
 import struct
 from collections.abc import Iterable
 
-import numpy as np
-
 from sennet.agent.datapath import layout
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.common.errors import UserError
@@ -28,8 +26,12 @@ def read_slots(ifslots_fd: int) -> dict[int, int]:
     """ifindex -> slot for every registered interface, as the kernel sees it now."""
     size = layout.IFINDEX_LIMIT * 8  # array elements are laid out 8-byte aligned
     with mmap.mmap(ifslots_fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as mm:
-        table = np.frombuffer(mm, dtype="<u4")[::2].copy()
-    return {int(i): int(table[i]) for i in np.flatnonzero(table)}
+        table = memoryview(mm).cast("I")  # x86: native order is the kernel's
+        try:
+            slots = table[::2].tolist()
+        finally:
+            table.release()  # before the mapping closes
+    return {i: s for i, s in enumerate(slots) if s}
 
 
 def _zero_slot(counters_fd: int, slot: int) -> None:

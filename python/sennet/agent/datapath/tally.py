@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import struct
 
-import numpy as np
-
 from sennet.agent.datapath.libbpf import libbpf
+from sennet.agent.datapath.record import U64_MASK, u64_sum
 
 
 def read_slot(fd: int, slot: int) -> int:
     """The slot summed over CPUs (0 if absent)."""
     lb = libbpf()
     ncpus = lb.possible_cpus()
-    raw = lb.lookup(fd, struct.pack("<I", slot), 8 * ncpus)
-    if raw is None:
-        return 0
-    return int(np.frombuffer(raw, dtype="<u8", count=ncpus).sum(dtype=np.uint64))
+    return u64_sum(lb.lookup(fd, struct.pack("<I", slot), 8 * ncpus), ncpus)
 
 
 def add_to_slot(fd: int, slot: int, n: int) -> None:
@@ -36,8 +32,6 @@ def add_to_slot(fd: int, slot: int, n: int) -> None:
     ncpus = lb.possible_cpus()
     key = struct.pack("<I", slot)
     raw = lb.lookup(fd, key, 8 * ncpus)
-    values = np.zeros(ncpus, dtype="<u8")
-    if raw is not None:
-        values[:] = np.frombuffer(raw, dtype="<u8", count=ncpus)
-    values[0] += np.uint64(n)
-    lb.update(fd, key, values.tobytes())
+    values = list(struct.unpack_from(f"<{ncpus}Q", raw)) if raw is not None else [0] * ncpus
+    values[0] = (values[0] + n) & U64_MASK
+    lb.update(fd, key, struct.pack(f"<{ncpus}Q", *values))
