@@ -21,7 +21,7 @@
 
       # The agent's runtime: the same packages as python/pyproject.toml, from nixpkgs.
       python = pkgs.python311.withPackages (ps: with ps; [
-        pyroute2 numpy prometheus-client grpcio grpcio-health-checking protobuf
+        prometheus-client grpcio grpcio-health-checking protobuf
       ]);
       busybox = pkgs.pkgsStatic.busybox;
       kernel = pkgs.linuxPackages_6_1.kernel;

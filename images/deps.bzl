@@ -69,7 +69,6 @@ WHEELS = [
     "@whl_opentelemetry_proto//file",
     "@whl_prometheus_client//file",
     "@whl_protobuf//file",
-    "@whl_pyroute2//file",
     "@whl_typing_extensions//file",
 ]
 
@@ -186,5 +185,4 @@ def sennet_inputs():
     sennet_input(name = "whl_opentelemetry_proto", kind = "wheel", archive = "opentelemetry-proto", path = "", filename = "opentelemetry_proto-1.45.2-py3-none-any.whl", sha256 = "03a7ca1b43f89fd5b965d5975902bb2515c0c86e2428b456836e9a6149c6235a")
     sennet_input(name = "whl_prometheus_client", kind = "wheel", archive = "prometheus-client", path = "", filename = "prometheus_client-0.26.0-py3-none-any.whl", sha256 = "fa93d06737aa02bacd05794768508bb97d2fbee28cb3bca04eaae92f0ca953d6")
     sennet_input(name = "whl_protobuf", kind = "wheel", archive = "protobuf", path = "", filename = "protobuf-7.36.2-cp310-abi3-manylinux2014_x86_64.whl", sha256 = "89f23aa53c24553a2416fd4fd1ec06f74fa42b14b546d8883128813f775bbfd2")
-    sennet_input(name = "whl_pyroute2", kind = "wheel", archive = "pyroute2", path = "", filename = "pyroute2-0.9.7-py3-none-any.whl", sha256 = "01a2a3afe565a6acb0a0d5d8ac86c9682b6564407e3d9589070191ae94b737e8")
     sennet_input(name = "whl_typing_extensions", kind = "wheel", archive = "typing-extensions", path = "", filename = "typing_extensions-4.16.0-py3-none-any.whl", sha256 = "481caa481374e813c1b176ada14e97f1f67a4539ce9cfeb3f350d78d6370c2e8")

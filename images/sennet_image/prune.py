@@ -22,11 +22,14 @@ DYNLOAD = f"{STDLIB}/lib-dynload"
 LIBDIR = "usr/lib/x86_64-linux-gnu"
 
 # Paths (globs) relative to the root, with why nothing on the appliance needs them.
-# Not here although they look unused: unittest and sqlite3 (pyroute2 imports both at
-# `import pyroute2`), wsgiref (prometheus_client's exposition imports it).
+# Not here although it looks unused: wsgiref (prometheus_client's exposition imports it).
 PRUNE: dict[str, str] = {
     # The standard library's test, REPL, GUI and database parts.
     f"{STDLIB}/doctest.py": "test runner",
+    f"{STDLIB}/unittest": "test framework (pyroute2 imported it; the agent attaches via libbpf)",
+    f"{STDLIB}/sqlite3": "SQLite bindings (the control plane's, not on the appliance)",
+    f"{DYNLOAD}/_sqlite3.*.so": "as sqlite3",
+    f"{LIBDIR}/libsqlite3.so*": "_sqlite3's",
     f"{STDLIB}/pydoc.py": "interactive help (no REPL)",
     f"{STDLIB}/pydoc_data": "pydoc's topics",
     f"{STDLIB}/pdb.py": "debugger (no REPL)",
