@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import INTERVAL_S, settle
+from conftest import INTERVAL_S, host_control_plane, settle
 from sennet.testing.controlplane import ControlPlane
 from sennet.testing.vm.appliance import Appliance, booted
 from sennet.testing.vm.guest import agent_id, counters, plus_rx, reported, wait_counters
@@ -20,7 +20,16 @@ from sennet.testing.vm.traffic import mixed
 
 
 @pytest.fixture(scope="module")
-def secure_vm(workdir: Path, ssh_key: Path, control_plane: ControlPlane) -> Iterator[Appliance]:
+def own_cp(workdir: Path) -> Iterator[ControlPlane]:
+    """A control plane of this module's own: this VM must not join the shared one's fleet
+    (the provisioning and fault tests count its agents)."""
+    with host_control_plane(workdir, "secure-boot-cp") as cp:
+        yield cp
+
+
+@pytest.fixture(scope="module")
+def secure_vm(workdir: Path, ssh_key: Path, own_cp: ControlPlane) -> Iterator[Appliance]:
+    control_plane = own_cp
     toml = (
         'interfaces = ["eth1"]\n'
         'bpf_dir = "/opt/sennet/bpf"\n'
@@ -54,8 +63,9 @@ def test_secure_boot_is_on_and_the_kernel_is_locked_down(secure_vm: Appliance) -
 
 
 def test_under_lockdown_the_bpf_programs_attach_and_count(
-    secure_vm: Appliance, control_plane: ControlPlane
+    secure_vm: Appliance, own_cp: ControlPlane
 ) -> None:
+    control_plane = own_cp
     filters = secure_vm.machine.succeed("/opt/sennet-test/tools/tc filter show dev eth1 ingress")
     assert "bpf" in filters and "direct-action" in filters
     ident = agent_id(secure_vm.machine)
