@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sennet.common.errors import UserError
-from sennet.controlplane import image_report, store_insights
+from sennet.controlplane import image_report, store_insights, store_samples
 from sennet.controlplane.fleet import AgentView, Series, SeriesKey
 from sennet.controlplane.fleet_insights import Telemetry
 from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
@@ -165,7 +165,7 @@ class Store:
         """Write one heartbeat inside the caller's transaction; return the events stored."""
         cur = conn.execute(
             "INSERT INTO heartbeats (agent_id, received_at, uptime_seconds, agent_version,"
-            " kernel_version, events_dropped_by_agent) VALUES (?, ?, ?, ?, ?, ?)",
+            " kernel_version, events_dropped_by_agent, samples) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 req.agent_id,
                 received_at,
@@ -173,27 +173,12 @@ class Store:
                 req.agent_version,
                 req.kernel_version,
                 req.events_dropped_by_agent,
+                store_samples.pack(req),
             ),
         )
         hb_id = cur.lastrowid
         if hb_id is None:
             raise sqlite3.IntegrityError("heartbeat row has no id")
-        store_insights.insert(conn, hb_id, req)
-        conn.executemany(
-            "INSERT INTO interface_samples VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (hb_id, i.name, i.ifindex, i.rx_packets, i.rx_bytes, i.tx_packets, i.tx_bytes)
-                for i in req.interfaces
-            ],
-        )
-        kinds = sorted(set(req.events_by_kind) | set(req.ringbuf_drops_by_kind))
-        conn.executemany(
-            "INSERT INTO kind_samples VALUES (?, ?, ?, ?)",
-            [
-                (hb_id, k, req.events_by_kind.get(k, 0), req.ringbuf_drops_by_kind.get(k, 0))
-                for k in kinds
-            ],
-        )
         events = self._new_events(conn, req, received_at)
         conn.executemany(
             "INSERT INTO events (heartbeat_id, agent_id, ts_unix_ns, ifindex, direction, kind,"

@@ -1,0 +1,141 @@
+"""A heartbeat's samples packed into one JSON text on its own row (schema migration 6).
+
+Writing a heartbeat's readings as one row per interface, event kind, talker,
+microburst, name, count and histogram cost most of the writer's SQL time:
+about 60 bound rows in ten tables for a heartbeat with every part, each a
+separate B-tree insert. They are only ever read back per heartbeat, so the
+writer now encodes them once (the C JSON encoder) into the `samples` column
+of the heartbeat's own row, and one INSERT stores the lot.
+
+Readers are unchanged: migration 6 (`schema.py`) replaces the old tables by
+views of the same names and columns that unpack the text with SQLite's JSON
+functions, so `/metrics` start-up, `store_insights.latest_telemetry`, the
+CLI's and operators' SQL and retention (the samples go with their heartbeat
+row) read exactly what they read before.
+
+The packed form, one key per part the heartbeat carries (absent parts are
+left out, so an old agent's heartbeat writes `{"i":…,"k":…}` only):
+
+    i  [[ifname, ifindex, rx_packets, rx_bytes, tx_packets, tx_bytes], …]
+    k  [[kind, events, ringbuf_drops], …]              (sorted by kind)
+    f  [active, capacity, created, ended, lost, evicted]
+    t  [[interface, direction, ip_version, l4_proto, src_addr, dst_addr,
+         src_port, dst_port, vlan_id, packets, bytes, tcp_flags], …]  (rank order)
+    m  [[interface, direction, window_ms, max_packets, max_bytes], …]
+    d  [unanswered_total, malformed_total]
+    q  [[qtype, count], …]   r  [[rcode, count], …]       (sorted by key)
+    nq [[name, count], …]    nf [[name, count], …]        (rank order)
+    c  [attempts_unanswered, resets_rx, resets_tx, retransmits, zero_windows, malformed]
+    h  [[histogram, bounds_seconds, counts, sum_seconds], …]   (bounds and counts as the
+                                                               JSON text the table held)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from sennet.controlplane import fleet_insights as fi
+from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+
+# compact, no circularity check (plain lists), NaN refused (validation refuses it first)
+_encode = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, check_circular=False, allow_nan=False
+).encode
+
+
+def pack(req: pb.HeartbeatRequest) -> str:
+    """The `samples` text of one heartbeat."""
+    out: dict[str, Any] = {
+        "i": [
+            [i.name, i.ifindex, i.rx_packets, i.rx_bytes, i.tx_packets, i.tx_bytes]
+            for i in req.interfaces
+        ],
+    }
+    events = req.events_by_kind
+    drops = req.ringbuf_drops_by_kind
+    if drops:
+        kinds = sorted(set(events) | set(drops))
+        out["k"] = [[k, events.get(k, 0), drops.get(k, 0)] for k in kinds]
+    else:
+        out["k"] = [[k, n, 0] for k, n in sorted(events.items())]
+    direction = fi.DIRECTION
+    if req.HasField("flows"):
+        f = req.flows
+        out["f"] = [
+            f.active,
+            f.capacity,
+            f.created_total,
+            f.ended_total,
+            f.lost_total,
+            f.evicted_total,
+        ]
+        if f.top_talkers:
+            out["t"] = [
+                [
+                    t.interface,
+                    direction[t.direction],
+                    t.ip_version,
+                    t.l4_proto,
+                    t.src_addr,
+                    t.dst_addr,
+                    t.src_port,
+                    t.dst_port,
+                    t.vlan_id,
+                    t.packets,
+                    t.bytes,
+                    t.tcp_flags,
+                ]
+                for t in f.top_talkers
+            ]
+    if req.microbursts:
+        out["m"] = [
+            [m.interface, direction[m.direction], m.window_ms, m.max_packets, m.max_bytes]
+            for m in req.microbursts
+        ]
+    if req.HasField("dns"):
+        d = req.dns
+        out["d"] = [d.unanswered_total, d.malformed_total]
+        if d.queries_by_type:
+            out["q"] = sorted(d.queries_by_type.items())
+        if d.responses_by_rcode:
+            out["r"] = sorted(d.responses_by_rcode.items())
+        if d.top_queried:
+            out["nq"] = [[n.name, n.count] for n in d.top_queried]
+        if d.top_failing:
+            out["nf"] = [[n.name, n.count] for n in d.top_failing]
+    if req.HasField("tcp"):
+        t = req.tcp
+        resets = t.resets_by_direction
+        out["c"] = [
+            t.attempts_unanswered_total,
+            resets.get("rx", 0),
+            resets.get("tx", 0),
+            t.retransmits_total,
+            t.zero_windows_total,
+            t.malformed_total,
+        ]
+    hists = []
+    for name, (summary, field) in fi.HISTOGRAMS.items():
+        if req.HasField(summary):
+            part = getattr(req, summary)
+            if part.HasField(field):
+                h = getattr(part, field)
+                hists.append(
+                    [
+                        name,
+                        json_floats(tuple(h.bounds_seconds)),
+                        "[" + ", ".join(map(str, h.counts)) + "]",  # json.dumps's text for ints
+                        h.sum_seconds,
+                    ]
+                )
+    if hists:
+        out["h"] = hists
+    return _encode(out)
+
+
+@functools.lru_cache(maxsize=64)
+def json_floats(values: tuple[float, ...]) -> str:
+    """JSON of a bound list; memoized, as a fleet sends the same few lists every heartbeat."""
+    return json.dumps(list(values))
