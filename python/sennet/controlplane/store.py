@@ -35,6 +35,8 @@ from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 _DIRECTION = {pb.DIRECTION_RX: "rx", pb.DIRECTION_TX: "tx"}
+# the packed samples and their views (schema migration 6) use the JSON functions and `->>`
+MIN_SQLITE = (3, 38, 0)
 
 
 class Store:
@@ -100,6 +102,12 @@ class Store:
 
     def migrate(self) -> int:
         """Create or upgrade the schema; return the version now in place."""
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise UserError(
+                f"SQLite {sqlite3.sqlite_version} is too old for the control plane's schema: "
+                f"it needs {'.'.join(map(str, MIN_SQLITE))} or newer (JSON functions, `->>`)",
+                hint="run the control plane on Debian 12 or newer, or with a newer libsqlite3",
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

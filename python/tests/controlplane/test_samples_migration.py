@@ -13,6 +13,9 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from sennet.common.errors import UserError
 from sennet.controlplane.schema import MIGRATIONS
 from sennet.controlplane.store import Store
 
@@ -95,3 +98,19 @@ def test_retention_deletes_the_packed_samples_with_their_heartbeat(tmp_path: Pat
     after = read_all(db)
     assert after == {t: sorted(r for r in rows if r[0] == 2) for t, rows in ROWS.items()}
     assert after["interface_samples"] == [(2, "eth0", 2, 11, 700, 9, 500)]
+
+
+def test_a_sqlite_without_the_json_operators_is_refused_naming_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An old libsqlite3 cannot be loaded beside this one: only its version number is faked.
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 37, 2))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.37.2")
+    db = tmp_path / "new.db"
+    with pytest.raises(UserError) as err:
+        Store(db).migrate()
+    assert err.value.message == (
+        "SQLite 3.37.2 is too old for the control plane's schema: it needs 3.38.0 or newer"
+        " (JSON functions, `->>`)"
+    )
+    assert not db.exists()  # refused before anything was created
