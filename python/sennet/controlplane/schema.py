@@ -217,11 +217,13 @@ MIGRATIONS: tuple[str, ...] = (
         withdrawn_at REAL
     );
     """,
-    # 6: a heartbeat's samples (interfaces, event kinds, flow/DNS/TCP parts) packed into one
-    #    JSON text on its own row (`store_samples.py`: one INSERT instead of about 60 rows).
-    #    Existing rows are packed, and the old tables become views of the same names and
-    #    columns, so every reader (start-up, /metrics, SQL) reads what it read before and
-    #    retention deletes the samples with their heartbeat. Needs SQLite >= 3.38 (JSON).
+    # 6: a heartbeat's samples (interfaces, event kinds, events, flow/DNS/TCP parts) packed
+    #    into one JSON text on its own row (`store_samples.py`: one INSERT instead of a row
+    #    per sample). Existing rows are packed, and the old tables become views of the same
+    #    names and columns, so every reader (start-up, /metrics, SQL) reads what it read
+    #    before and retention deletes the samples with their heartbeat; `events.event_id` is
+    #    heartbeat_id * 1024 + the event's place (at most 1024 per heartbeat). Needs SQLite
+    #    >= 3.38 (JSON functions and ->>).
     """
     ALTER TABLE heartbeats ADD COLUMN samples TEXT NOT NULL DEFAULT '{}';
     UPDATE heartbeats SET samples = json_patch('{}', json_object(
@@ -231,6 +233,11 @@ MIGRATIONS: tuple[str, ...] = (
         'k', json((SELECT json_group_array(json_array(kind, events, ringbuf_drops))
                    FROM (SELECT * FROM kind_samples s
                    WHERE s.heartbeat_id = heartbeats.heartbeat_id ORDER BY kind))),
+        'e', json((SELECT nullif(json_group_array(json_array(ts_unix_ns, ifindex, direction,
+                   kind, pkt_len, ip_version, l4_proto, src_port, dst_port, src_addr, dst_addr,
+                   tcp_flags, vlan_tags, eth_proto, seq)), '[]')
+                   FROM (SELECT * FROM events s
+                   WHERE s.heartbeat_id = heartbeats.heartbeat_id ORDER BY event_id))),
         'f', json((SELECT json_array(active, capacity, created_total, ended_total, lost_total,
                    evicted_total) FROM flow_samples s
                    WHERE s.heartbeat_id = heartbeats.heartbeat_id)),
@@ -262,6 +269,7 @@ MIGRATIONS: tuple[str, ...] = (
                    sum_seconds)), '[]') FROM histogram_samples s
                    WHERE s.heartbeat_id = heartbeats.heartbeat_id))
     ));
+    DROP TABLE events;
     DROP TABLE interface_samples;
     DROP TABLE kind_samples;
     DROP TABLE flow_samples;
@@ -277,6 +285,14 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT h.heartbeat_id, e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3,
             e.value ->> 4, e.value ->> 5
         FROM heartbeats h, json_each(h.samples, '$.i') e;
+    CREATE VIEW events (event_id, heartbeat_id, agent_id, ts_unix_ns, ifindex, direction, kind,
+        pkt_len, ip_version, l4_proto, src_port, dst_port, src_addr, dst_addr, tcp_flags,
+        vlan_tags, eth_proto, seq) AS
+        SELECT h.heartbeat_id * 1024 + e.key, h.heartbeat_id, h.agent_id, e.value ->> 0,
+            e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4, e.value ->> 5,
+            e.value ->> 6, e.value ->> 7, e.value ->> 8, e.value ->> 9, e.value ->> 10,
+            e.value ->> 11, e.value ->> 12, e.value ->> 13, e.value ->> 14
+        FROM heartbeats h, json_each(h.samples, '$.e') e;
     CREATE VIEW kind_samples (heartbeat_id, kind, events, ringbuf_drops) AS
         SELECT h.heartbeat_id, e.value ->> 0, e.value ->> 1, e.value ->> 2
         FROM heartbeats h, json_each(h.samples, '$.k') e;

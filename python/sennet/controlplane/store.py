@@ -34,7 +34,6 @@ from sennet.controlplane.fleet_insights import Telemetry
 from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
-_DIRECTION = {pb.DIRECTION_RX: "rx", pb.DIRECTION_TX: "tx"}
 # the packed samples and their views (schema migration 6) use the JSON functions and `->>`
 MIN_SQLITE = (3, 38, 0)
 
@@ -171,6 +170,7 @@ class Store:
         changed: dict[SeriesKey, Series],
     ) -> int:
         """Write one heartbeat inside the caller's transaction; return the events stored."""
+        events = self._new_events(conn, req, received_at)
         cur = conn.execute(
             "INSERT INTO heartbeats (agent_id, received_at, uptime_seconds, agent_version,"
             " kernel_version, events_dropped_by_agent, samples) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -181,41 +181,11 @@ class Store:
                 req.agent_version,
                 req.kernel_version,
                 req.events_dropped_by_agent,
-                store_samples.pack(req),
+                store_samples.pack(req, events),
             ),
         )
-        hb_id = cur.lastrowid
-        if hb_id is None:
+        if cur.lastrowid is None:
             raise sqlite3.IntegrityError("heartbeat row has no id")
-        events = self._new_events(conn, req, received_at)
-        conn.executemany(
-            "INSERT INTO events (heartbeat_id, agent_id, ts_unix_ns, ifindex, direction, kind,"
-            " pkt_len, ip_version, l4_proto, src_port, dst_port, src_addr, dst_addr, tcp_flags,"
-            " vlan_tags, eth_proto, seq)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    hb_id,
-                    req.agent_id,
-                    e.ts_unix_ns,
-                    e.ifindex,
-                    _DIRECTION[e.direction],
-                    e.kind,
-                    e.pkt_len,
-                    e.ip_version,
-                    e.l4_proto,
-                    e.src_port,
-                    e.dst_port,
-                    e.src_addr,
-                    e.dst_addr,
-                    e.tcp_flags,
-                    e.vlan_tags,
-                    e.eth_proto,
-                    e.seq,
-                )
-                for e in events
-            ],
-        )
         conn.executemany(
             "INSERT INTO series VALUES (?, ?, ?, ?) ON CONFLICT (agent_id, key) DO UPDATE SET"
             " last_raw = excluded.last_raw, total = excluded.total",

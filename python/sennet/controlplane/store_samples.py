@@ -1,23 +1,27 @@
 """A heartbeat's samples packed into one JSON text on its own row (schema migration 6).
 
-Writing a heartbeat's readings as one row per interface, event kind, talker,
-microburst, name, count and histogram cost most of the writer's SQL time:
-about 60 bound rows in ten tables for a heartbeat with every part, each a
-separate B-tree insert. They are only ever read back per heartbeat, so the
-writer now encodes them once (the C JSON encoder) into the `samples` column
-of the heartbeat's own row, and one INSERT stores the lot.
+Writing a heartbeat's readings as one row per interface, event kind, event,
+talker, microburst, name, count and histogram cost most of the writer's SQL
+time: 13 rows in four tables for a plain heartbeat with 4 events, 38 in twelve
+with every part, each bound in Python and a separate B-tree insert. The writer
+now encodes them once (the C JSON encoder) into the `samples` column of the
+heartbeat's own row, and one INSERT stores the lot.
 
 Readers are unchanged: migration 6 (`schema.py`) replaces the old tables by
 views of the same names and columns that unpack the text with SQLite's JSON
 functions, so `/metrics` start-up, `store_insights.latest_telemetry`, the
 CLI's and operators' SQL and retention (the samples go with their heartbeat
-row) read exactly what they read before.
+row) read exactly what they read before. An event's `event_id` is now
+`heartbeat_id * 1024 + its place in the heartbeat` (at most 1024 events per
+heartbeat, `validate.MAX_EVENTS`): unique, and in the order events were stored.
 
 The packed form, one key per part the heartbeat carries (absent parts are
 left out, so an old agent's heartbeat writes `{"i":…,"k":…}` only):
 
     i  [[ifname, ifindex, rx_packets, rx_bytes, tx_packets, tx_bytes], …]
     k  [[kind, events, ringbuf_drops], …]              (sorted by kind)
+    e  [[ts_unix_ns, ifindex, direction, kind, pkt_len, ip_version, l4_proto, src_port,
+         dst_port, src_addr, dst_addr, tcp_flags, vlan_tags, eth_proto, seq], …]  (as sent)
     f  [active, capacity, created, ended, lost, evicted]
     t  [[interface, direction, ip_version, l4_proto, src_addr, dst_addr,
          src_port, dst_port, vlan_id, packets, bytes, tcp_flags], …]  (rank order)
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from sennet.controlplane import fleet_insights as fi
@@ -45,22 +50,43 @@ _encode = json.JSONEncoder(
 ).encode
 
 
-def pack(req: pb.HeartbeatRequest) -> str:
-    """The `samples` text of one heartbeat."""
+def pack(req: pb.HeartbeatRequest, events: Sequence[pb.Event] = ()) -> str:
+    """The `samples` text of one heartbeat with `events`, those of its events not stored before."""
     out: dict[str, Any] = {
         "i": [
             [i.name, i.ifindex, i.rx_packets, i.rx_bytes, i.tx_packets, i.tx_bytes]
             for i in req.interfaces
         ],
     }
-    events = req.events_by_kind
+    by_kind = req.events_by_kind
     drops = req.ringbuf_drops_by_kind
     if drops:
-        kinds = sorted(set(events) | set(drops))
-        out["k"] = [[k, events.get(k, 0), drops.get(k, 0)] for k in kinds]
+        kinds = sorted(set(by_kind) | set(drops))
+        out["k"] = [[k, by_kind.get(k, 0), drops.get(k, 0)] for k in kinds]
     else:
-        out["k"] = [[k, n, 0] for k, n in sorted(events.items())]
+        out["k"] = [[k, n, 0] for k, n in sorted(by_kind.items())]
     direction = fi.DIRECTION
+    if events:
+        out["e"] = [
+            [
+                e.ts_unix_ns,
+                e.ifindex,
+                direction[e.direction],
+                e.kind,
+                e.pkt_len,
+                e.ip_version,
+                e.l4_proto,
+                e.src_port,
+                e.dst_port,
+                e.src_addr,
+                e.dst_addr,
+                e.tcp_flags,
+                e.vlan_tags,
+                e.eth_proto,
+                e.seq,
+            ]
+            for e in events
+        ]
     if req.HasField("flows"):
         f = req.flows
         out["f"] = [

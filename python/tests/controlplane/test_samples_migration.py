@@ -1,7 +1,7 @@
 """Migration 6: the sample tables' rows packed onto their heartbeat, read back unchanged.
 
 A version-5 database (real SQLite file) is filled with rows in every sample
-table, including names and values that need JSON escaping and a heartbeat
+table and in `events`, including names and values that need JSON escaping and a heartbeat
 that carries no flow, DNS or TCP part; after the migration the views of the
 same names give back exactly the rows the tables held, and retention still
 deletes them with their heartbeat.
@@ -50,6 +50,16 @@ ROWS: dict[str, list[tuple[object, ...]]] = {
 }
 
 
+# events at version 5 (event_id given): heartbeat 1 has two, heartbeat 2 one
+EVENTS = [
+    (7, 1, "a", 1_700_000_000_000_000_001, 3, "rx", "land", 60, 4, 6, 1, 1, "10.0.0.1",
+     "10.0.0.1", 2, 0, 2048, 0),
+    (8, 1, "a", 1_700_000_000_000_000_002, 3, "tx", "tcp_xmas", 54, 6, 6, 1234, 80, "fd00::1",
+     "fd00::2", 0x29, 1, 0x86DD, 9),
+    (9, 2, "a", U63, 4, "rx", "large_packet", 9000, 0, 0, 0, 0, "", "", 0, 2, 0, 10),
+]  # fmt: skip
+
+
 def version_5(db: Path) -> None:
     with sqlite3.connect(db) as conn:
         for migration in MIGRATIONS[:5]:
@@ -61,28 +71,39 @@ def version_5(db: Path) -> None:
         for table, rows in ROWS.items():
             marks = ", ".join("?" * len(rows[0]))
             conn.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
+        conn.executemany(f"INSERT INTO events VALUES ({', '.join('?' * 18)})", EVENTS)
 
 
 def read_all(db: Path) -> dict[str, list[tuple[object, ...]]]:
     with sqlite3.connect(db) as conn:
-        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in ROWS}
+        out = {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in ROWS}
+        # every column but event_id, in event_id order (the ids are renumbered, not reordered)
+        out["events"] = [row[1:] for row in conn.execute("SELECT * FROM events ORDER BY event_id")]
+        return out
 
 
 def test_a_version_5_database_keeps_every_sample_row_exactly(tmp_path: Path) -> None:
     db = tmp_path / "v5.db"
     version_5(db)
     before = read_all(db)
-    assert before == {t: sorted(rows) for t, rows in ROWS.items()}
+    assert before == {t: sorted(rows) for t, rows in ROWS.items()} | {
+        "events": [e[1:] for e in EVENTS]
+    }
     assert Store(db).migrate() == 6
     assert read_all(db) == before
     with sqlite3.connect(db) as conn:
+        ids = [r[0] for r in conn.execute("SELECT event_id FROM events ORDER BY event_id")]
+    assert ids == [1 * 1024 + 0, 1 * 1024 + 1, 2 * 1024 + 0]
+    with sqlite3.connect(db) as conn:
         packed = dict(conn.execute("SELECT heartbeat_id, samples FROM heartbeats"))
     # the heartbeat without flow, DNS or TCP parts has none in its packed text either
-    assert json.loads(packed[2]) == {"i": [["eth0", 2, 11, 700, 9, 500]], "k": [["land", 5, 0]]}
-    assert set(json.loads(packed[1])) == {"i", "k", "f", "t", "m", "d", "q", "r", "nq", "nf"} | {
-        "c",
-        "h",
+    assert json.loads(packed[2]) == {
+        "i": [["eth0", 2, 11, 700, 9, 500]],
+        "k": [["land", 5, 0]],
+        "e": [[U63, 4, "rx", "large_packet", 9000, 0, 0, 0, 0, "", "", 0, 2, 0, 10]],
     }
+    keys = {"i", "k", "e", "f", "t", "m", "d", "q", "r", "nq", "nf", "c", "h"}
+    assert set(json.loads(packed[1])) == keys
 
 
 def test_retention_deletes_the_packed_samples_with_their_heartbeat(tmp_path: Path) -> None:
@@ -96,7 +117,9 @@ def test_retention_deletes_the_packed_samples_with_their_heartbeat(tmp_path: Pat
     finally:
         conn.close()
     after = read_all(db)
-    assert after == {t: sorted(r for r in rows if r[0] == 2) for t, rows in ROWS.items()}
+    assert after == {t: sorted(r for r in rows if r[0] == 2) for t, rows in ROWS.items()} | {
+        "events": [EVENTS[2][1:]]
+    }
     assert after["interface_samples"] == [(2, "eth0", 2, 11, 700, 9, 500)]
 
 

@@ -79,13 +79,12 @@ def test_a_new_database_is_in_wal_mode_at_the_current_schema_version(tmp_path: P
         "tokens",
         "agents",
         "heartbeats",
-        "events",
         "series",
         "event_streams",
         "update_offers",
     }
     # migration 6: the samples live packed on the heartbeat row, read through views
-    assert views == {"interface_samples", "kind_samples", *INSIGHT_TABLES}
+    assert views == {"interface_samples", "kind_samples", "events", *INSIGHT_TABLES}
 
 
 def test_a_database_from_a_newer_control_plane_is_refused(tmp_path: Path) -> None:
