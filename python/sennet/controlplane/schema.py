@@ -250,18 +250,12 @@ MIGRATIONS: tuple[str, ...] = (
                    WHERE s.heartbeat_id = heartbeats.heartbeat_id)),
         'd', json((SELECT json_array(unanswered_total, malformed_total) FROM dns_samples s
                    WHERE s.heartbeat_id = heartbeats.heartbeat_id)),
-        'q', json((SELECT nullif(json_group_array(json_array(key, count)), '[]') FROM dns_counts s
-                   WHERE s.heartbeat_id = heartbeats.heartbeat_id AND what = 'qtype')),
-        'r', json((SELECT nullif(json_group_array(json_array(key, count)), '[]') FROM dns_counts s
-                   WHERE s.heartbeat_id = heartbeats.heartbeat_id AND what = 'rcode')),
-        'nq', json((SELECT nullif(json_group_array(json_array(name, count)), '[]')
-                    FROM (SELECT * FROM dns_names s
-                    WHERE s.heartbeat_id = heartbeats.heartbeat_id
-                    AND list = 'queried' ORDER BY rank))),
-        'nf', json((SELECT nullif(json_group_array(json_array(name, count)), '[]')
-                    FROM (SELECT * FROM dns_names s
-                    WHERE s.heartbeat_id = heartbeats.heartbeat_id
-                    AND list = 'failing' ORDER BY rank))),
+        'dc', json((SELECT nullif(json_group_array(json_array(what, key, count)), '[]')
+                    FROM (SELECT * FROM dns_counts s
+                    WHERE s.heartbeat_id = heartbeats.heartbeat_id ORDER BY what, key))),
+        'n', json((SELECT nullif(json_group_array(json_array(list, rank, name, count)), '[]')
+                   FROM (SELECT * FROM dns_names s
+                   WHERE s.heartbeat_id = heartbeats.heartbeat_id ORDER BY list, rank))),
         'c', json((SELECT json_array(attempts_unanswered_total, resets_rx, resets_tx,
                    retransmits_total, zero_windows_total, malformed_total) FROM tcp_samples s
                    WHERE s.heartbeat_id = heartbeats.heartbeat_id)),
@@ -316,17 +310,11 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT heartbeat_id, samples ->> '$.d[0]', samples ->> '$.d[1]'
         FROM heartbeats WHERE json_type(samples, '$.d') = 'array';
     CREATE VIEW dns_counts (heartbeat_id, what, key, count) AS
-        SELECT h.heartbeat_id, 'qtype', e.value ->> 0, e.value ->> 1
-        FROM heartbeats h, json_each(h.samples, '$.q') e
-        UNION ALL
-        SELECT h.heartbeat_id, 'rcode', e.value ->> 0, e.value ->> 1
-        FROM heartbeats h, json_each(h.samples, '$.r') e;
+        SELECT h.heartbeat_id, e.value ->> 0, e.value ->> 1, e.value ->> 2
+        FROM heartbeats h, json_each(h.samples, '$.dc') e;
     CREATE VIEW dns_names (heartbeat_id, list, rank, name, count) AS
-        SELECT h.heartbeat_id, 'queried', e.key + 1, e.value ->> 0, e.value ->> 1
-        FROM heartbeats h, json_each(h.samples, '$.nq') e
-        UNION ALL
-        SELECT h.heartbeat_id, 'failing', e.key + 1, e.value ->> 0, e.value ->> 1
-        FROM heartbeats h, json_each(h.samples, '$.nf') e;
+        SELECT h.heartbeat_id, e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3
+        FROM heartbeats h, json_each(h.samples, '$.n') e;
     CREATE VIEW tcp_samples (heartbeat_id, attempts_unanswered_total, resets_rx, resets_tx,
         retransmits_total, zero_windows_total, malformed_total) AS
         SELECT heartbeat_id, samples ->> '$.c[0]', samples ->> '$.c[1]', samples ->> '$.c[2]',

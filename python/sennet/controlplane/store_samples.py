@@ -16,7 +16,9 @@ row) read exactly what they read before. An event's `event_id` is now
 heartbeat, `validate.MAX_EVENTS`): unique, and in the order events were stored.
 
 The packed form, one key per part the heartbeat carries (absent parts are
-left out, so an old agent's heartbeat writes `{"i":…,"k":…}` only):
+left out, so an old agent's heartbeat writes `{"i":…,"k":…}` only). Each view is one
+`json_each` over one key, never a UNION, so SQLite flattens it into the query
+and a condition on `heartbeat_id` (even `IN (subquery)`) is a rowid lookup:
 
     i  [[ifname, ifindex, rx_packets, rx_bytes, tx_packets, tx_bytes], …]
     k  [[kind, events, ringbuf_drops], …]              (sorted by kind)
@@ -27,8 +29,8 @@ left out, so an old agent's heartbeat writes `{"i":…,"k":…}` only):
          src_port, dst_port, vlan_id, packets, bytes, tcp_flags], …]  (rank order)
     m  [[interface, direction, window_ms, max_packets, max_bytes], …]
     d  [unanswered_total, malformed_total]
-    q  [[qtype, count], …]   r  [[rcode, count], …]       (sorted by key)
-    nq [[name, count], …]    nf [[name, count], …]        (rank order)
+    dc [[what, key, count], …]         (what: qtype or rcode; sorted by what, key)
+    n  [[list, rank, name, count], …]  (list: queried or failing)
     c  [attempts_unanswered, resets_rx, resets_tx, retransmits, zero_windows, malformed]
     h  [[histogram, bounds_seconds, counts, sum_seconds], …]   (bounds and counts as the
                                                                JSON text the table held)
@@ -123,14 +125,14 @@ def pack(req: pb.HeartbeatRequest, events: Sequence[pb.Event] = ()) -> str:
     if req.HasField("dns"):
         d = req.dns
         out["d"] = [d.unanswered_total, d.malformed_total]
-        if d.queries_by_type:
-            out["q"] = sorted(d.queries_by_type.items())
-        if d.responses_by_rcode:
-            out["r"] = sorted(d.responses_by_rcode.items())
-        if d.top_queried:
-            out["nq"] = [[n.name, n.count] for n in d.top_queried]
-        if d.top_failing:
-            out["nf"] = [[n.name, n.count] for n in d.top_failing]
+        counts = [["qtype", k, n] for k, n in sorted(d.queries_by_type.items())]
+        counts += [["rcode", k, n] for k, n in sorted(d.responses_by_rcode.items())]
+        if counts:
+            out["dc"] = counts
+        names = [["queried", r, n.name, n.count] for r, n in enumerate(d.top_queried, start=1)]
+        names += [["failing", r, n.name, n.count] for r, n in enumerate(d.top_failing, start=1)]
+        if names:
+            out["n"] = names
     if req.HasField("tcp"):
         t = req.tcp
         resets = t.resets_by_direction
