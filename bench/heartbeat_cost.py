@@ -118,7 +118,7 @@ def stages(insights: bool, group: int, rounds: int, workdir: Path) -> list[Figur
         "decode": "protobuf parse of the body",
         "validate": "validate.heartbeat (incl. flow, DNS, TCP parts)",
         "fold": "AgentView.apply: readings folded into the agent's totals",
-        "rows": f"Store.insert_heartbeat, the SQL of one heartbeat in a group of {group}",
+        "rows": f"Store.insert_heartbeat (samples packed, events, series) in a group of {group}",
         "metrics_prepare": "Fleet.publish of the new view: /metrics text prepared for it",
     }
     out = [

@@ -217,6 +217,114 @@ MIGRATIONS: tuple[str, ...] = (
         withdrawn_at REAL
     );
     """,
+    # 6: a heartbeat's samples (interfaces, event kinds, events, flow/DNS/TCP parts) packed
+    #    into one JSON text on its own row (`store_samples.py`: one INSERT instead of a row
+    #    per sample). Existing rows are packed, and the old tables become views of the same
+    #    names and columns, so every reader (start-up, /metrics, SQL) reads what it read
+    #    before and retention deletes the samples with their heartbeat; `events.event_id` is
+    #    heartbeat_id * 1024 + the event's place (at most 1024 per heartbeat). Needs SQLite
+    #    >= 3.38 (JSON functions and ->>).
+    """
+    ALTER TABLE heartbeats ADD COLUMN samples TEXT NOT NULL DEFAULT '{}';
+    UPDATE heartbeats SET samples = json_patch('{}', json_object(
+        'i', json((SELECT json_group_array(json_array(ifname, ifindex, rx_packets, rx_bytes,
+                   tx_packets, tx_bytes)) FROM (SELECT * FROM interface_samples s
+                   WHERE s.heartbeat_id = heartbeats.heartbeat_id ORDER BY ifname))),
+        'k', json((SELECT json_group_array(json_array(kind, events, ringbuf_drops))
+                   FROM (SELECT * FROM kind_samples s
+                   WHERE s.heartbeat_id = heartbeats.heartbeat_id ORDER BY kind))),
+        'e', json((SELECT nullif(json_group_array(json_array(ts_unix_ns, ifindex, direction,
+                   kind, pkt_len, ip_version, l4_proto, src_port, dst_port, src_addr, dst_addr,
+                   tcp_flags, vlan_tags, eth_proto, seq)), '[]')
+                   FROM (SELECT * FROM events s
+                   WHERE s.heartbeat_id = heartbeats.heartbeat_id ORDER BY event_id))),
+        'f', json((SELECT json_array(active, capacity, created_total, ended_total, lost_total,
+                   evicted_total) FROM flow_samples s
+                   WHERE s.heartbeat_id = heartbeats.heartbeat_id)),
+        't', json((SELECT nullif(json_group_array(json_array(interface, direction, ip_version,
+                   l4_proto, src_addr, dst_addr, src_port, dst_port, vlan_id, packets, bytes,
+                   tcp_flags)), '[]') FROM (SELECT * FROM talkers s
+                   WHERE s.heartbeat_id = heartbeats.heartbeat_id ORDER BY rank))),
+        'm', json((SELECT nullif(json_group_array(json_array(interface, direction, window_ms,
+                   max_packets, max_bytes)), '[]') FROM microbursts s
+                   WHERE s.heartbeat_id = heartbeats.heartbeat_id)),
+        'd', json((SELECT json_array(unanswered_total, malformed_total) FROM dns_samples s
+                   WHERE s.heartbeat_id = heartbeats.heartbeat_id)),
+        'dc', json((SELECT nullif(json_group_array(json_array(what, key, count)), '[]')
+                    FROM (SELECT * FROM dns_counts s
+                    WHERE s.heartbeat_id = heartbeats.heartbeat_id ORDER BY what, key))),
+        'n', json((SELECT nullif(json_group_array(json_array(list, rank, name, count)), '[]')
+                   FROM (SELECT * FROM dns_names s
+                   WHERE s.heartbeat_id = heartbeats.heartbeat_id ORDER BY list, rank))),
+        'c', json((SELECT json_array(attempts_unanswered_total, resets_rx, resets_tx,
+                   retransmits_total, zero_windows_total, malformed_total) FROM tcp_samples s
+                   WHERE s.heartbeat_id = heartbeats.heartbeat_id)),
+        'h', json((SELECT nullif(json_group_array(json_array(histogram, bounds_seconds, counts,
+                   sum_seconds)), '[]') FROM histogram_samples s
+                   WHERE s.heartbeat_id = heartbeats.heartbeat_id))
+    ));
+    DROP TABLE events;
+    DROP TABLE interface_samples;
+    DROP TABLE kind_samples;
+    DROP TABLE flow_samples;
+    DROP TABLE talkers;
+    DROP TABLE microbursts;
+    DROP TABLE dns_samples;
+    DROP TABLE dns_counts;
+    DROP TABLE dns_names;
+    DROP TABLE tcp_samples;
+    DROP TABLE histogram_samples;
+    CREATE VIEW interface_samples
+        (heartbeat_id, ifname, ifindex, rx_packets, rx_bytes, tx_packets, tx_bytes) AS
+        SELECT h.heartbeat_id, e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3,
+            e.value ->> 4, e.value ->> 5
+        FROM heartbeats h, json_each(h.samples, '$.i') e;
+    CREATE VIEW events (event_id, heartbeat_id, agent_id, ts_unix_ns, ifindex, direction, kind,
+        pkt_len, ip_version, l4_proto, src_port, dst_port, src_addr, dst_addr, tcp_flags,
+        vlan_tags, eth_proto, seq) AS
+        SELECT h.heartbeat_id * 1024 + e.key, h.heartbeat_id, h.agent_id, e.value ->> 0,
+            e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4, e.value ->> 5,
+            e.value ->> 6, e.value ->> 7, e.value ->> 8, e.value ->> 9, e.value ->> 10,
+            e.value ->> 11, e.value ->> 12, e.value ->> 13, e.value ->> 14
+        FROM heartbeats h, json_each(h.samples, '$.e') e;
+    CREATE VIEW kind_samples (heartbeat_id, kind, events, ringbuf_drops) AS
+        SELECT h.heartbeat_id, e.value ->> 0, e.value ->> 1, e.value ->> 2
+        FROM heartbeats h, json_each(h.samples, '$.k') e;
+    CREATE VIEW flow_samples (heartbeat_id, active, capacity, created_total, ended_total,
+        lost_total, evicted_total) AS
+        SELECT heartbeat_id, samples ->> '$.f[0]', samples ->> '$.f[1]', samples ->> '$.f[2]',
+            samples ->> '$.f[3]', samples ->> '$.f[4]', samples ->> '$.f[5]'
+        FROM heartbeats WHERE json_type(samples, '$.f') = 'array';
+    CREATE VIEW talkers (heartbeat_id, rank, interface, direction, ip_version, l4_proto,
+        src_addr, dst_addr, src_port, dst_port, vlan_id, packets, bytes, tcp_flags) AS
+        SELECT h.heartbeat_id, e.key + 1, e.value ->> 0, e.value ->> 1, e.value ->> 2,
+            e.value ->> 3, e.value ->> 4, e.value ->> 5, e.value ->> 6, e.value ->> 7,
+            e.value ->> 8, e.value ->> 9, e.value ->> 10, e.value ->> 11
+        FROM heartbeats h, json_each(h.samples, '$.t') e;
+    CREATE VIEW microbursts (heartbeat_id, interface, direction, window_ms, max_packets,
+        max_bytes) AS
+        SELECT h.heartbeat_id, e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3,
+            e.value ->> 4
+        FROM heartbeats h, json_each(h.samples, '$.m') e;
+    CREATE VIEW dns_samples (heartbeat_id, unanswered_total, malformed_total) AS
+        SELECT heartbeat_id, samples ->> '$.d[0]', samples ->> '$.d[1]'
+        FROM heartbeats WHERE json_type(samples, '$.d') = 'array';
+    CREATE VIEW dns_counts (heartbeat_id, what, key, count) AS
+        SELECT h.heartbeat_id, e.value ->> 0, e.value ->> 1, e.value ->> 2
+        FROM heartbeats h, json_each(h.samples, '$.dc') e;
+    CREATE VIEW dns_names (heartbeat_id, list, rank, name, count) AS
+        SELECT h.heartbeat_id, e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3
+        FROM heartbeats h, json_each(h.samples, '$.n') e;
+    CREATE VIEW tcp_samples (heartbeat_id, attempts_unanswered_total, resets_rx, resets_tx,
+        retransmits_total, zero_windows_total, malformed_total) AS
+        SELECT heartbeat_id, samples ->> '$.c[0]', samples ->> '$.c[1]', samples ->> '$.c[2]',
+            samples ->> '$.c[3]', samples ->> '$.c[4]', samples ->> '$.c[5]'
+        FROM heartbeats WHERE json_type(samples, '$.c') = 'array';
+    CREATE VIEW histogram_samples (heartbeat_id, histogram, bounds_seconds, counts,
+        sum_seconds) AS
+        SELECT h.heartbeat_id, e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3
+        FROM heartbeats h, json_each(h.samples, '$.h') e;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -28,13 +28,14 @@ from typing import Any
 from urllib.parse import quote
 
 from sennet.common.errors import UserError
-from sennet.controlplane import image_report, store_insights
+from sennet.controlplane import image_report, store_insights, store_samples
 from sennet.controlplane.fleet import AgentView, Series, SeriesKey
 from sennet.controlplane.fleet_insights import Telemetry
 from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
-_DIRECTION = {pb.DIRECTION_RX: "rx", pb.DIRECTION_TX: "tx"}
+# the packed samples and their views (schema migration 6) use the JSON functions and `->>`
+MIN_SQLITE = (3, 38, 0)
 
 
 class Store:
@@ -100,6 +101,12 @@ class Store:
 
     def migrate(self) -> int:
         """Create or upgrade the schema; return the version now in place."""
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise UserError(
+                f"SQLite {sqlite3.sqlite_version} is too old for the control plane's schema: "
+                f"it needs {'.'.join(map(str, MIN_SQLITE))} or newer (JSON functions, `->>`)",
+                hint="run the control plane on Debian 12 or newer, or with a newer libsqlite3",
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -163,9 +170,10 @@ class Store:
         changed: dict[SeriesKey, Series],
     ) -> int:
         """Write one heartbeat inside the caller's transaction; return the events stored."""
+        events = self._new_events(conn, req, received_at)
         cur = conn.execute(
             "INSERT INTO heartbeats (agent_id, received_at, uptime_seconds, agent_version,"
-            " kernel_version, events_dropped_by_agent) VALUES (?, ?, ?, ?, ?, ?)",
+            " kernel_version, events_dropped_by_agent, samples) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 req.agent_id,
                 received_at,
@@ -173,56 +181,11 @@ class Store:
                 req.agent_version,
                 req.kernel_version,
                 req.events_dropped_by_agent,
+                store_samples.pack(req, events),
             ),
         )
-        hb_id = cur.lastrowid
-        if hb_id is None:
+        if cur.lastrowid is None:
             raise sqlite3.IntegrityError("heartbeat row has no id")
-        store_insights.insert(conn, hb_id, req)
-        conn.executemany(
-            "INSERT INTO interface_samples VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (hb_id, i.name, i.ifindex, i.rx_packets, i.rx_bytes, i.tx_packets, i.tx_bytes)
-                for i in req.interfaces
-            ],
-        )
-        kinds = sorted(set(req.events_by_kind) | set(req.ringbuf_drops_by_kind))
-        conn.executemany(
-            "INSERT INTO kind_samples VALUES (?, ?, ?, ?)",
-            [
-                (hb_id, k, req.events_by_kind.get(k, 0), req.ringbuf_drops_by_kind.get(k, 0))
-                for k in kinds
-            ],
-        )
-        events = self._new_events(conn, req, received_at)
-        conn.executemany(
-            "INSERT INTO events (heartbeat_id, agent_id, ts_unix_ns, ifindex, direction, kind,"
-            " pkt_len, ip_version, l4_proto, src_port, dst_port, src_addr, dst_addr, tcp_flags,"
-            " vlan_tags, eth_proto, seq)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    hb_id,
-                    req.agent_id,
-                    e.ts_unix_ns,
-                    e.ifindex,
-                    _DIRECTION[e.direction],
-                    e.kind,
-                    e.pkt_len,
-                    e.ip_version,
-                    e.l4_proto,
-                    e.src_port,
-                    e.dst_port,
-                    e.src_addr,
-                    e.dst_addr,
-                    e.tcp_flags,
-                    e.vlan_tags,
-                    e.eth_proto,
-                    e.seq,
-                )
-                for e in events
-            ],
-        )
         conn.executemany(
             "INSERT INTO series VALUES (?, ?, ?, ?) ON CONFLICT (agent_id, key) DO UPDATE SET"
             " last_raw = excluded.last_raw, total = excluded.total",

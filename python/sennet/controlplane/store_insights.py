@@ -1,123 +1,20 @@
-"""SQLite rows for a heartbeat's flow, microburst, DNS and TCP parts (schema migration 4).
+"""A heartbeat's stored flow, microburst and DNS gauges, read back on start.
 
-Each part is written as the agent sent it, in the heartbeat's own transaction
-and keyed by its heartbeat id, so retention deletes it with the heartbeat.
-The latest heartbeat's gauges (active flows, top talkers, microbursts, top
-names) are read back on start, so /metrics after a control-plane restart shows
-what it showed before, as it does for the counters.
+The parts are written as the agent sent them, packed on the heartbeat's own
+row (`store_samples.py`), and read here through the views of schema migration
+6 that keep the tables' old names and columns. The latest heartbeat's gauges
+(active flows, top talkers, microbursts, top names) are read back on start, so
+/metrics after a control-plane restart shows what it showed before, as it does
+for the counters.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import sqlite3
 from collections import defaultdict
 from typing import Any
 
 from sennet.controlplane import fleet_insights as fi
-from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
-
-
-def insert(conn: sqlite3.Connection, hb_id: int, req: pb.HeartbeatRequest) -> None:
-    """Write the parts `req` carries (an old agent's heartbeat writes nothing here)."""
-    if req.HasField("flows"):
-        f = req.flows
-        conn.execute(
-            "INSERT INTO flow_samples VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                hb_id,
-                f.active,
-                f.capacity,
-                f.created_total,
-                f.ended_total,
-                f.lost_total,
-                f.evicted_total,
-            ),
-        )
-        conn.executemany(
-            "INSERT INTO talkers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    hb_id,
-                    rank,
-                    t.interface,
-                    fi.DIRECTION[t.direction],
-                    t.ip_version,
-                    t.l4_proto,
-                    t.src_addr,
-                    t.dst_addr,
-                    t.src_port,
-                    t.dst_port,
-                    t.vlan_id,
-                    t.packets,
-                    t.bytes,
-                    t.tcp_flags,
-                )
-                for rank, t in enumerate(f.top_talkers, start=1)
-            ],
-        )
-    conn.executemany(
-        "INSERT INTO microbursts VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (
-                hb_id,
-                m.interface,
-                fi.DIRECTION[m.direction],
-                m.window_ms,
-                m.max_packets,
-                m.max_bytes,
-            )
-            for m in req.microbursts
-        ],
-    )
-    if req.HasField("dns"):
-        d = req.dns
-        conn.execute(
-            "INSERT INTO dns_samples VALUES (?, ?, ?)",
-            (hb_id, d.unanswered_total, d.malformed_total),
-        )
-        conn.executemany(
-            "INSERT INTO dns_counts VALUES (?, ?, ?, ?)",
-            [(hb_id, "qtype", k, v) for k, v in sorted(d.queries_by_type.items())]
-            + [(hb_id, "rcode", k, v) for k, v in sorted(d.responses_by_rcode.items())],
-        )
-        conn.executemany(
-            "INSERT INTO dns_names VALUES (?, ?, ?, ?, ?)",
-            [
-                (hb_id, which, rank, n.name, n.count)
-                for which, names in (("queried", d.top_queried), ("failing", d.top_failing))
-                for rank, n in enumerate(names, start=1)
-            ],
-        )
-    if req.HasField("tcp"):
-        t = req.tcp
-        conn.execute(
-            "INSERT INTO tcp_samples VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                hb_id,
-                t.attempts_unanswered_total,
-                t.resets_by_direction.get("rx", 0),
-                t.resets_by_direction.get("tx", 0),
-                t.retransmits_total,
-                t.zero_windows_total,
-                t.malformed_total,
-            ),
-        )
-    rows = []
-    for name, (summary, field) in fi.HISTOGRAMS.items():
-        if req.HasField(summary) and getattr(req, summary).HasField(field):
-            h = getattr(getattr(req, summary), field)
-            bounds = _json_floats(tuple(h.bounds_seconds))
-            counts = "[" + ", ".join(map(str, h.counts)) + "]"  # what json.dumps gives for ints
-            rows.append((hb_id, name, bounds, counts, h.sum_seconds))
-    conn.executemany("INSERT INTO histogram_samples VALUES (?, ?, ?, ?, ?)", rows)
-
-
-@functools.lru_cache(maxsize=64)
-def _json_floats(values: tuple[float, ...]) -> str:
-    """JSON of a bound list; memoized, as a fleet sends the same few lists every heartbeat."""
-    return json.dumps(list(values))
 
 
 def latest_telemetry(

@@ -48,6 +48,7 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _TEXT_LIMIT = 253
 _STREAM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")  # what `_text` refuses: ord < 32 or 127
 EVENT_KINDS = frozenset(
     {
         "large_packet",
@@ -90,7 +91,7 @@ def agent_id(value: str, field: str = "agent_id") -> str:
 def _text(value: str, field: str) -> None:
     if len(value) > _TEXT_LIMIT:
         raise invalid(field, f"is {len(value)} characters, at most {_TEXT_LIMIT} allowed")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if _CONTROL_RE.search(value):
         raise invalid(field, "contains control characters")
 
 

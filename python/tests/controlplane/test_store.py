@@ -68,31 +68,23 @@ def test_the_standard_grpc_health_service_answers(fresh: Served) -> None:
 
 def test_a_new_database_is_in_wal_mode_at_the_current_schema_version(tmp_path: Path) -> None:
     store = Store(tmp_path / "new.db")
-    assert store.migrate() == SCHEMA_VERSION == 5
-    assert store.migrate() == 5  # idempotent
+    assert store.migrate() == SCHEMA_VERSION == 6
+    assert store.migrate() == 6  # idempotent
     with sqlite3.connect(tmp_path / "new.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("PRAGMA user_version").fetchone() == (5,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (6,)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        views = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='view'")}
     assert tables == {
         "tokens",
         "agents",
         "heartbeats",
-        "interface_samples",
-        "kind_samples",
-        "events",
         "series",
         "event_streams",
-        "flow_samples",
-        "talkers",
-        "microbursts",
-        "dns_samples",
-        "dns_counts",
-        "dns_names",
-        "tcp_samples",
-        "histogram_samples",
         "update_offers",
     }
+    # migration 6: the samples live packed on the heartbeat row, read through views
+    assert views == {"interface_samples", "kind_samples", "events", *INSIGHT_TABLES}
 
 
 def test_a_database_from_a_newer_control_plane_is_refused(tmp_path: Path) -> None:
@@ -101,7 +93,7 @@ def test_a_database_from_a_newer_control_plane_is_refused(tmp_path: Path) -> Non
         conn.execute("PRAGMA user_version = 7")
     with pytest.raises(UserError) as err:
         Store(db).migrate()
-    assert err.value.message == (f"{db} has schema version 7, newer than this control plane's 5")
+    assert err.value.message == (f"{db} has schema version 7, newer than this control plane's 6")
 
 
 def test_a_file_that_is_not_a_database_is_refused_naming_it(tmp_path: Path) -> None:
@@ -229,7 +221,7 @@ def test_health_reports_ok_with_the_schema_version(fresh: Served) -> None:
     assert json.loads(body) == {
         "agents": 0,
         "status": "ok",
-        "database": {"ok": True, "path": str(fresh.cp.db), "schema_version": 5},
+        "database": {"ok": True, "path": str(fresh.cp.db), "schema_version": 6},
         "writer": {"alive": True, "commits": 0, "last_error": None},
     }
 
@@ -353,7 +345,7 @@ def test_a_version_1_database_is_migrated_keeping_its_data(tmp_path: Path) -> No
             " vlan_tags, eth_proto) VALUES (1, 'a', 5, 2, 'rx', 'land', 60, 4, 6, 1, 1,"
             " '10.0.0.1', '10.0.0.1', 2, 0, 2048)"
         )
-    assert Store(db).migrate() == 5
+    assert Store(db).migrate() == 6
     with sqlite3.connect(db) as conn:
         # migration 5: an agent from before updates has no image and no outcome
         assert conn.execute(
