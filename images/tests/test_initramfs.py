@@ -47,3 +47,18 @@ def test_module_order_loads_virtio_before_its_users_and_tc_last() -> None:
     assert names.index("net_failover") < names.index("virtio_net")
     assert names.index("jbd2") < names.index("ext4")
     assert names[-2:] == ["sch_ingress", "cls_bpf"]
+
+
+def test_the_archive_is_xz_with_the_check_the_kernel_can_verify(tmp_path: Path) -> None:
+    """The kernel's xz decompressor knows CRC32 (and none), not xz's default CRC64."""
+    blob = newc(_entries(), 1700000000) * 50
+    packed = initramfs.compress(blob)
+    assert packed == initramfs.compress(blob)  # deterministic
+    (tmp_path / "i.xz").write_bytes(packed)
+    listing = subprocess.run(
+        ["xz", "--robot", "--list", str(tmp_path / "i.xz")], capture_output=True, check=True
+    ).stdout.decode()
+    (totals,) = [line.split("\t") for line in listing.splitlines() if line.startswith("totals")]
+    assert totals[6] == "CRC32", listing
+    unpacked = subprocess.run(["xz", "-dc"], input=packed, capture_output=True, check=True)
+    assert unpacked.stdout == blob
