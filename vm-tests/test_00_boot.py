@@ -7,8 +7,8 @@ import re
 from sennet.testing.controlplane import ControlPlane
 from sennet.testing.vm.appliance import Appliance
 
-# each verified layer (root, then agent) reports verity_ok before anything is mounted
-INITRAMFS_PHASES = ("start", "modules_loaded", "verity_ok", "verity_ok", "root_mounted")
+# each verified layer (root, then agent) reports verity_opened before anything is mounted
+INITRAMFS_PHASES = ("start", "modules_loaded", "verity_opened", "verity_opened", "root_mounted")
 
 
 def test_first_boot_attaches_only_the_monitored_nic_cleanly_in_order(

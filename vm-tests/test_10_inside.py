@@ -26,6 +26,20 @@ def test_root_filesystem_is_read_only_squashfs(appliance: Appliance) -> None:
     assert host.run("touch /sennet-write-probe").rc != 0
 
 
+def test_every_block_of_the_verified_layers_is_read_once_after_counting(
+    appliance: Appliance,
+) -> None:
+    """The layers are checked as they are read; verity-scan reads the rest, after the agent
+    is counting (so the boot does not wait for it), and finds nothing changed."""
+    m = appliance.machine
+    m.wait_for_console(r"verity_scan_ok layer=root", timeout=240)
+    console = m.console()
+    scans = re.findall(r"sennet-verity-scan: event=verity_scan_ok layer=(\w+)", console)
+    assert scans[:2] == ["agent", "root"], scans
+    assert console.index("event=counting") < console.index("event=verity_scan_ok")
+    assert "is corrupted" not in console
+
+
 def test_the_state_partition_is_journaled_ext4(appliance: Appliance) -> None:
     """What must survive a power cut lives on a journaled file system (made by the build)."""
     host = appliance.machine.host

@@ -148,7 +148,7 @@ def test_production_boot_ignores_a_test_disk_and_runs_no_provisioning_as_code(
     ) as prod:
         console = prod.machine.wait_for_console(r"event=boot_done.*").string
         # Only the boot disk's own partitions (vda), none of the test disk's (vdb).
-        opened = re.findall(r"event=verity_ok layer=(\w+) dev=(\S+)", console)
+        opened = re.findall(r"event=verity_opened layer=(\w+) dev=(\S+)", console)
         assert opened == [("root", "/dev/vda2"), ("agent", "/dev/vda3")]
         mounted = re.search(r"event=root_mounted root=(\S+) agent=(\S+) test=(\S+)", console)
         assert mounted is not None

@@ -34,8 +34,8 @@ def _boot(image_dir: Path, *extra: str, timeout: int = 110) -> boot.BootResult:
 def _mounted_through_verity(console: str, slot: str) -> None:
     """The slot's raw partitions were opened through dm-verity and the mapped devices mounted."""
     root, agent = {"a": ("/dev/vda2", "/dev/vda3"), "b": ("/dev/vda4", "/dev/vda5")}[slot]
-    assert f"event=verity_ok layer=root dev={root} " in console
-    assert f"event=verity_ok layer=agent dev={agent} " in console
+    assert f"event=verity_opened layer=root dev={root} " in console
+    assert f"event=verity_opened layer=agent dev={agent} " in console
     mounted = "root=/dev/mapper/sennet-root agent=/dev/mapper/sennet-agent test=none"
     assert f"event=root_mounted {mounted} slot={slot} " in console
 

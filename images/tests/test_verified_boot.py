@@ -3,7 +3,8 @@
 Each tampering test changes a copy of the built disk (never the artefacts) and boots it:
 a byte flipped in a data block of slot a's root or agent squashfs, a wrong or missing root
 hash on the command line, slot a's UKI or systemd-boot changed after signing. A refused boot
-ends at the initramfs's `event=fatal why=verity_...` line or, for an EFI binary, at the
+ends at dm-verity's "block N is corrupted" and the reset it asks for (a layer), at the
+initramfs's `event=fatal why=...` line (no root hash) or, for an EFI binary, at the
 Secure Boot refusal (OVMF's for systemd-boot, systemd-boot's report of the firmware's
 LoadImage refusal for a UKI); the console is read until one of those (or agent_ready) and
 QEMU is stopped.
@@ -29,6 +30,10 @@ pytestmark = pytest.mark.integration
 # initramfs prints event=fatal; the agent event=agent_ready).
 OUTCOME = re.compile(r"event=fatal .*|event=agent_ready\b.*|.*Access [Dd]enied.*")
 NEVER = re.compile(r"(?!)")
+# dm-verity's report of a block that does not match the signed tree, and the reset it asks
+# for (the layers are opened with restart_on_corruption).
+CORRUPTED = re.compile(r"device-mapper: verity: \S+: (data|metadata) block \d+ is corrupted")
+RESTART = "Restarting system with command 'dm-verity device corrupted'"
 LINK = ("vmlinuz", "initrd.img", "cmdline", "appliance.raw")
 
 
@@ -120,7 +125,7 @@ def test_secure_boot_runs_the_signed_uki_and_the_verified_layers(image_dir: Path
     assert result.ready_s is not None, result.console[-3000:]
     assert result.attached == ("eth1",)
     for layer in ("root", "agent"):
-        assert re.search(rf"event=verity_ok layer={layer} dev=/dev/vda\d ", result.console)
+        assert re.search(rf"event=verity_opened layer={layer} dev=/dev/vda\d ", result.console)
     assert "root=/dev/mapper/sennet-root agent=/dev/mapper/sennet-agent" in result.console
 
 
@@ -135,12 +140,13 @@ def test_a_byte_flipped_in_a_layers_data_stops_the_boot(
     raw = work / "appliance.raw"
     # a data block of the squashfs, 90% in: file contents, not read by mount itself
     _flip(raw, _partition_offset(raw, partition) + data + 100)
-    console = _boot_until_outcome(raw, _direct(work))
-    assert re.search(rf"event=fatal why=verity_mismatch layer={layer} dev=/dev/vda\d", console), (
-        console[-3000:]
-    )
-    assert "event=root_mounted" not in console
-    assert "event=agent_ready" not in console
+    # Read until QEMU ends: the block is checked when first read (by whatever reads it at
+    # boot, or at the latest by verity-scan), and dm-verity resets the machine there.
+    console, ended = _boot(raw, _direct(work), 420, NEVER)
+    assert re.search(CORRUPTED, console), console[-3000:]
+    assert RESTART in console.split("is corrupted", 1)[1], console[-3000:]
+    assert ended == 0, f"QEMU did not end by the guest's reset: {ended}"
+    assert f"event=verity_scan_ok layer={layer}" not in console
 
 
 def test_a_wrong_or_missing_root_hash_on_the_command_line_stops_the_boot(
@@ -148,20 +154,23 @@ def test_a_wrong_or_missing_root_hash_on_the_command_line_stops_the_boot(
 ) -> None:
     work = _tampered_copy(image_dir, tmp_path / "img")
     raw = work / "appliance.raw"
-    # Read to the end: a stopped boot reboots by itself (here QEMU's -no-reboot ends it), so
+    # Read to the end: a stopped boot resets by itself (here QEMU's -no-reboot ends it), so
     # a trial slot that fails here goes back to systemd-boot, which counts the try.
     wrong, ended = _boot(raw, _direct(work, "sennet.verity.root=" + "ab" * 32), 240, NEVER)
-    assert "event=fatal why=verity_mismatch layer=root" in wrong, wrong[-3000:]
-    assert "event=rebooting in_s=10" in wrong.split("event=fatal", 1)[1], wrong[-3000:]
+    assert re.search(CORRUPTED, wrong), wrong[-3000:]  # the first read: mount's superblock
+    assert ended == 0, f"QEMU did not end by the guest's reset: {ended}"
+    missing, ended = _boot(raw, _direct(work, "sennet.verity.agent="), 240, NEVER)
+    assert "event=fatal why=verity_no_root_hash layer=agent" in missing, missing[-3000:]
+    assert "event=rebooting in_s=10" in missing.split("event=fatal", 1)[1], missing[-3000:]
     assert ended == 0, f"QEMU did not end by the guest's reboot: {ended}"
     # A developer's direct boot may ask for a shell instead: nothing reboots, QEMU stays up.
-    missing, ended = _boot(
+    shell, ended = _boot(
         raw, _direct(work, "sennet.verity.agent=", "sennet.on_fatal=shell"), 240, OUTCOME, 13
     )
-    assert "event=fatal why=verity_no_root_hash layer=agent" in missing, missing[-3000:]
-    assert "event=rebooting" not in missing
+    assert "event=fatal why=verity_no_root_hash layer=agent" in shell, shell[-3000:]
+    assert "event=rebooting" not in shell
     assert ended is None
-    for console in (wrong, missing):
+    for console in (wrong, missing, shell):
         assert "event=root_mounted" not in console
 
 
