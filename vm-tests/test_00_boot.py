@@ -8,7 +8,14 @@ from sennet.testing.controlplane import ControlPlane
 from sennet.testing.vm.appliance import Appliance
 
 # each verified layer (root, then agent) reports verity_opened before anything is mounted
-INITRAMFS_PHASES = ("start", "modules_loaded", "verity_opened", "verity_opened", "root_mounted")
+INITRAMFS_PHASES = (
+    "start",
+    "modules_loaded",
+    "partitions_found",
+    "verity_opened",
+    "verity_opened",
+    "root_mounted",
+)
 
 
 def test_first_boot_attaches_only_the_monitored_nic_cleanly_in_order(

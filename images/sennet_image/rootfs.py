@@ -55,7 +55,7 @@ APPLETS = [
     "mknod",
     "mount",
     "mv",
-    "nice",
+    "renice",
     "pidof",
     "poweroff",
     "ps",
