@@ -43,6 +43,8 @@ from sennet.common.log import event
 log = logging.getLogger("sennet.agent.events")
 
 BUSY_BIT = 1 << 31
+# The least time between two drains that found records (see RingBufferConsumer.run).
+COALESCE_S = 0.005
 DISCARD_BIT = 1 << 30
 
 _KIND_AT = layout.RINGBUF_HDR_SIZE + layout.EVENT.offset("kind")  # within a record
@@ -314,14 +316,24 @@ class RingBufferConsumer:
 
     # -- the drain thread -----------------------------------------------------
 
-    def run(self, stop: threading.Event, tick_s: float = 0.05) -> None:
-        """Drain until `stop` is set: on epoll readiness, and at least every `tick_s`."""
+    def run(
+        self, stop: threading.Event, tick_s: float = 0.05, coalesce_s: float = COALESCE_S
+    ) -> None:
+        """Drain until `stop` is set: on epoll readiness, and at least every `tick_s`.
+
+        After a drain that found records it waits `coalesce_s` before polling again. The
+        kernel wakes a consumer for the first record submitted after it caught up, so a
+        consumer that keeps up is woken for nearly every burst: at 1 M events/s in 10 ms
+        bursts that was the whole cost (per wake-up, not per event). Waiting lets the
+        records of the next few milliseconds be taken in one batch; the ring holds far more
+        than that (a 64 MiB ring: ~930,000 records, ~0.9 s at 1 M/s)."""
         ep = select.epoll()
         try:
             ep.register(self.fd, select.EPOLLIN)
             while not stop.is_set():
                 ep.poll(tick_s)
-                self.drain()
+                if self.drain() and coalesce_s > 0:
+                    stop.wait(coalesce_s)
             self.drain()
         except Exception as exc:
             event(log, "consumer_failed", logging.ERROR, error=repr(exc), exc=format_exc())
