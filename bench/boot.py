@@ -138,11 +138,7 @@ def run_boot(image: Path, mode: str, cp: ControlPlane, args: argparse.Namespace)
             how = qemu.UefiBoot(vars_file=work / "OVMF_VARS.fd")
             shutil.copyfile(qemu.OVMF_VARS, how.vars_file)
         else:
-            how = qemu.DirectBoot(
-                kernel=image / "vmlinuz",
-                initrd=image / "initrd.img",
-                cmdline=(image / "cmdline").read_text().strip(),
-            )
+            how = qemu.direct_boot(image, (image / "cmdline").read_text().strip())
         argv = qemu.qemu_argv(
             accel=args.accel,
             disk=disk,

@@ -96,10 +96,8 @@ def boot(args: argparse.Namespace) -> BootResult:
             shutil.copyfile(qemu.vars_template(args.secure_boot), how.vars_file)
         else:
             cmdline = (image_dir / "cmdline").read_text().strip()
-            how = qemu.DirectBoot(
-                kernel=image_dir / "vmlinuz",
-                initrd=image_dir / ("initrd-test.img" if args.variant == "test" else "initrd.img"),
-                cmdline=" ".join([cmdline, *extra]),
+            how = qemu.direct_boot(
+                image_dir, " ".join([cmdline, *extra]), test=args.variant == "test"
             )
         argv = qemu.qemu_argv(
             accel=accel,

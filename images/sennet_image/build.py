@@ -28,8 +28,11 @@ ARTEFACTS = (
     "appliance-test.raw",
     "appliance-test.qcow2",
     "vmlinuz",
+    "vmlinux",  # direct boots: the kernel's ELF and the initramfs uncompressed
     "initrd.img",
     "initrd-test.img",
+    "initrd.cpio",
+    "initrd-test.cpio",
     "cmdline",
     "image.json",
     "uki-a.efi",

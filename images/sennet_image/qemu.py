@@ -49,6 +49,18 @@ class DirectBoot:
     cmdline: str
 
 
+def direct_boot(image_dir: Path, cmdline: str, *, test: bool = False) -> DirectBoot:
+    """A build's direct boot: the kernel's ELF (QEMU's PVH entry, no self-decompression)
+    and the initramfs uncompressed (no xz unpack), the same content the UKIs carry packed.
+    A build from before those files existed boots from its bzImage and xz initramfs, so an
+    older image still boots (and benchmarks) as it did."""
+    initrd = "initrd-test" if test else "initrd"
+    kernel, cpio = image_dir / "vmlinux", image_dir / f"{initrd}.cpio"
+    if not (kernel.is_file() and cpio.is_file()):
+        kernel, cpio = image_dir / "vmlinuz", image_dir / f"{initrd}.img"
+    return DirectBoot(kernel=kernel, initrd=cpio, cmdline=cmdline)
+
+
 @dataclass(frozen=True)
 class UefiBoot:
     """OVMF firmware boots the disk's ESP as a flashed machine would (q35 chipset).

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import lzma
 import subprocess
 from pathlib import Path
 
+import pytest
 from sennet_image import initramfs
 from sennet_image.initramfs import Entry, newc
+from sennet_image.proc import UserError
 
 
 def _entries() -> list[Entry]:
@@ -47,6 +50,32 @@ def test_module_order_loads_virtio_before_its_users_and_tc_last() -> None:
     assert names.index("net_failover") < names.index("virtio_net")
     assert names.index("jbd2") < names.index("ext4")
     assert names[-2:] == ["sch_ingress", "cls_bpf"]
+
+
+def test_the_root_list_holds_what_opening_the_root_needs_and_loads_first() -> None:
+    """init loads ROOT_MODULES before the GPT scan and the rest in the background: the
+    build's order check then also proves no root module depends on a later one."""
+    root = [m.rsplit("/", 1)[-1] for m in initramfs.ROOT_MODULES]
+    rest = [m.rsplit("/", 1)[-1] for m in initramfs.REST_MODULES]
+    assert (*initramfs.ROOT_MODULES, *initramfs.REST_MODULES) == initramfs.MODULES
+    assert {"virtio_pci", "virtio_blk", "squashfs", "dm-mod", "dm-verity"} <= set(root)
+    assert {"virtio_net", "ext4", "vfat", "sch_ingress", "cls_bpf"} <= set(rest)
+    assert not set(root) & set(rest)
+
+
+def _xz(data: bytes) -> bytes:
+    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+
+
+def test_vmlinux_is_the_first_xz_stream_that_unpacks_to_an_elf_file() -> None:
+    elf = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
+    bzimage = b"MZ setup and stub" + _xz(b"not a kernel") + b"\0" * 7 + _xz(elf) + b"trailer"
+    assert initramfs.vmlinux(bzimage) == elf
+
+
+def test_a_bzimage_without_an_xz_kernel_is_refused_by_name() -> None:
+    with pytest.raises(UserError, match="no xz-compressed ELF kernel inside the bzImage"):
+        initramfs.vmlinux(b"MZ" + _xz(b"no ELF here") + b"\xfd7zXZ\x00 broken")
 
 
 def test_the_archive_is_xz_with_the_check_the_kernel_can_verify(tmp_path: Path) -> None:

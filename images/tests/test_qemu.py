@@ -85,3 +85,21 @@ def test_extra_disks_come_read_only_after_the_boot_disk_and_the_nics() -> None:
     ]
     order = [a for a in argv if a.startswith(("file=", "virtio-net-pci"))]
     assert order[0].startswith("file=/w/disk.qcow2") and "netdev=mon" in order[2]
+
+
+def test_a_direct_boot_takes_the_kernels_elf_and_the_uncompressed_initramfs(
+    tmp_path: Path,
+) -> None:
+    for name in ("vmlinuz", "vmlinux", "initrd.img", "initrd.cpio", "initrd-test.cpio"):
+        (tmp_path / name).write_bytes(b"x")
+    prod = qemu.direct_boot(tmp_path, "quiet")
+    assert (prod.kernel.name, prod.initrd.name, prod.cmdline) == ("vmlinux", "initrd.cpio", "quiet")
+    test = qemu.direct_boot(tmp_path, "quiet", test=True)
+    assert (test.kernel.name, test.initrd.name) == ("vmlinux", "initrd-test.cpio")
+
+
+def test_a_build_from_before_the_direct_boot_files_boots_its_bzimage(tmp_path: Path) -> None:
+    for name in ("vmlinuz", "initrd.img", "initrd-test.img"):
+        (tmp_path / name).write_bytes(b"x")
+    old = qemu.direct_boot(tmp_path, "quiet", test=True)
+    assert (old.kernel.name, old.initrd.name) == ("vmlinuz", "initrd-test.img")

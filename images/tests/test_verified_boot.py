@@ -34,7 +34,7 @@ NEVER = re.compile(r"(?!)")
 # for (the layers are opened with restart_on_corruption).
 CORRUPTED = re.compile(r"device-mapper: verity: \S+: (data|metadata) block \d+ is corrupted")
 RESTART = "Restarting system with command 'dm-verity device corrupted'"
-LINK = ("vmlinuz", "initrd.img", "cmdline", "appliance.raw")
+LINK = ("vmlinuz", "vmlinux", "initrd.cpio", "cmdline", "appliance.raw")
 
 
 def _partition_offset(raw: Path, name: str) -> int:
@@ -107,7 +107,7 @@ def _boot(
 
 def _direct(work: Path, *extra: str) -> qemu.DirectBoot:
     cmdline = (work / "cmdline").read_text().strip()
-    return qemu.DirectBoot(work / "vmlinuz", work / "initrd.img", " ".join([cmdline, *extra]))
+    return qemu.direct_boot(work, " ".join([cmdline, *extra]))
 
 
 def _secure(work: Path) -> qemu.UefiBoot:

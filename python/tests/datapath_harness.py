@@ -73,6 +73,7 @@ def running(
             large,
             flow_capacity=flow_capacity,
             features=features,
+            xdp=attach_rx == "xdp",  # as the agent loads it
         ),
         loader=loader,
         tc_priority=1,

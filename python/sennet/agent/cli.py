@@ -147,6 +147,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             tcp_handshakes=cfg.tcp_handshakes_max,
             flow_capacity=cfg.flow_capacity,
             features=layout.features_named(cfg.features),
+            xdp=cfg.attach == "xdp",
         ),
         loader=cfg.loader,
         tc_priority=cfg.tc_priority,

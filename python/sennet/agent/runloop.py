@@ -110,6 +110,7 @@ class Agent:
                 tcp_handshakes=cfg.tcp_handshakes_max,
                 flow_capacity=cfg.flow_capacity,
                 features=layout.features_named(cfg.features),
+                xdp=cfg.attach == "xdp",
             ),
             loader=cfg.loader,
             tc_priority=cfg.tc_priority,

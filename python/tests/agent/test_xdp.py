@@ -234,3 +234,46 @@ def test_xdp_generic_on_request_and_detach_leaves_no_program(
         assert dp.manager.tc.filters(net.ifindex_a, 0xFFFFFFF2) == []
         dp.manager.detach()
         assert run(xdp.query, net.ifindex_a).mode == ""
+
+
+def _programs_using(pinned_map: Path) -> list[str]:
+    """Names of the kernel's loaded programs that use the map pinned at `pinned_map`, as
+    bpftool (the oracle) lists them."""
+    import json
+    import subprocess
+
+    def bpftool(*args: str) -> object:
+        out = subprocess.run(["bpftool", "-j", *args], capture_output=True, check=True).stdout
+        return json.loads(out)
+
+    info = bpftool("map", "show", "pinned", str(pinned_map))
+    assert isinstance(info, dict)
+    progs = bpftool("prog", "show")
+    assert isinstance(progs, list)
+    return sorted(p["name"] for p in progs if info["id"] in p.get("map_ids", []))
+
+
+def test_attach_tc_loads_no_xdp_program_and_removes_a_previous_runs_by_name(
+    net1500: VethPair, pin_root: Path
+) -> None:
+    """`attach = tc` leaves sennet_xdp out of the load (the verifier's third program, about
+    0.6 s of a start under TCG); an XDP program a previous `attach = xdp` run left on the
+    interface is still recognised as ours by its name and removed."""
+    from sennet.agent.datapath import xdp
+
+    net = net1500
+    pins = pin_root / "p"
+    with running(net, pins, attach_rx="xdp", xdp_mode="generic", detach=False) as dp:
+        assert dp.rx_hook == "xdp-generic"
+        assert dp.manager.loaded is not None and dp.manager.loaded.xdp_fd >= 0
+        assert _programs_using(pins / layout.MAP_COUNTERS) == [
+            "sennet_egress",
+            "sennet_ingress",
+            "sennet_xdp",
+        ]
+    with running(net, pins, attach_rx="tc") as dp:
+        assert dp.manager.loaded is not None and dp.manager.loaded.xdp_fd == -1
+        assert dp.rx_hook == "tc"
+        assert dp.manager.tc.run(xdp.query, net.ifindex_a).mode == ""
+        # The previous run's programs are gone with their hooks; this load made two.
+        assert _programs_using(pins / layout.MAP_COUNTERS) == ["sennet_egress", "sennet_ingress"]

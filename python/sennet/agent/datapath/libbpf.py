@@ -160,6 +160,7 @@ class LibBpf:
             "bpf_object__next_map": (p, [p, p]),
             "bpf_object__find_program_by_name": (p, [p, ctypes.c_char_p]),
             "bpf_program__fd": (i, [p]),
+            "bpf_program__set_autoload": (i, [p, ctypes.c_bool]),
             "bpf_map__fd": (i, [p]),
             "bpf_map__name": (ctypes.c_char_p, [p]),
             "bpf_map__set_max_entries": (i, [p, u32]),

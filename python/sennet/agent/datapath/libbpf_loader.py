@@ -44,8 +44,9 @@ def load(opts: DatapathOptions, object_name: str = OBJECT_NAME) -> LoadedDatapat
             lb.check(lb.lib.bpf_object__load(obj), f"load {path}")
         except BpfError as exc:
             raise _explain(exc, path, opts.pin_dir) from exc
-        progs = {}
-        for name in (layout.PROGRAM_INGRESS, layout.PROGRAM_EGRESS, layout.PROGRAM_XDP):
+        progs = {layout.PROGRAM_XDP: -1}
+        wanted = (layout.PROGRAM_INGRESS, layout.PROGRAM_EGRESS)
+        for name in (*wanted, layout.PROGRAM_XDP) if opts.xdp else wanted:
             prog = lb.check_ptr(
                 lb.lib.bpf_object__find_program_by_name(obj, name.encode()), f"program {name}"
             )
@@ -100,6 +101,12 @@ def _configure(obj: int, opts: DatapathOptions) -> None:
     for name, size in opts.map_sizes().items():
         m = lb.check_ptr(lb.lib.bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
         lb.check(lb.lib.bpf_map__set_max_entries(m, size), f"size of {name}")
+    if not opts.xdp:
+        xdp = lb.check_ptr(
+            lb.lib.bpf_object__find_program_by_name(obj, layout.PROGRAM_XDP.encode()),
+            f"program {layout.PROGRAM_XDP}",
+        )
+        lb.check(lb.lib.bpf_program__set_autoload(xdp, False), "autoload of sennet_xdp")
     _set_tunables(
         obj,
         {

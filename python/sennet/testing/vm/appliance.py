@@ -11,7 +11,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sennet_image.qemu import DirectBoot, UefiBoot, qemu_argv, tap_netdev, vars_template
+from sennet_image.qemu import (
+    DirectBoot,
+    UefiBoot,
+    direct_boot,
+    qemu_argv,
+    tap_netdev,
+    vars_template,
+)
 
 from sennet.testing.errors import HarnessError
 from sennet.testing.netlab import Tap, tap
@@ -22,8 +29,9 @@ from sennet.testing.vm.machine import Machine, step
 REPO = Path(__file__).resolve().parents[4]  # python/sennet/testing/vm/ -> the checkout
 ARTEFACTS = (
     "vmlinuz",
-    "initrd.img",
-    "initrd-test.img",
+    "vmlinux",
+    "initrd.cpio",
+    "initrd-test.cpio",
     "cmdline",
     "appliance.raw",
     "appliance-test.raw",
@@ -119,11 +127,7 @@ def booted(
     machine = None
     try:
         ssh_port = free_port() if test else None
-        how: DirectBoot | UefiBoot = DirectBoot(
-            kernel=images / "vmlinuz",
-            initrd=images / ("initrd-test.img" if test else "initrd.img"),
-            cmdline=" ".join(cmdline),
-        )
+        how: DirectBoot | UefiBoot = direct_boot(images, " ".join(cmdline), test=test)
         if secure_boot:
             how = UefiBoot(vars_file=workdir / f"{name}.OVMF_VARS.fd", secure_boot=True)
             shutil.copyfile(vars_template(True), how.vars_file)
