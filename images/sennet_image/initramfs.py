@@ -24,41 +24,35 @@ from sennet_image.proc import die, run, source_date_epoch
 IMAGES_DIR = Path(__file__).resolve().parent.parent
 
 # Load order (dependencies first). Paths are relative to /lib/modules/VERSION/kernel.
-# ROOT_MODULES are what finding and opening the root needs, loaded before the GPT scan;
-# REST_MODULES (network, ext4 and vfat for stage 2, TC's clsact and cls_bpf) load in the
-# background meanwhile, on the other CPU, and init waits for them before switch_root.
-ROOT_MODULES = (
+MODULES = (
     "drivers/virtio/virtio_ring",
     "drivers/virtio/virtio",
     "drivers/virtio/virtio_pci_modern_dev",
     "drivers/virtio/virtio_pci_legacy_dev",
     "drivers/virtio/virtio_pci",
-    "drivers/block/virtio_blk",
-    "fs/squashfs/squashfs",
-    # dm-verity for the root and agent layers (the command line carries their root hashes)
-    "drivers/md/dm-mod",
-    "drivers/md/dm-bufio",
-    "lib/reed_solomon/reed_solomon",
-    "drivers/md/dm-verity",
-)
-REST_MODULES = (
     "net/core/failover",
     "drivers/net/net_failover",
     "drivers/net/virtio_net",
+    "drivers/block/virtio_blk",
     "crypto/crc32c_generic",
     "lib/libcrc32c",
     "lib/crc16",
     "fs/mbcache",
     "fs/jbd2/jbd2",
     "fs/ext4/ext4",
+    "fs/squashfs/squashfs",
     "fs/fat/fat",
     "fs/fat/vfat",
     "fs/nls/nls_cp437",
     "fs/nls/nls_ascii",
+    # dm-verity for the root and agent layers (the command line carries their root hashes)
+    "drivers/md/dm-mod",
+    "drivers/md/dm-bufio",
+    "lib/reed_solomon/reed_solomon",
+    "drivers/md/dm-verity",
     "net/sched/sch_ingress",
     "net/sched/cls_bpf",
 )
-MODULES = (*ROOT_MODULES, *REST_MODULES)
 # dmsetup (Debian's, with its shared libraries from the pinned debs) sets up the verity
 # targets: a smaller closure than veritysetup's (no libcryptsetup, OpenSSL, argon2, json-c).
 DMSETUP = ("sbin/dmsetup", "usr/sbin/dmsetup")
@@ -239,7 +233,7 @@ def build_from_tree(
     entries.append(Entry("bin/busybox", 0o100755, busybox.read_bytes()))
     entries.append(Entry("bin/sh", 0o120777, b"busybox"))
     loaded: set[str] = set()
-    lists: dict[str, list[str]] = {"root": [], "rest": []}
+    names = []
     for rel in MODULES:
         base = modules_dir / "kernel" / rel
         if (base.parent / f"{base.name}.ko").is_file():
@@ -256,10 +250,9 @@ def build_from_tree(
         if missing:
             die(f"module {name} depends on {missing}, not loaded before it: fix MODULES order")
         loaded.add(name.replace("-", "_"))
-        lists["root" if rel in ROOT_MODULES else "rest"].append(name)
+        names.append(name)
         entries.append(Entry(f"lib/modules/{name}.ko", 0o100644, ko))
-    for which, names in lists.items():
-        entries.append(Entry(f"etc/modules.{which}", 0o100644, ("\n".join(names) + "\n").encode()))
+    entries.append(Entry("etc/modules", 0o100644, ("\n".join(names) + "\n").encode()))
     entries += extra or []
     entries.append(Entry("init", 0o100755, (IMAGES_DIR / "initramfs/init").read_bytes()))
     out_vmlinuz.with_name("vmlinux").write_bytes(vmlinux(vmlinuz.read_bytes()))

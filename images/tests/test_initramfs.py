@@ -52,17 +52,6 @@ def test_module_order_loads_virtio_before_its_users_and_tc_last() -> None:
     assert names[-2:] == ["sch_ingress", "cls_bpf"]
 
 
-def test_the_root_list_holds_what_opening_the_root_needs_and_loads_first() -> None:
-    """init loads ROOT_MODULES before the GPT scan and the rest in the background: the
-    build's order check then also proves no root module depends on a later one."""
-    root = [m.rsplit("/", 1)[-1] for m in initramfs.ROOT_MODULES]
-    rest = [m.rsplit("/", 1)[-1] for m in initramfs.REST_MODULES]
-    assert (*initramfs.ROOT_MODULES, *initramfs.REST_MODULES) == initramfs.MODULES
-    assert {"virtio_pci", "virtio_blk", "squashfs", "dm-mod", "dm-verity"} <= set(root)
-    assert {"virtio_net", "ext4", "vfat", "sch_ingress", "cls_bpf"} <= set(rest)
-    assert not set(root) & set(rest)
-
-
 def _xz(data: bytes) -> bytes:
     return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
 

@@ -73,6 +73,7 @@ def _boot(
     timeout: float,
     until: re.Pattern[str],
     then_s: float = 0.0,
+    extra_disks: tuple[Path, ...] = (),
 ) -> tuple[str, int | None]:
     """The console up to `until` (or QEMU's own exit) and `then_s` seconds more, and QEMU's
     exit status if it ended by itself (-no-reboot: a guest reboot ends QEMU)."""
@@ -87,6 +88,7 @@ def _boot(
         smp=1,
         monitored_netdev="user,restrict=on",
         disk_cache="unsafe",
+        extra_disks=extra_disks,
     )
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -172,6 +174,26 @@ def test_a_wrong_or_missing_root_hash_on_the_command_line_stops_the_boot(
     assert ended is None
     for console in (wrong, missing, shell):
         assert "event=root_mounted" not in console
+
+
+def test_a_second_disk_holding_this_builds_partition_guids_stops_the_boot(
+    image_dir: Path, tmp_path: Path
+) -> None:
+    """Two devices with one role's GUID (a second copy of the image plugged in): which one
+    to trust is not the initramfs's guess. It names the first role listed and both devices."""
+    work = _tampered_copy(image_dir, tmp_path / "img")
+    console, ended = _boot(
+        work / "appliance.raw",
+        _direct(work, "sennet.on_fatal=shell"),
+        240,
+        OUTCOME,
+        extra_disks=(image_dir / "appliance.raw",),
+    )
+    assert "event=fatal why=duplicate_partition role=esp devs=/dev/vda1,/dev/vdb1" in console, (
+        console[-3000:]
+    )
+    assert "event=partitions_found" not in console
+    assert ended is None
 
 
 def _replace_on_esp(raw: Path, data: bytes, esp_path: str, tmp: Path) -> None:
