@@ -187,7 +187,7 @@ class Agent:
         watch.start()
         self._threads.append(watch)
         if self.cfg.metrics_listen:
-            from sennet.agent import readout  # prometheus_client: after counting
+            from sennet.agent import readout  # the HTTP server: after counting
 
             self._http = readout.serve(
                 self.cfg.metrics_listen,
