@@ -118,7 +118,8 @@ def one_start(
 ) -> Start:
     """One agent start until its footprint line; the agent is stopped before returning."""
     port = free_port()
-    state = work / f"state-{name}-{time.monotonic_ns()}"
+    tag = f"{name}-{time.monotonic_ns()}"
+    state = work / f"state-{tag}"
     state.mkdir(mode=0o755)
     with veth_pair() as net, bpffs(work) as pins:
         argv = [
@@ -130,10 +131,10 @@ def one_start(
             "--bpf-dir", str(DEFAULT_ASSETS),  # built, not in git: the baseline uses these too
         ]  # fmt: skip
         env = {"PYTHONPATH": str(tree)} if tree is not None else {}
-        agent = LoggedProcess(f"agent ({name})", argv, work / f"agent-{name}.log", env)
+        agent = LoggedProcess(f"agent ({name})", argv, work / f"agent-{tag}.log", env)
         agent.start()
         try:
-            agent.wait_for_log("event=footprint", timeout=60 + 3 * interval_s, count=agent.starts)
+            agent.wait_for_log("event=footprint", timeout=60 + 3 * interval_s)
             assert agent.proc is not None
             pid = agent.proc.pid
             found = FOOTPRINT.findall(agent.log())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import math
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -197,3 +198,43 @@ def test_the_endpoint_listens_on_ipv6_when_told() -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def _raw(at: tuple[str, int], head: bytes) -> bytes:
+    with socket.create_connection(at, timeout=10) as s:
+        s.sendall(head)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /metrics\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n",
+        b"GET /metrics HTTP/1.1\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
+    ],
+    ids=["no-version", "two-words", "bad-header", "101-headers", "long-header", "long-target"],
+)
+def test_the_endpoint_answers_a_malformed_head_with_400(
+    endpoint: tuple[str, int], head: bytes
+) -> None:
+    reply = _raw(endpoint, head)
+    assert reply.startswith(b"HTTP/1.0 400 Bad Request\r\n"), reply[:80]
+    assert reply.endswith(b"\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_the_endpoint_answers_head_and_http_1_0_requests(endpoint: tuple[str, int]) -> None:
+    reply = _raw(endpoint, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.0 405 Method Not Allowed\r\n")
+    assert reply.endswith(b"\r\nContent-Length: 0\r\n\r\n")  # no body to a HEAD
+    reply = _raw(endpoint, b"GET /metrics HTTP/1.0\n\n")  # bare newlines, as some tools send
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head.split(b"\r\n")
+    assert b"\nsennet_agent_uptime_seconds " in body
