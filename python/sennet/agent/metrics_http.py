@@ -125,8 +125,10 @@ def start(listen: str, body: Render) -> tuple[MetricsServer, threading.Thread]:
     """Serve `body()` on `listen` ("HOST:PORT", IPv6 in brackets) from a daemon thread."""
     host, _, port = listen.rpartition(":")
     addr = host.strip("[]") or "0.0.0.0"
+    # As bytes: a str host is passed through the idna codec, whose import (unicodedata's
+    # tables, stringprep) costs more RSS than this whole server. A listen address is ASCII.
     family, _, _, _, sockaddr = socket.getaddrinfo(
-        addr, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        addr.encode("ascii"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     httpd = MetricsServer((str(sockaddr[0]), int(port)), family, body)
     thread = threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True)

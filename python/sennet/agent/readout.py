@@ -2,9 +2,9 @@
 
 A collector builds the families at scrape time from a fresh snapshot, so
 nothing is mirrored by hand and a scrape always sees the kernel's current
-totals. The text is rendered by `exposition.py` and served by the standard
-library's threading HTTP server (`metrics_http.py`), without prometheus_client: see
-`exposition.py` for why.
+totals. The text is rendered by `exposition.py` and served by `metrics_http.py`
+(HTTP/1.0 on the standard library's socketserver), without prometheus_client or
+http.server: those modules say why (the idle agent's RSS, issue 16).
 """
 
 from __future__ import annotations
