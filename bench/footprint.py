@@ -6,9 +6,10 @@ pair inside), `--run-as 65534:65534`, local `/metrics` on loopback, and the gRPC
 sink enrolled with a real control plane on loopback (`sennet.testing.controlplane`).
 When the agent prints `event=footprint` (its own VmRSS after the second
 heartbeat), this reads `/proc/PID/status` (VmRSS, RssAnon, RssFile, RssShmem)
-and `/proc/PID/smaps` (resident KiB per mapping, grouped: Python's heap and
-other anonymous memory, BPF maps, thread stacks, each shared library), scrapes
-`/metrics` once (so the scrape path is loaded too) and reads the status again.
+and `/proc/PID/smaps` (resident KiB per mapping, grouped: the brk heap, other
+anonymous mappings, BPF maps, each shared library by name), scrapes `/metrics`
+once (so the scrape path is loaded too) and reads the status again, and once more
+five heartbeats later (idle should stay where it is).
 
 `--baseline REV` runs the agent's Python package as of git revision REV (from
 `git archive`, on PYTHONPATH; the BPF objects are this tree's, built) in the same
@@ -44,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 FOOTPRINT = re.compile(r"event=footprint\b.*\brss_kib=(\d+)")
 STATUS_KEYS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 TOP_MAPPINGS = 8  # per-mapping rows shown with --detail
+LATER_BEATS = 5  # heartbeats after the footprint line before the last reading
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Start:
     footprint_kib: int  # what the agent printed itself
     status: dict[str, int]  # /proc/PID/status at that moment, KiB
     scraped: dict[str, int]  # the same after one /metrics scrape
+    later: dict[str, int]  # the same after LATER_BEATS more heartbeats
     mappings: dict[str, int]  # resident KiB per mapping group (smaps)
     threads: int
 
@@ -79,10 +82,7 @@ def _group(path: str) -> str:
         return path
     if not path:
         return "anonymous (arenas, thread stacks, pymalloc)"
-    name = Path(path).name
-    if ".cpython-" in name or name.endswith(".so") or ".so." in name:
-        return name
-    return "other files (" + ("python" if "python" in path else "misc") + ")"
+    return Path(path).name  # a shared library, the interpreter, locale data
 
 
 def read_smaps(pid: int) -> dict[str, int]:
@@ -144,13 +144,15 @@ def one_start(
                 if b"sennet_agent_packets" not in r.read():
                     raise RuntimeError(f"agent ({name}): /metrics has no sennet_agent_packets")
             scraped, _ = read_status(pid)
+            time.sleep(LATER_BEATS * interval_s)  # idle goes on: does it stay there?
+            later, _ = read_status(pid)
             if agent.stop() != 0:
                 raise RuntimeError(f"agent ({name}) did not stop cleanly:\n{agent.log()}")
         finally:
             if agent.proc is not None and agent.proc.poll() is None:
                 agent.proc.kill()
                 agent.proc.wait()
-    return Start(int(found[-1]), status, scraped, mappings, threads)
+    return Start(int(found[-1]), status, scraped, later, mappings, threads)
 
 
 def figures_of(name: str, starts: list[Start], detail: bool) -> list[Figure]:
@@ -165,6 +167,14 @@ def figures_of(name: str, starts: list[Start], detail: bool) -> list[Figure]:
             median([s.scraped["VmRSS"] for s in starts]) / mib,
             "MiB",
             "after one /metrics scrape",
+        )
+    )
+    out.append(
+        Figure(
+            f"{name}.VmRSS_later",
+            median([s.later["VmRSS"] for s in starts]) / mib,
+            "MiB",
+            f"{LATER_BEATS} heartbeats after that",
         )
     )
     out.append(Figure(f"{name}.threads", median([s.threads for s in starts]), "threads"))

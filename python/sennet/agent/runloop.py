@@ -22,8 +22,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from sennet import __version__
+from sennet.agent import heap, marks, statedir
 from sennet.agent import identity as identity_mod
-from sennet.agent import marks, statedir
 from sennet.agent.config import AgentConfig
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
@@ -271,6 +271,7 @@ class Agent:
         self.sink.send(self.snapshot(take_recent=True))
         self._beats += 1
         if self._beats == 2:  # idle by now, with the sink (gRPC: its stack) loaded
+            heap.release_freed()  # what start-up freed goes back to the kernel, once
             event(log, "footprint", rss_kib=marks.rss_kib(), uptime=marks.uptime())
         self._write_health()
 
