@@ -9,7 +9,8 @@ heartbeat), this reads `/proc/PID/status` (VmRSS, RssAnon, RssFile, RssShmem)
 and `/proc/PID/smaps` (resident KiB per mapping, grouped: the brk heap, other
 anonymous mappings, BPF maps, each shared library by name), scrapes `/metrics`
 once (so the scrape path is loaded too) and reads the status again, and once more
-five heartbeats later (idle should stay where it is).
+five heartbeats later (idle should stay where it is). `--log-only` starts it
+without a control plane (the log sink only: no gRPC stack).
 
 `--baseline REV` runs the agent's Python package as of git revision REV (from
 `git archive`, on PYTHONPATH; the BPF objects are this tree's, built) in the same
@@ -114,9 +115,11 @@ def tree_at(rev: str) -> Iterator[Path]:
 
 
 def one_start(
-    name: str, tree: Path | None, target: str, bootstrap: str, interval_s: float, work: Path
+    name: str, tree: Path | None, sink: list[str], interval_s: float, work: Path
 ) -> Start:
-    """One agent start until its footprint line; the agent is stopped before returning."""
+    """One agent start until its footprint line; the agent is stopped before returning.
+
+    `sink`: the control-plane flags (none: the log sink only)."""
     port = free_port()
     tag = f"{name}-{time.monotonic_ns()}"
     state = work / f"state-{tag}"
@@ -127,8 +130,8 @@ def one_start(
             "--netns", net.ns_a, "--pin-dir", str(pins / "sennet"),
             "--state-dir", str(state), "--interval-s", str(interval_s),
             "--run-as", "65534:65534", "--metrics-listen", f"127.0.0.1:{port}",
-            "--control-plane", target, "--bootstrap-token", bootstrap,
             "--bpf-dir", str(DEFAULT_ASSETS),  # built, not in git: the baseline uses these too
+            *sink,
         ]  # fmt: skip
         env = {"PYTHONPATH": str(tree)} if tree is not None else {}
         agent = LoggedProcess(f"agent ({name})", argv, work / f"agent-{tag}.log", env)
@@ -204,6 +207,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--starts", type=int, default=3, help="agent starts per tree (median)")
     p.add_argument("--interval-s", type=float, default=1.0, help="the agent's heartbeat interval")
     p.add_argument("--baseline", metavar="REV", help="also run the agent of git revision REV")
+    p.add_argument(
+        "--log-only", action="store_true", help="no control plane: the agent's log sink only"
+    )
     p.add_argument("--detail", action="store_true", help="resident KiB per mapping (smaps)")
     p.add_argument("--json", action="store_true", help="one JSON object per figure per line")
     args = p.parse_args(argv)
@@ -220,17 +226,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             trees.insert(0, ("before", stack.enter_context(tree_at(args.baseline))))
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sennet-footprint-")))
         work.chmod(0o755)
-        db = work / "cp.db"
-        bootstrap = create_bootstrap_token(db)
-        cp = stack.enter_context(running(db, work))
+        sink: list[str] = []
+        if not args.log_only:
+            db = work / "cp.db"
+            bootstrap = create_bootstrap_token(db)
+            cp = stack.enter_context(running(db, work))
+            sink = ["--control-plane", cp.target, "--bootstrap-token", bootstrap]
         results: dict[str, list[Start]] = {name: [] for name, _ in trees}
         for i in range(args.starts):
             for name, tree in trees:
                 lab.note(f"start {i + 1}/{args.starts}: {name}")
-                results[name].append(
-                    one_start(name, tree, cp.target, bootstrap, args.interval_s, work)
-                )
-        cp.stop()
+                results[name].append(one_start(name, tree, sink, args.interval_s, work))
+        if not args.log_only:
+            cp.stop()
     figures = figures_of("now", results["now"], args.detail)
     if args.baseline:
         figures = paired(figures, figures_of("before", results["before"], args.detail))
