@@ -55,8 +55,9 @@ def _ringbuf(v: Any) -> str | None:
 def _listen(v: Any) -> str | None:
     if v == "":
         return None
-    _host, sep, port = str(v).rpartition(":")
-    return None if sep and port.isdigit() and 0 < int(port) < 65536 else '"host:port" or ""'
+    host, sep, port = str(v).rpartition(":")
+    ok = sep and port.isdigit() and 0 < int(port) < 65536 and host.isascii()
+    return None if ok else '"host:port" (ASCII) or ""'
 
 
 def _control_planes(v: Any) -> str | None:

@@ -21,12 +21,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
 import sennet
 from sennet.agent.datapath.bpffs import is_bpffs
+from sennet.agent.exposition import GaugeFamily, render
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 BPF_ROOT = Path("/sys/fs/bpf")
@@ -296,22 +293,12 @@ def as_json(results: list[Result]) -> str:
     return json.dumps(doc, indent=1) + "\n"
 
 
-class _Checks(Collector):
-    def __init__(self, results: list[Result]) -> None:
-        self._results = results
-
-    def collect(self) -> list[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "sennet_agent_doctor_check",
-            "1 if the agent's prerequisite passed `sennet-agent doctor`, 0 if it failed.",
-            labels=["check"],
-        )
-        for r in self._results:
-            family.add_metric([r.check], 1 if r.ok else 0)
-        return [family]
-
-
 def as_metrics(results: list[Result]) -> str:
-    registry = CollectorRegistry()
-    registry.register(_Checks(results))
-    return generate_latest(registry).decode()
+    family = GaugeFamily(
+        "sennet_agent_doctor_check",
+        "1 if the agent's prerequisite passed `sennet-agent doctor`, 0 if it failed.",
+        labels=["check"],
+    )
+    for r in results:
+        family.add_metric([r.check], 1 if r.ok else 0)
+    return render([family]).decode()

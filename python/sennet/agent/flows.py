@@ -51,6 +51,7 @@ from __future__ import annotations
 import ctypes
 import heapq
 import ipaddress
+import mmap
 import operator
 import struct
 import time
@@ -143,8 +144,11 @@ class FlowTracker:
         self.capacity = self.lb.map_info(flows_fd).max_entries
         self.ncpus = self.lb.possible_cpus()
         self.chunk = chunk
-        self._keys = bytearray(chunk * _KS)
-        self._vals = bytearray(chunk * _VS)
+        # Anonymous mappings, not bytearrays: a bytearray is zeroed, so all 3 MB would be
+        # resident from the start; a mapping's pages become resident only as the kernel
+        # writes flows into them (an idle appliance's few flows: a page or two).
+        self._keys = mmap.mmap(-1, chunk * _KS)
+        self._vals = mmap.mmap(-1, chunk * _VS)
         self._token = ctypes.create_string_buffer(64)
         self._prev = _Compact.empty()
         self._walks = 0
@@ -301,8 +305,8 @@ class FlowTracker:
         )
 
 
-def _address(buf: bytearray) -> int:
-    """Where `buf`'s bytes are, for the kernel to copy into (the bytearray is never resized)."""
+def _address(buf: mmap.mmap) -> int:
+    """Where `buf`'s bytes are, for the kernel to copy into (the mapping is never resized)."""
     return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
 
 

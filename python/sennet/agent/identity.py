@@ -15,9 +15,9 @@ import logging
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sennet.agent.statedir import Untrusted, read_root_file, refuse
 from sennet.common.errors import UserError
@@ -40,8 +40,28 @@ class Identity:
 
 def _parse(raw: bytes) -> tuple[str, float]:
     data = json.loads(raw)
-    agent_id = str(uuid.UUID(data["agent_id"]))
-    return agent_id, float(data.get("created_at", 0.0))
+    return _canonical(data["agent_id"]), float(data.get("created_at", 0.0))
+
+
+def _canonical(agent_id: Any) -> str:
+    """The ID as `str(uuid.UUID(...))` gives it. Every start reads one, which the agent wrote
+    in that form itself: it passes as is, and only another form (upper case, braces, a URN)
+    imports uuid, which also imports platform (a quarter MiB of the idle agent's RSS)."""
+    if isinstance(agent_id, str) and _UUID_RE.fullmatch(agent_id):
+        return agent_id
+    import uuid
+
+    return str(uuid.UUID(agent_id))
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as `str(uuid.uuid4())` writes it: what uuid4 does (16 random
+    bytes, the version and variant bits set), without importing uuid (see `_canonical`)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _store(state_dir: Path, agent_id: str, created_at: float) -> None:
@@ -76,7 +96,7 @@ def load_or_create(state_dir: Path) -> Identity:
             raws[p] = raw
 
     if not raws:
-        ident = Identity(str(uuid.uuid4()), time.time(), "")
+        ident = Identity(new_id(), time.time(), "")
         _store(state_dir, ident.agent_id, ident.created_at)
         event(log, "identity_created", agent_id=ident.agent_id, state_dir=str(state_dir))
         return ident
@@ -106,7 +126,7 @@ def load_or_create(state_dir: Path) -> Identity:
         if found:
             agent_id, created, recovered = found[0], time.time(), "salvaged"
         else:
-            agent_id, created, recovered = str(uuid.uuid4()), time.time(), "new-after-corruption"
+            agent_id, created, recovered = new_id(), time.time(), "new-after-corruption"
 
     if recovered:
         for p in raws:

@@ -14,13 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-
+from sennet.agent.exposition import CounterFamily, Family, GaugeFamily, HistogramFamily
 from sennet.agent.snapshot import Snapshot
 from sennet.agent.telemetry import (
     DnsReport,
@@ -35,7 +29,7 @@ from sennet.common.prom_histogram import cumulative
 TALKER_LABELS = ["rank", "interface", "direction", "proto", "src", "dst", "sport", "dport", "vlan"]
 
 
-def families(snap: Snapshot) -> Iterator[Metric]:
+def families(snap: Snapshot) -> Iterator[Family]:
     """Every family the snapshot's reports give (none for a feature not reported)."""
     if snap.flows is not None:
         yield from _flows(snap.flows)
@@ -47,21 +41,21 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         yield from _tcp(snap.tcp)
 
 
-def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, value=value)
+def _counter(name: str, doc: str, value: int) -> CounterFamily:
+    return CounterFamily(name, doc, value=value)
 
 
-def _histogram(name: str, doc: str, h: LatencyHistogram) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, doc)
+def _histogram(name: str, doc: str, h: LatencyHistogram) -> HistogramFamily:
+    family = HistogramFamily(name, doc)
     family.add_metric([], cumulative(h.bounds_s, h.counts), h.sum_s)
     return family
 
 
-def _flows(f: FlowReport) -> Iterator[Metric]:
-    yield GaugeMetricFamily(
+def _flows(f: FlowReport) -> Iterator[Family]:
+    yield GaugeFamily(
         "sennet_agent_flow_active", "Flows in the flow table at the last read", value=f.active
     )
-    yield GaugeMetricFamily(
+    yield GaugeFamily(
         "sennet_agent_flow_capacity", "Flow table size (max entries, set at load)", value=f.capacity
     )
     yield _counter("sennet_agent_flow_created", "Flows the data plane created", f.created_total)
@@ -78,12 +72,12 @@ def _flows(f: FlowReport) -> Iterator[Metric]:
         "Flows the agent had read, evicted by the LRU before they ended",
         f.evicted_total,
     )
-    octets = GaugeMetricFamily(
+    octets = GaugeFamily(
         "sennet_agent_flow_top_talker_bytes",
         "Bytes in the last interval of the top flows by bytes (rank 1 = largest)",
         labels=TALKER_LABELS,
     )
-    packets = GaugeMetricFamily(
+    packets = GaugeFamily(
         "sennet_agent_flow_top_talker_packets",
         "Packets in the last interval of the top flows by bytes (rank as in ..._bytes)",
         labels=TALKER_LABELS,
@@ -106,14 +100,14 @@ def _flows(f: FlowReport) -> Iterator[Metric]:
     yield packets
 
 
-def _microbursts(bursts: Sequence[Microburst]) -> Iterator[Metric]:
+def _microbursts(bursts: Sequence[Microburst]) -> Iterator[Family]:
     labels = ["interface", "direction", "window"]
-    packets = GaugeMetricFamily(
+    packets = GaugeFamily(
         "sennet_agent_flow_microburst_max_packets",
         "Most packets in any one window of the last interval",
         labels=labels,
     )
-    octets = GaugeMetricFamily(
+    octets = GaugeFamily(
         "sennet_agent_flow_microburst_max_bytes",
         "Most bytes in any one window of the last interval",
         labels=labels,
@@ -126,21 +120,21 @@ def _microbursts(bursts: Sequence[Microburst]) -> Iterator[Metric]:
     yield octets
 
 
-def _top_names(name: str, doc: str, names: Sequence[NameCount]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, doc, labels=["rank", "qname"])
+def _top_names(name: str, doc: str, names: Sequence[NameCount]) -> GaugeFamily:
+    family = GaugeFamily(name, doc, labels=["rank", "qname"])
     for rank, n in enumerate(names, start=1):
         family.add_metric([str(rank), n.name], n.count)
     return family
 
 
-def _dns(d: DnsReport) -> Iterator[Metric]:
-    queries = CounterMetricFamily(
+def _dns(d: DnsReport) -> Iterator[Family]:
+    queries = CounterFamily(
         "sennet_agent_dns_queries", "DNS queries seen, by query type", labels=["type"]
     )
     for qtype, n in sorted(d.queries_by_type.items()):
         queries.add_metric([qtype], n)
     yield queries
-    responses = CounterMetricFamily(
+    responses = CounterFamily(
         "sennet_agent_dns_responses", "DNS responses seen, by rcode", labels=["rcode"]
     )
     for rcode, n in sorted(d.responses_by_rcode.items()):
@@ -169,7 +163,7 @@ def _dns(d: DnsReport) -> Iterator[Metric]:
     )
 
 
-def _tcp(t: TcpReport) -> Iterator[Metric]:
+def _tcp(t: TcpReport) -> Iterator[Family]:
     yield _histogram(
         "sennet_agent_tcp_syn_rtt_seconds",
         "SYN to SYN/ACK: the path from the tap point to the server and back",
@@ -185,7 +179,7 @@ def _tcp(t: TcpReport) -> Iterator[Metric]:
         "SYNs never answered by a SYN/ACK within the timeout",
         t.attempts_unanswered_total,
     )
-    resets = CounterMetricFamily(
+    resets = CounterFamily(
         "sennet_agent_tcp_resets", "RST segments, by the hook that saw them", labels=["direction"]
     )
     for direction, n in sorted(t.resets_by_direction.items()):

@@ -1,20 +1,20 @@
 """Local read-out for a host without a control plane: the agent's own /metrics.
 
-A custom collector builds the families at scrape time from a fresh snapshot,
-so nothing is mirrored by hand and a scrape always sees the kernel's current
-totals. The registry is the agent's own, never the process-global default.
+A collector builds the families at scrape time from a fresh snapshot, so
+nothing is mirrored by hand and a scrape always sees the kernel's current
+totals. The text is rendered by `exposition.py` and served by `metrics_http.py`
+(HTTP/1.0 on the standard library's socketserver), without prometheus_client or
+http.server: those modules say why (the idle agent's RSS, issue 16).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-from prometheus_client.registry import Collector
-
-from sennet.agent import insight_metrics
+from sennet.agent import insight_metrics, metrics_http
+from sennet.agent.exposition import CounterFamily, Family, GaugeFamily, InfoFamily, render
+from sennet.agent.metrics_http import MetricsServer
 from sennet.agent.sinks.fanout import own_metrics_of
 from sennet.agent.sinks.protocol import OwnMetric
 from sennet.agent.snapshot import Snapshot
@@ -23,7 +23,7 @@ from sennet.agent.snapshot import Snapshot
 ControlPlaneStatus = Callable[[], tuple[str, int, int] | None]
 
 
-class SnapshotCollector(Collector):
+class SnapshotCollector:
     def __init__(
         self,
         snapshot: Callable[[], Snapshot],
@@ -36,10 +36,10 @@ class SnapshotCollector(Collector):
         self._sink = sink  # its own metrics (OTLP exports, drops) are shown too
         self._control_plane = control_plane
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Family]:
         snap = self._snapshot()
         image = snap.image_state.image
-        info = InfoMetricFamily("sennet_agent", "Agent identity and build")
+        info = InfoFamily("sennet_agent", "Agent identity and build")
         info.add_metric(
             [],
             {
@@ -54,15 +54,15 @@ class SnapshotCollector(Collector):
             },
         )
         yield info
-        yield GaugeMetricFamily(
+        yield GaugeFamily(
             "sennet_agent_uptime_seconds", "Seconds since agent start", value=snap.uptime_s
         )
-        packets = CounterMetricFamily(
+        packets = CounterFamily(
             "sennet_agent_packets",
             "Packets seen by the TC programs",
             labels=["interface", "direction"],
         )
-        octets = CounterMetricFamily(
+        octets = CounterFamily(
             "sennet_agent_bytes",
             "Bytes on the wire seen by the TC programs (VLAN tags and aggregate segments counted)",
             labels=["interface", "direction"],
@@ -74,10 +74,8 @@ class SnapshotCollector(Collector):
             octets.add_metric([c.ifname, "tx"], c.tx_bytes)
         yield packets
         yield octets
-        events = CounterMetricFamily(
-            "sennet_agent_events", "Events detected, by kind", labels=["kind"]
-        )
-        drops = CounterMetricFamily(
+        events = CounterFamily("sennet_agent_events", "Events detected, by kind", labels=["kind"])
+        drops = CounterFamily(
             "sennet_agent_ringbuf_drops",
             "Events lost because the ring buffer was full",
             labels=["kind"],
@@ -88,7 +86,7 @@ class SnapshotCollector(Collector):
             drops.add_metric([kind], n)
         yield events
         yield drops
-        yield CounterMetricFamily(
+        yield CounterFamily(
             "sennet_agent_events_consumed",
             "Events decoded by this agent process",
             value=snap.events_consumed,
@@ -100,32 +98,32 @@ class SnapshotCollector(Collector):
         cp = self._control_plane()
         if cp is not None:
             address, failovers, failbacks = cp
-            yield InfoMetricFamily(
+            yield InfoFamily(
                 "sennet_agent_control_plane",
                 "The control-plane address heartbeats go to now",
                 value={"address": address},
             )
-            yield CounterMetricFamily(
+            yield CounterFamily(
                 "sennet_agent_control_plane_failovers",
                 "Moves to the next control-plane address after a transport failure",
                 value=failovers,
             )
-            yield CounterMetricFamily(
+            yield CounterFamily(
                 "sennet_agent_control_plane_failbacks",
                 "Returns to the first control-plane address once it answered again",
                 value=failbacks,
             )
 
 
-def own_families(metrics: list[OwnMetric]) -> Iterator[Any]:
+def own_families(metrics: list[OwnMetric]) -> Iterator[Family]:
     """A sink's own metrics in Prometheus form: dots become underscores."""
     for m in metrics:
         name = m.name.replace(".", "_")
         labels = sorted({k for attrs, _ in m.points for k, _ in attrs})
-        family: CounterMetricFamily | GaugeMetricFamily = (
-            CounterMetricFamily(name, m.help, labels=labels)
+        family: CounterFamily | GaugeFamily = (
+            CounterFamily(name, m.help, labels=labels)
             if m.kind == "counter"
-            else GaugeMetricFamily(name, m.help, labels=labels)
+            else GaugeFamily(name, m.help, labels=labels)
         )
         for attrs, value in m.points:
             given = dict(attrs)
@@ -139,9 +137,7 @@ def serve(
     agent_id: str,
     sink: Callable[[], object] = lambda: None,
     control_plane: ControlPlaneStatus = lambda: None,
-) -> tuple[Any, Any]:
+) -> tuple[MetricsServer, threading.Thread]:
     """Start the HTTP endpoint in a daemon thread; returns (server, thread) for shutdown."""
-    host, _, port = listen.rpartition(":")
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot, agent_id, sink, control_plane))
-    return start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=registry)
+    collector = SnapshotCollector(snapshot, agent_id, sink, control_plane)
+    return metrics_http.start(listen, lambda: render(collector.collect()))

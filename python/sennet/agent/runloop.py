@@ -22,8 +22,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from sennet import __version__
+from sennet.agent import heap, marks, statedir
 from sennet.agent import identity as identity_mod
-from sennet.agent import marks, statedir
 from sennet.agent.config import AgentConfig
 from sennet.agent.counters import CounterReader
 from sennet.agent.datapath import layout
@@ -188,7 +188,7 @@ class Agent:
         watch.start()
         self._threads.append(watch)
         if self.cfg.metrics_listen:
-            from sennet.agent import readout  # prometheus_client: after counting
+            from sennet.agent import readout  # the HTTP server: after counting
 
             self._http = readout.serve(
                 self.cfg.metrics_listen,
@@ -272,6 +272,7 @@ class Agent:
         self.sink.send(self.snapshot(take_recent=True))
         self._beats += 1
         if self._beats == 2:  # idle by now, with the sink (gRPC: its stack) loaded
+            heap.release_freed()  # what start-up freed goes back to the kernel, once
             event(log, "footprint", rss_kib=marks.rss_kib(), uptime=marks.uptime())
         self._write_health()
 

@@ -17,12 +17,15 @@ appliance runs another version) resumes from the part's size. An offer larger
 than `update_max_bytes`, a malformed offer, or a bundle whose digest does not
 match (the part is deleted) is refused with one log line naming why, and not
 tried again by this agent process.
+
+http.client (with the email package it parses headers with) and hashlib are
+imported when a fetch starts, not with this module: every agent with a control
+plane builds a fetcher, and an idle one never downloads (issue 16: about 1 MiB
+of the idle agent's RSS).
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import logging
 import os
@@ -32,10 +35,14 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sennet.common.files import write_atomic
 from sennet.common.log import event
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+
+if TYPE_CHECKING:
+    import http.client
 
 log = logging.getLogger("sennet.agent.update_fetch")
 
@@ -99,17 +106,18 @@ def _split_url(url: str) -> tuple[bool, str, int]:
     return scheme == "https", host.strip("[]"), int(port)
 
 
-class _Https(http.client.HTTPSConnection):
+def _https(
+    host: str, port: int, ctx: ssl.SSLContext, server_name: str, timeout: float
+) -> http.client.HTTPSConnection:
     """HTTPS that checks the certificate against `server_name` instead of the host dialled."""
+    import http.client
 
-    def __init__(self, host: str, port: int, ctx: ssl.SSLContext, server_name: str, timeout: float):
-        super().__init__(host, port, context=ctx, timeout=timeout)
-        self._ctx = ctx
-        self._server_name = server_name
+    class Https(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            sock = socket.create_connection((self.host, self.port), self.timeout)
+            self.sock = ctx.wrap_socket(sock, server_hostname=server_name)
 
-    def connect(self) -> None:
-        sock = socket.create_connection((self.host, self.port), self.timeout)
-        self.sock = self._ctx.wrap_socket(sock, server_hostname=self._server_name)
+    return Https(host, port, context=ctx, timeout=timeout)
 
 
 class UpdateFetcher:
@@ -198,13 +206,15 @@ class UpdateFetcher:
         return f"{scheme}://{host}:{offer.download_port}"
 
     def _connection(self, base_url: str) -> http.client.HTTPConnection:
+        import http.client
+
         tls, host, port = _split_url(base_url)
         if not tls:
             return http.client.HTTPConnection(host, port, timeout=self._opts.timeout_s)
         ctx = ssl.create_default_context(cafile=self._opts.tls_ca or None)
         if self._opts.tls_cert:
             ctx.load_cert_chain(self._opts.tls_cert, self._opts.tls_key or None)
-        return _Https(host, port, ctx, self._opts.tls_server_name or host, self._opts.timeout_s)
+        return _https(host, port, ctx, self._opts.tls_server_name or host, self._opts.timeout_s)
 
     def fetch(self, offer: pb.UpdateOffer, base_url: str, token: str) -> Path:
         """Download (resuming), verify and hand over; returns the bundle's path.
@@ -264,6 +274,8 @@ class UpdateFetcher:
         self, conn: http.client.HTTPConnection, offer: pb.UpdateOffer, start: int, token: str
     ) -> bytes:
         """One Range request: at most `chunk_bytes` from `start`, checked against the offer."""
+        import http.client
+
         end = min(start + self._opts.chunk_bytes, offer.size) - 1
         try:
             conn.request(
@@ -292,6 +304,8 @@ class UpdateFetcher:
 
 
 def _sha256_of(path: Path) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import uuid
 from pathlib import Path
 
 from sennet.agent import identity
@@ -51,3 +52,23 @@ def test_missing_backup_is_restored(tmp_path: Path) -> None:
     (tmp_path / identity.BACKUP).unlink()
     assert identity.load_or_create(tmp_path).agent_id == original
     assert json.loads((tmp_path / identity.BACKUP).read_text())["agent_id"] == original
+
+
+def test_an_id_written_in_another_uuid_form_is_read_in_the_canonical_form(
+    tmp_path: Path,
+) -> None:
+    canonical = "0a513e27-9390-40bd-80a1-2e6bbfbbc241"
+    for form in (canonical.upper(), "{" + canonical + "}", "urn:uuid:" + canonical):
+        blob = json.dumps({"agent_id": form, "created_at": 1.5}).encode()
+        for name in (identity.FILE, identity.BACKUP):
+            (tmp_path / name).write_bytes(blob)
+        again = identity.load_or_create(tmp_path)
+        assert (again.agent_id, again.created_at, again.recovered) == (canonical, 1.5, ""), form
+
+
+def test_a_new_id_is_a_random_version_4_uuid_in_canonical_form() -> None:
+    ids = [identity.new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    for agent_id in ids:
+        parsed = uuid.UUID(agent_id)
+        assert (str(parsed), parsed.version, parsed.variant) == (agent_id, 4, uuid.RFC_4122)

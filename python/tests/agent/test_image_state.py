@@ -13,12 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
+from sennet.agent.exposition import render
 from sennet.agent.image_state import ImageIdentity, ImageState, ImageStateReader, UpdateOutcome
 from sennet.agent.readout import SnapshotCollector
 from sennet.agent.sinks.heartbeat_message import snapshot_to_request
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
+from sennet.testing.scrape import parse_samples, sample
 from sennet.testing.telemetry import full_snapshot
 
 DIGEST = "0123456789abcdef" * 4
@@ -96,8 +97,7 @@ def test_a_symbolic_link_in_place_of_the_file_is_not_followed(tmp_path: Path) ->
 def test_the_agents_own_info_metric_carries_the_image_labels(tmp_path: Path) -> None:
     state = ImageState(ImageIdentity("0.2.0", DIGEST, "b"), None)
     snap = replace(full_snapshot(), image_state=state)
-    registry = CollectorRegistry()
-    registry.register(SnapshotCollector(lambda: snap, "agent-1"))
+    text = render(SnapshotCollector(lambda: snap, "agent-1").collect()).decode()
     labels = {
         "agent_id": "agent-1",
         "version": "0.1.0",
@@ -107,4 +107,4 @@ def test_the_agents_own_info_metric_carries_the_image_labels(tmp_path: Path) -> 
         "image_digest": DIGEST,
         "slot": "b",
     }
-    assert registry.get_sample_value("sennet_agent_info", labels) == 1.0
+    assert sample(parse_samples(text), "sennet_agent_info", **labels) == 1.0

@@ -10,7 +10,6 @@ The map operations work on any map fd, so they serve both loaders (bcc too).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import functools
 import os
@@ -127,12 +126,11 @@ class LibBpf:
     """Loaded libbpf with typed signatures. One per process (see `libbpf()`)."""
 
     def __init__(self) -> None:
-        path = ctypes.util.find_library("bpf") or "libbpf.so.1"
         try:
-            self.lib = ctypes.CDLL(path, use_errno=True)
+            self.lib = _load_libbpf()
         except OSError as exc:
             raise UserError(
-                f"cannot load libbpf ({path}): {exc}",
+                f"cannot load libbpf: {exc}",
                 hint="install libbpf1 (apt-get install libbpf1)",
             ) from exc
         self.libc = ctypes.CDLL(None, use_errno=True)
@@ -420,3 +418,22 @@ class LibBpf:
 def libbpf() -> LibBpf:
     """The process-wide libbpf handle (the C library's print hook is global anyway)."""
     return LibBpf()
+
+
+def _load_libbpf() -> ctypes.CDLL:
+    """libbpf 1.x by its soname, which the dynamic loader finds by itself; failing that,
+    whatever version ctypes.util finds.
+
+    The search is only the fallback: ctypes.util runs `ldconfig -p` in a subprocess and
+    imports tempfile and random, start-up time and memory (issue 16) the usual case does
+    without.
+    """
+    try:
+        return ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError:
+        from ctypes.util import find_library
+
+        path = find_library("bpf")
+        if path is None or path == "libbpf.so.1":
+            raise
+        return ctypes.CDLL(path, use_errno=True)

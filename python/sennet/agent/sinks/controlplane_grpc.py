@@ -29,11 +29,11 @@ heartbeat it acknowledges (`endpoints.Rotation`).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -143,7 +143,7 @@ class GrpcSink:
         self._queued_bytes = 0  # sum of ByteSize() over self._events
         # Events are numbered per sink (agent process) so the control plane can store a
         # batch it already stored once, when our previous attempt's reply was lost.
-        self._stream = uuid.uuid4().hex
+        self._stream = os.urandom(16).hex()  # as uuid4().hex, without importing uuid
         self._seq = 0
         self._inflight: set[int] = set()  # ids of queued events in the heartbeat being sent
         self._dropped = 0
