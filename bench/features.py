@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+import ablate
 import flows
 from sennet.agent.config import DEFAULT_ASSETS
 from sennet.agent.datapath import layout, libbpf_loader, tc
@@ -97,13 +98,18 @@ def built_from(rev: str) -> Iterator[Path]:
         yield Path(tmp) / "out"
 
 
-def load_variants(stack: contextlib.ExitStack, pin_root: Path, baseline: str) -> list[Variant]:
+def load_variants(
+    stack: contextlib.ExitStack, pin_root: Path, baseline: str, ablations: Sequence[str]
+) -> list[Variant]:
     """The empty program, then one load per feature set of today's object and, for the
-    counters alone and the default, of the object built from `baseline`, all the agent's way."""
+    counters alone and the default, of the object built from `baseline`, all the agent's way;
+    then each of `ablations` (bench/ablate.py) with the counters alone, as ablate_<name>."""
     out = [Variant("empty", stack.enter_context(lab.empty_program()))]
     old_assets = stack.enter_context(built_from(baseline))
     loads = [(name, DEFAULT_ASSETS, features) for name, features in FEATURE_SETS.items()]
     loads += [(f"before_{name}", old_assets, FEATURE_SETS[name]) for name in BASELINE_SETS]
+    for name, assets in stack.enter_context(ablate.built(ablations)).items():
+        loads.append((f"ablate_{name}", assets, FEATURE_SETS["counters"]))
     for name, assets, features in loads:
         pin_dir = pin_root / name
         pin_dir.mkdir()
@@ -204,7 +210,7 @@ def bpf_stats() -> Iterator[None]:
 
 def measure_path(variants: list[Variant], rounds: int, window_s: float) -> list[Figure]:
     """Each variant at TC ingress of a flooded veth: in-path ns per run, rate, path CPU."""
-    chosen = [v for v in variants if v.name in PATH_VARIANTS]
+    chosen = [v for v in variants if v.name in PATH_VARIANTS or v.name.startswith("ablate_")]
     ids = {v.name: libbpf().prog_id(v.fd) for v in chosen}
     frame = wire.udp_frame(wire.SMALL_FRAME)
     run_ns: dict[str, list[float]] = {v.name: [] for v in chosen}
@@ -307,6 +313,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=BASELINE_REV,
         help=f"git revision whose object is measured as before_* (default {BASELINE_REV})",
     )
+    p.add_argument(
+        "--ablate",
+        action="append",
+        default=[],
+        choices=list(ablate.ABLATIONS),
+        help="also measure today's object with this part taken out (bench/ablate.py; repeatable)",
+    )
     return p.parse_args(argv)
 
 
@@ -322,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bpffs(Path(tmp)) as pins,
             contextlib.ExitStack() as stack,
         ):
-            variants = load_variants(stack, pins, args.baseline)
+            variants = load_variants(stack, pins, args.baseline, args.ablate)
             if args.only in (None, "cost"):
                 with lab.pinned_to({1}):
                     figures += measure_cost(variants, args.rounds, args.repeat, args.cold_runs)
