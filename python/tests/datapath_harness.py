@@ -21,7 +21,7 @@ from sennet.testing.netlab import VethPair
 
 LOADERS = ("libbpf", "bcc")
 # The default load and the one with every feature after the counters off: the latter counts
-# a plain frame on a path of its own (bpf/sennet_tc.bpf.c: counted_plain), so the exact-count
+# a plain frame on a path of its own (bpf/plain.h: counted_plain), so the exact-count
 # tests run against both.
 FEATURE_SETS = {"all": layout.FEATURES_ALL, "counters": layout.Feature(0)}
 

@@ -1,7 +1,7 @@
 """The short path against the full parser, on generated frames through the real programs.
 
 With no feature after the counters, a plain frame (untagged IPv4 without options, TCP or
-UDP, nothing to report) is counted by counted_plain() in bpf/sennet_tc.bpf.c without the
+UDP, nothing to report) is counted by counted_plain() in bpf/plain.h without the
 full parse; the default load always parses in full. The same frames through both loads,
 on every hook, must give the same return codes, the same counts and the same events field
 for field (the time aside): the short path may only skip work whose outcome it knows.
