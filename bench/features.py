@@ -9,10 +9,10 @@ Variants of `sennet_ingress`, all loaded the agent's way (libbpf_loader) and
 differing only in the load-time switch `cfg_features` (bpf/sennet_tc.h:
 SENNET_FEAT_*): `counters` (none: counters and events only), each feature alone
 on top of the counters, and `all` (the default). Beside them, in the same
-rounds: the empty program (bpf/bench_empty.bpf.c) and `before`, sennet_ingress
-built from BEFORE_REV (the program before the switch existed: everything on,
-the clock read on every packet, the IPv4 and L4 headers of a non-linear skb
-copied in two helper calls instead of one).
+rounds: the empty program (bpf/bench_empty.bpf.c) and `before_counters` and
+`before_all`, the object built from `--baseline` (default BASELINE_REV: before
+the short path a plain frame takes with every feature after the counters off)
+loaded the same way, so one run shows before and after side by side.
 
 `cost`: each variant on a 64-byte UDP frame and on a 154-byte TCP data segment,
 kernel-timed. `warm` is one test_run call of `repeat` runs on the same skb (the
@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+import ablate
 import flows
 from sennet.agent.config import DEFAULT_ASSETS
 from sennet.agent.datapath import layout, libbpf_loader, tc
@@ -65,7 +66,7 @@ import throughput
 import wire
 
 REPO = Path(__file__).resolve().parents[1]
-BEFORE_REV = "5be8734"  # before cfg_features and the single-copy IPv4 parse
+BASELINE_REV = "f2aefa2"  # before the plain-frame path (counted_plain) and on_wire()
 SWEEP_BYTES = 16 << 20  # larger than the last-level cache of the machines we run on
 TC_ACT_UNSPEC = 0xFFFFFFFF
 FEATURE_SETS: dict[str, Feature] = {
@@ -76,7 +77,8 @@ FEATURE_SETS: dict[str, Feature] = {
     "dns": Feature.DNS,
     "all": layout.FEATURES_ALL,
 }
-PATH_VARIANTS = ("empty", "before", "counters", "bursts", "flows", "all")
+BASELINE_SETS = ("counters", "all")  # loaded from the baseline object too, as before_<name>
+PATH_VARIANTS = ("empty", "before_counters", "counters", "before_all", "all")
 
 
 @dataclass(frozen=True)
@@ -86,32 +88,32 @@ class Variant:
 
 
 @contextlib.contextmanager
-def built_from(rev: str, program: str) -> Iterator[int]:
-    """`program` of sennet_tc.bpf.o as built from git revision `rev`, in a temporary directory."""
+def built_from(rev: str) -> Iterator[Path]:
+    """A directory holding sennet_tc.bpf.o as built from git revision `rev` (deleted after)."""
     with tempfile.TemporaryDirectory(prefix="sennet-before-") as tmp:
         tar = Path(tmp) / "bpf.tar"
         run(["git", "-C", str(REPO), "archive", "--format=tar", "-o", str(tar), rev, "bpf"])
         run(["tar", "-xf", str(tar), "-C", tmp])
         run(["sh", f"{tmp}/bpf/build.sh", f"{tmp}/out"])
-        fd, close = libbpf_loader.load_program(Path(tmp) / "out" / "sennet_tc.bpf.o", program)
-        try:
-            yield fd
-        finally:
-            close()  # type: ignore[operator]
+        yield Path(tmp) / "out"
 
 
-def load_variants(stack: contextlib.ExitStack, pin_root: Path) -> list[Variant]:
-    """The empty program, the old object, and one load of today's object per feature set."""
-    out = [
-        Variant("empty", stack.enter_context(lab.empty_program())),
-        Variant("before", stack.enter_context(built_from(BEFORE_REV, layout.PROGRAM_INGRESS))),
-    ]
-    for name, features in FEATURE_SETS.items():
+def load_variants(
+    stack: contextlib.ExitStack, pin_root: Path, baseline: str, ablations: Sequence[str]
+) -> list[Variant]:
+    """The empty program, then one load per feature set of today's object and, for the
+    counters alone and the default, of the object built from `baseline`, all the agent's way;
+    then each of `ablations` (bench/ablate.py) with the counters alone, as ablate_<name>."""
+    out = [Variant("empty", stack.enter_context(lab.empty_program()))]
+    old_assets = stack.enter_context(built_from(baseline))
+    loads = [(name, DEFAULT_ASSETS, features) for name, features in FEATURE_SETS.items()]
+    loads += [(f"before_{name}", old_assets, FEATURE_SETS[name]) for name in BASELINE_SETS]
+    for name, assets in stack.enter_context(ablate.built(ablations)).items():
+        loads.append((f"ablate_{name}", assets, FEATURE_SETS["counters"]))
+    for name, assets, features in loads:
         pin_dir = pin_root / name
         pin_dir.mkdir()
-        dp = libbpf_loader.load(
-            DatapathOptions(DEFAULT_ASSETS, pin_dir, 1 << 16, 1514, features=features)
-        )
+        dp = libbpf_loader.load(DatapathOptions(assets, pin_dir, 1 << 16, 1514, features=features))
         stack.callback(dp.close)
         out.append(Variant(name, dp.ingress_fd))
     return out
@@ -208,7 +210,7 @@ def bpf_stats() -> Iterator[None]:
 
 def measure_path(variants: list[Variant], rounds: int, window_s: float) -> list[Figure]:
     """Each variant at TC ingress of a flooded veth: in-path ns per run, rate, path CPU."""
-    chosen = [v for v in variants if v.name in PATH_VARIANTS]
+    chosen = [v for v in variants if v.name in PATH_VARIANTS or v.name.startswith("ablate_")]
     ids = {v.name: libbpf().prog_id(v.fd) for v in chosen}
     frame = wire.udp_frame(wire.SMALL_FRAME)
     run_ns: dict[str, list[float]] = {v.name: [] for v in chosen}
@@ -306,6 +308,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cold-runs", type=int, default=270, help="cold single runs per case (270)")
     p.add_argument("--path-rounds", type=int, default=5, help="rounds of path windows (5)")
     p.add_argument("--window", type=float, default=1.0, help="seconds per path window (1.0)")
+    p.add_argument(
+        "--baseline",
+        default=BASELINE_REV,
+        help=f"git revision whose object is measured as before_* (default {BASELINE_REV})",
+    )
+    p.add_argument(
+        "--ablate",
+        action="append",
+        default=[],
+        choices=list(ablate.ABLATIONS),
+        help="also measure today's object with this part taken out (bench/ablate.py; repeatable)",
+    )
     return p.parse_args(argv)
 
 
@@ -321,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bpffs(Path(tmp)) as pins,
             contextlib.ExitStack() as stack,
         ):
-            variants = load_variants(stack, pins)
+            variants = load_variants(stack, pins, args.baseline, args.ablate)
             if args.only in (None, "cost"):
                 with lab.pinned_to({1}):
                     figures += measure_cost(variants, args.rounds, args.repeat, args.cold_runs)

@@ -456,12 +456,15 @@ int sennet_features_xdp(struct xdp_md *ctx)
 #define run_features features
 #endif
 
-/* The one path of every hook: parse, count, events, features. What only the
- * skb knows (a VLAN tag kept in metadata, a GRO/GSO aggregate) is read at TC;
- * at XDP the frame is as it arrived: any tag is still in the data, and GRO
- * has not run, so every frame is one segment. */
+#include "plain.h"
+
+/* The one path of every hook: parse, count, events, features. With no feature
+ * after the counters, a plain frame takes counted_plain() instead. */
 static __always_inline int handle(void *ctx, const int hook, __u8 dir)
 {
+	if (!feature_on(SENNET_FEAT_AFTER) && counted_plain(ctx, hook, dir))
+		return pass(hook);
+
 	struct sennet_event ev = {};
 	struct sennet_l4 l4 = {};
 	__u32 kinds;
@@ -479,40 +482,11 @@ static __always_inline int handle(void *ctx, const int hook, __u8 dir)
 	 * after it, so they need not survive its helper calls on the stack. */
 	kinds = parse(ctx, hook, &ev, &l4);
 
-	__u32 len = pkt_len(ctx, hook);
-	/* An outer tag kept in metadata: moved out of the data before TC ingress,
-	 * or inserted after TC egress by the driver (or the NIC). On the wire it
-	 * is in every frame. */
-	__u32 tag = 0;
-	__u32 segs = 1;
-	__u32 gso_size = 0;
+	__u32 segs, bytes, frame;
+	__u32 tci = on_wire(ctx, hook, l4.hdr_end, &segs, &bytes, &frame);
 
-	if (hook == SENNET_HOOK_TC) {
-		struct __sk_buff *skb = ctx;
-
-		if (skb->vlan_present) {
-			tag = VLAN_TAG_LEN;
-			l4.vlan_id = skb->vlan_tci & 0x0fff;
-		}
-		segs = skb->gso_segs;
-		gso_size = skb->gso_size;
-	}
-	__u32 frame = len + tag;
-	__u32 bytes = frame;
-	__u32 hdr_end = l4.hdr_end;
-
-	if (__builtin_expect(segs > 1, 0)) {
-		/* GRO/GSO aggregate: `segs` frames on the wire, each with the headers
-		 * (up to the end of the TCP/UDP header) and at most gso_size bytes of
-		 * payload. Headers unknown (not TCP/UDP): count the data once. */
-		if (hdr_end > len)
-			hdr_end = 0;
-		bytes += (segs - 1) * (hdr_end + tag);
-		if (hdr_end + gso_size + tag < frame)
-			frame = hdr_end + gso_size + tag;
-	} else {
-		segs = 1;
-	}
+	if (tci)
+		l4.vlan_id = tci & 0x0fff;
 	__u32 slot = count(ifindex, dir, segs, bytes);
 
 	ev.pkt_len = frame;

@@ -20,6 +20,10 @@ from sennet.agent.snapshot import Event
 from sennet.testing.netlab import VethPair
 
 LOADERS = ("libbpf", "bcc")
+# The default load and the one with every feature after the counters off: the latter counts
+# a plain frame on a path of its own (bpf/plain.h: counted_plain), so the exact-count
+# tests run against both.
+FEATURE_SETS = {"all": layout.FEATURES_ALL, "counters": layout.Feature(0)}
 
 
 @dataclass

@@ -18,7 +18,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from sennet.testing.netlab import VethPair
-from tests.datapath_harness import LOADERS, running
+from tests.datapath_harness import FEATURE_SETS, LOADERS, running
 from tests.frames import KIND_ORDER, MAC_A, MAC_B, cases
 
 pytestmark = pytest.mark.kernel
@@ -34,20 +34,24 @@ def udp_frame(payload: int, src: str = "10.1.0.1", dst: str = "10.1.0.2") -> byt
 
 
 @pytest.mark.parametrize("loader", LOADERS)
-def test_rx_counts_exact_packets_and_bytes(net: VethPair, pin_root: Path, loader: str) -> None:
+@pytest.mark.parametrize("features", FEATURE_SETS)
+def test_rx_counts_exact_packets_and_bytes(
+    net: VethPair, pin_root: Path, loader: str, features: str
+) -> None:
     frames = [udp_frame(18)] * 5 + [udp_frame(500)] * 3
     assert [len(f) for f in frames[:1] + frames[-1:]] == [60, 542]
-    with running(net, pin_root / "p", loader) as dp:
+    with running(net, pin_root / "p", loader, features=FEATURE_SETS[features]) as dp:
         net.send_to_a(frames)
         assert dp.totals() == {"rx": (8, 5 * 60 + 3 * 542), "tx": (0, 0)}
         assert dp.kinds() == Counter()
 
 
 @pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("features", FEATURE_SETS)
 def test_tx_counts_frames_leaving_the_monitored_interface(
-    net: VethPair, pin_root: Path, loader: str
+    net: VethPair, pin_root: Path, loader: str, features: str
 ) -> None:
-    with running(net, pin_root / "p", loader) as dp:
+    with running(net, pin_root / "p", loader, features=FEATURE_SETS[features]) as dp:
         net.send_from_a([udp_frame(100)] * 4 + [udp_frame(1100)])
         assert dp.totals() == {"rx": (0, 0), "tx": (5, 4 * 142 + 1142)}
         (ev,) = dp.events()
@@ -55,11 +59,12 @@ def test_tx_counts_frames_leaving_the_monitored_interface(
 
 
 @pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("features", FEATURE_SETS)
 def test_every_case_gives_exact_event_kinds_and_rx_lengths(
-    net: VethPair, pin_root: Path, loader: str
+    net: VethPair, pin_root: Path, loader: str, features: str
 ) -> None:
     all_cases = cases()
-    with running(net, pin_root / "p", loader) as dp:
+    with running(net, pin_root / "p", loader, features=FEATURE_SETS[features]) as dp:
         net.send_to_a([c.frame for c in all_cases])
         events = dp.events()
         expected_bytes = sum(c.rx_len for c in all_cases)

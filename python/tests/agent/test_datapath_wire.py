@@ -32,7 +32,7 @@ from sennet.testing.linkstats import (
     tcp_bulk,
 )
 from sennet.testing.netlab import VethPair, veth_pair
-from tests.datapath_harness import LOADERS, Running, running
+from tests.datapath_harness import FEATURE_SETS, LOADERS, Running, running
 from tests.frames import MAC_A, MAC_B, cases
 
 pytestmark = pytest.mark.kernel
@@ -59,13 +59,14 @@ def ours(dp: Running) -> LinkStats:
 
 
 @pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("features", FEATURE_SETS)
 def test_tagged_frames_count_what_the_interface_counts_in_both_directions(
-    net: VethPair, pin_root: Path, loader: str
+    net: VethPair, pin_root: Path, loader: str, features: str
 ) -> None:
     frames = [tagged(7, n) for n in (0, 50, 900)] + [tagged(8, 20, Dot1AD)]
     frames += [c.frame for c in cases()]  # untagged, Q-in-Q and malformed ones too
     assert sum(f[12:14] in (b"\x81\x00", b"\x88\xa8") for f in frames) == 6
-    with running(net, pin_root / "p", loader) as dp:
+    with running(net, pin_root / "p", loader, features=FEATURE_SETS[features]) as dp:
         before = link_stats(net.ns_a, net.if_a)
         net.send_to_a(frames)
         net.send_from_a(frames)
@@ -94,12 +95,15 @@ def net1500(root: None) -> Iterator[VethPair]:
 
 
 @pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("features", FEATURE_SETS)
 def test_gso_aggregates_leaving_count_as_the_segments_the_interface_sent(
-    net1500: VethPair, pin_root: Path, loader: str
+    net1500: VethPair, pin_root: Path, loader: str, features: str
 ) -> None:
     net = net1500
     _, b = bulk_link(net, sender="a", receiver_gro=False)
-    with running(net, pin_root / "p", loader, large=FRAME_MAX) as dp:
+    with running(
+        net, pin_root / "p", loader, large=FRAME_MAX, features=FEATURE_SETS[features]
+    ) as dp:
         before = link_stats(net.ns_a, net.if_a)
         tcp_bulk(net.ns_a, net.ns_b, b, BULK)
         kernel = settled(net.ns_a, net.if_a) - before
@@ -110,12 +114,15 @@ def test_gso_aggregates_leaving_count_as_the_segments_the_interface_sent(
 
 
 @pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("features", FEATURE_SETS)
 def test_gro_aggregates_arriving_count_as_the_segments_the_interface_received(
-    net1500: VethPair, pin_root: Path, loader: str
+    net1500: VethPair, pin_root: Path, loader: str, features: str
 ) -> None:
     net = net1500
     a, _ = bulk_link(net, sender="b", receiver_gro=True)
-    with running(net, pin_root / "p", loader, large=FRAME_MAX) as dp:
+    with running(
+        net, pin_root / "p", loader, large=FRAME_MAX, features=FEATURE_SETS[features]
+    ) as dp:
         net.drain_socket("a")
         before = link_stats(net.ns_a, net.if_a)
         tcp_bulk(net.ns_b, net.ns_a, a, BULK)
@@ -134,14 +141,15 @@ def test_gro_aggregates_arriving_count_as_the_segments_the_interface_received(
     assert kernel.rx_packets >= BULK // MTU
 
 
+@pytest.mark.parametrize("features", FEATURE_SETS)
 def test_large_packet_for_an_aggregate_reports_its_segment_size(
-    net1500: VethPair, pin_root: Path
+    net1500: VethPair, pin_root: Path, features: str
 ) -> None:
     """With the threshold one byte below a full segment, aggregates of full segments raise
     large_packet, and the event carries the segment's length, not the aggregate's."""
     net = net1500
     _, b = bulk_link(net, sender="a", receiver_gro=False)
-    with running(net, pin_root / "p", large=FRAME_MAX - 1) as dp:
+    with running(net, pin_root / "p", large=FRAME_MAX - 1, features=FEATURE_SETS[features]) as dp:
         tcp_bulk(net.ns_a, net.ns_b, b, BULK)
         settled(net.ns_a, net.if_a)
         events = dp.events()

@@ -122,9 +122,16 @@ def event_fields(e: Event) -> tuple[object, ...]:
     )
 
 
-def measure(net: VethPair, pins: Path, loader: str, attach: str, mode: str = "auto") -> Figures:
+def measure(
+    net: VethPair,
+    pins: Path,
+    loader: str,
+    attach: str,
+    mode: str = "auto",
+    features: layout.Feature = layout.FEATURES_ALL,
+) -> Figures:
     frames = traffic()
-    with running(net, pins, loader, attach_rx=attach, xdp_mode=mode) as dp:
+    with running(net, pins, loader, attach_rx=attach, xdp_mode=mode, features=features) as dp:
         before = link_stats(net.ns_a, net.if_a)
         net.send_to_a(frames)
         kernel = settled(net.ns_a, net.if_a) - before
@@ -169,6 +176,14 @@ def event_frames() -> list[bytes]:
     return [c.frame for c in cases() for _ in c.kinds]
 
 
+def expected_kinds() -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in cases():
+        for k in c.kinds:
+            out[k] = out.get(k, 0) + 1
+    return out
+
+
 def check_oracles(f: Figures, native: bool) -> None:
     frames = traffic()
     wire = sum(map(len, frames))
@@ -180,11 +195,7 @@ def check_oracles(f: Figures, native: bool) -> None:
     else:
         assert f.totals["rx"][1] == kernel.rx_bytes == wire
     assert f.totals["tx"] == (0, 0)
-    expected_kinds: dict[str, int] = {}
-    for c in cases():
-        for k in c.kinds:
-            expected_kinds[k] = expected_kinds.get(k, 0) + 1
-    assert f.detected == expected_kinds
+    assert f.detected == expected_kinds()
     assert f.dns == {**WELL_FORMED_COUNTS}
     # One retransmission and one zero window (the conversation); resets as the frames carry
     # them, read by scapy (the conversation's and the SYN+RST hostile frame).
@@ -234,6 +245,25 @@ def test_xdp_generic_on_request_and_detach_leaves_no_program(
         assert dp.manager.tc.filters(net.ifindex_a, 0xFFFFFFF2) == []
         dp.manager.detach()
         assert run(xdp.query, net.ifindex_a).mode == ""
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_xdp_native_with_every_feature_off_counts_and_reports_what_tc_ingress_does(
+    net1500: VethPair, pin_root: Path, loader: str
+) -> None:
+    """With no feature after the counters a plain frame takes the program's short path
+    (counted_plain) at either hook; every other frame, and every event, the full parser."""
+    net, off = net1500, layout.Feature(0)
+    tc = measure(net, pin_root / "tc", loader, "tc", features=off)
+    xdp = measure(net, pin_root / "xdp", loader, "xdp", features=off)
+    assert (tc.rx_hook, xdp.rx_hook) == ("tc", "xdp-native")
+    frames = traffic()
+    wire = sum(map(len, frames))
+    assert tc.kernel.rx_packets == xdp.kernel.rx_packets == len(frames)
+    assert tc.totals == xdp.totals == {"rx": (len(frames), wire), "tx": (0, 0)}
+    assert tc.detected == xdp.detected == expected_kinds()
+    assert xdp.events == tc.events
+    assert (tc.flows, tc.dns, tc.tcp) == (xdp.flows, xdp.dns, xdp.tcp) == ({}, {}, {})
 
 
 def _programs_using(pinned_map: Path) -> list[str]:

@@ -1,0 +1,99 @@
+"""sennet_tc.bpf.c with one part of the counters-only short path taken out, for pricing parts.
+
+Measuring, not guessing, where a program's time goes in the real receive path
+needs the program without each part: the kernel's BPF statistics time whole
+runs only, and this VM has no PMU for a profile. Each ablation is a text edit
+of one of today's sources, built into a temporary directory with bpf/build.sh;
+an edit that no longer matches its file stops the run with its name, so a change to
+the program cannot silently turn an ablation into a copy of the original.
+Loaded with every feature off (`features = []`), where a plain frame takes
+counted_plain(). The objects only ever run in benchmarks: what they count is
+wrong by construction (a fixed header length, a fixed slot, nothing counted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from sennet.common.proc import run
+from sennet.testing.errors import HarnessError
+
+REPO = Path(__file__).resolve().parents[1]
+MAIN = "sennet_tc.bpf.c"
+PLAIN = "plain.h"  # on_wire(), plain_frame(), counted_plain()
+
+# name -> (file in bpf/, text in it, its replacement); `(void)f;` keeps -Wunused quiet.
+ABLATIONS: dict[str, tuple[str, str, str]] = {
+    # the header reads: on trafgen's non-linear frames, one bpf_skb_load_bytes of 40 bytes
+    "no_headers": (
+        PLAIN,
+        "\t__u32 hdr_end = plain_frame(ctx, hook);\n",
+        "\t__u32 hdr_end = 42; /* ablated */\n\t(void)plain_frame;\n",
+    ),
+    # the same helper call, but on the 14 bytes of the linear head (just read by the stack):
+    # what the call itself costs, without touching the fragment (then hdr_end as if UDP)
+    "copy_head": (
+        PLAIN,
+        "\t\t pkt_load(ctx, hook, ETH_HDR_LEN, buf, IPV4_PRELOAD) == 0)\n\t\tip = buf;\n",
+        "\t\t pkt_load(ctx, hook, 0, buf, ETH_HDR_LEN) == 0)\n\t\treturn 42; /* ablated */\n",
+    ),
+    # one byte of the fragment, then the same: what touching the frame's data costs
+    "copy_frag_byte": (
+        PLAIN,
+        "\t\t pkt_load(ctx, hook, ETH_HDR_LEN, buf, IPV4_PRELOAD) == 0)\n\t\tip = buf;\n",
+        "\t\t pkt_load(ctx, hook, ETH_HDR_LEN, buf, 1) == 0)\n\t\treturn 42; /* ablated */\n",
+    ),
+    # the ifindex -> slot lookup in IFSLOTS (the slot as if it were a load-time constant)
+    "no_ifslots": (
+        MAIN,
+        "\t__u32 slot = 0;\n\t__u32 *found = ifslot_of(&ifindex);\n\n"
+        "\tif (found && *found < SENNET_MAX_IFACES)\n\t\tslot = *found;\n",
+        "\t__u32 slot = 1; /* ablated */\n\t(void)ifslot_of;\n",
+    ),
+    # the skb's shared info (gso_segs), at the end of the data buffer, after the frame
+    "no_gso_segs": (PLAIN, "\t\tsegs = skb->gso_segs;\n", "\t\t/* ablated: gso_segs */\n"),
+    # the ifindex (skb->dev->ifindex), the IFSLOTS lookup and the per-CPU counter update
+    "no_count": (
+        PLAIN,
+        "\t__u32 slot = count(ifindex, dir, segs, bytes);\n\n"
+        "\tif (feature_on(SENNET_FEAT_BURSTS))\n"
+        "\t\tburst_account(slot, dir, segs, bytes, bpf_ktime_get_ns());\n",
+        "\t(void)ifindex; /* ablated */\n\t(void)segs;\n\t(void)bytes;\n",
+    ),
+    # everything: the program's entry and return, the floor of any program of ours
+    "nothing": (
+        MAIN,
+        "\tif (!feature_on(SENNET_FEAT_AFTER) && counted_plain(ctx, hook, dir))\n",
+        "\tif (1 || counted_plain(ctx, hook, dir)) /* ablated */\n",
+    ),
+}
+
+
+def _edit(bpf_dir: Path, name: str) -> None:
+    """Apply ablation `name` to the copy of bpf/ in `bpf_dir`."""
+    file, old, new = ABLATIONS[name]
+    text = (bpf_dir / file).read_text()
+    if text.count(old) != 1:
+        raise HarnessError(
+            f"ablation {name}: its text occurs {text.count(old)} times in bpf/{file}, not "
+            "once; update bench/ablate.py to the program"
+        )
+    (bpf_dir / file).write_text(text.replace(old, new))
+
+
+@contextlib.contextmanager
+def built(names: Sequence[str]) -> Iterator[dict[str, Path]]:
+    """name -> a directory holding that ablation's sennet_tc.bpf.o (all deleted afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="sennet-ablate-") as tmp:
+        out: dict[str, Path] = {}
+        for name in names:
+            src = Path(tmp) / name / "bpf"
+            shutil.copytree(REPO / "bpf", src)
+            _edit(src, name)
+            run(["sh", str(src / "build.sh"), str(Path(tmp) / name / "out")])
+            out[name] = Path(tmp) / name / "out"
+        yield out
