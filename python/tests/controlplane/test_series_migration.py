@@ -9,6 +9,7 @@ continues them and shows through the view too.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -138,7 +139,8 @@ def test_pack_and_unpack_are_inverse_in_order() -> None:
         SeriesKey("events", "a:b"): Series(0, 7),
     }
     keys, totals = store_series.pack(series)
-    assert (keys, totals) == ('["rx_packets:we\\"ird","events:a:b"]', f"[{U63},{U63},0,7]")
+    assert (keys, totals) == ('["rx_packets:we\\"ird","events:a:b"]', f"[{U63}, {U63}, 0, 7]")
+    assert json.loads(totals) == [U63, U63, 0, 7]
     back = store_series.unpack("x", keys, totals)
     assert list(back.items()) == list(series.items())
     assert AgentView("x", series=back).series == series
