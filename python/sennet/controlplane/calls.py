@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf.message import Message
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from sennet.controlplane import codec, old_path
 from sennet.controlplane.auth import Authenticator, Principal
@@ -61,6 +61,16 @@ class Calls:
         }
         if set(self._accepted) != set(BY_NAME):
             raise TypeError("calls.py does not route every method of the contract")
+        # each call's two labelled series, looked up once: `labels()` takes a lock and
+        # builds the label tuple, twice per call otherwise
+        self._series: dict[tuple[str, Transport], tuple[Counter, Histogram]] = {
+            (name, transport): (
+                counter.labels(transport),
+                metrics.latency.labels(name, transport),
+            )
+            for name, counter in self._accepted.items()
+            for transport in Transport
+        }
 
     @property
     def max_request_bytes(self) -> int:
@@ -103,6 +113,7 @@ class Calls:
 
     @contextlib.contextmanager
     def _recorded(self, method: Method[Any, Any], transport: Transport) -> Iterator[None]:
+        accepted, latency = self._series[method.name, transport]
         started = time.perf_counter()
         try:
             yield
@@ -110,11 +121,9 @@ class Calls:
             self._metrics.reject(method.name, err)
             raise
         else:
-            self._accepted[method.name].labels(transport).inc()
+            accepted.inc()
         finally:
-            self._metrics.latency.labels(method.name, transport).observe(
-                time.perf_counter() - started
-            )
+            latency.observe(time.perf_counter() - started)
 
 
 def _heartbeat(req: Message) -> pb.HeartbeatRequest:

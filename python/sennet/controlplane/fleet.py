@@ -79,6 +79,12 @@ def series_key(family: str, name: str) -> SeriesKey:
     return SeriesKey(family, name)
 
 
+@functools.lru_cache(maxsize=256)
+def _bucket_keys(family: str, bounds: tuple[float, ...]) -> tuple[SeriesKey, ...]:
+    """The bucket series keys of one histogram family and bound list, made once per list."""
+    return tuple(series_key(family, le) for le in fleet_insights.bucket_names(bounds))
+
+
 class TotalOverflow(ValueError):
     """Storing this reading would take the series' total past `MAX_TOTAL`."""
 
@@ -151,6 +157,12 @@ class AgentView:
         out[key(AGENT_DROPPED, "")] = req.events_dropped_by_agent
         for family, name, raw in fleet_insights.readings(req):
             out[key(family, name)] = raw
+        for family, bounds, counts, total_ns in fleet_insights.histogram_readings(req):
+            buckets = _bucket_keys(family, bounds)
+            if len(buckets) != len(counts):  # validation refuses this first
+                raise ValueError(f"{family}: {len(counts)} counts for {len(bounds)} bounds")
+            out.update(zip(buckets, counts, strict=True))
+            out[key(family + fleet_insights.SUM, "")] = total_ns
         return out
 
     def apply(

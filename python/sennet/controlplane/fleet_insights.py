@@ -17,7 +17,7 @@ replaced by each heartbeat and absent for an agent that does not send them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -62,7 +62,8 @@ def sum_ns(h: pb.LatencyHistogram) -> int:
 
 
 def readings(req: pb.HeartbeatRequest) -> Iterator[tuple[str, str, int]]:
-    """(family, name, raw cumulative value) for every counter the new parts carry."""
+    """(family, name, raw cumulative value) for every counter the new parts carry,
+    histograms aside (`histogram_readings`)."""
     if req.HasField("flows"):
         for family, field in FLOW_COUNTERS.items():
             yield family, "", getattr(req.flows, field)
@@ -78,13 +79,27 @@ def readings(req: pb.HeartbeatRequest) -> Iterator[tuple[str, str, int]]:
         for family, field in maps.items():
             for name, value in getattr(msg, field).items():
                 yield family, name, value
+
+
+def histogram_readings(
+    req: pb.HeartbeatRequest,
+) -> Iterator[tuple[str, tuple[float, ...], Sequence[int], int]]:
+    """(family, bounds, per-bucket counts, sum in ns) of every histogram the heartbeat carries.
+
+    Whole histograms rather than one reading per bucket: the caller maps a
+    bound list to its bucket keys once per distinct list (`fleet.py`), which
+    spares a Python step per bucket (84 per heartbeat with every part).
+    """
     for family, (summary, field) in HISTOGRAMS.items():
         if not req.HasField(summary) or not getattr(req, summary).HasField(field):
             continue
         h = getattr(getattr(req, summary), field)
-        for le, count in zip(le_labels(h.bounds_seconds), h.counts, strict=True):
-            yield family, le, count
-        yield family + SUM, "", sum_ns(h)
+        yield family, tuple(h.bounds_seconds), h.counts, sum_ns(h)
+
+
+def bucket_names(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The series names of a histogram's buckets: their `le` labels, `+Inf` last."""
+    return le_labels(bounds)
 
 
 class TalkerRow(NamedTuple):

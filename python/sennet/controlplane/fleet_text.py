@@ -4,9 +4,12 @@ Same samples, same order, as `FastFleetRenderer` + `InsightRenderer` (the
 path before it, still selectable, see `metrics.py`), but a scrape does less:
 
 - Each agent's text for every family (interfaces, events, flows, DNS, TCP) is
-  prepared once per committed view, as bytes, when the fleet installs it
-  (the writer thread, after commit). A scrape checks each view is the one
-  prepared (an identity test) and joins ready bytes, one family at a time,
+  prepared as bytes when the fleet installs its committed view (the writer
+  thread, after commit), at most once between two scrapes: later views of
+  the same agent are prepared by the next scrape, once, instead of on every
+  heartbeat (with flow, DNS and TCP parts that was the writer's largest
+  share). A scrape checks each view is the one prepared (an identity test),
+  prepares those that are not, and joins ready bytes, one family at a time,
   into one buffer: no per-series formatting and no final encode of the
   whole body (at 1.5 M series that encode alone copied 155 MB).
 - The label text is laid out once per *shape* (the set of series keys, which
@@ -90,6 +93,7 @@ class FleetText:
         self._by_agent: dict[str, _Text] = {}
         self._shapes: dict[tuple[SeriesKey, ...], _Shape] = {}  # by the series' key order
         self._generation = 0  # bumped whenever an agent's text changes
+        self._unscraped: set[str] = set()  # agents whose text `warm` prepared since a scrape
         # generation and agent count the joined chunks are for, and the chunks
         self._joined: tuple[int, int, list[bytes], list[bytes]] | None = None
 
@@ -136,15 +140,23 @@ class FleetText:
         )
 
     def warm(self, views: Iterable[AgentView]) -> None:
-        """Prepare newly committed views (called by the fleet, outside its lock)."""
+        """Prepare newly committed views (called by the fleet, outside its lock).
+
+        At most once per agent between two scrapes: an agent whose text was
+        prepared since the last scrape is left for the scrape, which prepares
+        its newest view once, however many heartbeats came in between. With
+        heartbeats no more frequent than scrapes (the usual case) every view
+        is still prepared here, off the scrape's path.
+        """
         for v in views:
             with self._lock:
                 previous = self._by_agent.get(v.agent_id)
-                if previous is not None and previous.view is v:
+                if previous is not None and (previous.view is v or v.agent_id in self._unscraped):
                     continue
             text = self._prepare(v, previous)
             with self._lock:
                 self._by_agent[v.agent_id] = text
+                self._unscraped.add(v.agent_id)
                 self._generation += 1
 
     def render(self, views: list[AgentView], now: float) -> list[bytes]:
@@ -162,6 +174,7 @@ class FleetText:
                     cache[v.agent_id] = hit
                     self._generation += 1
                 texts.append(hit)
+            self._unscraped.clear()
             if len(cache) > len(views):
                 live = {v.agent_id for v in views}
                 for gone in [k for k in cache if k not in live]:

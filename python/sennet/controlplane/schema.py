@@ -325,6 +325,26 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT h.heartbeat_id, e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3
         FROM heartbeats h, json_each(h.samples, '$.h') e;
     """,
+    # 7: an agent's series totals packed into one row (`store_series.py`: one statement per
+    #    heartbeat instead of an upsert per changed series, up to about 150). `keys` is a JSON
+    #    array of the stored keys, `totals` a flat JSON array of last_raw, total per key.
+    #    Existing rows are packed, and `series` becomes a view of the same name and columns.
+    #    Both aggregates read the rows in one pass, so keys and totals stay aligned.
+    """
+    CREATE TABLE series_totals (
+        agent_id TEXT PRIMARY KEY REFERENCES agents (agent_id),
+        keys     TEXT NOT NULL,
+        totals   TEXT NOT NULL
+    );
+    INSERT INTO series_totals (agent_id, keys, totals)
+        SELECT agent_id, json_group_array(key),
+            '[' || group_concat(last_raw || ',' || total, ',') || ']'
+        FROM (SELECT * FROM series ORDER BY agent_id, key) GROUP BY agent_id;
+    DROP TABLE series;
+    CREATE VIEW series (agent_id, key, last_raw, total) AS
+        SELECT s.agent_id, k.value, s.totals ->> (2 * k.key), s.totals ->> (2 * k.key + 1)
+        FROM series_totals s, json_each(s.keys) k;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -7,9 +7,9 @@ commits. `synchronous=FULL` makes each commit durable (the WAL is fsynced)
 before a heartbeat is acknowledged; the writer amortises that fsync over a
 batch of concurrent heartbeats (group commit), see `writer.py`.
 
-Series keys are `fleet.SeriesKey` values everywhere else; this module alone
-converts them to and from the stored text (`rx_packets:eth0`), so the schema
-needs no migration.
+Series keys are `fleet.SeriesKey` values everywhere else; `store_series.py`
+alone converts them to and from the stored text (`rx_packets:eth0`) and keeps
+each agent's totals in one packed row.
 
 Connections are per thread (sqlite3 objects must not cross threads), held in a
 `threading.local` owned by the `Store` instance.
@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sennet.common.errors import UserError
-from sennet.controlplane import image_report, store_insights, store_samples
+from sennet.controlplane import image_report, store_insights, store_samples, store_series
 from sennet.controlplane.fleet import AgentView, Series, SeriesKey
 from sennet.controlplane.fleet_insights import Telemetry
 from sennet.controlplane.schema import MIGRATIONS, SCHEMA_VERSION
@@ -186,11 +186,8 @@ class Store:
         )
         if cur.lastrowid is None:
             raise sqlite3.IntegrityError("heartbeat row has no id")
-        conn.executemany(
-            "INSERT INTO series VALUES (?, ?, ?, ?) ON CONFLICT (agent_id, key) DO UPDATE SET"
-            " last_raw = excluded.last_raw, total = excluded.total",
-            [(req.agent_id, k.stored(), s.last_raw, s.total) for k, s in changed.items()],
-        )
+        if changed:  # every series in one row (store_series.py), rewritten when one moved
+            store_series.save(conn, req.agent_id, view.series)
         cur = conn.execute(
             "UPDATE agents SET agent_version = ?, kernel_version = ?, last_heartbeat_at = ?,"
             " uptime_seconds = ?, heartbeats = ?, resets = ? WHERE agent_id = ?",
@@ -291,9 +288,7 @@ class Store:
     def load_fleet(self) -> list[AgentView]:
         """Every enrolled agent with its stored totals, to rebuild state after a restart."""
         conn = self._conn()
-        series: dict[str, dict[SeriesKey, Series]] = {}
-        for agent_id, key, last_raw, total in conn.execute("SELECT * FROM series"):
-            series.setdefault(agent_id, {})[SeriesKey.from_stored(key)] = Series(last_raw, total)
+        series = store_series.load(conn)
         telemetry = store_insights.latest_telemetry(conn)
         images = image_report.load(conn)
         return [
@@ -328,12 +323,7 @@ class Store:
         row = conn.execute(self._AGENT_COLUMNS + " WHERE agent_id = ?", (agent_id,)).fetchone()
         if row is None:
             return None
-        series = {
-            SeriesKey.from_stored(key): Series(last_raw, total)
-            for key, last_raw, total in conn.execute(
-                "SELECT key, last_raw, total FROM series WHERE agent_id = ?", (agent_id,)
-            )
-        }
+        series = store_series.load(conn, agent_id).get(agent_id, {})
         telemetry = store_insights.latest_telemetry(conn, agent_id).get(agent_id)
         image = image_report.load(conn, agent_id).get(agent_id)
         return self._view(row, series, telemetry, image)

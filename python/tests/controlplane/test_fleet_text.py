@@ -15,7 +15,7 @@ import pytest
 from sennet.controlplane import old_path
 from sennet.controlplane.fleet import AgentView, Fleet
 from sennet.controlplane.fleet_exposition import ExportCache, FastFleetRenderer
-from sennet.controlplane.fleet_text import FleetText
+from sennet.controlplane.fleet_text import FleetText, _Text
 from sennet.controlplane.insight_render import InsightRenderer
 from sennet.controlplane.metrics import Exposition, ServerMetrics
 from sennet.testing.controlplane import heartbeat_request
@@ -86,3 +86,41 @@ def test_exposition_new_and_old_paths_serve_the_same_bytes(
     body = new.render()
     assert body == old.render()
     assert b'sennet_flow_created_total{agent="%s"} 9000\n' % after.agent_id.encode() in body
+
+
+class _Counting(FleetText):
+    """Records each agent whose text is prepared (a spy on the real renderer, not a stand-in)."""
+
+    def __init__(self, stale_after_s: float) -> None:
+        super().__init__(stale_after_s)
+        self.prepared: list[str] = []
+
+    def _prepare(self, v: AgentView, previous: _Text | None) -> _Text:
+        self.prepared.append(v.agent_id)
+        return super()._prepare(v, previous)
+
+
+def test_heartbeats_between_two_scrapes_are_prepared_once_each_side_and_render_the_newest() -> None:
+    views = _fleet()
+    text = _Counting(stale_after_s=1e12)
+    now = 1_700_000_100.0
+    assert b"".join(text.render(views, now)) == _old(views, now, 1e12)
+    agent = views[1]
+    text.prepared.clear()
+    latest = agent
+    for n in range(1, 6):  # five heartbeats of one agent, installed as the writer installs them
+        latest = latest.apply(full_request(agent.agent_id, 10 + n), 1_700_000_050.0 + n)[0]
+        text.warm([latest])
+    assert text.prepared == [agent.agent_id]  # the first after the scrape; the rest wait
+    views[1] = latest
+    body = b"".join(text.render(views, now))
+    assert body == _old(views, now, 1e12)  # the newest view's totals, byte for byte
+    assert b'sennet_flow_created_total{agent="%s"} 15000\n' % agent.agent_id.encode() in body
+    assert text.prepared == [agent.agent_id] * 2  # and the scrape prepared it once
+    # after that scrape, the writer prepares the next heartbeat again
+    latest = latest.apply(full_request(agent.agent_id, 16), 1_700_000_060.0)[0]
+    text.warm([latest])
+    assert text.prepared == [agent.agent_id] * 3
+    views[1] = latest
+    assert b"".join(text.render(views, now)) == _old(views, now, 1e12)
+    assert text.prepared == [agent.agent_id] * 3

@@ -310,7 +310,7 @@ def test_a_version_2_database_is_migrated_keeping_tokens_and_agents(tmp_path: Pa
             ],
         )
     store = Store(db)
-    assert store.migrate() == 6
+    assert store.migrate() == 7
     identity = Identity(store)
     boot = identity.lookup_token(old_bootstrap.token_id)
     assert boot is not None

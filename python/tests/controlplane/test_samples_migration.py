@@ -89,7 +89,7 @@ def test_a_version_5_database_keeps_every_sample_row_exactly(tmp_path: Path) -> 
     assert before == {t: sorted(rows) for t, rows in ROWS.items()} | {
         "events": [e[1:] for e in EVENTS]
     }
-    assert Store(db).migrate() == 6
+    assert Store(db).migrate() == 7
     assert read_all(db) == before
     with sqlite3.connect(db) as conn:
         ids = [r[0] for r in conn.execute("SELECT event_id FROM events ORDER BY event_id")]

@@ -68,32 +68,33 @@ def test_the_standard_grpc_health_service_answers(fresh: Served) -> None:
 
 def test_a_new_database_is_in_wal_mode_at_the_current_schema_version(tmp_path: Path) -> None:
     store = Store(tmp_path / "new.db")
-    assert store.migrate() == SCHEMA_VERSION == 6
-    assert store.migrate() == 6  # idempotent
+    assert store.migrate() == SCHEMA_VERSION == 7
+    assert store.migrate() == 7  # idempotent
     with sqlite3.connect(tmp_path / "new.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("PRAGMA user_version").fetchone() == (6,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (7,)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         views = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='view'")}
     assert tables == {
         "tokens",
         "agents",
         "heartbeats",
-        "series",
+        "series_totals",
         "event_streams",
         "update_offers",
     }
-    # migration 6: the samples live packed on the heartbeat row, read through views
-    assert views == {"interface_samples", "kind_samples", "events", *INSIGHT_TABLES}
+    # migration 6: the samples live packed on the heartbeat row, read through views;
+    # migration 7: an agent's series totals live packed on one row, read through `series`
+    assert views == {"interface_samples", "kind_samples", "events", "series", *INSIGHT_TABLES}
 
 
 def test_a_database_from_a_newer_control_plane_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "future.db"
     with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA user_version = 7")
+        conn.execute("PRAGMA user_version = 8")
     with pytest.raises(UserError) as err:
         Store(db).migrate()
-    assert err.value.message == (f"{db} has schema version 7, newer than this control plane's 6")
+    assert err.value.message == (f"{db} has schema version 8, newer than this control plane's 7")
 
 
 def test_a_file_that_is_not_a_database_is_refused_naming_it(tmp_path: Path) -> None:
@@ -221,7 +222,7 @@ def test_health_reports_ok_with_the_schema_version(fresh: Served) -> None:
     assert json.loads(body) == {
         "agents": 0,
         "status": "ok",
-        "database": {"ok": True, "path": str(fresh.cp.db), "schema_version": 6},
+        "database": {"ok": True, "path": str(fresh.cp.db), "schema_version": 7},
         "writer": {"alive": True, "commits": 0, "last_error": None},
     }
 
@@ -345,7 +346,7 @@ def test_a_version_1_database_is_migrated_keeping_its_data(tmp_path: Path) -> No
             " vlan_tags, eth_proto) VALUES (1, 'a', 5, 2, 'rx', 'land', 60, 4, 6, 1, 1,"
             " '10.0.0.1', '10.0.0.1', 2, 0, 2048)"
         )
-    assert Store(db).migrate() == 6
+    assert Store(db).migrate() == 7
     with sqlite3.connect(db) as conn:
         # migration 5: an agent from before updates has no image and no outcome
         assert conn.execute(
