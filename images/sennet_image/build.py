@@ -12,7 +12,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sennet_image import disk, initramfs, lock, rootfs, sbom, signing, slots, statefs, verity
+from sennet_image import (
+    disk,
+    initramfs,
+    lock,
+    rootfs,
+    sbom,
+    signing,
+    slots,
+    startup,
+    statefs,
+    verity,
+)
 from sennet_image.fetch import fetch
 from sennet_image.manifest import bpf_sources
 from sennet_image.manifest import write as write_manifest
@@ -70,9 +81,11 @@ class Disks:
     qcow2: Path
 
 
-def verity_layer(tree: Path, out: Path, roothash_out: Path) -> None:
-    """squashfs of `tree` with its dm-verity hash tree appended; the root hash beside it."""
-    rootfs.mksquashfs(tree, out)
+def verity_layer(tree: Path, out: Path, roothash_out: Path, mount: str = "/") -> None:
+    """squashfs of `tree` (mounted at `mount`: the agent's start-up files go first) with its
+    dm-verity hash tree appended; the root hash beside it."""
+    order = startup.sort_file(tree, mount, tree.parent / f"{out.name}.sort")
+    rootfs.mksquashfs(tree, out, order)
     with step("verity", out=out.name):
         roothash_out.write_text(verity.format_layer(out) + "\n")
 
@@ -93,7 +106,7 @@ def agent_layer(python_src: Path, bpf_objects: list[Path], out: Path, roothash_o
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tree = Path(tmp) / "agent"
         rootfs.build_agent(tree, python_src, sorted(bpf_objects))
-        verity_layer(tree, out, roothash_out)
+        verity_layer(tree, out, roothash_out, "/opt/sennet")
 
 
 def test_layer(debs: list[Path], out: Path) -> None:
