@@ -18,6 +18,7 @@ counts rx_bytes from the network header (it adds skb->len after eth_type_trans p
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,5 +306,13 @@ def test_attach_tc_loads_no_xdp_program_and_removes_a_previous_runs_by_name(
         assert dp.manager.loaded is not None and dp.manager.loaded.xdp_fd == -1
         assert dp.rx_hook == "tc"
         assert dp.manager.tc.run(xdp.query, net.ifindex_a).mode == ""
-        # The previous run's programs are gone with their hooks; this load made two.
-        assert _programs_using(pins / layout.MAP_COUNTERS) == ["sennet_egress", "sennet_ingress"]
+        # The previous run's programs go with their hooks (the kernel frees a replaced
+        # program after an RCU grace period, so bpftool may list it a moment longer); this
+        # load made two.
+        expected = ["sennet_egress", "sennet_ingress"]
+        deadline = time.monotonic() + 10
+        while (now := _programs_using(pins / layout.MAP_COUNTERS)) != expected:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert now == expected
