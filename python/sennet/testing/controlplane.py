@@ -11,6 +11,7 @@ the reference parser, and read-only SQL on the database file.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import signal
 import sqlite3
@@ -184,24 +185,33 @@ class ControlPlane:
         headers = {"Content-Type": content_type}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        url = self.http + _method(method).path
-        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=30, context=self.http_tls) as resp:
-                return resp.status, json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read() or b"{}")
+        status, answer = self._post(_method(method).path, body, headers)
+        return status, json.loads(answer or b"{}")
 
     def connect_proto(self, method: str | AnyMethod, body: bytes, token: str) -> tuple[int, bytes]:
         """One Connect unary call with a binary protobuf body: (HTTP status, response body)."""
         headers = {"Content-Type": "application/proto", "Authorization": f"Bearer {token}"}
-        url = self.http + _method(method).path
-        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        return self._post(_method(method).path, body, headers)
+
+    def _post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """POST on the HTTP port: (status, body). A server may answer (an oversized body's
+        refusal) and close before the client has sent everything; the answer is then read
+        even though sending the rest failed with a broken pipe, as an HTTP client should."""
+        conn: http.client.HTTPConnection
+        if self.http_tls is not None:
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", self.http_port, timeout=30, context=self.http_tls
+            )
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=30)
         try:
-            with urllib.request.urlopen(req, timeout=30, context=self.http_tls) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read()
+            # answered early and closed: the answer waits in the socket
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                conn.request("POST", path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
     # -- gRPC --------------------------------------------------------------------------------
 
