@@ -151,6 +151,7 @@ BUILDROOT_DEBS = [
     "@tool_xz_utils//file:xz-utils_5.4.1-1+deb12u2_amd64.deb",
     "@tool_zlib1g//file:zlib1g_1.2.13.dfsg-1_amd64.deb",
     "@tool_zlib1g_dev//file:zlib1g-dev_1.2.13.dfsg-1_amd64.deb",
+    "@tool_zstd//file:zstd_1.5.4+dfsg2-5_amd64.deb",
 ]
 
 def sennet_buildroot_inputs():
@@ -302,4 +303,5 @@ def sennet_buildroot_inputs():
     sennet_input(name = "tool_xz_utils", kind = "deb", archive = "debian-security", path = "pool/updates/main/x/xz-utils/xz-utils_5.4.1-1+deb12u2_amd64.deb", filename = "xz-utils_5.4.1-1+deb12u2_amd64.deb", sha256 = "f99fc3fe4b4e5baecf5fd8b53853a82e1e71cb5ec187b36b0ddcf227a8961c8f")
     sennet_input(name = "tool_zlib1g", kind = "deb", archive = "debian", path = "pool/main/z/zlib/zlib1g_1.2.13.dfsg-1_amd64.deb", filename = "zlib1g_1.2.13.dfsg-1_amd64.deb", sha256 = "d7dd1d1411fedf27f5e27650a6eff20ef294077b568f4c8c5e51466dc7c08ce4")
     sennet_input(name = "tool_zlib1g_dev", kind = "deb", archive = "debian", path = "pool/main/z/zlib/zlib1g-dev_1.2.13.dfsg-1_amd64.deb", filename = "zlib1g-dev_1.2.13.dfsg-1_amd64.deb", sha256 = "f9ce531f60cbd5df37996af9370e0171be96902a17ec2bdbd8d62038c354094f")
+    sennet_input(name = "tool_zstd", kind = "deb", archive = "debian", path = "pool/main/libz/libzstd/zstd_1.5.4+dfsg2-5_amd64.deb", filename = "zstd_1.5.4+dfsg2-5_amd64.deb", sha256 = "3f6f833ae2fd533a0c9238310aef1148f51a64aa5d5f1278451ddc793d4d6d15")
     sennet_buildroot(name = "sennet_buildroot", debs = BUILDROOT_DEBS)

@@ -67,7 +67,6 @@ WHEELS = [
     "@whl_grpcio//file",
     "@whl_grpcio_health_checking//file",
     "@whl_opentelemetry_proto//file",
-    "@whl_prometheus_client//file",
     "@whl_protobuf//file",
     "@whl_typing_extensions//file",
 ]
@@ -183,6 +182,5 @@ def sennet_inputs():
     sennet_input(name = "whl_grpcio", kind = "wheel", archive = "grpcio", path = "", filename = "grpcio-1.85.1-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl", sha256 = "83aced2a1c05648cee0de34e531351118b14c58238f0a61b43559ac8851647a8")
     sennet_input(name = "whl_grpcio_health_checking", kind = "wheel", archive = "grpcio-health-checking", path = "", filename = "grpcio_health_checking-1.85.1-py3-none-any.whl", sha256 = "05e1cb0cc69706f89e884d219c9b2b9da4f561c1c610e9987ee4492b9c826ad1")
     sennet_input(name = "whl_opentelemetry_proto", kind = "wheel", archive = "opentelemetry-proto", path = "", filename = "opentelemetry_proto-1.45.2-py3-none-any.whl", sha256 = "03a7ca1b43f89fd5b965d5975902bb2515c0c86e2428b456836e9a6149c6235a")
-    sennet_input(name = "whl_prometheus_client", kind = "wheel", archive = "prometheus-client", path = "", filename = "prometheus_client-0.26.0-py3-none-any.whl", sha256 = "fa93d06737aa02bacd05794768508bb97d2fbee28cb3bca04eaae92f0ca953d6")
     sennet_input(name = "whl_protobuf", kind = "wheel", archive = "protobuf", path = "", filename = "protobuf-7.36.2-cp310-abi3-manylinux2014_x86_64.whl", sha256 = "89f23aa53c24553a2416fd4fd1ec06f74fa42b14b546d8883128813f775bbfd2")
     sennet_input(name = "whl_typing_extensions", kind = "wheel", archive = "typing-extensions", path = "", filename = "typing_extensions-4.16.0-py3-none-any.whl", sha256 = "481caa481374e813c1b176ada14e97f1f67a4539ce9cfeb3f350d78d6370c2e8")

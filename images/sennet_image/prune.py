@@ -1,9 +1,9 @@
 """Weight the appliance carries but nothing on it uses: removed from the base root.
 
 Each entry says why it is dead on the appliance. What decides "nothing uses it": the
-agent and every package it imports (grpc, protobuf, prometheus_client, pyroute2,
-opentelemetry-proto) run in the VM suite without it, and `check_needed` proves no ELF
-file left in the root links a removed library (a dlopen'ed library, like libbpf for
+agent and every package it imports (grpc, protobuf, opentelemetry-proto) run in the VM
+suite without it, and `check_needed` proves no ELF file left in the root links a removed
+library (a dlopen'ed library, like libbpf for
 ctypes, is never in this list). The audit table with sizes is in images/README.md.
 """
 
@@ -22,7 +22,6 @@ DYNLOAD = f"{STDLIB}/lib-dynload"
 LIBDIR = "usr/lib/x86_64-linux-gnu"
 
 # Paths (globs) relative to the root, with why nothing on the appliance needs them.
-# Not here although it looks unused: wsgiref (prometheus_client's exposition imports it).
 PRUNE: dict[str, str] = {
     # The standard library's test, REPL, GUI and database parts.
     f"{STDLIB}/doctest.py": "test runner",

@@ -61,7 +61,12 @@ def judge_trial(
         log, "trial_check_started", slot=booted.slot, version=booted.version, entry=entry.path.name
     )
     verdict = health.check(
-        dev.health, _boot_id(dev), checks.timeout_s, checks.self_test, checks.poll_s
+        dev.health,
+        _boot_id(dev),
+        checks.timeout_s,
+        checks.self_test,
+        checks.poll_s,
+        agent_exits=dev.agent_exits,
     )
     if verdict.passed:
         with esp.writable(dev.esp):

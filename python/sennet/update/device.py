@@ -33,6 +33,7 @@ class Device:
     cmdline: Path = Path("/proc/cmdline")
     sys_block: Path = Path("/sys/class/block")
     boot_id: Path = Path("/proc/sys/kernel/random/boot_id")
+    agent_exits: Path = Path("/run/sennet/agent-exits")  # the agent's supervisor writes it
     compatible: str = field(default_factory=default_compatible)
     default_version: str = __version__
 

@@ -7,6 +7,11 @@ boot began, or, when no control plane is configured or none acknowledged by
 half the timeout, a local traffic self-test: frames sent out of each monitored
 NIC that the data plane counts (selftest). The file is the agent's, so it is
 read as data only: never through a link, a regular file, at most 64 KiB.
+
+It fails early, before the timeout, when the agent's supervisor has seen the agent
+exit MAX_AGENT_EXITS times in a row (each run under a minute) and it is not attached:
+an agent that cannot start will not start by waiting, and a box on a broken slot
+should be back on its good one as soon as that is certain.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_BYTES = 64 * 1024
+MAX_AGENT_EXITS = 3
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,19 @@ def read_health(path: Path) -> dict[str, Any] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_agent_exits(path: Path | None) -> tuple[int, int] | None:
+    """(consecutive short runs that ended, the last exit status) from the supervisor's
+    `exits=N status=S ran_s=R` line; None when the agent has not exited this boot."""
+    raw = read_agent_file(path, 256) if path is not None else None
+    if raw is None:
+        return None
+    fields = dict(f.split("=", 1) for f in raw.decode(errors="replace").split() if "=" in f)
+    try:
+        return int(fields["exits"]), int(fields["status"])
+    except (KeyError, ValueError):
+        return None
 
 
 def boot_started_unix() -> float:
@@ -93,9 +112,11 @@ def check(
     self_test: Callable[[list[str]], str | None],
     poll_s: float = 1.0,
     booted_at: float | None = None,
+    agent_exits: Path | None = None,
 ) -> Verdict:
     """Poll health.json until it passes or `timeout_s` runs out; `self_test(nics)` returns
-    None on success or the reason it failed."""
+    None on success or the reason it failed. `agent_exits` is the supervisor's count of
+    the agent's exits this boot (/run is emptied by every boot)."""
     start = time.monotonic()
     booted_at = boot_started_unix() if booted_at is None else booted_at
     last_reason = "no_health_report"
@@ -116,6 +137,9 @@ def check(
             last_reason = failed
         else:
             last_reason = "no_heartbeat_ack"
+        exits = read_agent_exits(agent_exits) if state != "attached" else None
+        if exits is not None and exits[0] >= MAX_AGENT_EXITS:
+            return Verdict(False, f"agent_exited: {exits[0]} times, last status {exits[1]}")
         if elapsed >= timeout_s:
             return Verdict(False, last_reason)
         time.sleep(min(poll_s, max(0.0, timeout_s - elapsed)))

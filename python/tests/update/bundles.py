@@ -144,6 +144,7 @@ def fake_device(root: Path, keyring: Path, slot: str = "a", version: str = "0.1.
         cmdline=root / "cmdline",
         sys_block=root / "no-sys-block",
         boot_id=root / "boot_id",
+        agent_exits=root / "agent-exits",
         compatible=COMPATIBLE,
     )
     boot_as(dev, slot, version)

@@ -125,6 +125,40 @@ def test_agent_not_attached_rolls_back_and_the_old_slot_cleans_up(
     assert not Store(device.state_dir).trial_path.exists()
 
 
+def test_an_agent_that_keeps_exiting_rolls_back_before_the_timeout(
+    tmp_path: Path, keys: Keys, device: Device
+) -> None:
+    installed_and_booted_b(tmp_path, keys, device)
+    # the supervisor's record: the agent never wrote a report and died a third time
+    device.agent_exits.write_text("exits=3 status=2 ran_s=7\n")
+    slow = boot.Checks(timeout_s=600.0, self_test=lambda nics: None, poll_s=0.05)
+    assert boot.on_boot(device, slow, Reboots()) == "rebooting"
+    last = Store(device.state_dir).status()["last_outcome"]
+    assert (last["result"], last["reason"]) == (
+        "rolled_back",
+        "agent_exited: 3 times, last status 2",
+    )
+
+
+def test_fewer_exits_or_an_attached_agent_wait_for_the_usual_verdict(
+    tmp_path: Path, keys: Keys, device: Device
+) -> None:
+    installed_and_booted_b(tmp_path, keys, device)
+    device.agent_exits.write_text("exits=2 status=2 ran_s=7\n")
+    assert boot.on_boot(device, checks(), Reboots()) == "rebooting"
+    assert Store(device.state_dir).status()["last_outcome"]["reason"] == "no_health_report"
+
+
+def test_exits_do_not_fail_an_agent_that_is_attached(
+    tmp_path: Path, keys: Keys, device: Device
+) -> None:
+    installed_and_booted_b(tmp_path, keys, device)
+    device.agent_exits.write_text("exits=4 status=1 ran_s=3\n")  # died, restarted, attached
+    agent_reports(device, ["eth1", "eth2"], ack=time.time())
+    assert boot.on_boot(device, checks(), Reboots()) == "committed"
+    assert Store(device.state_dir).status()["last_outcome"]["reason"] == "heartbeat_acked"
+
+
 def test_a_crash_that_runs_out_the_counter_is_tries_exhausted(
     tmp_path: Path, keys: Keys, device: Device
 ) -> None:

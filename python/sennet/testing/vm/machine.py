@@ -173,10 +173,13 @@ class Machine:
     def _ssh(self, command: str) -> list[str]:
         if self.ssh_port is None or self.ssh_key is None:
             raise HarnessError(f"{self.name}: no SSH into this guest (production variant)")
+        # ConnectTimeout covers the TCP connect and the key exchange, which the guest runs
+        # under TCG beside its boot work: on a loaded host a command right after a
+        # successful `true` failed with ssh's own 255 at 5 s. `timeout` still bounds it.
         return [
             "ssh", "-q", "-i", str(self.ssh_key), "-p", str(self.ssh_port),
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "-o", "LogLevel=ERROR",
             "root@127.0.0.1", command,
         ]  # fmt: skip
 
