@@ -31,8 +31,8 @@ ABLATIONS: dict[str, tuple[str, str, str]] = {
     # the header reads: on trafgen's non-linear frames, one bpf_skb_load_bytes of 40 bytes
     "no_headers": (
         PLAIN,
-        "\t__u32 hdr_end = plain_frame(ctx, hook);\n",
-        "\t__u32 hdr_end = 42; /* ablated */\n\t(void)plain_frame;\n",
+        "\tif (bytes > cfg_large_packet_bytes || !plain_frame(ctx, hook, len))\n",
+        "\t(void)plain_frame; /* ablated */\n\tif (bytes > cfg_large_packet_bytes)\n",
     ),
     # the same helper call, but on the 14 bytes of the linear head (just read by the stack):
     # what the call itself costs, without touching the fragment (then hdr_end as if UDP)
@@ -55,14 +55,18 @@ ABLATIONS: dict[str, tuple[str, str, str]] = {
         "\t__u32 slot = 1; /* ablated */\n\t(void)ifslot_of;\n",
     ),
     # the skb's shared info (gso_segs), at the end of the data buffer, after the frame
-    "no_gso_segs": (PLAIN, "\t\tsegs = skb->gso_segs;\n", "\t\t/* ablated: gso_segs */\n"),
+    "no_gso_segs": (
+        PLAIN,
+        "\t\tif (skb->gso_segs > 1)\n\t\t\treturn 0;\n",
+        "\t\t/* ablated: gso_segs */\n",
+    ),
     # the ifindex (skb->dev->ifindex), the IFSLOTS lookup and the per-CPU counter update
     "no_count": (
         PLAIN,
-        "\t__u32 slot = count(ifindex, dir, segs, bytes);\n\n"
+        "\t__u32 slot = count(ifindex, dir, 1, bytes);\n\n"
         "\tif (feature_on(SENNET_FEAT_BURSTS))\n"
-        "\t\tburst_account(slot, dir, segs, bytes, bpf_ktime_get_ns());\n",
-        "\t(void)ifindex; /* ablated */\n\t(void)segs;\n\t(void)bytes;\n",
+        "\t\tburst_account(slot, dir, 1, bytes, bpf_ktime_get_ns());\n",
+        "\t(void)ifindex; /* ablated */\n\t(void)bytes;\n",
     ),
     # everything: the program's entry and return, the floor of any program of ours
     "nothing": (
