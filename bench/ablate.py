@@ -7,8 +7,9 @@ of one of today's sources, built into a temporary directory with bpf/build.sh;
 an edit that no longer matches its file stops the run with its name, so a change to
 the program cannot silently turn an ablation into a copy of the original.
 Loaded with every feature off (`features = []`), where a plain frame takes
-counted_plain(). The objects only ever run in benchmarks: what they count is
-wrong by construction (a fixed header length, a fixed slot, nothing counted).
+counted_plain(), unless LOADED_WITH names the feature the part belongs to. The
+objects only ever run in benchmarks: what they count is wrong by construction (a
+fixed header length, a fixed slot, nothing counted, windows raced without their lock).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sennet.testing.errors import HarnessError
 REPO = Path(__file__).resolve().parents[1]
 MAIN = "sennet_tc.bpf.c"
 PLAIN = "plain.h"  # on_wire(), plain_frame(), counted_plain()
+FLOWS = "flows.h"  # flow_account(), burst_account()
 
 # name -> (file in bpf/, text in it, its replacement); `(void)f;` keeps -Wunused quiet.
 ABLATIONS: dict[str, tuple[str, str, str]] = {
@@ -68,6 +70,13 @@ ABLATIONS: dict[str, tuple[str, str, str]] = {
         "\t\tburst_account(slot, dir, 1, bytes, bpf_ktime_get_ns());\n",
         "\t(void)ifindex; /* ablated */\n\t(void)bytes;\n",
     ),
+    # the burst windows' spin lock (what per-CPU windows would save), loaded with bursts on
+    "no_burst_lock": (
+        FLOWS,
+        "\tbpf_spin_lock(&b->lock);\n",
+        # the unlock further down becomes a no-op through a macro (one edit per ablation)
+        "\t(void)b->lock; /* ablated */\n#define bpf_spin_unlock(l) ((void)(l))\n",
+    ),
     # everything: the program's entry and return, the floor of any program of ours
     "nothing": (
         MAIN,
@@ -75,6 +84,11 @@ ABLATIONS: dict[str, tuple[str, str, str]] = {
         "\tif (1 || counted_plain(ctx, hook, dir)) /* ablated */\n",
     ),
 }
+
+
+# The feature set (bench/features.py FEATURE_SETS) an ablation is loaded with, when not
+# the counters alone: a part of a feature is priced with that feature on.
+LOADED_WITH: dict[str, str] = {"no_burst_lock": "bursts"}
 
 
 def _edit(bpf_dir: Path, name: str) -> None:

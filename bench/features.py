@@ -111,13 +111,15 @@ def load_variants(
 ) -> list[Variant]:
     """The empty program, then one load per feature set of today's object and, for the
     counters alone and the default, of the object built from `baseline`, all the agent's way;
-    then each of `ablations` (bench/ablate.py) with the counters alone, as ablate_<name>."""
+    then each of `ablations` (bench/ablate.py) with the counters alone (or the feature
+    ablate.LOADED_WITH names), as ablate_<name>."""
     out = [Variant("empty", stack.enter_context(lab.empty_program()))]
     old_assets = stack.enter_context(built_from(baseline))
     loads = [(name, DEFAULT_ASSETS, features) for name, features in FEATURE_SETS.items()]
     loads += [(f"before_{name}", old_assets, FEATURE_SETS[name]) for name in BASELINE_SETS]
     for name, assets in stack.enter_context(ablate.built(ablations)).items():
-        loads.append((f"ablate_{name}", assets, FEATURE_SETS["counters"]))
+        features = FEATURE_SETS[ablate.LOADED_WITH.get(name, "counters")]
+        loads.append((f"ablate_{name}", assets, features))
     for name, assets, features in loads:
         pin_dir = pin_root / name
         pin_dir.mkdir()
