@@ -158,7 +158,7 @@ def measure_cost(variants: list[Variant], rounds: int, repeat: int, cold_runs: i
     single: dict[tuple[str, str], list[int]] = {}
     for r in range(rounds):
         lab.note(f"cost: round {r + 1}/{rounds}")
-        for v in variants:
+        for v in variants if r % 2 == 0 else variants[::-1]:  # see measure_path()
             for fname, frame in frames.items():
                 t0 = time.perf_counter_ns()
                 retval, ns, _ = lb.test_run(v.fd, frame, repeat)
@@ -277,7 +277,10 @@ def measure_path(variants: list[Variant], rounds: int, window_s: float) -> list[
         stack.callback(attacher.remove_clsact_if_empty, ifindex)
         for r in range(rounds):
             lab.note(f"path: round {r + 1}/{rounds}")
-            for v in chosen:
+            # Every other round in reverse: a variant's place in the round biases its
+            # figures (measured: 15-30 ns for the one attached after another), and the
+            # alternation cancels that in the medians.
+            for v in chosen if r % 2 == 0 else chosen[::-1]:
                 attacher.attach(ifindex, tc.PARENT_INGRESS, v.fd, f"sennet_{v.name}")
                 try:
                     time.sleep(throughput.SETTLE_S)
