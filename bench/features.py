@@ -249,8 +249,15 @@ def bpf_stats() -> Iterator[None]:
         knob.write_text(before + "\n")
 
 
-def measure_path(variants: list[Variant], rounds: int, window_s: float) -> list[Figure]:
-    """Each variant at TC ingress of a flooded veth: in-path ns per run, rate, path CPU."""
+def measure_path(
+    variants: list[Variant], rounds: int, window_s: float, linear: bool = False
+) -> list[Figure]:
+    """Each variant at TC ingress of a flooded veth: in-path ns per run, rate, path CPU.
+
+    `linear`: the sender's veth without scatter-gather, so the kernel makes each of
+    trafgen's frames linear before it crosses (as a NIC's driver leaves the headers
+    in the linear part) and the program reads the headers in place, not through
+    bpf_skb_load_bytes; the figures are then named path_linear."""
     chosen = [v for v in variants if v.name in PATH_VARIANTS or v.name.startswith("ablate_")]
     ids = {v.name: libbpf().prog_id(v.fd) for v in chosen}
     frame = wire.udp_frame(wire.SMALL_FRAME)
@@ -259,6 +266,8 @@ def measure_path(variants: list[Variant], rounds: int, window_s: float) -> list[
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sennet-bench-")))
         veth = stack.enter_context(veth_pair(mtu=1500, if_b="gen0", prefix="snfeat"))
+        if linear:
+            run(["ip", "netns", "exec", veth.ns_b, "ethtool", "-K", veth.if_b, "sg", "off"])
         attacher = tc.TcAttacher(1, veth.ns_a)
         stack.callback(attacher.close)
         ifindex = attacher.ifindex(veth.if_a)
@@ -292,7 +301,8 @@ def measure_path(variants: list[Variant], rounds: int, window_s: float) -> list[
                     wins[v.name].append(throughput._window(counters, clock, window_s))
                 finally:
                     attacher.detach(ifindex, tc.PARENT_INGRESS)
-    return _path_figures(run_ns, wins, rounds, window_s)
+    prefix = "features.path_linear" if linear else "features.path"
+    return _path_figures(run_ns, wins, rounds, window_s, prefix)
 
 
 def _path_figures(
@@ -300,17 +310,18 @@ def _path_figures(
     wins: dict[str, list[throughput.Window]],
     rounds: int,
     window_s: float,
+    prefix: str,
 ) -> list[Figure]:
     how = f"median of {rounds} windows of {window_s:g} s"
     out: list[Figure] = []
-    empty_run = Figure("features.path.empty.run_ns", median(run_ns["empty"]), "ns", how)
+    empty_run = Figure(f"{prefix}.empty.run_ns", median(run_ns["empty"]), "ns", how)
     empty_pps = median([w.pps for w in wins["empty"]])
-    empty_rate = Figure("features.path.empty.rate", empty_pps, "packets/s", how)
+    empty_rate = Figure(f"{prefix}.empty.rate", empty_pps, "packets/s", how)
     out += [
         empty_run,
         empty_rate,
         Figure(
-            "features.path.empty.path_cpu",
+            f"{prefix}.empty.path_cpu",
             median([w.path_ns for w in wins["empty"]]),
             "ns/packet",
             "sender+softirq CPU",
@@ -323,16 +334,16 @@ def _path_figures(
         cpu = [a.path_ns - b.path_ns for a, b in zip(wins[name], wins["empty"], strict=True)]
         listed = " ".join(f"{x:.3f}" for x in per)
         out += [
-            Figure(f"features.path.{name}.run_ns", median(run_ns[name]), "ns", how, empty_run),
+            Figure(f"{prefix}.{name}.run_ns", median(run_ns[name]), "ns", how, empty_run),
             Figure(
-                f"features.path.{name}.vs_empty",
+                f"{prefix}.{name}.vs_empty",
                 median(per),
                 "ratio",
                 f"goal >= 0.98; per round: {listed}",
                 empty_rate,
             ),
             Figure(
-                f"features.path.{name}.path_cpu_over_empty",
+                f"{prefix}.{name}.path_cpu_over_empty",
                 median(cpu),
                 "ns/packet",
                 "per-round difference of sender+softirq CPU",
@@ -347,6 +358,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per figure per line")
     p.add_argument("--only", choices=("cost", "path"), help="run only this phase")
+    p.add_argument(
+        "--linear",
+        action="store_true",
+        help="also run the path with linear frames (the sender's veth without scatter-gather)",
+    )
     p.add_argument("--rounds", type=int, default=9, help="interleaved cost rounds (default 9)")
     p.add_argument("--repeat", type=int, default=100_000, help="runs per warm call (100000)")
     p.add_argument("--cold-runs", type=int, default=270, help="cold single runs per case (270)")
@@ -385,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     figures += measure_cost(variants, args.rounds, args.repeat, args.cold_runs)
             if args.only in (None, "path"):
                 figures += measure_path(variants, args.path_rounds, args.window)
+                if args.linear:
+                    figures += measure_path(variants, args.path_rounds, args.window, linear=True)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
