@@ -32,7 +32,10 @@ statistics on (BPF_ENABLE_STATS: the kernel times every run of every program),
 `run_ns` is the program's own time per packet inside the veth receive path;
 then, with statistics off, the received rate and the path CPU per packet
 (sender plus receive softirq). `vs_empty` is the rate over the empty program's
-in the same round (goal >= 0.98).
+in the same round (goal >= 0.98). With `--linear` the path runs again with
+scatter-gather off on the sender's veth: trafgen's frames then arrive linear
+(`tpacket_snd` otherwise leaves all but the Ethernet header in a page
+fragment), as a NIC driver's do, and the headers are read in place.
 """
 
 from __future__ import annotations
