@@ -7,8 +7,9 @@ of one of today's sources, built into a temporary directory with bpf/build.sh;
 an edit that no longer matches its file stops the run with its name, so a change to
 the program cannot silently turn an ablation into a copy of the original.
 Loaded with every feature off (`features = []`), where a plain frame takes
-counted_plain(). The objects only ever run in benchmarks: what they count is
-wrong by construction (a fixed header length, a fixed slot, nothing counted).
+counted_plain(), unless LOADED_WITH names the feature the part belongs to. The
+objects only ever run in benchmarks: what they count is wrong by construction (a
+fixed header length, a fixed slot, nothing counted, windows raced without their lock).
 """
 
 from __future__ import annotations
@@ -25,27 +26,46 @@ from sennet.testing.errors import HarnessError
 REPO = Path(__file__).resolve().parents[1]
 MAIN = "sennet_tc.bpf.c"
 PLAIN = "plain.h"  # on_wire(), plain_frame(), counted_plain()
+FLOWS = "flows.h"  # flow_account(), burst_account()
+
+# plain_l3()'s copy of the IP header when the linear part ends before it (trafgen's frames)
+COPY = (
+    "\tif (len >= ETH_HDR_LEN + n && pkt_load(ctx, hook, ETH_HDR_LEN, buf, n) == 0)\n"
+    "\t\treturn buf;\n"
+)
+# the fields plain_frame() checks, as wire.udp_frame(64) has them (IPv4, 50 bytes, UDP)
+CANNED_UDP = (
+    "\t{ /* ablated */\n"
+    "\t\tbuf[0] = 0x45; buf[9] = PROTO_UDP;\n"
+    "\t\t*(__u16 *)&buf[2] = NET16(50); *(__u16 *)&buf[6] = 0;\n"
+    "\t\t*(__u32 *)&buf[12] = 1; *(__u32 *)&buf[16] = 2;\n"
+    "\t\treturn buf;\n"
+    "\t}\n"
+)
 
 # name -> (file in bpf/, text in it, its replacement); `(void)f;` keeps -Wunused quiet.
 ABLATIONS: dict[str, tuple[str, str, str]] = {
     # the header reads: on trafgen's non-linear frames, one bpf_skb_load_bytes of 40 bytes
     "no_headers": (
         PLAIN,
-        "\t__u32 hdr_end = plain_frame(ctx, hook);\n",
-        "\t__u32 hdr_end = 42; /* ablated */\n\t(void)plain_frame;\n",
+        "\tif (bytes > cfg_large_packet_bytes || !plain_frame(ctx, hook, len))\n",
+        "\t(void)plain_frame; /* ablated */\n\tif (bytes > cfg_large_packet_bytes)\n",
     ),
     # the same helper call, but on the 14 bytes of the linear head (just read by the stack):
-    # what the call itself costs, without touching the fragment (then hdr_end as if UDP)
+    # what the call itself costs, without touching the fragment; the checks then run on
+    # the header of bench's 64-byte UDP frame, written into the buffer (CANNED_UDP)
     "copy_head": (
         PLAIN,
-        "\t\t pkt_load(ctx, hook, ETH_HDR_LEN, buf, IPV4_PRELOAD) == 0)\n\t\tip = buf;\n",
-        "\t\t pkt_load(ctx, hook, 0, buf, ETH_HDR_LEN) == 0)\n\t\treturn 42; /* ablated */\n",
+        COPY,
+        "\tif (len >= ETH_HDR_LEN + n && pkt_load(ctx, hook, 0, buf, ETH_HDR_LEN) == 0)\n"
+        + CANNED_UDP,
     ),
     # one byte of the fragment, then the same: what touching the frame's data costs
     "copy_frag_byte": (
         PLAIN,
-        "\t\t pkt_load(ctx, hook, ETH_HDR_LEN, buf, IPV4_PRELOAD) == 0)\n\t\tip = buf;\n",
-        "\t\t pkt_load(ctx, hook, ETH_HDR_LEN, buf, 1) == 0)\n\t\treturn 42; /* ablated */\n",
+        COPY,
+        "\tif (len >= ETH_HDR_LEN + n && pkt_load(ctx, hook, ETH_HDR_LEN, buf, 1) == 0)\n"
+        + CANNED_UDP,
     ),
     # the ifindex -> slot lookup in IFSLOTS (the slot as if it were a load-time constant)
     "no_ifslots": (
@@ -55,14 +75,25 @@ ABLATIONS: dict[str, tuple[str, str, str]] = {
         "\t__u32 slot = 1; /* ablated */\n\t(void)ifslot_of;\n",
     ),
     # the skb's shared info (gso_segs), at the end of the data buffer, after the frame
-    "no_gso_segs": (PLAIN, "\t\tsegs = skb->gso_segs;\n", "\t\t/* ablated: gso_segs */\n"),
+    "no_gso_segs": (
+        PLAIN,
+        "\t\tif (skb->gso_segs > 1)\n\t\t\treturn 0;\n",
+        "\t\t/* ablated: gso_segs */\n",
+    ),
     # the ifindex (skb->dev->ifindex), the IFSLOTS lookup and the per-CPU counter update
     "no_count": (
         PLAIN,
-        "\t__u32 slot = count(ifindex, dir, segs, bytes);\n\n"
+        "\t__u32 slot = count(ifindex, dir, 1, bytes);\n\n"
         "\tif (feature_on(SENNET_FEAT_BURSTS))\n"
-        "\t\tburst_account(slot, dir, segs, bytes, bpf_ktime_get_ns());\n",
-        "\t(void)ifindex; /* ablated */\n\t(void)segs;\n\t(void)bytes;\n",
+        "\t\tburst_account(slot, dir, 1, bytes, bpf_ktime_get_ns());\n",
+        "\t(void)ifindex; /* ablated */\n\t(void)bytes;\n",
+    ),
+    # the burst windows' spin lock (what per-CPU windows would save), loaded with bursts on
+    "no_burst_lock": (
+        FLOWS,
+        "\tbpf_spin_lock(&b->lock);\n",
+        # the unlock further down becomes a no-op through a macro (one edit per ablation)
+        "\t(void)b->lock; /* ablated */\n#define bpf_spin_unlock(l) ((void)(l))\n",
     ),
     # everything: the program's entry and return, the floor of any program of ours
     "nothing": (
@@ -71,6 +102,11 @@ ABLATIONS: dict[str, tuple[str, str, str]] = {
         "\tif (1 || counted_plain(ctx, hook, dir)) /* ablated */\n",
     ),
 }
+
+
+# The feature set (bench/features.py FEATURE_SETS) an ablation is loaded with, when not
+# the counters alone: a part of a feature is priced with that feature on.
+LOADED_WITH: dict[str, str] = {"no_burst_lock": "bursts"}
 
 
 def _edit(bpf_dir: Path, name: str) -> None:

@@ -14,9 +14,13 @@ rounds: the empty program (bpf/bench_empty.bpf.c) and `before_counters` and
 the short path a plain frame takes with every feature after the counters off)
 loaded the same way, so one run shows before and after side by side.
 
-`cost`: each variant on a 64-byte UDP frame and on a 154-byte TCP data segment,
-kernel-timed. `warm` is one test_run call of `repeat` runs on the same skb (the
-program, its maps and the skb stay in the caches); `single` is the median of
+`cost`: each variant on a 64-byte UDP frame, a 154-byte TCP data segment and the
+same segment over IPv6 (174 bytes), kernel-timed. `warm` is one test_run call of
+`repeat` runs on the same skb (the program, its maps and the skb stay in the
+caches), reported by the kernel in whole nanoseconds; `wall` is the same call
+timed from user space, divided by `repeat` (the syscall and the skb's set-up
+are under 0.05 ns per run at this repeat), for the ratio to the empty program
+at a finer resolution than one nanosecond; `single` is the median of
 single runs (repeat 1: the syscall around each run leaves the caches lukewarm);
 `cold` the same, each run after a sweep of SWEEP_BYTES through memory, which
 evicts the maps and the program from every cache level (an upper bound: the
@@ -28,7 +32,10 @@ statistics on (BPF_ENABLE_STATS: the kernel times every run of every program),
 `run_ns` is the program's own time per packet inside the veth receive path;
 then, with statistics off, the received rate and the path CPU per packet
 (sender plus receive softirq). `vs_empty` is the rate over the empty program's
-in the same round (goal >= 0.98).
+in the same round (goal >= 0.98). With `--linear` the path runs again with
+scatter-gather off on the sender's veth: trafgen's frames then arrive linear
+(`tpacket_snd` otherwise leaves all but the Ethernet header in a page
+fragment), as a NIC driver's do, and the headers are read in place.
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scapy.layers.inet import TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 import ablate
 import flows
@@ -66,7 +77,7 @@ import throughput
 import wire
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINE_REV = "f2aefa2"  # before the plain-frame path (counted_plain) and on_wire()
+BASELINE_REV = "2dedbe2"  # before the short path's one-load checks and its IPv6 frames
 SWEEP_BYTES = 16 << 20  # larger than the last-level cache of the machines we run on
 TC_ACT_UNSPEC = 0xFFFFFFFF
 FEATURE_SETS: dict[str, Feature] = {
@@ -103,13 +114,15 @@ def load_variants(
 ) -> list[Variant]:
     """The empty program, then one load per feature set of today's object and, for the
     counters alone and the default, of the object built from `baseline`, all the agent's way;
-    then each of `ablations` (bench/ablate.py) with the counters alone, as ablate_<name>."""
+    then each of `ablations` (bench/ablate.py) with the counters alone (or the feature
+    ablate.LOADED_WITH names), as ablate_<name>."""
     out = [Variant("empty", stack.enter_context(lab.empty_program()))]
     old_assets = stack.enter_context(built_from(baseline))
     loads = [(name, DEFAULT_ASSETS, features) for name, features in FEATURE_SETS.items()]
     loads += [(f"before_{name}", old_assets, FEATURE_SETS[name]) for name in BASELINE_SETS]
     for name, assets in stack.enter_context(ablate.built(ablations)).items():
-        loads.append((f"ablate_{name}", assets, FEATURE_SETS["counters"]))
+        features = FEATURE_SETS[ablate.LOADED_WITH.get(name, "counters")]
+        loads.append((f"ablate_{name}", assets, features))
     for name, assets, features in loads:
         pin_dir = pin_root / name
         pin_dir.mkdir()
@@ -119,6 +132,16 @@ def load_variants(
     return out
 
 
+def tcp6_segment() -> bytes:
+    """flows.tcp_segment() over IPv6: a plain data segment, 174 bytes on the wire."""
+    return bytes(
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        / IPv6(src="2001:db8::1", dst="2001:db8::2")
+        / TCP(sport=40000, dport=443, flags="PA", seq=1000, ack=1)
+        / Raw(b"d" * 100)
+    )
+
+
 def _sweep(buf: np.ndarray) -> None:
     buf += 1  # read and write every line: the caches now hold this buffer, not the program
 
@@ -126,16 +149,23 @@ def _sweep(buf: np.ndarray) -> None:
 def measure_cost(variants: list[Variant], rounds: int, repeat: int, cold_runs: int) -> list[Figure]:
     """Warm (repeat N) and cold (repeat 1 after a cache sweep) ns per run, per variant and frame."""
     lb = libbpf()
-    frames = {"udp64": wire.udp_frame(wire.SMALL_FRAME), "tcp154": flows.tcp_segment()}
+    frames = {
+        "udp64": wire.udp_frame(wire.SMALL_FRAME),
+        "tcp154": flows.tcp_segment(),
+        "tcp6_174": tcp6_segment(),
+    }
     sweep = np.zeros(SWEEP_BYTES // 8, np.uint64)
     warm: dict[tuple[str, str], list[int]] = {}
+    wall: dict[tuple[str, str], list[float]] = {}
     cold: dict[tuple[str, str], list[int]] = {}
     single: dict[tuple[str, str], list[int]] = {}
     for r in range(rounds):
         lab.note(f"cost: round {r + 1}/{rounds}")
-        for v in variants:
+        for v in variants if r % 2 == 0 else variants[::-1]:  # see measure_path()
             for fname, frame in frames.items():
+                t0 = time.perf_counter_ns()
                 retval, ns, _ = lb.test_run(v.fd, frame, repeat)
+                wall.setdefault((v.name, fname), []).append((time.perf_counter_ns() - t0) / repeat)
                 if retval != TC_ACT_UNSPEC:
                     raise HarnessError(f"{v.name}: returned {retval:#x}, not TC_ACT_UNSPEC")
                 warm.setdefault((v.name, fname), []).append(ns)
@@ -153,10 +183,16 @@ def measure_cost(variants: list[Variant], rounds: int, repeat: int, cold_runs: i
         empty_single = Figure(
             f"features.single.empty.{fname}", median(single["empty", fname]), "ns", "repeat 1"
         )
-        out += [empty, empty_single, empty_cold]
+        empty_wall = Figure(
+            f"features.wall.empty.{fname}", median(wall["empty", fname]), "ns", "wall / repeat"
+        )
+        out += [empty, empty_wall, empty_single, empty_cold]
         for v in variants[1:]:
             w, c = warm[v.name, fname], cold[v.name, fname]
             ratio = [a / max(b, 1) for a, b in zip(w, warm["empty", fname], strict=True)]
+            wall_ratio = [
+                a / b for a, b in zip(wall[v.name, fname], wall["empty", fname], strict=True)
+            ]
             out += [
                 Figure(f"features.cost.{v.name}.{fname}", median(w), "ns", how),
                 Figure(
@@ -165,6 +201,14 @@ def measure_cost(variants: list[Variant], rounds: int, repeat: int, cold_runs: i
                     "x",
                     "per round; goal <= 1.3",
                     empty,
+                ),
+                Figure(f"features.wall.{v.name}.{fname}", median(wall[v.name, fname]), "ns", how),
+                Figure(
+                    f"features.wall_ratio.{v.name}.{fname}",
+                    median(wall_ratio),
+                    "x",
+                    "per round, wall clock / repeat",
+                    empty_wall,
                 ),
                 Figure(
                     f"features.single.{v.name}.{fname}",
@@ -208,8 +252,15 @@ def bpf_stats() -> Iterator[None]:
         knob.write_text(before + "\n")
 
 
-def measure_path(variants: list[Variant], rounds: int, window_s: float) -> list[Figure]:
-    """Each variant at TC ingress of a flooded veth: in-path ns per run, rate, path CPU."""
+def measure_path(
+    variants: list[Variant], rounds: int, window_s: float, linear: bool = False
+) -> list[Figure]:
+    """Each variant at TC ingress of a flooded veth: in-path ns per run, rate, path CPU.
+
+    `linear`: the sender's veth without scatter-gather, so the kernel makes each of
+    trafgen's frames linear before it crosses (as a NIC's driver leaves the headers
+    in the linear part) and the program reads the headers in place, not through
+    bpf_skb_load_bytes; the figures are then named path_linear."""
     chosen = [v for v in variants if v.name in PATH_VARIANTS or v.name.startswith("ablate_")]
     ids = {v.name: libbpf().prog_id(v.fd) for v in chosen}
     frame = wire.udp_frame(wire.SMALL_FRAME)
@@ -218,6 +269,8 @@ def measure_path(variants: list[Variant], rounds: int, window_s: float) -> list[
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sennet-bench-")))
         veth = stack.enter_context(veth_pair(mtu=1500, if_b="gen0", prefix="snfeat"))
+        if linear:
+            run(["ip", "netns", "exec", veth.ns_b, "ethtool", "-K", veth.if_b, "sg", "off"])
         attacher = tc.TcAttacher(1, veth.ns_a)
         stack.callback(attacher.close)
         ifindex = attacher.ifindex(veth.if_a)
@@ -236,7 +289,10 @@ def measure_path(variants: list[Variant], rounds: int, window_s: float) -> list[
         stack.callback(attacher.remove_clsact_if_empty, ifindex)
         for r in range(rounds):
             lab.note(f"path: round {r + 1}/{rounds}")
-            for v in chosen:
+            # Every other round in reverse: a variant's place in the round biases its
+            # figures (measured: 15-30 ns for the one attached after another), and the
+            # alternation cancels that in the medians.
+            for v in chosen if r % 2 == 0 else chosen[::-1]:
                 attacher.attach(ifindex, tc.PARENT_INGRESS, v.fd, f"sennet_{v.name}")
                 try:
                     time.sleep(throughput.SETTLE_S)
@@ -248,7 +304,8 @@ def measure_path(variants: list[Variant], rounds: int, window_s: float) -> list[
                     wins[v.name].append(throughput._window(counters, clock, window_s))
                 finally:
                     attacher.detach(ifindex, tc.PARENT_INGRESS)
-    return _path_figures(run_ns, wins, rounds, window_s)
+    prefix = "features.path_linear" if linear else "features.path"
+    return _path_figures(run_ns, wins, rounds, window_s, prefix)
 
 
 def _path_figures(
@@ -256,17 +313,18 @@ def _path_figures(
     wins: dict[str, list[throughput.Window]],
     rounds: int,
     window_s: float,
+    prefix: str,
 ) -> list[Figure]:
     how = f"median of {rounds} windows of {window_s:g} s"
     out: list[Figure] = []
-    empty_run = Figure("features.path.empty.run_ns", median(run_ns["empty"]), "ns", how)
+    empty_run = Figure(f"{prefix}.empty.run_ns", median(run_ns["empty"]), "ns", how)
     empty_pps = median([w.pps for w in wins["empty"]])
-    empty_rate = Figure("features.path.empty.rate", empty_pps, "packets/s", how)
+    empty_rate = Figure(f"{prefix}.empty.rate", empty_pps, "packets/s", how)
     out += [
         empty_run,
         empty_rate,
         Figure(
-            "features.path.empty.path_cpu",
+            f"{prefix}.empty.path_cpu",
             median([w.path_ns for w in wins["empty"]]),
             "ns/packet",
             "sender+softirq CPU",
@@ -279,16 +337,16 @@ def _path_figures(
         cpu = [a.path_ns - b.path_ns for a, b in zip(wins[name], wins["empty"], strict=True)]
         listed = " ".join(f"{x:.3f}" for x in per)
         out += [
-            Figure(f"features.path.{name}.run_ns", median(run_ns[name]), "ns", how, empty_run),
+            Figure(f"{prefix}.{name}.run_ns", median(run_ns[name]), "ns", how, empty_run),
             Figure(
-                f"features.path.{name}.vs_empty",
+                f"{prefix}.{name}.vs_empty",
                 median(per),
                 "ratio",
                 f"goal >= 0.98; per round: {listed}",
                 empty_rate,
             ),
             Figure(
-                f"features.path.{name}.path_cpu_over_empty",
+                f"{prefix}.{name}.path_cpu_over_empty",
                 median(cpu),
                 "ns/packet",
                 "per-round difference of sender+softirq CPU",
@@ -303,6 +361,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per figure per line")
     p.add_argument("--only", choices=("cost", "path"), help="run only this phase")
+    p.add_argument(
+        "--linear",
+        action="store_true",
+        help="also run the path with linear frames (the sender's veth without scatter-gather)",
+    )
     p.add_argument("--rounds", type=int, default=9, help="interleaved cost rounds (default 9)")
     p.add_argument("--repeat", type=int, default=100_000, help="runs per warm call (100000)")
     p.add_argument("--cold-runs", type=int, default=270, help="cold single runs per case (270)")
@@ -341,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     figures += measure_cost(variants, args.rounds, args.repeat, args.cold_runs)
             if args.only in (None, "path"):
                 figures += measure_path(variants, args.path_rounds, args.window)
+                if args.linear:
+                    figures += measure_path(variants, args.path_rounds, args.window, linear=True)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
