@@ -106,7 +106,9 @@ def _small(value: int, field: str, limit: int) -> None:
 
 
 def _kind_map(counts: Mapping[str, int], field: str) -> None:
-    items = dict(counts)
+    # a comprehension: `dict()` of a protobuf map walks it through the Mapping ABC's
+    # Python-level KeysView, 4 us per map against 1 us (two maps per heartbeat)
+    items = {kind: counts[kind] for kind in counts}
     if len(items) > MAX_KINDS:
         raise invalid(field, f"has {len(items)} kinds, at most {MAX_KINDS} allowed")
     # known kinds all match _KIND_RE: only a map with a bad entry needs the named checks

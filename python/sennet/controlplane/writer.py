@@ -36,6 +36,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Protocol
 
 from sennet.common.log import event
 from sennet.controlplane import old_path, validate
@@ -50,11 +51,24 @@ RETRY_AFTER_S = 1.0  # the hint sent with a full queue: about one group commit u
 STALL_AFTER_S = 15.0
 
 
+class Outcome(Protocol):
+    """What the writer settles per heartbeat: a `concurrent.futures.Future`, or the lighter
+    `wakeups.Reply` the event loop's handlers wait on."""
+
+    def set_running_or_notify_cancel(self) -> bool: ...
+
+    def set_result(self, result: pb.HeartbeatResponse) -> None: ...
+
+    def set_exception(self, exception: BaseException | None) -> None: ...
+
+    def done(self) -> bool: ...
+
+
 @dataclass
 class _Pending:
     req: pb.HeartbeatRequest
     received_at: float
-    future: Future[pb.HeartbeatResponse]
+    future: Outcome
 
 
 class HeartbeatWriter:
@@ -114,11 +128,20 @@ class HeartbeatWriter:
         queue is full.
         """
         fut: Future[pb.HeartbeatResponse] = Future()
+        self.enqueue(req, fut)
+        return fut
+
+    def enqueue(self, req: pb.HeartbeatRequest, outcome: Outcome) -> None:
+        """Queue a validated heartbeat; `outcome` is settled after its commit.
+
+        Raises `RequestError` (RESOURCE_EXHAUSTED, with a retry hint) when the
+        queue is full.
+        """
         if not self._thread.is_alive():
-            fut.set_exception(_unavailable("the store writer is not running"))
-            return fut
+            outcome.set_exception(_unavailable("the store writer is not running"))
+            return
         try:
-            self._queue.put_nowait(_Pending(req, time.time(), fut))
+            self._queue.put_nowait(_Pending(req, time.time(), outcome))
         except queue.Full:
             raise overloaded(
                 "heartbeat queue",
@@ -127,7 +150,6 @@ class HeartbeatWriter:
                 "queue_full",
                 RETRY_AFTER_S,
             ) from None
-        return fut
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish what is queued, then stop."""
