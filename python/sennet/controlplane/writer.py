@@ -284,7 +284,11 @@ class HeartbeatWriter:
             raise validate.stateful_refusal(item.req, exc) from None
         conn.execute("SAVEPOINT heartbeat")
         try:
-            n = self._store.insert_heartbeat(conn, item.req, item.received_at, new_view, changed)
+            # the fold only appends keys: as many as the stored view means the same keys
+            keys_stored = 0 < len(view.series) == len(new_view.series)
+            n = self._store.insert_heartbeat(
+                conn, item.req, item.received_at, new_view, changed, keys_stored
+            )
         except sqlite3.Error:
             _undo(conn)
             raise
