@@ -2,10 +2,10 @@
 
 Every heartbeat must be durable before it is acknowledged, and an fsync per
 heartbeat would cap throughput at the disk's fsync rate. Handlers therefore
-queue validated heartbeats here and wait on a future; the writer drains
-whatever has queued up (up to `max_batch`), writes it in one transaction,
-commits (one fsync), publishes the new views to the fleet, and only then
-resolves the futures.
+queue validated heartbeats here and wait on what the writer settles (a future,
+or on the event loop a `wakeups.Reply`); the writer drains whatever has queued
+up (up to `max_batch`), writes it in one transaction, commits (one fsync),
+publishes the new views to the fleet, and only then settles them.
 
 One bad client harms no other. Each heartbeat in a group is judged and written
 on its own, inside a savepoint: one whose total would pass 2^63-1, that would
