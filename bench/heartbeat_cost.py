@@ -81,17 +81,22 @@ def stages(insights: bool, group: int, rounds: int, workdir: Path) -> list[Figur
     folded, changed = view.apply(later, time.time())  # the fold is timed on its own below
 
     every = dict(folded.series)  # a busy agent: every counter moved since its last heartbeat
+    # the agent's first heartbeat, committed: its series row exists, with these keys, so the
+    # writer rewrites only the totals of a later one that gained no series (keys_stored)
+    conn.execute("BEGIN IMMEDIATE")
+    store.insert_heartbeat(conn, req, time.time(), view, dict(view.series))
+    conn.execute("COMMIT")
 
     def write_group(moved: dict[SeriesKey, Series] = changed) -> None:
         conn.execute("BEGIN IMMEDIATE")
         for _ in range(group):
-            store.insert_heartbeat(conn, later, time.time(), folded, moved)
+            store.insert_heartbeat(conn, later, time.time(), folded, moved, keys_stored=True)
         conn.execute("ROLLBACK")  # CPU of the rows only; the commit is timed apart
 
     def commit_group() -> None:
         conn.execute("BEGIN IMMEDIATE")
         for _ in range(group):
-            store.insert_heartbeat(conn, later, time.time(), folded, changed)
+            store.insert_heartbeat(conn, later, time.time(), folded, changed, keys_stored=True)
         conn.execute("COMMIT")
 
     # /metrics preparation as the writer triggers it: publishing a committed view

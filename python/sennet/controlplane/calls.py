@@ -12,10 +12,8 @@ the one event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf.message import Message
@@ -85,15 +83,30 @@ class Calls:
         encoding: Encoding = Encoding.PROTO,
     ) -> Message:
         """Answer one call; raises `RequestError` (already counted) when it is refused."""
-        with self._recorded(method, transport):
+        # counted and timed inline: a @contextmanager's generator costs 2-3 us per call
+        accepted, latency = self._series[method.name, transport]
+        started = time.perf_counter()
+        try:
             principal, req = self._admit(method, authorization, body, encoding)
             if isinstance(req, REGISTER.request):
                 # one committed transaction: blocking, so off the event loop
-                return await asyncio.to_thread(self._service.register, principal, req)
-            stored = self._service.heartbeat(principal, _heartbeat(req))
-            if self._wakeups is None:
-                return await asyncio.wrap_future(stored)
-            return await self._wakeups.wait(stored)
+                answer: Message = await asyncio.to_thread(self._service.register, principal, req)
+            elif self._wakeups is None:
+                stored = self._service.heartbeat(principal, _heartbeat(req))
+                acknowledged = await asyncio.wrap_future(stored)
+                answer = acknowledged
+            else:
+                reply = self._wakeups.reply()
+                reply.offer = self._service.queue_heartbeat(principal, _heartbeat(req), reply)
+                answer = await reply.waiter
+        except RequestError as err:
+            self._metrics.reject(method.name, err)
+            raise
+        else:
+            accepted.inc()
+            return answer
+        finally:
+            latency.observe(time.perf_counter() - started)
 
     def refused(self, method: Method[Any, Any], err: RequestError) -> None:
         """Count a refusal a transport decided before it had a body (e.g. Content-Length)."""
@@ -110,20 +123,6 @@ class Calls:
         decode = codec.from_json if encoding is Encoding.JSON else codec.from_proto
         req: Message = decode(method.request, body, self._max)
         return principal, req
-
-    @contextlib.contextmanager
-    def _recorded(self, method: Method[Any, Any], transport: Transport) -> Iterator[None]:
-        accepted, latency = self._series[method.name, transport]
-        started = time.perf_counter()
-        try:
-            yield
-        except RequestError as err:
-            self._metrics.reject(method.name, err)
-            raise
-        else:
-            accepted.inc()
-        finally:
-            latency.observe(time.perf_counter() - started)
 
 
 def _heartbeat(req: Message) -> pb.HeartbeatRequest:

@@ -19,7 +19,7 @@ from sennet.controlplane.identity import Identity
 from sennet.controlplane.refusals import Code, RequestError
 from sennet.controlplane.update_offers import OfferBook
 from sennet.controlplane.validate_insights import DEFAULT_LIMITS, Limits
-from sennet.controlplane.writer import HeartbeatWriter
+from sennet.controlplane.writer import HeartbeatWriter, Outcome
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 log = logging.getLogger("sennet.controlplane.sentinel_service")
@@ -92,12 +92,23 @@ class SentinelService:
         self, principal: Principal, req: pb.HeartbeatRequest
     ) -> Future[pb.HeartbeatResponse]:
         """Validate and queue a heartbeat; the future resolves once it is committed."""
+        stored: Future[pb.HeartbeatResponse] = Future()
+        offer = self.queue_heartbeat(principal, req, stored)
+        return stored if offer is None else _with_offer(stored, offer)
+
+    def queue_heartbeat(
+        self, principal: Principal, req: pb.HeartbeatRequest, outcome: Outcome
+    ) -> pb.UpdateOffer | None:
+        """Validate and queue a heartbeat for `outcome`, settled once it is committed.
+
+        Returns the update offer its acknowledgement carries, if any; the caller
+        adds it to the answer (`heartbeat` does, for a future).
+        """
         validate.heartbeat(req, self._limits)
         if principal.agent_id != req.agent_id:
             raise _mismatch(req.agent_id)
-        stored = self._writer.submit(req)
-        offer = self._offers.offer_for(req) if self._offers is not None else None
-        return stored if offer is None else _with_offer(stored, offer)
+        self._writer.enqueue(req, outcome)
+        return self._offers.offer_for(req) if self._offers is not None else None
 
 
 def _with_offer(

@@ -168,8 +168,13 @@ class Store:
         received_at: float,
         view: AgentView,
         changed: dict[SeriesKey, Series],
+        keys_stored: bool = False,
     ) -> int:
-        """Write one heartbeat inside the caller's transaction; return the events stored."""
+        """Write one heartbeat inside the caller's transaction; return the events stored.
+
+        `keys_stored`: the agent's stored series row already has `view`'s keys, in
+        order (`store_series.save`).
+        """
         events = self._new_events(conn, req, received_at)
         cur = conn.execute(
             "INSERT INTO heartbeats (agent_id, received_at, uptime_seconds, agent_version,"
@@ -187,7 +192,7 @@ class Store:
         if cur.lastrowid is None:
             raise sqlite3.IntegrityError("heartbeat row has no id")
         if changed:  # every series in one row (store_series.py), rewritten when one moved
-            store_series.save(conn, req.agent_id, view.series)
+            store_series.save(conn, req.agent_id, view.series, keys_stored)
         cur = conn.execute(
             "UPDATE agents SET agent_version = ?, kernel_version = ?, last_heartbeat_at = ?,"
             " uptime_seconds = ?, heartbeats = ?, resets = ? WHERE agent_id = ?",

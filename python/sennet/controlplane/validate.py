@@ -48,6 +48,8 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _TEXT_LIMIT = 253
 _STREAM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# the canonical form `agent_id` requires: str(uuid.UUID(x)) == x holds for exactly these
+_CANONICAL_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")  # what `_text` refuses: ord < 32 or 127
 EVENT_KINDS = frozenset(
     {
@@ -106,7 +108,9 @@ def _small(value: int, field: str, limit: int) -> None:
 
 
 def _kind_map(counts: Mapping[str, int], field: str) -> None:
-    items = dict(counts)
+    # a comprehension: `dict()` of a protobuf map walks it through the Mapping ABC's
+    # Python-level KeysView, 4 us per map against 1 us (two maps per heartbeat)
+    items = {kind: counts[kind] for kind in counts}
     if len(items) > MAX_KINDS:
         raise invalid(field, f"has {len(items)} kinds, at most {MAX_KINDS} allowed")
     # known kinds all match _KIND_RE: only a map with a bad entry needs the named checks
@@ -156,7 +160,12 @@ def _event(ev: pb.Event, field: str) -> None:
     The checks are the same; only when one fails does the named version run,
     which raises the error it always did (heartbeats carry up to 1024 events).
     """
-    if not (
+    if not _event_ok(ev):
+        _event_named(ev, field)
+
+
+def _event_ok(ev: pb.Event) -> bool:
+    return (
         0 < ev.ts_unix_ns <= MAX_COUNTER
         and ev.seq <= MAX_COUNTER
         and ev.direction in _DIRECTIONS
@@ -171,8 +180,7 @@ def _event(ev: pb.Event, field: str) -> None:
         and ev.eth_proto <= 65535
         and _address_ok(ev.src_addr, ev.ip_version)
         and _address_ok(ev.dst_addr, ev.ip_version)
-    ):
-        _event_named(ev, field)
+    )
 
 
 def _event_named(ev: pb.Event, field: str) -> None:
@@ -210,7 +218,66 @@ def heartbeat(req: pb.HeartbeatRequest, limits: Limits = DEFAULT_LIMITS) -> None
     """Reject a HeartbeatRequest with missing fields or absurd values, naming the field.
 
     `limits` caps the top lists of the flow and DNS parts (validate_insights.py).
+    The plain part is checked in one pass first (`_plain_ok`); only a heartbeat
+    it doubts goes through the named checks, which raise the error they always did.
     """
+    if not _plain_ok(req):
+        _plain_named(req)
+    validate_insights.heartbeat_parts(req, limits)
+    image_report.check(req)
+
+
+def _plain_ok(req: pb.HeartbeatRequest) -> bool:
+    """Every check of `_plain_named` as one yes/no, no field name formatted per check.
+
+    It may doubt a heartbeat the named checks pass (they then decide), never
+    pass one they refuse: `test_validation_plain_one_pass.py` holds it to that.
+    """
+    if not (
+        _CANONICAL_UUID_RE.fullmatch(req.agent_id)  # what `agent_id` accepts, exactly
+        and len(req.agent_version) <= _TEXT_LIMIT
+        and not _CONTROL_RE.search(req.agent_version)
+        and len(req.kernel_version) <= _TEXT_LIMIT
+        and not _CONTROL_RE.search(req.kernel_version)
+        and math.isfinite(req.uptime_seconds)
+        and 0 <= req.uptime_seconds <= MAX_UPTIME_S
+        and len(req.interfaces) <= MAX_INTERFACES
+        and _kinds_ok(req.events_by_kind)
+        and _kinds_ok(req.ringbuf_drops_by_kind)
+        and len(req.recent_events) <= MAX_EVENTS
+        and (not req.event_stream or _STREAM_RE.match(req.event_stream))
+        and req.events_dropped_by_agent <= MAX_COUNTER
+    ):
+        return False
+    seen: set[str] = set()
+    for itf in req.interfaces:
+        if (
+            not _IFNAME_RE.match(itf.name)
+            or itf.name in seen
+            or itf.ifindex == 0
+            or max(itf.rx_packets, itf.rx_bytes, itf.tx_packets, itf.tx_bytes) > MAX_COUNTER
+        ):
+            return False
+        seen.add(itf.name)
+    stream, last_seq = bool(req.event_stream), 0
+    for ev in req.recent_events:
+        if not _event_ok(ev) or (stream and ev.seq <= last_seq):
+            return False
+        last_seq = ev.seq
+    return True
+
+
+def _kinds_ok(counts: Mapping[str, int]) -> bool:
+    items = {kind: counts[kind] for kind in counts}
+    return (
+        len(items) <= MAX_KINDS
+        and EVENT_KINDS.issuperset(items)
+        and max(items.values(), default=0) <= MAX_COUNTER
+    )
+
+
+def _plain_named(req: pb.HeartbeatRequest) -> None:
+    """The interfaces, event counts and events, each check naming its field."""
     agent_id(req.agent_id)
     _text(req.agent_version, "agent_version")
     _text(req.kernel_version, "kernel_version")
@@ -251,8 +318,6 @@ def heartbeat(req: pb.HeartbeatRequest, limits: Limits = DEFAULT_LIMITS) -> None
                 )
             last_seq = ev.seq
     _counter(req.events_dropped_by_agent, "events_dropped_by_agent")
-    validate_insights.heartbeat_parts(req, limits)
-    image_report.check(req)
 
 
 def series_field(req: pb.HeartbeatRequest, key: SeriesKey) -> str:

@@ -2,10 +2,10 @@
 
 Every heartbeat must be durable before it is acknowledged, and an fsync per
 heartbeat would cap throughput at the disk's fsync rate. Handlers therefore
-queue validated heartbeats here and wait on a future; the writer drains
-whatever has queued up (up to `max_batch`), writes it in one transaction,
-commits (one fsync), publishes the new views to the fleet, and only then
-resolves the futures.
+queue validated heartbeats here and wait on what the writer settles (a future,
+or on the event loop a `wakeups.Reply`); the writer drains whatever has queued
+up (up to `max_batch`), writes it in one transaction, commits (one fsync),
+publishes the new views to the fleet, and only then settles them.
 
 One bad client harms no other. Each heartbeat in a group is judged and written
 on its own, inside a savepoint: one whose total would pass 2^63-1, that would
@@ -36,6 +36,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Protocol
 
 from sennet.common.log import event
 from sennet.controlplane import old_path, validate
@@ -50,11 +51,24 @@ RETRY_AFTER_S = 1.0  # the hint sent with a full queue: about one group commit u
 STALL_AFTER_S = 15.0
 
 
+class Outcome(Protocol):
+    """What the writer settles per heartbeat: a `concurrent.futures.Future`, or the lighter
+    `wakeups.Reply` the event loop's handlers wait on."""
+
+    def set_running_or_notify_cancel(self) -> bool: ...
+
+    def set_result(self, result: pb.HeartbeatResponse) -> None: ...
+
+    def set_exception(self, exception: BaseException | None) -> None: ...
+
+    def done(self) -> bool: ...
+
+
 @dataclass
 class _Pending:
     req: pb.HeartbeatRequest
     received_at: float
-    future: Future[pb.HeartbeatResponse]
+    future: Outcome
 
 
 class HeartbeatWriter:
@@ -114,11 +128,20 @@ class HeartbeatWriter:
         queue is full.
         """
         fut: Future[pb.HeartbeatResponse] = Future()
+        self.enqueue(req, fut)
+        return fut
+
+    def enqueue(self, req: pb.HeartbeatRequest, outcome: Outcome) -> None:
+        """Queue a validated heartbeat; `outcome` is settled after its commit.
+
+        Raises `RequestError` (RESOURCE_EXHAUSTED, with a retry hint) when the
+        queue is full.
+        """
         if not self._thread.is_alive():
-            fut.set_exception(_unavailable("the store writer is not running"))
-            return fut
+            outcome.set_exception(_unavailable("the store writer is not running"))
+            return
         try:
-            self._queue.put_nowait(_Pending(req, time.time(), fut))
+            self._queue.put_nowait(_Pending(req, time.time(), outcome))
         except queue.Full:
             raise overloaded(
                 "heartbeat queue",
@@ -127,7 +150,6 @@ class HeartbeatWriter:
                 "queue_full",
                 RETRY_AFTER_S,
             ) from None
-        return fut
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish what is queued, then stop."""
@@ -262,7 +284,11 @@ class HeartbeatWriter:
             raise validate.stateful_refusal(item.req, exc) from None
         conn.execute("SAVEPOINT heartbeat")
         try:
-            n = self._store.insert_heartbeat(conn, item.req, item.received_at, new_view, changed)
+            # the fold only appends keys: as many as the stored view means the same keys
+            keys_stored = 0 < len(view.series) == len(new_view.series)
+            n = self._store.insert_heartbeat(
+                conn, item.req, item.received_at, new_view, changed, keys_stored
+            )
         except sqlite3.Error:
             _undo(conn)
             raise
