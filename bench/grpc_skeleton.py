@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import queue
-import signal
 import sys
 import tempfile
 import threading
@@ -30,12 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from controlplane import _cpu_s, grpc_frame, h2load, heartbeat_body
+from controlplane import grpc_frame, heartbeat_body
+from grpc_rig import serve_unary, under_load
 from sennet.testing.figures import Figure, report
-from sennet.testing.ports import free_port
-from sennet.testing.process import PYTHON, LoggedProcess
 
 MODES = ("echo", "deferred")
 METHOD = "/bench.Skeleton/Call"
@@ -74,49 +70,25 @@ def serve(port: int, mode: str) -> None:
             return await fut
 
         threading.Thread(target=writer, name="bench-writer", daemon=True).start()
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(handle)
-        service, name = METHOD.strip("/").split("/")
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(service, {name: handler})]
-        )
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        print("ready", flush=True)
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await server.stop(1)
+        await serve_unary(port, METHOD, handle)
 
     asyncio.run(main())
 
 
 def measure(args: argparse.Namespace, mode: str, body: bytes, workdir: Path) -> Figure:
-    port = free_port()
-    started: list[LoggedProcess] = []
-    try:
-        for n in range(args.procs):
-            server = LoggedProcess(
-                f"{mode}-{n}",
-                [PYTHON, __file__, "--serve", str(port), mode],
-                workdir / f"{mode}-{len(body)}-{n}.log",  # a log of its own: "ready" is new
-            )
-            started.append(server.start())
-            server.wait_for_log("ready", timeout=20.0)
-        pids = [p.proc.pid for p in started if p.proc is not None]
-        before = _cpu_s(pids)
-        load = h2load(
-            port, METHOD, [(body, None)] * args.agents, workdir, args.duration, args.streams
-        )
-        cpu = _cpu_s(pids) - before
-        if not load.completed:
-            raise SystemExit(f"{mode}, {len(body)} B bodies: no call completed")
-    finally:
-        for p in started:
-            p.stop(timeout=10)
+    load, us = under_load(
+        f"{mode}-{len(body)}",
+        lambda port: [__file__, "--serve", str(port), mode],
+        procs=args.procs,
+        path=METHOD,
+        bodies=[(body, None)] * args.agents,
+        workdir=workdir,
+        duration=args.duration,
+        streams=args.streams,
+    )
     return Figure(
         f"skeleton_{mode}_{len(body) - 5}B_cpu_per_call",
-        round(cpu / max(1, load.completed) * 1e6, 1),
+        round(us, 1),
         "us",
         note=f"{load.rps:.0f} calls/s, p99 {load.percentile(0.99):.1f} ms",
     )

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sqlite3
 import statistics
 import sys
@@ -38,9 +37,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from controlplane import _cpu_s, h2load, heartbeat_body
+from controlplane import heartbeat_body
+from grpc_rig import serve_unary, under_load
 from sennet.controlplane import codec, validate
 from sennet.controlplane.auth import Authenticator
 from sennet.controlplane.calls import Calls
@@ -55,8 +53,6 @@ from sennet.controlplane.writer import HeartbeatWriter, _Pending
 from sennet.proto import contract
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.figures import Figure, report
-from sennet.testing.ports import free_port
-from sennet.testing.process import PYTHON, LoggedProcess
 
 RUNGS = ("bare", "admit", "validated", "queued", "stored")
 STAND_IN_COMMIT_S = 0.002  # the `queued` writer's stand-in for a group commit
@@ -107,23 +103,9 @@ def serve(port: int, rung: str, db: Path) -> None:
 
     async def main() -> None:
         writer.start()
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-        handler: grpc.RpcMethodHandler[bytes, pb.HeartbeatResponse] = (
-            grpc.unary_unary_rpc_method_handler(
-                handle, response_serializer=pb.HeartbeatResponse.SerializeToString
-            )
+        await serve_unary(
+            port, contract.HEARTBEAT.path, handle, pb.HeartbeatResponse.SerializeToString
         )
-        service, name = contract.HEARTBEAT.path.strip("/").split("/")
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(service, {name: handler})]
-        )
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        print("ready", flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await server.stop(1)
         writer.stop()
 
     asyncio.run(main())
@@ -152,28 +134,18 @@ def measure(
     args: argparse.Namespace, rung: str, bodies: list[tuple[bytes, str | None]], workdir: Path
 ) -> tuple[float, float]:
     """(calls/s, server CPU µs per call) of one rung at the benchmark's full load."""
-    port = free_port()
-    started: list[LoggedProcess] = []
-    try:
-        for n in range(args.procs):
-            server = LoggedProcess(
-                f"{rung}-{n}",
-                [PYTHON, __file__, "--serve", str(port), rung, str(workdir / "cp.db")],
-                workdir / f"{rung}-{n}-{time.monotonic_ns()}.log",  # "ready" must be new
-            )
-            started.append(server.start())
-            server.wait_for_log("ready", timeout=30.0)
-        pids = [p.proc.pid for p in started if p.proc is not None]
-        h2load(port, contract.HEARTBEAT.path, bodies, workdir, 2, args.streams)  # warm-up
-        before = _cpu_s(pids)
-        load = h2load(port, contract.HEARTBEAT.path, bodies, workdir, args.duration, args.streams)
-        cpu = _cpu_s(pids) - before
-        if not load.completed:
-            raise SystemExit(f"{rung}: no call completed")
-    finally:
-        for p in started:
-            p.stop(timeout=10)
-    return load.rps, cpu / load.completed * 1e6
+    load, us = under_load(
+        rung,
+        lambda port: [__file__, "--serve", str(port), rung, str(workdir / "cp.db")],
+        procs=args.procs,
+        path=contract.HEARTBEAT.path,
+        bodies=bodies,
+        workdir=workdir,
+        duration=args.duration,
+        streams=args.streams,
+        warmup_s=2,
+    )
+    return load.rps, us
 
 
 def main() -> int:
