@@ -27,7 +27,9 @@ say "proto bindings match proto/"
 (cd python && "$venv/python" -m sennet.proto.generate --check)
 
 say "pytest: agent and control plane (real kernel: BPF, TC, veth in test-owned namespaces; real gRPC, SQLite, Prometheus)"
-(cd python && pytest tests "$@")
+# Two workers, each module on one of them (its module-scoped control plane or loaded programs
+# set up once): most of the suite waits on processes, sockets and the kernel, not the CPU.
+(cd python && pytest -n 2 --dist loadfile tests "$@")
 
 say "pytest: image build tooling"
 (cd images && pytest tests -m "not integration")

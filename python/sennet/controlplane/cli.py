@@ -33,7 +33,6 @@ from pathlib import Path
 from sennet.common import log as slog
 from sennet.common.errors import UserError, run_main
 from sennet.controlplane import settings, tokens, update_offers, validate
-from sennet.controlplane.app import ControlPlane
 from sennet.controlplane.identity import (
     DEFAULT_BOOTSTRAP_LIFETIME_S,
     Identity,
@@ -352,6 +351,10 @@ def _update_command(args: argparse.Namespace, db: Path) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Imported here: the servers (gRPC, the HTTP stack) are what `serve` needs and nothing
+    # else does; `token create` and the other one-shot commands start in a fraction of it.
+    from sennet.controlplane.app import ControlPlane
+
     asyncio.run(ControlPlane(settings.build(args, os.environ)).run())
     return 0
 

@@ -16,10 +16,12 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sennet.common.errors import UserError
-from sennet.controlplane.grpc_server import TlsFiles
+
+if TYPE_CHECKING:  # the gRPC server loads only where `serve` asks for TLS
+    from sennet.controlplane.grpc_server import TlsFiles
 
 ENV_PREFIX = "SENNET_CONTROLPLANE_"
 GLOBAL = "global"  # before the subcommand: every command needs these
@@ -363,6 +365,8 @@ class Settings:
     def tls(self) -> TlsFiles | None:
         if self.tls_cert is None or self.tls_key is None:
             return None
+        from sennet.controlplane.grpc_server import TlsFiles
+
         return TlsFiles(self.tls_cert, self.tls_key, self.tls_client_ca)
 
 

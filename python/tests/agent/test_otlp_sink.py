@@ -85,7 +85,9 @@ def test_a_throttling_hint_delays_the_next_attempt_at_least_that_long(protocol: 
     with OtlpReceiver() as rx:
         rx.fail("throttle", times=1, retry_after_s=2.0, signal=METRICS)
         endpoint = rx.grpc_endpoint if protocol == "grpc" else rx.http_endpoint
-        sink = sink_for(options(endpoint))
+        # One throttled try and one answered: the answer must not time out on a loaded
+        # machine (2 s did once, beside another worker) and count as a second retry.
+        sink = sink_for(options(endpoint, timeout_s=10.0))
         try:
             sink.send(snap(3))
             assert sink.flush(10)

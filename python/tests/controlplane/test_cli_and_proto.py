@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from sennet.proto import generate
@@ -107,3 +109,18 @@ def test_a_busy_grpc_port_is_one_clear_error(tmp_path: Path) -> None:
         f"sennet-controlplane: error: cannot listen for gRPC on 127.0.0.1:{port}"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_the_one_shot_commands_do_not_load_the_servers() -> None:
+    """`token create` runs once per enrolment script and per test fixture: it must not pay for
+    importing the gRPC and HTTP servers (about a second of a start under load) it never uses."""
+    probe = (
+        "import sys, sennet.controlplane.cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('uvicorn', 'connectrpc') "
+        "or m in ('sennet.controlplane.app', 'sennet.controlplane.grpc_server', "
+        "'sennet.controlplane.http_server')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout == "[]\n", out.stdout
