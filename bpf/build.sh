@@ -21,4 +21,8 @@ for src in sennet_tc bench_empty; do
     mv "$out/$src.bpf.o.tmp" "$out/$src.bpf.o"
 done
 cp "$here/sennet_tc.bpf.c" "$here"/*.h "$out/"
-echo "bpf: built $(ls "$out"/*.bpf.o | wc -l) objects in $out"
+# The boot-time loader (rc.boot runs it before the agent starts): user space, libbpf.
+"$CLANG" $(sed -e '/^#/d' "$here/loader/cflags") -o "$out/sennet-early-attach.tmp" \
+    "$here/loader/early_attach.c" -lbpf
+mv "$out/sennet-early-attach.tmp" "$out/sennet-early-attach"
+echo "bpf: built $(ls "$out"/*.bpf.o | wc -l) objects and sennet-early-attach in $out"

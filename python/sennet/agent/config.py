@@ -299,6 +299,13 @@ SETTINGS: tuple[Setting, ...] = (
         "the booted image's version, digest and slot (written at boot; absent = not reported)",
     ),
     Setting(
+        "early_attach_file",
+        "path",
+        Path("/run/sennet/early-attach.applied"),
+        "what the boot-time loader attached (written at boot; the agent adopts it at start, "
+        "and writes its plan for the next boot beside its state)",
+    ),
+    Setting(
         "update_status",
         "path",
         Path("/var/lib/sennet/update/status.json"),
@@ -390,6 +397,7 @@ class AgentConfig:
     otlp_failback: bool
     otlp_compression: str
     image_env: Path
+    early_attach_file: Path
     update_status: Path
     update_max_bytes: int
     control_plane_http: str

@@ -118,6 +118,7 @@ class Agent:
             xdp_mode=cfg.xdp_mode,
             state_dir=cfg.state_dir,
             netns=cfg.netns,
+            early_file=cfg.early_attach_file,
         )
         self.agent_id = ""
         self.attached: list[Attached] = []
@@ -149,7 +150,9 @@ class Agent:
         # meanwhile waits in the maps (counters, flows) and the ring (events) for the
         # readers set up after it; the ring holds events until the consumer starts.
         event(log, "datapath_loading", uptime=marks.uptime())
-        loaded = self.manager.load()
+        booted = self.image_state.read().image
+        self.manager.image_digest = booted.digest if booted is not None else ""
+        loaded = self.manager.load(self.cfg.interfaces)
         self.attached = self.manager.attach(self.cfg.interfaces)
         event(
             log,

@@ -37,7 +37,12 @@ log = logging.getLogger("sennet.agent.statedir")
 
 AGENT_DIR = "agent"  # the dropped agent's own subdirectory
 TOKEN_FILE = "agent-token"  # kept in AGENT_DIR; at the top in the older layout
-ROOT_FILES = ("identity.json", "identity.json.bak", "tc-owned.json")  # root's, at the top
+ROOT_FILES = (  # root's, at the top
+    "identity.json",
+    "identity.json.bak",
+    "tc-owned.json",
+    "early-attach.plan",
+)
 
 
 class Untrusted(Exception):

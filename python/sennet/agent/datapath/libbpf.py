@@ -120,6 +120,7 @@ class MapInfo:
     key_size: int
     value_size: int
     max_entries: int
+    id: int = 0  # the kernel's map id: the same map seen through two fds has one
 
 
 class LibBpf:
@@ -345,6 +346,7 @@ class LibBpf:
             key_size=info.key_size,
             value_size=info.value_size,
             max_entries=info.max_entries,
+            id=info.id,
         )
 
     def prog_id(self, fd: int) -> int:

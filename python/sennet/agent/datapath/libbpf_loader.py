@@ -88,32 +88,19 @@ def load_program(path: Path, program: str) -> tuple[int, object]:
 
 def _configure(obj: int, opts: DatapathOptions) -> None:
     lb = libbpf()
-    for name in layout.PINNED_MAPS:
+    spec = opts.load_spec()
+    for name in spec.pinned:
         m = lb.check_ptr(lb.lib.bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
         lb.check(lb.lib.bpf_map__set_pin_path(m, str(opts.pin_dir / name).encode()), f"pin {name}")
-    events = lb.check_ptr(
-        lb.lib.bpf_object__find_map_by_name(obj, layout.MAP_EVENTS.encode()), "map EVENTS"
-    )
-    lb.check(lb.lib.bpf_map__set_max_entries(events, opts.ringbuf_bytes), "ring buffer size")
-    # Pinned too: events the agent had not read yet when it stopped wait for the next one.
-    pin = str(opts.pin_dir / layout.MAP_EVENTS).encode()
-    lb.check(lb.lib.bpf_map__set_pin_path(events, pin), "pin EVENTS")
-    for name, size in opts.map_sizes().items():
+    for name, size in spec.max_entries.items():
         m = lb.check_ptr(lb.lib.bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
         lb.check(lb.lib.bpf_map__set_max_entries(m, size), f"size of {name}")
-    if not opts.xdp:
-        xdp = lb.check_ptr(
-            lb.lib.bpf_object__find_program_by_name(obj, layout.PROGRAM_XDP.encode()),
-            f"program {layout.PROGRAM_XDP}",
+    for name in spec.skipped:
+        prog = lb.check_ptr(
+            lb.lib.bpf_object__find_program_by_name(obj, name.encode()), f"program {name}"
         )
-        lb.check(lb.lib.bpf_program__set_autoload(xdp, False), "autoload of sennet_xdp")
-    _set_tunables(
-        obj,
-        {
-            layout.TUNABLE_LARGE_PACKET: opts.large_packet_bytes,
-            layout.TUNABLE_FEATURES: int(opts.features),
-        },
-    )
+        lb.check(lb.lib.bpf_program__set_autoload(prog, False), f"autoload of {name}")
+    _set_tunables(obj, spec.tunables)
 
 
 def _set_tunables(obj: int, values: dict[str, int]) -> None:

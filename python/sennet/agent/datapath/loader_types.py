@@ -34,6 +34,31 @@ class DatapathOptions:
         """Sizes of the maps sized at load time (layout.SIZED_AT_LOAD), by map name."""
         return {layout.MAP_HANDSHAKES: self.tcp_handshakes, layout.MAP_FLOWS: self.flow_capacity}
 
+    def load_spec(self) -> LoadSpec:
+        """What a load sets between open and load. The Python loader and the boot-time
+        loader's plan (early.py) both follow this, so the two cannot load differently."""
+        return LoadSpec(
+            pinned=(*layout.PINNED_MAPS, layout.MAP_EVENTS),
+            max_entries={layout.MAP_EVENTS: self.ringbuf_bytes, **self.map_sizes()},
+            tunables={
+                layout.TUNABLE_LARGE_PACKET: self.large_packet_bytes,
+                layout.TUNABLE_FEATURES: int(self.features),
+            },
+            # Without XDP the verifier skips a third of the object.
+            skipped=() if self.xdp else (layout.PROGRAM_XDP,),
+        )
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Set between open and load: maps pinned under pin_dir (the ring buffer too, so events
+    not read yet wait for the next agent), map sizes, `.rodata` tunables, programs left out."""
+
+    pinned: tuple[str, ...]
+    max_entries: dict[str, int]
+    tunables: dict[str, int]
+    skipped: tuple[str, ...]
+
 
 @dataclass
 class LoadedDatapath:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sennet.agent.datapath import bcc_loader, layout, libbpf_loader, slots, tc, xdp
+from sennet.agent.datapath import bcc_loader, early, layout, libbpf_loader, slots, tc, xdp
 from sennet.agent.datapath.bpffs import ensure_pin_dir
 from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
 from sennet.agent.statedir import Untrusted, read_root_file, refuse
@@ -59,14 +59,47 @@ class DatapathManager:
     _owned_now: set[int] | None = None  # the clsact ifindexes we own, once known
     _tc: tc.TcAttacher | None = None
     _gone: set[int] = field(default_factory=set)  # ifindexes already reported missing
+    # The boot-time loader's record (`early_attach_file`); None: neither adopt nor plan.
+    early_file: Path | None = None
+    image_digest: str = ""  # the booted image's: rc.boot runs only a plan made for it
+    _stale_early: early.Handover | None = None  # a boot-time load not adopted: retired
+    _early_clsact: set[int] = field(default_factory=set)  # clsact qdiscs it created
 
-    def load(self) -> LoadedDatapath:
+    def load(self, ifnames: tuple[str, ...] = ()) -> LoadedDatapath:
+        """Load, or adopt what the boot-time loader attached for exactly this plan."""
         ensure_pin_dir(self.options.pin_dir)
         if self.loader == "bcc":
             self.loaded = bcc_loader.load(self.options)
-        else:
+            return self.loaded
+        self.loaded = self._adopt(ifnames)
+        if self.loaded is None:
             self.loaded = libbpf_loader.load(self.options)
         return self.loaded
+
+    def plan(self, ifnames: tuple[str, ...]) -> str:
+        """The boot-time loader's plan for this configuration; "" where it cannot stand in
+        (bcc, the receive side at XDP, interfaces in another namespace)."""
+        if self.loader != "libbpf" or self.attach_rx != "tc" or self.netns or not ifnames:
+            return ""
+        return early.plan_text(
+            self.options, self.tc_priority, tc.HANDLE, ifnames, self.image_digest
+        )
+
+    def _adopt(self, ifnames: tuple[str, ...]) -> LoadedDatapath | None:
+        if self.early_file is None:
+            return None
+        handover = early.Handover(self.early_file, self.options)
+        loaded = handover.adopt(self.plan(ifnames))
+        if handover.stale is not None:
+            self._stale_early = handover
+        elif loaded is not None:
+            self._early_clsact = handover.created_clsact
+        return loaded
+
+    def _save_plan(self, ifnames: tuple[str, ...]) -> None:
+        """While we are root (rc.boot reads it as root at the next boot)."""
+        if self.early_file is not None and self.persist_owned:
+            early.save_plan(self.state_dir / early.PLAN_FILE, self.plan(ifnames))
 
     @property
     def tc(self) -> tc.TcAttacher:
@@ -122,12 +155,16 @@ class DatapathManager:
             indexes.values(),
             live,
         )
-        owned = self._owned() & set(live)
+        owned = (self._owned() | self._early_clsact) & set(live)
         self._save_owned(owned)
         for name, ifindex in indexes.items():
             hook = self._hook(ifindex)
             self.attached.append(Attached(name, ifindex, slot_of[ifindex], hook))
             self._log_attached(name, ifindex, slot_of[ifindex], hook, late=False)
+        if self._stale_early is not None:
+            self._stale_early.retire(self.tc, [a.ifindex for a in self.attached])
+            self._stale_early = None
+        self._save_plan(ifnames)
         if self.waiting:
             event(
                 log,

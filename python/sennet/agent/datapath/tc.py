@@ -120,17 +120,21 @@ class TcAttacher:
         except BpfError as exc:
             raise UserError(f"cannot attach {prog_name} to ifindex {ifindex}: {exc}") from exc
 
-    def detach(self, ifindex: int, parent: int) -> bool:
-        """Remove our filter from one hook; True if it was there."""
+    def detach(
+        self, ifindex: int, parent: int, prio: int | None = None, handle: int = HANDLE
+    ) -> bool:
+        """Remove our filter from one hook (at our priority unless another is named: a
+        boot-time load under an older configuration); True if it was there."""
+        prio = self.priority if prio is None else prio
         ours = [
             f
             for f in self.filters(ifindex, parent)
-            if f.prio == self.priority and f.handle == HANDLE and f.name.startswith("sennet")
+            if f.prio == prio and f.handle == handle and f.name.startswith("sennet")
         ]
         if not ours:
             return False
         try:
-            self.ns.run(nl.tc_detach, ifindex, _POINT[parent], self.priority, HANDLE)
+            self.ns.run(nl.tc_detach, ifindex, _POINT[parent], prio, handle)
         except BpfError as exc:
             if exc.errno not in _GONE:
                 raise
