@@ -49,7 +49,14 @@
         done
       '';
 
-      rootClosure = pkgs.closureInfo { rootPaths = [ python busybox pkgs.libbpf ]; };
+      # The boot-time loader rc.boot runs (user space, against nixpkgs' libbpf).
+      earlyAttach = pkgs.runCommandCC "sennet-early-attach" { buildInputs = [ pkgs.libbpf ]; } ''
+        mkdir -p $out
+        $CC $(sed -e '/^#/d' ${src}/bpf/loader/cflags) -o $out/sennet-early-attach \
+          ${src}/bpf/loader/early_attach.c -lbpf
+      '';
+
+      rootClosure = pkgs.closureInfo { rootPaths = [ python busybox pkgs.libbpf earlyAttach ]; };
 
       appliance = pkgs.runCommand "sennet-appliance" {
         nativeBuildInputs = with pkgs; [ python311 squashfsTools mtools dosfstools util-linux
@@ -61,7 +68,8 @@
         PYTHONPATH=${src}/images:${src}/python python3 -m sennet_image step nix-image \
           --closure ${rootClosure}/store-paths --python-env ${python} --busybox ${busybox} \
           --libbpf ${pkgs.libbpf} --kernel ${kernel} --python-src ${src}/python \
-          --bpf ${bpfObjects}/sennet_tc.bpf.o ${bpfObjects}/bench_empty.bpf.o --out $out
+          --bpf ${bpfObjects}/sennet_tc.bpf.o ${bpfObjects}/bench_empty.bpf.o \
+          ${earlyAttach}/sennet-early-attach --out $out
       '';
     in {
       devShells.${system}.default = pkgs.mkShell {

@@ -26,6 +26,7 @@ first heartbeat (no figure of that run is valid).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import select
@@ -54,10 +55,13 @@ MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("kernel", re.compile(r"sennet-initramfs: event=start\b")),
     ("modules", re.compile(r"sennet-initramfs: event=modules_loaded\b")),
     ("root_mount", re.compile(r"sennet-initramfs: event=root_mounted\b")),
+    # The boot-time loader (a boot after the first, with the agent's plan): within init.
+    ("early_load", re.compile(r"sennet-early-attach: event=early_bpf_loaded\b")),
+    ("early_attach", re.compile(r"sennet-early-attach: event=early_counting\b")),
     ("init", re.compile(r"sennet-supervisor: event=agent_start\b")),
     ("agent_start", re.compile(r"event=agent_starting\b")),
     ("imports", re.compile(r"event=datapath_loading\b")),
-    ("bpf_load", re.compile(r"event=bpf_loaded\b")),
+    ("bpf_load", re.compile(r"event=bpf_loaded\b|event=bpf_adopted\b")),
     ("attach", re.compile(r"event=counting\b|event=agent_ready\b")),
 )
 PHASES = ("firmware", *(m for m, _ in MARKERS), "ready", "first_heartbeat")
@@ -66,14 +70,16 @@ NOTES = {
     "kernel": "kernel init and initramfs unpack, to the initramfs's first line",
     "modules": "initramfs insmod of /etc/modules",
     "root_mount": "GPT scan, squashfs mounts",
+    "early_load": "rc.boot to the boot-time loader's programs loaded (the verifier)",
+    "early_attach": "the boot-time loader's filters on every monitored NIC: counting",
     "init": "switch_root, busybox init, rc.boot (state, network), supervisor",
     "agent_start": "python3 start and the CLI's own imports, config",
     "imports": "run loop imports, state dir, identity",
-    "bpf_load": "libbpf open/load/pin of the BPF objects",
+    "bpf_load": "libbpf open/load/pin of the BPF objects, or adopting the boot-time load",
     "attach": "TC filters on every monitored NIC: counting",
     "ready": "counting to agent_ready (privilege drop, threads, local /metrics)",
     "first_heartbeat": "agent_ready to the first heartbeat committed by the control plane",
-    "to_counting": "QEMU start to counting on every monitored NIC",
+    "to_counting": "QEMU start to counting on every monitored NIC (boot-time loader or agent)",
     "to_ready": "QEMU start to agent_ready",
     "to_heartbeat": "QEMU start to the first heartbeat committed",
 }
@@ -128,34 +134,48 @@ def _first_heartbeat(cp: ControlPlane, since_epoch: float) -> float | None:
     return float(value) if value is not None else None
 
 
-def run_boot(image: Path, mode: str, cp: ControlPlane, args: argparse.Namespace) -> list[Line]:
-    """One boot until the first heartbeat is committed and the agent printed its footprint."""
-    with tempfile.TemporaryDirectory(prefix="sennet-bootbench-") as tmp:
-        work = Path(tmp)
-        disk = _disk(image, work, provisioning(cp, args.interval))
-        how: qemu.DirectBoot | qemu.UefiBoot
-        if mode == "uefi":
-            how = qemu.UefiBoot(vars_file=work / "OVMF_VARS.fd")
-            shutil.copyfile(qemu.OVMF_VARS, how.vars_file)
-        else:
-            how = qemu.direct_boot(image, (image / "cmdline").read_text().strip())
-        argv = qemu.qemu_argv(
-            accel=args.accel,
-            disk=disk,
-            boot=how,
-            memory_mib=512,
-            smp=2,
-            monitored_netdev="user,restrict=on",
-        )
-        epoch0, start = time.time(), time.monotonic()
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        try:
-            return _collect(proc, cp, epoch0, start, args.timeout)
-        finally:
-            proc.kill()
-            proc.wait()
+@dataclass(frozen=True)
+class Disk:
+    """One appliance disk and the firmware's variables: fresh for every boot of `--kind
+    first`; with `--kind next`, one per image and mode, kept across its boots."""
+
+    image: Path
+    path: Path
+    vars_file: Path
+
+
+def make_disk(image: Path, work: Path, mode: str, toml: str) -> Disk:
+    vars_file = work / "OVMF_VARS.fd"
+    if mode == "uefi":
+        shutil.copyfile(qemu.OVMF_VARS, vars_file)
+    return Disk(image, _disk(image, work, toml), vars_file)
+
+
+def run_boot(disk: Disk, mode: str, cp: ControlPlane, args: argparse.Namespace) -> list[Line]:
+    """One boot until the first heartbeat is committed and the agent printed its footprint;
+    then the plug is pulled (what a power cut does: the next boot starts from there)."""
+    how: qemu.DirectBoot | qemu.UefiBoot
+    if mode == "uefi":
+        how = qemu.UefiBoot(vars_file=disk.vars_file)
+    else:
+        how = qemu.direct_boot(disk.image, (disk.image / "cmdline").read_text().strip())
+    argv = qemu.qemu_argv(
+        accel=args.accel,
+        disk=disk.path,
+        boot=how,
+        memory_mib=512,
+        smp=2,
+        monitored_netdev="user,restrict=on",
+    )
+    epoch0, start = time.time(), time.monotonic()
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        return _collect(proc, cp, epoch0, start, args.timeout)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _collect(
@@ -217,7 +237,7 @@ def phases(lines: list[Line]) -> Boot:
         if name in seen:
             out[name] = max(0.0, seen[name] - last)
             last = seen[name]
-    out["to_counting"] = kernel_t0 + seen["attach"]
+    out["to_counting"] = kernel_t0 + seen.get("early_attach", seen["attach"])
     out["to_ready"] = kernel_t0 + seen["ready"]
     out["to_heartbeat"] = kernel_t0 + seen["first_heartbeat"]
     rss = next((int(m.group(1)) for x in lines if (m := RSS.search(x.text))), None)
@@ -257,20 +277,33 @@ def run_all(
 ) -> dict[tuple[str, str], list[Boot]]:
     """Every boot, the images interleaved within each round so drifts hit both."""
     results: dict[tuple[str, str], list[Boot]] = {}
-    for mode in modes:
-        for i in range(args.boots):
-            for label, image in images.items():
-                name = f"{mode}-{label or 'image'}-{i + 1}"
-                print(f"boot {name}", file=sys.stderr)
-                lines = run_boot(image, mode, cp, args)
-                if args.consoles is not None:
-                    args.consoles.mkdir(parents=True, exist_ok=True)
-                    (args.consoles / f"{name}.log").write_text(
-                        "".join(f"{x.at:9.3f} {x.text}\n" for x in lines)
-                    )
-                boot = phases(lines)
-                results.setdefault((mode, label), []).append(boot)
-                print(f"  {boot.phases} rss_kib={boot.rss_kib}", file=sys.stderr)
+    toml = provisioning(cp, args.interval)
+    with contextlib.ExitStack() as stack:
+
+        def fresh(image: Path, mode: str) -> Disk:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sennet-bb-")))
+            return make_disk(image, work, mode, toml)
+
+        for mode in modes:
+            kept: dict[str, Disk] = {}
+            if args.kind == "next":  # provisioned, enrolled, the agent's plan written
+                for label, image in images.items():
+                    print(f"boot {mode}-{label or 'image'}-provisioning", file=sys.stderr)
+                    kept[label] = fresh(image, mode)
+                    run_boot(kept[label], mode, cp, args)
+            for i in range(args.boots):
+                for label, image in images.items():
+                    name = f"{mode}-{label or 'image'}-{i + 1}"
+                    print(f"boot {name}", file=sys.stderr)
+                    lines = run_boot(kept.get(label) or fresh(image, mode), mode, cp, args)
+                    if args.consoles is not None:
+                        args.consoles.mkdir(parents=True, exist_ok=True)
+                        (args.consoles / f"{name}.log").write_text(
+                            "".join(f"{x.at:9.3f} {x.text}\n" for x in lines)
+                        )
+                    boot = phases(lines)
+                    results.setdefault((mode, label), []).append(boot)
+                    print(f"  {boot.phases} rss_kib={boot.rss_kib}", file=sys.stderr)
     return results
 
 
@@ -282,6 +315,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--baseline", type=Path, help="an older image's directory, booted interleaved")
     p.add_argument("--mode", action="append", choices=("direct", "uefi"), help="default: both")
     p.add_argument("--boots", type=int, default=3, help="boots per mode and image (median)")
+    p.add_argument(
+        "--kind",
+        choices=("first", "next"),
+        default="next",
+        help="first: every boot from a fresh disk (formatting, provisioning, enrolment); "
+        "next (default): the boots after an unmeasured first one on the same disk, each "
+        "ended by pulling the plug, as an edge box boots after a power cut",
+    )
     p.add_argument("--accel", choices=("tcg", "kvm"), default="tcg")
     p.add_argument("--interval", type=int, default=2, help="the agent's interval_s")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per boot")

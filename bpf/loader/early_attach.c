@@ -14,10 +14,12 @@
  *
  *   sennet-early-attach PLAN OBJECT APPLIED [IMAGE_DIGEST]
  *
- * APPLIED receives the plan as applied plus `result.*` lines, written last: the agent
- * adopts only when it exists. Exit status: 0 attached; 1 the kernel or libbpf refused
- * (logged, nothing left attached or pinned); 2 a bad plan or arguments; 3 nothing to do
- * (a plan for another image, or pins already there: the agent ran this boot).
+ * OBJECT must be the plan's `object` and IMAGE_DIGEST (when given) its `image_digest`:
+ * a plan made by another image or for another object is not followed. APPLIED receives
+ * the plan as applied plus `result.*` lines, written last: the agent adopts only when it
+ * exists. Exit status: 0 attached; 1 the kernel or libbpf refused (logged, nothing left
+ * attached or pinned); 2 a bad plan or arguments; 3 nothing to do (a plan for another
+ * image or object, or pins already there: the agent ran this boot).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +46,7 @@ struct sized { char name[64]; unsigned long value; };
 
 struct plan {
 	char image_digest[128];
+	char object[PATH_MAX];
 	char pin_dir[PATH_MAX];
 	char pin[MAX_LIST][64]; int n_pin;
 	struct sized max_entries[MAX_LIST]; int n_max;
@@ -140,6 +143,8 @@ static int parse_line(struct plan *p, char *key, char *v)
 		return !strcmp(v, "1");
 	if (!strcmp(key, "image_digest"))
 		return copy(p->image_digest, sizeof(p->image_digest), v);
+	if (!strcmp(key, "object"))
+		return v[0] == '/' && copy(p->object, sizeof(p->object), v);
 	if (!strcmp(key, "pin_dir"))
 		return v[0] == '/' && !strstr(v, "..") && copy(p->pin_dir, sizeof(p->pin_dir), v);
 	if (!strcmp(key, "pin"))
@@ -207,9 +212,9 @@ static int read_plan(const char *path, struct plan *p)
 		}
 	}
 	free(copy_text);
-	if (!p->pin_dir[0] || !p->ingress[0] || !p->egress[0] || !p->slot_map[0] || !p->tc_priority ||
+	if (!p->object[0] || !p->pin_dir[0] || !p->ingress[0] || !p->egress[0] || !p->slot_map[0] || !p->tc_priority ||
 	    !p->tc_handle || !p->n_iface) {
-		fprintf(stderr, TAG "plan %s lacks one of pin_dir, ingress, egress, slot_map, "
+		fprintf(stderr, TAG "plan %s lacks one of object, pin_dir, ingress, egress, slot_map, "
 				"tc_priority, tc_handle, interface\n", path);
 		return -1;
 	}
@@ -420,6 +425,11 @@ int main(int argc, char **argv)
 		return 2;
 	if (argc == 5 && strcmp(p.image_digest, argv[4])) {
 		say("event=early_attach_skipped why=plan_for_another_image");
+		return 3;
+	}
+	/* The agent adopts only what it would have loaded itself: its own object file. */
+	if (strcmp(p.object, argv[2])) {
+		say("event=early_attach_skipped why=plan_for_another_object object=%s", p.object);
 		return 3;
 	}
 	snprintf(early, sizeof(early), "%s/early", p.pin_dir);

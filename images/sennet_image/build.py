@@ -238,11 +238,13 @@ def disks(
 
 
 BPF_PROGRAMS = ("sennet_tc", "bench_empty")
+EARLY_ATTACH = "sennet-early-attach"  # the boot-time loader, built with the objects
 
 
 def bpf_objects(outdir: Path) -> list[Path]:
-    """Compile the BPF programs exactly as //bpf:objects does (flags from bpf/cflags, from
-    the repository root, its path mapped to `.`), so both builds make the same objects."""
+    """Compile the BPF programs and the boot-time loader exactly as //bpf:objects does (flags
+    from bpf/cflags and bpf/loader/cflags, from the repository root, its path mapped to
+    `.`), so both builds make the same files."""
     outdir.mkdir(parents=True, exist_ok=True)
     lines = (REPO / "bpf" / "cflags").read_text().splitlines()
     flags = " ".join(line for line in lines if not line.startswith("#")).split()
@@ -261,7 +263,11 @@ def bpf_objects(outdir: Path) -> list[Path]:
             ],
             cwd=REPO,
         )
-    return sorted(outdir.glob("*.bpf.o"))
+    loader = REPO / "bpf" / "loader"
+    lflags = [x for x in (loader / "cflags").read_text().splitlines() if not x.startswith("#")]
+    early = outdir / EARLY_ATTACH
+    run(["clang", *" ".join(lflags).split(), "-o", early, loader / "early_attach.c", "-lbpf"])
+    return [*sorted(outdir.glob("*.bpf.o")), early]
 
 
 def build_all(out: Path) -> dict[str, Path]:

@@ -278,7 +278,8 @@ def os_release() -> str:
 
 
 def build_agent(tree: Path, python_src: Path, bpf_objects: list[Path]) -> list[str]:
-    """The agent layer, mounted at /opt/sennet: lib/sennet (agent + common) and bpf/*.o."""
+    """The agent layer, mounted at /opt/sennet: lib/sennet (agent + common), bpf/*.o, and
+    bin/ for the programs built beside them (sennet-early-attach, which rc.boot runs)."""
     if tree.exists():
         shutil.rmtree(tree)
     lib = tree / "lib"
@@ -301,10 +302,12 @@ def build_agent(tree: Path, python_src: Path, bpf_objects: list[Path]) -> list[s
         ),
     )
     (tree / "bpf").mkdir()
+    (tree / "bin").mkdir()
     for obj in bpf_objects:
-        # data, 0644, whatever mode the builder left (Bazel's outputs are 0555)
-        shutil.copyfile(obj, tree / "bpf" / obj.name)
-        (tree / "bpf" / obj.name).chmod(0o644)
+        # objects are data, 0644, whatever mode the builder left (Bazel's outputs are 0555)
+        dest, mode = (tree / "bpf", 0o644) if obj.name.endswith(".bpf.o") else (tree / "bin", 0o755)
+        shutil.copyfile(obj, dest / obj.name)
+        (dest / obj.name).chmod(mode)
     compile_pyc(tree, ["lib"], "/opt/sennet")
     return file_list(tree)
 

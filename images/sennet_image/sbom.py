@@ -240,15 +240,18 @@ def document(inp: Inputs) -> dict[str, Any]:
         # a package, not an SPDX file: a package whose files are not analysed (the layers)
         # may not CONTAIN files
         ident = spdx_id("BPF", obj.name)
+        is_object = obj.name.endswith(".bpf.o")
         bpf = _package(
             ident,
             obj.name,
             inp.version,
             None,
-            BPF_LICENSE,
-            "FILE",
+            BPF_LICENSE if is_object else PROJECT_LICENSE,
+            "FILE" if is_object else "APPLICATION",
             SUPPLIER,
-            comment="eBPF object loaded by the agent (compiled from bpf/ at build time)",
+            comment="eBPF object loaded by the agent (compiled from bpf/ at build time)"
+            if is_object
+            else "boot-time loader run by rc.boot (compiled from bpf/loader at build time)",
         )
         bpf["checksums"] = _digests(obj)
         packages.append(bpf)

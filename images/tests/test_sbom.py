@@ -85,6 +85,8 @@ def _inputs(tmp: Path, tamper: bool = False) -> sbom.Inputs:
     art.write_bytes(b"agent layer bytes")
     bpf = tmp / "sennet_tc.bpf.o"
     bpf.write_bytes(b"\x7fELF bpf")
+    loader = tmp / "sennet-early-attach"
+    loader.write_bytes(b"\x7fELF x86-64")
 
     def pin(d: Path, n: str) -> DebPin:
         return DebPin(
@@ -103,7 +105,7 @@ def _inputs(tmp: Path, tamper: bool = False) -> sbom.Inputs:
         [WheelPin("alpha", "2.0", w1.name, _sha(w1)), WheelPin("beta", "2.0", w2.name, _sha(w2))],
         [dep5, prose, w1, w2],
         [art],
-        [bpf],
+        [bpf, loader],
     )
 
 
@@ -149,11 +151,18 @@ def test_licences_checksums_and_validity_of_a_document_made_from_real_debs_and_w
         "algorithm": "SHA256",
         "checksumValue": _sha(inp.bpf_objects[0]),
     }
+    early = pkgs["sennet-early-attach"]  # the boot-time loader: our code, not an eBPF object
+    assert (early["licenseDeclared"], early["primaryPackagePurpose"]) == (
+        "Apache-2.0",
+        "APPLICATION",
+    )
+    assert early["checksums"][1]["checksumValue"] == _sha(inp.bpf_objects[1])
     assert {
         (r["spdxElementId"], r["relationshipType"], r["relatedSpdxElement"])
         for r in doc["relationships"]
     } >= {
         ("SPDXRef-Artefact-agent.squashfs", "CONTAINS", "SPDXRef-BPF-sennet-tc.bpf.o"),
+        ("SPDXRef-Artefact-agent.squashfs", "CONTAINS", "SPDXRef-BPF-sennet-early-attach"),
         ("SPDXRef-Package-sennet-appliance", "CONTAINS", "SPDXRef-Artefact-agent.squashfs"),
     }
     # same inputs, same bytes (creation time is SOURCE_DATE_EPOCH, namespace from content)
@@ -195,6 +204,8 @@ def test_the_bpf_licence_the_sbom_declares_is_the_one_each_source_states() -> No
             "GPL-2.0 ", "GPL-2.0-only "
         )
         assert stated == sbom.BPF_LICENSE, src.name
+    loader = (REPO / "bpf/loader/early_attach.c").read_text().splitlines()[0]
+    assert loader == f"// SPDX-License-Identifier: {sbom.PROJECT_LICENSE}"
 
 
 def _image_dir() -> Path:
@@ -227,6 +238,7 @@ def test_the_built_images_sbom_lists_every_pin_and_artefact_and_ships_on_the_esp
     for name in ("root.squashfs", "agent.squashfs", "vmlinuz", "uki-a.efi", "uki-test-b.efi"):
         assert pkgs[name]["checksums"][0]["checksumValue"] == _sha(images / name)
     assert pkgs["sennet_tc.bpf.o"]["primaryPackagePurpose"] == "FILE"
+    assert pkgs["sennet-early-attach"]["primaryPackagePurpose"] == "APPLICATION"
     for raw in ("appliance.raw", "appliance-test.raw"):
         shipped = subprocess.run(
             ["mtype", "-i", f"{images / raw}@@{1 << 20}", "::/sennet/sbom.spdx.json"],

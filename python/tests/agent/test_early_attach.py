@@ -189,10 +189,11 @@ def test_a_load_that_fails_halfway_leaves_nothing_behind(
     ("change", "extra", "status", "message"),
     [
         ("mode", (), 2, "not a root-owned regular file writable by root only"),
-        ("bad_line", (), 2, 'line 26: bad entry "tc_priority=one"'),
+        ("bad_line", (), 2, 'line 27: bad entry "tc_priority=one"'),
         ("unknown_key", (), 2, 'bad entry "program=/tmp/x.o"'),
         ("pin_dir", (), 2, "pin_dir /tmp/pins is not on a bpf filesystem"),
         ("none", ("f" * 64,), 3, "why=plan_for_another_image"),
+        ("other_object", (), 3, "why=plan_for_another_object"),
         ("pins_exist", (), 3, "why=pins_exist"),
     ],
 )
@@ -221,7 +222,8 @@ def test_the_loader_refuses_what_it_must_not_load(
         (pin_root / "sennet" / early.EARLY_DIR).mkdir(parents=True)
     if change in ("bad_line", "unknown_key", "pin_dir"):
         plan_of_last_boot.write_text(text)
-    result = run_loader(net, plan_of_last_boot, tmp_path / "applied", *extra)
+    obj = DEFAULT_ASSETS / "bench_empty.bpf.o" if change == "other_object" else OBJECT
+    result = run_loader(net, plan_of_last_boot, tmp_path / "applied", *extra, obj=obj)
     assert result.returncode == status, (result.stdout, result.stderr)
     assert message in (result.stderr if status == 2 else result.stdout)
     assert sennet_filters(net) == {tc.PARENT_INGRESS: [], tc.PARENT_EGRESS: []}

@@ -51,6 +51,7 @@ def plan_text(
         "# written by sennet-agent after it attached; rc.boot loads this at the next boot",
         f"format={FORMAT}",
         f"image_digest={image}",
+        f"object={opts.object_path}",
         f"pin_dir={opts.pin_dir}",
         *(f"pin={name}" for name in spec.pinned),
         *(f"max_entries={name}:{size}" for name, size in spec.max_entries.items()),

@@ -16,6 +16,7 @@ COUNTER_SLOTS = MAX_IFACES * 2
 IFINDEX_LIMIT = 65536  # IFSLOTS is indexed by ifindex
 UNMAPPED_SLOT = 0  # packets on an ifindex the agent never registered
 
+OBJECT_NAME = "sennet_tc.bpf.o"  # the compiled data plane (bpf/sennet_tc.bpf.c)
 PROGRAM_INGRESS = "sennet_ingress"
 PROGRAM_EGRESS = "sennet_egress"
 PROGRAM_XDP = "sennet_xdp"  # the receive side at XDP (attach = xdp), same handle() as ingress

@@ -23,7 +23,7 @@ from sennet.common.log import event
 
 log = logging.getLogger("sennet.agent.datapath")
 
-OBJECT_NAME = "sennet_tc.bpf.o"
+OBJECT_NAME = layout.OBJECT_NAME
 
 
 def load(opts: DatapathOptions, object_name: str = OBJECT_NAME) -> LoadedDatapath:

@@ -30,6 +30,11 @@ class DatapathOptions:
     # found and removed by its name.
     xdp: bool = True
 
+    @property
+    def object_path(self) -> Path:
+        """The object the libbpf loaders load (the boot-time one included)."""
+        return self.assets_dir / layout.OBJECT_NAME
+
     def map_sizes(self) -> dict[str, int]:
         """Sizes of the maps sized at load time (layout.SIZED_AT_LOAD), by map name."""
         return {layout.MAP_HANDSHAKES: self.tcp_handshakes, layout.MAP_FLOWS: self.flow_capacity}

@@ -107,21 +107,24 @@ if grep -q 'sennet\.bootstrap_token=' /proc/cmdline; then
 fi
 set +f
 
+# Counting before Python: the agent's plan from its last start (root's, on the state
+# partition) is loaded and attached by sennet-early-attach while this script goes on; the
+# agent adopts what it attached (python/sennet/agent/datapath/early.py). It follows only a
+# plan this image made for this object, and leaves nothing behind when it fails.
+early_pid=""
+plan=/var/lib/sennet/early-attach.plan
+if [ -f "$plan" ] && [ -x /opt/sennet/bin/sennet-early-attach ]; then
+    /opt/sennet/bin/sennet-early-attach "$plan" /opt/sennet/bpf/sennet_tc.bpf.o \
+        /run/sennet/early-attach.applied "$(setting image_digest "$settings")" &
+    early_pid=$!
+fi
+
 # Network: management NIC by DHCP (default) or static; every other NIC up, unaddressed, no IPv6.
 MGMT_IF=$(setting mgmt_if "$settings"); MGMT_IF=${MGMT_IF:-eth0}
 IP=$(setting ip "$settings"); IP=${IP:-dhcp}
 GW=$(setting gw "$settings")
 DNS=$(setting dns "$settings")
 ip link set lo up
-for dev in /sys/class/net/*; do
-    name=${dev##*/}
-    case "$name" in lo|"$MGMT_IF") continue;; esac
-    echo 1 > "/proc/sys/net/ipv6/conf/$name/disable_ipv6" 2>/dev/null
-    # Promiscuous: a mirror or tap port carries other hosts' frames, which the NIC's
-    # address filter would otherwise drop before TC ever sees them.
-    ip link set "$name" promisc on
-    ip link set "$name" up && log "event=link_up ifname=$name role=monitored promisc=on"
-done
 ip link set "$MGMT_IF" up
 if [ "$IP" = dhcp ]; then
     udhcpc -i "$MGMT_IF" -s /usr/lib/sennet/udhcpc.script -b -q -t 4 -T 1 -A 5 >/dev/null 2>&1 &
@@ -132,6 +135,18 @@ else
     [ -n "$DNS" ] && echo "nameserver $DNS" > /run/resolv.conf
     log "event=static_ip ifname=$MGMT_IF addr=$IP gw=$GW"
 fi
+# The monitored NICs come up once the boot-time programs are on them (when there are):
+# their counters then match the kernel's own from the first frame.
+[ -n "$early_pid" ] && wait "$early_pid"
+for dev in /sys/class/net/*; do
+    name=${dev##*/}
+    case "$name" in lo|"$MGMT_IF") continue;; esac
+    echo 1 > "/proc/sys/net/ipv6/conf/$name/disable_ipv6" 2>/dev/null
+    # Promiscuous: a mirror or tap port carries other hosts' frames, which the NIC's
+    # address filter would otherwise drop before TC ever sees them.
+    ip link set "$name" promisc on
+    ip link set "$name" up && log "event=link_up ifname=$name role=monitored promisc=on"
+done
 
 # Test variant only: its overlay partition brings an SSH server.
 [ -x /opt/sennet-test/rc.test ] && /opt/sennet-test/rc.test
