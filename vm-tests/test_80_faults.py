@@ -1,4 +1,5 @@
-"""Faults: a killed agent is restarted and continues its counters; a reboot keeps the identity.
+"""Faults: a killed agent is restarted and continues its counters; a reboot keeps the identity
+and counts from before the agent starts (the boot-time loader follows the agent's plan).
 
 These disturb the shared VM: they are marked disruptive (run after every other
 test, the VM settled again afterwards), so no test depends on file order.
@@ -6,10 +7,21 @@ test, the VM settled again afterwards), so no test depends on file order.
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from sennet.testing.controlplane import ControlPlane
 from sennet.testing.vm.appliance import Appliance
-from sennet.testing.vm.guest import agent_id, agent_process, counters, plus_rx, wait_counters
+from sennet.testing.vm.guest import (
+    PY,
+    agent_id,
+    agent_process,
+    counters,
+    nic_counters,
+    plus_rx,
+    wait_counters,
+)
 from sennet.testing.vm.traffic import mixed
 
 
@@ -38,13 +50,53 @@ def test_killed_agent_is_restarted_and_counters_continue(
     assert resets == [(0,)], "pinned maps: a restarted agent continues, nothing went backwards"
 
 
+def pinned_rx(appliance: Appliance) -> tuple[float, float]:
+    """eth1's receive counters in the pinned maps, read in the guest (`sennet-agent status`)."""
+    out = appliance.machine.succeed(
+        f"{PY} -m sennet.agent.cli status --json --config /etc/sennet/agent.toml"
+    )
+    (iface,) = json.loads(out)["interfaces"]
+    return float(iface["rx_packets"]), float(iface["rx_bytes"])
+
+
+def kernel_rx(appliance: Appliance) -> tuple[float, float]:
+    nic = nic_counters(appliance.machine)
+    return nic["rx_packets"], nic["rx_bytes"]
+
+
+def uptime_of(console: str, pattern: str) -> float:
+    found = re.search(pattern + r".* uptime=(\d+\.\d+)", console)
+    assert found is not None, pattern
+    return float(found.group(1))
+
+
 @pytest.mark.disruptive
-def test_identity_survives_a_reboot(disruptable: Appliance, control_plane: ControlPlane) -> None:
+def test_a_reboot_keeps_the_identity_and_counts_from_before_the_agent_starts(
+    disruptable: Appliance, control_plane: ControlPlane
+) -> None:
+    """The agent wrote its plan at its first start; at the reboot rc.boot's boot-time loader
+    attaches before Python starts and before eth1 comes up, and the agent adopts it: the
+    pinned counters equal what the guest's kernel counted on eth1 since power-on."""
     appliance = disruptable
     before = agent_id(appliance.machine)
+    appliance.machine.succeed("test -f /var/lib/sennet/early-attach.plan")
     appliance.machine.reboot()
     appliance.machine.wait_for_console(r"event=agent_ready", timeout=180)
     appliance.machine.wait_for_ssh()
+    console = appliance.machine.console()
+    counting = uptime_of(console, r"sennet-early-attach: event=early_counting interfaces=eth1 ")
+    assert counting < uptime_of(console, r"sennet-supervisor: event=agent_start ")
+    assert counting < uptime_of(console, r"sennet-init: event=link_up ifname=eth1 ")
+    assert "event=bpf_adopted" in console and "event=early_attach_discarded" not in console
+    frames = mixed()
+    appliance.tap.send(frames)
+    want = len(frames)
+    # The oracle: the guest kernel's own eth1 counters since power-on (read until quiet).
+    control_plane.wait_until(
+        "the pinned eth1 counters equal the kernel's since boot",
+        lambda: kernel_rx(appliance)[0] >= want and pinned_rx(appliance) == kernel_rx(appliance),
+        timeout=60,
+    )
     assert agent_id(appliance.machine) == before
     assert "first_boot=1" not in appliance.machine.console()
     control_plane.wait_until(
