@@ -100,7 +100,7 @@ def test_boot_time_load_counts_and_the_agent_adopts_it_without_losing_a_frame(
     early_filters = sennet_filters(net)
     assert [p for p, _ in early_filters[tc.PARENT_INGRESS]] == [1]
     lb = libbpf()
-    flows_fd = lb.obj_get(str(pin_dir / early.EARLY_DIR / layout.MAP_FLOWS))
+    flows_fd = lb.obj_get(str(pin_dir / layout.EARLY_DIR / layout.MAP_FLOWS))
     flows_id = lb.map_info(flows_fd).id
     with entered(net.ns_a):
         agent = manager(pin_dir, tmp_path / "state", applied)
@@ -119,7 +119,7 @@ def test_boot_time_load_counts_and_the_agent_adopts_it_without_losing_a_frame(
         agent.close()
     assert kernel == LinkStats(7, 7 * len(FRAME), 3, 3 * len(FRAME))
     assert (rx.packets, rx.bytes, tx.packets, tx.bytes) == (7, 7 * 60, 3, 3 * 60)
-    assert not (pin_dir / early.EARLY_DIR).exists()
+    assert not (pin_dir / layout.EARLY_DIR).exists()
     assert not applied.exists()  # adopted once; a restarted agent loads its own
 
 
@@ -151,7 +151,7 @@ def test_a_changed_configuration_retires_the_boot_time_filters_and_keeps_the_cou
     assert [p for p, _ in filters[tc.PARENT_INGRESS]] == [2]
     assert [p for p, _ in filters[tc.PARENT_EGRESS]] == [2]
     assert "tc_priority=2\n" in new_plan and "interface=ghost0" not in new_plan
-    assert not (pin_dir / early.EARLY_DIR).exists()
+    assert not (pin_dir / layout.EARLY_DIR).exists()
     discarded = [
         getattr(r, "fields", {})
         for r in caplog.records
@@ -219,7 +219,7 @@ def test_the_loader_refuses_what_it_must_not_load(
             "pin_dir=/tmp/pins" if x.startswith("pin_dir=") else x for x in text.splitlines()
         )
     elif change == "pins_exist":
-        (pin_root / "sennet" / early.EARLY_DIR).mkdir(parents=True)
+        (pin_root / "sennet" / layout.EARLY_DIR).mkdir(parents=True)
     if change in ("bad_line", "unknown_key", "pin_dir"):
         plan_of_last_boot.write_text(text)
     obj = DEFAULT_ASSETS / "bench_empty.bpf.o" if change == "other_object" else OBJECT
@@ -245,3 +245,20 @@ def test_no_plan_where_the_boot_time_loader_cannot_stand_in(tmp_path: Path) -> N
         else:
             m.loader = "bcc"
         assert m.plan(("eth1",)) == "", kind
+
+
+def test_reset_removes_what_the_boot_time_loader_pinned(
+    net: VethPair, pin_root: Path, tmp_path: Path, plan_of_last_boot: Path
+) -> None:
+    pin_dir = pin_root / "sennet"
+    assert run_loader(net, plan_of_last_boot, tmp_path / "applied").returncode == 0
+    early_pins = sorted(p.name for p in (pin_dir / layout.EARLY_DIR).iterdir())
+    # the programs it loaded (not sennet_xdp: skipped) and every map not pinned by the plan
+    assert {*layout.FLOW_MAPS, layout.PROGRAM_EGRESS, layout.PROGRAM_INGRESS} <= set(early_pins)
+    assert layout.PROGRAM_XDP not in early_pins
+    assert not set(early_pins) & {*layout.PINNED_MAPS, layout.MAP_EVENTS}
+    removed = remove_pins(pin_dir)
+    assert sorted(removed) == sorted(
+        [f"{layout.EARLY_DIR}/{n}" for n in early_pins] + [*layout.PINNED_MAPS, layout.MAP_EVENTS]
+    )
+    assert not pin_dir.exists()

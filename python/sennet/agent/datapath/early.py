@@ -28,7 +28,7 @@ from sennet.agent import marks
 from sennet.agent.datapath import layout, tc
 from sennet.agent.datapath.libbpf import libbpf
 from sennet.agent.datapath.loader_types import DatapathOptions, LoadedDatapath
-from sennet.agent.datapath.pins import check_pinned_maps, remove_pins
+from sennet.agent.datapath.pins import check_pinned_maps, remove_pins, unpin_early
 from sennet.agent.statedir import Untrusted, read_root_file, refuse
 from sennet.common.errors import UserError
 from sennet.common.files import write_atomic
@@ -37,7 +37,6 @@ from sennet.common.log import event
 log = logging.getLogger("sennet.agent.datapath")
 
 PLAN_FILE = "early-attach.plan"  # in state_dir: root's, read by rc.boot at the next boot
-EARLY_DIR = "early"  # under pin_dir: the programs and unpinned maps of the boot-time load
 FORMAT = "1"
 RESULT = "result.attached="  # the loader's lines after the plan: ifname:ifindex:slot:created
 
@@ -117,7 +116,7 @@ def adopt(opts: DatapathOptions) -> LoadedDatapath:
     The programs stay attached and the maps alive throughout: the filters and the
     pinned maps hold them, and from here on so do our fds."""
     lb = libbpf()
-    early = opts.pin_dir / EARLY_DIR
+    early = opts.pin_dir / layout.EARLY_DIR
     fds: dict[str, int] = {}
     spec = opts.load_spec()
     wanted = [(opts.pin_dir / name, name) for name in spec.pinned]
@@ -133,7 +132,7 @@ def adopt(opts: DatapathOptions) -> LoadedDatapath:
             f"the boot-time load is incomplete: {exc.filename} is not pinned",
             hint="the agent loads its own programs instead",
         ) from exc
-    unpin(opts.pin_dir)
+    unpin_early(opts.pin_dir)
     ingress = fds.pop(layout.PROGRAM_INGRESS)
     egress = fds.pop(layout.PROGRAM_EGRESS)
     held = [ingress, egress, *fds.values()]
@@ -150,19 +149,6 @@ def adopt(opts: DatapathOptions) -> LoadedDatapath:
         ringbuf_bytes=opts.ringbuf_bytes,
         close=close,
     )
-
-
-def unpin(pin_dir: Path) -> list[str]:
-    """Remove `pin_dir/early` and what is pinned in it (attached programs keep running)."""
-    early = pin_dir / EARLY_DIR
-    if not early.is_dir():
-        return []
-    removed = []
-    for entry in sorted(early.iterdir()):
-        entry.unlink()
-        removed.append(f"{EARLY_DIR}/{entry.name}")
-    early.rmdir()
-    return removed
 
 
 def save_plan(path: Path, text: str) -> None:
@@ -250,4 +236,4 @@ class Handover:
                     attacher.remove_clsact_if_empty(e.ifindex)
             except (UserError, OSError) as exc:
                 event(log, "early_retire_failed", logging.WARNING, ifindex=e.ifindex, error=exc)
-        event(log, "early_attach_retired", unpinned=len(unpin(self.opts.pin_dir)))
+        event(log, "early_attach_retired", unpinned=len(unpin_early(self.opts.pin_dir)))

@@ -44,6 +44,9 @@ PINNED_MAPS: tuple[str, ...] = (
     MAP_FLOW_STATS,
 )
 FLOW_MAPS = (MAP_FLOWS, MAP_BURSTS, MAP_BURST_EPOCH)  # handed to the agent, not pinned
+# Under pin_dir: what the boot-time loader pinned besides the maps (its programs, FLOW_MAPS)
+# for the agent to adopt (datapath/early.py); emptied once adopted.
+EARLY_DIR = "early"
 
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_LRU_HASH = 9

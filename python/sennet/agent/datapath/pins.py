@@ -67,9 +67,23 @@ def open_pinned(pin_dir: Path) -> dict[str, int]:
     return fds
 
 
+def unpin_early(pin_dir: Path) -> list[str]:
+    """Remove `pin_dir/early` and what the boot-time loader pinned in it (programs that
+    are attached keep running: their filters hold them)."""
+    early = pin_dir / layout.EARLY_DIR
+    if not early.is_dir():
+        return []
+    removed = []
+    for entry in sorted(early.iterdir()):
+        entry.unlink()
+        removed.append(f"{layout.EARLY_DIR}/{entry.name}")
+    early.rmdir()
+    return removed
+
+
 def remove_pins(pin_dir: Path) -> list[str]:
     """Unpin every Sennet map in `pin_dir`; counters restart from zero on the next load."""
-    removed = []
+    removed = unpin_early(pin_dir)
     for name in (*layout.PINNED_MAPS, layout.MAP_EVENTS):
         path = pin_dir / name
         if path.exists():

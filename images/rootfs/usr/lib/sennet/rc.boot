@@ -69,6 +69,18 @@ if [ -f /run/esp/sennet/network.env ]; then
 fi
 settings_from_cmdline < /proc/cmdline >> "$settings"
 
+# Counting before Python: the agent's plan from its last start (root's, on the state
+# partition) is loaded and attached by sennet-early-attach while this script goes on; the
+# agent adopts what it attached (python/sennet/agent/datapath/early.py). It follows only a
+# plan this image made for this object, and leaves nothing behind when it fails.
+early_pid=""
+plan=/var/lib/sennet/early-attach.plan
+if [ -f "$plan" ] && [ -x /opt/sennet/bin/sennet-early-attach ]; then
+    /opt/sennet/bin/sennet-early-attach "$plan" /opt/sennet/bpf/sennet_tc.bpf.o \
+        /run/sennet/early-attach.applied "$(setting image_digest "$settings")" &
+    early_pid=$!
+fi
+
 # The agent's overrides (SENNET_* environment, read as data by supervise-agent).
 : > /run/sennet/agent.env
 chmod 0600 /run/sennet/agent.env
@@ -106,18 +118,6 @@ if grep -q 'sennet\.bootstrap_token=' /proc/cmdline; then
         log "event=cmdline_sanitized removed=bootstrap_token"
 fi
 set +f
-
-# Counting before Python: the agent's plan from its last start (root's, on the state
-# partition) is loaded and attached by sennet-early-attach while this script goes on; the
-# agent adopts what it attached (python/sennet/agent/datapath/early.py). It follows only a
-# plan this image made for this object, and leaves nothing behind when it fails.
-early_pid=""
-plan=/var/lib/sennet/early-attach.plan
-if [ -f "$plan" ] && [ -x /opt/sennet/bin/sennet-early-attach ]; then
-    /opt/sennet/bin/sennet-early-attach "$plan" /opt/sennet/bpf/sennet_tc.bpf.o \
-        /run/sennet/early-attach.applied "$(setting image_digest "$settings")" &
-    early_pid=$!
-fi
 
 # Network: management NIC by DHCP (default) or static; every other NIC up, unaddressed, no IPv6.
 MGMT_IF=$(setting mgmt_if "$settings"); MGMT_IF=${MGMT_IF:-eth0}
