@@ -16,8 +16,16 @@ and prints the ratio per phase). The first heartbeat acknowledged is the first
 row the control plane committed for this boot (`heartbeats.received_at`, host
 clock): it is written before the agent gets its answer.
 
+By default (`--kind next`) each image's disk is booted once unmeasured (formatting,
+provisioning, enrolment; the agent writes its plan for the boot-time loader) and then
+`--boots` times, each boot ended by pulling the plug, as an edge box boots after a power
+cut; `--kind first` boots a fresh disk every time. `--baseline-early-attach-off` boots the
+same image with `SENNET_EARLY_ATTACH=off` on its ESP as the baseline: the path where the
+agent loads and attaches at its own start.
+
     sudo .venv/bin/python bench/boot.py [--image DIR] [--mode direct|uefi ...] [--boots N]
-                                        [--baseline DIR] [--json]
+                                        [--kind first|next]
+                                        [--baseline DIR | --baseline-early-attach-off] [--json]
 
 Exit status 2: operator error (no image, not root); 3: a boot never reached its
 first heartbeat (no figure of that run is valid).
@@ -111,15 +119,17 @@ def provisioning(cp: ControlPlane, interval_s: int) -> str:
     return text + f'bootstrap_token = "{cp.token}"\n'
 
 
-def _disk(image: Path, work: Path, toml: str) -> Path:
+def _disk(image: Path, work: Path, toml: str, network_env: str = "") -> Path:
     raw = work / "disk.raw"
     shutil.copyfile(image / "appliance.raw", raw)
     (work / "agent.toml").write_text(toml)
-    subprocess.run(
-        ["mcopy", "-o", "-i", f"{raw}@@{MIB}", str(work / "agent.toml"), "::/sennet/agent.toml"],
-        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
-        check=True,
-    )
+    (work / "network.env").write_text(network_env)
+    for name in ("agent.toml", "network.env") if network_env else ("agent.toml",):
+        subprocess.run(
+            ["mcopy", "-o", "-i", f"{raw}@@{MIB}", str(work / name), f"::/sennet/{name}"],
+            env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+            check=True,
+        )
     overlay = work / "disk.qcow2"
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(raw), str(overlay)],
@@ -144,11 +154,19 @@ class Disk:
     vars_file: Path
 
 
-def make_disk(image: Path, work: Path, mode: str, toml: str) -> Disk:
+@dataclass(frozen=True)
+class Variant:
+    """What one column of the table boots: an image directory, and ESP settings."""
+
+    image: Path
+    network_env: str = ""  # sennet/network.env on the ESP (e.g. SENNET_EARLY_ATTACH=off)
+
+
+def make_disk(variant: Variant, work: Path, mode: str, toml: str) -> Disk:
     vars_file = work / "OVMF_VARS.fd"
     if mode == "uefi":
         shutil.copyfile(qemu.OVMF_VARS, vars_file)
-    return Disk(image, _disk(image, work, toml), vars_file)
+    return Disk(variant.image, _disk(variant.image, work, toml, variant.network_env), vars_file)
 
 
 def run_boot(disk: Disk, mode: str, cp: ControlPlane, args: argparse.Namespace) -> list[Line]:
@@ -273,14 +291,14 @@ def figures_for(mode: str, boots: list[Boot], base: list[Boot] | None) -> list[F
 
 
 def run_all(
-    images: dict[str, Path], modes: list[str], cp: ControlPlane, args: argparse.Namespace
+    images: dict[str, Variant], modes: list[str], cp: ControlPlane, args: argparse.Namespace
 ) -> dict[tuple[str, str], list[Boot]]:
     """Every boot, the images interleaved within each round so drifts hit both."""
     results: dict[tuple[str, str], list[Boot]] = {}
     toml = provisioning(cp, args.interval)
     with contextlib.ExitStack() as stack:
 
-        def fresh(image: Path, mode: str) -> Disk:
+        def fresh(image: Variant, mode: str) -> Disk:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sennet-bb-")))
             return make_disk(image, work, mode, toml)
 
@@ -312,7 +330,14 @@ def main(argv: list[str]) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--image", type=Path, default=REPO / "bazel-bin/images")
-    p.add_argument("--baseline", type=Path, help="an older image's directory, booted interleaved")
+    against = p.add_mutually_exclusive_group()
+    against.add_argument("--baseline", type=Path, help="an older image's directory, interleaved")
+    against.add_argument(
+        "--baseline-early-attach-off",
+        action="store_true",
+        help="the baseline is the same image with SENNET_EARLY_ATTACH=off on its ESP: the "
+        "agent loads and attaches at its own start (the path before the boot-time loader)",
+    )
     p.add_argument("--mode", action="append", choices=("direct", "uefi"), help="default: both")
     p.add_argument("--boots", type=int, default=3, help="boots per mode and image (median)")
     p.add_argument(
@@ -329,10 +354,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object per figure")
     p.add_argument("--consoles", type=Path, help="keep each boot's stamped console here")
     args = p.parse_args(argv)
-    images = {"": args.image, **({"baseline": args.baseline} if args.baseline else {})}
-    for image in images.values():
-        if not (image / "appliance.raw").is_file():
-            print(f"boot.py: error: no appliance.raw in {image}", file=sys.stderr)
+    images = {"": Variant(args.image)}
+    if args.baseline:
+        images["baseline"] = Variant(args.baseline)
+    elif args.baseline_early_attach_off:
+        images["baseline"] = Variant(args.image, "SENNET_EARLY_ATTACH=off\n")
+    for variant in images.values():
+        if not (variant.image / "appliance.raw").is_file():
+            print(f"boot.py: error: no appliance.raw in {variant.image}", file=sys.stderr)
             return 2
     if os.geteuid() != 0:
         print("boot.py: error: needs root (the control plane's database, QEMU)", file=sys.stderr)

@@ -73,9 +73,12 @@ settings_from_cmdline < /proc/cmdline >> "$settings"
 # partition) is loaded and attached by sennet-early-attach while this script goes on; the
 # agent adopts what it attached (python/sennet/agent/datapath/early.py). It follows only a
 # plan this image made for this object, and leaves nothing behind when it fails.
+# `early_attach=off` (ESP network.env or the command line) leaves it to the agent.
 early_pid=""
 plan=/var/lib/sennet/early-attach.plan
-if [ -f "$plan" ] && [ -x /opt/sennet/bin/sennet-early-attach ]; then
+if [ "$(setting early_attach "$settings")" = off ]; then
+    log "event=early_attach_off source=settings"
+elif [ -f "$plan" ] && [ -x /opt/sennet/bin/sennet-early-attach ]; then
     /opt/sennet/bin/sennet-early-attach "$plan" /opt/sennet/bpf/sennet_tc.bpf.o \
         /run/sennet/early-attach.applied "$(setting image_digest "$settings")" &
     early_pid=$!

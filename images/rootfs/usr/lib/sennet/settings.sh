@@ -30,6 +30,7 @@ settings_check() {
         log_level) case "$2" in debug | info | warning | error | critical) true;; *) false;; esac ;;
         interval_s) settings_only "$2" '0-9.' ;;
         ssh_key) settings_only "$2" 'A-Za-z0-9+/=:@._-' ;;  # test variant's rc.test
+        early_attach) case "$2" in on | off) true;; *) false;; esac ;;  # rc.boot's loader
         # The image's identity, set by each slot's UKI (rc.boot writes /run/sennet/image.env).
         slot) case "$2" in a | b) true;; *) false;; esac ;;
         version) [ "${#2}" -le 64 ] && settings_only "$2" 'A-Za-z0-9.~-' ;;
