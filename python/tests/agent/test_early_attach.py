@@ -262,3 +262,36 @@ def test_reset_removes_what_the_boot_time_loader_pinned(
         [f"{layout.EARLY_DIR}/{n}" for n in early_pins] + [*layout.PINNED_MAPS, layout.MAP_EVENTS]
     )
     assert not pin_dir.exists()
+
+
+def test_the_plan_is_rewritten_only_when_it_changes_and_removed_when_there_is_none(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / early.PLAN_FILE
+    early.save_plan(path, "format=1\ninterface=eth1\n")
+    first = path.stat()
+    early.save_plan(path, "format=1\ninterface=eth1\n")
+    assert path.stat().st_ino == first.st_ino  # not written again: same file
+    early.save_plan(path, "format=1\ninterface=eth2\n")
+    assert path.read_text() == "format=1\ninterface=eth2\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    early.save_plan(path, "")
+    assert not path.exists()
+
+
+def test_a_record_the_agent_cannot_trust_or_read_is_not_adopted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    applied = tmp_path / "early-attach.applied"
+    applied.write_text("format=1\nresult.attached=eth1:3:1:1\n")
+    applied.chmod(0o600)
+    got = early.read_applied(applied)
+    assert got == early.Applied("format=1\n", (early.EarlyAttached("eth1", 3, 1, True),))
+    applied.write_text("format=1\nresult.attached=eth1:three:1:1\n")
+    caplog.set_level(logging.WARNING, logger="sennet.agent.datapath")
+    assert early.read_applied(applied) is None
+    assert [r.getMessage() for r in caplog.records] == ["early_attach_unreadable"]
+    applied.chmod(0o666)  # writable by others: refused and moved aside, never read
+    assert early.read_applied(applied) is None
+    assert not applied.exists()
+    assert [p.name.split(".refused-")[0] for p in tmp_path.iterdir()] == [applied.name]
