@@ -45,6 +45,8 @@ touch pwned-bare-command
 SENNET_CONTROL_PLANE=10.0.2.2:7443
 SENNET_X$(touch pwned-key)=1
 PATH=/tmp
+SENNET_EARLY_ATTACH=off
+SENNET_EARLY_ATTACH=$(touch pwned-early)
 """
 
 
@@ -54,7 +56,7 @@ def test_network_env_yields_only_checked_known_keys_and_runs_nothing(
     out, events = _run(
         shell, tmp_path, "settings_from_env_file esp:sennet/network.env", HOSTILE_ENV
     )
-    assert out == ["mgmt_if=eth0", "ip=192.0.2.10/24"]
+    assert out == ["mgmt_if=eth0", "ip=192.0.2.10/24", "early_attach=off"]
     assert list(tmp_path.iterdir()) == []
     src = "sennet-init: event=provisioning_rejected source=esp:sennet/network.env"
     assert events == [
@@ -66,6 +68,7 @@ def test_network_env_yields_only_checked_known_keys_and_runs_nothing(
         " key=SENNET_CONTROL_PLANE",
         f"{src} line=9 key=(invalid) why=not_key_value",
         f"{src} line=10 key=(invalid) why=not_key_value",
+        f"{src} line=12 key=early_attach why=invalid_value",
     ]
 
 

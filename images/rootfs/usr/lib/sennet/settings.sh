@@ -94,7 +94,7 @@ settings_from_env_file() {
         esac
         key=$(echo "${name#SENNET_}" | tr A-Z a-z)
         case "$key" in
-            mgmt_if | ip | gw | dns) settings_accept "$1" " line=$n" "$key" "$v" ;;
+            mgmt_if | ip | gw | dns | early_attach) settings_accept "$1" " line=$n" "$key" "$v" ;;
             *) settings_event "event=provisioning_unknown_key source=$1 line=$n key=$name" ;;
         esac
     done
