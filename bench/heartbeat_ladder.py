@@ -10,7 +10,9 @@ more than the rung before, and gives the servers' CPU (user + system, all
 threads) per call for each rung, rungs interleaved per round:
 
     bare       returns a fixed acknowledgement (grpc.aio's own share)
-    admit      + the authorization metadata, the token check and the decode
+    metadata   + reading the `authorization` metadata
+    auth       + the token check
+    admit      + the decode
     validated  + `validate.heartbeat`
     queued     + the rest of `Calls.call`: Prometheus, the service, the queue to the
                writer thread and the acknowledgement back; the writer answers each
@@ -54,7 +56,7 @@ from sennet.proto import contract
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.figures import Figure, report
 
-RUNGS = ("bare", "admit", "validated", "queued", "stored")
+RUNGS = ("bare", "metadata", "auth", "admit", "validated", "queued", "stored")
 STAND_IN_COMMIT_S = 0.002  # the `queued` writer's stand-in for a group commit
 
 
@@ -95,7 +97,11 @@ def serve(port: int, rung: str, db: Path) -> None:
             assert isinstance(answer, pb.HeartbeatResponse)
             return answer
         authorization = metadata_value(context.invocation_metadata(), "authorization")
+        if rung == "metadata":
+            return fixed
         auth.authenticate(contract.HEARTBEAT, authorization)
+        if rung == "auth":
+            return fixed
         req = codec.from_proto(pb.HeartbeatRequest, body, 1 << 20)
         if rung == "validated":
             validate.heartbeat(req)

@@ -64,6 +64,30 @@ class Outcome(Protocol):
     def done(self) -> bool: ...
 
 
+class Writer(Protocol):
+    """What the service and the application need of a heartbeat writer: this module's
+    thread (`HeartbeatWriter`) or the child process (`writer_process.ProcessWriter`)."""
+
+    last_error: str | None
+    commits: int
+
+    def start(self) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    def stalled_for(self) -> float: ...
+
+    def pending(self) -> int: ...
+
+    def submit(self, req: pb.HeartbeatRequest) -> Future[pb.HeartbeatResponse]: ...
+
+    def enqueue(
+        self, req: pb.HeartbeatRequest, outcome: Outcome, received_at: float | None = None
+    ) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+
 @dataclass
 class _Pending:
     req: pb.HeartbeatRequest
@@ -131,9 +155,13 @@ class HeartbeatWriter:
         self.enqueue(req, fut)
         return fut
 
-    def enqueue(self, req: pb.HeartbeatRequest, outcome: Outcome) -> None:
+    def enqueue(
+        self, req: pb.HeartbeatRequest, outcome: Outcome, received_at: float | None = None
+    ) -> None:
         """Queue a validated heartbeat; `outcome` is settled after its commit.
 
+        `received_at` (default: now) is when the control plane took the call; the
+        writer process passes the parent's, so both sides fold the same view.
         Raises `RequestError` (RESOURCE_EXHAUSTED, with a retry hint) when the
         queue is full.
         """
@@ -141,7 +169,8 @@ class HeartbeatWriter:
             outcome.set_exception(_unavailable("the store writer is not running"))
             return
         try:
-            self._queue.put_nowait(_Pending(req, time.time(), outcome))
+            at = time.time() if received_at is None else received_at
+            self._queue.put_nowait(_Pending(req, at, outcome))
         except queue.Full:
             raise overloaded(
                 "heartbeat queue",
