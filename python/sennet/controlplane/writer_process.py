@@ -143,12 +143,9 @@ class ProcessWriter:
         Raises `RequestError` (RESOURCE_EXHAUSTED, with a retry hint) when
         `max_pending` heartbeats are already waiting for the child.
         """
-        if not self.alive():
-            outcome.set_exception(_unavailable("the store writer process is not running"))
-            return
         at = time.time() if received_at is None else received_at
-        with self._lock:
-            if self._closed:
+        with self._lock:  # not `alive()`: a wait() syscall per heartbeat; the reader says it
+            if self._closed or self._conn is None:
                 outcome.set_exception(_unavailable("the store writer process is not running"))
                 return
             if len(self._sent) >= self._max_pending:
