@@ -28,6 +28,7 @@ refused UNAVAILABLE and `alive()` turns false, which /health reports.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import pickle
@@ -51,6 +52,7 @@ from sennet.controlplane.writer_child import Report, pack
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 log = logging.getLogger("sennet.controlplane.writer")
+_Frame = tuple[int, float, bytes]  # seq, received_at, the request's protobuf bytes
 _STOP = b""  # the message that tells the child to finish and exit
 
 
@@ -89,7 +91,10 @@ class ProcessWriter:
         self._lock = threading.Lock()
         self._sent: dict[int, _Sent] = {}
         self._seq = itertools.count(1)
-        self._outgoing: queue.SimpleQueue[tuple[int, float, bytes] | None] = queue.SimpleQueue()
+        self._outgoing: queue.SimpleQueue[list[_Frame] | None] = queue.SimpleQueue()
+        # heartbeats the event loop queued in this iteration: one hand-off to the sender each
+        self._batch: list[_Frame] = []
+        self._batch_loop: asyncio.AbstractEventLoop | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._reader = threading.Thread(target=self._read, name="sennet-writer-reader")
@@ -158,7 +163,25 @@ class ProcessWriter:
                 )
             seq = next(self._seq)
             self._sent[seq] = _Sent(req, at, outcome)
-        self._outgoing.put((seq, at, req.SerializeToString()))
+        frame = (seq, at, req.SerializeToString())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a caller off the loop: hand it over alone
+            self._outgoing.put([frame])
+            return
+        if self._batch_loop is None:
+            self._batch_loop = loop
+        if loop is not self._batch_loop:  # only one loop batches; any other hands over alone
+            self._outgoing.put([frame])
+            return
+        self._batch.append(frame)
+        if len(self._batch) == 1:  # the first since the last flush schedules it
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """On the loop, after the calls it was running: their heartbeats in one hand-off."""
+        batch, self._batch = self._batch, []
+        self._outgoing.put(batch)
 
     def stop(self, timeout: float = 10.0) -> None:
         """The child commits and answers what it has, then exits; anything left is refused."""
@@ -184,16 +207,16 @@ class ProcessWriter:
             first = self._outgoing.get()
             batch, stopping = [], first is None
             if first is not None:
-                batch.append(first)
+                batch += first
             while not stopping and len(batch) < 512:
                 try:
-                    item = self._outgoing.get_nowait()
+                    more = self._outgoing.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
+                if more is None:
                     stopping = True
                 else:
-                    batch.append(item)
+                    batch += more
             try:
                 if batch:
                     self._conn.send_bytes(pack(batch))
