@@ -109,8 +109,11 @@ class HeartbeatWriter:
         max_pending: int = 4096,
         max_series: int | None = None,
         probe_every_s: float = 1.0,
+        group_wait_s: float = 0.0,
     ) -> None:
         self._store = store
+        # after a group's first heartbeat, how long to let more arrive before writing it
+        self._group_wait_s = group_wait_s
         self._fleet = fleet
         self._retention_s = retention_s
         self._prune_every_s = prune_every_s
@@ -209,6 +212,8 @@ class HeartbeatWriter:
                     continue
                 if first is None:
                     return
+                if self._group_wait_s:
+                    time.sleep(self._group_wait_s)
                 batch = [first]
                 stopping = False
                 while len(batch) < self._max_batch:
