@@ -252,9 +252,9 @@ class ProcessWriter:
         self._last_report = time.monotonic()
         self.last_error, self.commits = report.last_error, report.commits
         self._child_stalled = report.stalled_for
-        with self._lock:
-            stored = [(s, self._sent.pop(s.seq)) for s in report.stored]
-            refused = [(r, self._sent.pop(r.seq)) for r in report.refused]
+        with self._lock:  # a heartbeat already refused (stop() timed out) is not answered twice
+            stored = [(s, sent) for s in report.stored if (sent := self._sent.pop(s.seq, None))]
+            refused = [(r, sent) for r in report.refused if (sent := self._sent.pop(r.seq, None))]
         overlay: dict[str, AgentView] = {}
         for s, sent in stored:
             aid = sent.req.agent_id
