@@ -4,15 +4,18 @@ Real child processes, real SQLite files. The same heartbeats go through the
 thread (`HeartbeatWriter`) and the process (`ProcessWriter`): the answers, the
 views /metrics reads and the stored rows must be the same. Over real gRPC, a
 heartbeat the control plane acknowledged is in the database after the server
-process is killed, and /metrics showed it before.
+process is killed, and /metrics showed it before; a commit stuck on a hung
+sibling's lock turns /health unhealthy from the child's own report, and back.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
 import sqlite3
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -25,6 +28,7 @@ from sennet.controlplane.store import Store
 from sennet.controlplane.writer import HeartbeatWriter, Writer
 from sennet.controlplane.writer_child import pack, unpack
 from sennet.controlplane.writer_process import ProcessWriter
+from sennet.proto.contract import HEARTBEAT
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.controlplane import create_bootstrap_token, heartbeat_request, running
 from sennet.testing.scrape import sample
@@ -187,3 +191,41 @@ def test_an_acknowledged_heartbeat_is_on_disk_and_in_metrics_when_the_server_is_
             (agent_id,),
         ).fetchone()
     assert rows == (5, 35)
+
+
+def test_health_reports_the_childs_commit_stuck_on_a_hung_sibling_and_its_recovery(
+    tmp_path: Path,
+) -> None:
+    """The writers' file lock held by a hung sibling: the child's commit waits for good, and
+    /health must say so from the child's own figure (its reports go on meanwhile)."""
+    db = tmp_path / "cp.db"
+    bootstrap = create_bootstrap_token(db)
+    with running(db, tmp_path, ["--writer-process"]) as cp, ThreadPoolExecutor(1) as pool:
+        agent_id, token = cp.register(bootstrap)
+        fd = os.open(Store(db).writer_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                req = heartbeat_request(agent_id, rx=(1, 60)).SerializeToString()
+                stuck = pool.submit(cp.call_full, HEARTBEAT, req, token, 40.0)
+                retry(
+                    lambda last: True if cp.get("/health")[0] == 503 else None,
+                    25.0,
+                    interval=0.2,
+                    what="/health 503",
+                )
+                writer = json.loads(cp.get("/health")[1])["writer"]
+                assert writer["alive"] is True and writer["last_error"] is None, writer
+                assert writer["stalled_s"] >= 15, writer
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            assert stuck.result().code == grpc.StatusCode.OK  # it was only late
+        finally:
+            os.close(fd)
+        retry(
+            lambda last: True if cp.get("/health")[0] == 200 else None,
+            5.0,
+            interval=0.1,
+            what="/health 200 again",
+        )
+        assert cp.scalar("SELECT count(*) FROM heartbeats WHERE agent_id = ?", agent_id) == 1
