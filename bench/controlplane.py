@@ -56,6 +56,7 @@ from sennet.testing.telemetry import full_request
 
 MOVING = ("rx_", "tx_", "flow_", "dns_", "tcp_")
 KINDS = ("large_packet", "tcp_null", "tcp_syn_fin", "tcp_syn_rst", "tcp_xmas", "land")
+WRITER = ("--writer-process",)  # the control plane's flag for the writer in a child process
 HEALTH = "/{}/Check".format(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
 
 
@@ -91,15 +92,25 @@ def _rss_kib(pids: list[int]) -> int:
     return total
 
 
-def _cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds the processes (all their threads) have used so far.
+def _children(pid: int) -> list[int]:
+    """The live child processes of `pid` (a server's writer process, with `--writer-process`)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _cpu_s(pids: list[int], children: bool = True) -> float:
+    """User + system CPU seconds the processes (all their threads, and with `children` their
+    live child processes) have used so far.
 
     Throughput on a shared box moves with whatever else runs; the servers' own CPU
     time per call does much less, so both are reported.
     """
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
-    for pid in pids:
+    everyone = pids + [c for p in pids for c in _children(p)] if children else pids
+    for pid in everyone:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return total / ticks
@@ -152,14 +163,16 @@ class ControlPlanes:
 
 
 @contextmanager
-def control_planes(procs: int, workdir: Path) -> Iterator[ControlPlanes]:
+def control_planes(
+    procs: int, workdir: Path, extra: tuple[str, ...] = ()
+) -> Iterator[ControlPlanes]:
     port = free_port()
     db = workdir / "cp.db"
     Store(db).migrate()
     members: list[ControlPlane] = []
     try:
         for n in range(procs):
-            cp = ControlPlane(db, workdir, ["--reuse-port"], name=f"cp-{n}")
+            cp = ControlPlane(db, workdir, ["--reuse-port", *extra], name=f"cp-{n}")
             members.append(cp)
             cp.start(grpc_port=port)
         yield ControlPlanes(port, members, db)
@@ -333,7 +346,8 @@ class HeartbeatRun:
     paced: LoadResult
     per_commit: float
     rss_kib: int
-    cpu_us: float  # server CPU time per heartbeat at maximum load
+    cpu_us: float  # server CPU time per heartbeat at maximum load (writer processes included)
+    parent_cpu_us: float  # the same without the writer processes: the event loop's processes
 
 
 @contextmanager
@@ -348,21 +362,27 @@ def _path(old: bool) -> Iterator[None]:
 
 
 def _heartbeats(
-    args: argparse.Namespace, workdir: Path, old: bool, insights: bool, stated: float | None
+    args: argparse.Namespace,
+    workdir: Path,
+    old: bool,
+    insights: bool,
+    stated: float | None,
+    extra: tuple[str, ...] = (),
 ) -> HeartbeatRun:
     """Maximum load, then `stated` heartbeats/s (default: a fraction of this run's maximum)."""
     procs, agents = args.procs, args.agents
-    with _path(old), control_planes(procs, workdir) as cps:
+    with _path(old), control_planes(procs, workdir, extra) as cps:
         target = f"127.0.0.1:{cps.port}"
         enrolled = enrol(target, cps.db, agents)
         bodies = [(heartbeat_body(aid, insights), tok) for aid, tok in enrolled]
         before = cps.accepted()
         commits_before = cps.commits()
-        cpu_before = _cpu_s(cps.pids)
+        cpu_before, parent_before = _cpu_s(cps.pids), _cpu_s(cps.pids, children=False)
         full = h2load(
             cps.port, contract.HEARTBEAT.path, bodies, workdir, args.duration, args.streams
         )
         cpu = _cpu_s(cps.pids) - cpu_before
+        parent_cpu = _cpu_s(cps.pids, children=False) - parent_before
         accepted = cps.accepted() - before
         commits = cps.commits() - commits_before
         _cross_check(full.completed, accepted, agents * args.streams)
@@ -382,7 +402,12 @@ def _heartbeats(
         paced_accepted = cps.accepted() - before
         _cross_check(paced.completed, paced_accepted, agents * args.streams)
     return HeartbeatRun(
-        full, paced, accepted / max(1.0, commits), rss_kib, cpu / max(1.0, accepted) * 1e6
+        full,
+        paced,
+        accepted / max(1.0, commits),
+        rss_kib,
+        cpu / max(1.0, accepted) * 1e6,
+        parent_cpu / max(1.0, accepted) * 1e6,
     )
 
 
@@ -414,14 +439,21 @@ def bench_grpc(args: argparse.Namespace, workdir: Path) -> list[Figure]:
         what = "with flow, DNS and TCP parts" if insights else "interfaces, events"
         old = _heartbeats(args, workdir, True, insights, None)
         new = _heartbeats(args, workdir, False, insights, None)
-        for tag, run in (("_old_path", old), ("", new)):
+        runs = [("_old_path", old), ("", new)]
+        if args.writer_process:
+            runs.append(
+                ("_writer_process", _heartbeats(args, workdir, False, insights, None, WRITER))
+            )
+        for tag, run in runs:
             name = f"heartbeats{suffix}"
             note = (
                 f"{what}; {procs} processes, {agents} agents x {args.streams} streams, "
                 "durable (group commit, synchronous=FULL)"
             )
-            if tag:
+            if tag == "_old_path":
                 note += "; SENNET_CONTROLPLANE_OLD_PATH=1"
+            elif tag:
+                note += "; --writer-process"
             figs.append(Figure(f"{name}_per_s{tag}", round(run.full.rps, 1), "heartbeats/s", note))
             figs.append(
                 Figure(
@@ -439,6 +471,15 @@ def bench_grpc(args: argparse.Namespace, workdir: Path) -> list[Figure]:
                     note="server processes' CPU time per heartbeat at maximum load",
                 )
             )
+            if tag == "_writer_process":
+                figs.append(
+                    Figure(
+                        f"{name}_cpu_per_heartbeat_without_writer{tag}",
+                        round(run.parent_cpu_us, 1),
+                        "us",
+                        note="the servers' CPU without their writer processes",
+                    )
+                )
             figs.append(
                 Figure(
                     f"{name}_vs_trivial_handler_by_cpu{tag}",
@@ -734,6 +775,11 @@ def main() -> int:
         type=int,
         default=1,
         help="the control plane's histogram_export_step for the /metrics figures",
+    )
+    parser.add_argument(
+        "--writer-process",
+        action="store_true",
+        help="also heartbeats with each server's writer in a process of its own",
     )
     parser.add_argument("--serve-trivial", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

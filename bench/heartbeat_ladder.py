@@ -10,13 +10,17 @@ more than the rung before, and gives the servers' CPU (user + system, all
 threads) per call for each rung, rungs interleaved per round:
 
     bare       returns a fixed acknowledgement (grpc.aio's own share)
-    admit      + the authorization metadata, the token check and the decode
+    metadata   + reading the `authorization` metadata
+    auth       + the token check
+    admit      + the decode
     validated  + `validate.heartbeat`
     queued     + the rest of `Calls.call`: Prometheus, the service, the queue to the
                writer thread and the acknowledgement back; the writer answers each
                group after 2 ms without touching SQLite
     stored     the real `Calls.call` with the real writer: the fold, the rows, the
                group COMMIT (synchronous=FULL) and the /metrics preparation
+    process    the same with the writer in a process of its own (`writer_process.py`;
+               its CPU is counted with the server's)
 
 Each step's difference is what that piece costs in place, caches, threads and
 all, which is what the stage loop cannot see.
@@ -49,12 +53,13 @@ from sennet.controlplane.metrics import Exposition, ServerMetrics, Transport
 from sennet.controlplane.sentinel_service import SentinelService
 from sennet.controlplane.store import Store
 from sennet.controlplane.update_offers import OfferBook
-from sennet.controlplane.writer import HeartbeatWriter, _Pending
+from sennet.controlplane.writer import HeartbeatWriter, Writer, _Pending
+from sennet.controlplane.writer_process import ProcessWriter
 from sennet.proto import contract
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.figures import Figure, report
 
-RUNGS = ("bare", "admit", "validated", "queued", "stored")
+RUNGS = ("bare", "metadata", "auth", "admit", "validated", "queued", "stored", "process")
 STAND_IN_COMMIT_S = 0.002  # the `queued` writer's stand-in for a group commit
 
 
@@ -72,8 +77,12 @@ def serve(port: int, rung: str, db: Path) -> None:
     """One server process answering heartbeats with `rung`'s pieces, on the shared port."""
     store = Store(db)
     fleet = Fleet(store.load_fleet())
-    kind = _NoStoreWriter if rung == "queued" else HeartbeatWriter
-    writer = kind(store, fleet, retention_s=86400.0)
+    writer: Writer
+    if rung == "process":
+        writer = ProcessWriter(store, fleet, retention_s=86400.0)
+    else:
+        kind = _NoStoreWriter if rung == "queued" else HeartbeatWriter
+        writer = kind(store, fleet, retention_s=86400.0)
     metrics = ServerMetrics(agents=lambda: len(fleet), commits=lambda: writer.commits)
     identity = Identity(store)
     auth = Authenticator(identity, cache_s=1.0)  # the control plane's default
@@ -89,13 +98,17 @@ def serve(port: int, rung: str, db: Path) -> None:
     async def handle(body: bytes, context: Any) -> pb.HeartbeatResponse:
         if rung == "bare":
             return fixed
-        if rung in ("queued", "stored"):
+        if rung in ("queued", "stored", "process"):
             authorization = metadata_value(context.invocation_metadata(), "authorization")
             answer = await calls.call(contract.HEARTBEAT, Transport.GRPC, authorization, body)
             assert isinstance(answer, pb.HeartbeatResponse)
             return answer
         authorization = metadata_value(context.invocation_metadata(), "authorization")
+        if rung == "metadata":
+            return fixed
         auth.authenticate(contract.HEARTBEAT, authorization)
+        if rung == "auth":
+            return fixed
         req = codec.from_proto(pb.HeartbeatRequest, body, 1 << 20)
         if rung == "validated":
             validate.heartbeat(req)

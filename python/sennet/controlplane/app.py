@@ -33,7 +33,8 @@ from sennet.controlplane.settings import Settings
 from sennet.controlplane.store import Store
 from sennet.controlplane.update_offers import OfferBook
 from sennet.controlplane.validate_insights import Limits
-from sennet.controlplane.writer import HeartbeatWriter
+from sennet.controlplane.writer import HeartbeatWriter, Writer
+from sennet.controlplane.writer_process import ProcessWriter
 
 log = logging.getLogger("sennet.controlplane")
 
@@ -44,13 +45,24 @@ class ControlPlane:
         self.store = Store(settings.db)
         self.store.migrate()
         self.fleet = Fleet(self.store.load_fleet())
-        self.writer = HeartbeatWriter(
-            self.store,
-            self.fleet,
-            retention_s=settings.retention_s,
-            max_pending=settings.max_pending_heartbeats,
-            max_series=settings.max_series_per_agent,
-        )
+        self.writer: Writer
+        if settings.writer_process:  # its own process, GIL and caches (writer_process.py)
+            self.writer = ProcessWriter(
+                self.store,
+                self.fleet,
+                retention_s=settings.retention_s,
+                max_pending=settings.max_pending_heartbeats,
+                max_series=settings.max_series_per_agent,
+                log_level=settings.log_level,
+            )
+        else:
+            self.writer = HeartbeatWriter(
+                self.store,
+                self.fleet,
+                retention_s=settings.retention_s,
+                max_pending=settings.max_pending_heartbeats,
+                max_series=settings.max_series_per_agent,
+            )
         self.metrics = ServerMetrics(
             agents=lambda: len(self.fleet),
             commits=lambda: self.writer.commits,

@@ -19,7 +19,7 @@ from sennet.controlplane.identity import Identity
 from sennet.controlplane.refusals import Code, RequestError
 from sennet.controlplane.update_offers import OfferBook
 from sennet.controlplane.validate_insights import DEFAULT_LIMITS, Limits
-from sennet.controlplane.writer import HeartbeatWriter, Outcome
+from sennet.controlplane.writer import Outcome, Writer
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 
 log = logging.getLogger("sennet.controlplane.sentinel_service")
@@ -29,7 +29,7 @@ class SentinelService:
     def __init__(
         self,
         identity: Identity,
-        writer: HeartbeatWriter,
+        writer: Writer,
         fleet: Fleet,
         auth: Authenticator,
         limits: Limits = DEFAULT_LIMITS,

@@ -276,6 +276,15 @@ SETTINGS: tuple[Setting, ...] = (
         "BOOL",
     ),
     Setting(
+        "writer_process",
+        _bool,
+        False,
+        "run the heartbeat writer (SQL rows, group COMMIT) in a child process of its own, so "
+        "its Python does not share the event loop's GIL; pays with a core per server process",
+        "true or false",
+        "BOOL",
+    ),
+    Setting(
         "fleet_refresh",
         _number(0, above=False),
         0.0,
@@ -338,6 +347,7 @@ class Settings:
     max_dns_names: int
     histogram_export_step: int
     reuse_port: bool
+    writer_process: bool
     fleet_refresh: float
     ready_file: Path | None
     insecure_plaintext: bool

@@ -64,6 +64,30 @@ class Outcome(Protocol):
     def done(self) -> bool: ...
 
 
+class Writer(Protocol):
+    """What the service and the application need of a heartbeat writer: this module's
+    thread (`HeartbeatWriter`) or the child process (`writer_process.ProcessWriter`)."""
+
+    last_error: str | None
+    commits: int
+
+    def start(self) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    def stalled_for(self) -> float: ...
+
+    def pending(self) -> int: ...
+
+    def submit(self, req: pb.HeartbeatRequest) -> Future[pb.HeartbeatResponse]: ...
+
+    def enqueue(
+        self, req: pb.HeartbeatRequest, outcome: Outcome, received_at: float | None = None
+    ) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+
 @dataclass
 class _Pending:
     req: pb.HeartbeatRequest
@@ -85,8 +109,11 @@ class HeartbeatWriter:
         max_pending: int = 4096,
         max_series: int | None = None,
         probe_every_s: float = 1.0,
+        group_wait_s: float = 0.0,
     ) -> None:
         self._store = store
+        # after a group's first heartbeat, how long to let more arrive before writing it
+        self._group_wait_s = group_wait_s
         self._fleet = fleet
         self._retention_s = retention_s
         self._prune_every_s = prune_every_s
@@ -131,9 +158,13 @@ class HeartbeatWriter:
         self.enqueue(req, fut)
         return fut
 
-    def enqueue(self, req: pb.HeartbeatRequest, outcome: Outcome) -> None:
+    def enqueue(
+        self, req: pb.HeartbeatRequest, outcome: Outcome, received_at: float | None = None
+    ) -> None:
         """Queue a validated heartbeat; `outcome` is settled after its commit.
 
+        `received_at` (default: now) is when the control plane took the call; the
+        writer process passes the parent's, so both sides fold the same view.
         Raises `RequestError` (RESOURCE_EXHAUSTED, with a retry hint) when the
         queue is full.
         """
@@ -141,7 +172,8 @@ class HeartbeatWriter:
             outcome.set_exception(_unavailable("the store writer is not running"))
             return
         try:
-            self._queue.put_nowait(_Pending(req, time.time(), outcome))
+            at = time.time() if received_at is None else received_at
+            self._queue.put_nowait(_Pending(req, at, outcome))
         except queue.Full:
             raise overloaded(
                 "heartbeat queue",
@@ -180,6 +212,8 @@ class HeartbeatWriter:
                     continue
                 if first is None:
                     return
+                if self._group_wait_s:
+                    time.sleep(self._group_wait_s)
                 batch = [first]
                 stopping = False
                 while len(batch) < self._max_batch:

@@ -63,13 +63,18 @@ def stored_raw(db: Path, agent_id: str) -> int:
     return int(row[0] or 0)
 
 
+# the writer as a thread of the server, and as a process of its own (writer_process.py)
+WRITERS = pytest.mark.parametrize("writer", [[], ["--writer-process"]], ids=["thread", "process"])
+
+
+@WRITERS
 def test_a_full_disk_refuses_heartbeats_loses_nothing_and_recovers_without_restart(
-    root: None, tmp_path: Path
+    root: None, tmp_path: Path, writer: list[str]
 ) -> None:
     with small_tmpfs(tmp_path / "small", "4m") as small:
         db = small / "cp.db"
         bootstrap = create_bootstrap_token(db)
-        with running(db, tmp_path) as cp:
+        with running(db, tmp_path, writer) as cp:
             agent_id, token = cp.register(bootstrap)
             assert cp.heartbeat(token, heartbeat_request(agent_id, rx=(1, 64))) == OK
             filler = fill(small)
@@ -83,12 +88,15 @@ def test_a_full_disk_refuses_heartbeats_loses_nothing_and_recovers_without_resta
         assert stored_raw(db, agent_id) == 3
 
 
-def test_every_acknowledged_heartbeat_survives_a_kill_under_load(tmp_path: Path) -> None:
+@WRITERS
+def test_every_acknowledged_heartbeat_survives_a_kill_under_load(
+    tmp_path: Path, writer: list[str]
+) -> None:
     """Four agents beat as fast as they can; SIGKILL mid-flight; each agent's highest
     acknowledged reading must be in the database after the restart."""
     db = tmp_path / "cp.db"
     bootstrap = create_bootstrap_token(db)
-    with running(db, tmp_path) as cp:
+    with running(db, tmp_path, writer) as cp:
         agents = [cp.register(bootstrap) for _ in range(4)]
         acked = {agent_id: 0 for agent_id, _ in agents}
         stop = threading.Event()

@@ -274,10 +274,13 @@ def test_a_heartbeat_that_cannot_be_committed_is_not_acknowledged(fresh: Served)
     )
 
 
-def test_processes_sharing_the_port_and_database_keep_exact_totals(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", [[], ["--writer-process"]], ids=["thread", "process"])
+def test_processes_sharing_the_port_and_database_keep_exact_totals(
+    tmp_path: Path, writer: list[str]
+) -> None:
     db = tmp_path / "cp.db"
     bootstrap = create_bootstrap_token(db)
-    flags = ["--reuse-port", "--fleet-refresh", "0.2"]
+    flags = ["--reuse-port", "--fleet-refresh", "0.2", *writer]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with running(db, tmp_path / "a", flags) as one, running(db, tmp_path / "b", flags) as _:
