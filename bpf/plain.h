@@ -66,6 +66,16 @@ static __always_inline __u32 on_wire(void *ctx, const int hook, __u32 hdr_end, _
 #define NET16(x) ((__u16)(x))
 #endif
 
+/* The EtherType IPv4 and the byte after it, version 4 and IHL 5, as one
+ * 4-byte load at the EtherType sees them (the fourth byte, TOS, masked out). */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define ETH_IPV4_IHL5_MASK 0x00ffffffu
+#define ETH_IPV4_IHL5 0x00450008u
+#else
+#define ETH_IPV4_IHL5_MASK 0xffffff00u
+#define ETH_IPV4_IHL5 0x08004500u
+#endif
+
 /* A 16-bit field in network order, read in one load (be16() takes two). */
 static __always_inline __u32 load_be16(const __u8 *p)
 {
@@ -192,7 +202,7 @@ static __always_inline int plain_udp4(void *ctx, const int hook, __u32 len)
 	const __u8 *ip = eth + ETH_HDR_LEN;
 
 	if ((void *)(ip + 28) > pkt_data_end(ctx, hook) ||
-	    *(const __u16 *)&eth[12] != NET16(ETHP_IPV4) || ip[0] != 0x45 || ip[9] != PROTO_UDP ||
+	    (*(const __u32 *)&eth[12] & ETH_IPV4_IHL5_MASK) != ETH_IPV4_IHL5 || ip[9] != PROTO_UDP ||
 	    *(const __u32 *)&ip[12] == *(const __u32 *)&ip[16])
 		return 0;
 	/* 8 <= tot - 20 <= the frame's bytes after the IP header */
