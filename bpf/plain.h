@@ -152,8 +152,8 @@ static __always_inline int plain_ipv6(const __u8 *ip, __u32 len)
 	return plain_l4(ip[6], &ip[40], plen, ~0u);
 }
 
-/* The frame nearly every packet is: untagged IPv4 without options, not a
- * fragment, or IPv6 without extension headers; TCP or UDP, its header whole
+/* The frame nearly every packet is: untagged IPv4 without options (a
+ * fragment too: see plain_ipv4()), or IPv6 without extension headers; TCP or UDP, its header whole
  * within the IP packet; and nothing in it that raises an event. Returns
  * nonzero for such a frame, 0 for anything else (then the full parser
  * classifies it). The checks are the full parser's own (parse_ipv4(),
