@@ -45,11 +45,12 @@ CANNED_UDP = (
 
 # name -> (file in bpf/, text in it, its replacement); `(void)f;` keeps -Wunused quiet.
 ABLATIONS: dict[str, tuple[str, str, str]] = {
-    # the header reads: on trafgen's non-linear frames, one bpf_skb_load_bytes of 40 bytes
+    # the header reads and checks (plain_udp4(), and plain_frame() behind it: on trafgen's
+    # non-linear frames, one bpf_skb_load_bytes of 40 bytes)
     "no_headers": (
         PLAIN,
-        "\tif (bytes > cfg_large_packet_bytes || !plain_frame(ctx, hook, len))\n",
-        "\t(void)plain_frame; /* ablated */\n\tif (bytes > cfg_large_packet_bytes)\n",
+        "\tif (__builtin_expect(plain_udp4(ctx, hook, len), 1)) {\n",
+        "\tif (1) { /* ablated */\n",
     ),
     # the same helper call, but on the 14 bytes of the linear head (just read by the stack):
     # what the call itself costs, without touching the fragment; the checks then run on
@@ -77,14 +78,14 @@ ABLATIONS: dict[str, tuple[str, str, str]] = {
     # the skb's shared info (gso_segs), at the end of the data buffer, after the frame
     "no_gso_segs": (
         PLAIN,
-        "\t\tif (skb->gso_segs > 1)\n\t\t\treturn 0;\n",
+        "\t\tif (__builtin_expect(skb->gso_segs > 1, 0))\n\t\t\treturn 0;\n",
         "\t\t/* ablated: gso_segs */\n",
     ),
     # the ifindex (skb->dev->ifindex), the IFSLOTS lookup and the per-CPU counter update
     "no_count": (
         PLAIN,
         "\t__u32 slot = count(ifindex, dir, 1, bytes);\n\n"
-        "\tif (feature_on(SENNET_FEAT_BURSTS))\n"
+        "\tif (bursts)\n"
         "\t\tburst_account(slot, dir, 1, bytes, bpf_ktime_get_ns());\n",
         "\t(void)ifindex; /* ablated */\n\t(void)bytes;\n",
     ),
@@ -98,8 +99,8 @@ ABLATIONS: dict[str, tuple[str, str, str]] = {
     # everything: the program's entry and return, the floor of any program of ours
     "nothing": (
         MAIN,
-        "\tif (!feature_on(SENNET_FEAT_AFTER) && counted_plain(ctx, hook, dir))\n",
-        "\tif (1 || counted_plain(ctx, hook, dir)) /* ablated */\n",
+        "\t\tif (__builtin_expect(counted_plain(ctx, hook, dir, 0), 1))\n",
+        "\t\tif (1 || counted_plain(ctx, hook, dir, 0)) /* ablated */\n",
     ),
 }
 

@@ -77,7 +77,7 @@ import throughput
 import wire
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINE_REV = "2dedbe2"  # before the short path's one-load checks and its IPv6 frames
+BASELINE_REV = "c62eae1"  # before the short path's straight line for IPv4 UDP
 SWEEP_BYTES = 16 << 20  # larger than the last-level cache of the machines we run on
 TC_ACT_UNSPEC = 0xFFFFFFFF
 FEATURE_SETS: dict[str, Feature] = {

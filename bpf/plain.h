@@ -66,6 +66,16 @@ static __always_inline __u32 on_wire(void *ctx, const int hook, __u32 hdr_end, _
 #define NET16(x) ((__u16)(x))
 #endif
 
+/* The EtherType IPv4 and the byte after it, version 4 and IHL 5, as one
+ * 4-byte load at the EtherType sees them (the fourth byte, TOS, masked out). */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define ETH_IPV4_IHL5_MASK 0x00ffffffu
+#define ETH_IPV4_IHL5 0x00450008u
+#else
+#define ETH_IPV4_IHL5_MASK 0xffffff00u
+#define ETH_IPV4_IHL5 0x08004500u
+#endif
+
 /* A 16-bit field in network order, read in one load (be16() takes two). */
 static __always_inline __u32 load_be16(const __u8 *p)
 {
@@ -77,13 +87,17 @@ static __always_inline __u32 load_be16(const __u8 *p)
 }
 
 /* Whether the TCP or UDP header at `l4` raises no event in parse_l4(): whole
- * within the `room` bytes the IP packet has after its header (the caller has
- * them in hand), and, for TCP, none of the hostile flag combinations. */
-static __always_inline int plain_l4(__u8 proto, const __u8 *l4, __u32 room)
+ * within the IP packet (`room` bytes after the IP header) and, for TCP, none of
+ * the hostile flag combinations; and the IP packet within the frame (`room` at
+ * most `most`, the bytes the frame has after the IP header; ~0 where the IP
+ * header's length field needs no such check). `most` >= 20 here, so
+ * "m <= room <= most" is one unsigned compare of room - m with most - m (a
+ * room below m wraps to a large number). */
+static __always_inline int plain_l4(__u8 proto, const __u8 *l4, __u32 room, __u32 most)
 {
-	if (proto == PROTO_UDP)
-		return room >= 8;
-	if (proto != PROTO_TCP || room < 20)
+	if (__builtin_expect(proto == PROTO_UDP, 1))
+		return room - 8 <= most - 8;
+	if (proto != PROTO_TCP || room - 20 > most - 20)
 		return 0;
 
 	__u8 f = l4[13];
@@ -111,45 +125,22 @@ static __always_inline const __u8 *plain_l3(void *ctx, const int hook, const __u
  * A shorter frame (UDP in less than 74 bytes) takes the full parser. */
 #define IPV6_PRELOAD 60
 
-/* The frame nearly every packet is: untagged IPv4 without options, not a
- * fragment, or IPv6 without extension headers; TCP or UDP, its header whole
- * within the IP packet; and nothing in it that raises an event. Returns
- * nonzero for such a frame, 0 for anything else (then the full parser
- * classifies it). The checks are the full parser's own (parse_ipv4(),
- * parse_ipv6(), parse_l4()), so every frame this accepts would have raised no
- * event there. Each field is read in one load as it lies in the frame and
- * compared with a constant in network order: the fewest instructions per
- * check, which is what this path costs when the frame is in the cache
- * (BPF_PROG_TEST_RUN). */
-static __always_inline int plain_frame(void *ctx, const int hook, __u32 len)
+/* The IPv4 checks of plain_frame() on a header in hand: IHL 5 (the version
+ * nibble 4 too: anything else goes to the full parser), not LAND, and a plain
+ * TCP/UDP header after it within a total length that is within the frame
+ * (plain_l4(); a total length below 20 wraps `room` to a large number). A
+ * later fragment needs no check of its own: the full parser reads no L4 header
+ * there and raises nothing the checks here would not. `len` >= 54 here. */
+static __always_inline int plain_ipv4(const __u8 *ip, __u32 len)
 {
-	/* 8-aligned: the addresses are compared as 4- and 8-byte words */
-	__u8 buf[IPV6_PRELOAD] __attribute__((aligned(8)));
-	const __u8 *eth = pkt_data(ctx, hook);
-	void *end = pkt_data_end(ctx, hook);
-	const __u8 *ip;
-
-	if ((void *)(eth + ETH_HDR_LEN) > end)
+	if (ip[0] != 0x45 || *(const __u32 *)&ip[12] == *(const __u32 *)&ip[16])
 		return 0;
-	if (*(const __u16 *)&eth[12] == NET16(ETHP_IPV4)) {
-		ip = plain_l3(ctx, hook, eth, end, len, buf, IPV4_PRELOAD);
-		if (!ip)
-			return 0;
+	return plain_l4(ip[9], &ip[20], load_be16(&ip[2]) - 20, len - ETH_HDR_LEN - 20);
+}
 
-		__u32 tot = load_be16(&ip[2]);
-
-		if ((ip[0] & 0x0f) != 5 || tot < 20 || tot > len - ETH_HDR_LEN ||
-		    (*(const __u16 *)&ip[6] & NET16(0x1fff)) ||
-		    *(const __u32 *)&ip[12] == *(const __u32 *)&ip[16])
-			return 0;
-		return plain_l4(ip[9], &ip[20], tot - 20);
-	}
-	if (*(const __u16 *)&eth[12] != NET16(ETHP_IPV6))
-		return 0;
-	ip = plain_l3(ctx, hook, eth, end, len, buf, IPV6_PRELOAD);
-	if (!ip)
-		return 0;
-
+/* The same for IPv6 without extension headers (`len` >= 74 here). */
+static __always_inline int plain_ipv6(const __u8 *ip, __u32 len)
+{
 	__u32 plen = load_be16(&ip[4]);
 	const __u64 *a = (const __u64 *)&ip[8];
 
@@ -158,32 +149,71 @@ static __always_inline int plain_frame(void *ctx, const int hook, __u32 len)
 		plen = len - ETH_HDR_LEN - 40;
 	if (((a[0] ^ a[2]) | (a[1] ^ a[3])) == 0)
 		return 0; /* LAND */
-	return plain_l4(ip[6], &ip[40], plen);
+	return plain_l4(ip[6], &ip[40], plen, ~0u);
 }
 
-/* Counters (and bursts) only, for a plain frame with every feature after the
- * counters off: no event record on the stack, no full parse. Returns 0 when
- * the packet needs the full path: not a plain frame, a large one (an event),
- * or a GRO/GSO aggregate (its segments' headers are counted by on_wire() on
- * the full path; an aggregate stands for many frames, so its share of the
- * parse per frame is small). What the frame is on the wire is then its length
- * and a VLAN tag kept in metadata, without on_wire()'s aggregate arithmetic. */
-static __always_inline int counted_plain(void *ctx, const int hook, __u8 dir)
+/* The frame nearly every packet is: untagged IPv4 without options (a
+ * fragment too: see plain_ipv4()), or IPv6 without extension headers; TCP or UDP, its header whole
+ * within the IP packet; and nothing in it that raises an event. Returns
+ * nonzero for such a frame, 0 for anything else (then the full parser
+ * classifies it). The checks are the full parser's own (parse_ipv4(),
+ * parse_ipv6(), parse_l4()), so every frame this accepts would have raised no
+ * event there. Each field is read in one load as it lies in the frame and
+ * compared with a constant in network order: the fewest instructions per
+ * check, which is what this path costs when the frame is in the cache
+ * (BPF_PROG_TEST_RUN). The first bounds check is for the longest IPv4 read
+ * (54 bytes), so a linear IPv4 frame, the common case, pays one. */
+static __always_inline int plain_frame(void *ctx, const int hook, __u32 len)
 {
-	__u32 len = pkt_len(ctx, hook);
-	__u32 bytes = len;
+	/* 8-aligned: the addresses are compared as 4- and 8-byte words */
+	__u8 buf[IPV6_PRELOAD] __attribute__((aligned(8)));
+	const __u8 *eth = pkt_data(ctx, hook);
+	void *end = pkt_data_end(ctx, hook);
+	const __u8 *ip;
 
-	if (hook == SENNET_HOOK_TC) {
-		struct __sk_buff *skb = ctx;
-
-		if (skb->gso_segs > 1)
+	if (__builtin_expect((void *)(eth + ETH_HDR_LEN + IPV4_PRELOAD) <= end, 1)) {
+		if (__builtin_expect(*(const __u16 *)&eth[12] == NET16(ETHP_IPV4), 1))
+			return plain_ipv4(eth + ETH_HDR_LEN, len);
+	} else {
+		/* Keeps eth + 14 for this branch, off the linear IPv4 frame's path. */
+		asm volatile("" : "+r"(eth));
+		if ((void *)(eth + ETH_HDR_LEN) > end)
 			return 0;
-		if (skb->vlan_present)
-			bytes += VLAN_TAG_LEN;
 	}
-	if (bytes > cfg_large_packet_bytes || !plain_frame(ctx, hook, len))
+	if (*(const __u16 *)&eth[12] == NET16(ETHP_IPV4)) {
+		ip = plain_l3(ctx, hook, eth, end, len, buf, IPV4_PRELOAD);
+		return ip ? plain_ipv4(ip, len) : 0;
+	}
+	if (*(const __u16 *)&eth[12] != NET16(ETHP_IPV6))
 		return 0;
+	ip = plain_l3(ctx, hook, eth, end, len, buf, IPV6_PRELOAD);
+	return ip ? plain_ipv6(ip, len) : 0;
+}
 
+/* The commonest plain frame, checked first and on its own: IPv4 UDP whose IP
+ * header and the 8 bytes after it lie in the linear part (the UDP header is
+ * not read: only its length within the IP packet matters; the bounds check
+ * also makes `len` >= 42 for the compare below). The checks are
+ * plain_ipv4()'s for UDP, so a frame accepted here is one plain_frame()
+ * accepts. */
+static __always_inline int plain_udp4(void *ctx, const int hook, __u32 len)
+{
+	const __u8 *eth = pkt_data(ctx, hook);
+	const __u8 *ip = eth + ETH_HDR_LEN;
+
+	if ((void *)(ip + 28) > pkt_data_end(ctx, hook) ||
+	    (*(const __u32 *)&eth[12] & ETH_IPV4_IHL5_MASK) != ETH_IPV4_IHL5 || ip[9] != PROTO_UDP ||
+	    *(const __u32 *)&ip[12] == *(const __u32 *)&ip[16])
+		return 0;
+	/* 8 <= tot - 20 <= the frame's bytes after the IP header */
+	return load_be16(&ip[2]) - 28 <= len - ETH_HDR_LEN - 28;
+}
+
+/* Count a plain frame of `bytes` on the wire (and, with `bursts`, put it in
+ * the burst windows). */
+static __always_inline void count_plain(void *ctx, const int hook, __u8 dir, const int bursts,
+					__u32 bytes)
+{
 	__u32 ifindex;
 
 	if (hook == SENNET_HOOK_XDP)
@@ -193,8 +223,43 @@ static __always_inline int counted_plain(void *ctx, const int hook, __u8 dir)
 
 	__u32 slot = count(ifindex, dir, 1, bytes);
 
-	if (feature_on(SENNET_FEAT_BURSTS))
+	if (bursts)
 		burst_account(slot, dir, 1, bytes, bpf_ktime_get_ns());
+}
+
+/* Counters (and, with `bursts`, the burst windows) only, for a plain frame
+ * with every feature after the counters off: no event record on the stack, no
+ * full parse. Returns 0 when the packet needs the full path: not a plain
+ * frame, a large one (an event), or a GRO/GSO aggregate (its segments' headers
+ * are counted by on_wire() on the full path; an aggregate stands for many
+ * frames, so its share of the parse per frame is small). What the frame is on
+ * the wire is then its length and a VLAN tag kept in metadata, without
+ * on_wire()'s aggregate arithmetic. The commonest frame (plain_udp4()) is
+ * counted in a straight line with no taken branch before the count; every
+ * other plain frame goes through plain_frame() to a second copy of the count. */
+static __always_inline int counted_plain(void *ctx, const int hook, __u8 dir, const int bursts)
+{
+	__u32 len = pkt_len(ctx, hook);
+	__u32 bytes = len;
+
+	if (hook == SENNET_HOOK_TC) {
+		struct __sk_buff *skb = ctx;
+
+		if (__builtin_expect(skb->gso_segs > 1, 0))
+			return 0;
+		/* The kernel rewrites vlan_present into a 0 or 1 (a bit test on
+		 * 6.1, vlan_all != 0 since): 4 bytes per tag, no branch. */
+		bytes += skb->vlan_present << 2;
+	}
+	if (__builtin_expect(bytes > cfg_large_packet_bytes, 0))
+		return 0;
+	if (__builtin_expect(plain_udp4(ctx, hook, len), 1)) {
+		count_plain(ctx, hook, dir, bursts, bytes);
+		return 1;
+	}
+	if (!plain_frame(ctx, hook, len))
+		return 0;
+	count_plain(ctx, hook, dir, bursts, bytes);
 	return 1;
 }
 

@@ -462,8 +462,17 @@ int sennet_features_xdp(struct xdp_md *ctx)
  * after the counters, a plain frame takes counted_plain() instead. */
 static __always_inline int handle(void *ctx, const int hook, __u8 dir)
 {
-	if (!feature_on(SENNET_FEAT_AFTER) && counted_plain(ctx, hook, dir))
-		return pass(hook);
+	/* cfg_features read once: the verifier knows its value and keeps only
+	 * the branch taken, so the short path carries no further feature test. */
+	__u32 on = cfg_features;
+
+	if (on == 0) {
+		if (__builtin_expect(counted_plain(ctx, hook, dir, 0), 1))
+			return pass(hook);
+	} else if (!(on & SENNET_FEAT_AFTER)) {
+		if (counted_plain(ctx, hook, dir, 1))
+			return pass(hook);
+	}
 
 	struct sennet_event ev = {};
 	struct sennet_l4 l4 = {};
