@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import platform
 import socket
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -300,4 +301,7 @@ def test_close_returns_promptly_while_a_collector_never_answers() -> None:
         started = time.monotonic()
         sink.close()
         took = time.monotonic() - started
+        # the call in flight was cut (its socket shut down), so the sender has ended: it is
+        # not left blocked in recv until its 30 s deadline
+        assert [t for t in threading.enumerate() if t.name == "otlp"] == []
     assert took < 2.0 + 2.5, took  # the flush budget, then the call is cut, not waited out

@@ -15,9 +15,11 @@ failure rules are decided here, in one place per transport:
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import gzip
 import http.client
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -223,8 +225,15 @@ class HttpTransport:
         return Outcome(False, retryable, hint, error=f"HTTP {response.status}")
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        """Also from another thread, to cut a call in flight: closing the socket alone does
+        not wake a `recv` blocked on it (it would wait out `timeout_s`); shutting it down does."""
+        conn = self._conn
+        if conn is not None:
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            conn.close()
             self._conn = None
 
 
