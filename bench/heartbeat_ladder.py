@@ -11,7 +11,10 @@ threads) per call for each rung, rungs interleaved per round:
 
     bare       returns a fixed acknowledgement (grpc.aio's own share)
     metadata   + reading the `authorization` metadata
-    auth       + the token check
+    auth_old_path  + the token check as before the verified token was reused
+               (SENNET_CONTROLPLANE_OLD_PATH=1: the parse, SHA-256 and compare on
+               every call); beside the next rung, not below it
+    auth       + the token check (a token verified within `agent_token_cache` is reused)
     admit      + the decode
     validated  + `validate.heartbeat`
     queued     + the rest of `Calls.call`: Prometheus, the service, the queue to the
@@ -26,12 +29,14 @@ Each step's difference is what that piece costs in place, caches, threads and
 all, which is what the stage loop cannot see.
 
     .venv/bin/python bench/heartbeat_ladder.py [--json] [--rounds 3] [--insights]
+        [--rungs bare,metadata,auth_old_path,auth]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sqlite3
 import statistics
 import sys
@@ -43,7 +48,7 @@ from typing import Any
 
 from controlplane import heartbeat_body
 from grpc_rig import serve_unary, under_load
-from sennet.controlplane import codec, validate
+from sennet.controlplane import codec, old_path, validate
 from sennet.controlplane.auth import Authenticator
 from sennet.controlplane.calls import Calls
 from sennet.controlplane.fleet import Fleet
@@ -59,7 +64,19 @@ from sennet.proto import contract
 from sennet.proto.sentinel.v1 import sentinel_pb2 as pb
 from sennet.testing.figures import Figure, report
 
-RUNGS = ("bare", "metadata", "auth", "admit", "validated", "queued", "stored", "process")
+RUNGS = (
+    "bare",
+    "metadata",
+    "auth_old_path",
+    "auth",
+    "admit",
+    "validated",
+    "queued",
+    "stored",
+    "process",
+)
+# The rung each is measured against, where it is not the one listed before it.
+BASELINE = {"auth": "metadata"}
 STAND_IN_COMMIT_S = 0.002  # the `queued` writer's stand-in for a group commit
 
 
@@ -75,6 +92,8 @@ class _NoStoreWriter(HeartbeatWriter):
 
 def serve(port: int, rung: str, db: Path) -> None:
     """One server process answering heartbeats with `rung`'s pieces, on the shared port."""
+    if rung == "auth_old_path":
+        os.environ[old_path.ENV] = "1"  # read by the Authenticator when it is made
     store = Store(db)
     fleet = Fleet(store.load_fleet())
     writer: Writer
@@ -107,7 +126,7 @@ def serve(port: int, rung: str, db: Path) -> None:
         if rung == "metadata":
             return fixed
         auth.authenticate(contract.HEARTBEAT, authorization)
-        if rung == "auth":
+        if rung in ("auth", "auth_old_path"):
             return fixed
         req = codec.from_proto(pb.HeartbeatRequest, body, 1 << 20)
         if rung == "validated":
@@ -170,6 +189,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per rung")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is given")
     parser.add_argument("--insights", action="store_true", help="bodies with flow/DNS/TCP parts")
+    parser.add_argument(
+        "--rungs",
+        default=",".join(RUNGS),
+        help="comma-separated rungs to measure, in the ladder's order (default: all)",
+    )
     parser.add_argument("--serve", nargs=3, metavar=("PORT", "RUNG", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -178,30 +202,36 @@ def main() -> int:
             parser.error(f"--serve: rung {rung!r} is not one of {', '.join(RUNGS)}")
         serve(int(port), rung, Path(db))
         return 0
-    cpu: dict[str, list[float]] = {r: [] for r in RUNGS}
-    rps: dict[str, list[float]] = {r: [] for r in RUNGS}
+    wanted = args.rungs.split(",")
+    unknown = [r for r in wanted if r not in RUNGS]
+    if unknown:
+        parser.error(f"--rungs: {', '.join(unknown)} not among {', '.join(RUNGS)}")
+    rungs = [r for r in RUNGS if r in wanted]
+    cpu: dict[str, list[float]] = {r: [] for r in rungs}
+    rps: dict[str, list[float]] = {r: [] for r in rungs}
     with tempfile.TemporaryDirectory(prefix="sennet-ladder-") as tmp:
         workdir = Path(tmp)
         bodies = enrolled_bodies(workdir / "cp.db", args.agents, args.insights)
         for _ in range(args.rounds):  # rungs interleaved per round: the neighbours' load moves
-            for rung in RUNGS:
+            for rung in rungs:
                 calls_per_s, us = measure(args, rung, bodies, workdir)
                 rps[rung].append(calls_per_s)
                 cpu[rung].append(us)
     what = "with flow, DNS and TCP parts" if args.insights else "plain heartbeat body"
     figs: list[Figure] = []
+    by_rung: dict[str, Figure] = {}
     previous: Figure | None = None
-    for rung in RUNGS:
+    for rung in rungs:
         spread = "/".join(f"{v:.0f}" for v in cpu[rung])
         fig = Figure(
             f"ladder_{rung}_cpu_per_call",
             round(statistics.median(cpu[rung]), 1),
             "us",
             note=f"{what}; median of {spread}; {statistics.median(rps[rung]):.0f} calls/s",
-            baseline=previous,
+            baseline=by_rung.get(BASELINE.get(rung, ""), previous),
         )
         figs.append(fig)
-        previous = fig
+        by_rung[rung] = previous = fig
     print(report(figs, args.json))
     return 0
 

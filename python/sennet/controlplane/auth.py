@@ -15,14 +15,14 @@ reason.
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from sennet.controlplane import identity, tokens
+from sennet.controlplane import identity, old_path, tokens
 from sennet.controlplane.identity import Identity, TokenRow
 from sennet.controlplane.refusals import Code, RequestError
+from sennet.controlplane.token_cache import DEFAULT_MAX_ENTRIES, Entry, TokenCache
+from sennet.controlplane.token_cache import Principal as Principal
 from sennet.proto.contract import BY_NAME, HEARTBEAT, REGISTER, Method
 
 _ARTICLE = {tokens.TokenKind.BOOTSTRAP: "a", tokens.TokenKind.AGENT: "an"}
@@ -35,13 +35,6 @@ if set(ACCEPTED_KINDS) != set(BY_NAME):
     raise TypeError("auth.py does not say which token every method of the contract needs")
 
 
-@dataclass(frozen=True)
-class Principal:
-    kind: tokens.TokenKind
-    token_id: str
-    agent_id: str | None  # set for agent tokens
-
-
 class Authenticator:
     """Checks bearer tokens against the store.
 
@@ -51,37 +44,45 @@ class Authenticator:
     The cost: a token revoked, or an agent disabled, from the command line
     (another process) stops working within `cache_s`; enrolment in this process
     clears the cache at once. Bootstrap tokens are never cached (enrolment is
-    rare, and their expiry and use count must be read fresh).
+    rare, and their expiry and use count must be read fresh). A cached row also
+    keeps the token text that matched it, so the same token presented again
+    within `cache_s` skips the parse and SHA-256 (`token_cache.py` says why
+    that refuses exactly what the full check would).
     """
 
-    def __init__(self, identity: Identity, cache_s: float) -> None:
+    def __init__(
+        self, identity: Identity, cache_s: float, max_entries: int = DEFAULT_MAX_ENTRIES
+    ) -> None:
         self._identity = identity
-        self._cache_s = cache_s
-        self._cache: dict[str, tuple[float, TokenRow]] = {}
-        self._lock = threading.Lock()
+        self._cache = TokenCache(cache_s, max_entries)
+        # SENNET_CONTROLPLANE_OLD_PATH=1: every call parses and hashes, as before (benchmarks).
+        self._reuse_verified = not old_path.selected()
+
+    @property
+    def cached(self) -> int:
+        """Token ids with a cached row (bounded by `max_entries`)."""
+        return len(self._cache)
 
     def forget(self) -> None:
         """Drop cached rows (an agent re-enrolled: its previous token was just revoked)."""
-        with self._lock:
-            self._cache.clear()
+        self._cache.clear()
 
-    def _lookup(self, token_id: str) -> TokenRow | None:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(token_id)
-        if hit is not None and now - hit[0] < self._cache_s:
-            return hit[1]
+    def _lookup(self, token_id: str) -> tuple[TokenRow | None, Entry | None]:
+        """The token's row, and the cache entry holding it (None when it may not be cached)."""
+        entry = self._cache.fresh(token_id)
+        if entry is not None:
+            return entry.row, entry
+        generation, read_at = self._cache.generation, time.monotonic()
         row = self._identity.lookup_token(token_id)
         if (
             row is not None
             and row.kind == tokens.TokenKind.AGENT
             and identity.refusal(row, time.time()) is None
         ):
-            with self._lock:
-                if len(self._cache) > 100_000:  # bounded: forged ids never enter it anyway
-                    self._cache.clear()
-                self._cache[token_id] = (now, row)
-        return row
+            entry = Entry(generation, read_at, row)
+            self._cache.store(entry)  # bounded: forged ids never enter it anyway
+            return row, entry
+        return row, None
 
     def authenticate(self, method: Method[Any, Any], authorization: str | None) -> Principal:
         """The principal behind `authorization` for `method`, or a RequestError saying why not."""
@@ -93,12 +94,16 @@ class Authenticator:
                 "authorization: missing; send 'authorization: Bearer <token>'",
                 "missing_token",
             )
+        if self._reuse_verified:
+            reused = self._cache.reuse(text)
+            if reused is not None and reused.kind in accepted:
+                return reused
         parsed = tokens.parse(text)
         if parsed is None:
             raise RequestError(
                 Code.UNAUTHENTICATED, "authorization: not a Sennet token", "malformed_token"
             )
-        row = self._lookup(parsed.token_id)
+        row, entry = self._lookup(parsed.token_id)
         if row is None or not tokens.matches(text, row.digest):
             raise RequestError(
                 Code.UNAUTHENTICATED, "authorization: token is not valid", "unknown_token"
@@ -114,4 +119,10 @@ class Authenticator:
                 f"not {_ARTICLE[row.kind]} {row.kind} token",
                 "wrong_token_kind",
             )
-        return Principal(row.kind, row.token_id, row.agent_id)
+        if entry is None:
+            return Principal(row.kind, row.token_id, row.agent_id)
+        if self._reuse_verified and entry.verified is None:
+            # The same row, read at the same time: it lapses when the row would have.
+            entry = Entry(entry.generation, entry.read_at, row, verified=text)
+            self._cache.store(entry)
+        return entry.principal

@@ -26,6 +26,7 @@ class TokenKind(enum.StrEnum):
 _PREFIX = {TokenKind.BOOTSTRAP: "sb", TokenKind.AGENT: "sa"}
 _KIND_BY_PREFIX = {v: k for k, v in _PREFIX.items()}
 _TOKEN_RE = re.compile(r"^(sb|sa)\.([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$")
+TOKEN_LENGTH = 63  # every token `_TOKEN_RE` accepts: 2 + 1 + 16 + 1 + 43
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ def parse(text: str) -> ParsedToken | None:
     if m is None:
         return None
     return ParsedToken(_KIND_BY_PREFIX[m.group(1)], m.group(2), text)
+
+
+def token_id_of(text: str) -> str:
+    """The id part of a `TOKEN_LENGTH` text, without checking its shape (`parse` does):
+    only for finding a cache entry, whose verified text is then compared in full."""
+    return text[3:19]
 
 
 def digest(text: str) -> str:
