@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -28,16 +29,26 @@ from sennet.testing.vm.guest import agent_id
 
 slog.setup("info")  # the harness logs key=value events, as the product does
 INTERVAL_S = 2
+DISPOSABLE = {".raw", ".qcow2", ".bundle", ".fd"}  # in the workdir, removed after the run
 
 
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.fail("the VM tests need root (tap devices, network namespaces)")
-    path = Path(os.environ.get("SENNET_VM_WORKDIR") or tempfile.mkdtemp(prefix="sennet-vm-"))
+    given = os.environ.get("SENNET_VM_WORKDIR")
+    path = Path(given or tempfile.mkdtemp(prefix="sennet-vm-"))
     path.mkdir(parents=True, exist_ok=True)
     print(f"\nvm-tests: logs in {path}")
     yield path
+    if not given:
+        # The logs stay to be read; the disks, firmware variables and bundles (about
+        # 1.8 GB a run) go, or runs on one machine fill its disk.
+        for entry in path.iterdir():
+            if entry.is_dir() and entry.name == "bundles":
+                shutil.rmtree(entry)
+            elif entry.suffix in DISPOSABLE:
+                entry.unlink()
 
 
 @pytest.fixture(scope="session")
