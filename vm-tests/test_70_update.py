@@ -10,7 +10,10 @@ flashed box is. The tests run in file order and share its boots:
    committed, and a reboot stays on B;
 4. a bundle whose agent cannot attach (its layer has no BPF objects): it boots,
    fails the check as its agent exits a third time, marks itself bad and reboots;
-   the last good slot comes back.
+   the last good slot comes back;
+5. a USB stick plugged into the running box (QMP hot-plug onto its xHCI controller)
+   holding a tampered bundle and a good one: the tampered one is refused, the good
+   one installed, the box reboots into it and commits it; nobody logs in.
 
 QEMU runs with -no-reboot, so a guest's own reboot ends the process and the
 test starts it again: the power cycle a real box's reset would be.
@@ -32,10 +35,12 @@ import pytest
 from conftest import host_control_plane
 from sennet.testing.controlplane import ControlPlane
 from sennet.testing.scrape import matching
+from sennet.testing.vm import qmp
 from sennet.testing.vm.appliance import Appliance, image_dir
 from sennet.testing.vm.guest import agent_id
 from sennet.testing.vm.machine import Machine
 from sennet.testing.vm.uefi import uefi_booted
+from sennet_image.kmods import USB_STORAGE
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_KEY = REPO / "images" / "keys" / "dev" / "update.key"
@@ -169,9 +174,16 @@ def own_cp(workdir: Path) -> Iterator[ControlPlane]:
         yield cp
 
 
+def qmp_socket(workdir: Path) -> Path:
+    return workdir / "upd.qmp"
+
+
 @pytest.fixture(scope="module")
 def uvm(workdir: Path, ssh_key: Path, own_cp: ControlPlane) -> Iterator[Appliance]:
-    with uefi_booted("upd", workdir, ssh_key, {"agent.toml": agent_toml(own_cp)}) as vm:
+    # a USB controller, as every box has, and QEMU's control socket to plug a stick into it
+    usb = ["-device", "qemu-xhci,id=usb", "-qmp", f"unix:{qmp_socket(workdir)},server=on,wait=off"]
+    toml = {"agent.toml": agent_toml(own_cp)}
+    with uefi_booted("upd", workdir, ssh_key, toml, extra_argv=usb) as vm:
         vm.machine.wait_for_ssh()
         yield vm
 
@@ -341,3 +353,66 @@ def test_an_agent_that_cannot_attach_rolls_back_by_itself(
         "from_version": "0.2.0",
         "to_version": "0.3.0",
     }
+
+
+def fat_stick(path: Path, files: dict[str, Path]) -> Path:
+    """A FAT32 filesystem image holding `files` at its top, as a laptop would write it."""
+    kib = sum(f.stat().st_size for f in files.values()) // 1024 + 16 * 1024
+    subprocess.run(["mkfs.vfat", "-F", "32", "-C", str(path), str(kib)], check=True)
+    for name, f in files.items():
+        subprocess.run(["mcopy", "-i", str(path), str(f), f"::{name}"], check=True)
+    return path
+
+
+def test_a_bundle_on_a_usb_stick_is_installed_when_the_stick_is_plugged_in(
+    uvm: Appliance, workdir: Path
+) -> None:
+    m = uvm.machine
+    assert (booted_slot(m), entries(m)) == ("b", ["sennet-b-0.2.0.efi"])
+    good = make_bundle(workdir / "sennet-0.4.0.bundle", "0.4.0")
+    tampered = workdir / "tampered-0.4.0.bundle"
+    with tarfile.open(good) as tar:
+        root = tar.getmember("root.img")
+    data = bytearray(good.read_bytes())
+    data[root.offset_data + root.size // 3] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    del data
+    stick = fat_stick(
+        workdir / "stick.img", {"1-tampered.bundle": tampered, "2-sennet-0.4.0.bundle": good}
+    )
+    good.unlink()
+    tampered.unlink()
+    console_before = len(m.console())
+    qmp.execute(
+        qmp_socket(workdir),
+        "blockdev-add",
+        {
+            "driver": "raw",
+            "node-name": "stick",
+            "read-only": True,
+            "file": {"driver": "file", "filename": str(stick)},
+        },
+    )
+    plug = {"driver": "usb-storage", "id": "stick0", "drive": "stick"}
+    qmp.execute(qmp_socket(workdir), "device_add", plug)
+    # no login, no command: the updater finds the stick, refuses the tampered bundle (both
+    # claim 0.4.0, so the name orders them) and installs the good one, then reboots
+    m.wait_for_console(r"event=rebooting into=sennet-a-0\.4\.0\+2-0\.efi source=usb", 600)
+    seen = m.console()[console_before:]
+    # loaded when the daemon first looked, after this boot's health step, before the plug
+    assert f"event=usb_drivers loaded={len(USB_STORAGE)} failed=none" in m.console()
+    assert "event=usb_volume device=sda bundles=2" in seen
+    refused = seen.index("event=update_refused bundle=1-tampered.bundle reason=digest")
+    installed = seen.index("event=update_installed slot=a version=0.4.0")
+    assert refused < installed
+    restart_after_guest_reboot(m)  # the stick was pulled while the box was off
+    assert booted_slot(m) == "a"
+    m.wait_for_console(r"event=update_committed slot=a", timeout=HEALTH_TIMEOUT_S + 60)
+    assert entries(m) == ["sennet-a-0.4.0.efi", "sennet-b-0.2.0.efi"]
+    outcome = last_outcome(m)
+    assert (outcome["result"], outcome["from_version"], outcome["to_version"]) == (
+        "committed",
+        "0.2.0",
+        "0.4.0",
+    )
+    stick.unlink()

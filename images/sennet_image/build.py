@@ -91,12 +91,20 @@ def verity_layer(tree: Path, out: Path, roothash_out: Path, mount: str = "/") ->
 
 
 def base_layer(
-    debs: list[Path], wheels: list[Path], out: Path, files_out: Path, roothash_out: Path
+    debs: list[Path],
+    wheels: list[Path],
+    kernel_deb: Path,
+    out: Path,
+    files_out: Path,
+    roothash_out: Path,
 ) -> None:
-    """Root debs + wheels + overlay -> root.squashfs (+ verity tree), its root hash, file list."""
+    """Root debs + wheels + overlay + the kernel's USB-stick drivers -> root.squashfs (+ verity
+    tree), its root hash, file list."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tree = Path(tmp) / "root"
-        files = rootfs.build_base(tree, sorted(debs, key=lambda p: p.name), sorted(wheels))
+        files = rootfs.build_base(
+            tree, sorted(debs, key=lambda p: p.name), sorted(wheels), kernel_deb
+        )
         verity_layer(tree, out, roothash_out)
     files_out.write_text("\n".join(files) + "\n")
 
@@ -287,7 +295,7 @@ def build_all(out: Path) -> dict[str, Path]:
         objs = bpf_objects(bpf_dir)
     with step("base_layer"):
         layer, files = out / "root.squashfs", out / "root.files"
-        base_layer(root_debs, wheel_paths, layer, files, out / "root.roothash")
+        base_layer(root_debs, wheel_paths, kernel, layer, files, out / "root.roothash")
     with step("agent_layer"):
         agent_layer(REPO / "python", objs, out / "agent.squashfs", out / "agent.roothash")
     bpf_record = bpf_sources(objs)

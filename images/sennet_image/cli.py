@@ -91,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--root-hash", type=Path, required=True, help="out: dm-verity root hash")
     r.add_argument("--debs", type=Path, nargs="+", required=True)
     r.add_argument("--wheels", type=Path, nargs="+", required=True)
+    r.add_argument("--kernel-deb", type=Path, required=True, help="its USB-stick drivers")
     a = steps.add_parser("agent-layer", help="python/sennet + BPF objects -> agent.squashfs")
     a.add_argument("--out", type=Path, required=True)
     a.add_argument("--root-hash", type=Path, required=True, help="out: dm-verity root hash")
@@ -187,7 +188,9 @@ def _step(args: argparse.Namespace) -> int:
     from sennet_image import build, disk, lock, manifest, sbom
 
     if args.step == "root-layer":
-        build.base_layer(args.debs, args.wheels, args.out, args.files, args.root_hash)
+        build.base_layer(
+            args.debs, args.wheels, args.kernel_deb, args.out, args.files, args.root_hash
+        )
     elif args.step == "agent-layer":
         build.agent_layer(args.python_src, args.bpf, args.out, args.root_hash)
     elif args.step == "test-layer":

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sennet_image import debs
+from sennet_image import debs, kmods
 from sennet_image.proc import die, run, source_date_epoch
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent
@@ -102,11 +102,6 @@ def newc(entries: list[Entry], mtime: int) -> bytes:
         out.write(e.data)
         pad(len(e.data))
     return out.getvalue()
-
-
-def _depends(ko: bytes) -> list[str]:
-    m = re.search(rb"\0depends=([^\0]*)\0", ko)
-    return [d for d in m.group(1).decode().split(",") if d] if m else []
 
 
 def _needed(elf: Path) -> list[str]:
@@ -193,20 +188,14 @@ def build(
     extra = dmsetup_entries(lib_debs)
     with tempfile.TemporaryDirectory() as tmp:
         kroot, broot = Path(tmp) / "k", Path(tmp) / "b"
-        debs.unpack(kernel_deb, kroot, only=("boot/vmlinuz-", "lib/modules/"))
+        vmlinuz, release = kmods.unpack_kernel(kernel_deb, kroot)
         debs.unpack(busybox_deb, broot, only=("bin/busybox", "usr/bin/busybox"))
-        vmlinuz = sorted((kroot / "boot").glob("vmlinuz-*"))
-        if len(vmlinuz) != 1:
-            die(f"{kernel_deb.name}: expected one boot/vmlinuz-*, found {len(vmlinuz)}")
-        release = vmlinuz[0].name.removeprefix("vmlinuz-")
         bb = next(
             (p for p in (broot / "bin/busybox", broot / "usr/bin/busybox") if p.exists()), None
         )
         if bb is None:
             die(f"{busybox_deb.name}: no busybox binary inside")
-        build_from_tree(
-            vmlinuz[0], kroot / "lib/modules" / release, bb, initrds, out_vmlinuz, extra
-        )
+        build_from_tree(vmlinuz, kroot / "lib/modules" / release, bb, initrds, out_vmlinuz, extra)
     return release
 
 
@@ -233,24 +222,8 @@ def build_from_tree(
     entries.append(Entry("dev/console", 0o020600, rdev=(5, 1)))
     entries.append(Entry("bin/busybox", 0o100755, busybox.read_bytes()))
     entries.append(Entry("bin/sh", 0o120777, b"busybox"))
-    loaded: set[str] = set()
     names = []
-    for rel in MODULES:
-        base = modules_dir / "kernel" / rel
-        if (base.parent / f"{base.name}.ko").is_file():
-            ko = (base.parent / f"{base.name}.ko").read_bytes()
-        elif (base.parent / f"{base.name}.ko.xz").is_file():
-            ko = lzma.decompress((base.parent / f"{base.name}.ko.xz").read_bytes())
-        else:
-            die(
-                f"kernel module {rel}.ko missing in {modules_dir}",
-                hint="did the kernel config change?",
-            )
-        name = rel.rsplit("/", 1)[-1]
-        missing = [d for d in _depends(ko) if d.replace("-", "_") not in loaded]
-        if missing:
-            die(f"module {name} depends on {missing}, not loaded before it: fix MODULES order")
-        loaded.add(name.replace("-", "_"))
+    for name, ko in kmods.in_order(modules_dir, MODULES):
         names.append(name)
         entries.append(Entry(f"lib/modules/{name}.ko", 0o100644, ko))
     entries.append(Entry("etc/modules", 0o100644, ("\n".join(names) + "\n").encode()))

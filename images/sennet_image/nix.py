@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sennet_image import build, disk, initramfs, rootfs, slots, verity
+from sennet_image import build, disk, initramfs, kmods, rootfs, slots, verity
 from sennet_image.fsutil import prune_empty_dirs
 
 
@@ -65,15 +65,16 @@ def image(
     """All artefacts of the production variant into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     store_paths = [Path(p) for p in closure.read_text().split()]
+    modules = next((kernel / "lib/modules").iterdir())
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         tree = Path(tmp) / "root"
         root_tree(tree, store_paths, python_env, busybox, libbpf)
+        kmods.write_usb_storage(modules, modules.name, tree)
         build.verity_layer(tree, out / "root.squashfs", out / "root.roothash")
     build.agent_layer(python_src, bpf_objects, out / "agent.squashfs", out / "agent.roothash")
     hashes = {r: verity.read_root_hash(out / f"{r}.roothash") for r in verity.ROLES}
     # dmsetup is not yet taken from nixpkgs (lvm2) for this initramfs: never built here.
     base = f"{disk.DEFAULT_CMDLINE} {verity.cmdline_args(hashes)}"
-    modules = next((kernel / "lib/modules").iterdir())
     root, agent = out / "root.squashfs", out / "agent.squashfs"
     initramfs.build_from_tree(
         kernel / "bzImage",

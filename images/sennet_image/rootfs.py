@@ -14,7 +14,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from sennet_image import debs, keyring, prune
+from sennet_image import debs, keyring, kmods, prune
 from sennet_image.fsutil import file_list, normalize_times, prune_empty_dirs
 from sennet_image.proc import die, run, source_date_epoch, step
 
@@ -206,8 +206,11 @@ def image_python(root: Path) -> list[str]:
     ]
 
 
-def build_base(root: Path, debs_list: list[Path], wheels: list[Path]) -> list[str]:
-    """Assemble the base root tree in `root` from the root debs, wheels and the overlay."""
+def build_base(
+    root: Path, debs_list: list[Path], wheels: list[Path], kernel_deb: Path
+) -> list[str]:
+    """Assemble the base root tree in `root` from the root debs, wheels, the overlay and the
+    kernel package's USB-stick drivers (kmods.USB_STORAGE)."""
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
@@ -240,6 +243,7 @@ def build_base(root: Path, debs_list: list[Path], wheels: list[Path]) -> list[st
     (root / "etc/os-release").symlink_to("../usr/lib/os-release")
     (root / "usr/lib/os-release").write_text(os_release())
     keyring.install(root)
+    kmods.install_usb_storage(kernel_deb, root)
     with step("prune"):
         removed = prune.prune(root)
         prune.check_needed(root, removed)

@@ -347,6 +347,12 @@ SETTINGS: tuple[Setting, ...] = (
         "updates: boots a new slot gets (systemd-boot counter) before it counts as bad",
         _positive,
     ),
+    Setting(
+        "update_from_usb",
+        "bool",
+        True,
+        "updates: install a signed bundle found at the top level of a newly plugged USB stick",
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -404,6 +410,7 @@ class AgentConfig:
     update_min_version: str = "0.0.0"
     update_health_timeout_s: float = 90.0
     update_tries: int = 2
+    update_from_usb: bool = True
 
     def public_view(self) -> dict[str, Any]:
         """Settings for logs and `config show`: secrets replaced."""

@@ -1,7 +1,7 @@
 """`python3 -m sennet.update.cli`: install a bundle, show status, commit, mark bad, run the daemon.
 
 Runs as root on the appliance. Settings (update_min_version,
-update_health_timeout_s, update_tries, pin_dir, netns) come from the agent's
+update_health_timeout_s, update_tries, update_from_usb, pin_dir, netns) come from the agent's
 configuration file, chosen as the agent's supervisor chooses it: the
 provisioned one on the state partition while root owns it, else the image's.
 A refused bundle prints one line `sennet-update: refused: reason=R detail=D`
@@ -22,7 +22,7 @@ from typing import Any
 from sennet.agent import config as config_mod
 from sennet.common import log as log_mod
 from sennet.common.errors import EXIT_FAILED, EXIT_OK, UserError, run_main
-from sennet.update import boot, daemon, esp, selftest, slots
+from sennet.update import boot, daemon, esp, selftest, slots, stick
 from sennet.update.device import Device, default_compatible
 from sennet.update.errors import Refused, UpdateFailed
 from sennet.update.install import Settings, install
@@ -72,7 +72,11 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("commit", help="commit the booted slot on trial now, without the check")
     bad = sub.add_parser("mark-bad", help="mark the booted slot on trial bad (rolled back)")
     bad.add_argument("--reboot", action="store_true", help="reboot to the last good slot after")
-    sub.add_parser("daemon", help="judge a slot on trial at boot, then apply fetched bundles")
+    sub.add_parser(
+        "daemon",
+        help="judge a slot on trial at boot, then apply fetched bundles and bundles on a "
+        "newly plugged USB stick (update_from_usb)",
+    )
     return p
 
 
@@ -169,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         checks = boot.Checks(
             cfg.update_health_timeout_s, selftest.for_device(cfg.pin_dir, cfg.netns)
         )
-        daemon.run(dev, settings, checks, reboot, threading.Event())
+        usb = stick.Watcher(stick.modules_dir()) if cfg.update_from_usb else None
+        daemon.run(dev, settings, checks, reboot, threading.Event(), usb=usb)
         return EXIT_OK
 
     if os.geteuid() != 0 and args.command != "status":

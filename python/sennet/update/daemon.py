@@ -1,10 +1,11 @@
-"""`daemon`: the boot-time judgement, then a watch on the agent's inbox of fetched bundles.
+"""`daemon`: the boot-time judgement, then a watch on fetched bundles and USB sticks.
 
 Started as root by busybox init through `supervise-update`. The boot step runs
 first and alone (a slot on trial is judged before anything else may touch the
 ESP); then, every `poll_s`, bundles the agent dropped are taken into root's
-spool and each is installed when its `apply_at` comes, then the device reboots
-into it. A refused or failed bundle is recorded (by `install`) and dropped.
+spool and each is installed when its `apply_at` comes, and a newly plugged USB
+stick's bundles are offered to `install` (see stick.py); after an install the
+device reboots into it. A refused or failed bundle is recorded (by `install`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from sennet.common.log import event
-from sennet.update import boot, inbox
+from sennet.update import boot, inbox, stick
 from sennet.update.device import Device
 from sennet.update.errors import Refused, UpdateFailed
 from sennet.update.install import Settings, install
@@ -57,6 +58,7 @@ def run(
     reboot: Callable[[], None],
     stop: threading.Event,
     poll_s: float = 10.0,
+    usb: stick.Watcher | None = None,
 ) -> None:
     result = boot.on_boot(dev, checks, reboot)
     event(log, "boot_step_done", result=result)
@@ -68,4 +70,9 @@ def run(
                 return
         except OSError as exc:  # a full state partition, a vanished file: try again later
             event(log, "inbox_failed", logging.ERROR, error=repr(exc))
+        try:
+            if usb is not None and usb.look(dev, settings, reboot):
+                return
+        except OSError as exc:  # sysfs or the mount point misbehaving: look again later
+            event(log, "usb_look_failed", logging.ERROR, error=repr(exc))
         stop.wait(poll_s)

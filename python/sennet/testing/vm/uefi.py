@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sennet_image.qemu import OVMF_VARS, UefiBoot, qemu_argv, tap_netdev
@@ -33,8 +33,10 @@ def uefi_booted(
     ssh_key: Path,
     esp_files: dict[str, bytes],
     ready: str = r"event=agent_ready",
+    extra_argv: Sequence[str] = (),
 ) -> Iterator[Appliance]:
-    """The test variant's disk booted by the firmware; torn down on exit."""
+    """The test variant's disk booted by the firmware; torn down on exit. `extra_argv` is
+    added to QEMU's (a USB controller, a QMP socket)."""
     images = image_dir()
     files = dict(esp_files)
     files["authorized_keys"] = ssh_key.with_suffix(".pub").read_bytes()
@@ -57,7 +59,7 @@ def uefi_booted(
             ssh_port=ssh_port,
             disk_cache="writeback",  # flushes honoured: the crash test needs what was synced
             binary=qemu.qemu_binary(),
-        )
+        ) + list(extra_argv)
         (workdir / f"{name}.qemu-argv").write_text(shlex.join(argv) + "\n")
         machine = Machine(name, argv, [monitored.fd], workdir, ssh_port, ssh_key)
         with step(f"{name}: UEFI boot ({accel})"):
