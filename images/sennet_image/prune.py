@@ -52,6 +52,8 @@ PRUNE: dict[str, str] = {
     f"{DYNLOAD}/_lsprof.*.so": "profiler",
     f"{DYNLOAD}/_codecs_[chjkt]*.so": "CJK codecs (the agent speaks ASCII and UTF-8)",
     f"{DYNLOAD}/_codecs_iso2022.*.so": "CJK codecs",
+    f"{STDLIB}/crypt.py": "crypt(3) password hashing (deprecated; no passwords here)",
+    f"{DYNLOAD}/_crypt.*.so": "as crypt",
     # Shared libraries only the extensions above link (check_needed proves it).
     f"{LIBDIR}/libdb-5.3.so": "_dbm's",
     f"{LIBDIR}/libreadline.so*": "readline's",
@@ -72,6 +74,12 @@ PRUNE: dict[str, str] = {
     f"{LIBDIR}/libpcprofile.so": "glibc's profiling preload",
     f"{LIBDIR}/libthread_db.so*": "debugger support",
     f"{LIBDIR}/libBrokenLocale.so*": "compatibility locale hack",
+    f"{LIBDIR}/libcrypt.so*": "_crypt's",
+    f"{LIBDIR}/libmvec.so*": "glibc's vector math, for code built to call it: none here",
+    f"{LIBDIR}/libexpatw.so*": "expat's wide-character build (pyexpat links libexpat)",
+    f"{LIBDIR}/ossl-modules/legacy.so": "OpenSSL's legacy provider (MD4, DES, ...): "
+    "update signatures are Ed25519, TLS uses the default provider",
+    f"{LIBDIR}/engines-3": "OpenSSL engines (padlock, afalg, loader_attic): nothing loads one",
 }
 
 
