@@ -52,6 +52,7 @@ PRUNE: dict[str, str] = {
     f"{DYNLOAD}/_lsprof.*.so": "profiler",
     f"{DYNLOAD}/_codecs_[chjkt]*.so": "CJK codecs (the agent speaks ASCII and UTF-8)",
     f"{DYNLOAD}/_codecs_iso2022.*.so": "CJK codecs",
+    # (libcrypt itself stays: the test layer's dropbear links it)
     f"{STDLIB}/crypt.py": "crypt(3) password hashing (deprecated; no passwords here)",
     f"{DYNLOAD}/_crypt.*.so": "as crypt",
     # Shared libraries only the extensions above link (check_needed proves it).
@@ -74,7 +75,6 @@ PRUNE: dict[str, str] = {
     f"{LIBDIR}/libpcprofile.so": "glibc's profiling preload",
     f"{LIBDIR}/libthread_db.so*": "debugger support",
     f"{LIBDIR}/libBrokenLocale.so*": "compatibility locale hack",
-    f"{LIBDIR}/libcrypt.so*": "_crypt's",
     f"{LIBDIR}/libmvec.so*": "glibc's vector math, for code built to call it: none here",
     f"{LIBDIR}/libexpatw.so*": "expat's wide-character build (pyexpat links libexpat)",
     f"{LIBDIR}/ossl-modules/legacy.so": "OpenSSL's legacy provider (MD4, DES, ...): "
