@@ -103,6 +103,15 @@ def members(f: BinaryIO, path: Path) -> dict[str, Member]:
     return found
 
 
+def manifest_bytes(f: BinaryIO, found: dict[str, Member]) -> bytes:
+    """manifest.json's bytes, its size checked before a byte is read (a crafted bundle's
+    gigabyte "manifest" must not be read into memory to be refused)."""
+    m = found["manifest.json"]
+    if m.size > manifest_mod.MAX_MANIFEST_BYTES:
+        raise Refused("malformed", f"manifest.json is {m.size} bytes, too large")
+    return b"".join(read_range(f, m.offset, m.size))
+
+
 def _check_policy(m: manifest_mod.Manifest, policy: Policy) -> None:
     if m.compatible != policy.compatible:
         raise Refused("incompatible", f"bundle is for {m.compatible}, this is {policy.compatible}")
@@ -147,9 +156,7 @@ def verify(path: Path, policy: Policy) -> Verified:
         raise Refused("malformed", f"cannot open {path}: {exc.strerror}") from None
     try:
         found = members(f, path)
-        raw = b"".join(read_range(f, found["manifest.json"].offset, found["manifest.json"].size))
-        if len(raw) > manifest_mod.MAX_MANIFEST_BYTES:
-            raise Refused("malformed", f"manifest.json is {len(raw)} bytes, too large")
+        raw = manifest_bytes(f, found)
         sig_m = found["manifest.sig"]
         sig = b"".join(read_range(f, sig_m.offset, sig_m.size)) if sig_m.size <= 1024 else b""
         key = signature.verify(raw, sig, signature.keyring(policy.keyring))

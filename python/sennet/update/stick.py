@@ -105,12 +105,9 @@ def peek_version(path: Path) -> str | None:
     skip the running version. None when unreadable (then `install` refuses it by name)."""
     try:
         with path.open("rb") as f:
-            found = bundle.members(f, path)
-            raw = b"".join(
-                bundle.read_range(f, found["manifest.json"].offset, found["manifest.json"].size)
-            )
+            raw = bundle.manifest_bytes(f, bundle.members(f, path))
         return manifest_mod.parse(raw).version
-    except (OSError, Refused, KeyError):
+    except (OSError, Refused):
         return None
 
 

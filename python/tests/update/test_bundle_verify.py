@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from sennet.update import bundle
 from sennet.update.errors import Refused
-from sennet.update.manifest import IMAGES
+from sennet.update.manifest import IMAGES, MAX_MANIFEST_BYTES
 from tests.update.bundles import COMPATIBLE, Images, make_bundle, manifest, sign, write_tar
 from tests.update.conftest import Keys
 
@@ -153,3 +155,24 @@ def test_not_a_tar_is_refused(tmp_path: Path, keys: Keys) -> None:
     path = tmp_path / "junk.bundle"
     path.write_bytes(b"\x7fELF" + bytes(4096))
     assert refusal(path, policy(keys))[0] == "malformed"
+
+
+def test_an_oversized_manifest_is_refused_before_it_is_read(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = Images()
+    huge = b" " * (MAX_MANIFEST_BYTES + 1)  # JSON whitespace: harmless if it were read
+    members = [("manifest.json", huge), ("manifest.sig", bytes(64))]
+    members += [(n, images.content(k)) for k, n in IMAGES.items()]
+    path = write_tar(tmp_path / "b.bundle", members)
+    read: list[int] = []
+    real_read_range = bundle.read_range
+
+    def counting(f: BinaryIO, offset: int, size: int) -> Iterator[bytes]:
+        read.append(size)
+        return real_read_range(f, offset, size)
+
+    monkeypatch.setattr(bundle, "read_range", counting)
+    reason, detail = refusal(path, policy(keys))
+    assert (reason, detail) == ("malformed", f"manifest.json is {len(huge)} bytes, too large")
+    assert len(huge) not in read  # refused from the tar header's size, not after reading it
